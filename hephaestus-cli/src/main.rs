@@ -1,0 +1,33 @@
+//! `heph`: the command-line front end of Hephaestus. Parses arguments, calls
+//! `hephaestus-core`, renders the result; no logic another tool could want lives here.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::commands::Command;
+use crate::output::Output;
+
+/// Evolve a running Rust project safely: surgical AST edits, verified and reversible,
+/// with every change recorded in git.
+#[derive(Debug, Parser)]
+#[command(name = "heph", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: output::GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(&cli.global);
+    let code = match commands::run(cli.command, &cli.global, &out) {
+        Ok(code) => code,
+        Err(err) => out.error(&err),
+    };
+    ExitCode::from(code)
+}
