@@ -11,12 +11,23 @@
 //! and reports progress through [`Event`] callbacks.
 #![warn(missing_docs)]
 
+pub mod edit;
 pub mod error;
 pub mod evolution;
 pub mod history;
+pub mod item;
+pub mod modpath;
+pub mod project;
+pub mod resolve;
+pub mod source;
 pub mod state;
 
+pub use edit::{ChangeAction, Edit, EditMode, Formatting, ItemChange};
 pub use error::{Categorized, ErrorCategory};
 pub use evolution::{
     Evolution, EvolutionKind, EvolutionMeta, Fitness, ItemChanges, VerifyOutcome, VerifyRecord,
 };
+pub use item::ItemKey;
+pub use modpath::ModulePath;
+pub use project::Project;
+pub use resolve::Module;

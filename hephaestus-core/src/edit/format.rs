@@ -1,0 +1,184 @@
+//! Turning a submitted item into text that fits where it goes: formatted with
+//! prettyplease (or kept verbatim), re-indented line by line, except lines that start
+//! inside a multi-line string literal, whose bytes are part of the program.
+
+use std::ops::Range;
+use std::str::FromStr;
+
+use proc_macro2::{TokenStream, TokenTree};
+
+/// Format one item with prettyplease, without a trailing newline.
+pub fn pretty_item(item: &syn::Item) -> String {
+    let file = syn::File {
+        shebang: None,
+        frontmatter: None,
+        attrs: Vec::new(),
+        items: vec![item.clone()],
+    };
+    let mut s = prettyplease::unparse(&file);
+    trim_end_newlines(&mut s);
+    s
+}
+
+/// Format one impl member with prettyplease, dedented to column 0, without a trailing
+/// newline.
+pub fn pretty_member(owner: &syn::ItemImpl, member: &syn::ImplItem) -> String {
+    let mut shell = owner.clone();
+    shell.attrs.clear();
+    shell.items = vec![member.clone()];
+    let text = pretty_item(&syn::Item::Impl(shell));
+    // `impl X {` ... `}`: keep the lines in between, dedented by one level.
+    let lines: Vec<&str> = text.lines().collect();
+    let open = lines.iter().position(|l| l.ends_with('{')).unwrap_or(0);
+    let inner = &lines[open + 1..lines.len().saturating_sub(1)];
+    let body = inner.join("\n");
+    dedent(&body, "    ")
+}
+
+/// The text of a submitted item as written: from its first attribute to its last
+/// token, with the indentation its first line had in the submission removed from
+/// every line, line endings as `\n`.
+pub fn verbatim(code: &str, range: Range<usize>) -> String {
+    let line_start = code[..range.start].rfind('\n').map_or(0, |i| i + 1);
+    let lead = &code[line_start..range.start];
+    let indent: String = if lead.trim().is_empty() {
+        lead.to_owned()
+    } else {
+        String::new()
+    };
+    let text = code[range].replace("\r\n", "\n");
+    // The first line starts at the item; the others carry the submission's indent.
+    let mut out = String::new();
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+            out.push_str(line.strip_prefix(indent.as_str()).unwrap_or(line));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Convert prettyplease's four-space indentation to tabs (lines inside multi-line
+/// literals untouched).
+pub fn tabify(text: &str) -> String {
+    let protected = protected_lines(text);
+    text.split('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            if protected.contains(&i) {
+                return l.to_owned();
+            }
+            let spaces = l.len() - l.trim_start_matches(' ').len();
+            format!("{}{}", "\t".repeat(spaces / 4), &l[spaces - spaces % 4..])
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn dedent(text: &str, unit: &str) -> String {
+    let protected = protected_lines(text);
+    text.split('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            if protected.contains(&i) {
+                l
+            } else {
+                l.strip_prefix(unit).unwrap_or(l)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Indent every line but the first with `indent` (when `first` is false) or every line
+/// (when true). Empty lines stay empty; lines that begin inside a multi-line literal
+/// are left alone.
+pub fn indent(text: &str, indent: &str, first: bool) -> String {
+    if indent.is_empty() {
+        return text.to_owned();
+    }
+    let protected = protected_lines(text);
+    let mut out = String::with_capacity(text.len() + indent.len() * 8);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let skip = (i == 0 && !first) || line.is_empty() || protected.contains(&i);
+        if !skip {
+            out.push_str(indent);
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Indices of lines (0-based) that start inside a multi-line literal of `text`.
+fn protected_lines(text: &str) -> Vec<usize> {
+    let Ok(tokens) = TokenStream::from_str(text) else {
+        return Vec::new();
+    };
+    let mut ranges = Vec::new();
+    collect_multiline_literals(tokens, &mut ranges);
+    if ranges.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = Vec::new();
+    let mut offset = 0;
+    for (i, line) in text.split('\n').enumerate() {
+        if ranges.iter().any(|r| r.start < offset && offset < r.end) {
+            lines.push(i);
+        }
+        offset += line.len() + 1;
+    }
+    lines
+}
+
+fn collect_multiline_literals(tokens: TokenStream, out: &mut Vec<Range<usize>>) {
+    for tt in tokens {
+        match tt {
+            TokenTree::Group(g) => collect_multiline_literals(g.stream(), out),
+            TokenTree::Literal(l) => {
+                let r = l.span().byte_range();
+                if r.len() > 1 && l.to_string().contains('\n') {
+                    out.push(r);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn trim_end_newlines(s: &mut String) {
+    while s.ends_with('\n') || s.ends_with('\r') {
+        s.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indentation_skips_lines_inside_string_literals() {
+        let text = "fn f() -> &'static str {\n    \"a\nb\"\n}";
+        let out = indent(text, "  ", false);
+        assert_eq!(out, "fn f() -> &'static str {\n      \"a\nb\"\n  }");
+    }
+
+    #[test]
+    fn verbatim_keeps_relative_indentation() {
+        let code = "    fn f() {\r\n        1\r\n    }\n";
+        let out = verbatim(code, 4..code.trim_end().len());
+        assert_eq!(out, "fn f() {\n    1\n}");
+    }
+
+    #[test]
+    fn members_are_formatted_without_the_impl() {
+        let imp: syn::ItemImpl =
+            syn::parse_str("impl S { /// doc\n fn f(&self) -> u8 { 1 } }").expect("parses");
+        let out = pretty_member(&imp, &imp.items[0]);
+        assert_eq!(out, "/// doc\nfn f(&self) -> u8 {\n    1\n}");
+    }
+}

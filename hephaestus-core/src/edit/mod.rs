@@ -1,0 +1,1153 @@
+//! The edit engine: merge, replace or remove items of one module by splicing text
+//! into byte ranges of its file.
+//!
+//! Architecture invariant: no edit writes a byte outside the spans it names. An edit
+//! is a list of [`Splice`]s (a byte range of the old text and its new text); every byte
+//! outside those ranges is copied unchanged, so comments, blank lines, odd formatting,
+//! CRLF line endings, a BOM, a shebang and inner attributes survive. A replaced item's
+//! range is its span (first outer attribute or doc comment to last token); an added
+//! item is a zero-length splice; a removed item's range is its span widened to the
+//! whole lines it occupies when nothing else shares them (plus one blank line so no
+//! double blank is left behind).
+
+mod format;
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use proc_macro2::{Delimiter, TokenStream, TokenTree};
+use quote::ToTokens;
+use serde::Serialize;
+
+use crate::item::{ItemKey, ItemKind, KeyParseError, KeyQuery, impl_name};
+use crate::source::{LineEnding, Origin, SourceFile, SyntaxError, check_file, parse_items};
+
+/// How the module is changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EditMode {
+    /// Each submitted item replaces the item with the same key, or is added; `impl`
+    /// blocks merge member by member; `use` items are added when missing.
+    Merge,
+    /// The module's whole content is replaced by the submitted code, kept as written.
+    Replace,
+    /// The named items are removed.
+    Remove,
+}
+
+/// How new item text is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Formatting {
+    /// Formatted with prettyplease (doc comments kept, `//` comments dropped).
+    #[default]
+    Pretty,
+    /// Kept exactly as submitted (comments included), only re-indented.
+    Verbatim,
+}
+
+/// A change to apply to one module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// Merge, replace or remove.
+    pub mode: EditMode,
+    /// The submitted code (merge and replace).
+    pub code: String,
+    /// The item keys to remove (remove mode), as the user wrote them.
+    pub items: Vec<String>,
+    /// Layout of new item text (merge mode).
+    pub formatting: Formatting,
+}
+
+impl Edit {
+    /// Merge `code` into the module.
+    pub fn merge(code: impl Into<String>) -> Edit {
+        Edit {
+            mode: EditMode::Merge,
+            code: code.into(),
+            items: Vec::new(),
+            formatting: Formatting::Pretty,
+        }
+    }
+
+    /// Replace the module's whole content with `code`.
+    pub fn replace(code: impl Into<String>) -> Edit {
+        Edit {
+            mode: EditMode::Replace,
+            code: code.into(),
+            items: Vec::new(),
+            formatting: Formatting::Verbatim,
+        }
+    }
+
+    /// Remove the items named by these keys (`fn helper`, `Point::norm`, ...).
+    pub fn remove<I, S>(keys: I) -> Edit
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Edit {
+            mode: EditMode::Remove,
+            code: String::new(),
+            items: keys.into_iter().map(Into::into).collect(),
+            formatting: Formatting::Pretty,
+        }
+    }
+
+    /// Keep submitted items exactly as written instead of formatting them.
+    pub fn verbatim(mut self) -> Edit {
+        self.formatting = Formatting::Verbatim;
+        self
+    }
+}
+
+/// What happened to one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeAction {
+    /// The item is new.
+    Added,
+    /// The item existed and its text changed.
+    Replaced,
+    /// The item was removed.
+    Removed,
+    /// The submitted item equals the existing one (same tokens): nothing was written.
+    Unchanged,
+}
+
+impl ChangeAction {
+    /// `added`, `replaced`, `removed`, `unchanged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Added => "added",
+            ChangeAction::Replaced => "replaced",
+            ChangeAction::Removed => "removed",
+            ChangeAction::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One item-level change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemChange {
+    /// What happened.
+    pub action: ChangeAction,
+    /// The item's key, rendered (`fn test_function`, `fn Point::norm`).
+    pub key: String,
+    /// The item's kind.
+    pub kind: ItemKind,
+}
+
+/// A replacement of a byte range of the old text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Splice {
+    /// The range of the old text (empty for an insertion).
+    pub range: Range<usize>,
+    /// The new text.
+    pub text: String,
+}
+
+/// The result of an edit of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditOutcome {
+    /// The file's new text.
+    pub text: String,
+    /// The item-level changes, in the order of the submitted code.
+    pub changes: Vec<ItemChange>,
+    /// The splices applied, sorted by position, non-overlapping.
+    pub splices: Vec<Splice>,
+}
+
+impl EditOutcome {
+    /// True when the text did not change.
+    pub fn is_noop(&self) -> bool {
+        self.splices.is_empty()
+    }
+}
+
+/// Why an edit cannot be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EditError {
+    /// The submitted code does not parse (or is not UTF-8).
+    #[error("the submitted code is not valid Rust: {0}")]
+    Syntax(Box<SyntaxError>),
+    /// The edit produced a file that does not parse (a bug of heph, or code that only
+    /// parses on its own): nothing was written.
+    #[error("the edited file would not parse, so nothing was written: {0}")]
+    ResultSyntax(Box<SyntaxError>),
+    /// Merge or replace with no code.
+    #[error("no code was given: submit at least one item")]
+    EmptyCode,
+    /// Remove mode without keys.
+    #[error("no item to remove was named: pass --item KEY (e.g. `--item 'fn helper'`)")]
+    NoItems,
+    /// The submitted code holds two items with the same key.
+    #[error(
+        "the submitted code defines `{key}` twice (at lines {first} and {second}); submit each item once"
+    )]
+    DuplicateInCode {
+        /// The key.
+        key: String,
+        /// 1-based line of the first.
+        first: usize,
+        /// 1-based line of the second.
+        second: usize,
+    },
+    /// The module holds several items with the key an edit refers to.
+    #[error("`{key}` matches several items of the module: {}; name it more precisely (kind, `#[cfg(..)]`, or `Type::member`)", .candidates.join(", "))]
+    Ambiguous {
+        /// The key as given or derived.
+        key: String,
+        /// Keys of the matching items, with their lines.
+        candidates: Vec<String>,
+    },
+    /// A key to remove matches nothing.
+    #[error("the module has no item `{key}`{}", list_available(.available))]
+    NoSuchItem {
+        /// The key as given.
+        key: String,
+        /// The module's items, for the message.
+        available: Vec<String>,
+    },
+    /// A key string could not be parsed.
+    #[error(transparent)]
+    Key(#[from] KeyParseError),
+    /// The module to edit was not found inside its file.
+    #[error("the inline module `{0}` was not found in its file")]
+    NoInlineModule(String),
+}
+
+fn list_available(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "; it has no items".to_owned()
+    } else {
+        let shown: Vec<&str> = keys.iter().take(12).map(String::as_str).collect();
+        let more = if keys.len() > shown.len() {
+            ", …"
+        } else {
+            ""
+        };
+        format!("; it has: {}{more}", shown.join(", "))
+    }
+}
+
+impl crate::Categorized for EditError {
+    fn category(&self) -> crate::ErrorCategory {
+        crate::ErrorCategory::BadInput
+    }
+}
+
+/// Where items live: a file's top level, an inline module's braces, an impl's braces.
+struct Container<'a> {
+    items: Vec<Entry<'a>>,
+    /// Bytes between the braces (or the file after its BOM/shebang).
+    body: Range<usize>,
+    /// The closing brace's offset, for braced containers.
+    close: Option<usize>,
+    /// Indentation of items inside.
+    indent: String,
+}
+
+/// An existing item of a container.
+struct Entry<'a> {
+    key: ItemKey,
+    range: Range<usize>,
+    tokens: String,
+    /// Where the item continues after its leading doc comments, when it has some.
+    doc_end: Option<usize>,
+    /// The tokens without the leading doc comments.
+    tokens_nodoc: String,
+    node: Node<'a>,
+}
+
+impl Entry<'_> {
+    fn new<'n>(file: &SourceFile, key: ItemKey, node: &impl ToTokens, kind: Node<'n>) -> Entry<'n> {
+        let tokens = node.to_token_stream();
+        let (doc_end, rest) = split_docs(file, tokens.clone());
+        Entry {
+            key,
+            range: file.range_of(&tokens),
+            tokens: tokens.to_string(),
+            doc_end,
+            tokens_nodoc: rest,
+            node: kind,
+        }
+    }
+
+    /// The range a replacement by `new` covers, and whether `new` equals the item:
+    /// when `new` has no doc comment, the existing doc comments are kept.
+    fn replacement(&self, new: &impl ToTokens, new_has_docs: bool) -> (Range<usize>, bool) {
+        let new_tokens = new.to_token_stream().to_string();
+        match self.doc_end {
+            Some(d) if !new_has_docs => (d..self.range.end, self.tokens_nodoc == new_tokens),
+            _ => (self.range.clone(), self.tokens == new_tokens),
+        }
+    }
+}
+
+/// Split leading doc attributes off an item's tokens: the offset where the rest
+/// starts (None when there is no leading doc) and the rest's token text.
+fn split_docs(file: &SourceFile, tokens: TokenStream) -> (Option<usize>, String) {
+    let trees: Vec<TokenTree> = tokens.into_iter().collect();
+    let mut i = 0;
+    while i + 1 < trees.len() {
+        let is_doc = matches!(&trees[i], TokenTree::Punct(p) if p.as_char() == '#')
+            && matches!(&trees[i + 1], TokenTree::Group(g)
+                if g.delimiter() == Delimiter::Bracket
+                && matches!(g.stream().into_iter().next(), Some(TokenTree::Ident(id)) if id == "doc"));
+        if !is_doc {
+            break;
+        }
+        i += 2;
+    }
+    if i == 0 || i >= trees.len() {
+        return (None, String::new());
+    }
+    let rest: TokenStream = trees[i..].iter().cloned().collect();
+    (Some(file.range(trees[i].span()).start), rest.to_string())
+}
+
+fn has_docs(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| a.path().is_ident("doc"))
+}
+
+fn member_attrs(m: &syn::ImplItem) -> &[syn::Attribute] {
+    match m {
+        syn::ImplItem::Const(i) => &i.attrs,
+        syn::ImplItem::Fn(i) => &i.attrs,
+        syn::ImplItem::Type(i) => &i.attrs,
+        syn::ImplItem::Macro(i) => &i.attrs,
+        _ => &[],
+    }
+}
+
+fn item_has_docs(item: &syn::Item) -> bool {
+    let mut item = item.clone();
+    crate::item::item_attrs_mut(&mut item).is_some_and(|a| has_docs(a))
+}
+
+enum Node<'a> {
+    Item(&'a syn::Item),
+    Member,
+}
+
+/// Apply `edit` to the module whose items are `file`'s top level (when `inline` is
+/// empty) or the inline module reached by the item indices in `inline`.
+pub fn apply(file: &SourceFile, inline: &[usize], edit: &Edit) -> Result<EditOutcome, EditError> {
+    let mut engine = Engine::new(file, inline)?;
+    match edit.mode {
+        EditMode::Merge => engine.merge(&edit.code, edit.formatting)?,
+        EditMode::Replace => engine.replace(&edit.code)?,
+        EditMode::Remove => engine.remove(&edit.items)?,
+    }
+    engine.finish()
+}
+
+/// Apply `edit` to the inline module named by `names` (outermost first) in `text`, or to
+/// the whole file when `names` is empty. Convenient for tests and tools without a
+/// project.
+pub fn apply_to_text(text: &str, names: &[&str], edit: &Edit) -> Result<EditOutcome, EditError> {
+    let file = SourceFile::parse(Origin::File("<input>".into()), text.to_owned())
+        .map_err(EditError::ResultSyntax)?;
+    let mut chain = Vec::new();
+    let mut items: &[syn::Item] = &file.syntax().items;
+    for name in names {
+        let (i, m) = items
+            .iter()
+            .enumerate()
+            .find_map(|(i, it)| match it {
+                syn::Item::Mod(m) if m.ident == name && m.content.is_some() => Some((i, m)),
+                _ => None,
+            })
+            .ok_or_else(|| EditError::NoInlineModule((*name).to_owned()))?;
+        chain.push(i);
+        items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
+    }
+    apply(&file, &chain, edit)
+}
+
+struct Engine<'a> {
+    file: &'a SourceFile,
+    text: &'a str,
+    eol: LineEnding,
+    module: Container<'a>,
+    splices: Vec<Pending>,
+    changes: Vec<ItemChange>,
+    order: usize,
+    /// The file indents with tabs: formatted text is converted.
+    tabs: bool,
+}
+
+/// A splice before sorting, with the order it was made in and whether it must be
+/// separated by a blank line from an insertion made at the same point before it.
+struct Pending {
+    splice: Splice,
+    order: usize,
+    separate: bool,
+}
+
+/// How an insertion is laid out relative to its neighbours.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spacing {
+    /// Separated by blank lines (most items).
+    Blank,
+    /// On the next line, no blank line (`use`, `extern crate`, `mod x;`).
+    Tight,
+}
+
+impl<'a> Engine<'a> {
+    fn new(file: &'a SourceFile, inline: &[usize]) -> Result<Self, EditError> {
+        let text = file.text();
+        let mut items: &'a [syn::Item] = &file.syntax().items;
+        let mut braced: Option<&'a syn::ItemMod> = None;
+        for &i in inline {
+            match items.get(i) {
+                Some(syn::Item::Mod(m)) if m.content.is_some() => {
+                    braced = Some(m);
+                    items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
+                }
+                _ => return Err(EditError::NoInlineModule(format!("#{i}"))),
+            }
+        }
+        let (body, close, default_indent) = match braced {
+            None => (file.prefix_len()..text.len(), None, String::new()),
+            Some(m) => {
+                let brace = &m.content.as_ref().map(|(b, _)| b).expect("braced");
+                let open = file.range(brace.span.open()).end;
+                let close = file.range(brace.span.close()).start;
+                let outer = line_indent(text, file.range_of(m).start);
+                (
+                    open..close,
+                    Some(close),
+                    format!("{outer}{}", indent_unit(&outer)),
+                )
+            }
+        };
+        let entries: Vec<Entry<'a>> = items
+            .iter()
+            .map(|it| Entry::new(file, ItemKey::of_item(it), it, Node::Item(it)))
+            .collect();
+        let indent = entries
+            .first()
+            .and_then(|e| own_line_indent(text, e.range.start))
+            .unwrap_or(default_indent);
+        let tabs = text.lines().filter(|l| l.starts_with('\t')).count()
+            > text.lines().filter(|l| l.starts_with("    ")).count();
+        Ok(Engine {
+            file,
+            text,
+            eol: file.line_ending(),
+            module: Container {
+                items: entries,
+                body,
+                close,
+                indent,
+            },
+            splices: Vec::new(),
+            changes: Vec::new(),
+            order: 0,
+            tabs,
+        })
+    }
+
+    fn splice(&mut self, range: Range<usize>, text: String) {
+        self.splice_with(range, text, false);
+    }
+
+    fn splice_with(&mut self, range: Range<usize>, text: String, separate: bool) {
+        self.order += 1;
+        self.splices.push(Pending {
+            splice: Splice { range, text },
+            order: self.order,
+            separate,
+        });
+    }
+
+    /// Formatted (prettyplease) text in the file's indentation style.
+    fn styled(&self, raw: String, formatting: Formatting) -> String {
+        if self.tabs && formatting == Formatting::Pretty {
+            format::tabify(&raw)
+        } else {
+            raw
+        }
+    }
+
+    fn change(&mut self, action: ChangeAction, key: &ItemKey) {
+        self.changes.push(ItemChange {
+            action,
+            key: key.to_string(),
+            kind: key.kind,
+        });
+    }
+
+    // ----- merge -----
+
+    fn merge(&mut self, code: &str, formatting: Formatting) -> Result<(), EditError> {
+        let (items, ranges) = parse_items(code).map_err(EditError::Syntax)?;
+        if items.is_empty() {
+            return Err(EditError::EmptyCode);
+        }
+        let line = |r: &Range<usize>| crate::source::line_col(code, r.start).0;
+        // Submitted impls with the same key are merged together; other duplicates are
+        // refused.
+        let mut seen: HashMap<ItemKey, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = ItemKey::of_item(item);
+            if matches!(key.kind, ItemKind::Impl | ItemKind::Use) {
+                continue;
+            }
+            if let Some(&j) = seen.get(&key) {
+                return Err(EditError::DuplicateInCode {
+                    key: key.to_string(),
+                    first: line(&ranges[j]),
+                    second: line(&ranges[i]),
+                });
+            }
+            seen.insert(key, i);
+        }
+        for (item, range) in items.iter().zip(&ranges) {
+            let new_text = |indent: &str, first: bool| {
+                let raw = match formatting {
+                    Formatting::Pretty => format::pretty_item(item),
+                    Formatting::Verbatim => format::verbatim(code, range.clone()),
+                };
+                format::indent(&self.styled(raw, formatting), indent, first)
+            };
+            let key = ItemKey::of_item(item);
+            if let syn::Item::Impl(imp) = item {
+                self.merge_impl(imp, &key, code, range, formatting)?;
+                continue;
+            }
+            let matches: Vec<usize> = self
+                .module
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.key == key)
+                .map(|(i, _)| i)
+                .collect();
+            if key.kind == ItemKind::Use || key.kind.named_by_text() {
+                if matches.is_empty() {
+                    let text = new_text(&self.module.indent.clone(), false);
+                    self.add_item(&key, item, text);
+                } else {
+                    self.change(ChangeAction::Unchanged, &key);
+                }
+                continue;
+            }
+            match matches.as_slice() {
+                [] => {
+                    let text = new_text(&self.module.indent.clone(), false);
+                    self.add_item(&key, item, text);
+                }
+                [i] => {
+                    let entry = &self.module.items[*i];
+                    let (r, same) = entry.replacement(item, item_has_docs(item));
+                    if same {
+                        self.change(ChangeAction::Unchanged, &key);
+                    } else {
+                        let indent = self.item_indent(entry.range.start);
+                        let text = new_text(&indent, false);
+                        self.splice(r, self.eol.apply(&text));
+                        self.change(ChangeAction::Replaced, &key);
+                    }
+                }
+                many => {
+                    return Err(self.ambiguous(
+                        &key.to_string(),
+                        many.iter().map(|&i| {
+                            let e = &self.module.items[i];
+                            (e.key.to_string(), e.range.start)
+                        }),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_impl(
+        &mut self,
+        imp: &syn::ItemImpl,
+        key: &ItemKey,
+        code: &str,
+        range: &Range<usize>,
+        formatting: Formatting,
+    ) -> Result<(), EditError> {
+        let targets: Vec<&'a syn::ItemImpl> = self
+            .module
+            .items
+            .iter()
+            .filter(|e| e.key == *key)
+            .filter_map(|e| match e.node {
+                Node::Item(syn::Item::Impl(i)) => Some(i),
+                _ => None,
+            })
+            .collect();
+        if targets.is_empty() {
+            let whole = syn::Item::Impl(imp.clone());
+            let raw = match formatting {
+                Formatting::Pretty => format::pretty_item(&whole),
+                Formatting::Verbatim => format::verbatim(code, range.clone()),
+            };
+            let text = format::indent(&self.styled(raw, formatting), &self.module.indent, false);
+            self.add_item(key, &whole, text);
+            return Ok(());
+        }
+        let owner = impl_name(imp);
+        let containers: Vec<Container<'a>> = targets
+            .iter()
+            .map(|t| self.impl_container(t, &owner))
+            .collect();
+        if imp.items.is_empty() {
+            self.change(ChangeAction::Unchanged, key);
+            return Ok(());
+        }
+        for member in &imp.items {
+            let mkey = ItemKey::of_member(&owner, member);
+            let found: Vec<(usize, usize)> = containers
+                .iter()
+                .enumerate()
+                .flat_map(|(ci, c)| {
+                    c.items
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.key == mkey)
+                        .map(move |(ei, _)| (ci, ei))
+                })
+                .collect();
+            let member_text = |indent: &str| {
+                let raw = match formatting {
+                    Formatting::Pretty => format::pretty_member(imp, member),
+                    // Spans of submitted code are offsets into the code string.
+                    Formatting::Verbatim => {
+                        format::verbatim(code, syn::spanned::Spanned::span(member).byte_range())
+                    }
+                };
+                format::indent(&self.styled(raw, formatting), indent, false)
+            };
+            match found.as_slice() {
+                [] => {
+                    let c = containers.last().expect("at least one impl");
+                    let text = member_text(&c.indent);
+                    let anchor = c.items.iter().rev().find(|e| e.key.kind == mkey.kind);
+                    let (pos, ins, sep) = self.insertion(c, anchor, text, Spacing::Blank);
+                    self.splice_with(pos..pos, ins, sep);
+                    self.change(ChangeAction::Added, &mkey);
+                }
+                [(ci, ei)] => {
+                    let e = &containers[*ci].items[*ei];
+                    let (r, same) = e.replacement(member, has_docs(member_attrs(member)));
+                    if same || mkey.kind.named_by_text() {
+                        self.change(ChangeAction::Unchanged, &mkey);
+                    } else {
+                        let indent = self.item_indent(e.range.start);
+                        let text = member_text(&indent);
+                        self.splice(r, self.eol.apply(&text));
+                        self.change(ChangeAction::Replaced, &mkey);
+                    }
+                }
+                many => {
+                    let cands: Vec<(String, usize)> = many
+                        .iter()
+                        .map(|&(ci, ei)| {
+                            let e = &containers[ci].items[ei];
+                            (e.key.to_string(), e.range.start)
+                        })
+                        .collect();
+                    return Err(self.ambiguous(&mkey.to_string(), cands.into_iter()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn impl_container(&self, imp: &'a syn::ItemImpl, owner: &str) -> Container<'a> {
+        let open = self.file.range(imp.brace_token.span.open()).end;
+        let close = self.file.range(imp.brace_token.span.close()).start;
+        let items: Vec<Entry<'a>> = imp
+            .items
+            .iter()
+            .map(|m| Entry::new(self.file, ItemKey::of_member(owner, m), m, Node::Member))
+            .collect();
+        let outer = line_indent(self.text, self.file.range_of(imp).start);
+        let indent = items
+            .first()
+            .and_then(|e| own_line_indent(self.text, e.range.start))
+            .unwrap_or_else(|| format!("{outer}{}", indent_unit(&outer)));
+        Container {
+            items,
+            body: open..close,
+            close: Some(close),
+            indent,
+        }
+    }
+
+    fn add_item(&mut self, key: &ItemKey, item: &syn::Item, text: String) {
+        let is_decl = |i: &syn::Item| matches!(i, syn::Item::Mod(m) if m.content.is_none());
+        let same = |e: &&Entry<'_>| e.key.kind == key.kind;
+        let (pos, ins, sep) = match key.kind {
+            // `use` and `extern crate` group together, first in the module when new.
+            ItemKind::Use | ItemKind::ExternCrate => {
+                match self.module.items.iter().rev().find(same) {
+                    Some(anchor) => {
+                        self.insertion(&self.module, Some(anchor), text, Spacing::Tight)
+                    }
+                    None => self.before_first_item(text),
+                }
+            }
+            // `mod x;` goes after the last `mod` declaration, else after the `use`s.
+            ItemKind::Mod if is_decl(item) => {
+                let decl = self
+                    .module
+                    .items
+                    .iter()
+                    .rev()
+                    .find(|e| matches!(e.node, Node::Item(i) if is_decl(i)));
+                let header = self
+                    .module
+                    .items
+                    .iter()
+                    .rev()
+                    .find(|e| matches!(e.key.kind, ItemKind::Use | ItemKind::ExternCrate));
+                match decl.or(header) {
+                    Some(anchor) => {
+                        self.insertion(&self.module, Some(anchor), text, Spacing::Tight)
+                    }
+                    None => self.before_first_item(text),
+                }
+            }
+            _ => {
+                let anchor = self.module.items.iter().rev().find(same);
+                self.insertion(&self.module, anchor, text, Spacing::Blank)
+            }
+        };
+        self.splice_with(pos..pos, ins, sep);
+        self.change(ChangeAction::Added, key);
+    }
+
+    /// Where and what to insert for a new item in container `c`: after `anchor` (the
+    /// last item of the same kind), else at the end of the container. The bool says
+    /// whether the insertion needs a blank line before it when it follows another
+    /// insertion at the same point.
+    fn insertion(
+        &self,
+        c: &Container<'_>,
+        anchor: Option<&Entry<'_>>,
+        text: String,
+        spacing: Spacing,
+    ) -> (usize, String, bool) {
+        let eol = self.eol.as_str();
+        let text = self.eol.apply(&text);
+        match anchor {
+            Some(anchor) => {
+                let (pos, ins) = self.after(c, anchor.range.end, &c.indent, &text, spacing);
+                (pos, ins, spacing == Spacing::Blank)
+            }
+            None => {
+                let (pos, ins) = self.at_end(c, &text, eol);
+                (pos, ins, true)
+            }
+        }
+    }
+
+    /// Insert `text` (already indented but for its first line) after byte `end`.
+    fn after(
+        &self,
+        c: &Container<'_>,
+        end: usize,
+        indent: &str,
+        text: &str,
+        spacing: Spacing,
+    ) -> (usize, String) {
+        let eol = self.eol.as_str();
+        let t = self.text;
+        let line_end = t[end..].find('\n').map(|i| end + i);
+        let rest = &t[end..line_end.unwrap_or(t.len())];
+        let rest_is_trivia = rest.trim().is_empty() || rest.trim_start().starts_with("//");
+        match (line_end, spacing) {
+            (Some(nl), Spacing::Tight) if rest_is_trivia => {
+                (nl + 1, format!("{indent}{text}{eol}"))
+            }
+            (Some(nl), Spacing::Blank) if rest_is_trivia => {
+                // Keep a blank line before whatever follows, unless it is the end.
+                let next_start = nl + 1;
+                let next_end = t[next_start..]
+                    .find('\n')
+                    .map_or(t.len(), |i| next_start + i);
+                let next = t[next_start..next_end].trim();
+                let at_close = c
+                    .close
+                    .is_some_and(|cl| t[next_start..cl].trim().is_empty());
+                let after = if next.is_empty() || at_close { "" } else { eol };
+                (next_start, format!("{eol}{indent}{text}{eol}{after}"))
+            }
+            (None, _) if rest_is_trivia => {
+                let blank = if spacing == Spacing::Blank { eol } else { "" };
+                (t.len(), format!("{eol}{blank}{indent}{text}{eol}"))
+            }
+            _ => (end, format!("{eol}{eol}{indent}{text}")),
+        }
+    }
+
+    fn at_end(&self, c: &Container<'_>, text: &str, eol: &str) -> (usize, String) {
+        let indent = &c.indent;
+        match c.close {
+            None => {
+                let len = self.text.len();
+                let content = &self.text[c.body.clone()];
+                let mut ins = String::new();
+                if len > 0 && !self.text.ends_with('\n') {
+                    ins.push_str(eol);
+                }
+                if !content.trim().is_empty() {
+                    ins.push_str(eol);
+                }
+                ins.push_str(indent);
+                ins.push_str(text);
+                ins.push_str(eol);
+                (len, ins)
+            }
+            Some(close) => {
+                let line_start = self.text[..close].rfind('\n').map_or(0, |i| i + 1);
+                let before_brace = &self.text[line_start.max(c.body.start)..close];
+                if line_start > c.body.start && before_brace.trim().is_empty() {
+                    let has_content = !self.text[c.body.start..line_start].trim().is_empty();
+                    let blank = if has_content { eol } else { "" };
+                    (line_start, format!("{blank}{indent}{text}{eol}"))
+                } else {
+                    let has_content = !self.text[c.body.clone()].trim().is_empty();
+                    let blank = if has_content { eol } else { "" };
+                    let close_indent = line_indent(self.text, close);
+                    (
+                        close,
+                        format!("{eol}{blank}{indent}{text}{eol}{close_indent}"),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Insert before the first item (and the `//` comment lines attached above it).
+    fn before_first_item(&self, text: String) -> (usize, String, bool) {
+        let (pos, ins) = self.before_first(text);
+        (pos, ins, false)
+    }
+
+    fn before_first(&self, text: String) -> (usize, String) {
+        let eol = self.eol.as_str();
+        let text = self.eol.apply(&text);
+        let Some(first) = self.module.items.first() else {
+            return self.at_end(&self.module, &text, eol);
+        };
+        let indent = &self.module.indent;
+        let start = first.range.start;
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        if !self.text[line_start..start].trim().is_empty() || line_start < self.module.body.start {
+            return (start, format!("{text}{eol}{eol}{indent}"));
+        }
+        let mut pos = line_start;
+        // Climb over `//` comment lines directly above (not `//!`, not blank).
+        while pos > self.module.body.start {
+            let prev_start = self.text[..pos - 1].rfind('\n').map_or(0, |i| i + 1);
+            if prev_start < self.module.body.start {
+                break;
+            }
+            let line = self.text[prev_start..pos].trim();
+            if line.starts_with("//") && !line.starts_with("//!") && !line.starts_with("///") {
+                pos = prev_start;
+            } else {
+                break;
+            }
+        }
+        (pos, format!("{indent}{text}{eol}{eol}"))
+    }
+
+    /// The indentation of the line an existing item starts on, when only whitespace
+    /// precedes it there; else the module's item indentation.
+    fn item_indent(&self, start: usize) -> String {
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let lead = &self.text[line_start..start];
+        if lead.trim().is_empty() {
+            lead.to_owned()
+        } else {
+            self.module.indent.clone()
+        }
+    }
+
+    fn ambiguous(&self, key: &str, candidates: impl Iterator<Item = (String, usize)>) -> EditError {
+        EditError::Ambiguous {
+            key: key.to_owned(),
+            candidates: candidates
+                .map(|(k, off)| {
+                    let (l, _) = crate::source::line_col(self.text, off);
+                    format!("`{k}` (line {l})")
+                })
+                .collect(),
+        }
+    }
+
+    // ----- replace -----
+
+    fn replace(&mut self, code: &str) -> Result<(), EditError> {
+        let code = code.replace("\r\n", "\n");
+        let parsed =
+            SourceFile::parse(Origin::Submitted, code.clone()).map_err(EditError::Syntax)?;
+        if parsed.syntax().items.is_empty() && parsed.syntax().attrs.is_empty() {
+            return Err(EditError::EmptyCode);
+        }
+        // Item changes: compare old and new keys.
+        let old: Vec<(ItemKey, String)> = self
+            .module
+            .items
+            .iter()
+            .map(|e| (e.key.clone(), e.tokens.clone()))
+            .collect();
+        let new: Vec<(ItemKey, String)> = parsed
+            .syntax()
+            .items
+            .iter()
+            .map(|i| (ItemKey::of_item(i), i.to_token_stream().to_string()))
+            .collect();
+        for (k, t) in &new {
+            match old.iter().find(|(ok, _)| ok == k) {
+                None => self.change(ChangeAction::Added, k),
+                Some((_, ot)) if ot == t => self.change(ChangeAction::Unchanged, k),
+                Some(_) => self.change(ChangeAction::Replaced, k),
+            }
+        }
+        for (k, _) in &old {
+            if !new.iter().any(|(nk, _)| nk == k) {
+                self.change(ChangeAction::Removed, k);
+            }
+        }
+        let body = code.trim_matches('\n');
+        let eol = self.eol.as_str();
+        match self.module.close {
+            None => {
+                // Keep a BOM and a shebang line (with its line break).
+                let mut start = self.module.body.start;
+                let shebang = self.text[..start]
+                    .trim_start_matches('\u{feff}')
+                    .starts_with("#!");
+                if self.text[..start].ends_with('\r') {
+                    start -= 1;
+                }
+                let lead = if shebang { eol } else { "" };
+                let text = format!("{lead}{}{eol}", self.eol.apply(body));
+                self.splice(start..self.text.len(), text);
+            }
+            Some(close) => {
+                let indent = self.module.indent.clone();
+                let close_indent = line_indent(self.text, close);
+                let indented = format::indent(body, &indent, true);
+                let text = format!("{eol}{}{eol}{close_indent}", self.eol.apply(&indented));
+                self.splice(self.module.body.start..close, text);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- remove -----
+
+    fn remove(&mut self, keys: &[String]) -> Result<(), EditError> {
+        if keys.is_empty() {
+            return Err(EditError::NoItems);
+        }
+        let mut removed: Vec<Range<usize>> = Vec::new();
+        for text in keys {
+            let query = KeyQuery::parse(text)?;
+            // (key, range, the container's body and closing brace)
+            type Hit = (ItemKey, Range<usize>, Range<usize>, Option<usize>);
+            let mut hits: Vec<Hit> = Vec::new();
+            if query.key.owner.is_none() {
+                for e in &self.module.items {
+                    if query.matches(&e.key) {
+                        hits.push((
+                            e.key.clone(),
+                            e.range.clone(),
+                            self.module.body.clone(),
+                            self.module.close,
+                        ));
+                    }
+                }
+            } else {
+                for e in &self.module.items {
+                    if let Node::Item(syn::Item::Impl(imp)) = e.node {
+                        let owner = impl_name(imp);
+                        // `Point::fmt` designates members of `impl Point` and of
+                        // `impl Trait for Point`.
+                        let wanted = query.key.owner.as_deref().unwrap_or_default();
+                        let owner_matches = owner == wanted
+                            || owner
+                                .strip_suffix(wanted)
+                                .is_some_and(|h| h.ends_with(" for "));
+                        let open = self.file.range(imp.brace_token.span.open()).end;
+                        let close = self.file.range(imp.brace_token.span.close()).start;
+                        for m in &imp.items {
+                            let mk = ItemKey::of_member(&owner, m);
+                            let mut q = query.clone();
+                            q.key.owner = mk.owner.clone();
+                            if owner_matches && q.matches(&mk) {
+                                hits.push((mk, self.file.range_of(m), open..close, Some(close)));
+                            }
+                        }
+                    }
+                }
+            }
+            match hits.len() {
+                0 => {
+                    return Err(EditError::NoSuchItem {
+                        key: text.clone(),
+                        available: self
+                            .module
+                            .items
+                            .iter()
+                            .map(|e| e.key.to_string())
+                            .collect(),
+                    });
+                }
+                1 => {
+                    let (key, range, body, close) = hits.remove(0);
+                    if removed
+                        .iter()
+                        .any(|r| r.start <= range.start && range.end <= r.end)
+                    {
+                        continue; // already removed (named twice)
+                    }
+                    let r = self.removal_range(range, body, close);
+                    removed.push(r.clone());
+                    self.splice(r, String::new());
+                    self.change(ChangeAction::Removed, &key);
+                }
+                _ => {
+                    return Err(self.ambiguous(
+                        text,
+                        hits.into_iter()
+                            .map(|(k, r, _, _)| (k.to_string(), r.start)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Widen an item's span to its whole lines when it has them to itself, plus one
+    /// blank line so that no double blank line is left.
+    fn removal_range(
+        &self,
+        range: Range<usize>,
+        body: Range<usize>,
+        close: Option<usize>,
+    ) -> Range<usize> {
+        let t = self.text;
+        let line_start = t[..range.start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = t[range.end..]
+            .find('\n')
+            .map_or(t.len(), |i| range.end + i + 1);
+        let own_lines = t[line_start..range.start].trim().is_empty()
+            && t[range.end..line_end].trim().is_empty()
+            && line_start >= body.start
+            && close.is_none_or(|c| line_end <= c);
+        if !own_lines {
+            return range;
+        }
+        let mut start = line_start;
+        let mut end = line_end;
+        let is_blank = |r: Range<usize>| t[r].trim().is_empty();
+        let body_start = body.start;
+        let next_end = t[end..].find('\n').map_or(t.len(), |i| end + i + 1);
+        let next_is_blank = end < t.len() && is_blank(end..next_end);
+        let next_is_close =
+            end >= t.len() || close.is_some_and(|c| end <= c && t[end..c].trim().is_empty());
+        // The line before: blank, or the container's opening line (or the file start).
+        let prev_start = if start > 0 {
+            t[..start - 1].rfind('\n').map_or(0, |i| i + 1)
+        } else {
+            0
+        };
+        let prev_is_blank = start > 0 && prev_start >= body_start && is_blank(prev_start..start);
+        let prev_is_open =
+            start == 0 || start <= body_start || t[body_start..start].trim().is_empty();
+        if prev_is_blank && (next_is_blank || next_is_close) {
+            start = prev_start;
+        } else if prev_is_open && next_is_blank {
+            end = next_end;
+        }
+        start..end
+    }
+
+    // ----- finish -----
+
+    fn finish(self) -> Result<EditOutcome, EditError> {
+        let mut splices = self.splices;
+        splices.sort_by_key(|p| (p.splice.range.start, p.splice.range.end, p.order));
+        let eol = self.eol.as_str();
+        let mut out = String::with_capacity(self.text.len() + 256);
+        let mut pos = 0;
+        let mut applied: Vec<Splice> = Vec::with_capacity(splices.len());
+        for p in splices {
+            let mut s = p.splice;
+            // Two insertions at one point: keep a blank line between them.
+            if let Some(prev) = applied.last()
+                && prev.range.is_empty()
+                && s.range.is_empty()
+                && prev.range.start == s.range.start
+                && p.separate
+                && !s.text.starts_with(eol)
+            {
+                s.text.insert_str(0, eol);
+            }
+            debug_assert!(s.range.start >= pos, "overlapping splices");
+            let start = s.range.start.max(pos);
+            out.push_str(&self.text[pos..start]);
+            out.push_str(&s.text);
+            pos = s.range.end.max(start);
+            applied.push(s);
+        }
+        out.push_str(&self.text[pos..]);
+        let path = match self.file.origin() {
+            Origin::File(p) | Origin::Result(p) => p.clone(),
+            Origin::Submitted => "<module>".into(),
+        };
+        if !applied.is_empty() {
+            check_file(&path, &out).map_err(EditError::ResultSyntax)?;
+        }
+        Ok(EditOutcome {
+            text: out,
+            changes: self.changes,
+            splices: applied,
+        })
+    }
+}
+
+/// The whitespace at the start of the line holding byte `pos`, up to the first
+/// non-whitespace character.
+fn line_indent(text: &str, pos: usize) -> String {
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    text[line_start..]
+        .chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .collect()
+}
+
+/// The indentation of the line holding byte `pos` when only whitespace precedes `pos`
+/// on that line.
+fn own_line_indent(text: &str, pos: usize) -> Option<String> {
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let lead = &text[line_start..pos];
+    lead.trim().is_empty().then(|| lead.to_owned())
+}
+
+/// One level of indentation in the style of `outer`.
+fn indent_unit(outer: &str) -> &'static str {
+    if outer.starts_with('\t') {
+        "\t"
+    } else {
+        "    "
+    }
+}
+
+#[cfg(test)]
+mod tests;

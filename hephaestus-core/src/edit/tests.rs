@@ -1,0 +1,450 @@
+//! Table of edit-engine cases. Each case checks the invariant (every byte outside the
+//! splices is unchanged, the result parses) and snapshots the changes and the result.
+
+use super::*;
+
+/// Apply, check the invariant, and render changes + result for a snapshot.
+fn run(text: &str, names: &[&str], edit: &Edit) -> String {
+    let out = apply_to_text(text, names, edit).unwrap_or_else(|e| panic!("edit failed: {e}"));
+    assert_untouched(text, &out);
+    let mut shown = String::new();
+    for c in &out.changes {
+        shown.push_str(&format!("{} {}\n", c.action.as_str(), c.key));
+    }
+    shown.push_str("---\n");
+    shown.push_str(&out.text.replace('\r', "␍").replace('\u{feff}', "<BOM>"));
+    shown
+}
+
+/// Every byte of `old` outside the splices appears unchanged, in order, in the result.
+pub(super) fn assert_untouched(old: &str, out: &EditOutcome) {
+    let mut pos = 0;
+    let mut rebuilt = String::new();
+    for s in &out.splices {
+        assert!(s.range.start >= pos, "splices overlap or are unsorted");
+        rebuilt.push_str(&old[pos..s.range.start]);
+        rebuilt.push_str(&s.text);
+        pos = s.range.end;
+    }
+    rebuilt.push_str(&old[pos..]);
+    assert_eq!(rebuilt, out.text, "result is not old text + splices");
+    if !out.splices.is_empty() {
+        syn::parse_str::<syn::File>(&out.text[crate::source::prefix_len(&out.text)..])
+            .unwrap_or_else(|e| panic!("result does not parse: {e}\n{}", out.text));
+    }
+}
+
+fn err(text: &str, names: &[&str], edit: &Edit) -> String {
+    apply_to_text(text, names, edit)
+        .expect_err("edit must fail")
+        .to_string()
+}
+
+const AGENT: &str = r#"//! The hot-reload test module.
+
+use std::fmt;
+
+// The generation of this module's text.
+/// How many times this module has been reloaded.
+pub const RELOAD_GENERATION: u32 = 2;
+
+/// The function the demo rewrites.
+// A comment between the doc comment and the item.
+pub fn test_function() -> &'static str {
+    // The text is what the demo prints.
+    "version 2 - MODIFIED!"
+}
+
+/// A point.
+#[derive(Debug)]
+pub struct Point { x: f64, y: f64 }
+
+impl Point {
+    /// Length.
+    pub fn norm(&self) -> f64 { (self.x * self.x + self.y * self.y).sqrt() }
+
+    pub fn x(&self) -> f64
+    {
+        self.x
+    }
+}
+
+impl fmt::Display for Point {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({}, {})", self.x, self.y)
+    }
+}
+
+#[cfg(unix)]
+pub fn platform() -> &'static str { "unix" }
+#[cfg(not(unix))]
+pub fn platform() -> &'static str { "other" }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn works() {
+        assert!(test_function().starts_with("version"));
+    }
+}
+
+// End of the module.
+"#;
+
+#[test]
+fn seed_example_replaces_one_fn_and_adds_another() {
+    let edit = Edit::merge(
+        "fn test_function() -> &'static str { \"version 3 - SELF MODIFIED!\" }\n\
+         fn new_awesome_function() -> &'static str { \"This was added by self-modification!\" }",
+    );
+    insta::assert_snapshot!(run(AGENT, &[], &edit));
+}
+
+#[test]
+fn replacing_an_identical_item_changes_nothing() {
+    let edit = Edit::merge("pub fn platform() -> &'static str { \"x\" }");
+    // No cfg: a different key from both cfg twins, so it is added.
+    let out = apply_to_text(AGENT, &[], &edit).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Added);
+    let same = Edit::merge("#[cfg(unix)]\npub fn platform() -> &'static str { \"unix\" }");
+    let out = apply_to_text(AGENT, &[], &same).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert!(out.is_noop());
+    assert_eq!(out.text, AGENT);
+}
+
+#[test]
+fn cfg_twin_is_replaced_alone() {
+    let edit =
+        Edit::merge("#[cfg(not(unix))]\npub fn platform() -> &'static str { \"elsewhere\" }");
+    insta::assert_snapshot!(run(AGENT, &[], &edit));
+}
+
+#[test]
+fn inherent_impl_merges_method_by_method() {
+    let edit = Edit::merge(
+        "impl Point {\n    /// Squared length.\n    pub fn norm2(&self) -> f64 { self.x * self.x + self.y * self.y }\n    pub fn x(&self) -> f64 { self.x + 0.0 }\n}",
+    );
+    insta::assert_snapshot!(run(AGENT, &[], &edit));
+}
+
+#[test]
+fn trait_impl_method_is_replaced() {
+    let edit = Edit::merge(
+        "impl fmt::Display for Point { fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { write!(f, \"<{} {}>\", self.x, self.y) } }",
+    );
+    insta::assert_snapshot!(run(AGENT, &[], &edit));
+}
+
+#[test]
+fn new_impl_block_goes_after_the_last_impl() {
+    let edit =
+        Edit::merge("impl Default for Point { fn default() -> Self { Point { x: 0.0, y: 0.0 } } }");
+    insta::assert_snapshot!(run(AGENT, &[], &edit));
+}
+
+#[test]
+fn use_is_added_only_when_missing() {
+    let edit = Edit::merge("use std::fmt;\nuse std::collections::HashMap;");
+    insta::assert_snapshot!(run(AGENT, &[], &edit));
+}
+
+#[test]
+fn first_use_goes_before_the_first_item_and_its_comments() {
+    let text = "//! Crate docs.\n#![allow(dead_code)]\n\n// About f.\nfn f() {}\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::merge("use std::io;")));
+}
+
+#[test]
+fn struct_enum_union_trait_type_const_static_are_added_at_the_end() {
+    let text = "fn f() {}\n";
+    let edit = Edit::merge(
+        "struct S;\nenum E { A }\nunion U { a: u8 }\ntrait T {}\ntype A = u8;\nconst C: u8 = 1;\nstatic X: u8 = 2;",
+    );
+    insta::assert_snapshot!(run(text, &[], &edit));
+}
+
+#[test]
+fn every_kind_is_replaced_in_place() {
+    let text = "struct S;\n\nenum E { A }\n\nunion U { a: u8 }\n\ntrait T {}\n\ntype A = u8;\n\nconst C: u8 = 1;\n\nstatic X: u8 = 2;\n\nmacro_rules! m { () => {} }\n\nextern crate alloc;\n";
+    let edit = Edit::merge(
+        "struct S(u8);\nenum E { A, B }\nunion U { a: u16 }\ntrait T { fn t(&self); }\ntype A = u16;\nconst C: u8 = 3;\nstatic X: u8 = 4;\nmacro_rules! m { ($e:expr) => { $e } }\nextern crate alloc;",
+    );
+    insta::assert_snapshot!(run(text, &[], &edit));
+}
+
+#[test]
+fn item_macros_are_named_by_their_text() {
+    let text = "thread_local! { static A: u8 = 1; }\n";
+    let same = apply_to_text(
+        text,
+        &[],
+        &Edit::merge("thread_local! { static A: u8 = 1; }"),
+    )
+    .expect("edit");
+    assert_eq!(same.changes[0].action, ChangeAction::Unchanged);
+    insta::assert_snapshot!(run(
+        text,
+        &[],
+        &Edit::merge("thread_local! { static B: u8 = 2; }")
+    ));
+}
+
+#[test]
+fn generic_impl_merges() {
+    let text = "pub struct W<T>(T);\n\nimpl<T: Clone> W<T> {\n    pub fn get(&self) -> T { self.0.clone() }\n}\n";
+    let edit = Edit::merge(
+        "impl<T: Clone> W<T> { pub fn twice(&self) -> (T, T) { (self.0.clone(), self.0.clone()) } }",
+    );
+    insta::assert_snapshot!(run(text, &[], &edit));
+}
+
+#[test]
+fn method_in_the_second_of_two_impl_blocks_is_found() {
+    let text = "struct S;\nimpl S {\n    fn a(&self) {}\n}\nimpl S {\n    fn b(&self) {}\n}\n";
+    insta::assert_snapshot!(run(
+        text,
+        &[],
+        &Edit::merge("impl S { fn b(&self) { let _ = 1; } }")
+    ));
+}
+
+#[test]
+fn inline_module_items_are_indented_like_their_neighbours() {
+    let text = "pub mod outer {\n    //! Inner docs.\n\n    pub fn a() {}\n\n    pub mod nested {\n        pub fn b() -> u8 { 1 }\n    }\n}\n";
+    insta::assert_snapshot!(run(
+        text,
+        &["outer", "nested"],
+        &Edit::merge("pub fn b() -> u8 {\n    2\n}\npub fn c() -> &'static str { \"c\" }")
+    ));
+    insta::assert_snapshot!(
+        "inline_outer",
+        run(text, &["outer"], &Edit::merge("pub fn z() {}"))
+    );
+}
+
+#[test]
+fn empty_inline_module_gets_its_first_item() {
+    insta::assert_snapshot!(run("mod x {}\n", &["x"], &Edit::merge("fn a() {}")));
+    insta::assert_snapshot!(
+        "empty_braces_on_two_lines",
+        run("    mod x {\n    }\n", &["x"], &Edit::merge("fn a() {}"))
+    );
+}
+
+#[test]
+fn one_line_inline_module_gets_a_new_item() {
+    insta::assert_snapshot!(run(
+        "mod x { fn a() {} }\n",
+        &["x"],
+        &Edit::merge("fn b() {}")
+    ));
+}
+
+#[test]
+fn tab_indented_module_uses_tabs() {
+    let text = "mod x {\n\tfn a() {}\n}\n";
+    insta::assert_snapshot!(run(
+        text,
+        &["x"],
+        &Edit::merge("fn b() {\n    let _ = 1;\n}")
+    ));
+}
+
+#[test]
+fn multiline_string_literal_is_not_reindented() {
+    let text = "mod x {\n    fn a() {}\n}\n";
+    let edit = Edit::merge("fn b() -> &'static str {\n    \"line one\nline two\"\n}");
+    let out = run(text, &["x"], &edit);
+    assert!(out.contains("\"line one\nline two\""), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn crlf_line_endings_are_kept() {
+    let text = "// c\r\nfn a() -> u8 { 1 }\r\n\r\nfn b() {}\r\n";
+    let edit = Edit::merge("fn a() -> u8 {\n    2\n}\nfn c() {}");
+    let out = apply_to_text(text, &[], &edit).expect("edit");
+    assert_untouched(text, &out);
+    assert!(
+        !out.text.replace("\r\n", "").contains('\n'),
+        "bare LF in {:?}",
+        out.text
+    );
+    insta::assert_snapshot!(run(text, &[], &edit));
+}
+
+#[test]
+fn bom_and_shebang_are_kept() {
+    let text = "\u{feff}#!/usr/bin/env rust-script\n// c\nfn a() {}\n";
+    insta::assert_snapshot!(run(
+        text,
+        &[],
+        &Edit::merge("fn a() { let _ = 0; }\nfn b() {}")
+    ));
+}
+
+#[test]
+fn comments_after_the_last_item_stay_after_it() {
+    let text = "fn a() {}\n\n// trailing comment\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::merge("struct S;")));
+}
+
+#[test]
+fn trailing_comment_on_the_anchor_line_stays_with_it() {
+    let text = "fn a() {} // about a\nstruct S;\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::merge("fn b() {}")));
+}
+
+#[test]
+fn empty_file_gets_items() {
+    insta::assert_snapshot!(run("", &[], &Edit::merge("fn a() {}\nfn b() {}")));
+}
+
+#[test]
+fn file_without_final_newline() {
+    insta::assert_snapshot!(run("fn a() {}", &[], &Edit::merge("fn b() {}")));
+}
+
+#[test]
+fn doc_comments_of_new_items_are_kept() {
+    let out = run(
+        "fn a() {}\n",
+        &[],
+        &Edit::merge("/// Does b.\n/// Really.\nfn b() {}"),
+    );
+    assert!(out.contains("/// Does b.\n/// Really.\nfn b() {}"), "{out}");
+}
+
+#[test]
+fn verbatim_keeps_comments_and_layout() {
+    let code = "fn b() {\n    // why\n    let _ = 1;   // aligned\n}";
+    insta::assert_snapshot!(run(
+        "mod x {\n    fn a() {}\n}\n",
+        &["x"],
+        &Edit::merge(code).verbatim()
+    ));
+}
+
+#[test]
+fn remove_collapses_blank_lines() {
+    let text = "fn a() {}\n\n/// doc\nfn b() {}\n\nfn c() {}\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::remove(["fn b"])));
+    insta::assert_snapshot!("remove_last", run(text, &[], &Edit::remove(["c"])));
+}
+
+#[test]
+fn remove_member_and_cfg_twin() {
+    insta::assert_snapshot!(run(
+        AGENT,
+        &[],
+        &Edit::remove(["Point::norm", "#[cfg(not(unix))] fn platform"])
+    ));
+}
+
+#[test]
+fn remove_trait_impl_member_by_type() {
+    let out = apply_to_text(AGENT, &[], &Edit::remove(["fn Point::fmt"])).expect("edit");
+    assert_eq!(out.changes[0].key, "fn <Point as fmt::Display>::fmt");
+}
+
+#[test]
+fn remove_whole_impl_and_use() {
+    let out = run(AGENT, &[], &Edit::remove(["impl fmt::Display for Point"]));
+    let (changes, text) = out.split_once("---\n").expect("separator");
+    assert_eq!(changes, "removed impl fmt::Display for Point\n");
+    assert!(
+        !text.contains("impl fmt::Display") && text.contains("#[cfg(unix)]"),
+        "{text}"
+    );
+    let out = run(AGENT, &[], &Edit::remove(["use std::fmt"]));
+    let text = out.split_once("---\n").expect("separator").1;
+    assert!(!text.contains("use std::fmt"), "{text}");
+}
+
+#[test]
+fn remove_errors_are_precise() {
+    let e = err(AGENT, &[], &Edit::remove(["fn nope"]));
+    assert!(
+        e.contains("no item `fn nope`") && e.contains("fn test_function"),
+        "{e}"
+    );
+    let e = err(AGENT, &[], &Edit::remove(["platform"]));
+    assert!(
+        e.contains("matches several items") && e.contains("cfg(unix)"),
+        "{e}"
+    );
+    let e = err(AGENT, &[], &Edit::remove(Vec::<String>::new()));
+    assert!(e.contains("--item"), "{e}");
+    let e = err(AGENT, &[], &Edit::remove(["fn 3"]));
+    assert!(e.contains("cannot understand"), "{e}");
+}
+
+#[test]
+fn replace_mode_replaces_the_whole_file_but_keeps_the_prefix() {
+    let text = "\u{feff}#!/usr/bin/env x\r\nfn a() {}\r\nfn b() {}\r\n";
+    insta::assert_snapshot!(run(
+        text,
+        &[],
+        &Edit::replace("fn a() { let _ = 1; }\n\n// new\nfn c() {}\n")
+    ));
+}
+
+#[test]
+fn replace_mode_in_an_inline_module() {
+    let text = "fn top() {}\n\nmod x {\n    fn a() {}\n    fn b() {}\n}\n";
+    insta::assert_snapshot!(run(
+        text,
+        &["x"],
+        &Edit::replace("fn a() {}\nfn c() {\n    1;\n}")
+    ));
+}
+
+#[test]
+fn submitted_code_errors() {
+    let e = err(AGENT, &[], &Edit::merge("fn a() {}\nfn b( {}"));
+    assert!(e.contains("<submitted code>:2:"), "{e}");
+    let e = err(AGENT, &[], &Edit::merge("fn a() {}\nfn a() {}"));
+    assert!(e.contains("defines `fn a` twice (at lines 1 and 2)"), "{e}");
+    let e = err(AGENT, &[], &Edit::merge("   \n"));
+    assert!(e.contains("no code"), "{e}");
+    let e = err(AGENT, &[], &Edit::merge("#![allow(x)]\nfn a() {}"));
+    assert!(e.contains("inner attributes"), "{e}");
+    let e = err("fn a() {}\nfn a() {}\n", &[], &Edit::merge("fn a() {}"));
+    assert!(e.contains("matches several items"), "{e}");
+}
+
+#[test]
+fn inner_attributes_and_module_docs_survive_every_edit() {
+    let text = "#![allow(dead_code)]\n//! Docs.\n\nuse std::fmt;\n\nfn a() {}\n";
+    for edit in [
+        Edit::merge("fn a() { let _ = 1; }"),
+        Edit::merge("use std::io;"),
+        Edit::remove(["fn a"]),
+    ] {
+        let out = apply_to_text(text, &[], &edit).expect("edit");
+        assert_untouched(text, &out);
+        assert!(
+            out.text.starts_with("#![allow(dead_code)]\n//! Docs.\n"),
+            "{}",
+            out.text
+        );
+    }
+}
+
+#[test]
+fn mod_declaration_is_added_after_the_last_mod() {
+    let text = "pub mod a;\nmod b;\n\nfn f() {}\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::merge("pub mod c;")));
+}
+
+#[test]
+fn extern_crate_goes_first_when_there_is_none() {
+    insta::assert_snapshot!(run(
+        "use std::io;\n",
+        &[],
+        &Edit::merge("extern crate alloc;")
+    ));
+}

@@ -1,0 +1,673 @@
+//! Module resolution the way rustc does it: from each crate root, follow `mod`
+//! declarations (`foo.rs` or `foo/mod.rs`, `#[path = ".."]`, inline `mod foo { .. }`)
+//! down to the module a path names. A module path never resolves outside the project
+//! root: absolute `#[path]`s and symlinks that leave it are refused.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use crate::modpath::{ModulePath, ModulePathError, file_stem};
+use crate::project::{Package, Project, Target, TargetKind};
+use crate::source::{Origin, SourceFile, SyntaxError, line_col};
+
+/// How a module's text is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A crate root file (`lib.rs`, `main.rs`, `[[bin]] path`).
+    CrateRoot,
+    /// `foo/mod.rs`.
+    ModRs,
+    /// `foo.rs` (children in `foo/`).
+    File,
+    /// A file named by `#[path = ".."]` (children next to it).
+    PathAttr,
+    /// An inline `mod foo { .. }` inside another module's file.
+    Inline,
+}
+
+/// A resolved module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// The canonical way to write its path in this project: `crate::a::b`, or
+    /// `package::a::b` in a workspace with several packages.
+    pub path: String,
+    /// The package it belongs to.
+    pub package: String,
+    /// The crate root it was reached from (lib or bin name).
+    pub target: String,
+    /// The target's kind.
+    pub target_kind: TargetKind,
+    /// Segments from the crate root (empty for the root itself).
+    pub segments: Vec<String>,
+    /// The file holding the module's text (absolute).
+    pub file: PathBuf,
+    /// For an inline module: the chain of inline module names inside `file`, outermost
+    /// first. Empty when the module is the whole file.
+    pub inline: Vec<String>,
+    /// Indices of that chain in the item lists (for unambiguous lookup).
+    inline_index: Vec<usize>,
+    /// Where rustc looks for this module's child module files.
+    pub child_dir: PathBuf,
+    /// The layout.
+    pub layout: Layout,
+}
+
+impl Module {
+    /// The items of this module inside the parsed `file` (the file's items, or an
+    /// inline module's content).
+    pub fn items<'f>(&self, file: &'f SourceFile) -> Option<&'f [syn::Item]> {
+        items_at(&file.syntax().items, &self.inline_index)
+    }
+
+    /// The inline module item chain, outermost first (empty for file modules).
+    pub fn inline_mods<'f>(&self, file: &'f SourceFile) -> Vec<&'f syn::ItemMod> {
+        let mut out = Vec::new();
+        let mut items: &[syn::Item] = &file.syntax().items;
+        for &i in &self.inline_index {
+            match items.get(i) {
+                Some(syn::Item::Mod(m)) => {
+                    out.push(m);
+                    items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Is this the crate root?
+    pub fn is_crate_root(&self) -> bool {
+        self.segments.is_empty()
+    }
+}
+
+fn items_at<'f>(mut items: &'f [syn::Item], chain: &[usize]) -> Option<&'f [syn::Item]> {
+    for &i in chain {
+        match items.get(i)? {
+            syn::Item::Mod(m) => items = &m.content.as_ref()?.1,
+            _ => return None,
+        }
+    }
+    Some(items)
+}
+
+/// Errors of module resolution.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The path itself is malformed.
+    #[error(transparent)]
+    Path(#[from] ModulePathError),
+    /// No module with that path.
+    #[error("module `{path}` not found: {reason}{}", suggest(.suggestions))]
+    NotFound {
+        /// The path as given.
+        path: String,
+        /// Which segment failed and where it was looked for.
+        reason: String,
+        /// The nearest existing module paths.
+        suggestions: Vec<String>,
+    },
+    /// Several modules match (several packages, or cfg twins).
+    #[error("module `{path}` is ambiguous: it could be {}; write one of these", .candidates.join(" or "))]
+    Ambiguous {
+        /// The path as given.
+        path: String,
+        /// The qualified candidates.
+        candidates: Vec<String>,
+    },
+    /// The module's file would be outside the project root.
+    #[error(
+        "module `{path}` resolves to {file}, which is outside the project root {root}; heph never edits files outside the project"
+    )]
+    Escapes {
+        /// The path as given.
+        path: String,
+        /// The file it would reach.
+        file: PathBuf,
+        /// The project root.
+        root: PathBuf,
+    },
+    /// A `mod` declaration whose file does not exist.
+    #[error("module `{path}` is declared at {declared} but neither {} nor {} exists", .candidates[0].display(), .candidates.get(1).unwrap_or(&.candidates[0]).display())]
+    MissingFile {
+        /// The module path.
+        path: String,
+        /// `file:line:col` of the declaration.
+        declared: String,
+        /// The files rustc would look for.
+        candidates: Vec<PathBuf>,
+    },
+    /// Both `foo.rs` and `foo/mod.rs` exist (rustc rejects this too, E0761).
+    #[error("module `{path}` has both {} and {}; rustc rejects this (E0761): delete one", .a.display(), .b.display())]
+    BothLayouts {
+        /// The module path.
+        path: String,
+        /// `foo.rs`
+        a: PathBuf,
+        /// `foo/mod.rs`
+        b: PathBuf,
+    },
+    /// A `#[cfg_attr(.., path = "..")]`: the file depends on the build configuration.
+    #[error(
+        "module `{path}` is declared at {declared} with `#[cfg_attr(.., path = ..)]`; its file depends on the build configuration, which heph does not evaluate: edit the file by its unconditional path instead"
+    )]
+    CfgAttrPath {
+        /// The module path.
+        path: String,
+        /// `file:line:col` of the declaration.
+        declared: String,
+    },
+    /// A module file does not parse.
+    #[error("{0}")]
+    Syntax(Box<SyntaxError>),
+    /// A module file cannot be read.
+    #[error("cannot read {file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn suggest(s: &[String]) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; did you mean {}?",
+            s.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+impl crate::Categorized for ResolveError {
+    fn category(&self) -> crate::ErrorCategory {
+        match self {
+            ResolveError::Read { .. } => crate::ErrorCategory::Environment,
+            _ => crate::ErrorCategory::BadInput,
+        }
+    }
+}
+
+/// Resolves module paths of one project, caching parsed files.
+pub struct Resolver<'p> {
+    project: &'p Project,
+    files: RefCell<HashMap<PathBuf, Rc<SourceFile>>>,
+}
+
+impl std::fmt::Debug for Resolver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("root", &self.project.root())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of looking for one child of a module.
+enum Step {
+    Found(Module),
+    Missing,
+}
+
+impl<'p> Resolver<'p> {
+    /// A resolver for `project`.
+    pub fn new(project: &'p Project) -> Self {
+        Resolver {
+            project,
+            files: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The parsed file at `path` (cached).
+    pub fn file(&self, path: &Path) -> Result<Rc<SourceFile>, ResolveError> {
+        if let Some(f) = self.files.borrow().get(path) {
+            return Ok(Rc::clone(f));
+        }
+        let bytes = fs::read(path).map_err(|source| ResolveError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let file = SourceFile::parse_bytes(Origin::File(self.display_file(path)), bytes)
+            .map_err(ResolveError::Syntax)?;
+        let file = Rc::new(file);
+        self.files
+            .borrow_mut()
+            .insert(path.to_owned(), Rc::clone(&file));
+        Ok(file)
+    }
+
+    fn display_file(&self, path: &Path) -> PathBuf {
+        PathBuf::from(self.project.relative(path))
+    }
+
+    /// The crate root module of a target.
+    pub fn root_module(&self, package: &Package, target: &Target) -> Module {
+        let child_dir = target
+            .root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| package.dir.clone());
+        Module {
+            path: self.qualified(package, &[]),
+            package: package.name.clone(),
+            target: target.name.clone(),
+            target_kind: target.kind,
+            segments: Vec::new(),
+            file: target.root.clone(),
+            inline: Vec::new(),
+            inline_index: Vec::new(),
+            child_dir,
+            layout: Layout::CrateRoot,
+        }
+    }
+
+    fn qualified(&self, package: &Package, segments: &[String]) -> String {
+        let head = if self.project.packages().len() > 1 {
+            package.crate_name()
+        } else {
+            "crate".to_owned()
+        };
+        std::iter::once(head)
+            .chain(segments.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("::")
+    }
+
+    /// Resolve a module path given as text.
+    pub fn resolve(&self, text: &str) -> Result<Module, ResolveError> {
+        let path = ModulePath::parse(text)?;
+        self.resolve_path(&path)
+    }
+
+    /// The packages a path may refer to, and the segments left after a package name.
+    pub fn scope<'a>(&'a self, path: &'a ModulePath) -> (Vec<&'p Package>, &'a [String]) {
+        let project = self.project;
+        if !path.crate_relative
+            && let Some(first) = path.segments.first()
+            && let Some(pkg) = project.package(first)
+        {
+            let shadowed = project.packages().len() == 1
+                && path.segments.len() > 1
+                && self.declares_top_module(pkg, first);
+            if !shadowed {
+                return (vec![pkg], &path.segments[1..]);
+            }
+        }
+        let pkgs = match project.default_package() {
+            Some(p) => vec![p],
+            None => project.packages().iter().collect(),
+        };
+        (pkgs, &path.segments)
+    }
+
+    fn declares_top_module(&self, pkg: &Package, name: &str) -> bool {
+        pkg.targets.iter().any(|t| {
+            let root = self.root_module(pkg, t);
+            matches!(self.step(&root, name, ""), Ok(Step::Found(_)))
+        })
+    }
+
+    /// Resolve a parsed module path.
+    pub fn resolve_path(&self, path: &ModulePath) -> Result<Module, ResolveError> {
+        let (packages, segments) = self.scope(path);
+        let mut found: Vec<Module> = Vec::new();
+        let mut first_error: Option<ResolveError> = None;
+        let mut deepest: Option<(usize, String)> = None;
+        for pkg in &packages {
+            for target in &pkg.targets {
+                match self.walk(pkg, target, segments, &path.text) {
+                    Ok(Ok(m)) => {
+                        // A module reached from both the lib and a bin is the same module.
+                        if !found
+                            .iter()
+                            .any(|f| f.file == m.file && f.inline == m.inline)
+                        {
+                            found.push(m);
+                        }
+                        break; // lib first: a package's first match wins
+                    }
+                    Ok(Err((depth, reason))) => {
+                        if deepest.as_ref().is_none_or(|(d, _)| depth > *d) {
+                            deepest = Some((depth, reason));
+                        }
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        match found.len() {
+            1 => return Ok(found.remove(0)),
+            0 => {}
+            _ => {
+                return Err(ResolveError::Ambiguous {
+                    path: path.text.clone(),
+                    candidates: found.into_iter().map(|m| m.path).collect(),
+                });
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let reason = deepest.map_or_else(|| "the project has no crate roots".to_owned(), |d| d.1);
+        Err(ResolveError::NotFound {
+            path: path.text.clone(),
+            reason,
+            suggestions: self.suggestions(&path.text, 3),
+        })
+    }
+
+    /// Walk `segments` from a target's root. `Ok(Err((depth, reason)))` when a segment
+    /// is missing (depth = segments matched).
+    #[allow(clippy::type_complexity)]
+    fn walk(
+        &self,
+        pkg: &Package,
+        target: &Target,
+        segments: &[String],
+        text: &str,
+    ) -> Result<Result<Module, (usize, String)>, ResolveError> {
+        let mut module = self.root_module(pkg, target);
+        for (depth, seg) in segments.iter().enumerate() {
+            match self.step(&module, seg, text)? {
+                Step::Found(m) => module = m,
+                Step::Missing => {
+                    let here = if module.is_crate_root() {
+                        format!("the crate root {}", self.project.relative(&module.file))
+                    } else {
+                        format!(
+                            "`{}` ({})",
+                            module.path,
+                            self.project.relative(&module.file)
+                        )
+                    };
+                    return Ok(Err((depth, format!("{here} declares no module `{seg}`"))));
+                }
+            }
+        }
+        Ok(Ok(module))
+    }
+
+    /// Find the child `name` of `parent`.
+    fn step(&self, parent: &Module, name: &str, text: &str) -> Result<Step, ResolveError> {
+        let file = self.file(&parent.file)?;
+        let Some(items) = parent.items(&file) else {
+            return Ok(Step::Missing);
+        };
+        let mut segments = parent.segments.clone();
+        segments.push(name.to_owned());
+        let pkg = self
+            .project
+            .package(&parent.package)
+            .expect("module of a known package");
+        let child_path = self.qualified(pkg, &segments);
+        let want = file_stem(name);
+        let candidates: Vec<(usize, &syn::ItemMod)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, it)| match it {
+                syn::Item::Mod(m) if file_stem(&m.ident.to_string()) == want => Some((i, m)),
+                _ => None,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Step::Missing);
+        }
+        let mut resolved = Vec::new();
+        let mut errors = Vec::new();
+        for (index, m) in &candidates {
+            match self.child(parent, &file, *index, m, &segments, &child_path, text) {
+                Ok(module) => resolved.push(module),
+                Err(e) => errors.push(e),
+            }
+        }
+        match resolved.len() {
+            0 => Err(errors.remove(0)),
+            1 => Ok(Step::Found(resolved.remove(0))),
+            _ => {
+                let files: HashSet<_> = resolved.iter().map(|m| (&m.file, &m.inline)).collect();
+                if files.len() == 1 {
+                    return Ok(Step::Found(resolved.remove(0)));
+                }
+                Err(ResolveError::Ambiguous {
+                    path: child_path.clone(),
+                    candidates: candidates
+                        .iter()
+                        .map(|(_, m)| {
+                            let cfg = crate::item::cfgs(&m.attrs);
+                            format!("{} under #[{}]", child_path, cfg.join(", "))
+                        })
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn child(
+        &self,
+        parent: &Module,
+        file: &SourceFile,
+        index: usize,
+        m: &syn::ItemMod,
+        segments: &[String],
+        child_path: &str,
+        text: &str,
+    ) -> Result<Module, ResolveError> {
+        let declared = || {
+            let off = file.range_of(m).start;
+            let (l, c) = line_col(file.text(), off);
+            format!("{}:{l}:{c}", self.project.relative(&parent.file))
+        };
+        let path_attr = path_attribute(m);
+        if m.attrs.iter().any(is_cfg_attr_path) {
+            return Err(ResolveError::CfgAttrPath {
+                path: child_path.to_owned(),
+                declared: declared(),
+            });
+        }
+        let stem = file_stem(&m.ident.to_string()).to_owned();
+        let base = |m: &Module| m.child_dir.clone();
+        let mut module = Module {
+            path: child_path.to_owned(),
+            package: parent.package.clone(),
+            target: parent.target.clone(),
+            target_kind: parent.target_kind,
+            segments: segments.to_vec(),
+            file: parent.file.clone(),
+            inline: parent.inline.clone(),
+            inline_index: parent.inline_index.clone(),
+            child_dir: parent.child_dir.join(&stem),
+            layout: Layout::Inline,
+        };
+        if m.content.is_some() {
+            module.inline.push(m.ident.to_string());
+            module.inline_index.push(index);
+            if let Some(p) = &path_attr {
+                module.child_dir = parent.child_dir.join(p);
+            }
+            return Ok(module);
+        }
+        let (path, layout) = if let Some(p) = path_attr {
+            // Outside inline modules, `#[path]` is relative to the declaring file's
+            // directory; inside them, to the inline module's directory.
+            let dir = if parent.inline.is_empty() {
+                parent
+                    .file
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+            } else {
+                base(parent)
+            };
+            if Path::new(&p).is_absolute() {
+                return Err(ResolveError::Escapes {
+                    path: text.to_owned(),
+                    file: PathBuf::from(p),
+                    root: self.project.root().to_owned(),
+                });
+            }
+            (dir.join(p), Layout::PathAttr)
+        } else {
+            let a = base(parent).join(format!("{stem}.rs"));
+            let b = base(parent).join(&stem).join("mod.rs");
+            match (a.is_file(), b.is_file()) {
+                (true, true) => {
+                    return Err(ResolveError::BothLayouts {
+                        path: child_path.to_owned(),
+                        a,
+                        b,
+                    });
+                }
+                (true, false) => (a, Layout::File),
+                (false, true) => (b, Layout::ModRs),
+                (false, false) => {
+                    return Err(ResolveError::MissingFile {
+                        path: child_path.to_owned(),
+                        declared: declared(),
+                        candidates: vec![a, b],
+                    });
+                }
+            }
+        };
+        let path = normalize(&path);
+        self.check_inside(&path, text)?;
+        module.child_dir = match layout {
+            Layout::PathAttr => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            _ => base(parent).join(&stem),
+        };
+        module.file = path;
+        module.inline.clear();
+        module.inline_index.clear();
+        module.layout = layout;
+        Ok(module)
+    }
+
+    /// Refuse files that are (or whose symlinks lead) outside the project root.
+    pub fn check_inside(&self, path: &Path, text: &str) -> Result<(), ResolveError> {
+        let root = self.project.root();
+        let escapes = |file: PathBuf| ResolveError::Escapes {
+            path: text.to_owned(),
+            file,
+            root: root.to_owned(),
+        };
+        if !path.starts_with(root) {
+            return Err(escapes(path.to_owned()));
+        }
+        match path.canonicalize() {
+            Ok(real) if real.starts_with(root) => Ok(()),
+            Ok(real) => Err(escapes(real)),
+            Err(source) => Err(ResolveError::Read {
+                file: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Every module reachable from the project's crate roots (bounded), for
+    /// suggestions and listings. Modules that fail to resolve are skipped.
+    pub fn all_modules(&self, limit: usize) -> Vec<Module> {
+        let mut out: Vec<Module> = Vec::new();
+        let mut seen = HashSet::new();
+        for pkg in self.project.packages() {
+            for target in &pkg.targets {
+                let mut stack = vec![self.root_module(pkg, target)];
+                while let Some(m) = stack.pop() {
+                    if out.len() >= limit || !seen.insert((m.file.clone(), m.inline.clone())) {
+                        continue;
+                    }
+                    if let Ok(file) = self.file(&m.file)
+                        && let Some(items) = m.items(&file)
+                    {
+                        let names: Vec<String> = items
+                            .iter()
+                            .filter_map(|i| match i {
+                                syn::Item::Mod(md) => Some(md.ident.to_string()),
+                                _ => None,
+                            })
+                            .collect();
+                        for name in names.into_iter().rev() {
+                            if let Ok(Step::Found(child)) = self.step(&m, &name, "") {
+                                stack.push(child);
+                            }
+                        }
+                    }
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// The existing module paths nearest to `text`.
+    pub fn suggestions(&self, text: &str, n: usize) -> Vec<String> {
+        let want = ModulePath::parse(text)
+            .map(|p| p.segments.join("::"))
+            .unwrap_or_else(|_| text.to_owned());
+        let mut scored: Vec<(f64, String)> = self
+            .all_modules(5000)
+            .into_iter()
+            .filter(|m| !m.segments.is_empty())
+            .map(|m| {
+                let tail = m.segments.join("::");
+                let score = strsim::normalized_damerau_levenshtein(&want, &tail)
+                    .max(strsim::normalized_damerau_levenshtein(&want, &m.path));
+                (score, m.path)
+            })
+            .filter(|(s, _)| *s > 0.4)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        scored.dedup_by(|a, b| a.1 == b.1);
+        scored.into_iter().take(n).map(|(_, p)| p).collect()
+    }
+}
+
+/// The value of a `#[path = ".."]` attribute.
+fn path_attribute(m: &syn::ItemMod) -> Option<String> {
+    m.attrs.iter().find_map(|a| match &a.meta {
+        syn::Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => Some(s.value()),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn is_cfg_attr_path(a: &syn::Attribute) -> bool {
+    a.path().is_ident("cfg_attr")
+        && a.meta.require_list().is_ok_and(|l| {
+            l.tokens
+                .clone()
+                .into_iter()
+                .any(|tt| matches!(tt, proc_macro2::TokenTree::Ident(ref i) if i == "path"))
+        })
+}
+
+/// Remove `.` and resolve `..` lexically (rustc does not canonicalize either).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
