@@ -163,7 +163,23 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
             $(if let Some(e) = cause.downcast_ref::<$t>() { return Some(e.category()); })*
         };
     }
-    try_types!(hephaestus_core::state::StateError, UsageError);
+    use hephaestus_core as core;
+    try_types!(
+        UsageError,
+        core::apply::ApplyError,
+        core::apply::CodeError,
+        core::config::ConfigError,
+        core::edit::EditError,
+        core::fsio::WriteError,
+        core::history::HistoryError,
+        core::import::ImportError,
+        core::modpath::ModulePathError,
+        core::project::ProjectError,
+        core::resolve::ResolveError,
+        core::run::RunError,
+        core::state::StateError,
+        core::verify::VerifyError,
+    );
     None
 }
 

@@ -11,23 +11,33 @@
 //! and reports progress through [`Event`] callbacks.
 #![warn(missing_docs)]
 
+pub mod apply;
+pub mod config;
 pub mod edit;
 pub mod error;
 pub mod evolution;
+pub mod fsio;
 pub mod history;
+pub mod import;
 pub mod item;
 pub mod modpath;
 pub mod project;
 pub mod resolve;
+pub mod run;
 pub mod source;
 pub mod state;
+pub mod verify;
 
+pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Plan};
+pub use config::Config;
 pub use edit::{ChangeAction, Edit, EditMode, Formatting, ItemChange};
 pub use error::{Categorized, ErrorCategory};
 pub use evolution::{
     Evolution, EvolutionKind, EvolutionMeta, Fitness, ItemChanges, VerifyOutcome, VerifyRecord,
 };
+pub use import::ImportSpec;
 pub use item::ItemKey;
 pub use modpath::ModulePath;
 pub use project::Project;
 pub use resolve::Module;
+pub use verify::Verify;

@@ -79,6 +79,11 @@ impl Module {
         out
     }
 
+    /// Indices of the inline module chain in the file's item lists.
+    pub fn inline_index(&self) -> &[usize] {
+        &self.inline_index
+    }
+
     /// Is this the crate root?
     pub fn is_crate_root(&self) -> bool {
         self.segments.is_empty()
@@ -399,6 +404,29 @@ impl<'p> Resolver<'p> {
         Ok(Ok(module))
     }
 
+    /// Walk `segments` from a target's root as far as they exist: the deepest module
+    /// reached and how many segments matched.
+    pub fn deepest(
+        &self,
+        pkg: &Package,
+        target: &Target,
+        segments: &[String],
+    ) -> Result<(Module, usize), ResolveError> {
+        let mut module = self.root_module(pkg, target);
+        for (depth, seg) in segments.iter().enumerate() {
+            match self.step(&module, seg, &module.path.clone())? {
+                Step::Found(m) => module = m,
+                Step::Missing => return Ok((module, depth)),
+            }
+        }
+        Ok((module, segments.len()))
+    }
+
+    /// The project being resolved.
+    pub fn project(&self) -> &'p Project {
+        self.project
+    }
+
     /// Find the child `name` of `parent`.
     fn step(&self, parent: &Module, name: &str, text: &str) -> Result<Step, ResolveError> {
         let file = self.file(&parent.file)?;
@@ -573,6 +601,19 @@ impl<'p> Resolver<'p> {
                 source,
             }),
         }
+    }
+
+    /// Like [`Self::check_inside`] for a file that may not exist yet: its nearest
+    /// existing ancestor must be inside the root (no symlinked directory escapes).
+    pub fn check_inside_or_new(&self, path: &Path, text: &str) -> Result<(), ResolveError> {
+        let mut p = Some(path);
+        while let Some(cur) = p {
+            if cur.exists() {
+                return self.check_inside(cur, text);
+            }
+            p = cur.parent();
+        }
+        Ok(())
     }
 
     /// Every module reachable from the project's crate roots (bounded), for

@@ -1,5 +1,9 @@
 //! One module per subcommand, each with an `Args` struct and a `run` function.
 
+pub mod change;
+pub mod import;
+pub mod self_modify;
+
 use anyhow::Result;
 use clap::Subcommand;
 
@@ -7,9 +11,17 @@ use crate::output::{GlobalArgs, Output};
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Replace, add or remove items of an existing module; verified, reversible.
+    SelfModify(self_modify::Args),
+    /// Create a new module from code and declare it in its parent.
+    Import(import::Args),
+}
 
 /// Run one subcommand; returns the process exit code.
-pub fn run(command: Command, _global: &GlobalArgs, _out: &Output) -> Result<u8> {
-    match command {}
+pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
+    match command {
+        Command::SelfModify(args) => self_modify::run(args, global, out),
+        Command::Import(args) => import::run(args, global, out),
+    }
 }

@@ -697,14 +697,19 @@ impl<'a> Engine<'a> {
                     None => self.before_first_item(text),
                 }
             }
-            // `mod x;` goes after the last `mod` declaration, else after the `use`s.
+            // `mod x;` goes after the last `mod` declaration (one without `#[cfg]` when
+            // there is one), else after the `use`s.
             ItemKind::Mod if is_decl(item) => {
-                let decl = self
-                    .module
-                    .items
-                    .iter()
-                    .rev()
-                    .find(|e| matches!(e.node, Node::Item(i) if is_decl(i)));
+                let decls = || {
+                    self.module
+                        .items
+                        .iter()
+                        .rev()
+                        .filter(|e| matches!(e.node, Node::Item(i) if is_decl(i)))
+                };
+                let decl = decls()
+                    .find(|e| e.key.cfg.is_empty())
+                    .or_else(|| decls().next());
                 let header = self
                     .module
                     .items

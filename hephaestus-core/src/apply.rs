@@ -1,0 +1,573 @@
+//! Applying a change to the project: the one path every write takes.
+//!
+//! [`Project::plan`] computes the new file contents without touching anything;
+//! [`Project::apply`] takes the writer lock, records the pre-state in the history
+//! when the files changed by hand, writes atomically, verifies, records the result,
+//! and restores every file byte for byte when the verification fails.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::edit::{self, ChangeAction, Edit, EditError, ItemChange};
+use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta, ItemChanges, VerifyRecord};
+use crate::fsio::{FileWrite, Transaction, WriteError};
+use crate::history::{History, HistoryError};
+use crate::import::{self, ImportError, ImportSpec};
+use crate::modpath::ModulePath;
+use crate::project::Project;
+use crate::resolve::{ResolveError, Resolver};
+use crate::run::{RunError, RunReport, run_function};
+use crate::source::{Origin, SyntaxError, decode};
+use crate::state::{StateDir, StateError};
+use crate::verify::{self, Verify, VerifyError, VerifyOptions, VerifyProgress, VerifyReport};
+
+/// The default limit on submitted code: 8 MiB.
+pub const DEFAULT_MAX_CODE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A change to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Edit the items of an existing module.
+    SelfModify {
+        /// The module path (`crate::agent::x`, `agent.x`, `pkg::agent::x`).
+        module: String,
+        /// The edit.
+        edit: Edit,
+    },
+    /// Create a new module and wire it into its parent.
+    Import(ImportSpec),
+}
+
+impl Operation {
+    fn kind(&self) -> EvolutionKind {
+        match self {
+            Operation::SelfModify { .. } => EvolutionKind::SelfModify,
+            Operation::Import(_) => EvolutionKind::Import,
+        }
+    }
+
+    fn module(&self) -> &str {
+        match self {
+            Operation::SelfModify { module, .. } => module,
+            Operation::Import(spec) => &spec.module,
+        }
+    }
+}
+
+/// Everything an operation would write, computed without writing.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What produced it.
+    pub kind: EvolutionKind,
+    /// The module's canonical path in this project.
+    pub module: String,
+    /// The package that owns it (verified with cargo).
+    pub package: String,
+    /// Segments of the module from its crate root (for `--run`).
+    pub segments: Vec<String>,
+    /// The file writes.
+    pub files: Vec<FileWrite>,
+    /// Item-level changes.
+    pub changes: Vec<ItemChange>,
+    /// Function to run after an import (validated).
+    pub run: Option<String>,
+}
+
+impl Plan {
+    /// True when nothing would be written.
+    pub fn is_noop(&self) -> bool {
+        self.files
+            .iter()
+            .all(|f| f.before.as_deref() == Some(f.after.as_slice()))
+    }
+
+    /// A unified diff of the plan, paths relative to the project root.
+    pub fn diff(&self, project: &Project) -> String {
+        let mut out = String::new();
+        for f in &self.files {
+            let rel = project.relative(&f.path);
+            let before = f.before.as_deref().map(String::from_utf8_lossy);
+            let after = String::from_utf8_lossy(&f.after);
+            let old_name = if before.is_some() {
+                format!("a/{rel}")
+            } else {
+                "/dev/null".to_owned()
+            };
+            let diff = similar::TextDiff::from_lines(before.as_deref().unwrap_or(""), &after);
+            out.push_str(
+                &diff
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(&old_name, &format!("b/{rel}"))
+                    .to_string(),
+            );
+        }
+        out
+    }
+
+    fn item_changes(&self) -> ItemChanges {
+        let mut c = ItemChanges::default();
+        for ch in &self.changes {
+            match ch.action {
+                ChangeAction::Added => c.added.push(ch.key.clone()),
+                ChangeAction::Replaced => c.replaced.push(ch.key.clone()),
+                ChangeAction::Removed => c.removed.push(ch.key.clone()),
+                ChangeAction::Unchanged => {}
+            }
+        }
+        c
+    }
+}
+
+/// How [`Project::apply`] behaves.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Compute and return the diff; write nothing.
+    pub dry_run: bool,
+    /// How to verify.
+    pub verify: Verify,
+    /// Record the result in the history (the pre-state is always recorded).
+    pub backup: bool,
+    /// Record anything in the history at all (tests of the engine alone turn it off).
+    pub history: bool,
+    /// How long to wait for another heph holding the lock.
+    pub lock_timeout: Duration,
+    /// Limits, colors and cancellation of verification and `--run`.
+    pub verify_options: VerifyOptions,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            dry_run: false,
+            verify: Verify::CargoCheck,
+            backup: true,
+            history: true,
+            lock_timeout: Duration::from_secs(300),
+            verify_options: VerifyOptions::default(),
+        }
+    }
+}
+
+impl ApplyOptions {
+    /// Set the flag that cancels a running verification.
+    pub fn with_cancel(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.verify_options.cancel = Some(flag);
+        self
+    }
+}
+
+/// Progress of [`Project::apply`], for front ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Another heph holds the lock; waiting.
+    WaitingForLock {
+        /// Who holds it, as it said.
+        holder: String,
+    },
+    /// Edits by hand were found and recorded before writing.
+    PreStateRecorded {
+        /// The `manual` evolution's short id.
+        id: String,
+    },
+    /// The files were written.
+    Written {
+        /// Relative paths.
+        files: Vec<String>,
+    },
+    /// Verification started.
+    VerifyStarted {
+        /// The command.
+        command: String,
+    },
+    /// A compilation unit finished.
+    VerifyProgress(VerifyProgress),
+    /// Verification failed; the files were restored.
+    RolledBack,
+    /// Running the imported function.
+    Running {
+        /// The function's path.
+        function: String,
+    },
+}
+
+/// What [`Project::apply`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    /// `self-modify` or `import`.
+    pub kind: EvolutionKind,
+    /// The module's canonical path.
+    pub module: String,
+    /// The files written (relative).
+    pub files: Vec<String>,
+    /// The files created (relative), a subset of `files`.
+    pub created: Vec<String>,
+    /// Item-level changes.
+    pub changes: Vec<ItemChange>,
+    /// Only a dry run: nothing was written.
+    pub dry_run: bool,
+    /// The unified diff (dry runs).
+    pub diff: Option<String>,
+    /// Nothing needed to change.
+    pub noop: bool,
+    /// The verification.
+    pub verify: VerifyReport,
+    /// The change stands (verification passed or was skipped).
+    pub accepted: bool,
+    /// Verification failed and the files were restored byte for byte.
+    pub rolled_back: bool,
+    /// The evolution recorded for the change (absent with `--no-backup`, dry runs,
+    /// no-ops).
+    pub evolution: Option<Evolution>,
+    /// The `manual` evolution recorded first, when files had been edited by hand.
+    pub pre_state: Option<Evolution>,
+    /// The `rollback` evolution recorded after a failed verification.
+    pub rollback: Option<Evolution>,
+    /// The result of `--run`.
+    pub run: Option<RunReport>,
+}
+
+/// Errors of planning or applying a change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The module path does not resolve.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The edit is invalid.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The import is invalid.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// Writing failed (read-only file, I/O error); nothing was left half-written.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The lock could not be taken.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The history store failed.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// The verification command could not run, or was interrupted (files restored).
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The `--run` harness failed to start.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Restoring the files after a failed verification failed: say exactly what to do.
+    #[error(
+        "verification failed and restoring the files failed too ({source}); the state before the change is in the history: run `heph rollback --last`"
+    )]
+    Restore {
+        /// The restore error.
+        #[source]
+        source: WriteError,
+    },
+}
+
+impl crate::Categorized for ApplyError {
+    fn category(&self) -> crate::ErrorCategory {
+        match self {
+            ApplyError::Resolve(e) => e.category(),
+            ApplyError::Edit(e) => e.category(),
+            ApplyError::Import(e) => e.category(),
+            ApplyError::Write(e) => e.category(),
+            ApplyError::State(e) => e.category(),
+            ApplyError::History(e) => e.category(),
+            ApplyError::Verify(e) => e.category(),
+            ApplyError::Run(e) => e.category(),
+            ApplyError::Restore { .. } => crate::ErrorCategory::Environment,
+        }
+    }
+}
+
+/// Errors of reading submitted code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodeError {
+    /// More than the limit.
+    #[error(
+        "the submitted code is larger than the limit of {limit} bytes; split the change or raise the limit"
+    )]
+    TooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Not UTF-8.
+    #[error("the submitted code is not valid Rust: {0}")]
+    NotUtf8(Box<SyntaxError>),
+    /// Reading failed.
+    #[error("cannot read the code from {from}: {source}")]
+    Io {
+        /// Where it was read from.
+        from: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl crate::Categorized for CodeError {
+    fn category(&self) -> crate::ErrorCategory {
+        match self {
+            CodeError::Io { .. } => crate::ErrorCategory::Environment,
+            _ => crate::ErrorCategory::BadInput,
+        }
+    }
+}
+
+/// Read submitted code from `reader` with bounded memory: more than `limit` bytes is
+/// refused without reading the rest; non-UTF-8 is refused with its position.
+pub fn read_code(reader: impl Read, from: &str, limit: u64) -> Result<String, CodeError> {
+    let mut buf = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|source| CodeError::Io {
+            from: from.to_owned(),
+            source,
+        })?;
+    if buf.len() as u64 > limit {
+        return Err(CodeError::TooLarge { limit });
+    }
+    decode(Origin::Submitted, buf).map_err(CodeError::NotUtf8)
+}
+
+impl Project {
+    /// Compute what an operation would write, without writing or locking.
+    pub fn plan(&self, op: &Operation) -> Result<Plan, ApplyError> {
+        let resolver = Resolver::new(self);
+        match op {
+            Operation::SelfModify { module, edit } => {
+                let m = resolver.resolve(module)?;
+                let file = resolver.file(&m.file)?;
+                let outcome = edit::apply(&file, m.inline_index(), edit)?;
+                Ok(Plan {
+                    kind: EvolutionKind::SelfModify,
+                    module: m.path.clone(),
+                    package: m.package.clone(),
+                    segments: m.segments.clone(),
+                    files: vec![FileWrite {
+                        path: m.file.clone(),
+                        before: Some(file.text().as_bytes().to_vec()),
+                        after: outcome.text.into_bytes(),
+                    }],
+                    changes: outcome.changes,
+                    run: None,
+                })
+            }
+            Operation::Import(spec) => Ok(import::plan(&resolver, spec)?),
+        }
+    }
+
+    /// Resolve a module path (see [`Resolver`] for the rules).
+    pub fn resolve(&self, module: &str) -> Result<crate::resolve::Module, ResolveError> {
+        Resolver::new(self).resolve(module)
+    }
+
+    /// Parse a module path without resolving it.
+    pub fn parse_module_path(text: &str) -> Result<ModulePath, ResolveError> {
+        Ok(ModulePath::parse(text)?)
+    }
+
+    /// Apply an operation: lock, record the pre-state, write atomically, verify,
+    /// record, and restore on failure. A verification failure is not an `Err`: the
+    /// outcome says `accepted: false, rolled_back: true`.
+    pub fn apply(
+        &self,
+        op: &Operation,
+        opts: &ApplyOptions,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<ApplyOutcome, ApplyError> {
+        if opts.dry_run {
+            let plan = self.plan(op)?;
+            return Ok(self.outcome(&plan, true, Some(plan.diff(self))));
+        }
+        let state = StateDir::new(self.root());
+        let who = format!("{} {}", op.kind(), op.module());
+        let _lock = state.lock(&who, opts.lock_timeout, |holder| {
+            on_event(&Event::WaitingForLock {
+                holder: holder.to_owned(),
+            })
+        })?;
+        // Plan under the lock, so concurrent heph processes see each other's writes.
+        let plan = self.plan(op)?;
+        let mut outcome = self.outcome(&plan, false, None);
+        if plan.is_noop() {
+            outcome.noop = true;
+            return Ok(outcome);
+        }
+        let mut history = if opts.history {
+            Some(History::open(self.root())?)
+        } else {
+            None
+        };
+        if let Some(h) = history.as_mut() {
+            outcome.pre_state = h.record_manual_if_changed()?;
+            if let Some(e) = &outcome.pre_state {
+                on_event(&Event::PreStateRecorded {
+                    id: e.short_id.clone(),
+                });
+            }
+        }
+        let mut tx = Transaction::new(plan.files.clone());
+        tx.commit()?;
+        on_event(&Event::Written {
+            files: outcome.files.clone(),
+        });
+
+        let report = match self.verify(&plan, opts, on_event) {
+            Ok(r) => r,
+            Err(e) => {
+                // Interrupted or could not start: never leave an unverified change.
+                tx.restore()
+                    .map_err(|source| ApplyError::Restore { source })?;
+                on_event(&Event::RolledBack);
+                return Err(e.into());
+            }
+        };
+        let meta = |verify: VerifyRecord| EvolutionMeta {
+            kind: plan.kind,
+            module: Some(plan.module.clone()),
+            files: outcome.files.iter().map(PathBuf::from).collect(),
+            changes: plan.item_changes(),
+            verify: Some(verify),
+            fitness: None,
+            message: summary(&plan, verify),
+        };
+        let record = VerifyRecord {
+            outcome: report.outcome,
+            duration: report.duration,
+        };
+        outcome.verify = report;
+        if outcome.verify.ok() {
+            if opts.backup
+                && let Some(h) = history.as_mut()
+            {
+                outcome.evolution = h.record(&meta(record))?;
+            }
+            if let Some(function) = &plan.run {
+                let pkg = self
+                    .package(&plan.package)
+                    .expect("plan of a known package");
+                on_event(&Event::Running {
+                    function: function.clone(),
+                });
+                outcome.run = Some(run_function(
+                    self,
+                    pkg,
+                    &plan.segments,
+                    function,
+                    &opts.verify_options,
+                )?);
+            }
+            return Ok(outcome);
+        }
+        // Verification failed: record the attempt, restore byte for byte, record that.
+        outcome.accepted = false;
+        if opts.backup
+            && let Some(h) = history.as_mut()
+        {
+            outcome.evolution = h.record(&meta(record))?;
+        }
+        tx.restore()
+            .map_err(|source| ApplyError::Restore { source })?;
+        outcome.rolled_back = true;
+        on_event(&Event::RolledBack);
+        if opts.backup
+            && let Some(h) = history.as_mut()
+        {
+            let mut m = EvolutionMeta::new(
+                EvolutionKind::Rollback,
+                format!("rollback: {} failed verification", plan.module),
+            );
+            m.module = Some(plan.module.clone());
+            m.files = outcome.files.iter().map(PathBuf::from).collect();
+            outcome.rollback = h.record(&m)?;
+        }
+        Ok(outcome)
+    }
+
+    fn verify(
+        &self,
+        plan: &Plan,
+        opts: &ApplyOptions,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<VerifyReport, VerifyError> {
+        let mut progress = |p: VerifyProgress| on_event(&Event::VerifyProgress(p));
+        match &opts.verify {
+            Verify::Skip => Ok(VerifyReport::skipped()),
+            Verify::CargoCheck => {
+                on_event(&Event::VerifyStarted {
+                    command: format!("cargo check --all-targets -p {}", plan.package),
+                });
+                let mut progress = |p: VerifyProgress| on_event(&Event::VerifyProgress(p));
+                verify::cargo_check(
+                    &self.root().join("Cargo.toml"),
+                    &plan.package,
+                    &opts.verify_options,
+                    &mut progress,
+                )
+            }
+            Verify::Command(cmd) => {
+                verify::shell(self.root(), cmd, &opts.verify_options, &mut progress)
+            }
+        }
+    }
+
+    fn outcome(&self, plan: &Plan, dry_run: bool, diff: Option<String>) -> ApplyOutcome {
+        ApplyOutcome {
+            kind: plan.kind,
+            module: plan.module.clone(),
+            files: plan.files.iter().map(|f| self.relative(&f.path)).collect(),
+            created: plan
+                .files
+                .iter()
+                .filter(|f| f.before.is_none())
+                .map(|f| self.relative(&f.path))
+                .collect(),
+            changes: plan.changes.clone(),
+            dry_run,
+            diff,
+            noop: plan.is_noop(),
+            verify: VerifyReport::skipped(),
+            accepted: true,
+            rolled_back: false,
+            evolution: None,
+            pre_state: None,
+            rollback: None,
+            run: None,
+        }
+    }
+}
+
+/// The commit subject of a change: `self-modify crate::a::b: replaced fn f, added fn g`.
+fn summary(plan: &Plan, verify: VerifyRecord) -> String {
+    let changes: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != ChangeAction::Unchanged)
+        .map(|c| format!("{} {}", c.action.as_str(), c.key))
+        .collect();
+    let mut s = format!("{} {}", plan.kind, plan.module);
+    if !changes.is_empty() {
+        s.push_str(": ");
+        let joined = changes.join(", ");
+        if joined.chars().count() > 120 {
+            s.push_str(&format!("{} item changes", changes.len()));
+        } else {
+            s.push_str(&joined);
+        }
+    }
+    if verify.outcome == crate::VerifyOutcome::Failed {
+        s.push_str(" (verification failed)");
+    }
+    s
+}

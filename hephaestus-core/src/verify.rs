@@ -1,0 +1,344 @@
+//! Verification after a write: `cargo check` (or any command) run in its own process
+//! group, with cargo's JSON messages parsed for progress and rendered diagnostics, a
+//! timeout, and cancellation.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cargo_metadata::Message;
+use serde::Serialize;
+
+use crate::evolution::VerifyOutcome;
+
+/// What verifies a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// `cargo check --all-targets` on the package that owns the module.
+    CargoCheck,
+    /// A shell command (`sh -c CMD`) run at the project root, e.g. `cargo test`.
+    Command(String),
+    /// No verification.
+    Skip,
+}
+
+/// Limits and switches of a verification run.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Kill the command after this long (None: no limit).
+    pub timeout: Option<Duration>,
+    /// Ask cargo for ANSI-colored diagnostics.
+    pub color: bool,
+    /// Set to true (e.g. from a Ctrl-C handler) to stop the command.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// The result of a verification run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Passed, failed or skipped.
+    pub outcome: VerifyOutcome,
+    /// Wall time.
+    #[serde(rename = "duration_ms", serialize_with = "ser_ms")]
+    pub duration: Duration,
+    /// The command line that ran.
+    pub command: String,
+    /// Compiler errors, rendered the way cargo renders them.
+    pub errors: Vec<String>,
+    /// Number of compiler warnings.
+    pub warnings: usize,
+    /// The tail of the command's output (for non-cargo commands, or cargo failures
+    /// without diagnostics).
+    pub output: String,
+    /// The exit code, when the command exited.
+    pub exit_code: Option<i32>,
+    /// The command was killed after the timeout.
+    pub timed_out: bool,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl VerifyReport {
+    /// A report for a skipped verification.
+    pub fn skipped() -> Self {
+        VerifyReport {
+            outcome: VerifyOutcome::Skipped,
+            duration: Duration::ZERO,
+            command: String::new(),
+            errors: Vec::new(),
+            warnings: 0,
+            output: String::new(),
+            exit_code: None,
+            timed_out: false,
+        }
+    }
+
+    /// Did it pass (or was it skipped)?
+    pub fn ok(&self) -> bool {
+        self.outcome != VerifyOutcome::Failed
+    }
+}
+
+/// Progress of a verification run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyProgress {
+    /// A compilation unit finished (cargo JSON `compiler-artifact`).
+    Unit {
+        /// Units finished so far.
+        done: usize,
+        /// The unit's crate name.
+        name: String,
+    },
+}
+
+/// Errors of running a verification command at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The command could not be started.
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        /// The command.
+        command: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The run was cancelled (Ctrl-C).
+    #[error("verification was interrupted")]
+    Cancelled,
+}
+
+impl crate::Categorized for VerifyError {
+    fn category(&self) -> crate::ErrorCategory {
+        match self {
+            VerifyError::Spawn { .. } => crate::ErrorCategory::Environment,
+            VerifyError::Cancelled => crate::ErrorCategory::Rejected,
+        }
+    }
+}
+
+/// Run `cargo check --all-targets` for `package` of the workspace at `manifest`.
+pub fn cargo_check(
+    manifest: &Path,
+    package: &str,
+    opts: &VerifyOptions,
+    on_progress: &mut dyn FnMut(VerifyProgress),
+) -> Result<VerifyReport, VerifyError> {
+    let format = if opts.color {
+        "--message-format=json-diagnostic-rendered-ansi"
+    } else {
+        "--message-format=json"
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.arg("check")
+        .arg(format)
+        .arg("--all-targets")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("-p")
+        .arg(package);
+    let shown = format!("cargo check --all-targets -p {package}");
+    run_command(cmd, shown, true, opts, on_progress)
+}
+
+/// Run a shell command (`sh -c`) in `dir`.
+pub fn shell(
+    dir: &Path,
+    command: &str,
+    opts: &VerifyOptions,
+    on_progress: &mut dyn FnMut(VerifyProgress),
+) -> Result<VerifyReport, VerifyError> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).current_dir(dir);
+    run_command(cmd, command.to_owned(), false, opts, on_progress)
+}
+
+/// Keep the last `max` bytes of output, cut at a line boundary.
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    let cut = s[start..].find('\n').map_or(start, |i| start + i + 1);
+    format!("[… {} earlier bytes not shown]\n{}", cut, &s[cut..])
+}
+
+/// Run `cmd` in its own process group; with `cargo_json`, parse cargo's JSON messages
+/// from its stdout. The report's `output` holds stdout (plus stderr on failure).
+pub fn run_command(
+    mut cmd: Command,
+    shown: String,
+    cargo_json: bool,
+    opts: &VerifyOptions,
+    on_progress: &mut dyn FnMut(VerifyProgress),
+) -> Result<VerifyReport, VerifyError> {
+    let start = Instant::now();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| VerifyError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut s);
+        s
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<Line>();
+    let out_thread = thread::spawn(move || {
+        let reader = BufReader::new(stdout);
+        if cargo_json {
+            for msg in Message::parse_stream(reader).flatten() {
+                let line = match msg {
+                    Message::CompilerArtifact(a) => Line::Unit(a.target.name.clone()),
+                    Message::CompilerMessage(m) => {
+                        use cargo_metadata::diagnostic::DiagnosticLevel as L;
+                        match m.message.level {
+                            L::Error | L::Ice => {
+                                Line::Error(m.message.rendered.unwrap_or(m.message.message))
+                            }
+                            L::Warning => Line::Warning,
+                            _ => continue,
+                        }
+                    }
+                    Message::TextLine(t) => Line::Text(t),
+                    _ => continue,
+                };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        } else {
+            for line in reader.lines().map_while(Result::ok) {
+                if tx.send(Line::Text(line)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let mut errors = Vec::new();
+    let mut warnings = 0;
+    let mut text = String::new();
+    let mut units = 0;
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let status = loop {
+        while let Ok(line) = rx.try_recv() {
+            match line {
+                Line::Unit(name) => {
+                    units += 1;
+                    on_progress(VerifyProgress::Unit { done: units, name });
+                }
+                // `--all-targets` reports an error of the lib once per target.
+                Line::Error(e) if !errors.contains(&e) => errors.push(e),
+                Line::Error(_) => {}
+                Line::Warning => warnings += 1,
+                Line::Text(t) => {
+                    text.push_str(&t);
+                    text.push('\n');
+                }
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+        {
+            cancelled = true;
+        }
+        if opts.timeout.is_some_and(|t| start.elapsed() > t) {
+            timed_out = true;
+        }
+        if cancelled || timed_out {
+            kill_group(pid);
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = out_thread.join();
+    for line in rx.try_iter() {
+        match line {
+            Line::Error(e) if !errors.contains(&e) => errors.push(e),
+            Line::Error(_) | Line::Unit(_) => {}
+            Line::Warning => warnings += 1,
+            Line::Text(t) => {
+                text.push_str(&t);
+                text.push('\n');
+            }
+        }
+    }
+    let stderr_text = err_thread.join().unwrap_or_default();
+    if cancelled {
+        return Err(VerifyError::Cancelled);
+    }
+    let success = status.is_some_and(|s| s.success());
+    let mut output = text;
+    if !success {
+        output.push_str(&stderr_text);
+    }
+    if timed_out {
+        output.push_str(&format!(
+            "\n`{shown}` did not finish within {:?} and was killed\n",
+            opts.timeout.unwrap_or_default()
+        ));
+    }
+    Ok(VerifyReport {
+        outcome: if success {
+            VerifyOutcome::Passed
+        } else {
+            VerifyOutcome::Failed
+        },
+        duration: start.elapsed(),
+        command: shown,
+        errors,
+        warnings,
+        output: tail(&output, 16 * 1024),
+        exit_code: status.and_then(|s| s.code()),
+        timed_out,
+    })
+}
+
+enum Line {
+    Unit(String),
+    Error(String),
+    Warning,
+    Text(String),
+}
+
+/// SIGKILL a process group (the command and everything it started).
+pub fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The manifest cargo should use for `package`: the project's root manifest.
+pub fn manifest_of(root: &Path) -> PathBuf {
+    root.join("Cargo.toml")
+}
