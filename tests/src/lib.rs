@@ -121,6 +121,20 @@ impl TestEnv {
         Run::new(output, self.dir.path())
     }
 
+    /// Run a shell script (`sh -c`) in the project dir with the isolated environment
+    /// (for pipes, redirections and `ulimit`).
+    pub fn heph_shell(&self, script: &str) -> Run {
+        let mut cmd = Command::new("sh");
+        isolate(&mut cmd);
+        let output = cmd
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.project)
+            .output()
+            .expect("running sh");
+        Run::new(output, self.dir.path())
+    }
+
     /// A `git` command in the project dir with the same isolated environment.
     pub fn git(&self) -> Command {
         let mut cmd = Command::new("git");
