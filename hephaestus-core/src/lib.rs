@@ -9,6 +9,30 @@
 //!
 //! The crate never prints and never reads the process environment: it returns data
 //! and reports progress through [`Event`] callbacks.
+//!
+//! ```
+//! use hephaestus_core::{ApplyOptions, ChangeAction, Edit, Operation, Project, Verify};
+//! # let dir = tempfile::tempdir()?;
+//! # std::fs::create_dir(dir.path().join("src"))?;
+//! # std::fs::write(dir.path().join("Cargo.toml"), "[package]\nname = \"demo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n")?;
+//! # std::fs::write(dir.path().join("src/lib.rs"), "pub mod agent;\n")?;
+//! # std::fs::write(dir.path().join("src/agent.rs"), "// Kept.\npub fn version() -> u32 { 2 }\n")?;
+//! let project = Project::open(dir.path())?;
+//! assert_eq!(project.resolve("agent")?.file, project.root().join("src/agent.rs"));
+//!
+//! let op = Operation::SelfModify {
+//!     module: "crate::agent".into(),
+//!     edit: Edit::merge("pub fn version() -> u32 { 3 }"),
+//! };
+//! let opts = ApplyOptions { verify: Verify::Skip, history: false, ..ApplyOptions::default() };
+//! let outcome = project.apply(&op, &opts, &mut |_event| {})?;
+//! assert_eq!(outcome.changes[0].action, ChangeAction::Replaced);
+//! assert_eq!(
+//!     std::fs::read_to_string(dir.path().join("src/agent.rs"))?,
+//!     "// Kept.\npub fn version() -> u32 {\n    3\n}\n"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 
 pub mod apply;
