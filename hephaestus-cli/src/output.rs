@@ -144,16 +144,16 @@ impl Output {
 /// Write to stdout; a closed pipe (`heph history | head`) ends the process quietly.
 fn write_stdout(s: &str) {
     let mut stdout = io::stdout().lock();
-    if let Err(e) = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush()) {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+    if let Err(e) = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush())
+        && e.kind() == io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 
 /// The category of the first error in the chain that has one.
 fn category_of(err: &anyhow::Error) -> Option<ErrorCategory> {
-    err.chain().find_map(|cause| categorize(cause))
+    err.chain().find_map(categorize)
 }
 
 /// Downcast a cause to the core's error types. Each core error type is listed here.

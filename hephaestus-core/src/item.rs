@@ -354,13 +354,10 @@ fn write_tidy(tokens: TokenStream, out: &mut String) {
                     _ => space(out),
                 }
                 out.push(c);
-                if matches!(c, ',' | ';')
-                    || (c == ':' && p.spacing() == Spacing::Alone && !prev_joint)
-                {
-                    out.push(' ');
-                } else if matches!(c, '=' | '+' | '|' | '*' | '/' | '%' | '^')
-                    && p.spacing() == Spacing::Alone
-                {
+                let alone = p.spacing() == Spacing::Alone;
+                let separator = matches!(c, ',' | ';') || (c == ':' && alone && !prev_joint);
+                let operator = matches!(c, '=' | '+' | '|' | '*' | '/' | '%' | '^') && alone;
+                if separator || operator {
                     out.push(' ');
                 }
                 prev_joint = p.spacing() == Spacing::Joint;

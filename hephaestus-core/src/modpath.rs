@@ -169,9 +169,9 @@ pub fn check_identifier(s: &str) -> Result<(), IdentProblem> {
     }
     // Distinguish keywords from garbage: a keyword is a valid raw identifier.
     let raw = format!("r#{s}");
-    if !s.starts_with("r#") && s != "_" && syn::parse_str::<proc_macro2::Ident>(&raw).is_ok() {
-        Err(IdentProblem::Keyword)
-    } else if matches!(s, "crate" | "self" | "super" | "Self") {
+    let raw_ok =
+        !s.starts_with("r#") && s != "_" && syn::parse_str::<proc_macro2::Ident>(&raw).is_ok();
+    if raw_ok || matches!(s, "crate" | "self" | "super" | "Self") {
         Err(IdentProblem::Keyword)
     } else {
         Err(IdentProblem::Invalid)

@@ -305,9 +305,12 @@ pub fn decode(origin: Origin, bytes: Vec<u8>) -> Result<String, Box<SyntaxError>
     })
 }
 
+/// Submitted items and their byte ranges in the submitted code.
+pub type ParsedItems = (Vec<syn::Item>, Vec<Range<usize>>);
+
 /// Parse submitted code as a sequence of items (inner attributes and a shebang are
 /// not allowed in submitted code).
-pub fn parse_items(code: &str) -> Result<(Vec<syn::Item>, Vec<Range<usize>>), Box<SyntaxError>> {
+pub fn parse_items(code: &str) -> Result<ParsedItems, Box<SyntaxError>> {
     let file: syn::File = syn::parse_str(code)
         .map_err(|e| Box::new(SyntaxError::from_syn(Origin::Submitted, &e, code, 0)))?;
     if let Some(attr) = file.attrs.first() {
