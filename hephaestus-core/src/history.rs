@@ -41,6 +41,15 @@ impl History {
         Ok(None)
     }
 
+    /// Snapshot the current files with this metadata unless they equal the last
+    /// snapshot (used by `heph watch`).
+    pub fn record_if_changed(
+        &mut self,
+        _meta: &EvolutionMeta,
+    ) -> Result<Option<Evolution>, HistoryError> {
+        Ok(None)
+    }
+
     /// Snapshot the current files with this metadata.
     pub fn record(&mut self, _meta: &EvolutionMeta) -> Result<Option<Evolution>, HistoryError> {
         Ok(None)
