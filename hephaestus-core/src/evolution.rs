@@ -57,7 +57,9 @@ impl fmt::Display for EvolutionKind {
 
 /// The error of parsing an unknown evolution kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown evolution kind `{0}` (expected one of: self-modify, import, watch, evolve, rollback, manual)")]
+#[error(
+    "unknown evolution kind `{0}` (expected one of: self-modify, import, watch, evolve, rollback, manual)"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for EvolutionKind {

@@ -20,3 +20,4 @@ pub use error::{Categorized, ErrorCategory};
 pub use evolution::{
     Evolution, EvolutionKind, EvolutionMeta, Fitness, ItemChanges, VerifyOutcome, VerifyRecord,
 };
+pub mod project_root;

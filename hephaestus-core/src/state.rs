@@ -205,7 +205,11 @@ mod tests {
     fn lock_is_released_on_drop() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(dir.path());
-        drop(state.lock("a", Duration::from_secs(1), |_| {}).expect("lock"));
+        drop(
+            state
+                .lock("a", Duration::from_secs(1), |_| {})
+                .expect("lock"),
+        );
         state
             .lock("b", Duration::from_millis(10), |_| {})
             .expect("relock");
