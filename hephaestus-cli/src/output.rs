@@ -55,6 +55,7 @@ pub struct Output {
     /// Colors on stderr.
     pub color: bool,
     /// stderr is a terminal (progress bars allowed).
+    #[allow(dead_code)] // read by the commands that draw progress bars
     pub interactive: bool,
 }
 
@@ -144,16 +145,16 @@ impl Output {
 /// Write to stdout; a closed pipe (`heph history | head`) ends the process quietly.
 fn write_stdout(s: &str) {
     let mut stdout = io::stdout().lock();
-    if let Err(e) = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush()) {
-        if e.kind() == io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+    if let Err(e) = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush())
+        && e.kind() == io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 
 /// The category of the first error in the chain that has one.
 fn category_of(err: &anyhow::Error) -> Option<ErrorCategory> {
-    err.chain().find_map(|cause| categorize(cause))
+    err.chain().find_map(categorize)
 }
 
 /// Downcast a cause to the core's error types. Each core error type is listed here.
@@ -163,7 +164,12 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
             $(if let Some(e) = cause.downcast_ref::<$t>() { return Some(e.category()); })*
         };
     }
-    try_types!(hephaestus_core::state::StateError, UsageError);
+    try_types!(
+        hephaestus_core::state::StateError,
+        hephaestus_core::history::HistoryError,
+        hephaestus_core::project_root::ProjectRootError,
+        UsageError,
+    );
     None
 }
 

@@ -2,3 +2,4 @@
 //! against fresh copies of the fixtures.
 
 mod cli;
+mod history;

@@ -706,11 +706,11 @@ impl History {
         meta: &EvolutionMeta,
     ) -> Result<Option<Evolution>, HistoryError> {
         let (snap, tip) = self.take_snapshot()?;
-        if let Some(t) = tip {
-            if self.tree_of(t)? == snap.tree {
-                snap.save_cache(t);
-                return Ok(None);
-            }
+        if let Some(t) = tip
+            && self.tree_of(t)? == snap.tree
+        {
+            snap.save_cache(t);
+            return Ok(None);
         }
         self.commit(snap, tip, meta).map(Some)
     }
@@ -773,10 +773,10 @@ impl History {
     /// The heads whose ancestors are evolutions: the local history, then remote ones.
     fn heads(&self) -> Result<Vec<Oid>, HistoryError> {
         let mut heads: Vec<Oid> = self.tip()?.into_iter().collect();
-        if let Some(repo) = &self.repo {
-            if let Ok(refs) = repo.references_glob("refs/heph/remotes/*") {
-                heads.extend(refs.flatten().filter_map(|r| r.target()));
-            }
+        if let Some(repo) = &self.repo
+            && let Ok(refs) = repo.references_glob("refs/heph/remotes/*")
+        {
+            heads.extend(refs.flatten().filter_map(|r| r.target()));
         }
         Ok(heads)
     }
@@ -804,17 +804,17 @@ impl History {
             root: self.root.clone(),
         };
         // Fast path: the object database knows a unique object with this prefix.
-        if lower.len() >= 4 {
-            if let Ok(short) = Oid::from_str(&lower) {
-                let odb = repo
-                    .odb()
-                    .map_err(HistoryError::git("opening the object database"))?;
-                match odb.exists_prefix(short, lower.len()) {
-                    Ok(full) if in_history(full) => return Ok(full),
-                    Ok(_) => return Err(unknown()),
-                    Err(e) if e.code() == ErrorCode::NotFound => return Err(unknown()),
-                    Err(_) => {} // ambiguous in the database: look among evolutions only
-                }
+        if lower.len() >= 4
+            && let Ok(short) = Oid::from_str(&lower)
+        {
+            let odb = repo
+                .odb()
+                .map_err(HistoryError::git("opening the object database"))?;
+            match odb.exists_prefix(short, lower.len()) {
+                Ok(full) if in_history(full) => return Ok(full),
+                Ok(_) => return Err(unknown()),
+                Err(e) if e.code() == ErrorCode::NotFound => return Err(unknown()),
+                Err(_) => {} // ambiguous in the database: look among evolutions only
             }
         }
         let mut found: Vec<Oid> = Vec::new();

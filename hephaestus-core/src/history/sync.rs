@@ -107,15 +107,15 @@ fn callbacks<'a>(attempts: &'a mut usize) -> RemoteCallbacks<'a> {
         if *attempts > 3 {
             return Err(git2::Error::from_str("authentication failed"));
         }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            if let Some(user) = username {
-                return Cred::ssh_key_from_agent(user);
-            }
+        if allowed.contains(CredentialType::SSH_KEY)
+            && let Some(user) = username
+        {
+            return Cred::ssh_key_from_agent(user);
         }
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            if let Ok(config) = git2::Config::open_default() {
-                return Cred::credential_helper(&config, url, username);
-            }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && let Ok(config) = git2::Config::open_default()
+        {
+            return Cred::credential_helper(&config, url, username);
         }
         if allowed.contains(CredentialType::USERNAME) {
             return Cred::username(username.unwrap_or("git"));
@@ -258,10 +258,10 @@ fn open_remote<'r>(
     repo: &'r Repository,
     remote: &str,
 ) -> Result<(Remote<'r>, String), HistoryError> {
-    if Remote::is_valid_name(remote) {
-        if let Ok(r) = repo.find_remote(remote) {
-            return Ok((r, remote.to_owned()));
-        }
+    if Remote::is_valid_name(remote)
+        && let Ok(r) = repo.find_remote(remote)
+    {
+        return Ok((r, remote.to_owned()));
     }
     if looks_like_url(remote) {
         let r = repo
