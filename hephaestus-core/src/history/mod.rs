@@ -155,6 +155,19 @@ pub enum HistoryError {
         /// The remotes that exist.
         known: Vec<String>,
     },
+    /// The remote's protocol was left out of this build.
+    #[error(
+        "cannot reach `{remote}`: this heph was built without {protocol} support; \
+         rebuild it with `--features {feature}`, or use a path or file:// remote"
+    )]
+    UnsupportedTransport {
+        /// The remote as given.
+        remote: String,
+        /// `HTTPS` or `SSH`.
+        protocol: &'static str,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
     /// A file of the snapshot cannot be put back because something is in the way.
     #[error("cannot restore {path}: {reason}")]
     RestoreBlocked {
@@ -196,6 +209,7 @@ impl crate::Categorized for HistoryError {
             | HistoryError::Empty { .. }
             | HistoryError::NonePassed { .. }
             | HistoryError::UnknownRemote { .. } => BadInput,
+            HistoryError::UnsupportedTransport { .. } => Environment,
             HistoryError::Git { .. }
             | HistoryError::Io { .. }
             | HistoryError::CorruptRef { .. }

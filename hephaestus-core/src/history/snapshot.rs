@@ -341,6 +341,10 @@ pub(crate) fn snapshot(
     })
 }
 
+/// A directory entry as listed: its name, its type (from `readdir`, no stat) and the
+/// entry itself (to stat relative to the directory).
+type Listed = (OsString, FileType, fs::DirEntry);
+
 struct Walker<'r> {
     odb: Odb<'r>,
     old: StatCache,
@@ -412,7 +416,7 @@ impl Walker<'_> {
             Err(e) if !is_root && vanished(&e) => return Ok(None),
             Err(e) => return Err(io(abs)(e)),
         };
-        let mut listing: Vec<(OsString, FileType)> = Vec::new();
+        let mut listing: Vec<Listed> = Vec::new();
         for entry in read {
             let entry = entry.map_err(io(abs))?;
             let ft = match entry.file_type() {
@@ -420,14 +424,14 @@ impl Walker<'_> {
                 Err(e) if vanished(&e) => continue,
                 Err(e) => return Err(io(&entry.path())(e)),
             };
-            listing.push((entry.file_name(), ft));
+            listing.push((entry.file_name(), ft, entry));
         }
-        if !is_root && listing.iter().any(|(n, _)| n == ".git") {
+        if !is_root && listing.iter().any(|(n, _, _)| n == ".git") {
             // A nested repository: git stores it as a submodule link, heph leaves it out.
             return Ok(None);
         }
         listing.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let pushed = listing.iter().any(|(n, _)| n == ".gitignore")
+        let pushed = listing.iter().any(|(n, _, _)| n == ".gitignore")
             && push_gitignore(abs, &mut self.ignores);
         let old = self.old.dirs.remove(rel.as_slice());
         let mut entries = Vec::with_capacity(listing.len());
@@ -468,11 +472,11 @@ impl Walker<'_> {
         abs: &Path,
         rel: &mut Vec<u8>,
         is_root: bool,
-        listing: &[(OsString, FileType)],
+        listing: &[Listed],
         old: Option<&DirCache>,
         out: &mut Vec<Entry>,
     ) -> Result<(), HistoryError> {
-        for (name, ft) in listing {
+        for (name, ft, entry) in listing {
             let bytes = name.as_bytes();
             let path = abs.join(name);
             if excluded_by_heph(bytes, is_root, &path, *ft) {
@@ -502,7 +506,8 @@ impl Walker<'_> {
             if !(ft.is_file() || ft.is_symlink()) || is_ignored(&self.ignores, &path, false) {
                 continue;
             }
-            let md = match fs::symlink_metadata(&path) {
+            // Stat relative to the open directory: no path walk per file.
+            let md = match entry.metadata() {
                 Ok(md) => md,
                 Err(e) if vanished(&e) => continue,
                 Err(e) => return Err(HistoryError::Io { path, source: e }),

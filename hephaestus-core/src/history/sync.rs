@@ -107,16 +107,19 @@ fn callbacks<'a>(attempts: &'a mut usize) -> RemoteCallbacks<'a> {
         if *attempts > 3 {
             return Err(git2::Error::from_str("authentication failed"));
         }
+        #[cfg(feature = "ssh")]
         if allowed.contains(CredentialType::SSH_KEY)
             && let Some(user) = username
         {
             return Cred::ssh_key_from_agent(user);
         }
+        #[cfg(any(feature = "ssh", feature = "https"))]
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
             && let Ok(config) = git2::Config::open_default()
         {
             return Cred::credential_helper(&config, url, username);
         }
+        let _ = url; // used by the transports of the optional features
         if allowed.contains(CredentialType::USERNAME) {
             return Cred::username(username.unwrap_or("git"));
         }
@@ -148,10 +151,7 @@ impl History {
         let refspec = format!("+{HISTORY_REF}:{tracking_ref}");
         handle
             .download(&[refspec.as_str()], Some(&mut fetch))
-            .map_err(|source| HistoryError::Git {
-                what: format!("fetching {HISTORY_REF} from `{remote}`"),
-                source,
-            })?;
+            .map_err(|source| transport_error(remote, source))?;
         let advertised = handle.list().ok().and_then(|heads| {
             heads
                 .iter()
@@ -288,6 +288,24 @@ fn open_remote<'r>(
         repo: repo.path().to_path_buf(),
         known,
     })
+}
+
+/// A fetch error, made clear when the protocol was left out of the build.
+fn transport_error(remote: &str, source: git2::Error) -> HistoryError {
+    let unsupported = source.message().contains("unsupported URL protocol")
+        || source.message().contains("no TLS stream available");
+    if unsupported {
+        let https = remote.starts_with("https://") || remote.starts_with("http://");
+        return HistoryError::UnsupportedTransport {
+            remote: remote.to_owned(),
+            protocol: if https { "HTTPS" } else { "SSH" },
+            feature: if https { "https" } else { "ssh" },
+        };
+    }
+    HistoryError::Git {
+        what: format!("fetching {HISTORY_REF} from `{remote}`"),
+        source,
+    }
 }
 
 /// Commits reachable from `from` and not from `hide`.
