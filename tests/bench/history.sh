@@ -49,12 +49,13 @@ echo "// warm" >> src/m50/f50.rs
 "$heph" snapshot -q >/dev/null
 git add -A && git commit -q -m warm
 
-change='echo "// $(date +%s%N)" >> src/m42/f42.rs'
-hyperfine --warmup 3 --runs 30 --export-markdown "$work/snapshot.md" \
+change='sh -c "echo // \$(date +%s%N) >> src/m42/f42.rs"'
+# -N: no intermediate shell (the git pipeline needs one: sh -c, ~1 ms).
+hyperfine -N --warmup 3 --runs 40 --export-markdown "$work/snapshot.md" \
   --prepare "$change" \
   -n 'heph snapshot' "$heph snapshot -q" \
-  -n 'git add -A && git commit -q' 'git add -A && git commit -q -m x' \
-  -n 'git stash create' 'git stash create >/dev/null'
+  -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' \
+  -n 'git stash create' 'git stash create'
 
 # --- 2. history listing over 100,000 evolutions --------------------------------------
 long="$work/long"
@@ -84,9 +85,9 @@ for i in range(1, n + 1):
     out.write("\n")
 PY
 echo "evolutions: $(git rev-list --count refs/heph/history)"
-hyperfine --warmup 3 --runs 50 --export-markdown "$work/history.md" \
-  -n 'heph history --limit 50 --json' "$heph history --limit 50 --json >/dev/null" \
-  -n 'git log -50 --format=...' "git log -50 --format='%H%x00%h%x00%ct%x00%P%x00%B' refs/heph/history >/dev/null"
+hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history.md" \
+  -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
+  -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history"
 
 echo
 cat "$work/snapshot.md" "$work/history.md"

@@ -14,6 +14,8 @@ use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
 
 use git2::{ObjectType, Odb, Oid, Repository};
 use ignore::Match;
@@ -295,6 +297,10 @@ impl Snapshot {
 }
 
 /// Walk the project and write the objects of its current state.
+///
+/// Two phases: a parallel scan lists and stats every directory (the cost of a snapshot
+/// is mostly `stat` calls, one per file), then one thread looks the stats up in the
+/// cache, hashes what changed and writes the trees bottom-up.
 pub(crate) fn snapshot(
     repo: &Repository,
     scope: &Scope,
@@ -315,42 +321,31 @@ pub(crate) fn snapshot(
         .as_file()
         .metadata()
         .map_err(io(cache_file.path()))?;
+    let scanned = scan(scope)?;
     let odb = repo
         .odb()
         .map_err(HistoryError::git("opening the object database"))?;
-    let mut walker = Walker {
+    let mut builder = Builder {
         odb,
+        root: &scope.root,
+        scanned,
         old,
         new: StatCache::default(),
         start: (start.mtime(), start.mtime_nsec()),
-        ignores: scope.base_ignores.clone(),
     };
-    let mut rel = Vec::new();
-    let tree = match walker.dir(&scope.root, &mut rel, true)? {
+    let tree = match builder.dir(&mut Vec::new())? {
         Some(tree) => tree,
-        None => walker
+        None => builder
             .odb
             .write(ObjectType::Tree, &[])
             .map_err(HistoryError::git("writing the empty tree"))?,
     };
     Ok(Snapshot {
         tree,
-        cache: walker.new,
+        cache: builder.new,
         cache_file,
         cache_path: state_dir.join(CACHE_FILE),
     })
-}
-
-/// A directory entry as listed: its name, its type (from `readdir`, no stat) and the
-/// entry itself (to stat relative to the directory).
-type Listed = (OsString, FileType, fs::DirEntry);
-
-struct Walker<'r> {
-    odb: Odb<'r>,
-    old: StatCache,
-    new: StatCache,
-    start: (i64, i64),
-    ignores: Vec<Gitignore>,
 }
 
 /// What to do with one directory entry found by the walk.
@@ -364,8 +359,25 @@ fn excluded_by_heph(name: &[u8], is_root: bool, path: &Path, ft: FileType) -> bo
     }
 }
 
-fn is_ignored(stack: &[Gitignore], path: &Path, is_dir: bool) -> bool {
-    for g in stack.iter().rev() {
+/// The .gitignore matchers in force in a directory: its own, then its parents'.
+struct IgnoreStack {
+    matcher: Gitignore,
+    parent: Option<Arc<IgnoreStack>>,
+}
+
+fn is_ignored(
+    stack: Option<&Arc<IgnoreStack>>,
+    base: &[Gitignore],
+    path: &Path,
+    is_dir: bool,
+) -> bool {
+    let mut level = stack;
+    let chain = std::iter::from_fn(|| {
+        let here = level?;
+        level = here.parent.as_ref();
+        Some(&here.matcher)
+    });
+    for g in chain.chain(base.iter().rev()) {
         match g.matched(path, is_dir) {
             Match::Ignore(_) => return true,
             Match::Whitelist(_) => return false,
@@ -398,48 +410,263 @@ fn vanished(e: &io::Error) -> bool {
     )
 }
 
-impl Walker<'_> {
-    /// Snapshot the directory `abs` (relative path `rel`); None when it holds nothing
-    /// to store (empty, all ignored, or a nested repository).
-    fn dir(
-        &mut self,
-        abs: &Path,
-        rel: &mut Vec<u8>,
-        is_root: bool,
-    ) -> Result<Option<Oid>, HistoryError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HistoryError::Io { path, source }
-        };
-        let read = match fs::read_dir(abs) {
-            Ok(read) => read,
-            Err(e) if !is_root && vanished(&e) => return Ok(None),
-            Err(e) => return Err(io(abs)(e)),
-        };
-        let mut listing: Vec<Listed> = Vec::new();
-        for entry in read {
-            let entry = entry.map_err(io(abs))?;
-            let ft = match entry.file_type() {
-                Ok(ft) => ft,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(io(&entry.path())(e)),
-            };
-            listing.push((entry.file_name(), ft, entry));
+/// One entry the scan keeps (not excluded, not ignored).
+enum Found {
+    /// A file or symlink with its git mode and stat.
+    File {
+        name: Vec<u8>,
+        mode: u32,
+        stat: FileStat,
+    },
+    /// A subdirectory (scanned as its own job).
+    Dir { name: Vec<u8> },
+}
+
+impl Found {
+    fn name(&self) -> &[u8] {
+        match self {
+            Found::File { name, .. } | Found::Dir { name } => name,
         }
-        if !is_root && listing.iter().any(|(n, _, _)| n == ".git") {
-            // A nested repository: git stores it as a submodule link, heph leaves it out.
+    }
+}
+
+/// A directory to scan.
+struct Job {
+    abs: PathBuf,
+    rel: Vec<u8>,
+    ignores: Option<Arc<IgnoreStack>>,
+}
+
+/// The scanned directories by relative path; a nested repository maps to no entries.
+type Scanned = HashMap<Vec<u8>, Vec<Found>>;
+
+/// The work queue of the scan: jobs, how many are in progress, the first error.
+struct Queue {
+    jobs: Vec<Job>,
+    active: usize,
+    error: Option<HistoryError>,
+}
+
+/// List and stat every directory of the scope, on as many threads as there are cores.
+fn scan(scope: &Scope) -> Result<Scanned, HistoryError> {
+    let threads = thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let queue = Mutex::new(Queue {
+        jobs: vec![Job {
+            abs: scope.root.clone(),
+            rel: Vec::new(),
+            ignores: None,
+        }],
+        active: 0,
+        error: None,
+    });
+    let wake = Condvar::new();
+    let results = Mutex::new(Scanned::new());
+    thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| scan_worker(scope, &queue, &wake, &results));
+        }
+    });
+    let queue = queue.into_inner().map_err(|_| poisoned())?;
+    if let Some(e) = queue.error {
+        return Err(e);
+    }
+    results.into_inner().map_err(|_| poisoned())
+}
+
+fn poisoned() -> HistoryError {
+    HistoryError::Io {
+        path: PathBuf::new(),
+        source: io::Error::other("a snapshot thread panicked"),
+    }
+}
+
+fn scan_worker(scope: &Scope, queue: &Mutex<Queue>, wake: &Condvar, results: &Mutex<Scanned>) {
+    loop {
+        let job = {
+            let Ok(mut q) = queue.lock() else { return };
+            loop {
+                if q.error.is_some() {
+                    return;
+                }
+                if let Some(job) = q.jobs.pop() {
+                    q.active += 1;
+                    break job;
+                }
+                if q.active == 0 {
+                    wake.notify_all();
+                    return;
+                }
+                q = match wake.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+        };
+        let rel = job.rel.clone();
+        let outcome = scan_dir(scope, job);
+        let Ok(mut q) = queue.lock() else { return };
+        q.active -= 1;
+        match outcome {
+            Ok((found, subjobs)) => {
+                q.jobs.extend(subjobs);
+                if let Ok(mut r) = results.lock() {
+                    r.insert(rel, found);
+                }
+            }
+            Err(e) => {
+                q.error.get_or_insert(e);
+            }
+        }
+        wake.notify_all();
+    }
+}
+
+/// List one directory: the entries to keep, and the subdirectories to scan next.
+fn scan_dir(scope: &Scope, job: Job) -> Result<(Vec<Found>, Vec<Job>), HistoryError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HistoryError::Io { path, source }
+    };
+    let is_root = job.rel.is_empty();
+    let read = match fs::read_dir(&job.abs) {
+        Ok(read) => read,
+        Err(e) if !is_root && vanished(&e) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(io(&job.abs)(e)),
+    };
+    let mut listing: Vec<(OsString, FileType, fs::DirEntry)> = Vec::new();
+    for entry in read {
+        let entry = entry.map_err(io(&job.abs))?;
+        let ft = match entry.file_type() {
+            Ok(ft) => ft,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(io(&entry.path())(e)),
+        };
+        listing.push((entry.file_name(), ft, entry));
+    }
+    if !is_root && listing.iter().any(|(n, _, _)| n == ".git") {
+        // A nested repository: git stores it as a submodule link, heph leaves it out.
+        return Ok((Vec::new(), Vec::new()));
+    }
+    listing.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut ignores = job.ignores;
+    if listing.iter().any(|(n, _, _)| n == ".gitignore") {
+        let file = job.abs.join(".gitignore");
+        if file.is_file() {
+            let (matcher, _partial_errors) = Gitignore::new(&file);
+            ignores = Some(Arc::new(IgnoreStack {
+                matcher,
+                parent: ignores,
+            }));
+        }
+    }
+    let mut found = Vec::with_capacity(listing.len());
+    let mut subjobs = Vec::new();
+    for (name, ft, entry) in listing {
+        let bytes = name.as_bytes();
+        let path = job.abs.join(&name);
+        if excluded_by_heph(bytes, is_root, &path, ft) {
+            continue;
+        }
+        if ft.is_dir() {
+            if is_ignored(ignores.as_ref(), &scope.base_ignores, &path, true) {
+                continue;
+            }
+            let mut rel = job.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(bytes);
+            found.push(Found::Dir {
+                name: bytes.to_vec(),
+            });
+            subjobs.push(Job {
+                abs: path,
+                rel,
+                ignores: ignores.clone(),
+            });
+            continue;
+        }
+        if !(ft.is_file() || ft.is_symlink())
+            || is_ignored(ignores.as_ref(), &scope.base_ignores, &path, false)
+        {
+            continue;
+        }
+        // Stat relative to the open directory: no path walk per file.
+        let md = match entry.metadata() {
+            Ok(md) => md,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(HistoryError::Io { path, source: e }),
+        };
+        let Some(mode) = git_mode(&md) else { continue };
+        found.push(Found::File {
+            name: bytes.to_vec(),
+            mode,
+            stat: FileStat::of(&md),
+        });
+    }
+    Ok((found, subjobs))
+}
+
+/// The second phase: blobs for changed files, trees bottom-up, the new cache.
+struct Builder<'r, 's> {
+    odb: Odb<'r>,
+    root: &'s Path,
+    scanned: Scanned,
+    old: StatCache,
+    new: StatCache,
+    start: (i64, i64),
+}
+
+impl Builder<'_, '_> {
+    /// The tree of the directory `rel`; None when it holds nothing to store.
+    fn dir(&mut self, rel: &mut Vec<u8>) -> Result<Option<Oid>, HistoryError> {
+        let Some(found) = self.scanned.remove(rel.as_slice()) else {
             return Ok(None);
-        }
-        listing.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let pushed = listing.iter().any(|(n, _, _)| n == ".gitignore")
-            && push_gitignore(abs, &mut self.ignores);
+        };
         let old = self.old.dirs.remove(rel.as_slice());
-        let mut entries = Vec::with_capacity(listing.len());
-        let result = self.entries(abs, rel, is_root, &listing, old.as_ref(), &mut entries);
-        if pushed {
-            self.ignores.pop();
+        let mut entries = Vec::with_capacity(found.len());
+        for f in &found {
+            let name = f.name();
+            match f {
+                Found::Dir { .. } => {
+                    let len = rel.len();
+                    if !rel.is_empty() {
+                        rel.push(b'/');
+                    }
+                    rel.extend_from_slice(name);
+                    let sub = self.dir(rel);
+                    rel.truncate(len);
+                    if let Some(oid) = sub? {
+                        entries.push(Entry {
+                            name: name.to_vec(),
+                            mode: MODE_TREE,
+                            oid,
+                            stat: FileStat::default(),
+                        });
+                    }
+                }
+                Found::File { mode, stat, .. } => {
+                    let cached = old
+                        .as_ref()
+                        .and_then(|o| o.find(name))
+                        .filter(|e| e.mode == *mode && e.stat.trusted() && e.stat == *stat);
+                    let oid = match cached {
+                        Some(e) => e.oid,
+                        None => match self.hash(rel, name, *mode)? {
+                            Some(oid) => oid,
+                            None => continue, // vanished since the scan
+                        },
+                    };
+                    let racy = (stat.mtime_s, i64::from(stat.mtime_ns)) >= self.start;
+                    entries.push(Entry {
+                        name: name.to_vec(),
+                        mode: *mode,
+                        oid,
+                        stat: if racy { FileStat::default() } else { *stat },
+                    });
+                }
+            }
         }
-        result?;
         if entries.is_empty() {
             return Ok(None);
         }
@@ -467,83 +694,24 @@ impl Walker<'_> {
         Ok(Some(tree))
     }
 
-    fn entries(
-        &mut self,
-        abs: &Path,
-        rel: &mut Vec<u8>,
-        is_root: bool,
-        listing: &[Listed],
-        old: Option<&DirCache>,
-        out: &mut Vec<Entry>,
-    ) -> Result<(), HistoryError> {
-        for (name, ft, entry) in listing {
-            let bytes = name.as_bytes();
-            let path = abs.join(name);
-            if excluded_by_heph(bytes, is_root, &path, *ft) {
-                continue;
-            }
-            if ft.is_dir() {
-                if is_ignored(&self.ignores, &path, true) {
-                    continue;
-                }
-                let len = rel.len();
-                if !rel.is_empty() {
-                    rel.push(b'/');
-                }
-                rel.extend_from_slice(bytes);
-                let sub = self.dir(&path, rel, false);
-                rel.truncate(len);
-                if let Some(oid) = sub? {
-                    out.push(Entry {
-                        name: bytes.to_vec(),
-                        mode: MODE_TREE,
-                        oid,
-                        stat: FileStat::default(),
-                    });
-                }
-                continue;
-            }
-            if !(ft.is_file() || ft.is_symlink()) || is_ignored(&self.ignores, &path, false) {
-                continue;
-            }
-            // Stat relative to the open directory: no path walk per file.
-            let md = match entry.metadata() {
-                Ok(md) => md,
-                Err(e) if vanished(&e) => continue,
-                Err(e) => return Err(HistoryError::Io { path, source: e }),
-            };
-            let Some(mode) = git_mode(&md) else { continue };
-            let stat = FileStat::of(&md);
-            let cached = old
-                .and_then(|o| o.find(bytes))
-                .filter(|e| e.mode == mode && e.stat.trusted() && e.stat == stat);
-            let oid = match cached {
-                Some(e) => e.oid,
-                None => {
-                    let data = if mode == MODE_LINK {
-                        fs::read_link(&path).map(|t| t.as_os_str().as_bytes().to_vec())
-                    } else {
-                        fs::read(&path)
-                    };
-                    let data = match data {
-                        Ok(d) => d,
-                        Err(e) if vanished(&e) => continue,
-                        Err(e) => return Err(HistoryError::Io { path, source: e }),
-                    };
-                    self.odb
-                        .write(ObjectType::Blob, &data)
-                        .map_err(HistoryError::git("writing a blob"))?
-                }
-            };
-            let racy = (stat.mtime_s, i64::from(stat.mtime_ns)) >= self.start;
-            out.push(Entry {
-                name: bytes.to_vec(),
-                mode,
-                oid,
-                stat: if racy { FileStat::default() } else { stat },
-            });
-        }
-        Ok(())
+    /// Write the blob of a file (a symlink's target); None when it vanished.
+    fn hash(&self, rel: &[u8], name: &[u8], mode: u32) -> Result<Option<Oid>, HistoryError> {
+        let mut path = self.root.join(std::ffi::OsStr::from_bytes(rel));
+        path.push(std::ffi::OsStr::from_bytes(name));
+        let data = if mode == MODE_LINK {
+            fs::read_link(&path).map(|t| t.as_os_str().as_bytes().to_vec())
+        } else {
+            fs::read(&path)
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(e) if vanished(&e) => return Ok(None),
+            Err(e) => return Err(HistoryError::Io { path, source: e }),
+        };
+        self.odb
+            .write(ObjectType::Blob, &data)
+            .map(Some)
+            .map_err(HistoryError::git("writing a blob"))
     }
 }
 
