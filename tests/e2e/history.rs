@@ -401,7 +401,7 @@ fn killed_writers_leave_files_whole_and_history_valid() {
     );
 
     let mut rng = Lcg(0x5eed);
-    let runs = 60;
+    let runs = 80;
     let mut killed = 0;
     for run in 0..runs {
         let (target, target_state) = if run % 2 == 0 {
@@ -424,7 +424,7 @@ fn killed_writers_leave_files_whole_and_history_valid() {
         let mut child = env
             .heph()
             .args(&args)
-            .env("HEPH_TEST_DELAY_MS", rng.below(8).to_string())
+            .env("HEPH_TEST_DELAY_MS", (2 + rng.below(15)).to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

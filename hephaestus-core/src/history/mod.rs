@@ -47,6 +47,8 @@ pub const SHORT_ID_LEN: usize = 12;
 const MAX_LISTED_FILES: usize = 50;
 /// Trailer naming the project's folder inside the repository, when it is a subfolder.
 const SCOPE_TRAILER: &str = "Heph-Scope";
+/// The marker of a reference update in progress, inside `.heph/`.
+const REF_MARKER: &str = "ref-update";
 /// Attempts at moving the history ref when another writer moved it first.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -145,6 +147,16 @@ pub enum HistoryError {
         /// How many times heph tried.
         attempts: usize,
     },
+    /// The history reference's lock file stays in place.
+    #[error(
+        "{} exists: a git process is updating the history reference, or one was killed; \
+         if no git process is running, delete that file",
+        lock.display()
+    )]
+    RefLocked {
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// The remote is neither a configured remote nor a URL or path.
     #[error("no git remote named `{name}` in {repo}{}, and it is not a URL or an existing path", known_remotes(.known))]
     UnknownRemote {
@@ -215,6 +227,7 @@ impl crate::Categorized for HistoryError {
             | HistoryError::CorruptRef { .. }
             | HistoryError::ScopeMismatch { .. }
             | HistoryError::RefContention { .. }
+            | HistoryError::RefLocked { .. }
             | HistoryError::RestoreBlocked { .. }
             | HistoryError::Lock(_) => Environment,
         }
@@ -594,6 +607,8 @@ impl History {
         let tree = repo
             .find_tree(snap.tree)
             .map_err(HistoryError::git("reading the snapshot's tree"))?;
+        self.recover_stale_ref_lock(repo);
+        let mut locked = false;
         for _ in 0..CAS_ATTEMPTS {
             let parent = match tip {
                 Some(t) => Some(
@@ -608,10 +623,10 @@ impl History {
                 .map_err(HistoryError::git("writing the evolution commit"))?;
             self.pause();
             let log = format!("heph: {}", meta.kind);
-            let moved = match tip {
+            let moved = self.update_ref(HISTORY_REF, || match tip {
                 Some(t) => repo.reference_matching(HISTORY_REF, oid, true, t, &log),
                 None => repo.reference(HISTORY_REF, oid, false, &log),
-            };
+            });
             match moved {
                 Ok(_) => {
                     let commit = repo
@@ -627,7 +642,9 @@ impl History {
                         ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked
                     ) =>
                 {
-                    thread::sleep(Duration::from_millis(5));
+                    // A git process holding the ref's lock file: give it time.
+                    locked = e.code() == ErrorCode::Locked;
+                    thread::sleep(Duration::from_millis(if locked { 60 } else { 5 }));
                     tip = self.tip()?;
                     let repo_again = self.repo_ref()?;
                     self.check_scope(repo_again, tip)?;
@@ -640,10 +657,44 @@ impl History {
                 }
             }
         }
+        if locked {
+            return Err(HistoryError::RefLocked {
+                lock: repo.commondir().join(format!("{HISTORY_REF}.lock")),
+            });
+        }
         Err(HistoryError::RefContention {
             reference: HISTORY_REF.to_owned(),
             attempts: CAS_ATTEMPTS,
         })
+    }
+
+    /// Update a reference with a marker in `.heph/` naming it, removed once done: a
+    /// marker that outlives its process (killed) says that the ref's `.lock` file, if
+    /// any, is stale.
+    pub(crate) fn update_ref<T>(
+        &self,
+        name: &str,
+        update: impl FnOnce() -> Result<T, git2::Error>,
+    ) -> Result<T, git2::Error> {
+        let marker = self.state.path().join(REF_MARKER);
+        let _ = std::fs::write(&marker, name);
+        let result = update();
+        let _ = std::fs::remove_file(&marker);
+        result
+    }
+
+    /// Under the writer lock, before updating references: remove the `.lock` file left
+    /// by a heph process killed in the middle of a reference update.
+    pub(crate) fn recover_stale_ref_lock(&self, repo: &Repository) {
+        let marker = self.state.path().join(REF_MARKER);
+        let Ok(name) = std::fs::read_to_string(&marker) else {
+            return;
+        };
+        let name = name.trim();
+        if name.starts_with("refs/heph/") && !name.contains("..") {
+            let _ = std::fs::remove_file(repo.commondir().join(format!("{name}.lock")));
+        }
+        let _ = std::fs::remove_file(&marker);
     }
 
     /// If the project's files differ from the last snapshot (or there is none yet),

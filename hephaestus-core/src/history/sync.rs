@@ -138,6 +138,7 @@ impl History {
         let repo = self.repo_ref()?;
         let (mut handle, component) = open_remote(repo, remote)?;
         let tracking_ref = format!("refs/heph/remotes/{component}/history");
+        self.recover_stale_ref_lock(repo);
         let local = self.tip()?;
 
         let mut attempts = 0;
@@ -161,8 +162,10 @@ impl History {
         let _ = handle.disconnect();
         match advertised {
             Some(oid) => {
-                repo.reference(&tracking_ref, oid, true, "heph sync: fetch")
-                    .map_err(HistoryError::git("recording the remote's history"))?;
+                self.update_ref(&tracking_ref, || {
+                    repo.reference(&tracking_ref, oid, true, "heph sync: fetch")
+                })
+                .map_err(HistoryError::git("recording the remote's history"))?;
             }
             None => {
                 // The remote has no history (any more): drop a stale tracking ref.
@@ -189,16 +192,20 @@ impl History {
             (None, None) => SyncOutcome::Empty,
             (Some(l), Some(r)) if l == r => SyncOutcome::UpToDate,
             (None, Some(r)) => {
-                repo.reference(HISTORY_REF, r, false, "heph sync: fast-forward")
-                    .map_err(git("creating the history from the remote's"))?;
+                self.update_ref(HISTORY_REF, || {
+                    repo.reference(HISTORY_REF, r, false, "heph sync: fast-forward")
+                })
+                .map_err(git("creating the history from the remote's"))?;
                 report.local_after = hex(Some(r));
                 SyncOutcome::FastForwarded {
                     evolutions: count(repo, r, None)?,
                 }
             }
             (Some(l), Some(r)) if repo.graph_descendant_of(r, l).unwrap_or(false) => {
-                repo.reference_matching(HISTORY_REF, r, true, l, "heph sync: fast-forward")
-                    .map_err(git("fast-forwarding the history"))?;
+                self.update_ref(HISTORY_REF, || {
+                    repo.reference_matching(HISTORY_REF, r, true, l, "heph sync: fast-forward")
+                })
+                .map_err(git("fast-forwarding the history"))?;
                 report.local_after = hex(Some(r));
                 SyncOutcome::FastForwarded {
                     evolutions: count(repo, r, Some(l))?,
@@ -228,8 +235,10 @@ impl History {
                 match rejected {
                     Some(reason) => SyncOutcome::PushRejected { reason },
                     None => {
-                        repo.reference(&tracking_ref, l, true, "heph sync: pushed")
-                            .map_err(git("recording the pushed history"))?;
+                        self.update_ref(&tracking_ref, || {
+                            repo.reference(&tracking_ref, l, true, "heph sync: pushed")
+                        })
+                        .map_err(git("recording the pushed history"))?;
                         SyncOutcome::Pushed {
                             evolutions: count(repo, l, r)?,
                         }

@@ -575,3 +575,24 @@ fn push_rejected_by_the_server_is_reported() {
         report.outcome
     );
 }
+
+#[test]
+fn a_ref_lock_left_by_a_killed_heph_is_recovered_and_a_live_one_reported() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let lock = root.join(".git/refs/heph/history.lock");
+    // A heph killed between taking git's ref lock and renaming it: its marker remains.
+    fs::write(&lock, "").expect("lock");
+    fs::write(root.join(".heph").join(REF_MARKER), HISTORY_REF).expect("marker");
+    h.record(&meta(EvolutionKind::Manual, None))
+        .expect("recovered");
+    assert!(!lock.exists());
+    // A lock held by someone else (no marker): reported, not removed.
+    fs::write(&lock, "").expect("lock");
+    let err = h
+        .record(&meta(EvolutionKind::Manual, None))
+        .expect_err("locked");
+    assert!(matches!(err, HistoryError::RefLocked { .. }), "{err}");
+    assert!(lock.exists());
+}
