@@ -36,6 +36,7 @@ pub fn open_history(global: &GlobalArgs, out: &Output) -> Result<History> {
         author: identity("AUTHOR"),
         committer: identity("COMMITTER"),
         lock_timeout: Duration::from_secs(120),
+        repack_every: HistoryOptions::default().repack_every,
         on_lock_wait: Some(Arc::new(move |holder: &str| {
             if !quiet {
                 let holder = if holder.is_empty() {

@@ -596,3 +596,33 @@ fn a_ref_lock_left_by_a_killed_heph_is_recovered_and_a_live_one_reported() {
     assert!(matches!(err, HistoryError::RefLocked { .. }), "{err}");
     assert!(lock.exists());
 }
+
+#[test]
+fn newest_evolutions_are_packed_now_and_then() {
+    let (_dir, root) = project(true);
+    let options = HistoryOptions {
+        repack_every: 3,
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options).expect("open");
+    let packs = || {
+        fs::read_dir(root.join(".git/objects/pack"))
+            .expect("pack dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    for i in 0..7 {
+        write(
+            &root,
+            "src/lib.rs",
+            &format!("pub fn a() -> u32 {{ {i} }}\n"),
+        );
+        h.record_manual_if_changed().expect("rec");
+    }
+    assert_eq!(packs(), 2, "one pack per 3 evolutions");
+    let verify = git(&root, &["count-objects", "-v"]);
+    assert!(verify.contains("packs: 2"), "{verify}");
+    assert_eq!(h.list(&ListFilter::default()).expect("list").len(), 7);
+    git(&root, &["fsck", "--strict"]);
+}
