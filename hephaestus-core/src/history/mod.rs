@@ -686,10 +686,13 @@ impl History {
         let state = self.state.path().join(PACK_STATE);
         let text = std::fs::read_to_string(&state).unwrap_or_default();
         let mut words = text.split_whitespace();
-        let packed = words.next().and_then(|w| Oid::from_str(w).ok());
+        let packed = words
+            .next()
+            .filter(|w| w.len() == 40)
+            .and_then(|w| Oid::from_str(w).ok());
         let count: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0) + 1;
         if count < self.options.repack_every {
-            let packed = packed.map_or_else(String::new, |p| p.to_string());
+            let packed = packed.map_or_else(|| "-".to_owned(), |p| p.to_string());
             let _ = std::fs::write(&state, format!("{packed} {count}\n"));
             return;
         }
@@ -776,24 +779,11 @@ impl History {
     /// The paths that differ between two trees (all paths of `new` when `old` is None).
     fn changed_paths(&self, old: Option<Oid>, new: Oid) -> Result<Vec<PathBuf>, HistoryError> {
         let repo = self.repo_ref()?;
-        let find = |oid| {
-            repo.find_tree(oid)
-                .map_err(HistoryError::git("reading a snapshot tree"))
-        };
-        let old = old.map(find).transpose()?;
-        let new = find(new)?;
-        let diff = repo
-            .diff_tree_to_tree(old.as_ref(), Some(&new), None)
+        let mut out = Vec::new();
+        tree_changes(repo, old, Some(new), &mut PathBuf::new(), &mut out)
             .map_err(HistoryError::git("comparing snapshots"))?;
-        Ok(diff
-            .deltas()
-            .filter_map(|d| {
-                d.new_file()
-                    .path()
-                    .or_else(|| d.old_file().path())
-                    .map(Path::to_path_buf)
-            })
-            .collect())
+        out.sort();
+        Ok(out)
     }
 
     /// Snapshot the current files as an evolution with this metadata (always records,
@@ -991,6 +981,74 @@ fn plural_files(n: usize) -> String {
     } else {
         format!("{n} files")
     }
+}
+
+/// The file paths that differ between two trees, skipping equal subtrees by id (so the
+/// cost follows what changed).
+fn tree_changes(
+    repo: &Repository,
+    old: Option<Oid>,
+    new: Option<Oid>,
+    prefix: &mut PathBuf,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), git2::Error> {
+    if old == new {
+        return Ok(());
+    }
+    let list = |oid: Option<Oid>| -> Result<Vec<(Vec<u8>, Oid, bool)>, git2::Error> {
+        let Some(oid) = oid else {
+            return Ok(Vec::new());
+        };
+        let tree = repo.find_tree(oid)?;
+        let entries = tree
+            .iter()
+            .map(|e| {
+                let is_tree = e.kind() == Some(git2::ObjectType::Tree);
+                (e.name_bytes().to_vec(), e.id(), is_tree)
+            })
+            .collect();
+        Ok(entries)
+    };
+    let (old, new) = (list(old)?, list(new)?);
+    let old_by_name: std::collections::HashMap<&[u8], (Oid, bool)> = old
+        .iter()
+        .map(|(n, o, t)| (n.as_slice(), (*o, *t)))
+        .collect();
+    let mut visit = |name: &[u8],
+                     before: Option<(Oid, bool)>,
+                     after: Option<(Oid, bool)>,
+                     out: &mut Vec<PathBuf>|
+     -> Result<(), git2::Error> {
+        if before == after {
+            return Ok(());
+        }
+        use std::os::unix::ffi::OsStrExt;
+        prefix.push(std::ffi::OsStr::from_bytes(name));
+        let sub = |x: Option<(Oid, bool)>| x.filter(|(_, t)| *t).map(|(o, _)| o);
+        let file = |x: Option<(Oid, bool)>| x.is_some_and(|(_, t)| !t);
+        if file(before) || file(after) {
+            out.push(prefix.clone());
+        }
+        let result = tree_changes(repo, sub(before), sub(after), prefix, out);
+        prefix.pop();
+        result
+    };
+    for (name, oid, is_tree) in &new {
+        visit(
+            name,
+            old_by_name.get(name.as_slice()).copied(),
+            Some((*oid, *is_tree)),
+            out,
+        )?;
+    }
+    let new_names: std::collections::HashSet<&[u8]> =
+        new.iter().map(|(n, _, _)| n.as_slice()).collect();
+    for (name, oid, is_tree) in &old {
+        if !new_names.contains(name.as_slice()) {
+            visit(name, Some((*oid, *is_tree)), None, out)?;
+        }
+    }
+    Ok(())
 }
 
 /// The commit a reference points at; None when it does not exist.

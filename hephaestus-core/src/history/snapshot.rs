@@ -462,9 +462,10 @@ fn scan(scope: &Scope) -> Result<Scanned, HistoryError> {
     let wake = Condvar::new();
     let results = Mutex::new(Scanned::new());
     thread::scope(|s| {
-        for _ in 0..threads {
+        for _ in 1..threads {
             s.spawn(|| scan_worker(scope, &queue, &wake, &results));
         }
+        scan_worker(scope, &queue, &wake, &results);
     });
     let queue = queue.into_inner().map_err(|_| poisoned())?;
     if let Some(e) = queue.error {
