@@ -342,6 +342,28 @@ fn normalize_module(m: &str) -> String {
 }
 
 /// The history store of one project.
+///
+/// ```
+/// use hephaestus_core::history::{History, ListFilter, RollbackTarget};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let root = dir.path().canonicalize()?;
+/// std::fs::write(root.join("Cargo.toml"), "[package]\nname = \"demo\"\n")?;
+/// std::fs::write(root.join("lib.rs"), "pub fn v() -> u32 { 1 }\n")?;
+///
+/// let mut history = History::open(&root)?;
+/// let first = history.snapshot(Some("version 1"))?.expect("a first snapshot");
+/// std::fs::write(root.join("lib.rs"), "pub fn v() -> u32 { 2 }\n")?;
+/// history.snapshot(None)?;
+///
+/// let report = history.rollback(&RollbackTarget::Id(first.short_id.clone()))?;
+/// assert_eq!(report.restored, [std::path::PathBuf::from("lib.rs")]);
+/// assert_eq!(std::fs::read_to_string(root.join("lib.rs"))?, "pub fn v() -> u32 { 1 }\n");
+/// assert_eq!(history.list(&ListFilter::default())?.len(), 3);
+/// # Ok(())
+/// # }
+/// ```
 pub struct History {
     root: PathBuf,
     state: StateDir,
