@@ -6,7 +6,7 @@
 //! `refs/heph/*` references: not HEAD, the index, branches, the stash, the config or
 //! hooks. Each evolution's tree is a full snapshot of the project's files (honouring
 //! .gitignore, leaving out `target/`, `.heph/` and nested repositories), built
-//! incrementally from a stat cache (see [`snapshot`]); metadata lives in commit-message
+//! incrementally from a stat cache in `.heph/stat-cache`; metadata lives in commit-message
 //! trailers (see [`message`]).
 //!
 //! [`History::open`] and the `record*`, [`History::list`], [`History::get`] calls do not

@@ -623,7 +623,11 @@ fn newest_evolutions_are_packed_now_and_then() {
     assert_eq!(packs(), 2, "one pack per 3 evolutions");
     let state = fs::read_to_string(root.join(".heph/pack-state")).expect("state");
     let packed_tip = h.list(&ListFilter::default()).expect("list")[1].id.clone();
-    assert_eq!(state, format!("{packed_tip} 1\n"), "packed at the 6th, one since");
+    assert_eq!(
+        state,
+        format!("{packed_tip} 1\n"),
+        "packed at the 6th, one since"
+    );
     let verify = git(&root, &["count-objects", "-v"]);
     assert!(verify.contains("packs: 2"), "{verify}");
     assert_eq!(h.list(&ListFilter::default()).expect("list").len(), 7);
