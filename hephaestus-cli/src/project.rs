@@ -28,11 +28,13 @@ pub fn root(global: &GlobalArgs) -> Result<PathBuf> {
     })
 }
 
-/// Open the project's history with the identities from `GIT_AUTHOR_*`/`GIT_COMMITTER_*`.
-pub fn open_history(global: &GlobalArgs, out: &Output) -> Result<History> {
-    let root = root(global)?;
+/// The options every command opens the history with: identities from
+/// `GIT_AUTHOR_*`/`GIT_COMMITTER_*`, the lock timeout and a note while waiting for the
+/// lock, the test-only step delay. For the core calls that open the history themselves
+/// (`self-modify`, `import`), pass these too.
+pub fn history_options(out: &Output) -> HistoryOptions {
     let quiet = out.quiet || out.json;
-    let options = HistoryOptions {
+    HistoryOptions {
         author: identity("AUTHOR"),
         committer: identity("COMMITTER"),
         lock_timeout: Duration::from_secs(120),
@@ -51,7 +53,13 @@ pub fn open_history(global: &GlobalArgs, out: &Output) -> Result<History> {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
-    };
+    }
+}
+
+/// Open the project's history with [`history_options`].
+pub fn open_history(global: &GlobalArgs, out: &Output) -> Result<History> {
+    let root = root(global)?;
+    let options = history_options(out);
     let history = History::open_with(&root, options)?;
     if out.verbose > 0 {
         out.note(format!("project: {}", root.display()));
