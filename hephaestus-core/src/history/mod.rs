@@ -423,7 +423,8 @@ impl History {
         let (repo, store, scope, scope_prefix) = match user {
             Some((repo, workdir, prefix)) => {
                 let git_dir = repo.path().to_path_buf();
-                let scope = snapshot::Scope::new(root, Some((&workdir, &git_dir)));
+                // info/exclude is shared by linked worktrees: it lives in the common dir.
+                let scope = snapshot::Scope::new(root, Some((&workdir, repo.commondir())));
                 let scope_prefix = (!prefix.as_os_str().is_empty())
                     .then(|| prefix.to_string_lossy().replace('\\', "/"));
                 let store = Store::Repository { git_dir, prefix };
