@@ -180,6 +180,28 @@ fn ensure_parent(root: &Path, rel: &Path) -> Result<(), HistoryError> {
     Ok(())
 }
 
+/// Refuse a snapshot path that could leave the project or reach git's or heph's own
+/// directories: only plain components, none of them `.git`, and no top-level `.heph`.
+fn check_path(rel: &Path) -> Result<(), HistoryError> {
+    use std::path::Component;
+    let mut parts = rel.components().peekable();
+    let unsafe_path = parts.peek().is_none()
+        || rel.components().enumerate().any(|(i, c)| match c {
+            Component::Normal(name) => {
+                name.eq_ignore_ascii_case(".git") || (i == 0 && name == ".heph")
+            }
+            _ => true,
+        });
+    if unsafe_path {
+        return Err(HistoryError::RestoreBlocked {
+            path: rel.to_path_buf(),
+            reason: "the snapshot names a path outside the project's files; refusing to write it"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Turn the files from tree `from` (the current state) into tree `to`, returning the
 /// paths written and deleted. Deletions go first, so a file can become a directory.
 pub(super) fn restore_trees(
@@ -212,6 +234,10 @@ pub(super) fn restore_trees(
                 u32::from(delta.new_file().mode()),
             ));
         }
+    }
+    // A history fetched from elsewhere could name paths heph must never write.
+    for rel in deleted.iter().chain(writes.iter().map(|w| &w.0)) {
+        check_path(rel)?;
     }
     for rel in &deleted {
         delete_file(root, &root.join(rel))?;
@@ -301,5 +327,27 @@ impl History {
             restored,
             deleted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_the_project_files_are_refused() {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            ".git/hooks/pre-commit",
+            "a/.GIT/config",
+            ".heph/lock",
+            "",
+        ] {
+            assert!(check_path(Path::new(bad)).is_err(), "{bad}");
+        }
+        for good in ["src/lib.rs", "a/.heph/x", ".gitignore", "x/.github/ci.yml"] {
+            assert!(check_path(Path::new(good)).is_ok(), "{good}");
+        }
     }
 }
