@@ -399,6 +399,12 @@ impl History {
 
     /// [`History::open`] with options (identities, lock timeout).
     pub fn open_with(root: &Path, options: HistoryOptions) -> Result<History, HistoryError> {
+        // Paths are compared with the repository's (canonical) work tree.
+        let canonical = root.canonicalize().map_err(|source| HistoryError::Io {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let root = canonical.as_path();
         let state = StateDir::new(root);
         let found = match Repository::open_ext(
             root,
