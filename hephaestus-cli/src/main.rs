@@ -3,6 +3,8 @@
 
 mod commands;
 mod output;
+mod project;
+mod render;
 
 use std::process::ExitCode;
 

@@ -55,6 +55,7 @@ pub struct Output {
     /// Colors on stderr.
     pub color: bool,
     /// stderr is a terminal (progress bars allowed).
+    #[allow(dead_code)] // read by the commands that draw progress bars
     pub interactive: bool,
 }
 
@@ -175,6 +176,7 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
         core::import::ImportError,
         core::modpath::ModulePathError,
         core::project::ProjectError,
+        core::project_root::ProjectRootError,
         core::resolve::ResolveError,
         core::run::RunError,
         core::state::StateError,

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::edit::{self, ChangeAction, Edit, EditError, ItemChange};
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta, ItemChanges, VerifyRecord};
 use crate::fsio::{FileWrite, Transaction, WriteError};
-use crate::history::{History, HistoryError};
+use crate::history::{History, HistoryError, HistoryOptions};
 use crate::import::{self, ImportError, ImportSpec};
 use crate::modpath::ModulePath;
 use crate::project::Project;
@@ -135,6 +135,8 @@ pub struct ApplyOptions {
     pub backup: bool,
     /// Record anything in the history at all (tests of the engine alone turn it off).
     pub history: bool,
+    /// Identities and test hooks of the history store.
+    pub history_options: HistoryOptions,
     /// How long to wait for another heph holding the lock.
     pub lock_timeout: Duration,
     /// Limits, colors and cancellation of verification and `--run`.
@@ -148,6 +150,7 @@ impl Default for ApplyOptions {
             verify: Verify::CargoCheck,
             backup: true,
             history: true,
+            history_options: HistoryOptions::default(),
             lock_timeout: Duration::from_secs(300),
             verify_options: VerifyOptions::default(),
         }
@@ -405,7 +408,10 @@ impl Project {
             return Ok(outcome);
         }
         let mut history = if opts.history {
-            Some(History::open(self.root())?)
+            Some(History::open_with(
+                self.root(),
+                opts.history_options.clone(),
+            )?)
         } else {
             None
         };
@@ -451,7 +457,7 @@ impl Project {
             if opts.backup
                 && let Some(h) = history.as_mut()
             {
-                outcome.evolution = h.record(&meta(record))?;
+                outcome.evolution = Some(h.record(&meta(record))?);
             }
             if let Some(function) = &plan.run {
                 let pkg = self
@@ -475,7 +481,7 @@ impl Project {
         if opts.backup
             && let Some(h) = history.as_mut()
         {
-            outcome.evolution = h.record(&meta(record))?;
+            outcome.evolution = Some(h.record(&meta(record))?);
         }
         tx.restore()
             .map_err(|source| ApplyError::Restore { source })?;
@@ -490,7 +496,7 @@ impl Project {
             );
             m.module = Some(plan.module.clone());
             m.files = outcome.files.iter().map(PathBuf::from).collect();
-            outcome.rollback = h.record(&m)?;
+            outcome.rollback = Some(h.record(&m)?);
         }
         Ok(outcome)
     }

@@ -46,6 +46,7 @@ pub mod import;
 pub mod item;
 pub mod modpath;
 pub mod project;
+pub mod project_root;
 pub mod resolve;
 pub mod run;
 pub mod source;

@@ -1,35 +1,19 @@
 //! The target project: where it is, its packages and their crate roots (through
 //! `cargo metadata`), and where cargo puts build output.
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use cargo_metadata::{MetadataCommand, TargetKind as CargoTargetKind};
+
+use crate::project_root::{self, ProjectRootError};
 
 /// Errors of opening a project.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProjectError {
-    /// No Cargo.toml in the directory or (for discovery) any ancestor.
-    #[error(
-        "{dir} is not a cargo project: no Cargo.toml there{ancestors}; pass --project DIR pointing at a directory with a Cargo.toml"
-    )]
-    NotACargoProject {
-        /// Where the search started.
-        dir: PathBuf,
-        /// " or in any parent directory" when ancestors were searched.
-        ancestors: &'static str,
-    },
-    /// The directory does not exist or cannot be read.
-    #[error("cannot open the project directory {dir}: {source}")]
-    Io {
-        /// The directory.
-        dir: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// The directory is not a cargo project (or does not exist).
+    #[error(transparent)]
+    Root(#[from] ProjectRootError),
     /// `cargo metadata` failed (invalid manifest, cargo missing).
     #[error("cargo could not read the project at {manifest}:\n{message}")]
     Metadata {
@@ -110,17 +94,8 @@ pub struct Project {
 impl Project {
     /// Open the project whose root is `dir` (it must hold a Cargo.toml).
     pub fn open(dir: &Path) -> Result<Project, ProjectError> {
-        let root = dir.canonicalize().map_err(|source| ProjectError::Io {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        let root = project_root::at(dir)?;
         let manifest = root.join("Cargo.toml");
-        if !manifest.is_file() {
-            return Err(ProjectError::NotACargoProject {
-                dir: root,
-                ancestors: "",
-            });
-        }
         let meta = MetadataCommand::new()
             .manifest_path(&manifest)
             .no_deps()
@@ -199,7 +174,7 @@ impl Project {
     /// Find the project for a directory: the nearest ancestor of `start` (itself
     /// included) holding a Cargo.toml, then [`Project::open`] it.
     pub fn discover(start: &Path) -> Result<Project, ProjectError> {
-        Project::open(&discover_root(start)?)
+        Project::open(&project_root::discover(start)?)
     }
 
     /// The project root (canonical).
@@ -242,25 +217,6 @@ impl Project {
             .collect::<Vec<_>>()
             .join("/")
     }
-}
-
-/// The nearest ancestor of `start` (itself included) holding a Cargo.toml, canonical.
-pub fn discover_root(start: &Path) -> Result<PathBuf, ProjectError> {
-    let start = start.canonicalize().map_err(|source| ProjectError::Io {
-        dir: start.to_owned(),
-        source,
-    })?;
-    let mut dir = Some(start.as_path());
-    while let Some(d) = dir {
-        if fs::metadata(d.join("Cargo.toml")).is_ok_and(|m| m.is_file()) {
-            return Ok(d.to_path_buf());
-        }
-        dir = d.parent();
-    }
-    Err(ProjectError::NotACargoProject {
-        dir: start.clone(),
-        ancestors: " or in any parent directory",
-    })
 }
 
 fn metadata_message(e: cargo_metadata::Error) -> String {

@@ -213,7 +213,7 @@ fn directory_that_is_not_a_cargo_project() {
     let run = env.run(["self-modify", "a::b", "--code", "fn f() {}"]);
     run.expect_code(3);
     assert!(
-        run.stderr.contains("is not a cargo project"),
+        run.stderr.contains("not a cargo project: no Cargo.toml in"),
         "{}",
         run.stderr
     );
@@ -226,7 +226,7 @@ fn directory_that_is_not_a_cargo_project() {
         "fn f() {}",
     ]);
     run.expect_code(3);
-    assert!(run.stderr.contains("no Cargo.toml"), "{}", run.stderr);
+    assert!(run.stderr.contains("holds no Cargo.toml"), "{}", run.stderr);
 }
 
 #[test]

@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod cli;
+mod history;
 mod import;
 mod self_modify;

@@ -31,7 +31,11 @@ pub fn heph_bin() -> &'static Path {
             .manifest_path(workspace_root().join("Cargo.toml"))
             .package("hephaestus-cli")
             .bin("heph")
-            .target_dir(workspace_root().join("target"))
+            .target_dir(
+                std::env::var_os("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| workspace_root().join("target")),
+            )
             .run()
             .expect("building heph");
         run.path().to_path_buf()

@@ -18,7 +18,7 @@ use hephaestus_core::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::output::{Output, UsageError};
+use crate::output::{GlobalArgs, Output, UsageError};
 
 /// Where the code comes from.
 #[derive(Debug, Args)]
@@ -104,15 +104,8 @@ pub struct WriteArgs {
 }
 
 /// Open the project from `--project` or the current directory.
-pub fn open_project(project: Option<&PathBuf>) -> Result<Project> {
-    let project = match project {
-        Some(dir) => Project::open(dir)?,
-        None => {
-            let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            Project::discover(&cwd)?
-        }
-    };
-    Ok(project)
+pub fn open_project(global: &GlobalArgs) -> Result<Project> {
+    Ok(Project::open(&crate::project::root(global)?)?)
 }
 
 /// Options for `apply` from the flags, the config, and the terminal.
@@ -141,6 +134,7 @@ pub fn apply_options(args: &WriteArgs, config: &Config, out: &Output) -> ApplyOp
         verify,
         backup: !args.no_backup,
         history: true,
+        history_options: crate::project::history_options(out),
         lock_timeout: args.lock_timeout,
         verify_options: VerifyOptions {
             timeout: args

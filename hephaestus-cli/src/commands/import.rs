@@ -32,7 +32,7 @@ pub struct Args {
 /// Run the command.
 pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let code = args.code.require()?;
-    let project = change::open_project(global.project.as_ref())?;
+    let project = change::open_project(global)?;
     let config = Config::load(project.root())?;
     let opts = change::apply_options(&args.write, &config, out);
     let op = Operation::Import(ImportSpec {

@@ -1,8 +1,13 @@
 //! One module per subcommand, each with an `Args` struct and a `run` function.
 
 pub mod change;
+pub mod history;
 pub mod import;
+pub mod rollback;
 pub mod self_modify;
+pub mod show;
+pub mod snapshot;
+pub mod sync;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -16,6 +21,16 @@ pub enum Command {
     SelfModify(self_modify::Args),
     /// Create a new module from code and declare it in its parent.
     Import(import::Args),
+    /// List the evolutions of the project, newest first.
+    History(history::HistoryArgs),
+    /// Show an evolution: metadata and diff.
+    Show(show::ShowArgs),
+    /// Restore the files of an evolution (undoable).
+    Rollback(rollback::RollbackArgs),
+    /// Share the history with a git remote (fetch, fast-forward, push).
+    Sync(sync::SyncArgs),
+    /// Record the current files as a `manual` evolution.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -23,5 +38,10 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
     match command {
         Command::SelfModify(args) => self_modify::run(args, global, out),
         Command::Import(args) => import::run(args, global, out),
+        Command::History(args) => history::run(args, global, out),
+        Command::Show(args) => show::run(args, global, out),
+        Command::Rollback(args) => rollback::run(args, global, out),
+        Command::Sync(args) => sync::run(args, global, out),
+        Command::Snapshot(args) => snapshot::run(args, global, out),
     }
 }

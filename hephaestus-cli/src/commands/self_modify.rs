@@ -74,7 +74,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
             if args.verbatim { edit.verbatim() } else { edit }
         }
     };
-    let project = change::open_project(global.project.as_ref())?;
+    let project = change::open_project(global)?;
     let config = Config::load(project.root())?;
     let opts = change::apply_options(&args.write, &config, out);
     let op = Operation::SelfModify {

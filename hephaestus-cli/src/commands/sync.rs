@@ -1,0 +1,72 @@
+//! `heph sync REMOTE`: share the history through a git remote.
+
+use anyhow::Result;
+use clap::Args;
+use hephaestus_core::history::{SHORT_ID_LEN, SyncOutcome};
+
+use crate::output::{GlobalArgs, Output};
+use crate::project;
+
+/// Fetch the remote's history, then fast-forward the local one or push it; diverged
+/// histories are reported and left alone (exit code 1).
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// A git remote of the project's repository, or a URL or path.
+    pub remote: String,
+}
+
+fn short(id: &Option<String>) -> &str {
+    id.as_deref()
+        .map_or("-", |i| &i[..SHORT_ID_LEN.min(i.len())])
+}
+
+/// Run `heph sync`.
+pub fn run(args: SyncArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
+    let mut history = project::open_history(global, out)?;
+    let report = history.sync(&args.remote)?;
+    out.json(&report);
+    let r = &args.remote;
+    match &report.outcome {
+        SyncOutcome::Empty => out.line(format!("neither this project nor `{r}` has a history yet")),
+        SyncOutcome::UpToDate => out.line(format!(
+            "up to date with `{r}` at {}",
+            short(&report.local_after)
+        )),
+        SyncOutcome::FastForwarded { evolutions } => {
+            out.line(format!(
+                "fetched {evolutions} evolution(s) from `{r}`; history now at {}",
+                short(&report.local_after)
+            ));
+            out.note(format!(
+                "the project's files were not changed: `heph rollback {}` applies them",
+                short(&report.local_after)
+            ));
+        }
+        SyncOutcome::Pushed { evolutions } => out.line(format!(
+            "pushed {evolutions} evolution(s) to `{r}`; both at {}",
+            short(&report.local_after)
+        )),
+        SyncOutcome::Diverged {
+            ahead,
+            behind,
+            merge_base,
+        } => {
+            out.warn(format!(
+                "the histories diverged: this project has {ahead} evolution(s) `{r}` lacks, \
+                 and `{r}` has {behind} this project lacks (last common: {}); nothing was changed. \
+                 The remote's history is in {} (see `heph show {}`)",
+                short(merge_base),
+                report.tracking_ref,
+                short(&report.remote_tip),
+            ));
+            return Ok(1);
+        }
+        SyncOutcome::PushRejected { reason } => {
+            out.warn(format!(
+                "`{r}` refused the push: {reason}; nothing was changed"
+            ));
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}

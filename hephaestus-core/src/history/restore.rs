@@ -1,0 +1,353 @@
+//! Rollback: put the files of an earlier snapshot back, byte for byte, with atomic writes
+//! (temp file in `.heph/tmp/`, fsync, rename), and record the result as an evolution.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use git2::{Delta, Oid, Repository};
+use serde::Serialize;
+
+use super::snapshot::{MODE_EXEC, MODE_LINK};
+use super::{History, HistoryError, MAX_LISTED_FILES, RollbackTarget, plural_files};
+use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
+use crate::state::{ProjectLock, StateDir};
+
+/// Temp files of atomic writes live here until they are renamed into place.
+const TMP_DIR: &str = "tmp";
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    /// The evolution whose files were restored.
+    pub target: Evolution,
+    /// The `manual` evolution recording the files as they were just before, when they
+    /// differed from the last snapshot.
+    pub pre_state: Option<Evolution>,
+    /// The `rollback` evolution recording the result (undo it with another rollback to
+    /// the evolution before it).
+    pub evolution: Evolution,
+    /// Files written back, relative to the project root.
+    pub restored: Vec<PathBuf>,
+    /// Files deleted because they did not exist in the target, relative to the root.
+    pub deleted: Vec<PathBuf>,
+}
+
+/// Remove what interrupted writes left in `.heph/tmp/` (called under the lock).
+pub(super) fn clean_tmp(state: &StateDir) {
+    if let Ok(entries) = fs::read_dir(state.path().join(TMP_DIR)) {
+        for e in entries.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
+    move |source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Flush a directory's entries (a rename is durable once its directory is synced).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+const EXDEV: i32 = 18;
+
+/// Write `data` to `path` atomically with git mode `mode` (a symlink's data is its target).
+pub(crate) fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    tmp_dir: &Path,
+) -> Result<(), HistoryError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    match write_via(path, data, mode, tmp_dir) {
+        Err(HistoryError::Io { source, .. }) if source.raw_os_error() == Some(EXDEV) => {
+            // The temp dir is on another file system: use the target's own directory.
+            write_via(path, data, mode, parent)
+        }
+        other => other,
+    }?;
+    sync_dir(parent);
+    Ok(())
+}
+
+fn write_via(path: &Path, data: &[u8], mode: u32, tmp_dir: &Path) -> Result<(), HistoryError> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".heph-tmp-")
+        .tempfile_in(tmp_dir)
+        .map_err(io_err(tmp_dir))?;
+    if mode == MODE_LINK {
+        let target = std::ffi::OsStr::from_bytes(data);
+        let link_path = tmp.path().to_path_buf();
+        // Keep the unique name: replace the placeholder file by the link.
+        drop(tmp);
+        std::os::unix::fs::symlink(target, &link_path).map_err(io_err(&link_path))?;
+        return fs::rename(&link_path, path).map_err(|e| {
+            let _ = fs::remove_file(&link_path);
+            HistoryError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        });
+    }
+    let mut tmp = tmp;
+    tmp.write_all(data).map_err(io_err(path))?;
+    let perm = permissions_for(path, mode == MODE_EXEC);
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(perm))
+        .map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| HistoryError::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// The permission bits for a restored file: the existing file's, with the executable
+/// bits set or cleared as the snapshot says; 0644/0755 for a new file.
+fn permissions_for(path: &Path, exec: bool) -> u32 {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_file() => {
+            let bits = md.permissions().mode() & 0o7777;
+            if exec {
+                bits | ((bits & 0o444) >> 2)
+            } else {
+                bits & !0o111
+            }
+        }
+        _ => {
+            if exec {
+                0o755
+            } else {
+                0o644
+            }
+        }
+    }
+}
+
+/// Delete `path`, then its parent directories up to `root` while they are empty.
+fn delete_file(root: &Path, path: &Path) -> Result<(), HistoryError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Make every directory between `root` and `path` a directory (a file in the way is a
+/// file of the current snapshot the target does not have: it was deleted already).
+fn ensure_parent(root: &Path, rel: &Path) -> Result<(), HistoryError> {
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    let mut dir = root.to_path_buf();
+    for part in parent.components() {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(HistoryError::RestoreBlocked {
+                    path: rel.to_path_buf(),
+                    reason: format!("{} is not a directory", dir.display()),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&dir).map_err(io_err(&dir))?;
+            }
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a snapshot path that could leave the project or reach git's or heph's own
+/// directories: only plain components, none of them `.git`, and no top-level `.heph`.
+fn check_path(rel: &Path) -> Result<(), HistoryError> {
+    use std::path::Component;
+    let mut parts = rel.components().peekable();
+    let unsafe_path = parts.peek().is_none()
+        || rel.components().enumerate().any(|(i, c)| match c {
+            Component::Normal(name) => {
+                name.eq_ignore_ascii_case(".git") || (i == 0 && name == ".heph")
+            }
+            _ => true,
+        });
+    if unsafe_path {
+        return Err(HistoryError::RestoreBlocked {
+            path: rel.to_path_buf(),
+            reason: "the snapshot names a path outside the project's files; refusing to write it"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Turn the files from tree `from` (the current state) into tree `to`, returning the
+/// paths written and deleted. Deletions go first, so a file can become a directory.
+pub(super) fn restore_trees(
+    history: &History,
+    repo: &Repository,
+    from: Oid,
+    to: Oid,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), HistoryError> {
+    let find = |oid| {
+        repo.find_tree(oid)
+            .map_err(HistoryError::git("reading a snapshot tree"))
+    };
+    let (from_tree, to_tree) = (find(from)?, find(to)?);
+    let diff = repo
+        .diff_tree_to_tree(Some(&from_tree), Some(&to_tree), None)
+        .map_err(HistoryError::git("comparing the snapshots"))?;
+    let root = history.root();
+    let mut deleted = Vec::new();
+    let mut writes = Vec::new();
+    for delta in diff.deltas() {
+        if delta.status() == Delta::Deleted {
+            if let Some(p) = delta.old_file().path() {
+                deleted.push(p.to_path_buf());
+            }
+        } else if let Some(p) = delta.new_file().path() {
+            // A symlink replacing a file, or a file replacing a symlink, is a write too.
+            writes.push((
+                p.to_path_buf(),
+                delta.new_file().id(),
+                u32::from(delta.new_file().mode()),
+            ));
+        }
+    }
+    // A history fetched from elsewhere could name paths heph must never write.
+    for rel in deleted.iter().chain(writes.iter().map(|w| &w.0)) {
+        check_path(rel)?;
+    }
+    for rel in &deleted {
+        delete_file(root, &root.join(rel))?;
+        history.pause();
+    }
+    let tmp_dir = history.state.path().join(TMP_DIR);
+    fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+    for (rel, oid, mode) in &writes {
+        let blob = repo
+            .find_blob(*oid)
+            .map_err(HistoryError::git("reading a file of the snapshot"))?;
+        ensure_parent(root, rel)?;
+        let path = root.join(rel);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(HistoryError::RestoreBlocked {
+                path: rel.clone(),
+                reason: "a directory (holding files outside the snapshot) is in the way".into(),
+            });
+        }
+        write_atomic(&path, blob.content(), *mode, &tmp_dir)?;
+        history.pause();
+    }
+    Ok((writes.into_iter().map(|w| w.0).collect(), deleted))
+}
+
+impl History {
+    /// `heph rollback`: under the writer lock, restore the files of an evolution.
+    ///
+    /// The current files are recorded first (a `manual` evolution when they changed),
+    /// then every file of the target snapshot is written back byte for byte (atomically,
+    /// modes kept) and the files created since are deleted (only files the snapshot
+    /// covers: ignored files such as `target/` are never touched). The result is itself
+    /// recorded as a `rollback` evolution, so it can be undone.
+    pub fn rollback(&mut self, target: &RollbackTarget) -> Result<RollbackReport, HistoryError> {
+        let lock = self.lock("rollback")?;
+        self.rollback_locked(&lock, target)
+    }
+
+    /// [`History::rollback`] for a caller that already holds the writer lock.
+    pub fn rollback_locked(
+        &mut self,
+        _lock: &ProjectLock,
+        target: &RollbackTarget,
+    ) -> Result<RollbackReport, HistoryError> {
+        let target = match target {
+            RollbackTarget::Id(id) => self.get(id)?,
+            RollbackTarget::LastPassed => {
+                if self.tip()?.is_none() {
+                    return Err(HistoryError::Empty {
+                        root: self.root.clone(),
+                    });
+                }
+                self.last_passed()?
+                    .ok_or_else(|| HistoryError::NonePassed {
+                        root: self.root.clone(),
+                    })?
+            }
+        };
+        let pre_state = self.record_manual_if_changed()?;
+        let current = self.tip()?.ok_or_else(|| HistoryError::Empty {
+            root: self.root.clone(),
+        })?;
+        let target_oid = Oid::from_str(&target.id).map_err(HistoryError::git("reading an id"))?;
+        let (from, to) = (self.tree_of(current)?, self.tree_of(target_oid)?);
+        let repo = self.repo_ref()?;
+        let (restored, deleted) = restore_trees(self, repo, from, to)?;
+        let mut meta = EvolutionMeta::new(
+            EvolutionKind::Rollback,
+            format!(
+                "rollback to {} ({})",
+                target.short_id,
+                target.meta.message.lines().next().unwrap_or_default()
+            ),
+        );
+        let changed = restored.len() + deleted.len();
+        if changed <= MAX_LISTED_FILES {
+            meta.files = restored.iter().chain(&deleted).cloned().collect();
+        } else {
+            meta.message
+                .push_str(&format!(", {}", plural_files(changed)));
+        }
+        let evolution = self.record(&meta)?;
+        Ok(RollbackReport {
+            target,
+            pre_state,
+            evolution,
+            restored,
+            deleted,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_the_project_files_are_refused() {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            ".git/hooks/pre-commit",
+            "a/.GIT/config",
+            ".heph/lock",
+            "",
+        ] {
+            assert!(check_path(Path::new(bad)).is_err(), "{bad}");
+        }
+        for good in ["src/lib.rs", "a/.heph/x", ".gitignore", "x/.github/ci.yml"] {
+            assert!(check_path(Path::new(good)).is_ok(), "{good}");
+        }
+    }
+}

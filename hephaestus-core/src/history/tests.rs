@@ -1,0 +1,635 @@
+//! Unit tests of the history store against real repositories in temp dirs.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::*;
+use crate::evolution::{ItemChanges, VerifyRecord};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "T")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "T")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    fs::write(&p, content).expect("write");
+}
+
+/// A tiny cargo project in a fresh temp dir; `repo` makes it a git repository.
+fn project(repo: bool) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canon").join("proj");
+    write(
+        &root,
+        "Cargo.toml",
+        "[package]\nname = \"p\"\nversion = \"0.1.0\"\n",
+    );
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 1 }\n");
+    if repo {
+        git(&root, &["init", "-q", "-b", "main"]);
+    }
+    (dir, root)
+}
+
+fn open(root: &Path) -> History {
+    let options = HistoryOptions {
+        author: Identity {
+            name: Some("Tester".into()),
+            email: Some("tester@example.com".into()),
+            time: None,
+        },
+        ..HistoryOptions::default()
+    };
+    History::open_with(root, options).expect("open")
+}
+
+/// Paths of a commit's tree, with modes.
+fn tree_paths(root: &Path, rev: &str) -> Vec<String> {
+    let out = if root.join(".heph/history.git").exists() && !root.join(".git").exists() {
+        git(
+            &root.join(".heph/history.git"),
+            &["ls-tree", "-r", "--format=%(objectmode) %(path)", rev],
+        )
+    } else {
+        git(
+            root,
+            &["ls-tree", "-r", "--format=%(objectmode) %(path)", rev],
+        )
+    };
+    out.lines().map(str::to_owned).collect()
+}
+
+fn meta(kind: EvolutionKind, verify: Option<VerifyOutcome>) -> EvolutionMeta {
+    let mut m = EvolutionMeta::new(kind, format!("{kind} change"));
+    m.module = Some("crate::agent::x".into());
+    m.files = vec![PathBuf::from("src/lib.rs")];
+    m.changes = ItemChanges {
+        added: vec!["fn b".into()],
+        replaced: vec!["fn a".into()],
+        removed: vec![],
+    };
+    m.verify = verify.map(|outcome| VerifyRecord {
+        outcome,
+        duration: Duration::from_millis(42),
+    });
+    m
+}
+
+#[test]
+fn private_store_records_manual_snapshots_only_when_changed() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    assert!(matches!(h.store(), Store::Private { .. }));
+    assert!(h.list(&ListFilter::default()).expect("list").is_empty());
+    let first = h
+        .record_manual_if_changed()
+        .expect("record")
+        .expect("first");
+    assert_eq!(first.meta.kind, EvolutionKind::Manual);
+    assert!(first.parent.is_none());
+    assert!(root.join(".heph/history.git/HEAD").is_file());
+    assert!(h.record_manual_if_changed().expect("again").is_none());
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = h
+        .record_manual_if_changed()
+        .expect("record")
+        .expect("changed");
+    assert_eq!(second.parent.as_deref(), Some(first.id.as_str()));
+    assert_eq!(second.meta.files, vec![PathBuf::from("src/lib.rs")]);
+    // A fresh handle sees the same history.
+    let listed = open(&root).list(&ListFilter::default()).expect("list");
+    let ids: Vec<_> = listed.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, [second.id.clone(), first.id.clone()]);
+    git(&root.join(".heph/history.git"), &["fsck", "--strict"]);
+}
+
+#[test]
+fn user_repository_keeps_head_index_and_branches() {
+    let (_dir, root) = project(true);
+    git(&root, &["add", "-A"]);
+    git(&root, &["commit", "-q", "-m", "init"]);
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 3 }\n");
+    git(&root, &["add", "src/lib.rs"]);
+    let index_before = fs::read(root.join(".git/index")).expect("index");
+    let head_before = git(&root, &["rev-parse", "HEAD"]);
+    let refs_before = git(&root, &["for-each-ref"]);
+
+    let mut h = open(&root);
+    assert!(matches!(h.store(), Store::Repository { .. }));
+    h.record_manual_if_changed().expect("record");
+    write(&root, "src/new.rs", "// new\n");
+    h.record(&meta(
+        EvolutionKind::SelfModify,
+        Some(VerifyOutcome::Passed),
+    ))
+    .expect("record");
+
+    assert_eq!(
+        fs::read(root.join(".git/index")).expect("index"),
+        index_before
+    );
+    assert_eq!(git(&root, &["rev-parse", "HEAD"]), head_before);
+    let refs_after = git(&root, &["for-each-ref"]);
+    let without_heph: String = refs_after
+        .lines()
+        .filter(|l| !l.ends_with("refs/heph/history"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(without_heph, refs_before);
+    let log = git(&root, &["log", "--format=%B", HISTORY_REF]);
+    assert!(log.contains("Heph-Kind: self-modify"), "{log}");
+    assert!(log.contains("Heph-Verify: passed 42ms"), "{log}");
+    assert!(log.contains("Heph-Kind: manual"), "{log}");
+    let author = git(&root, &["log", "-1", "--format=%an <%ae>", HISTORY_REF]);
+    assert_eq!(author.trim(), "Tester <tester@example.com>");
+    git(&root, &["fsck", "--strict"]);
+}
+
+#[test]
+fn snapshots_honour_gitignore_and_keep_modes_and_symlinks() {
+    let (_dir, root) = project(false);
+    write(&root, ".gitignore", "*.log\n/build/\n!keep.log\n");
+    write(&root, "debug.log", "noise");
+    write(&root, "keep.log", "kept");
+    write(&root, "build/out.txt", "generated");
+    write(&root, "target/debug/x", "binary");
+    write(&root, "src/nested/deep.rs", "// deep\n");
+    write(&root, "tool.sh", "#!/bin/sh\n");
+    fs::set_permissions(root.join("tool.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::os::unix::fs::symlink("src/lib.rs", root.join("link.rs")).expect("symlink");
+    write(&root, "vendored/.git/HEAD", "ref: refs/heads/main\n");
+    write(&root, "vendored/file.rs", "// nested repo\n");
+    let mut h = open(&root);
+    let evo = h.record_manual_if_changed().expect("record").expect("new");
+    let paths = tree_paths(&root, &evo.id);
+    assert_eq!(
+        paths,
+        [
+            "100644 .gitignore",
+            "100644 Cargo.toml",
+            "100644 keep.log",
+            "120000 link.rs",
+            "100644 src/lib.rs",
+            "100644 src/nested/deep.rs",
+            "100755 tool.sh",
+        ]
+    );
+}
+
+#[test]
+fn subfolder_project_snapshots_its_folder_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let top = dir.path().canonicalize().expect("canon");
+    git(&top, &["init", "-q", "-b", "main"]);
+    write(&top, ".gitignore", "*.tmp\n");
+    write(&top, "README.md", "outside\n");
+    let root = top.join("server");
+    write(&root, "Cargo.toml", "[package]\nname = \"s\"\n");
+    write(&root, "src/main.rs", "fn main() {}\n");
+    write(&root, "scratch.tmp", "ignored by the parent's .gitignore\n");
+    let mut h = open(&root);
+    let evo = h.record_manual_if_changed().expect("record").expect("new");
+    assert_eq!(
+        tree_paths(&top, &evo.id),
+        ["100644 Cargo.toml", "100644 src/main.rs"]
+    );
+    let log = git(&top, &["log", "-1", "--format=%B", HISTORY_REF]);
+    assert!(log.contains("Heph-Scope: server"), "{log}");
+    // A sibling project may not write on top of this history.
+    let other = top.join("client");
+    write(&other, "Cargo.toml", "[package]\nname = \"c\"\n");
+    let err = open(&other)
+        .record_manual_if_changed()
+        .expect_err("scope mismatch");
+    assert!(matches!(err, HistoryError::ScopeMismatch { .. }), "{err}");
+}
+
+#[test]
+fn stat_cache_sees_same_size_edits_with_restored_mtime() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("record");
+    // Make the cache trust the file: a snapshot taken well after its last write.
+    std::thread::sleep(Duration::from_millis(20));
+    write(
+        &root,
+        "Cargo.toml",
+        "[package]\nname = \"q\"\nversion = \"0.1.0\"\n",
+    );
+    h.record_manual_if_changed().expect("record");
+    let path = root.join("src/lib.rs");
+    let mtime = fs::metadata(&path).expect("md").modified().expect("mtime");
+    fs::write(&path, "pub fn a() -> u32 { 9 }\n").expect("same size");
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("restore mtime");
+    let evo = h.record_manual_if_changed().expect("record");
+    assert!(
+        evo.is_some(),
+        "an edit hidden behind the old mtime was missed"
+    );
+    // And a write right after a snapshot (same clock tick) is not missed either.
+    fs::write(&path, "pub fn a() -> u32 { 7 }\n").expect("write");
+    assert!(h.record_manual_if_changed().expect("record").is_some());
+    fs::write(&path, "pub fn a() -> u32 { 8 }\n").expect("write");
+    assert!(h.record_manual_if_changed().expect("record").is_some());
+}
+
+#[test]
+fn record_always_commits_and_record_if_changed_skips() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    let a = h
+        .record(&meta(
+            EvolutionKind::SelfModify,
+            Some(VerifyOutcome::Failed),
+        ))
+        .expect("a");
+    let b = h.record(&meta(EvolutionKind::Rollback, None)).expect("b");
+    assert_eq!(b.parent.as_deref(), Some(a.id.as_str()));
+    assert!(
+        h.record_if_changed(&meta(EvolutionKind::Watch, None))
+            .expect("watch")
+            .is_none()
+    );
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 5 }\n");
+    let w = h
+        .record_if_changed(&meta(EvolutionKind::Watch, Some(VerifyOutcome::Passed)))
+        .expect("watch")
+        .expect("changed");
+    let got = h.get(&w.short_id).expect("get");
+    assert_eq!(got, w);
+    assert_eq!(
+        got.meta,
+        meta(EvolutionKind::Watch, Some(VerifyOutcome::Passed))
+    );
+    assert_eq!(h.last_passed().expect("last").map(|e| e.id), Some(w.id));
+}
+
+#[test]
+fn list_filters_by_kind_module_and_limit() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    h.record(&meta(EvolutionKind::Import, None))
+        .expect("import");
+    let mut other = meta(EvolutionKind::SelfModify, None);
+    other.module = Some("crate::other".into());
+    h.record(&other).expect("other");
+    h.record(&meta(EvolutionKind::SelfModify, None))
+        .expect("sm");
+    let all = h.list(&ListFilter::default()).expect("list");
+    assert_eq!(all.len(), 3);
+    let limited = h
+        .list(&ListFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(limited.len(), 2);
+    let by_kind = h
+        .list(&ListFilter {
+            kind: Some(EvolutionKind::Import),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(by_kind.len(), 1);
+    let by_module = h
+        .list(&ListFilter {
+            module: Some("agent".into()),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(by_module.len(), 2, "agent matches agent::x");
+    let dotted = h
+        .list(&ListFilter {
+            module: Some("agent.x".into()),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(dotted.len(), 2);
+}
+
+#[test]
+fn ids_unknown_invalid_and_ambiguous() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    assert!(matches!(h.get("abc1"), Err(HistoryError::Empty { .. })));
+    let mut ids = Vec::new();
+    for i in 0..17 {
+        write(
+            &root,
+            "src/lib.rs",
+            &format!("pub fn a() -> u32 {{ {i} }}\n"),
+        );
+        ids.push(h.record_manual_if_changed().expect("rec").expect("new").id);
+    }
+    assert!(matches!(h.get("xyz"), Err(HistoryError::InvalidId { .. })));
+    let missing = if ids.iter().any(|i| i.starts_with("0000")) {
+        "ffff"
+    } else {
+        "0000"
+    };
+    assert!(matches!(
+        h.get(missing),
+        Err(HistoryError::UnknownId { .. })
+    ));
+    // 17 ids, 16 possible first digits: two share one.
+    let first = ids
+        .iter()
+        .find(|a| ids.iter().filter(|b| b[..1] == a[..1]).count() > 1)
+        .expect("pigeonhole");
+    let err = h.get(&first[..1]).expect_err("ambiguous");
+    assert!(matches!(err, HistoryError::AmbiguousId { .. }), "{err}");
+    assert!(err.to_string().contains(&first[..SHORT_ID_LEN]), "{err}");
+    assert_eq!(h.get(&ids[3]).expect("full").id, ids[3]);
+    assert_eq!(
+        h.get(&ids[3][..10].to_uppercase()).expect("short").id,
+        ids[3]
+    );
+}
+
+#[test]
+fn rollback_restores_bytes_deletes_new_files_and_can_be_undone() {
+    let (_dir, root) = project(true);
+    write(&root, ".gitignore", "/target\n");
+    write(&root, "src/bin.dat", "\0\x01binary\r\n");
+    write(&root, "run.sh", "#!/bin/sh\n");
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut h = open(&root);
+    let mut passed = meta(EvolutionKind::SelfModify, Some(VerifyOutcome::Passed));
+    passed.message = "good state".into();
+    let good = h.record(&passed).expect("good");
+    let before: Vec<_> = ["src/lib.rs", "src/bin.dat", "run.sh"]
+        .iter()
+        .map(|p| fs::read(root.join(p)).expect("read"))
+        .collect();
+
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 100 }\n");
+    write(&root, "src/extra/new.rs", "// created later\n");
+    fs::remove_file(root.join("src/bin.dat")).expect("rm");
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o644)).expect("chmod");
+    write(&root, "target/keep.o", "build output");
+
+    let report = h.rollback(&RollbackTarget::LastPassed).expect("rollback");
+    assert_eq!(report.target.id, good.id);
+    let pre = report.pre_state.clone().expect("hand edits recorded first");
+    assert_eq!(pre.meta.kind, EvolutionKind::Manual);
+    assert_eq!(report.evolution.meta.kind, EvolutionKind::Rollback);
+    assert_eq!(report.deleted, [PathBuf::from("src/extra/new.rs")]);
+    let after: Vec<_> = ["src/lib.rs", "src/bin.dat", "run.sh"]
+        .iter()
+        .map(|p| fs::read(root.join(p)).expect("read"))
+        .collect();
+    assert_eq!(after, before);
+    assert!(
+        !root.join("src/extra").exists(),
+        "emptied directory removed"
+    );
+    let mode = fs::metadata(root.join("run.sh"))
+        .expect("md")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "executable bit restored");
+    assert_eq!(
+        fs::read_to_string(root.join("target/keep.o")).expect("kept"),
+        "build output"
+    );
+    assert_eq!(
+        git(
+            &root,
+            &["rev-parse", &format!("{}^{{tree}}", report.evolution.id)]
+        ),
+        git(&root, &["rev-parse", &format!("{}^{{tree}}", good.id)])
+    );
+
+    // Undo: roll back to the hand-edited state recorded before.
+    h.rollback(&RollbackTarget::Id(pre.short_id.clone()))
+        .expect("undo");
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).expect("read"),
+        "pub fn a() -> u32 { 100 }\n"
+    );
+    assert!(root.join("src/extra/new.rs").is_file());
+    assert!(!root.join("src/bin.dat").exists());
+    git(&root, &["fsck", "--strict"]);
+}
+
+#[test]
+fn show_gives_the_diff_against_the_parent() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    let first = h.record_manual_if_changed().expect("rec").expect("new");
+    write(
+        &root,
+        "src/lib.rs",
+        "pub fn a() -> u32 { 1 }\npub fn b() {}\n",
+    );
+    let second = h
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("rec");
+    let shown = h.show(&second.short_id, true).expect("show");
+    assert_eq!(shown.files.len(), 1);
+    assert_eq!(shown.files[0].path, PathBuf::from("src/lib.rs"));
+    assert_eq!((shown.insertions, shown.deletions), (1, 0));
+    let patch = shown.patch.expect("patch");
+    assert!(patch.contains("+pub fn b() {}"), "{patch}");
+    assert!(patch.contains("--- a/src/lib.rs"), "{patch}");
+    let root_diff = h.show(&first.id, false).expect("show first");
+    assert_eq!(root_diff.files.len(), 2);
+    assert!(root_diff.patch.is_none());
+}
+
+#[test]
+fn corrupt_and_missing_refs_are_reported() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let blob = git(&root, &["hash-object", "-w", "Cargo.toml"]);
+    git(&root, &["update-ref", HISTORY_REF, blob.trim()]);
+    let err = open(&root)
+        .list(&ListFilter::default())
+        .expect_err("corrupt");
+    assert!(matches!(err, HistoryError::CorruptRef { .. }), "{err}");
+    assert!(err.to_string().contains("not a commit"), "{err}");
+    fs::write(root.join(".git/refs/heph/history"), "garbage\n").expect("write");
+    let err = open(&root).record_manual_if_changed().expect_err("corrupt");
+    assert!(matches!(err, HistoryError::CorruptRef { .. }), "{err}");
+    // Deleting the ref starts a new history (the stale stat cache is not trusted).
+    fs::remove_file(root.join(".git/refs/heph/history")).expect("rm");
+    let fresh = open(&root)
+        .record_manual_if_changed()
+        .expect("rec")
+        .expect("new");
+    assert!(fresh.parent.is_none());
+    git(&root, &["fsck", "--strict"]);
+}
+
+fn bare(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(&p).expect("mkdir");
+    git(&p, &["init", "-q", "--bare"]);
+    p
+}
+
+#[test]
+fn sync_pushes_fast_forwards_and_reports_divergence() {
+    let (dir, a_root) = project(true);
+    let remote = bare(dir.path(), "remote.git");
+    let url = remote.to_string_lossy().into_owned();
+    git(&a_root, &["remote", "add", "origin", &url]);
+    let mut a = open(&a_root);
+    assert_eq!(a.sync("origin").expect("sync").outcome, SyncOutcome::Empty);
+    let first = a.record_manual_if_changed().expect("rec").expect("new");
+    let pushed = a.sync("origin").expect("sync");
+    assert_eq!(pushed.outcome, SyncOutcome::Pushed { evolutions: 1 });
+    assert_eq!(git(&remote, &["rev-parse", HISTORY_REF]).trim(), first.id);
+    assert_eq!(
+        a.sync("origin").expect("sync").outcome,
+        SyncOutcome::UpToDate
+    );
+
+    // A second machine, not a git repository, syncing by path.
+    let other = tempfile::tempdir().expect("tempdir");
+    let b_root = other.path().canonicalize().expect("canon");
+    write(&b_root, "Cargo.toml", "[package]\n");
+    let mut b = open(&b_root);
+    let ff = b.sync(&url).expect("sync");
+    assert_eq!(ff.outcome, SyncOutcome::FastForwarded { evolutions: 1 });
+    assert!(
+        ff.tracking_ref.starts_with("refs/heph/remotes/url-"),
+        "{}",
+        ff.tracking_ref
+    );
+    assert_eq!(
+        b.list(&ListFilter::default()).expect("list")[0].id,
+        first.id
+    );
+
+    // Both record something: diverged, nothing overwritten.
+    write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 10 }\n");
+    let a2 = a
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("a2");
+    a.sync("origin").expect("push a2");
+    let b2 = b.record(&meta(EvolutionKind::Import, None)).expect("b2");
+    let diverged = b.sync(&url).expect("sync");
+    assert_eq!(
+        diverged.outcome,
+        SyncOutcome::Diverged {
+            ahead: 1,
+            behind: 1,
+            merge_base: Some(first.id.clone())
+        }
+    );
+    assert!(!diverged.outcome.is_in_sync());
+    assert_eq!(b.list(&ListFilter::default()).expect("list")[0].id, b2.id);
+    assert_eq!(git(&remote, &["rev-parse", HISTORY_REF]).trim(), a2.id);
+    // The fetched evolution is visible by id all the same.
+    assert_eq!(b.get(&a2.short_id).expect("remote evolution").id, a2.id);
+
+    let err = a.sync("nosuchremote").expect_err("unknown remote");
+    assert!(matches!(err, HistoryError::UnknownRemote { .. }), "{err}");
+    assert!(err.to_string().contains("origin"), "{err}");
+    // The user's repository gained no FETCH_HEAD and no remote-tracking branches.
+    assert!(!a_root.join(".git/FETCH_HEAD").exists());
+    assert_eq!(git(&a_root, &["branch", "-r"]), "");
+}
+
+#[test]
+fn push_rejected_by_the_server_is_reported() {
+    let (dir, root) = project(false);
+    let remote = bare(dir.path(), "remote.git");
+    // The remote's ref is locked by another writer: the rejection only arrives through
+    // the push_update_reference callback, not as an error of push().
+    fs::create_dir_all(remote.join("refs/heph")).expect("mkdir");
+    fs::write(remote.join("refs/heph/history.lock"), "").expect("lock");
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let url = remote.to_string_lossy().into_owned();
+    let report = h.sync(&url).expect("sync");
+    assert!(
+        matches!(report.outcome, SyncOutcome::PushRejected { .. }),
+        "{:?}",
+        report.outcome
+    );
+}
+
+#[test]
+fn a_ref_lock_left_by_a_killed_heph_is_recovered_and_a_live_one_reported() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let lock = root.join(".git/refs/heph/history.lock");
+    // A heph killed between taking git's ref lock and renaming it: its marker remains.
+    fs::write(&lock, "").expect("lock");
+    fs::write(root.join(".heph").join(REF_MARKER), HISTORY_REF).expect("marker");
+    h.record(&meta(EvolutionKind::Manual, None))
+        .expect("recovered");
+    assert!(!lock.exists());
+    // A lock held by someone else (no marker): reported, not removed.
+    fs::write(&lock, "").expect("lock");
+    let err = h
+        .record(&meta(EvolutionKind::Manual, None))
+        .expect_err("locked");
+    assert!(matches!(err, HistoryError::RefLocked { .. }), "{err}");
+    assert!(lock.exists());
+}
+
+#[test]
+fn newest_evolutions_are_packed_now_and_then() {
+    let (_dir, root) = project(true);
+    let options = HistoryOptions {
+        repack_every: 3,
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options).expect("open");
+    let packs = || {
+        fs::read_dir(root.join(".git/objects/pack"))
+            .expect("pack dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    for i in 0..7 {
+        write(
+            &root,
+            "src/lib.rs",
+            &format!("pub fn a() -> u32 {{ {i} }}\n"),
+        );
+        h.record_manual_if_changed().expect("rec");
+    }
+    assert_eq!(packs(), 2, "one pack per 3 evolutions");
+    let state = fs::read_to_string(root.join(".heph/pack-state")).expect("state");
+    let packed_tip = h.list(&ListFilter::default()).expect("list")[1].id.clone();
+    assert_eq!(
+        state,
+        format!("{packed_tip} 1\n"),
+        "packed at the 6th, one since"
+    );
+    let verify = git(&root, &["count-objects", "-v"]);
+    assert!(verify.contains("packs: 2"), "{verify}");
+    assert_eq!(h.list(&ListFilter::default()).expect("list").len(), 7);
+    git(&root, &["fsck", "--strict"]);
+}

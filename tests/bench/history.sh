@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Benchmark of the history store (issue 3). Not a timed test: results go to BENCHMARKS.md.
+#
+#  1. one snapshot after changing one file of a 10,000-file tree:
+#     `heph snapshot` vs `git add -A && git commit -q` vs `git stash create`
+#  2. listing the last 50 of 100,000 evolutions:
+#     `heph history --limit 50 --json` vs `git log -50 --format=...`
+#
+# Usage: tests/bench/history.sh [WORKDIR]   (needs hyperfine: apt-get install -y hyperfine)
+# Also measures a heph built with --no-default-features (no ssh transport, so no OpenSSL
+# linked or initialized), in $CARGO_TARGET_DIR/minimal.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/../.." && pwd)"
+work="${1:-$(mktemp -d /tmp/heph-bench.XXXXXX)}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
+command -v hyperfine >/dev/null || { echo "hyperfine is missing: apt-get install -y hyperfine" >&2; exit 3; }
+
+cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p hephaestus-cli
+heph="$CARGO_TARGET_DIR/release/heph"
+CARGO_TARGET_DIR="$CARGO_TARGET_DIR/minimal" cargo build --quiet --release \
+  --manifest-path "$here/Cargo.toml" -p hephaestus-cli --no-default-features
+minimal="$CARGO_TARGET_DIR/minimal/release/heph"
+
+# A pinned, isolated git.
+export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
+export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost
+export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+echo "work dir: $work"
+
+# --- 1. snapshot of a 10,000-file tree, one file changed ----------------------------
+tree="$work/tree"
+rm -rf "$tree" && mkdir -p "$tree"
+cd "$tree"
+printf '[package]\nname = "big"\nversion = "0.1.0"\n' > Cargo.toml
+printf '/target\n' > .gitignore
+python3 - <<'PY'
+import os
+for d in range(100):
+    os.makedirs(f"src/m{d:02}", exist_ok=True)
+    for f in range(100):
+        if d == 0 and f < 2:
+            continue  # Cargo.toml and .gitignore make up the 10,000
+        with open(f"src/m{d:02}/f{f:02}.rs", "w") as fh:
+            fh.write(f"// module {d} file {f}\n" + "pub fn f() -> u32 { %d }\n" % (d * 100 + f) * 8)
+PY
+echo "files: $(find . -type f -not -path './.git/*' | wc -l)"
+git init -q -b main && git add -A && git commit -q -m init
+"$heph" snapshot -q -m init >/dev/null
+# Warm the stat caches of both tools once.
+echo "// warm" >> src/m50/f50.rs
+"$heph" snapshot -q >/dev/null
+git add -A && git commit -q -m warm
+
+change='sh -c "echo // \$(date +%s%N) >> src/m42/f42.rs"'
+# -N: no intermediate shell (the git pipeline needs one: sh -c, ~1 ms).
+hyperfine -N --warmup 3 --runs 40 --export-markdown "$work/snapshot.md" \
+  --prepare "$change" \
+  -n 'heph snapshot' "$heph snapshot -q" \
+  -n 'heph snapshot (no default features)' "$minimal snapshot -q" \
+  -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' \
+  -n 'git stash create' 'git stash create'
+
+# --- 2. history listing over 100,000 evolutions --------------------------------------
+long="$work/long"
+rm -rf "$long" && mkdir -p "$long"
+cd "$long"
+printf '[package]\nname = "long"\nversion = "0.1.0"\n' > Cargo.toml
+git init -q -b main
+python3 - <<'PY' | git fast-import --quiet
+import sys
+out = sys.stdout
+n = 100_000
+kinds = ["self-modify", "import", "watch", "evolve", "manual"]
+for i in range(1, n + 1):
+    kind = kinds[i % len(kinds)]
+    msg = (f"{kind} crate::agent::m{i % 97}\n\nHeph-Kind: {kind}\nHeph-Module: crate::agent::m{i % 97}\n"
+           f"Heph-File: src/agent/m{i % 97}.rs\nHeph-Replaced: fn f{i % 13}\nHeph-Verify: passed {i % 2000}ms\n")
+    data = msg.encode()
+    body = f"pub fn f() -> u32 {{ {i} }}\n".encode()
+    out.write(f"commit refs/heph/history\nmark :{i}\ncommitter heph <heph@localhost> {1700000000 + i} +0000\n")
+    out.write(f"data {len(data)}\n{msg}")
+    if i > 1:
+        out.write(f"from :{i - 1}\n")
+    out.write(f"M 100644 inline src/agent/m{i % 97}.rs\ndata {len(body)}\n")
+    out.flush()
+    sys.stdout.buffer.write(body)
+    sys.stdout.buffer.flush()
+    out.write("\n")
+PY
+echo "evolutions: $(git rev-list --count refs/heph/history)"
+hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history.md" \
+  -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
+  -n 'heph history --limit 50 --json (no default features)' "$minimal history --limit 50 --json" \
+  -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history"
+
+echo
+cat "$work/snapshot.md" "$work/history.md"
