@@ -400,6 +400,7 @@ impl Project {
                 holder: holder.to_owned(),
             })
         })?;
+        state.clean_tmp();
         // Plan under the lock, so concurrent heph processes see each other's writes.
         let plan = self.plan(op)?;
         let mut outcome = self.outcome(&plan, false, None);
@@ -423,8 +424,12 @@ impl Project {
                 });
             }
         }
-        let mut tx = Transaction::new(plan.files.clone());
+        let mut tx = Transaction::new(plan.files.clone()).with_tmp_dir(state.tmp_dir()?);
         tx.commit()?;
+        // Test hook (crash tests): a pause between the write and the verification.
+        if let Some(d) = opts.history_options.step_delay {
+            std::thread::sleep(d);
+        }
         on_event(&Event::Written {
             files: outcome.files.clone(),
         });

@@ -3,8 +3,10 @@
 //! directory. And the transaction that writes a set of files and can restore them
 //! byte for byte.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Errors of writing files.
@@ -49,33 +51,86 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WriteError + '_ {
     }
 }
 
-/// Replace `path` with `bytes` atomically. A symlink is followed: its target is
-/// written, the link stays a link. Permissions of an existing file are kept.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+const EXDEV: i32 = 18;
+
+/// Replace `path` with `bytes` atomically: a temp file in `tmp_dir` (the state
+/// directory's `tmp/`, so an interrupted write leaves nothing in the user's tree; next
+/// to the target when `tmp_dir` is None or on another file system), fsync, rename over
+/// the target, fsync its directory. `mode` gives the permission bits; None keeps the
+/// existing file's (a new file gets the process default). The path is not followed:
+/// a symlink at `path` is replaced by the file (see [`write_atomic`] to write through
+/// one).
+pub fn replace_file(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    tmp_dir: Option<&Path>,
+) -> io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let mode = mode.or_else(|| {
+        fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode() & 0o7777)
+    });
+    let write_in = |dir: &Path| -> io::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".heph-")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        tmp.write_all(bytes)?;
+        if let Some(mode) = mode {
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map(|_| ()).map_err(|e| e.error)
+    };
+    match tmp_dir.map(write_in) {
+        None => write_in(parent),
+        Some(Err(e)) if e.raw_os_error() == Some(EXDEV) => write_in(parent),
+        Some(r) => r,
+    }?;
+    sync_dir(parent);
+    Ok(())
+}
+
+/// Replace `path` with a symlink to `target`, atomically (a link made under a temp
+/// name in `tmp_dir` or next to the target, then renamed).
+pub fn replace_with_symlink(path: &Path, target: &OsStr, tmp_dir: Option<&Path>) -> io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let link_in = |dir: &Path| -> io::Result<()> {
+        // Reserve a unique name, then put the link in its place.
+        let placeholder = tempfile::Builder::new()
+            .prefix(".heph-")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        let link = placeholder.path().to_path_buf();
+        drop(placeholder);
+        std::os::unix::fs::symlink(target, &link)?;
+        fs::rename(&link, path).inspect_err(|_| {
+            let _ = fs::remove_file(&link);
+        })
+    };
+    match tmp_dir.map(link_in) {
+        None => link_in(parent),
+        Some(Err(e)) if e.raw_os_error() == Some(EXDEV) => link_in(parent),
+        Some(r) => r,
+    }?;
+    sync_dir(parent);
+    Ok(())
+}
+
+/// Replace `path` with `bytes` atomically, following a symlink (its target is written,
+/// the link stays a link) and keeping the permissions of an existing file. Temp files
+/// go to `tmp_dir` when given (see [`replace_file`]).
+pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result<(), WriteError> {
     let real = match fs::canonicalize(path) {
         Ok(p) => p,
         Err(e) if e.kind() == io::ErrorKind::NotFound => path.to_owned(),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let dir = real.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".heph-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err(&real))?;
-    tmp.write_all(bytes).map_err(io_err(&real))?;
-    if let Ok(meta) = fs::metadata(&real) {
-        tmp.as_file()
-            .set_permissions(meta.permissions())
-            .map_err(io_err(&real))?;
-    }
-    tmp.as_file().sync_all().map_err(io_err(&real))?;
-    tmp.persist(&real).map_err(|e| WriteError::Io {
-        path: real.clone(),
-        source: e.error,
-    })?;
-    sync_dir(dir);
-    Ok(())
+    replace_file(&real, bytes, None, tmp_dir).map_err(io_err(&real))
 }
 
 /// fsync a directory so a rename in it is durable (best effort: not every file
@@ -103,16 +158,25 @@ pub struct Transaction {
     files: Vec<FileWrite>,
     created_dirs: Vec<PathBuf>,
     written: usize,
+    tmp_dir: Option<PathBuf>,
 }
 
 impl Transaction {
-    /// A transaction of these writes.
+    /// A transaction of these writes, with temp files next to their targets.
     pub fn new(files: Vec<FileWrite>) -> Self {
         Transaction {
             files,
             created_dirs: Vec::new(),
             written: 0,
+            tmp_dir: None,
         }
+    }
+
+    /// Put temp files in `dir` (the state directory's `tmp/`), so a process killed
+    /// mid-write leaves nothing in the project's own directories.
+    pub fn with_tmp_dir(mut self, dir: PathBuf) -> Self {
+        self.tmp_dir = Some(dir);
+        self
     }
 
     /// The writes.
@@ -181,7 +245,7 @@ impl Transaction {
                 self.created_dirs.push(d);
             }
         }
-        write_atomic(&path, &self.files[i].after)
+        write_atomic(&path, &self.files[i].after, self.tmp_dir.as_deref())
     }
 
     /// Put every written file back as it was (created files and directories removed).
@@ -190,7 +254,7 @@ impl Transaction {
         // Only written files need restoring: a failed write_atomic wrote nothing.
         for f in self.files[..self.written].iter().rev() {
             let r = match &f.before {
-                Some(bytes) => write_atomic(&f.path, bytes),
+                Some(bytes) => write_atomic(&f.path, bytes, self.tmp_dir.as_deref()),
                 None => match fs::remove_file(&f.path) {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -222,7 +286,7 @@ mod tests {
         fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).expect("chmod");
         let link = dir.path().join("link.rs");
         std::os::unix::fs::symlink(&real, &link).expect("symlink");
-        write_atomic(&link, b"new").expect("write");
+        write_atomic(&link, b"new", None).expect("write");
         assert_eq!(fs::read(&real).expect("read"), b"new");
         assert!(
             fs::symlink_metadata(&link)

@@ -82,6 +82,26 @@ impl StateDir {
         Ok(&self.path)
     }
 
+    /// Where atomic writes put their temp files: `.heph/tmp/` (created when missing).
+    pub fn tmp_dir(&self) -> Result<PathBuf, StateError> {
+        let dir = self.path.join("tmp");
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
+    /// Remove what writes interrupted by a crash left in `.heph/tmp/`. Call it only
+    /// while holding the lock (no other writer can be using the directory then).
+    pub fn clean_tmp(&self) {
+        if let Ok(entries) = fs::read_dir(self.path.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Take the exclusive writer lock, waiting up to `timeout` for another holder.
     ///
     /// `on_wait` is called once if the lock is busy, with the holder's description, so

@@ -164,6 +164,51 @@ fn heph_flow(env: &TestEnv) -> Vec<String> {
     // No change: nothing recorded.
     let same = json(env, &["snapshot"]);
     assert_eq!(same["recorded"], false);
+    // The writing commands record through the same store: a verified self-modify, an
+    // import after a hand edit (recorded first as `manual`), and a self-modify that
+    // fails verification (recorded as failed, then rolled back).
+    let sm = json(
+        env,
+        &[
+            "self-modify",
+            "agent",
+            "--code",
+            "pub fn act() -> &'static str { \"v3\" }",
+        ],
+    );
+    assert_eq!(sm["evolution"]["kind"], "self-modify");
+    assert_eq!(sm["evolution"]["verify"]["outcome"], "passed");
+    assert!(sm["pre_state"].is_null(), "nothing changed by hand: {sm}");
+    env.write("src/notes.rs", "// by hand again\n");
+    let imp = json(
+        env,
+        &[
+            "import",
+            "extra",
+            "--no-verify",
+            "--code",
+            "pub fn e() -> u8 { 1 }",
+        ],
+    );
+    assert_eq!(imp["pre_state"]["kind"], "manual");
+    assert_eq!(imp["evolution"]["kind"], "import");
+    assert_eq!(
+        imp["evolution"]["changes"]["added"],
+        serde_json::json!(["mod extra"])
+    );
+    let before_failure = env.snapshot();
+    let failed = env.run([
+        "self-modify",
+        "agent",
+        "--json",
+        "--code",
+        "pub fn act() -> u8 { \"not a u8\" }",
+    ]);
+    failed.expect_code(1);
+    let failed = failed.json();
+    assert_eq!(failed["evolution"]["verify"]["outcome"], "failed");
+    assert_eq!(failed["rollback"]["kind"], "rollback");
+    assert_eq!(env.snapshot(), before_failure, "restored byte for byte");
     // Back to the very start.
     let back = json(env, &["rollback", &s0]);
     assert_eq!(back["target"]["id"], s0.as_str());
@@ -175,8 +220,9 @@ fn heph_flow(env: &TestEnv) -> Vec<String> {
     let ids = history_ids(env);
     assert_eq!(
         ids.len(),
-        6,
-        "start, v2, manual, rollback, rollback, rollback: {ids:?}"
+        11,
+        "start, v2, manual, rollback, rollback, self-modify, manual, import, \
+         self-modify (failed), rollback, rollback: {ids:?}"
     );
     ids
 }
@@ -194,6 +240,13 @@ fn assert_log_has_trailers(git_dir: &Path, ids: &[String]) {
     assert!(log.contains("Heph-Kind: rollback"), "{log}");
     assert!(log.contains("Heph-Kind: manual"), "{log}");
     assert!(log.contains("Heph-File: src/scratch.rs"), "{log}");
+    assert!(log.contains("Heph-Kind: self-modify"), "{log}");
+    assert!(log.contains("Heph-Module: crate::agent"), "{log}");
+    assert!(log.contains("Heph-Replaced: fn act"), "{log}");
+    assert!(log.contains("Heph-Kind: import"), "{log}");
+    assert!(log.contains("Heph-Added: mod extra"), "{log}");
+    assert!(log.contains("Heph-Verify: passed"), "{log}");
+    assert!(log.contains("Heph-Verify: failed"), "{log}");
 }
 
 #[test]
@@ -824,4 +877,136 @@ fn history_lists_filters_and_documents_its_json() {
         log.trim(),
         "Test Author <author@example.com>|Test Committer <committer@example.com>"
     );
+}
+
+#[test]
+fn twenty_concurrent_self_modifies_each_land() {
+    let env = TestEnv::empty("concurrent-edits");
+    tiny_project(&env);
+    git_init(&env);
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            env.heph()
+                .args([
+                    "self-modify",
+                    "crate::agent",
+                    "--no-verify",
+                    "--json",
+                    "--code",
+                    &format!("pub fn item_{i}() -> u32 {{ {i} }}"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn heph")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let module = env.read("src/agent/mod.rs");
+    for i in 0..20 {
+        assert!(
+            module.contains(&format!("pub fn item_{i}() -> u32 {{\n    {i}\n}}")),
+            "item_{i} lost:\n{module}"
+        );
+    }
+    assert!(module.starts_with("pub fn act() -> &'static str {\n    \"v1\"\n}\n"));
+    let doc = json(&env, &["history", "--limit", "0", "--kind", "self-modify"]);
+    let evolutions = doc["evolutions"].as_array().expect("array");
+    assert_eq!(evolutions.len(), 20, "one evolution per process");
+    let mut added: Vec<String> = evolutions
+        .iter()
+        .map(|e| e["changes"]["added"][0].as_str().expect("added").to_owned())
+        .collect();
+    added.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("fn item_{i}")).collect();
+    want.sort();
+    assert_eq!(added, want);
+    fsck(&env.path(".git"));
+}
+
+#[test]
+fn self_modify_killed_at_random_moments_leaves_whole_files() {
+    let env = TestEnv::empty("crash-edits");
+    tiny_project(&env);
+    git_init(&env);
+    let file = "src/agent/mod.rs";
+    let text = |v: usize| format!("pub fn act() -> &'static str {{\n    \"v{v}\"\n}}\n");
+    env.write(file, text(0));
+    snapshot(&env, "base");
+    let others: Vec<_> = env
+        .snapshot()
+        .into_iter()
+        .filter(|(p, _)| p != Path::new(file))
+        .collect();
+    let mut rng = Lcg(0xc0ffee);
+    let runs = 100;
+    let mut killed = 0;
+    let mut current = 0;
+    for run in 1..=runs {
+        let mut child = env
+            .heph()
+            .args([
+                "self-modify",
+                "crate::agent",
+                "--verify",
+                "sleep 0.02",
+                "--code",
+                &format!("pub fn act() -> &'static str {{ \"v{run}\" }}"),
+            ])
+            .env("HEPH_TEST_DELAY_MS", (1 + rng.below(10)).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        thread::sleep(Duration::from_millis(rng.below(150)));
+        if child.try_wait().expect("try_wait").is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // The module is whole: its state before this run, or after it.
+        let now = env.read(file);
+        if now == text(run) {
+            current = run;
+        } else {
+            assert_eq!(now, text(current), "run {run}: neither before nor after");
+        }
+        // Nothing else moved, the ref is on a valid commit, the objects are sound.
+        let rest: Vec<_> = env
+            .snapshot()
+            .into_iter()
+            .filter(|(p, _)| p != Path::new(file))
+            .collect();
+        assert_eq!(rest, others, "run {run}: another file changed");
+        env.git_ok([
+            "rev-parse",
+            "--verify",
+            &format!("{HISTORY_REF}^{{commit}}"),
+        ]);
+        if run % 10 == 0 {
+            fsck(&env.path(".git"));
+        }
+    }
+    assert!(
+        killed > runs / 5,
+        "too few runs were killed mid-way ({killed})"
+    );
+    // heph works afterwards, and the history holds the states it recorded.
+    let run = env.run([
+        "self-modify",
+        "crate::agent",
+        "--no-verify",
+        "--code",
+        "pub fn act() -> &'static str { \"final\" }",
+    ]);
+    run.expect_code(0);
+    env.run(["history", "--limit", "0"]).expect_code(0);
+    fsck(&env.path(".git"));
 }

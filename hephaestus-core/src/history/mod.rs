@@ -517,7 +517,7 @@ impl History {
                     f(holder);
                 }
             })?;
-        restore::clean_tmp(&self.state);
+        self.state.clean_tmp();
         Ok(lock)
     }
 

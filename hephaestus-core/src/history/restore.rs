@@ -1,8 +1,8 @@
 //! Rollback: put the files of an earlier snapshot back, byte for byte, with atomic writes
 //! (temp file in `.heph/tmp/`, fsync, rename), and record the result as an evolution.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,10 +13,8 @@ use serde::Serialize;
 use super::snapshot::{MODE_EXEC, MODE_LINK};
 use super::{History, HistoryError, MAX_LISTED_FILES, RollbackTarget, plural_files};
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
-use crate::state::{ProjectLock, StateDir};
-
-/// Temp files of atomic writes live here until they are renamed into place.
-const TMP_DIR: &str = "tmp";
+use crate::fsio;
+use crate::state::ProjectLock;
 
 /// What a rollback did.
 #[derive(Debug, Clone, Serialize)]
@@ -35,15 +33,6 @@ pub struct RollbackReport {
     pub deleted: Vec<PathBuf>,
 }
 
-/// Remove what interrupted writes left in `.heph/tmp/` (called under the lock).
-pub(super) fn clean_tmp(state: &StateDir) {
-    if let Ok(entries) = fs::read_dir(state.path().join(TMP_DIR)) {
-        for e in entries.flatten() {
-            let _ = fs::remove_file(e.path());
-        }
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
     move |source| HistoryError::Io {
         path: path.to_path_buf(),
@@ -51,65 +40,14 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
     }
 }
 
-/// Flush a directory's entries (a rename is durable once its directory is synced).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-const EXDEV: i32 = 18;
-
 /// Write `data` to `path` atomically with git mode `mode` (a symlink's data is its target).
-pub(crate) fn write_atomic(
-    path: &Path,
-    data: &[u8],
-    mode: u32,
-    tmp_dir: &Path,
-) -> Result<(), HistoryError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    match write_via(path, data, mode, tmp_dir) {
-        Err(HistoryError::Io { source, .. }) if source.raw_os_error() == Some(EXDEV) => {
-            // The temp dir is on another file system: use the target's own directory.
-            write_via(path, data, mode, parent)
-        }
-        other => other,
-    }?;
-    sync_dir(parent);
-    Ok(())
-}
-
-fn write_via(path: &Path, data: &[u8], mode: u32, tmp_dir: &Path) -> Result<(), HistoryError> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".heph-tmp-")
-        .tempfile_in(tmp_dir)
-        .map_err(io_err(tmp_dir))?;
+fn write_atomic(path: &Path, data: &[u8], mode: u32, tmp_dir: &Path) -> Result<(), HistoryError> {
     if mode == MODE_LINK {
         let target = std::ffi::OsStr::from_bytes(data);
-        let link_path = tmp.path().to_path_buf();
-        // Keep the unique name: replace the placeholder file by the link.
-        drop(tmp);
-        std::os::unix::fs::symlink(target, &link_path).map_err(io_err(&link_path))?;
-        return fs::rename(&link_path, path).map_err(|e| {
-            let _ = fs::remove_file(&link_path);
-            HistoryError::Io {
-                path: path.to_path_buf(),
-                source: e,
-            }
-        });
+        return fsio::replace_with_symlink(path, target, Some(tmp_dir)).map_err(io_err(path));
     }
-    let mut tmp = tmp;
-    tmp.write_all(data).map_err(io_err(path))?;
     let perm = permissions_for(path, mode == MODE_EXEC);
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(perm))
-        .map_err(io_err(path))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| HistoryError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    fsio::replace_file(path, data, Some(perm), Some(tmp_dir)).map_err(io_err(path))
 }
 
 /// The permission bits for a restored file: the existing file's, with the executable
@@ -142,7 +80,7 @@ fn delete_file(root: &Path, path: &Path) -> Result<(), HistoryError> {
         Err(e) => return Err(io_err(path)(e)),
     }
     if let Some(parent) = path.parent() {
-        sync_dir(parent);
+        fsio::sync_dir(parent);
     }
     let mut dir = path.parent();
     while let Some(d) = dir {
@@ -243,8 +181,7 @@ pub(super) fn restore_trees(
         delete_file(root, &root.join(rel))?;
         history.pause();
     }
-    let tmp_dir = history.state.path().join(TMP_DIR);
-    fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+    let tmp_dir = history.state.tmp_dir()?;
     for (rel, oid, mode) in &writes {
         let blob = repo
             .find_blob(*oid)
