@@ -103,9 +103,14 @@ pub struct WriteArgs {
     pub lock_timeout: Duration,
 }
 
-/// Open the project from `--project` or the current directory.
+/// Open the project from `--project` or the current directory, reusing the cached
+/// answer of `cargo metadata` while the manifests and cargo's environment are unchanged.
 pub fn open_project(global: &GlobalArgs) -> Result<Project> {
-    Ok(Project::open(&crate::project::root(global)?)?)
+    let env: String = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "CARGO_HOME"]
+        .iter()
+        .map(|v| format!("{v}={};", std::env::var(v).unwrap_or_default()))
+        .collect();
+    Ok(Project::open_cached(&crate::project::root(global)?, &env)?)
 }
 
 /// Options for `apply` from the flags, the config, and the terminal.
