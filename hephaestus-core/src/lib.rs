@@ -50,7 +50,9 @@ pub mod resolve;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod supervise;
 pub mod verify;
+pub mod watch;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Plan};
 pub use config::Config;
