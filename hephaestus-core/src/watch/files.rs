@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::notify::event::{MetadataKind, ModifyKind};
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use serde::Serialize;
 
@@ -18,7 +19,7 @@ use crate::project::Project;
 use crate::supervise::{Signal, parse_signal};
 
 /// The default debounce window: the quiet time that ends a batch of file events.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// A `[[watch.rule]]`, compiled.
 #[derive(Debug, Clone, Serialize)]
@@ -381,6 +382,17 @@ pub fn is_editor_temp(name: &str) -> bool {
         || lower == ".ds_store"
 }
 
+/// Does an event change a file (as opposed to reading it)?
+fn is_write(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(m)) => {
+            !matches!(m, MetadataKind::AccessTime | MetadataKind::Ownership)
+        }
+        _ => true,
+    }
+}
+
 /// The directories among `dirs` that are not inside another one, deduplicated.
 fn topmost(dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     let set: BTreeSet<PathBuf> = dirs.into_iter().collect();
@@ -458,6 +470,10 @@ impl Watcher {
                     for ev in events {
                         if ev.event.need_rescan() {
                             batch.rescan = true;
+                        }
+                        if !is_write(&ev.event.kind) {
+                            // Reads (cargo opening sources) are not changes.
+                            continue;
                         }
                         for path in &ev.event.paths {
                             if seen.insert(path.clone())

@@ -142,7 +142,7 @@ pub struct WatchOptions {
 }
 
 impl WatchOptions {
-    /// Defaults for `target`: 50 ms debounce, history on, control socket on.
+    /// Defaults for `target`: 20 ms debounce, history on, control socket on.
     pub fn new(target: RunTarget) -> Self {
         WatchOptions {
             target,
@@ -661,10 +661,13 @@ impl Session {
             match self.rx.recv_timeout(Duration::from_millis(25)) {
                 Ok(Input::Files(batch)) => {
                     let mut batch = batch;
-                    // Coalesce: a burst (a branch switch) becomes one build.
+                    // Coalesce: a burst (a branch switch) becomes one build. The
+                    // debouncer sends a batch per tick (a quarter of the window) while
+                    // files keep changing, so half a window without one ends the burst.
+                    let gap = (self.opts.debounce / 2).max(Duration::from_millis(10));
                     let deadline = Instant::now() + Duration::from_secs(2);
                     while Instant::now() < deadline {
-                        match self.rx.recv_timeout(self.opts.debounce) {
+                        match self.rx.recv_timeout(gap) {
                             Ok(Input::Files(more)) => {
                                 batch.changes.extend(more.changes);
                                 batch.rescan |= more.rescan;
