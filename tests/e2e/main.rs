@@ -5,3 +5,4 @@ mod bad_input;
 mod cli;
 mod import;
 mod self_modify;
+mod watch;
