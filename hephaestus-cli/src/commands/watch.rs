@@ -375,10 +375,8 @@ impl<'a> View<'a> {
                 ));
             }
             WatchEvent::SwapFailed { reason } => self.error(format!("swap failed: {reason}")),
-            WatchEvent::Recorded { id, .. } => {
-                if self.out.verbose > 0 {
-                    self.heph(format!("recorded as evolution {id}"));
-                }
+            WatchEvent::Recorded { id, .. } if self.out.verbose > 0 => {
+                self.heph(format!("recorded as evolution {id}"));
             }
             WatchEvent::PreStateRecorded { id } => {
                 self.heph(format!("recorded the current files as evolution {id}"));
@@ -412,10 +410,8 @@ impl<'a> View<'a> {
                     None => print(line),
                 }
             }
-            SuperviseEvent::Started { generation, pid } => {
-                if self.out.verbose > 0 {
-                    self.heph(format!("generation {generation} started (pid {pid})"));
-                }
+            SuperviseEvent::Started { generation, pid } if self.out.verbose > 0 => {
+                self.heph(format!("generation {generation} started (pid {pid})"));
             }
             SuperviseEvent::Exited {
                 generation, status, ..
