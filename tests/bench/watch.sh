@@ -17,4 +17,4 @@ done
 cargo build --release -q -p hephaestus-cli --manifest-path "$root/Cargo.toml"
 echo "machine: $(nproc) cores, $(uname -sr); $(cargo --version)"
 echo "tools: $(cargo watch --version), $(watchexec --version | head -1), $(systemfd --version), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
-exec python3 "$root/tests/bench/watch_bench.py" "$root/target/release/heph" "$root/fixtures/hello-server" "$@"
+exec python3 "$root/tests/bench/watch_bench.py" "${CARGO_TARGET_DIR:-$root/target}/release/heph" "$root/fixtures/hello-server" "$@"

@@ -73,7 +73,10 @@ def wait_body(port, want, timeout=300.0, interval=0.002):
 
 def copy_fixture(fixture, work, name):
     dest = os.path.join(work, name)
-    shutil.copytree(fixture, dest, ignore=shutil.ignore_patterns("target", ".heph"))
+    # Fresh mtimes (copy, not copy2): cargo fingerprints path packages relative to
+    # their workspace, so a copy with old mtimes could look up to date.
+    shutil.copytree(fixture, dest, ignore=shutil.ignore_patterns("target", ".heph"),
+                    copy_function=shutil.copy)
     return dest
 
 

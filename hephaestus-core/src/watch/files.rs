@@ -555,6 +555,68 @@ mod tests {
     }
 
     #[test]
+    fn changes_are_classified_by_rules_gitignore_and_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        };
+        write(
+            "Cargo.toml",
+            "[package]\nname = \"demo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+        );
+        write("src/main.rs", "fn main() {}\n");
+        write("config/app.toml", "x = 1\n");
+        write("config/local.toml", "x = 2\n");
+        write("static/index.html", "<p>\n");
+        write(".gitignore", "/generated/\n*.log\nconfig/local.toml\n");
+        let project = Project::open(root).expect("project");
+        let config: crate::Config = toml::from_str(
+            "[[watch.rule]]\npaths = [\"config/**\"]\naction = \"signal\"\nsignal = \"USR1\"\n\
+             [[watch.rule]]\npaths = [\"static/**\"]\naction = \"restart\"\n\
+             [[watch.rule]]\npaths = [\"src/scratch/**\"]\naction = \"ignore\"\n",
+        )
+        .expect("config");
+        let plan = WatchPlan::new(&project, &config.watch).expect("plan");
+        let root = project.root();
+        let action = |rel: &str| plan.classify(&root.join(rel)).map(|c| c.action);
+        for (rel, want) in [
+            ("src/main.rs", Some(RuleAction::Rebuild)),
+            ("src/deep/new_module.rs", Some(RuleAction::Rebuild)),
+            ("src/data.json", Some(RuleAction::Rebuild)),
+            ("Cargo.toml", Some(RuleAction::Rebuild)),
+            ("Cargo.lock", Some(RuleAction::Rebuild)),
+            ("build.rs", Some(RuleAction::Rebuild)),
+            ("config/app.toml", Some(RuleAction::Signal)),
+            // A rule wins over .gitignore.
+            ("config/local.toml", Some(RuleAction::Signal)),
+            ("static/index.html", Some(RuleAction::Restart)),
+            ("src/scratch/try.rs", None),
+            ("src/.main.rs.swp", None),
+            ("src/main.rs~", None),
+            ("src/4913", None),
+            ("src/app.log", None),
+            ("generated/x.rs", None),
+            ("target/debug/demo", None),
+            (".heph/lock", None),
+            (".git/index", None),
+            ("README.md", None),
+        ] {
+            assert_eq!(action(rel), want, "{rel}");
+        }
+        let sig = plan.classify(&root.join("config/app.toml")).expect("signal");
+        assert_eq!(sig.signal.map(|s| s.as_str()), Some("SIGUSR1"));
+        assert_eq!(sig.package.as_deref(), Some("demo"));
+        let watched = plan.monitored_paths();
+        assert!(watched.contains(&"src/**".to_owned()), "{watched:?}");
+        assert!(watched.contains(&"config/**".to_owned()), "{watched:?}");
+        assert!(watched.contains(&"./".to_owned()), "{watched:?}");
+        assert_eq!(plan.rust_sources(), vec![root.join("src/main.rs")]);
+    }
+
+    #[test]
     fn literal_prefixes() {
         assert_eq!(literal_prefix("config/**"), PathBuf::from("config"));
         assert_eq!(literal_prefix("./a/b/*.toml"), PathBuf::from("a/b"));

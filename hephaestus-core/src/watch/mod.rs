@@ -663,10 +663,15 @@ impl Session {
                     let mut batch = batch;
                     // Coalesce: a burst (a branch switch) becomes one build. The
                     // debouncer sends a batch per tick (a quarter of the window) while
-                    // files keep changing, so half a window without one ends the burst.
-                    let gap = (self.opts.debounce / 2).max(Duration::from_millis(10));
+                    // files keep changing: a single saved file waits one tick for
+                    // company, a burst waits until a whole window passes without a batch.
                     let deadline = Instant::now() + Duration::from_secs(2);
                     while Instant::now() < deadline {
+                        let gap = if batch.changes.len() > 1 || batch.rescan {
+                            self.opts.debounce.max(Duration::from_millis(10))
+                        } else {
+                            (self.opts.debounce / 4).max(Duration::from_millis(2))
+                        };
                         match self.rx.recv_timeout(gap) {
                             Ok(Input::Files(more)) => {
                                 batch.changes.extend(more.changes);

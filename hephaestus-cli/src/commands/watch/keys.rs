@@ -24,6 +24,10 @@ impl Drop for KeyGuard {
 /// terminal that can be switched.
 pub fn listen(handle: WatchHandle) -> Option<KeyGuard> {
     let stdin = io::stdin();
+    // In the background (`heph watch &`) touching the terminal would stop heph.
+    if nix::unistd::tcgetpgrp(stdin.as_fd()).ok()? != nix::unistd::getpgrp() {
+        return None;
+    }
     let saved = termios::tcgetattr(stdin.as_fd()).ok()?;
     let mut raw = saved.clone();
     raw.local_flags
