@@ -606,7 +606,9 @@ mod tests {
         ] {
             assert_eq!(action(rel), want, "{rel}");
         }
-        let sig = plan.classify(&root.join("config/app.toml")).expect("signal");
+        let sig = plan
+            .classify(&root.join("config/app.toml"))
+            .expect("signal");
         assert_eq!(sig.signal.map(|s| s.as_str()), Some("SIGUSR1"));
         assert_eq!(sig.package.as_deref(), Some("demo"));
         let watched = plan.monitored_paths();
