@@ -367,12 +367,15 @@ impl<'a> View<'a> {
                 generation,
                 pid,
                 reload_ms,
+                first,
             } => {
                 let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
-                self.heph(format!(
-                    "generation {generation} serving{pid} ({:.2}s after the change)",
-                    *reload_ms as f64 / 1000.0
-                ));
+                let secs = *reload_ms as f64 / 1000.0;
+                self.heph(if *first {
+                    format!("generation {generation} serving{pid} (started in {secs:.2}s)")
+                } else {
+                    format!("generation {generation} serving{pid} ({secs:.2}s after the change)")
+                });
             }
             WatchEvent::SwapFailed { reason } => self.error(format!("swap failed: {reason}")),
             WatchEvent::Recorded { id, .. } if self.out.verbose > 0 => {

@@ -391,6 +391,8 @@ pub enum WatchEvent {
         pid: Option<u32>,
         /// From the first change of the batch to the new generation being ready.
         reload_ms: u64,
+        /// The program's first start in this session (not a reload).
+        first: bool,
     },
     /// A build succeeded but the new generation did not start; the old one serves.
     SwapFailed {
@@ -1077,6 +1079,7 @@ impl Session {
                     generation,
                     pid,
                     reload_ms: ms,
+                    first,
                 });
             }
             Ok(false) => {
