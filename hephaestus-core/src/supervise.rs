@@ -32,6 +32,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -341,6 +343,9 @@ pub struct SupervisorOptions {
     pub backoff_max: Duration,
     /// A generation that ran this long before crashing resets the backoff.
     pub stable_after: Duration,
+    /// Set to true (e.g. from a Ctrl-C handler) to stop waiting for a new generation's
+    /// readiness: it is stopped and [`Supervisor::launch`] returns `Ok(false)`.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl SupervisorOptions {
@@ -356,6 +361,7 @@ impl SupervisorOptions {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
             stable_after: Duration::from_secs(10),
+            cancel: None,
         }
     }
 }
@@ -845,6 +851,15 @@ impl Supervisor {
                     status: info,
                 });
                 return Err(format!("it exited before it was ready ({info})"));
+            }
+            if self
+                .opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::SeqCst))
+            {
+                self.stop_blocking(new, on_event);
+                return Err("cancelled".into());
             }
             let now = Instant::now();
             if now >= deadline {

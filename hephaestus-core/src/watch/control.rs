@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::thread;
 use std::time::Duration;
@@ -145,14 +146,18 @@ pub fn request(root: &Path, req: Request) -> Result<Response, ControlError> {
     Ok(response)
 }
 
-/// The listening control socket; removes its file when dropped.
+/// The listening control socket; stops its thread and removes its file when dropped.
 #[derive(Debug)]
 pub(crate) struct ControlServer {
     path: PathBuf,
+    stop: Arc<AtomicBool>,
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accepting thread so it sees the flag.
+        let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -187,17 +192,22 @@ pub(crate) fn serve(
         Err(e) => return Err(io_err(e)),
     };
     let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
     thread::Builder::new()
         .name("heph-control".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
                 let shared = Arc::clone(&shared);
                 let tx = tx.clone();
                 thread::spawn(move || handle(stream, &shared, &tx));
             }
         })
         .map_err(io_err)?;
-    Ok(ControlServer { path })
+    Ok(ControlServer { path, stop })
 }
 
 fn handle(stream: UnixStream, shared: &Shared, tx: &Sender<Input>) {

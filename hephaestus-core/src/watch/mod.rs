@@ -484,6 +484,7 @@ impl Session {
         config: &Config,
         opts: WatchOptions,
     ) -> Result<Session, WatchError> {
+        let cancel = Arc::new(AtomicBool::new(false));
         let bin = match &opts.target {
             RunTarget::Bin { name, .. } => Some(find_bin(&project, name.as_deref())?),
             _ => None,
@@ -510,6 +511,7 @@ impl Session {
                     .collect::<Result<Vec<Listener>, _>>()?;
                 let mut sopts = opts.supervisor.clone();
                 sopts.cwd = project.root().to_path_buf();
+                sopts.cancel = Some(Arc::clone(&cancel));
                 Some(Supervisor::new(listeners, sopts))
             }
         };
@@ -559,7 +561,7 @@ impl Session {
             tx,
             rx,
             shared,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel,
             history: None,
             plan,
             bin,
