@@ -1114,15 +1114,30 @@ impl Session {
         Ok(dest)
     }
 
-    /// Remove staged executables of this session except `keep`.
+    /// Remove staged executables (`NAME-PID-BUILD`) of this session except `keep`, and
+    /// those of heph processes that no longer run (killed with SIGKILL).
     fn clean_binaries(&self, keep: Option<&Path>) {
-        let prefix = format!("-{}-", std::process::id());
+        let me = std::process::id();
         let Ok(entries) = std::fs::read_dir(self.staging_dir()) else {
             return;
         };
         for e in entries.flatten() {
             let p = e.path();
-            if Some(p.as_path()) != keep && e.file_name().to_string_lossy().contains(&prefix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.rsplitn(3, '-');
+            let (Some(_build), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let stale = if pid == me {
+                Some(p.as_path()) != keep
+            } else {
+                // Only where /proc tells which processes run.
+                Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+            };
+            if stale {
                 let _ = std::fs::remove_file(p);
             }
         }
