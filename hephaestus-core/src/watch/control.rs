@@ -247,11 +247,11 @@ fn answer(req: Request, shared: &Shared, tx: &Sender<Input>) -> Response {
         Request::Status => true,
         Request::Pause => {
             shared.set_paused(true);
-            tx.send(Input::Paused(true)).is_ok()
+            tx.send(Input::PauseChanged).is_ok()
         }
         Request::Resume => {
             shared.set_paused(false);
-            tx.send(Input::Paused(false)).is_ok()
+            tx.send(Input::PauseChanged).is_ok()
         }
         Request::Rebuild => tx.send(Input::Rebuild).is_ok(),
         Request::Quit => tx.send(Input::Quit).is_ok(),

@@ -252,7 +252,8 @@ impl Shared {
 #[derive(Debug)]
 pub(crate) enum Input {
     Files(Batch),
-    Paused(bool),
+    /// The pause flag changed (the flag itself is in `Shared`).
+    PauseChanged,
     TogglePause,
     Rebuild,
     Quit,
@@ -275,7 +276,7 @@ impl WatchHandle {
     /// Pause or resume.
     pub fn set_paused(&self, paused: bool) {
         self.shared.set_paused(paused);
-        let _ = self.tx.send(Input::Paused(paused));
+        let _ = self.tx.send(Input::PauseChanged);
     }
 
     /// Pause when running, resume when paused.
@@ -644,8 +645,9 @@ impl Session {
             all_packages: true,
             ..Pending::default()
         };
-        let mut was_paused = self.shared.paused();
-        if was_paused {
+        // The pause state last reported, so each change is reported once.
+        let mut announced = self.shared.paused();
+        if announced {
             on_event(&WatchEvent::Paused);
         }
         loop {
@@ -691,24 +693,8 @@ impl Session {
                     }
                     self.absorb(batch, &mut pending, on_event);
                 }
-                Ok(Input::Paused(p)) => {
-                    if p != was_paused {
-                        on_event(if p {
-                            &WatchEvent::Paused
-                        } else {
-                            &WatchEvent::Resumed
-                        });
-                    }
-                }
-                Ok(Input::TogglePause) => {
-                    let p = !self.shared.paused();
-                    self.shared.set_paused(p);
-                    on_event(if p {
-                        &WatchEvent::Paused
-                    } else {
-                        &WatchEvent::Resumed
-                    });
-                }
+                Ok(Input::PauseChanged) => {}
+                Ok(Input::TogglePause) => self.shared.set_paused(!self.shared.paused()),
                 Ok(Input::Rebuild) => {
                     pending.rebuild = true;
                     pending.all_packages = true;
@@ -723,7 +709,15 @@ impl Session {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            was_paused = self.shared.paused();
+            let paused = self.shared.paused();
+            if paused != announced {
+                announced = paused;
+                on_event(if paused {
+                    &WatchEvent::Paused
+                } else {
+                    &WatchEvent::Resumed
+                });
+            }
             if self.cancel.load(Ordering::SeqCst) {
                 break;
             }
