@@ -180,7 +180,10 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
         core::resolve::ResolveError,
         core::run::RunError,
         core::state::StateError,
+        core::supervise::SuperviseError,
         core::verify::VerifyError,
+        core::watch::WatchError,
+        core::watch::control::ControlError,
     );
     None
 }

@@ -4,6 +4,14 @@
 //! [verify]
 //! command = "cargo test"   # default: cargo check --all-targets on the owning package
 //! timeout = "10m"
+//!
+//! [watch]
+//! debounce = "20ms"        # quiet time that ends a batch of file events (default)
+//!
+//! [[watch.rule]]           # first matching rule wins; Rust sources default to rebuild
+//! paths = ["config/**"]
+//! action = "signal"        # rebuild | restart | signal | ignore
+//! signal = "HUP"
 //! ```
 
 use std::fs;
@@ -54,7 +62,7 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// `[watch]` (read by `heph watch`).
     #[serde(default)]
-    pub watch: toml::Table,
+    pub watch: WatchConfig,
     /// `[evolve]` (read by `heph evolve`).
     #[serde(default)]
     pub evolve: toml::Table,
@@ -71,6 +79,58 @@ pub struct VerifyConfig {
     pub command: Option<String>,
     /// A time limit such as `90s`, `10m`, `1h`.
     pub timeout: Option<String>,
+}
+
+/// `[watch]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    /// The quiet time that ends a batch of file events, such as `50ms`.
+    pub debounce: Option<String>,
+    /// `[[watch.rule]]` entries, in order; the first rule matching a path decides.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<WatchRule>,
+}
+
+/// One `[[watch.rule]]`: what to do when a file matching `paths` changes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchRule {
+    /// Glob patterns relative to the project root (`config/**`, `*.sql`).
+    pub paths: Vec<String>,
+    /// What to do.
+    pub action: RuleAction,
+    /// The signal for `action = "signal"`: `HUP`, `SIGUSR1`, ...
+    pub signal: Option<String>,
+}
+
+/// What a change of a file does in `heph watch`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Check the syntax, rebuild, and swap the program (the default for Rust sources,
+    /// Cargo.toml, Cargo.lock and build.rs).
+    Rebuild,
+    /// Restart the program without rebuilding.
+    Restart,
+    /// Send the rule's signal to the program (e.g. HUP to reload its configuration).
+    Signal,
+    /// Do nothing.
+    Ignore,
+}
+
+impl RuleAction {
+    /// The name used in `heph.toml` and in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleAction::Rebuild => "rebuild",
+            RuleAction::Restart => "restart",
+            RuleAction::Signal => "signal",
+            RuleAction::Ignore => "ignore",
+        }
+    }
 }
 
 impl Config {
@@ -92,7 +152,55 @@ impl Config {
                 message: format!("verify.timeout: {message}"),
             })?;
         }
+        config
+            .validate_watch()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
         Ok(config)
+    }
+
+    fn validate_watch(&self) -> Result<(), String> {
+        if let Some(d) = &self.watch.debounce {
+            parse_duration(d).map_err(|m| format!("watch.debounce: {m}"))?;
+        }
+        for (i, rule) in self.watch.rules.iter().enumerate() {
+            let n = i + 1;
+            if rule.paths.is_empty() {
+                return Err(format!("watch.rule #{n}: `paths` is empty"));
+            }
+            for p in &rule.paths {
+                globset::Glob::new(p)
+                    .map_err(|e| format!("watch.rule #{n}: invalid pattern `{p}`: {e}"))?;
+            }
+            match (rule.action, &rule.signal) {
+                (RuleAction::Signal, None) => {
+                    return Err(format!(
+                        "watch.rule #{n}: action = \"signal\" needs a signal, e.g. signal = \"HUP\""
+                    ));
+                }
+                (RuleAction::Signal, Some(s)) => {
+                    crate::supervise::parse_signal(s)
+                        .map_err(|e| format!("watch.rule #{n}: {e}"))?;
+                }
+                (_, Some(_)) => {
+                    return Err(format!(
+                        "watch.rule #{n}: `signal` is only used with action = \"signal\""
+                    ));
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `watch.debounce` as a duration.
+    pub fn watch_debounce(&self) -> Option<Duration> {
+        self.watch
+            .debounce
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
     }
 
     /// `verify.timeout` as a duration.
@@ -152,5 +260,53 @@ mod tests {
         fs::write(dir.path().join(CONFIG_FILE), "[verify]\ncomand = \"x\"\n").expect("write");
         let err = Config::load(dir.path()).expect_err("unknown key");
         assert!(err.to_string().contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn watch_rules_are_typed_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(CONFIG_FILE);
+        fs::write(
+            &file,
+            "[watch]\ndebounce = \"80ms\"\n[[watch.rule]]\npaths = [\"config/**\"]\naction = \"signal\"\nsignal = \"HUP\"\n[[watch.rule]]\npaths = [\"docs/**\"]\naction = \"ignore\"\n",
+        )
+        .expect("write");
+        let config = Config::load(dir.path()).expect("load");
+        assert_eq!(config.watch_debounce(), Some(Duration::from_millis(80)));
+        assert_eq!(config.watch.rules.len(), 2);
+        assert_eq!(config.watch.rules[0].action, RuleAction::Signal);
+        assert_eq!(config.watch.rules[1].action, RuleAction::Ignore);
+
+        for (text, needle) in [
+            (
+                "[[watch.rule]]\npaths = [\"a\"]\naction = \"explode\"\n",
+                "explode",
+            ),
+            (
+                "[[watch.rule]]\npaths = [\"a\"]\naction = \"signal\"\n",
+                "needs a signal",
+            ),
+            (
+                "[[watch.rule]]\npaths = [\"a\"]\naction = \"signal\"\nsignal = \"NOPE\"\n",
+                "NOPE",
+            ),
+            (
+                "[[watch.rule]]\npaths = [\"a\"]\naction = \"rebuild\"\nsignal = \"HUP\"\n",
+                "only used",
+            ),
+            (
+                "[[watch.rule]]\npaths = [\"a[\"]\naction = \"ignore\"\n",
+                "invalid pattern",
+            ),
+            (
+                "[[watch.rule]]\npath = [\"a\"]\naction = \"ignore\"\n",
+                "path",
+            ),
+            ("[watch]\ndebounce = \"soon\"\n", "watch.debounce"),
+        ] {
+            fs::write(&file, text).expect("write");
+            let err = Config::load(dir.path()).expect_err(text);
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 }

@@ -7,6 +7,10 @@
 //! atomically, verified with `cargo check`, and rolled back byte for byte when the
 //! verification fails.
 //!
+//! [`watch::Session`] is the `heph watch` loop (a [`Watcher`] over the sources, the
+//! syntax gate, cargo builds, and a [`Supervisor`] that swaps the running program
+//! without dropping a connection).
+//!
 //! The crate never prints and never reads the process environment: it returns data
 //! and reports progress through [`Event`] callbacks.
 //!
@@ -51,7 +55,9 @@ pub mod resolve;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod supervise;
 pub mod verify;
+pub mod watch;
 
 pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Plan};
 pub use config::Config;
@@ -65,4 +71,6 @@ pub use item::ItemKey;
 pub use modpath::ModulePath;
 pub use project::Project;
 pub use resolve::Module;
+pub use supervise::Supervisor;
 pub use verify::Verify;
+pub use watch::{Session as WatchSession, Watcher};

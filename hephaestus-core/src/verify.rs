@@ -59,6 +59,10 @@ pub struct VerifyReport {
     pub exit_code: Option<i32>,
     /// The command was killed after the timeout.
     pub timed_out: bool,
+    /// Executables cargo built or found fresh (`compiler-artifact` messages with an
+    /// `executable`), in the order cargo reported them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub executables: Vec<PathBuf>,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -77,6 +81,7 @@ impl VerifyReport {
             output: String::new(),
             exit_code: None,
             timed_out: false,
+            executables: Vec::new(),
         }
     }
 
@@ -206,7 +211,10 @@ pub fn run_command(
         if cargo_json {
             for msg in Message::parse_stream(reader).flatten() {
                 let line = match msg {
-                    Message::CompilerArtifact(a) => Line::Unit(a.target.name.clone()),
+                    Message::CompilerArtifact(a) => Line::Unit(
+                        a.target.name.clone(),
+                        a.executable.map(|p| p.into_std_path_buf()),
+                    ),
                     Message::CompilerMessage(m) => {
                         use cargo_metadata::diagnostic::DiagnosticLevel as L;
                         match m.message.level {
@@ -237,13 +245,15 @@ pub fn run_command(
     let mut warnings = 0;
     let mut text = String::new();
     let mut units = 0;
+    let mut executables = Vec::new();
     let mut timed_out = false;
     let mut cancelled = false;
     let status = loop {
         while let Ok(line) = rx.try_recv() {
             match line {
-                Line::Unit(name) => {
+                Line::Unit(name, exe) => {
                     units += 1;
+                    executables.extend(exe);
                     on_progress(VerifyProgress::Unit { done: units, name });
                 }
                 // `--all-targets` reports an error of the lib once per target.
@@ -282,7 +292,8 @@ pub fn run_command(
     for line in rx.try_iter() {
         match line {
             Line::Error(e) if !errors.contains(&e) => errors.push(e),
-            Line::Error(_) | Line::Unit(_) => {}
+            Line::Error(_) => {}
+            Line::Unit(_, exe) => executables.extend(exe),
             Line::Warning => warnings += 1,
             Line::Text(t) => {
                 text.push_str(&t);
@@ -318,11 +329,12 @@ pub fn run_command(
         output: tail(&output, 16 * 1024),
         exit_code: status.and_then(|s| s.code()),
         timed_out,
+        executables,
     })
 }
 
 enum Line {
-    Unit(String),
+    Unit(String, Option<PathBuf>),
     Error(String),
     Warning,
     Text(String),

@@ -6,3 +6,4 @@ mod cli;
 mod history;
 mod import;
 mod self_modify;
+mod watch;

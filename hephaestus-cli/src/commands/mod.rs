@@ -8,6 +8,8 @@ pub mod self_modify;
 pub mod show;
 pub mod snapshot;
 pub mod sync;
+pub mod status;
+pub mod watch;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -31,6 +33,11 @@ pub enum Command {
     Sync(sync::SyncArgs),
     /// Record the current files as a `manual` evolution.
     Snapshot(snapshot::SnapshotArgs),
+    /// Watch the project: syntax check, rebuild and swap the running program without
+    /// downtime on every change.
+    Watch(watch::Args),
+    /// Show the state of the `heph watch` running for this project.
+    Status(status::Args),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -43,5 +50,7 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Rollback(args) => rollback::run(args, global, out),
         Command::Sync(args) => sync::run(args, global, out),
         Command::Snapshot(args) => snapshot::run(args, global, out),
+        Command::Watch(args) => watch::run(args, global, out),
+        Command::Status(args) => status::run(args, global, out),
     }
 }

@@ -1,0 +1,1264 @@
+//! `heph watch`: the dev loop. Files are watched (notify-debouncer-full); per batch,
+//! changed Rust files pass the syntax gate (syn, milliseconds) before cargo builds the
+//! affected package; a successful build swaps the running program without downtime
+//! (see [`crate::supervise`]) and is snapshotted as a `watch` evolution; a failed one
+//! leaves the running program alone. Rules send signals, restart, or ignore.
+//!
+//! The session reports everything through [`WatchEvent`]s and is steered through a
+//! [`WatchHandle`] (keys, Ctrl-C) or the control socket ([`control`]).
+
+pub mod control;
+mod files;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_editor_temp};
+
+use crate::config::{Config, RuleAction};
+use crate::evolution::{EvolutionKind, EvolutionMeta, VerifyOutcome, VerifyRecord};
+use crate::history::{History, HistoryError, HistoryOptions};
+use crate::project::{Project, TargetKind};
+use crate::source::{self, Origin, SourceFile};
+use crate::state::{StateDir, StateError};
+use crate::supervise::{
+    self, Listener, Program, Signal, SocketSpec, SuperviseError, SuperviseEvent, Supervisor,
+    SupervisorOptions,
+};
+use crate::verify::{self, VerifyError, VerifyOptions, VerifyProgress, VerifyReport};
+
+/// Errors that stop `heph watch` from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// A `[[watch.rule]]` is invalid.
+    #[error("heph.toml: watch.rule #{index}: {message}")]
+    Rule {
+        /// 1-based rule number.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file watcher could not start.
+    #[error("cannot start the file watcher: {0}")]
+    Notify(String),
+    /// A path could not be watched.
+    #[error("cannot watch {path}: {message}")]
+    Watch {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        message: String,
+    },
+    /// No such binary in the project.
+    #[error("no binary named `{name}` in this project; binaries: {available}")]
+    UnknownBin {
+        /// The name asked for.
+        name: String,
+        /// The binaries there are.
+        available: String,
+    },
+    /// Which binary to run is ambiguous.
+    #[error(
+        "this project has {count} binaries ({available}); say which one to run with --bin NAME, or use --run CMD or --check-only"
+    )]
+    AmbiguousBin {
+        /// How many.
+        count: usize,
+        /// Their names.
+        available: String,
+    },
+    /// The project has no binary to run.
+    #[error("this project has no binary to run; use --run CMD to run a command, or --check-only")]
+    NoBin,
+    /// Sockets, signals or processes failed.
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    /// The control socket failed.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+}
+
+impl crate::Categorized for WatchError {
+    fn category(&self) -> crate::ErrorCategory {
+        match self {
+            WatchError::Rule { .. }
+            | WatchError::UnknownBin { .. }
+            | WatchError::AmbiguousBin { .. }
+            | WatchError::NoBin => crate::ErrorCategory::BadInput,
+            WatchError::Supervise(e) => e.category(),
+            WatchError::Control(e) => e.category(),
+            _ => crate::ErrorCategory::Environment,
+        }
+    }
+}
+
+/// What `heph watch` runs after each successful build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunTarget {
+    /// A binary of the project (`--bin NAME`; None: the project's only binary).
+    Bin {
+        /// The binary's name.
+        name: Option<String>,
+        /// Its arguments.
+        args: Vec<std::ffi::OsString>,
+    },
+    /// A shell command (`--run CMD`), restarted after each build of the changed packages.
+    Command(String),
+    /// Nothing: only `cargo check` the changed packages (`--check-only`).
+    CheckOnly,
+}
+
+/// Settings of a watch session.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// What to run.
+    pub target: RunTarget,
+    /// Sockets bound once and passed to every generation.
+    pub sockets: Vec<SocketSpec>,
+    /// The quiet time that ends a batch of file events.
+    pub debounce: Duration,
+    /// Readiness, grace period, backoff (its `cwd` is replaced by the project root).
+    pub supervisor: SupervisorOptions,
+    /// Ask cargo for colored diagnostics.
+    pub color: bool,
+    /// Snapshot successful builds in the history.
+    pub history: bool,
+    /// Identities and test hooks of the history store.
+    pub history_options: HistoryOptions,
+    /// How long to wait for the writer lock when recording a snapshot.
+    pub lock_timeout: Duration,
+    /// Kill a build after this long.
+    pub build_timeout: Option<Duration>,
+    /// Open the control socket `.heph/watch.sock`.
+    pub control: bool,
+    /// Start paused.
+    pub paused: bool,
+}
+
+impl WatchOptions {
+    /// Defaults for `target`: 20 ms debounce, history on, control socket on.
+    pub fn new(target: RunTarget) -> Self {
+        WatchOptions {
+            target,
+            sockets: Vec::new(),
+            debounce: DEFAULT_DEBOUNCE,
+            supervisor: SupervisorOptions::new(PathBuf::new()),
+            color: false,
+            history: true,
+            history_options: HistoryOptions::default(),
+            lock_timeout: Duration::from_secs(10),
+            build_timeout: None,
+            control: true,
+            paused: false,
+        }
+    }
+}
+
+/// A rule as reported in the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RuleStatus {
+    /// The patterns.
+    pub paths: Vec<String>,
+    /// `rebuild`, `restart`, `signal` or `ignore`.
+    pub action: String,
+    /// The signal of a `signal` rule (`SIGHUP`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signal: Option<String>,
+}
+
+/// The state of a watch session, as `heph status --json` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct WatchStatus {
+    /// Changes are acted upon (not paused).
+    pub hot_reload_active: bool,
+    /// Paused through `p`, `heph watch --pause` or the control socket.
+    pub paused: bool,
+    /// What the loop is doing: `starting`, `idle`, `building`, `swapping`, `crashed`,
+    /// `stopping`.
+    pub state: String,
+    /// heph's own pid.
+    pub pid: u32,
+    /// The project root.
+    pub project: String,
+    /// What runs (`None` with `--check-only`).
+    pub program: Option<String>,
+    /// The sockets passed to the program (bound addresses).
+    pub sockets: Vec<String>,
+    /// What is watched (`src/**`, `./`).
+    pub monitored_paths: Vec<String>,
+    /// The `[[watch.rule]]`s.
+    pub rules: Vec<RuleStatus>,
+    /// The running generation (0: none yet).
+    pub generation: u64,
+    /// The running generation's pid.
+    pub child_pid: Option<u32>,
+    /// Successful swaps and restarts since the start (the first start excluded).
+    pub reloads: u64,
+    /// Builds that failed.
+    pub failed_builds: u64,
+    /// Batches stopped by the syntax gate.
+    pub syntax_errors: u64,
+    /// Time from the first change of the last reload to the new generation being ready.
+    pub last_reload_ms: Option<u64>,
+    /// Seconds since `heph watch` started.
+    pub uptime_s: u64,
+    /// The short id of the last `watch` evolution recorded.
+    pub last_evolution: Option<String>,
+    /// The last error (syntax, build, start), cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// Status shared between the loop and the control socket.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    status: Mutex<WatchStatus>,
+    paused: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut WatchStatus)) {
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut s);
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn status(&self) -> WatchStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        s.paused = self.paused();
+        s.hot_reload_active = !s.paused;
+        s.uptime_s = self.started.elapsed().as_secs();
+        s
+    }
+}
+
+/// What reaches the loop.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Files(Batch),
+    /// The pause flag changed (the flag itself is in `Shared`).
+    PauseChanged,
+    TogglePause,
+    Rebuild,
+    Quit,
+}
+
+/// Steers a running session from other threads (keys, Ctrl-C handlers).
+#[derive(Debug, Clone)]
+pub struct WatchHandle {
+    tx: Sender<Input>,
+    shared: Arc<Shared>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl WatchHandle {
+    /// Rebuild and swap now.
+    pub fn rebuild(&self) {
+        let _ = self.tx.send(Input::Rebuild);
+    }
+
+    /// Pause or resume.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.set_paused(paused);
+        let _ = self.tx.send(Input::PauseChanged);
+    }
+
+    /// Pause when running, resume when paused.
+    pub fn toggle_pause(&self) {
+        let _ = self.tx.send(Input::TogglePause);
+    }
+
+    /// Stop the program and end the session (a build in progress is cancelled).
+    pub fn quit(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Input::Quit);
+    }
+
+    /// The current status.
+    pub fn status(&self) -> WatchStatus {
+        self.shared.status()
+    }
+}
+
+/// A syntax error found by the gate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyntaxProblem {
+    /// The file, relative to the root.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (characters).
+    pub column: usize,
+    /// The parser's message.
+    pub message: String,
+    /// The message with `file:line:col` and the source line, as shown to people.
+    pub rendered: String,
+}
+
+/// A socket as reported when watching starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SocketInfo {
+    /// The name in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// The bound address.
+    pub addr: String,
+    /// The file descriptor in the program.
+    pub fd: i32,
+}
+
+/// What a watch session reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum WatchEvent {
+    /// Watching started.
+    Watching {
+        /// What is watched.
+        monitored_paths: Vec<String>,
+        /// The rules.
+        rules: Vec<RuleStatus>,
+        /// The passed sockets.
+        sockets: Vec<SocketInfo>,
+        /// The control socket, if any.
+        control: Option<PathBuf>,
+        /// What runs.
+        program: Option<String>,
+        /// The debounce window.
+        debounce_ms: u64,
+    },
+    /// Files changed (one debounced batch).
+    Changed {
+        /// The files, relative to the root.
+        files: Vec<String>,
+        /// The watcher lost events and everything is rechecked.
+        rescan: bool,
+        /// The session is paused: the change waits for `resume`.
+        paused: bool,
+    },
+    /// The syntax gate stopped the batch: nothing was built or restarted.
+    SyntaxError(SyntaxProblem),
+    /// A build started.
+    BuildStarted {
+        /// The cargo command.
+        command: String,
+        /// The packages built.
+        packages: Vec<String>,
+    },
+    /// A compilation unit finished.
+    BuildProgress {
+        /// Units finished.
+        done: usize,
+        /// Units of the previous build of the same command (None for the first).
+        total: Option<usize>,
+        /// The unit's crate.
+        unit: String,
+    },
+    /// A build ended.
+    BuildFinished {
+        /// It succeeded.
+        ok: bool,
+        /// The cargo command.
+        command: String,
+        /// Wall time.
+        duration_ms: u64,
+        /// Compiler errors, rendered as cargo renders them.
+        errors: Vec<String>,
+        /// Number of warnings.
+        warnings: usize,
+        /// The tail of cargo's output, when it failed without diagnostics.
+        output: String,
+    },
+    /// A new generation took over (or the program was restarted by a rule).
+    Reloaded {
+        /// The generation now serving.
+        generation: u64,
+        /// Its pid.
+        pid: Option<u32>,
+        /// From the first change of the batch to the new generation being ready.
+        reload_ms: u64,
+        /// The program's first start in this session (not a reload).
+        first: bool,
+    },
+    /// A build succeeded but the new generation did not start; the old one serves.
+    SwapFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The successful build was recorded as a `watch` evolution.
+    Recorded {
+        /// The evolution's short id.
+        id: String,
+        /// Its subject.
+        message: String,
+    },
+    /// The sources at start differed from the last snapshot and were recorded first.
+    PreStateRecorded {
+        /// The `manual` evolution's short id.
+        id: String,
+    },
+    /// Paused.
+    Paused,
+    /// Resumed.
+    Resumed,
+    /// A problem that does not stop the session (history, watcher errors).
+    Warning {
+        /// What happened.
+        message: String,
+    },
+    /// The session ended; every child is gone.
+    Stopped,
+    /// Something the supervisor did (started, ready, stopped, exited, output ...).
+    #[serde(untagged)]
+    Process(SuperviseEvent),
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    first_change: Option<Instant>,
+    rebuild: bool,
+    restart: bool,
+    signals: Vec<Signal>,
+    packages: BTreeSet<String>,
+    all_packages: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.rebuild && !self.restart && self.signals.is_empty()
+    }
+}
+
+/// A watch session: see the module docs.
+pub struct Session {
+    project: Project,
+    opts: WatchOptions,
+    plan_rules: Vec<RuleStatus>,
+    monitored: Vec<String>,
+    watcher: Option<Watcher>,
+    supervisor: Option<Supervisor>,
+    control: Option<control::ControlServer>,
+    control_error: Option<String>,
+    tx: Sender<Input>,
+    rx: Receiver<Input>,
+    shared: Arc<Shared>,
+    cancel: Arc<AtomicBool>,
+    history: Option<History>,
+    plan: WatchPlan,
+    bin: Option<(String, String)>,
+    dirty_rs: BTreeSet<PathBuf>,
+    dirty_files: BTreeSet<String>,
+    last_units: BTreeMap<String, usize>,
+    builds: u64,
+    launched: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("root", &self.project.root())
+            .field("target", &self.opts.target)
+            .finish()
+    }
+}
+
+impl Session {
+    /// Prepare a session: resolve the binary, bind the sockets, start watching and
+    /// open the control socket. Nothing is built or run before [`Session::run`].
+    pub fn new(
+        project: Project,
+        config: &Config,
+        opts: WatchOptions,
+    ) -> Result<Session, WatchError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let bin = match &opts.target {
+            RunTarget::Bin { name, .. } => Some(find_bin(&project, name.as_deref())?),
+            _ => None,
+        };
+        let plan = WatchPlan::new(&project, &config.watch)?;
+        let (tx, rx) = mpsc::channel();
+        let monitored = plan.monitored_paths();
+        let plan_rules: Vec<RuleStatus> = plan
+            .rules()
+            .iter()
+            .map(|r| RuleStatus {
+                paths: r.paths.clone(),
+                action: r.action.as_str().to_owned(),
+                signal: r.signal.map(|s| s.to_string()),
+            })
+            .collect();
+        let supervisor = match opts.target {
+            RunTarget::CheckOnly => None,
+            _ => {
+                let listeners = opts
+                    .sockets
+                    .iter()
+                    .map(supervise::bind)
+                    .collect::<Result<Vec<Listener>, _>>()?;
+                let mut sopts = opts.supervisor.clone();
+                sopts.cwd = project.root().to_path_buf();
+                sopts.cancel = Some(Arc::clone(&cancel));
+                Some(Supervisor::new(listeners, sopts))
+            }
+        };
+        let shared = Arc::new(Shared {
+            status: Mutex::new(WatchStatus {
+                state: "starting".into(),
+                pid: std::process::id(),
+                project: project.root().display().to_string(),
+                monitored_paths: monitored.clone(),
+                rules: plan_rules.clone(),
+                sockets: supervisor
+                    .as_ref()
+                    .map(|s| {
+                        s.listeners()
+                            .iter()
+                            .map(|l| l.local_addr().to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                ..WatchStatus::default()
+            }),
+            paused: AtomicBool::new(opts.paused),
+            started: Instant::now(),
+        });
+        let wtx = tx.clone();
+        let watcher = Watcher::new(plan.clone(), opts.debounce, move |batch| {
+            let _ = wtx.send(Input::Files(batch));
+        })?;
+        let (control, control_error) = if opts.control {
+            match control::serve(project.root(), Arc::clone(&shared), tx.clone()) {
+                Ok(c) => (Some(c), None),
+                Err(e @ control::ControlError::AlreadyRunning(_)) => return Err(e.into()),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        } else {
+            (None, None)
+        };
+        Ok(Session {
+            project,
+            opts,
+            plan_rules,
+            monitored,
+            watcher: Some(watcher),
+            supervisor,
+            control,
+            control_error,
+            tx,
+            rx,
+            shared,
+            cancel,
+            history: None,
+            plan,
+            bin,
+            dirty_rs: BTreeSet::new(),
+            dirty_files: BTreeSet::new(),
+            last_units: BTreeMap::new(),
+            builds: 0,
+            launched: false,
+        })
+    }
+
+    /// A handle to steer the session from other threads.
+    pub fn handle(&self) -> WatchHandle {
+        WatchHandle {
+            tx: self.tx.clone(),
+            shared: Arc::clone(&self.shared),
+            cancel: Arc::clone(&self.cancel),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> WatchStatus {
+        self.shared.status()
+    }
+
+    /// Build, run, and react to changes until [`WatchHandle::quit`] (or a `quit`
+    /// request); then stop every child and return.
+    pub fn run(mut self, on_event: &mut dyn FnMut(&WatchEvent)) -> Result<(), WatchError> {
+        let program_text = match &self.opts.target {
+            RunTarget::Bin { args, .. } => self.bin.as_ref().map(|(_, b)| {
+                let mut s = b.clone();
+                for a in args {
+                    s.push(' ');
+                    s.push_str(&a.to_string_lossy());
+                }
+                s
+            }),
+            RunTarget::Command(c) => Some(c.clone()),
+            RunTarget::CheckOnly => None,
+        };
+        self.shared.update(|s| s.program = program_text.clone());
+        on_event(&WatchEvent::Watching {
+            monitored_paths: self.monitored.clone(),
+            rules: self.plan_rules.clone(),
+            sockets: self
+                .supervisor
+                .as_ref()
+                .map(|s| {
+                    s.listeners()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| SocketInfo {
+                            name: l.name().to_owned(),
+                            addr: l.local_addr().to_owned(),
+                            fd: supervise::LISTEN_FDS_START + i32::try_from(i).unwrap_or(0),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            control: self
+                .control
+                .as_ref()
+                .map(|_| control::socket_path(self.project.root())),
+            program: program_text,
+            debounce_ms: u64::try_from(self.opts.debounce.as_millis()).unwrap_or(u64::MAX),
+        });
+        if let Some(e) = self.control_error.take() {
+            on_event(&WatchEvent::Warning {
+                message: format!(
+                    "no control socket ({e}); `heph status` will not reach this watch"
+                ),
+            });
+        }
+        if self.opts.history {
+            self.record_pre_state(on_event);
+        }
+        let mut pending = Pending {
+            first_change: Some(Instant::now()),
+            rebuild: true,
+            all_packages: true,
+            ..Pending::default()
+        };
+        // The pause state last reported, so each change is reported once.
+        let mut announced = self.shared.paused();
+        if announced {
+            on_event(&WatchEvent::Paused);
+        }
+        loop {
+            let paused = self.shared.paused();
+            if !pending.is_empty() && !paused && !self.cancel.load(Ordering::SeqCst) {
+                let p = std::mem::take(&mut pending);
+                self.process(p, on_event);
+                continue;
+            }
+            self.set_state(
+                if self.supervisor.as_ref().is_some_and(Supervisor::crashed) {
+                    "crashed"
+                } else {
+                    "idle"
+                },
+            );
+            match self.rx.recv_timeout(Duration::from_millis(25)) {
+                Ok(Input::Files(batch)) => {
+                    let mut batch = batch;
+                    // Coalesce: a burst (a branch switch) becomes one build. The
+                    // debouncer sends a batch per tick (a quarter of the window) while
+                    // files keep changing: a single saved file waits one tick for
+                    // company, a burst waits until a whole window passes without a batch.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < deadline {
+                        let gap = if batch.changes.len() > 1 || batch.rescan {
+                            self.opts.debounce.max(Duration::from_millis(10))
+                        } else {
+                            (self.opts.debounce / 4).max(Duration::from_millis(2))
+                        };
+                        match self.rx.recv_timeout(gap) {
+                            Ok(Input::Files(more)) => {
+                                batch.changes.extend(more.changes);
+                                batch.rescan |= more.rescan;
+                                batch.errors.extend(more.errors);
+                            }
+                            Ok(other) => {
+                                let _ = self.tx.send(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.absorb(batch, &mut pending, on_event);
+                }
+                Ok(Input::PauseChanged) => {}
+                Ok(Input::TogglePause) => self.shared.set_paused(!self.shared.paused()),
+                Ok(Input::Rebuild) => {
+                    pending.rebuild = true;
+                    pending.all_packages = true;
+                    pending.first_change.get_or_insert_with(Instant::now);
+                    if self.shared.paused() {
+                        // An explicit rebuild runs even while paused.
+                        let p = std::mem::take(&mut pending);
+                        self.process(p, on_event);
+                    }
+                }
+                Ok(Input::Quit) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let paused = self.shared.paused();
+            if paused != announced {
+                announced = paused;
+                on_event(if paused {
+                    &WatchEvent::Paused
+                } else {
+                    &WatchEvent::Resumed
+                });
+            }
+            if self.cancel.load(Ordering::SeqCst) {
+                break;
+            }
+            self.poll_supervisor(on_event);
+        }
+        self.set_state("stopping");
+        self.watcher = None;
+        if let Some(mut sup) = self.supervisor.take() {
+            sup.shutdown(&mut |e| on_event(&WatchEvent::Process(e)));
+        }
+        self.control = None;
+        self.clean_binaries(None);
+        on_event(&WatchEvent::Stopped);
+        Ok(())
+    }
+
+    fn set_state(&self, state: &str) {
+        self.shared.update(|s| {
+            if s.state != state {
+                s.state = state.to_owned();
+            }
+        });
+    }
+
+    fn poll_supervisor(&mut self, on_event: &mut dyn FnMut(&WatchEvent)) {
+        let Some(sup) = self.supervisor.as_mut() else {
+            return;
+        };
+        sup.poll(&mut |e| on_event(&WatchEvent::Process(e)));
+        let (generation, pid) = (sup.generation(), sup.child_pid());
+        self.shared.update(|s| {
+            s.generation = generation;
+            s.child_pid = pid;
+        });
+    }
+
+    fn absorb(
+        &mut self,
+        batch: Batch,
+        pending: &mut Pending,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) {
+        for e in &batch.errors {
+            on_event(&WatchEvent::Warning {
+                message: format!("file watcher: {e}"),
+            });
+        }
+        let mut files: Vec<String> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for c in batch.changes {
+            if !seen.insert(c.path.clone()) {
+                continue;
+            }
+            files.push(c.rel.clone());
+            match c.action {
+                RuleAction::Rebuild => {
+                    pending.rebuild = true;
+                    match &c.package {
+                        Some(p) => {
+                            pending.packages.insert(p.clone());
+                        }
+                        None => pending.all_packages = true,
+                    }
+                    if c.is_rust() {
+                        self.dirty_rs.insert(c.path.clone());
+                    }
+                    self.dirty_files.insert(c.rel.clone());
+                }
+                RuleAction::Restart => pending.restart = true,
+                RuleAction::Signal => {
+                    let sig = c.signal.unwrap_or(Signal::HUP);
+                    if !pending.signals.contains(&sig) {
+                        pending.signals.push(sig);
+                    }
+                }
+                RuleAction::Ignore => {}
+            }
+        }
+        if batch.rescan {
+            // Events were lost: recheck every source file and rebuild everything.
+            pending.rebuild = true;
+            pending.all_packages = true;
+            self.dirty_rs.extend(self.plan.rust_sources());
+        }
+        if files.is_empty() && !batch.rescan {
+            return;
+        }
+        pending.first_change.get_or_insert_with(Instant::now);
+        on_event(&WatchEvent::Changed {
+            files,
+            rescan: batch.rescan,
+            paused: self.shared.paused(),
+        });
+    }
+
+    fn process(&mut self, pending: Pending, on_event: &mut dyn FnMut(&WatchEvent)) {
+        let started = pending.first_change.unwrap_or_else(Instant::now);
+        if let Some(sup) = self.supervisor.as_mut() {
+            for sig in &pending.signals {
+                if let Err(e) = sup.signal(*sig, &mut |e| on_event(&WatchEvent::Process(e))) {
+                    on_event(&WatchEvent::Warning {
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        if pending.rebuild {
+            if !self.syntax_gate(on_event) {
+                return;
+            }
+            let Some(report) = self.build(&pending, on_event) else {
+                return;
+            };
+            if !report.ok() {
+                self.shared.update(|s| {
+                    s.failed_builds += 1;
+                    s.last_error = Some(format!(
+                        "build failed: {}",
+                        report
+                            .errors
+                            .first()
+                            .map_or("see the output", |e| e.lines().next().unwrap_or(""))
+                    ));
+                });
+                return;
+            }
+            self.dirty_rs.clear();
+            self.shared.update(|s| s.last_error = None);
+            self.swap(Some(&report), started, on_event);
+            let files = std::mem::take(&mut self.dirty_files);
+            if self.opts.history {
+                self.record(&report, files, on_event);
+            }
+        } else if pending.restart {
+            self.swap(None, started, on_event);
+        }
+    }
+
+    /// Parse every Rust file changed since the last good build; report the errors.
+    fn syntax_gate(&mut self, on_event: &mut dyn FnMut(&WatchEvent)) -> bool {
+        let mut problems = Vec::new();
+        for path in &self.dirty_rs {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue; // removed: cargo will say if something still needs it
+            };
+            let rel = self.project.relative(path);
+            if let Err(e) = SourceFile::parse_bytes(Origin::File(PathBuf::from(&rel)), bytes) {
+                problems.push(SyntaxProblem {
+                    file: rel,
+                    line: e.line,
+                    column: e.column,
+                    message: e.message.clone(),
+                    rendered: e.to_string(),
+                });
+            }
+        }
+        // Every parsed file is dropped: forget their spans.
+        source::reset_span_table();
+        if problems.is_empty() {
+            return true;
+        }
+        self.shared.update(|s| {
+            s.syntax_errors += 1;
+            s.last_error = problems.first().map(|p| {
+                format!(
+                    "syntax error at {}:{}:{}: {}",
+                    p.file, p.line, p.column, p.message
+                )
+            });
+        });
+        for p in problems {
+            on_event(&WatchEvent::SyntaxError(p));
+        }
+        false
+    }
+
+    fn build(
+        &mut self,
+        pending: &Pending,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) -> Option<VerifyReport> {
+        self.set_state("building");
+        let manifest = self.project.root().join("Cargo.toml");
+        let format = if self.opts.color {
+            "--message-format=json-diagnostic-rendered-ansi"
+        } else {
+            "--message-format=json"
+        };
+        let mut cmd = Command::new("cargo");
+        let (subcommand, packages, extra): (&str, Vec<String>, Vec<String>) =
+            match (&self.opts.target, &self.bin) {
+                (RunTarget::Bin { .. }, Some((pkg, bin))) => (
+                    "build",
+                    vec![pkg.clone()],
+                    vec!["--bin".into(), bin.clone()],
+                ),
+                (target, _) => {
+                    let pkgs = if pending.all_packages || pending.packages.is_empty() {
+                        self.project
+                            .packages()
+                            .iter()
+                            .map(|p| p.name.clone())
+                            .collect()
+                    } else {
+                        pending.packages.iter().cloned().collect()
+                    };
+                    let sub = if matches!(target, RunTarget::CheckOnly) {
+                        "check"
+                    } else {
+                        "build"
+                    };
+                    (sub, pkgs, Vec::new())
+                }
+            };
+        cmd.arg(subcommand)
+            .arg(format)
+            .arg("--manifest-path")
+            .arg(&manifest);
+        let mut shown = format!("cargo {subcommand}");
+        for p in &packages {
+            cmd.arg("-p").arg(p);
+            shown.push_str(&format!(" -p {p}"));
+        }
+        for e in &extra {
+            cmd.arg(e);
+            shown.push(' ');
+            shown.push_str(e);
+        }
+        cmd.current_dir(self.project.root());
+        on_event(&WatchEvent::BuildStarted {
+            command: shown.clone(),
+            packages,
+        });
+        let total = self.last_units.get(&shown).copied();
+        let opts = VerifyOptions {
+            timeout: self.opts.build_timeout,
+            color: self.opts.color,
+            cancel: Some(Arc::clone(&self.cancel)),
+        };
+        let mut done = 0;
+        let result = verify::run_command(cmd, shown.clone(), true, &opts, &mut |p| {
+            let VerifyProgress::Unit { done: d, name } = p;
+            done = d;
+            on_event(&WatchEvent::BuildProgress {
+                done: d,
+                total: total.map(|t| t.max(d)),
+                unit: name,
+            });
+        });
+        self.builds += 1;
+        match result {
+            Ok(report) => {
+                if report.ok() {
+                    self.last_units.insert(shown, done);
+                }
+                on_event(&WatchEvent::BuildFinished {
+                    ok: report.ok(),
+                    command: report.command.clone(),
+                    duration_ms: u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX),
+                    errors: report.errors.clone(),
+                    warnings: report.warnings,
+                    output: if report.ok() || !report.errors.is_empty() {
+                        String::new()
+                    } else {
+                        report.output.clone()
+                    },
+                });
+                Some(report)
+            }
+            Err(VerifyError::Cancelled) => None,
+            Err(e) => {
+                self.shared.update(|s| {
+                    s.failed_builds += 1;
+                    s.last_error = Some(e.to_string());
+                });
+                on_event(&WatchEvent::Warning {
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Start a new generation (after a build, or for a restart rule).
+    fn swap(
+        &mut self,
+        report: Option<&VerifyReport>,
+        started: Instant,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) {
+        let program = match (&self.opts.target, &self.bin) {
+            (RunTarget::CheckOnly, _) => return,
+            (RunTarget::Command(c), _) => Program::Shell(c.clone()),
+            (RunTarget::Bin { args, .. }, Some((_, bin))) => {
+                let built = report.and_then(|r| {
+                    r.executables
+                        .iter()
+                        .rev()
+                        .find(|p| p.file_stem().is_some_and(|s| s == bin.as_str()))
+                        .cloned()
+                });
+                match built {
+                    Some(exe) => match self.stage_binary(&exe, bin) {
+                        Ok(staged) => Program::Exec {
+                            program: staged,
+                            args: args.clone(),
+                        },
+                        Err(e) => {
+                            on_event(&WatchEvent::Warning {
+                                message: format!(
+                                    "cannot copy {}: {e}; running it in place",
+                                    exe.display()
+                                ),
+                            });
+                            Program::Exec {
+                                program: exe,
+                                args: args.clone(),
+                            }
+                        }
+                    },
+                    None => match self.supervisor.as_ref().and_then(|s| s.program().cloned()) {
+                        Some(p) => p,
+                        None => return,
+                    },
+                }
+            }
+            (RunTarget::Bin { .. }, None) => return,
+        };
+        self.set_state("swapping");
+        let Some(sup) = self.supervisor.as_mut() else {
+            return;
+        };
+        let staged = match &program {
+            Program::Exec { program, .. } => Some(program.clone()),
+            Program::Shell(_) => None,
+        };
+        let result = sup.launch(program, &mut |e| on_event(&WatchEvent::Process(e)));
+        let (generation, pid) = (sup.generation(), sup.child_pid());
+        self.shared.update(|s| {
+            s.generation = generation;
+            s.child_pid = pid;
+        });
+        match result {
+            Ok(true) => {
+                let first = !std::mem::replace(&mut self.launched, true);
+                self.clean_binaries(staged.as_deref());
+                let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if !first {
+                    self.shared.update(|s| {
+                        s.reloads += 1;
+                        s.last_reload_ms = Some(ms);
+                    });
+                }
+                on_event(&WatchEvent::Reloaded {
+                    generation,
+                    pid,
+                    reload_ms: ms,
+                    first,
+                });
+            }
+            Ok(false) => {
+                let reason =
+                    "the new generation did not become ready; the previous one keeps running"
+                        .to_owned();
+                self.shared.update(|s| s.last_error = Some(reason.clone()));
+                on_event(&WatchEvent::SwapFailed { reason });
+            }
+            Err(e) => {
+                self.shared.update(|s| s.last_error = Some(e.to_string()));
+                on_event(&WatchEvent::SwapFailed {
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.project.target_dir().join("heph").join("watch")
+    }
+
+    /// Copy the built executable, so a later build cannot change what a generation
+    /// (or its crash restart) runs.
+    fn stage_binary(&self, exe: &Path, bin: &str) -> std::io::Result<PathBuf> {
+        let dir = self.staging_dir();
+        std::fs::create_dir_all(&dir)?;
+        let dest = dir.join(format!("{bin}-{}-{}", std::process::id(), self.builds));
+        std::fs::copy(exe, &dest)?;
+        Ok(dest)
+    }
+
+    /// Remove staged executables (`NAME-PID-BUILD`) of this session except `keep`, and
+    /// those of heph processes that no longer run (killed with SIGKILL).
+    fn clean_binaries(&self, keep: Option<&Path>) {
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir(self.staging_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.rsplitn(3, '-');
+            let (Some(_build), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let stale = if pid == me {
+                Some(p.as_path()) != keep
+            } else {
+                // Only where /proc tells which processes run.
+                Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
+            };
+            if stale {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
+    fn record_pre_state(&mut self, on_event: &mut dyn FnMut(&WatchEvent)) {
+        let result = self.with_history(|h| h.record_manual_if_changed());
+        match result {
+            Ok(Some(e)) => on_event(&WatchEvent::PreStateRecorded { id: e.short_id }),
+            Ok(None) => {}
+            Err(message) => on_event(&WatchEvent::Warning {
+                message: format!("history: {message}"),
+            }),
+        }
+    }
+
+    fn record(
+        &mut self,
+        report: &VerifyReport,
+        files: BTreeSet<String>,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) {
+        let mut meta = EvolutionMeta::new(EvolutionKind::Watch, watch_message(&files));
+        meta.files = files.iter().map(PathBuf::from).collect();
+        meta.verify = Some(VerifyRecord {
+            outcome: VerifyOutcome::Passed,
+            duration: report.duration,
+        });
+        match self.with_history(|h| h.record_if_changed(&meta)) {
+            Ok(Some(e)) => {
+                self.shared
+                    .update(|s| s.last_evolution = Some(e.short_id.clone()));
+                on_event(&WatchEvent::Recorded {
+                    id: e.short_id,
+                    message: e.meta.message,
+                });
+            }
+            Ok(None) => {}
+            Err(message) => on_event(&WatchEvent::Warning {
+                message: format!("history: {message}"),
+            }),
+        }
+    }
+
+    /// Run `f` on the history store under the writer lock (held only for this call).
+    fn with_history<T>(
+        &mut self,
+        f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
+    ) -> Result<T, String> {
+        let state = StateDir::new(self.project.root());
+        let _lock = state
+            .lock("watch snapshot", self.opts.lock_timeout, |_| {})
+            .map_err(|e: StateError| e.to_string())?;
+        if self.history.is_none() {
+            let options = self.opts.history_options.clone();
+            self.history = Some(
+                History::open_with(self.project.root(), options).map_err(|e| e.to_string())?,
+            );
+        }
+        let h = self.history.as_mut().ok_or("history store unavailable")?;
+        f(h).map_err(|e| e.to_string())
+    }
+}
+
+fn watch_message(files: &BTreeSet<String>) -> String {
+    let list: Vec<&str> = files.iter().map(String::as_str).collect();
+    let joined = list.join(", ");
+    if list.is_empty() {
+        "watch: built".to_owned()
+    } else if joined.chars().count() > 100 {
+        format!("watch: built after changes to {} files", list.len())
+    } else {
+        format!("watch: built {joined}")
+    }
+}
+
+/// The (package, binary) to run: the named one, or the project's only binary
+/// (preferring the default package's only binary).
+fn find_bin(project: &Project, name: Option<&str>) -> Result<(String, String), WatchError> {
+    let bins: Vec<(String, String)> = project
+        .packages()
+        .iter()
+        .flat_map(|p| {
+            p.targets
+                .iter()
+                .filter(|t| t.kind == TargetKind::Bin)
+                .map(|t| (p.name.clone(), t.name.clone()))
+        })
+        .collect();
+    let available = || {
+        if bins.is_empty() {
+            "none".to_owned()
+        } else {
+            bins.iter()
+                .map(|(_, b)| b.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    match name {
+        Some(n) => {
+            bins.iter()
+                .find(|(_, b)| b == n)
+                .cloned()
+                .ok_or_else(|| WatchError::UnknownBin {
+                    name: n.to_owned(),
+                    available: available(),
+                })
+        }
+        None => {
+            if let Some(default) = project.default_package() {
+                let own: Vec<_> = bins.iter().filter(|(p, _)| p == &default.name).collect();
+                if own.len() == 1 {
+                    return Ok(own[0].clone());
+                }
+            }
+            match bins.len() {
+                0 => Err(WatchError::NoBin),
+                1 => Ok(bins[0].clone()),
+                count => Err(WatchError::AmbiguousBin {
+                    count,
+                    available: available(),
+                }),
+            }
+        }
+    }
+}
