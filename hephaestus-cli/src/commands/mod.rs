@@ -7,8 +7,8 @@ pub mod rollback;
 pub mod self_modify;
 pub mod show;
 pub mod snapshot;
-pub mod sync;
 pub mod status;
+pub mod sync;
 pub mod watch;
 
 use anyhow::Result;
