@@ -43,6 +43,7 @@ pub mod apply;
 pub mod config;
 pub mod edit;
 pub mod error;
+pub mod evolve;
 pub mod evolution;
 pub mod fsio;
 pub mod history;

@@ -1,0 +1,3 @@
+//! `heph evolve`: performance-driven evolution (placeholder while the engine is built).
+
+pub mod rules;
