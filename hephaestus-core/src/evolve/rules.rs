@@ -231,9 +231,18 @@ enum Shape {
 struct Template {
     /// The replacement with metavariables rewritten to placeholders.
     text: String,
-    /// Placeholders: byte range in `text`, name, and whether the position binds tighter
-    /// than a binary operator (receiver, operand, reference).
-    holes: Vec<(Range<usize>, String, bool)>,
+    /// Placeholders in `text`.
+    holes: Vec<Hole>,
+}
+
+struct Hole {
+    /// Byte range of the placeholder in the template.
+    range: Range<usize>,
+    /// With the braces around it, when it is alone in a block (`{ $body }`).
+    braced: Option<Range<usize>>,
+    name: String,
+    /// The position binds tighter than a binary operator (receiver, operand, reference).
+    tight: bool,
 }
 
 /// Rewrite `$name` to the placeholder identifier; returns the text and the names used.
@@ -338,11 +347,16 @@ impl Rule {
                 .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
                 .unwrap_or(text.len() - start - MV.len());
             let end = start + MV.len() + len;
-            holes.push((
-                start..end,
-                text[start + MV.len()..end].to_owned(),
-                tight.contains(&start),
-            ));
+            let before = text[..start].trim_end();
+            let after = text[end..].trim_start();
+            let braced = (before.ends_with('{') && after.starts_with('}'))
+                .then(|| before.len() - 1..text.len() - after.len() + 1);
+            holes.push(Hole {
+                range: start..end,
+                braced,
+                name: text[start + MV.len()..end].to_owned(),
+                tight: tight.contains(&start),
+            });
             from = end;
         }
         Ok(Compiled {
@@ -591,25 +605,38 @@ impl Finder<'_> {
     fn emit(&mut self, range: Range<usize>, bindings: &Bindings) {
         let text = self.file.text();
         let before = &text[range.clone()];
-        let mut after = String::new();
+        let indent = line_indent(text, range.start);
+        let nl = self.file.line_ending().as_str();
         let t = &self.compiled.template;
+        let mut after = String::new();
         let mut at = 0;
-        for (hole, name, tight) in &t.holes {
-            after.push_str(&t.text[at..hole.start]);
-            if let Some(b) = bindings.map.get(name) {
-                let bound = &text[b.range.clone()];
-                if *tight && !b.atomic {
-                    after.push('(');
-                    after.push_str(bound);
-                    after.push(')');
-                } else {
-                    after.push_str(bound);
-                }
+        let push_template = |out: &mut String, chunk: &str| {
+            // Lines of the template after its first get the match's indentation.
+            out.push_str(&chunk.replace('\n', &format!("{nl}{indent}")));
+        };
+        for hole in &t.holes {
+            let Some(b) = bindings.map.get(&hole.name) else {
+                continue;
+            };
+            let (hole_range, bound) = match (&hole.braced, b.block) {
+                (Some(r), true) => (r.clone(), &text[b.range.clone()]),
+                (_, true) => (hole.range.clone(), inner_block(&text[b.range.clone()])),
+                _ => (hole.range.clone(), &text[b.range.clone()]),
+            };
+            if hole_range.start < at {
+                continue;
             }
-            at = hole.end;
+            push_template(&mut after, &t.text[at..hole_range.start]);
+            if hole.tight && !b.atomic {
+                after.push('(');
+                after.push_str(bound);
+                after.push(')');
+            } else {
+                after.push_str(bound);
+            }
+            at = hole_range.end;
         }
-        after.push_str(&t.text[at..]);
-        let after = reindent(&after, line_indent(text, range.start), self.file);
+        push_template(&mut after, &t.text[at..]);
         if after == before {
             return;
         }
@@ -777,24 +804,10 @@ fn line_indent(text: &str, at: usize) -> &str {
     &line[..len]
 }
 
-/// Lines after the first of a multi-line replacement get the match's indentation, and
-/// the file's line endings.
-fn reindent(text: &str, indent: &str, file: &SourceFile) -> String {
-    if !text.contains('\n') {
-        return text.to_owned();
-    }
-    let nl = file.line_ending().as_str();
-    let mut out = String::new();
-    for (i, line) in text.split('\n').enumerate() {
-        if i > 0 {
-            out.push_str(nl);
-            if !line.is_empty() {
-                out.push_str(indent);
-            }
-        }
-        out.push_str(line.strip_suffix('\r').unwrap_or(line));
-    }
-    out
+/// The text between the braces of a block's text.
+fn inner_block(block: &str) -> &str {
+    let inner = block.strip_prefix('{').unwrap_or(block);
+    inner.strip_suffix('}').unwrap_or(inner)
 }
 
 fn common_prefix(a: &str, b: &str) -> usize {
@@ -906,6 +919,8 @@ struct Bound {
     range: Range<usize>,
     tokens: String,
     atomic: bool,
+    /// A whole block, braces included (`{ $body }`).
+    block: bool,
 }
 
 struct Matcher<'f> {
@@ -933,6 +948,7 @@ impl<'f> Matcher<'f> {
                 range,
                 tokens,
                 atomic,
+                block: false,
             },
         );
         true
@@ -1114,10 +1130,14 @@ impl<'f> Matcher<'f> {
         if let [Stmt::Expr(e, None)] = p.stmts.as_slice()
             && let Some(name) = expr_metavar(e)
         {
-            let open = self.file.range(t.brace_token.span.open()).end;
-            let close = self.file.range(t.brace_token.span.close()).start;
+            let open = self.file.range(t.brace_token.span.open()).start;
+            let close = self.file.range(t.brace_token.span.close()).end;
             let inner = t.stmts.iter().map(tokens).collect::<Vec<_>>().join(" ");
-            return self.bind(name, open..close, inner, true);
+            let ok = self.bind(name.clone(), open..close, inner, true);
+            if let Some(b) = self.bindings.map.get_mut(&name) {
+                b.block = true;
+            }
+            return ok;
         }
         p.stmts.len() == t.stmts.len() && p.stmts.iter().zip(&t.stmts).all(|(a, b)| self.stmt(a, b))
     }
