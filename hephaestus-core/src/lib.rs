@@ -60,7 +60,7 @@ pub mod supervise;
 pub mod verify;
 pub mod watch;
 
-pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Plan};
+pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Patch, PatchFile, Plan};
 pub use config::Config;
 pub use edit::{ChangeAction, Edit, EditMode, Formatting, ItemChange};
 pub use error::{Categorized, ErrorCategory};
