@@ -144,14 +144,12 @@ impl Plan {
             } else {
                 "/dev/null".to_owned()
             };
-            let diff = similar::TextDiff::from_lines(before.as_deref().unwrap_or(""), &after);
-            out.push_str(
-                &diff
-                    .unified_diff()
-                    .context_radius(3)
-                    .header(&old_name, &format!("b/{rel}"))
-                    .to_string(),
-            );
+            out.push_str(&unified_diff(
+                &old_name,
+                &format!("b/{rel}"),
+                before.as_deref().unwrap_or(""),
+                &after,
+            ));
         }
         out
     }
@@ -168,6 +166,15 @@ impl Plan {
         }
         c
     }
+}
+
+/// A unified diff (3 lines of context) between two texts, with these header names.
+pub fn unified_diff(old_name: &str, new_name: &str, before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_name, new_name)
+        .to_string()
 }
 
 /// How [`Project::apply`] behaves.

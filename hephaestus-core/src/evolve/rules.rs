@@ -509,6 +509,8 @@ pub struct Match {
     pub after: String,
     /// The key of the enclosing item (`fn median`, `fn Stats::mean`).
     pub item: Option<String>,
+    /// The enclosing item's kind.
+    pub item_kind: Option<crate::item::ItemKind>,
     /// How many earlier matches of the same rule in the same item had the same text:
     /// with `rule`, `item` and `before`, identifies the match across edits elsewhere.
     pub occurrence: usize,
@@ -556,7 +558,7 @@ pub fn find_matches(rule: &Rule, file: &SourceFile, items: &[syn::Item]) -> Vec<
         }
         finder.item = match item {
             syn::Item::Impl(_) => None,
-            other => Some(ItemKey::of_item(other).to_string()),
+            other => Some(ItemKey::of_item(other)),
         };
         finder.visit_item(item);
     }
@@ -596,7 +598,7 @@ struct Finder<'a> {
     rule: &'a Rule,
     compiled: &'a Compiled,
     file: &'a SourceFile,
-    item: Option<String>,
+    item: Option<ItemKey>,
     out: Vec<Match>,
     module_items: &'a [syn::Item],
 }
@@ -658,7 +660,8 @@ impl Finder<'_> {
             line,
             before: before.to_owned(),
             after,
-            item: self.item.clone(),
+            item: self.item.as_ref().map(ToString::to_string),
+            item_kind: self.item.as_ref().map(|k| k.kind),
             occurrence: 0,
             splices,
         });
@@ -773,7 +776,7 @@ impl<'ast> Visit<'ast> for Finder<'_> {
         let owner = crate::item::impl_name(i);
         for member in &i.items {
             let saved = self.item.take();
-            self.item = Some(ItemKey::of_member(&owner, member).to_string());
+            self.item = Some(ItemKey::of_member(&owner, member));
             self.visit_impl_item(member);
             self.item = saved;
         }
