@@ -1,6 +1,7 @@
 //! One module per subcommand, each with an `Args` struct and a `run` function.
 
 pub mod change;
+pub mod evolve;
 pub mod history;
 pub mod import;
 pub mod rollback;
@@ -38,6 +39,9 @@ pub enum Command {
     Watch(watch::Args),
     /// Show the state of the `heph watch` running for this project.
     Status(status::Args),
+    /// Make the project faster: try rewrite rules and proposals in isolated copies, keep
+    /// what passes the tests and measurably improves the fitness.
+    Evolve(evolve::Args),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -52,5 +56,6 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Snapshot(args) => snapshot::run(args, global, out),
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
+        Command::Evolve(args) => evolve::run(args, global, out),
     }
 }
