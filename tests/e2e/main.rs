@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod evolve;
 mod history;
 mod import;
 mod self_modify;

@@ -1583,13 +1583,15 @@ impl<'a, 'p> Run<'a, 'p> {
                 test_command: None,
                 ..*self.clone_settings()
             };
-            let b = lock(base);
-            let warm = measure_once(&settings, w.slot.dir(), settings.build_timeout)
-                .and_then(|_| measure_once(&settings, b.slot.dir(), settings.build_timeout));
-            match warm.and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir())) {
+            let result = {
+                let b = lock(base);
+                measure_once(&settings, w.slot.dir(), settings.build_timeout)
+                    .and_then(|_| measure_once(&settings, b.slot.dir(), settings.build_timeout))
+                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir()))
+            };
+            match result {
                 Ok(f) => overall = Some(f),
                 Err((_, m)) => {
-                    drop(b);
                     self.emit(EvolveEvent::Warning { message: format!("the final comparison failed: {m}") });
                 }
             }

@@ -96,12 +96,12 @@ const CASES: &[(&str, &str, &str)] = &[
     (
         "for-clone-to-ref",
         "fn f(g: &Vec<Vec<u64>>) -> u64 {\n    let mut t = 0;\n    for v in g.clone() {\n        // body comment\n        t += v.len() as u64;\n    }\n    t\n}\n",
-        "fn f(g: &Vec<Vec<u64>>) -> u64 {\n    let mut t = 0;\n    for v in &g {\n        // body comment\n        t += v.len() as u64;\n    }\n    t\n}\n",
+        "fn f(g: &Vec<Vec<u64>>) -> u64 {\n    let mut t = 0;\n    for v in g.iter() {\n        // body comment\n        t += v.len() as u64;\n    }\n    t\n}\n",
     ),
     (
         "for-clone-to-ref",
         "fn f(s: &S) { for (a, b) in s.pairs.clone() { use_it(a, b); } }\n",
-        "fn f(s: &S) { for (a, b) in &s.pairs { use_it(a, b); } }\n",
+        "fn f(s: &S) { for (a, b) in s.pairs.iter() { use_it(a, b); } }\n",
     ),
     (
         "cloned-filter-count",
