@@ -141,11 +141,11 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
     let text = env.run(["history", "--kind", "evolve"]);
     assert_eq!(text.stdout.matches(" fitness ").count(), accepted.len(), "{}", text.stdout);
     // The log and the chart.
-    let log = PathBuf::from(summary["log"].as_str().expect("log"));
-    let lines = std::fs::read_to_string(&log).expect("log");
+    let run_id = summary["run_id"].as_str().expect("run id");
+    let lines = env.read(format!(".heph/evolve/{run_id}.jsonl"));
     assert!(lines.lines().next().expect("a line").contains("\"type\":\"run\""));
     assert!(lines.contains("\"p_value\""));
-    let chart = std::fs::read_to_string(summary["chart"].as_str().expect("chart")).expect("svg");
+    let chart = env.read(format!(".heph/evolve/{run_id}.svg"));
     assert!(chart.starts_with("<svg"), "{chart}");
 }
 
