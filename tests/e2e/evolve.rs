@@ -23,7 +23,9 @@ const FITNESS: &str = "cargo run --release -q --bin fitness";
 const METRIC: &str = r"min_ns=(\d+)";
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type Tree = Vec<(PathBuf, Vec<u8>)>;
@@ -61,7 +63,10 @@ fn run_watching(env: &TestEnv, args: &[&str]) -> (Run, Vec<Tree>) {
 }
 
 fn candidates(summary: &serde_json::Value) -> Vec<serde_json::Value> {
-    summary["candidates"].as_array().cloned().unwrap_or_default()
+    summary["candidates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -72,8 +77,16 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
     let (run, states) = run_watching(
         &env,
         &[
-            "evolve", "--json", "--fitness", FITNESS, "--metric", METRIC, "--runs", "6",
-            "--budget", "8m",
+            "evolve",
+            "--json",
+            "--fitness",
+            FITNESS,
+            "--metric",
+            METRIC,
+            "--runs",
+            "6",
+            "--budget",
+            "8m",
         ],
     );
     run.expect_code(0);
@@ -108,7 +121,12 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
     for ((p1, b1), (p2, b2)) in before.iter().zip(&after) {
         assert_eq!(p1, p2);
         if !changed.contains(&p1.display().to_string()) {
-            assert_eq!(b1, b2, "{} changed but no accepted candidate names it", p1.display());
+            assert_eq!(
+                b1,
+                b2,
+                "{} changed but no accepted candidate names it",
+                p1.display()
+            );
         }
     }
     assert_eq!(states.last(), Some(&after));
@@ -135,15 +153,29 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
         .unwrap_or_default();
     assert_eq!(evolutions.len(), accepted.len());
     for e in &evolutions {
-        assert!(e["fitness"]["before"].as_f64() > e["fitness"]["after"].as_f64(), "{e}");
+        assert!(
+            e["fitness"]["before"].as_f64() > e["fitness"]["after"].as_f64(),
+            "{e}"
+        );
         assert_eq!(e["verify"]["outcome"], "passed");
     }
     let text = env.run(["history", "--kind", "evolve"]);
-    assert_eq!(text.stdout.matches(" fitness ").count(), accepted.len(), "{}", text.stdout);
+    assert_eq!(
+        text.stdout.matches(" fitness ").count(),
+        accepted.len(),
+        "{}",
+        text.stdout
+    );
     // The log and the chart.
     let run_id = summary["run_id"].as_str().expect("run id");
     let lines = env.read(format!(".heph/evolve/{run_id}.jsonl"));
-    assert!(lines.lines().next().expect("a line").contains("\"type\":\"run\""));
+    assert!(
+        lines
+            .lines()
+            .next()
+            .expect("a line")
+            .contains("\"type\":\"run\"")
+    );
     assert!(lines.contains("\"p_value\""));
     let chart = env.read(format!(".heph/evolve/{run_id}.svg"));
     assert!(chart.starts_with("<svg"), "{chart}");
@@ -166,8 +198,18 @@ fn a_noise_rule_is_never_accepted_and_leaves_no_trace() {
         let (run, states) = run_watching(
             &env,
             &[
-                "evolve", "--json", "--fitness", FITNESS, "--metric", METRIC, "--runs", "6",
-                "--rules", &rules, "--target", "crate::dedup",
+                "evolve",
+                "--json",
+                "--fitness",
+                FITNESS,
+                "--metric",
+                METRIC,
+                "--runs",
+                "6",
+                "--rules",
+                &rules,
+                "--target",
+                "crate::dedup",
             ],
         );
         run.expect_code(1);
@@ -190,7 +232,11 @@ fn a_noise_rule_is_never_accepted_and_leaves_no_trace() {
     assert_eq!(candidates(&resumed.json()).len(), 0, "{}", resumed.stdout);
     let unknown = env.run(["evolve", "--resume", "no-such-run"]);
     unknown.expect_code(2);
-    assert!(unknown.stderr.contains("no evolve run"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no evolve run"),
+        "{}",
+        unknown.stderr
+    );
 }
 
 #[test]
@@ -220,9 +266,21 @@ esac
     let (run, states) = run_watching(
         &env,
         &[
-            "evolve", "--json", "--no-rules", "--fitness", FITNESS, "--metric", METRIC,
-            "--runs", "3", "--proposer", &proposer, "--proposer-timeout", "3s",
-            "--proposer-rounds", "3",
+            "evolve",
+            "--json",
+            "--no-rules",
+            "--fitness",
+            FITNESS,
+            "--metric",
+            METRIC,
+            "--runs",
+            "3",
+            "--proposer",
+            &proposer,
+            "--proposer-timeout",
+            "3s",
+            "--proposer-rounds",
+            "3",
         ],
     );
     run.expect_code(1);
@@ -235,7 +293,9 @@ esac
             .iter()
             .find(|c| {
                 c["reason"].as_str().is_some_and(|r| r.contains(needle))
-                    || c["description"].as_str().is_some_and(|d| d.contains(needle))
+                    || c["description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(needle))
             })
             .unwrap_or_else(|| panic!("no candidate with {needle}: {summary:#}"))
             .clone()
@@ -244,10 +304,20 @@ esac
     assert_eq!(invalid_json["stage"], "proposal");
     let unparsable = find("unparsable");
     assert_eq!(unparsable["stage"], "syntax");
-    assert!(unparsable["reason"].as_str().expect("reason").contains("does not parse"));
+    assert!(
+        unparsable["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("does not parse")
+    );
     let escapes = find("escapes");
     assert_eq!(escapes["stage"], "proposal");
-    assert!(escapes["reason"].as_str().expect("reason").contains("../../outside"));
+    assert!(
+        escapes["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("../../outside")
+    );
     let failing = find("fails a test");
     assert_eq!(failing["stage"], "test", "{failing:#}");
     let check = failing["stages"]
@@ -267,6 +337,9 @@ esac
     );
     let hang = find("did not answer");
     assert_eq!(hang["stage"], "proposal");
-    assert!(cands.iter().all(|c| c["verdict"] == "rejected"), "{summary:#}");
+    assert!(
+        cands.iter().all(|c| c["verdict"] == "rejected"),
+        "{summary:#}"
+    );
     assert_eq!(summary["stop"], "exhausted");
 }

@@ -13,8 +13,7 @@ use clap::Args as ClapArgs;
 use hephaestus_core::Config;
 use hephaestus_core::config::parse_duration;
 use hephaestus_core::evolve::{
-    CandidateRecord, EvolveEvent, EvolveOptions, Evolver, RunSummary, Runner, StageOutcome,
-    Verdict,
+    CandidateRecord, EvolveEvent, EvolveOptions, Evolver, RunSummary, Runner, StageOutcome, Verdict,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -274,7 +273,9 @@ impl<'o> View<'o> {
                 }
             }
             EvolveEvent::StageStarted {
-                runner, candidate, stage,
+                runner,
+                candidate,
+                stage,
             } => {
                 let key = runner_key(*runner);
                 let what = candidate.map_or("baseline".to_owned(), |c| format!("#{c}"));

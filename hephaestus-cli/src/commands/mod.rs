@@ -41,7 +41,7 @@ pub enum Command {
     Status(status::Args),
     /// Make the project faster: try rewrite rules and proposals in isolated copies, keep
     /// what passes the tests and measurably improves the fitness.
-    Evolve(evolve::Args),
+    Evolve(Box<evolve::Args>),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -56,6 +56,6 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Snapshot(args) => snapshot::run(args, global, out),
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
-        Command::Evolve(args) => evolve::run(args, global, out),
+        Command::Evolve(args) => evolve::run(*args, global, out),
     }
 }

@@ -385,7 +385,13 @@ fn cargo_json(
         cmd.arg("--workspace");
     }
     let shown = format!("cargo {}", args.join(" "));
-    let r = verify::run_command(cmd, shown, true, &s.verify_opts(s.build_timeout), &mut |_| {})?;
+    let r = verify::run_command(
+        cmd,
+        shown,
+        true,
+        &s.verify_opts(s.build_timeout),
+        &mut |_| {},
+    )?;
     Ok(cargo_stage(stage, &r))
 }
 
@@ -401,7 +407,13 @@ fn test_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyErr
             (cmd, "cargo test".to_owned())
         }
     };
-    let out = verify::run_with_input(cmd, &shown, None, 256 * 1024, &s.verify_opts(s.test_timeout))?;
+    let out = verify::run_with_input(
+        cmd,
+        &shown,
+        None,
+        256 * 1024,
+        &s.verify_opts(s.test_timeout),
+    )?;
     let (outcome, reason) = if out.success() {
         (StageOutcome::Passed, None)
     } else if out.timed_out {
@@ -467,9 +479,9 @@ fn measure_once(
     let cmd = shell_in(dir, &s.fitness);
     let out = verify::run_with_input(cmd, &s.fitness, None, 1024 * 1024, &s.verify_opts(timeout))
         .map_err(|e| match e {
-            verify::VerifyError::Cancelled => (StageOutcome::Cancelled, "stopped".to_owned()),
-            other => (StageOutcome::Failed, other.to_string()),
-        })?;
+        verify::VerifyError::Cancelled => (StageOutcome::Cancelled, "stopped".to_owned()),
+        other => (StageOutcome::Failed, other.to_string()),
+    })?;
     if out.timed_out {
         return Err((
             StageOutcome::TimedOut,
@@ -531,11 +543,19 @@ fn measure_once(
 }
 
 /// Interleaved fitness runs of `base` and `cand` (ABBA order), and the statistics.
-fn compare(s: &Settings, base: &Path, cand: &Path) -> Result<FitnessRecord, (StageOutcome, String)> {
+fn compare(
+    s: &Settings,
+    base: &Path,
+    cand: &Path,
+) -> Result<FitnessRecord, (StageOutcome, String)> {
     let mut b = Vec::with_capacity(s.runs);
     let mut c = Vec::with_capacity(s.runs);
     for i in 0..s.runs {
-        let order = if i % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if i % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for is_base in order {
             if is_base {
                 let (v, _) = measure_once(s, base, s.fitness_timeout)
@@ -586,7 +606,7 @@ fn worker(
     let _ = measure_once(&s, &dir, s.build_timeout);
     for job in jobs {
         let outcome = evaluate(&mut w, &s, &base, &job, &tx);
-        let stop = matches!(&outcome, Err(_));
+        let stop = outcome.is_err();
         let outcome = outcome.unwrap_or_else(|e| Outcome::Evaluated {
             stages: Vec::new(),
             fitness: None,
@@ -644,8 +664,8 @@ fn evaluate(
     let cand = Some(job.cand);
     let mut stages = Vec::new();
     let dir = w.slot.dir().to_path_buf();
-    let finish = |stages: Vec<StageRecord>, verdict, stage, reason, fitness, verified| {
-        Outcome::Evaluated {
+    let finish =
+        |stages: Vec<StageRecord>, verdict, stage, reason, fitness, verified| Outcome::Evaluated {
             stages,
             fitness,
             verdict,
@@ -653,32 +673,63 @@ fn evaluate(
             reason,
             verified,
             duration: start.elapsed(),
-        }
-    };
+        };
     // Syntax: every changed file parses.
     let t = Instant::now();
-    send(tx, EvolveEvent::StageStarted { runner, candidate: cand, stage: Stage::Syntax });
+    send(
+        tx,
+        EvolveEvent::StageStarted {
+            runner,
+            candidate: cand,
+            stage: Stage::Syntax,
+        },
+    );
     let syntax = job
         .files
         .iter()
         .find_map(|(rel, _, after)| crate::source::check_file(Path::new(rel), after).err());
     let rec = StageRecord {
         stage: Stage::Syntax,
-        outcome: if syntax.is_some() { StageOutcome::Failed } else { StageOutcome::Passed },
+        outcome: if syntax.is_some() {
+            StageOutcome::Failed
+        } else {
+            StageOutcome::Passed
+        },
         duration_ms: ms(t.elapsed()),
         reason: syntax.as_ref().map(|e| e.message.clone()),
         output: syntax.as_ref().map(|e| e.to_string()),
     };
-    send(tx, EvolveEvent::StageFinished { runner, candidate: cand, record: rec.clone() });
+    send(
+        tx,
+        EvolveEvent::StageFinished {
+            runner,
+            candidate: cand,
+            record: rec.clone(),
+        },
+    );
     stages.push(rec);
     if let Some(e) = syntax {
-        return Ok(finish(stages, Verdict::Rejected, Some(Stage::Syntax), Some(e.message), None, Duration::ZERO));
+        return Ok(finish(
+            stages,
+            Verdict::Rejected,
+            Some(Stage::Syntax),
+            Some(e.message),
+            None,
+            Duration::ZERO,
+        ));
     }
     prepare(w, base, job)?;
     // check → build → test
     let mut verified = Duration::ZERO;
     for stage in [Stage::Check, Stage::Build, Stage::Test] {
-        send(tx, EvolveEvent::StageStarted { runner, candidate: cand, stage });
+        send(
+            tx,
+            EvolveEvent::StageStarted {
+                runner,
+                candidate: cand,
+                stage,
+            },
+        );
         let t = Instant::now();
         let rec = match stage {
             Stage::Check => cargo_json(s, &dir, stage, &["check", "--all-targets"]),
@@ -697,19 +748,49 @@ fn evaluate(
             },
         };
         verified += t.elapsed();
-        send(tx, EvolveEvent::StageFinished { runner, candidate: cand, record: rec.clone() });
+        send(
+            tx,
+            EvolveEvent::StageFinished {
+                runner,
+                candidate: cand,
+                record: rec.clone(),
+            },
+        );
         let (outcome, reason) = (rec.outcome, rec.reason.clone());
         stages.push(rec);
         match outcome {
             StageOutcome::Passed => {}
             StageOutcome::Cancelled => {
-                return Ok(finish(stages, Verdict::Cancelled, Some(stage), reason, None, verified));
+                return Ok(finish(
+                    stages,
+                    Verdict::Cancelled,
+                    Some(stage),
+                    reason,
+                    None,
+                    verified,
+                ));
             }
-            _ => return Ok(finish(stages, Verdict::Rejected, Some(stage), reason, None, verified)),
+            _ => {
+                return Ok(finish(
+                    stages,
+                    Verdict::Rejected,
+                    Some(stage),
+                    reason,
+                    None,
+                    verified,
+                ));
+            }
         }
     }
     // Fitness: build and warm the candidate outside the lock, then measure under it.
-    send(tx, EvolveEvent::StageStarted { runner, candidate: cand, stage: Stage::Fitness });
+    send(
+        tx,
+        EvolveEvent::StageStarted {
+            runner,
+            candidate: cand,
+            stage: Stage::Fitness,
+        },
+    );
     let t = Instant::now();
     let result = measure_once(s, &dir, s.build_timeout).and_then(|_| {
         let mut b = lock(base);
@@ -724,7 +805,9 @@ fn evaluate(
         compare(s, b.slot.dir(), &dir)
     });
     let (rec, verdict, reason, fitness) = match result {
-        Err((StageOutcome::Cancelled, m)) if m == "stale" && !s.stopped() => return Ok(Outcome::Stale),
+        Err((StageOutcome::Cancelled, m)) if m == "stale" && !s.stopped() => {
+            return Ok(Outcome::Stale);
+        }
         Err((outcome, m)) => (
             StageRecord {
                 stage: Stage::Fitness,
@@ -733,7 +816,11 @@ fn evaluate(
                 reason: Some(m.clone()),
                 output: None,
             },
-            if outcome == StageOutcome::Cancelled { Verdict::Cancelled } else { Verdict::Rejected },
+            if outcome == StageOutcome::Cancelled {
+                Verdict::Cancelled
+            } else {
+                Verdict::Rejected
+            },
             m,
             None,
         ),
@@ -749,18 +836,33 @@ fn evaluate(
             (
                 StageRecord {
                     stage: Stage::Fitness,
-                    outcome: if accept { StageOutcome::Passed } else { StageOutcome::Failed },
+                    outcome: if accept {
+                        StageOutcome::Passed
+                    } else {
+                        StageOutcome::Failed
+                    },
                     duration_ms: ms(t.elapsed()),
                     reason: (!accept).then(|| reason.clone()),
                     output: None,
                 },
-                if accept { Verdict::Accepted } else { Verdict::Rejected },
+                if accept {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Rejected
+                },
                 reason,
                 Some(f),
             )
         }
     };
-    send(tx, EvolveEvent::StageFinished { runner, candidate: cand, record: rec.clone() });
+    send(
+        tx,
+        EvolveEvent::StageFinished {
+            runner,
+            candidate: cand,
+            record: rec.clone(),
+        },
+    );
     stages.push(rec);
     let (stage, reason) = if verdict == Verdict::Accepted {
         (None, None)
@@ -814,7 +916,10 @@ impl<'a, 'p> Run<'a, 'p> {
         (self.on_event)(&e);
     }
 
-    fn start(ev: Evolver<'p>, on_event: &'a mut dyn FnMut(&EvolveEvent)) -> Result<RunSummary, EvolveError> {
+    fn start(
+        ev: Evolver<'p>,
+        on_event: &'a mut dyn FnMut(&EvolveEvent),
+    ) -> Result<RunSummary, EvolveError> {
         let start = Instant::now();
         let root = ev.project.root().to_path_buf();
         let io_err = |path: &Path| {
@@ -823,7 +928,10 @@ impl<'a, 'p> Run<'a, 'p> {
         };
         crate::state::StateDir::new(&root)
             .ensure()
-            .map_err(|e| EvolveError::Io { path: root.join(".heph"), source: std::io::Error::other(e) })?;
+            .map_err(|e| EvolveError::Io {
+                path: root.join(".heph"),
+                source: std::io::Error::other(e),
+            })?;
         let mut log = RunLog::open(&root, &ev.run_id)?;
         let resumed = ev.opts.resume.is_some();
         let mut prior = Vec::new();
@@ -840,7 +948,7 @@ impl<'a, 'p> Run<'a, 'p> {
                 started_at: now_secs(),
                 heph_version: env!("CARGO_PKG_VERSION").to_owned(),
                 project: root.clone(),
-                settings: ev.opts.to_config(),
+                settings: Box::new(ev.opts.to_config()),
             })?;
         }
         // Copies of the project.
@@ -857,7 +965,13 @@ impl<'a, 'p> Run<'a, 'p> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "project".into())
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let mut taken = HashSet::new();
         let mut slots = Vec::new();
@@ -867,7 +981,11 @@ impl<'a, 'p> Run<'a, 'p> {
             slots.push(slot);
         }
         on_event(&EvolveEvent::Phase {
-            message: format!("copying the project into {} sandboxes in {}", slots.len(), sandbox.display()),
+            message: format!(
+                "copying the project into {} sandboxes in {}",
+                slots.len(),
+                sandbox.display()
+            ),
         });
         for slot in &slots {
             slot.sync_from(&root, &files).map_err(io_err(slot.dir()))?;
@@ -906,7 +1024,10 @@ impl<'a, 'p> Run<'a, 'p> {
             baseline(&settings, base_slot.dir(), on_event)?
         };
         let baseline_median = median(&samples);
-        on_event(&EvolveEvent::Baseline { samples: samples.clone(), median: baseline_median });
+        on_event(&EvolveEvent::Baseline {
+            samples: samples.clone(),
+            median: baseline_median,
+        });
         log.append(&LogRecord::Baseline {
             stages: baseline_stages.clone(),
             samples: samples.clone(),
@@ -917,11 +1038,16 @@ impl<'a, 'p> Run<'a, 'p> {
             .find(|s| s.stage == Stage::Test)
             .map_or(0, |s| s.duration_ms);
         if ev.opts.test_timeout.is_none() {
-            settings.test_timeout = Duration::from_millis(test_ms.saturating_mul(10)).max(Duration::from_secs(60));
+            settings.test_timeout =
+                Duration::from_millis(test_ms.saturating_mul(10)).max(Duration::from_secs(60));
         }
         if ev.opts.fitness_timeout.is_none() {
             let worst = samples.iter().copied().fold(0.0, f64::max);
-            let per_run = if ev.metric.is_some() { Duration::from_secs(30) } else { Duration::from_secs_f64(worst * 20.0) };
+            let per_run = if ev.metric.is_some() {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_secs_f64(worst * 20.0)
+            };
             settings.fitness_timeout = per_run.max(Duration::from_secs(30));
         }
         let settings = Arc::new(settings);
@@ -1014,7 +1140,9 @@ impl<'a, 'p> Run<'a, 'p> {
             self.queue.push_back(Cand {
                 id,
                 key,
-                source: Source::Rule { rule: mt.rule.clone() },
+                source: Source::Rule {
+                    rule: mt.rule.clone(),
+                },
                 description,
                 module: Some(module.clone()),
                 recipe: Recipe::Rule {
@@ -1035,19 +1163,31 @@ impl<'a, 'p> Run<'a, 'p> {
     /// is gone (an accepted change rewrote it), Err((stage, reason)) when invalid.
     fn plan(&self, c: &Cand) -> Result<Option<Planned>, (Stage, String)> {
         match &c.recipe {
-            Recipe::Rule { rule, module, item, before, occurrence } => {
+            Recipe::Rule {
+                rule,
+                module,
+                item,
+                before,
+                occurrence,
+            } => {
                 let resolver = Resolver::new(&self.slot_project);
-                let m = resolver.resolve(module).map_err(|e| (Stage::Syntax, e.to_string()))?;
-                let file = resolver.file(&m.file).map_err(|e| (Stage::Syntax, e.to_string()))?;
+                let m = resolver
+                    .resolve(module)
+                    .map_err(|e| (Stage::Syntax, e.to_string()))?;
+                let file = resolver
+                    .file(&m.file)
+                    .map_err(|e| (Stage::Syntax, e.to_string()))?;
                 let Some(items) = m.items(&file) else {
                     return Ok(None);
                 };
                 let Some(r) = self.ev.rules.rules().iter().find(|r| &r.id == rule) else {
                     return Ok(None);
                 };
-                let found = super::rules::find_matches(r, &file, items).into_iter().find(|x| {
-                    &x.item == item && &x.before == before && x.occurrence == *occurrence
-                });
+                let found = super::rules::find_matches(r, &file, items)
+                    .into_iter()
+                    .find(|x| {
+                        &x.item == item && &x.before == before && x.occurrence == *occurrence
+                    });
                 let Some(found) = found else {
                     return Ok(None);
                 };
@@ -1068,10 +1208,15 @@ impl<'a, 'p> Run<'a, 'p> {
                 }))
             }
             Recipe::Edit { module, edit } => {
-                let op = Operation::SelfModify { module: module.clone(), edit: edit.clone() };
+                let op = Operation::SelfModify {
+                    module: module.clone(),
+                    edit: edit.clone(),
+                };
                 let plan = self.slot_project.plan(&op).map_err(|e| match e {
                     ApplyError::Resolve(e) => (Stage::Proposal, e.to_string()),
-                    ApplyError::Edit(EditError::Syntax(e)) => (Stage::Syntax, format!("the code does not parse: {e}")),
+                    ApplyError::Edit(EditError::Syntax(e)) => {
+                        (Stage::Syntax, format!("the code does not parse: {e}"))
+                    }
                     other => (Stage::Syntax, other.to_string()),
                 })?;
                 if plan.is_noop() {
@@ -1090,19 +1235,29 @@ impl<'a, 'p> Run<'a, 'p> {
                         before,
                     });
                 }
-                Ok(Some(Planned { module: plan.module.clone(), files, changes: plan.changes }))
+                Ok(Some(Planned {
+                    module: plan.module.clone(),
+                    files,
+                    changes: plan.changes,
+                }))
             }
         }
     }
 
     fn record(&mut self, rec: CandidateRecord) -> Result<(), EvolveError> {
-        self.log.append(&LogRecord::Candidate(Box::new(rec.clone())))?;
+        self.log
+            .append(&LogRecord::Candidate(Box::new(rec.clone())))?;
         self.emit(EvolveEvent::CandidateFinished(Box::new(rec.clone())));
         self.records.push(rec);
         Ok(())
     }
 
-    fn rejected_early(&mut self, c: &Cand, stage: Stage, reason: String) -> Result<(), EvolveError> {
+    fn rejected_early(
+        &mut self,
+        c: &Cand,
+        stage: Stage,
+        reason: String,
+    ) -> Result<(), EvolveError> {
         self.evaluated += 1;
         let rec = CandidateRecord {
             id: c.id,
@@ -1135,7 +1290,12 @@ impl<'a, 'p> Run<'a, 'p> {
         if cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst)) {
             return Some(StopReason::Cancelled);
         }
-        if self.ev.opts.budget.is_some_and(|b| self.start.elapsed() >= b) {
+        if self
+            .ev
+            .opts
+            .budget
+            .is_some_and(|b| self.start.elapsed() >= b)
+        {
             return Some(StopReason::Budget);
         }
         None
@@ -1154,151 +1314,214 @@ impl<'a, 'p> Run<'a, 'p> {
         let mut in_flight: HashMap<usize, (Cand, Planned, usize)> = HashMap::new();
         let mut stop_reason = None;
         let settings = Arc::clone(&self.settings);
-        std::thread::scope(|scope| -> Result<(StopReason, Vec<WorkerState>), EvolveError> {
-            let mut handles = Vec::new();
-            for (i, slot) in slots.into_iter().enumerate() {
-                let (jtx, jrx) = mpsc::channel::<Job>();
-                job_txs.push(Some(jtx));
-                idle.push(i);
-                let st = WorkerState { index: i, slot, version: 0, dirty: HashMap::new() };
-                let (s, b, t) = (Arc::clone(&settings), Arc::clone(base), tx.clone());
-                handles.push(scope.spawn(move || worker(st, s, b, jrx, t)));
-            }
-            idle.reverse();
-            let result: Result<(), EvolveError> = (|| {
-                loop {
-                    if stop_reason.is_none() {
-                        stop_reason = self.stop_reason(cancel);
-                        if stop_reason.is_some() {
-                            settings.stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    if stop_reason.is_none() && !self.proposer_running && self.queue.is_empty() && in_flight.is_empty() && !self.start_proposer(scope, &tx, base) {
-                        stop_reason = Some(StopReason::Exhausted);
-                    }
-                    if stop_reason.is_some() && in_flight.is_empty() {
-                        break;
-                    }
-                    // Dispatch.
-                    while stop_reason.is_none() && !idle.is_empty() {
-                        if self.ev.opts.max_candidates.is_some_and(|m| self.evaluated + in_flight.len() >= m) {
-                            if in_flight.is_empty() {
-                                stop_reason = Some(StopReason::MaxCandidates);
+        std::thread::scope(
+            |scope| -> Result<(StopReason, Vec<WorkerState>), EvolveError> {
+                let mut handles = Vec::new();
+                for (i, slot) in slots.into_iter().enumerate() {
+                    let (jtx, jrx) = mpsc::channel::<Job>();
+                    job_txs.push(Some(jtx));
+                    idle.push(i);
+                    let st = WorkerState {
+                        index: i,
+                        slot,
+                        version: 0,
+                        dirty: HashMap::new(),
+                    };
+                    let (s, b, t) = (Arc::clone(&settings), Arc::clone(base), tx.clone());
+                    handles.push(scope.spawn(move || worker(st, s, b, jrx, t)));
+                }
+                idle.reverse();
+                let result: Result<(), EvolveError> = (|| {
+                    loop {
+                        if stop_reason.is_none() {
+                            stop_reason = self.stop_reason(cancel);
+                            if stop_reason.is_some() {
+                                settings.stop.store(true, Ordering::SeqCst);
                             }
+                        }
+                        if stop_reason.is_none()
+                            && !self.proposer_running
+                            && self.queue.is_empty()
+                            && in_flight.is_empty()
+                            && !self.start_proposer(scope, &tx, base)
+                        {
+                            stop_reason = Some(StopReason::Exhausted);
+                        }
+                        if stop_reason.is_some() && in_flight.is_empty() {
                             break;
                         }
-                        let Some(c) = self.queue.pop_front() else { break };
-                        match self.plan(&c) {
-                            Ok(None) => continue,
-                            Err((stage, reason)) => self.rejected_early(&c, stage, reason)?,
-                            Ok(Some(p)) => {
-                                let Some(w) = idle.pop() else { break };
-                                let version = lock(base).version;
-                                let files = p.files.iter().map(|f| (f.path.clone(), f.before.clone(), f.after())).collect();
-                                self.emit(EvolveEvent::CandidateStarted {
-                                    worker: w,
-                                    id: c.id,
-                                    source: c.source.clone(),
-                                    description: c.description.clone(),
-                                });
-                                if let Some(Some(jtx)) = job_txs.get(w) {
-                                    let _ = jtx.send(Job { cand: c.id, files, version });
+                        // Dispatch.
+                        while stop_reason.is_none() && !idle.is_empty() {
+                            if self
+                                .ev
+                                .opts
+                                .max_candidates
+                                .is_some_and(|m| self.evaluated + in_flight.len() >= m)
+                            {
+                                if in_flight.is_empty() {
+                                    stop_reason = Some(StopReason::MaxCandidates);
                                 }
-                                in_flight.insert(c.id, (c, p, w));
+                                break;
                             }
-                        }
-                    }
-                    if stop_reason.is_some() && in_flight.is_empty() {
-                        break;
-                    }
-                    let msg = match rx.recv_timeout(Duration::from_millis(100)) {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    };
-                    match msg {
-                        Msg::Event(e) => self.emit(e),
-                        Msg::Proposed { round, result, duration } => {
-                            self.proposer_running = false;
-                            self.take_proposals(round, result, duration)?;
-                        }
-                        Msg::Done { worker, cand, outcome } => {
-                            idle.push(worker);
-                            let Some((c, planned, w)) = in_flight.remove(&cand) else { continue };
-                            match *outcome {
-                                Outcome::Stale => {
-                                    let mut c = c;
-                                    c.requeued += 1;
-                                    if c.requeued <= 3 {
-                                        self.queue.push_front(c);
-                                    }
-                                }
-                                Outcome::Evaluated { stages, fitness, verdict, stage, reason, verified, duration } => {
-                                    self.evaluated += 1;
+                            let Some(c) = self.queue.pop_front() else {
+                                break;
+                            };
+                            match self.plan(&c) {
+                                Ok(None) => continue,
+                                Err((stage, reason)) => self.rejected_early(&c, stage, reason)?,
+                                Ok(Some(p)) => {
+                                    let Some(w) = idle.pop() else { break };
                                     let version = lock(base).version;
-                                    let diff = planned.files.iter().map(|f| unified_diff(&format!("a/{}", f.path), &format!("b/{}", f.path), &f.before, &f.after())).collect::<String>();
-                                    let mut rec = CandidateRecord {
+                                    let files = p
+                                        .files
+                                        .iter()
+                                        .map(|f| (f.path.clone(), f.before.clone(), f.after()))
+                                        .collect();
+                                    self.emit(EvolveEvent::CandidateStarted {
+                                        worker: w,
                                         id: c.id,
-                                        key: c.key.clone(),
                                         source: c.source.clone(),
                                         description: c.description.clone(),
-                                        module: Some(planned.module.clone()),
-                                        files: planned.files.iter().map(|f| f.path.clone()).collect(),
-                                        diff: Some(diff),
-                                        worker: Some(w),
-                                        baseline_version: version,
+                                    });
+                                    if let Some(Some(jtx)) = job_txs.get(w) {
+                                        let _ = jtx.send(Job {
+                                            cand: c.id,
+                                            files,
+                                            version,
+                                        });
+                                    }
+                                    in_flight.insert(c.id, (c, p, w));
+                                }
+                            }
+                        }
+                        if stop_reason.is_some() && in_flight.is_empty() {
+                            break;
+                        }
+                        let msg = match rx.recv_timeout(Duration::from_millis(100)) {
+                            Ok(m) => m,
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        };
+                        match msg {
+                            Msg::Event(e) => self.emit(e),
+                            Msg::Proposed {
+                                round,
+                                result,
+                                duration,
+                            } => {
+                                self.proposer_running = false;
+                                self.take_proposals(round, result, duration)?;
+                            }
+                            Msg::Done {
+                                worker,
+                                cand,
+                                outcome,
+                            } => {
+                                idle.push(worker);
+                                let Some((c, planned, w)) = in_flight.remove(&cand) else {
+                                    continue;
+                                };
+                                match *outcome {
+                                    Outcome::Stale => {
+                                        let mut c = c;
+                                        c.requeued += 1;
+                                        if c.requeued <= 3 {
+                                            self.queue.push_front(c);
+                                        }
+                                    }
+                                    Outcome::Evaluated {
                                         stages,
                                         fitness,
                                         verdict,
                                         stage,
                                         reason,
-                                        evolution: None,
-                                        duration_ms: ms(duration),
-                                    };
-                                    if verdict == Verdict::Accepted {
-                                        match self.accept(&c, &planned, &mut rec, verified, base) {
-                                            Ok(()) => {}
-                                            Err(e) => {
-                                                rec.verdict = Verdict::Rejected;
-                                                rec.reason = Some(format!("could not be applied: {e}"));
-                                                self.record(rec)?;
-                                                return Err(e);
+                                        verified,
+                                        duration,
+                                    } => {
+                                        self.evaluated += 1;
+                                        let version = lock(base).version;
+                                        let diff = planned
+                                            .files
+                                            .iter()
+                                            .map(|f| {
+                                                unified_diff(
+                                                    &format!("a/{}", f.path),
+                                                    &format!("b/{}", f.path),
+                                                    &f.before,
+                                                    &f.after(),
+                                                )
+                                            })
+                                            .collect::<String>();
+                                        let mut rec = CandidateRecord {
+                                            id: c.id,
+                                            key: c.key.clone(),
+                                            source: c.source.clone(),
+                                            description: c.description.clone(),
+                                            module: Some(planned.module.clone()),
+                                            files: planned
+                                                .files
+                                                .iter()
+                                                .map(|f| f.path.clone())
+                                                .collect(),
+                                            diff: Some(diff),
+                                            worker: Some(w),
+                                            baseline_version: version,
+                                            stages,
+                                            fitness,
+                                            verdict,
+                                            stage,
+                                            reason,
+                                            evolution: None,
+                                            duration_ms: ms(duration),
+                                        };
+                                        if verdict == Verdict::Accepted {
+                                            match self
+                                                .accept(&c, &planned, &mut rec, verified, base)
+                                            {
+                                                Ok(()) => {}
+                                                Err(e) => {
+                                                    rec.verdict = Verdict::Rejected;
+                                                    rec.reason =
+                                                        Some(format!("could not be applied: {e}"));
+                                                    self.record(rec)?;
+                                                    return Err(e);
+                                                }
                                             }
                                         }
-                                    }
-                                    self.record(rec)?;
-                                    if verdict == Verdict::Accepted {
-                                        self.scan_rules(base);
+                                        self.record(rec)?;
+                                        if verdict == Verdict::Accepted {
+                                            self.scan_rules(base);
+                                        }
                                     }
                                 }
                             }
                         }
                     }
+                    Ok(())
+                })();
+                // Stop the workers: close their queues, kill what runs when stopping.
+                if result.is_err() {
+                    settings.stop.store(true, Ordering::SeqCst);
                 }
-                Ok(())
-            })();
-            // Stop the workers: close their queues, kill what runs when stopping.
-            if result.is_err() {
-                settings.stop.store(true, Ordering::SeqCst);
-            }
-            job_txs.clear();
-            drop(tx);
-            let mut states = Vec::new();
-            for h in handles {
-                if let Ok(s) = h.join() {
-                    states.push(s);
+                job_txs.clear();
+                drop(tx);
+                let mut states = Vec::new();
+                for h in handles {
+                    if let Ok(s) = h.join() {
+                        states.push(s);
+                    }
                 }
-            }
-            // Events and results still queued (cancelled candidates).
-            for msg in rx.try_iter() {
-                if let Msg::Event(e) = msg {
-                    self.emit(e);
+                // Events and results still queued (cancelled candidates).
+                for msg in rx.try_iter() {
+                    if let Msg::Event(e) = msg {
+                        self.emit(e);
+                    }
                 }
-            }
-            result?;
-            states.sort_by_key(|s| s.index);
-            Ok((stop_reason.unwrap_or(StopReason::Exhausted), states))
-        })
+                result?;
+                states.sort_by_key(|s| s.index);
+                Ok((stop_reason.unwrap_or(StopReason::Exhausted), states))
+            },
+        )
     }
 
     fn accept(
@@ -1325,14 +1548,21 @@ impl<'a, 'p> Run<'a, 'p> {
             files: p.files.clone(),
             changes: p.changes.clone(),
             message: Some(message),
-            fitness: Some(Fitness { before: f.baseline_median, after: f.candidate_median }),
+            fitness: Some(Fitness {
+                before: f.baseline_median,
+                after: f.candidate_median,
+            }),
         };
         let mut report = VerifyReport::skipped();
         report.outcome = VerifyOutcome::Passed;
         report.duration = verified;
         report.command = format!(
             "cargo check, cargo test{} in an isolated copy",
-            if self.settings.test_command.is_some() { " (custom)" } else { "" }
+            if self.settings.test_command.is_some() {
+                " (custom)"
+            } else {
+                ""
+            }
         );
         let opts = ApplyOptions {
             dry_run: false,
@@ -1347,7 +1577,10 @@ impl<'a, 'p> Run<'a, 'p> {
             .ev
             .project
             .apply(&Operation::Patch(patch), &opts, &mut |_| {})
-            .map_err(|e| EvolveError::Apply { candidate: c.id, source: Box::new(e) })?;
+            .map_err(|e| EvolveError::Apply {
+                candidate: c.id,
+                source: Box::new(e),
+            })?;
         let evolution = outcome.evolution.map(|e| e.short_id).unwrap_or_default();
         rec.evolution = Some(evolution.clone());
         {
@@ -1355,11 +1588,15 @@ impl<'a, 'p> Run<'a, 'p> {
             let mut step = Vec::new();
             for file in &p.files {
                 let after = file.after();
-                b.slot.write(&file.path, &after).map_err(|source| EvolveError::Io {
-                    path: b.slot.dir().join(&file.path),
-                    source,
-                })?;
-                self.initial.entry(file.path.clone()).or_insert_with(|| file.before.clone());
+                b.slot
+                    .write(&file.path, &after)
+                    .map_err(|source| EvolveError::Io {
+                        path: b.slot.dir().join(&file.path),
+                        source,
+                    })?;
+                self.initial
+                    .entry(file.path.clone())
+                    .or_insert_with(|| file.before.clone());
                 step.push((file.path.clone(), after));
             }
             b.steps.push(step);
@@ -1411,7 +1648,11 @@ impl<'a, 'p> Run<'a, 'p> {
                 Ok(r) => r,
                 Err(e) => Err(e.to_string()),
             };
-            let _ = tx.send(Msg::Proposed { round, result, duration: t.elapsed() });
+            let _ = tx.send(Msg::Proposed {
+                round,
+                result,
+                duration: t.elapsed(),
+            });
         });
         true
     }
@@ -1424,7 +1665,11 @@ impl<'a, 'p> Run<'a, 'p> {
             .filter_map(|m| {
                 let rel = self.slot_project.relative(&m.file);
                 let source = std::fs::read_to_string(dir.join(&rel)).ok()?;
-                Some(TargetSource { module: m.path.clone(), file: rel, source })
+                Some(TargetSource {
+                    module: m.path.clone(),
+                    file: rel,
+                    source,
+                })
             })
             .collect();
         let history: Vec<HistoryEntry> = self
@@ -1488,16 +1733,27 @@ impl<'a, 'p> Run<'a, 'p> {
             candidates: proposals.len(),
             duration_ms: ms(duration),
         })?;
-        self.emit(EvolveEvent::ProposerFinished { round, candidates: proposals.len(), error: reason.clone() });
+        self.emit(EvolveEvent::ProposerFinished {
+            round,
+            candidates: proposals.len(),
+            error: reason.clone(),
+        });
         if let Some(reason) = reason {
             // The whole answer is unusable: one rejected entry says why.
             let c = Cand {
                 id: self.next_id,
-                key: format!("proposer:{}:round{round}:{}", self.ev.run_id, short_hash(&reason)),
+                key: format!(
+                    "proposer:{}:round{round}:{}",
+                    self.ev.run_id,
+                    short_hash(&reason)
+                ),
                 source: Source::Proposer { round },
                 description: format!("proposer round {round}"),
                 module: None,
-                recipe: Recipe::Edit { module: String::new(), edit: Edit::merge("") },
+                recipe: Recipe::Edit {
+                    module: String::new(),
+                    edit: Edit::merge(""),
+                },
                 requeued: 0,
             };
             self.next_id += 1;
@@ -1508,22 +1764,40 @@ impl<'a, 'p> Run<'a, 'p> {
         for p in proposals {
             let id = self.next_id;
             match p {
-                Proposal::Invalid { description, module, reason } => {
+                Proposal::Invalid {
+                    description,
+                    module,
+                    reason,
+                } => {
                     self.next_id += 1;
                     let c = Cand {
                         id,
-                        key: format!("proposer:invalid:{}", short_hash(&format!("{description}{module:?}{reason}"))),
+                        key: format!(
+                            "proposer:invalid:{}",
+                            short_hash(&format!("{description}{module:?}{reason}"))
+                        ),
                         source: Source::Proposer { round },
                         description,
                         module,
-                        recipe: Recipe::Edit { module: String::new(), edit: Edit::merge("") },
+                        recipe: Recipe::Edit {
+                            module: String::new(),
+                            edit: Edit::merge(""),
+                        },
                         requeued: 0,
                     };
                     self.rejected_early(&c, Stage::Proposal, reason)?;
                     new += 1;
                 }
-                Proposal::Edit { module, code, mode, description } => {
-                    let key = format!("proposer:{}", short_hash(&format!("{module}\n{mode:?}\n{code}")));
+                Proposal::Edit {
+                    module,
+                    code,
+                    mode,
+                    description,
+                } => {
+                    let key = format!(
+                        "proposer:{}",
+                        short_hash(&format!("{module}\n{mode:?}\n{code}"))
+                    );
                     if !self.seen.insert(key.clone()) {
                         continue;
                     }
@@ -1567,14 +1841,20 @@ impl<'a, 'p> Run<'a, 'p> {
         // The first baseline against the final state, side by side.
         let mut overall = None;
         if !self.accepted.is_empty() && stop != StopReason::Cancelled && !workers.is_empty() {
-            self.emit(EvolveEvent::Phase { message: "measuring the first baseline against the result".into() });
+            self.emit(EvolveEvent::Phase {
+                message: "measuring the first baseline against the result".into(),
+            });
             let w = &mut workers[0];
             let io = |path: PathBuf| move |source| EvolveError::Io { path, source };
             for (rel, text) in std::mem::take(&mut w.dirty) {
-                w.slot.write(&rel, &text).map_err(io(w.slot.dir().join(&rel)))?;
+                w.slot
+                    .write(&rel, &text)
+                    .map_err(io(w.slot.dir().join(&rel)))?;
             }
             for (rel, text) in &self.initial {
-                w.slot.write(rel, text).map_err(io(w.slot.dir().join(rel)))?;
+                w.slot
+                    .write(rel, text)
+                    .map_err(io(w.slot.dir().join(rel)))?;
             }
             let settings = Settings {
                 stop: Arc::new(AtomicBool::new(false)),
@@ -1592,7 +1872,9 @@ impl<'a, 'p> Run<'a, 'p> {
             match result {
                 Ok(f) => overall = Some(f),
                 Err((_, m)) => {
-                    self.emit(EvolveEvent::Warning { message: format!("the final comparison failed: {m}") });
+                    self.emit(EvolveEvent::Warning {
+                        message: format!("the final comparison failed: {m}"),
+                    });
                 }
             }
             // Leave the worker's copy at the final state for the next run's warm builds.
@@ -1601,13 +1883,29 @@ impl<'a, 'p> Run<'a, 'p> {
             }
         }
         let all: Vec<CandidateRecord> = self.prior.iter().chain(&self.records).cloned().collect();
-        let unit = if self.ev.opts.metric.is_some() { "metric" } else { "s" };
-        let chart_path = root.join(super::log::LOG_DIR).join(format!("{}.svg", self.ev.run_id));
-        let title = format!("heph evolve {}: fitness ({})", self.ev.run_id, if self.ev.opts.maximize { "higher is better" } else { "lower is better" });
+        let unit = if self.ev.opts.metric.is_some() {
+            "metric"
+        } else {
+            "s"
+        };
+        let chart_path = root
+            .join(super::log::LOG_DIR)
+            .join(format!("{}.svg", self.ev.run_id));
+        let title = format!(
+            "heph evolve {}: fitness ({})",
+            self.ev.run_id,
+            if self.ev.opts.maximize {
+                "higher is better"
+            } else {
+                "lower is better"
+            }
+        );
         let chart = match std::fs::write(&chart_path, super::chart::svg(&title, unit, &all)) {
             Ok(()) => Some(chart_path),
             Err(e) => {
-                self.emit(EvolveEvent::Warning { message: format!("cannot write the chart: {e}") });
+                self.emit(EvolveEvent::Warning {
+                    message: format!("cannot write the chart: {e}"),
+                });
                 None
             }
         };
@@ -1705,7 +2003,11 @@ fn baseline(
     let mut stages = Vec::new();
     let runner = Runner::Baseline;
     for stage in [Stage::Check, Stage::Build, Stage::Test] {
-        on_event(&EvolveEvent::StageStarted { runner, candidate: None, stage });
+        on_event(&EvolveEvent::StageStarted {
+            runner,
+            candidate: None,
+            stage,
+        });
         let rec = match stage {
             Stage::Check => cargo_json(s, dir, stage, &["check", "--all-targets"])?,
             Stage::Build => cargo_json(s, dir, stage, &["test", "--no-run"])?,
@@ -1714,7 +2016,11 @@ fn baseline(
                 test_stage(s, dir)?
             }
         };
-        on_event(&EvolveEvent::StageFinished { runner, candidate: None, record: rec.clone() });
+        on_event(&EvolveEvent::StageFinished {
+            runner,
+            candidate: None,
+            record: rec.clone(),
+        });
         if rec.outcome != StageOutcome::Passed {
             return Err(EvolveError::Baseline {
                 stage,
@@ -1724,9 +2030,17 @@ fn baseline(
         }
         stages.push(rec);
     }
-    on_event(&EvolveEvent::StageStarted { runner, candidate: None, stage: Stage::Fitness });
+    on_event(&EvolveEvent::StageStarted {
+        runner,
+        candidate: None,
+        stage: Stage::Fitness,
+    });
     let t = Instant::now();
-    let fail = |(_, reason): (StageOutcome, String)| EvolveError::Baseline { stage: Stage::Fitness, reason, output: None };
+    let fail = |(_, reason): (StageOutcome, String)| EvolveError::Baseline {
+        stage: Stage::Fitness,
+        reason,
+        output: None,
+    };
     // The first run builds what the command needs: not a sample.
     measure_once(s, dir, s.build_timeout).map_err(fail)?;
     let mut samples = Vec::new();
@@ -1740,7 +2054,11 @@ fn baseline(
         reason: None,
         output: None,
     };
-    on_event(&EvolveEvent::StageFinished { runner, candidate: None, record: rec.clone() });
+    on_event(&EvolveEvent::StageFinished {
+        runner,
+        candidate: None,
+        record: rec.clone(),
+    });
     stages.push(rec);
     Ok((stages, samples))
 }
@@ -1757,8 +2075,14 @@ fn target_modules(project: &Project, targets: &[String]) -> Result<Vec<Module>, 
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for m in resolver.all_modules(10_000) {
-        let Some(pkg) = project.package(&m.package) else { continue };
-        let wanted = if pkg.lib().is_some() { TargetKind::Lib } else { TargetKind::Bin };
+        let Some(pkg) = project.package(&m.package) else {
+            continue;
+        };
+        let wanted = if pkg.lib().is_some() {
+            TargetKind::Lib
+        } else {
+            TargetKind::Bin
+        };
         if m.target_kind == wanted && seen.insert((m.file.clone(), m.inline.clone())) {
             out.push(m);
         }

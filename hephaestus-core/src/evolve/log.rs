@@ -30,7 +30,7 @@ pub enum LogRecord {
         /// The project root.
         project: PathBuf,
         /// Every setting, resolved.
-        settings: EvolveConfig,
+        settings: Box<EvolveConfig>,
     },
     /// The project as it was, checked, tested and measured in its copy.
     Baseline {
@@ -157,7 +157,7 @@ pub fn settings(root: &Path, run_id: &str) -> Result<EvolveConfig, EvolveError> 
     read(root, run_id)?
         .into_iter()
         .find_map(|r| match r {
-            LogRecord::Run { settings, .. } => Some(settings),
+            LogRecord::Run { settings, .. } => Some(*settings),
             _ => None,
         })
         .ok_or_else(|| EvolveError::UnknownRun {

@@ -25,7 +25,7 @@
 //!
 //! Architecture invariant: a candidate never touches the user's tree before it is
 //! accepted. Candidates are built, tested and measured in slots (see [`sandbox`]); the
-//! only writes to the project are accepted candidates, through [`Project::apply`] (lock,
+//! only writes to the project are accepted candidates, through [`Project::apply`](crate::Project::apply) (lock,
 //! history, atomic writes), and the run log in `.heph/evolve/`.
 
 pub mod chart;

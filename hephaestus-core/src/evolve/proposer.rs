@@ -140,7 +140,7 @@ fn tail_note(stderr: &str) -> String {
 }
 
 fn human(d: Duration) -> String {
-    if d.as_secs() >= 60 && d.as_secs() % 60 == 0 {
+    if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
         format!("{}m", d.as_secs() / 60)
     } else {
         format!("{}s", d.as_secs_f64())
@@ -168,7 +168,11 @@ pub fn parse(stdout: &str) -> Result<Vec<Proposal>, String> {
             return Err("the proposer's output must be a JSON array of candidates".into());
         }
     };
-    Ok(list.into_iter().enumerate().map(|(i, v)| entry(i, v)).collect())
+    Ok(list
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| entry(i, v))
+        .collect())
 }
 
 fn entry(i: usize, v: Value) -> Proposal {
@@ -215,21 +219,34 @@ mod tests {
 
     #[test]
     fn answers_parse_and_bad_entries_say_why() {
-        let ok = parse(r#"[{"module":"crate::a","code":"fn f() {}","description":"d"},
+        let ok = parse(
+            r#"[{"module":"crate::a","code":"fn f() {}","description":"d"},
             {"module":"../etc","code":"fn g() {}"},
             {"module":"crate::a","code":"x","mode":"weird"},
-            {"code":"fn h() {}"}, 3]"#)
+            {"code":"fn h() {}"}, 3]"#,
+        )
         .expect("a list");
         assert_eq!(ok.len(), 5);
-        assert!(matches!(&ok[0], Proposal::Edit { mode: EditMode::Merge, .. }));
-        for (p, needle) in ok[1..].iter().zip(["invalid module path", "unknown mode", "no \"module\"", "not an object"]) {
+        assert!(matches!(
+            &ok[0],
+            Proposal::Edit {
+                mode: EditMode::Merge,
+                ..
+            }
+        ));
+        for (p, needle) in ok[1..].iter().zip([
+            "invalid module path",
+            "unknown mode",
+            "no \"module\"",
+            "not an object",
+        ]) {
             match p {
                 Proposal::Invalid { reason, .. } => assert!(reason.contains(needle), "{reason}"),
                 other => panic!("{other:?}"),
             }
         }
-        assert!(parse("not json").unwrap_err().contains("not valid JSON"));
-        assert!(parse("{\"x\":1}").unwrap_err().contains("array"));
+        assert!(parse("not json").is_err_and(|e| e.contains("not valid JSON")));
+        assert!(parse("{\"x\":1}").is_err_and(|e| e.contains("array")));
         assert_eq!(parse("{\"candidates\":[]}").expect("empty"), vec![]);
     }
 
@@ -237,10 +254,24 @@ mod tests {
     fn hanging_and_failing_proposers_are_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ctx = serde_json::json!({"protocol": 1});
-        let r = run("sleep 5", dir.path(), &ctx, Duration::from_millis(200), None).expect("runs");
-        assert!(r.unwrap_err().contains("did not answer"));
-        let r = run("echo oops >&2; exit 3", dir.path(), &ctx, Duration::from_secs(5), None).expect("runs");
-        let e = r.unwrap_err();
+        let r = run(
+            "sleep 5",
+            dir.path(),
+            &ctx,
+            Duration::from_millis(200),
+            None,
+        )
+        .expect("runs");
+        assert!(r.is_err_and(|e| e.contains("did not answer")));
+        let r = run(
+            "echo oops >&2; exit 3",
+            dir.path(),
+            &ctx,
+            Duration::from_secs(5),
+            None,
+        )
+        .expect("runs");
+        let e = r.err().unwrap_or_default();
         assert!(e.contains("exit code 3") && e.contains("oops"), "{e}");
         let r = run(
             "cat >/dev/null; echo '[{\"module\":\"a\",\"code\":\"fn f(){}\"}]'",

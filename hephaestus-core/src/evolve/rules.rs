@@ -224,7 +224,7 @@ struct Compiled {
 }
 
 enum Shape {
-    Expr(Expr),
+    Expr(Box<Expr>),
     Stmts(Vec<Stmt>),
 }
 
@@ -274,7 +274,7 @@ fn preprocess(text: &str) -> (String, Vec<String>) {
 
 fn parse_shape(text: &str) -> Result<Shape, String> {
     if let Ok(e) = syn::parse_str::<Expr>(text) {
-        return Ok(Shape::Expr(e));
+        return Ok(Shape::Expr(Box::new(e)));
     }
     let block: Block = syn::parse_str(&format!("{{ {text} }}")).map_err(|e| e.to_string())?;
     if block.stmts.is_empty() {
@@ -330,7 +330,8 @@ impl Rule {
 
     fn compile(&self) -> Result<Compiled, String> {
         let (pattern, _) = preprocess(&self.pattern);
-        let shape = parse_shape(&pattern).map_err(|e| format!("the pattern does not parse: {e}"))?;
+        let shape =
+            parse_shape(&pattern).map_err(|e| format!("the pattern does not parse: {e}"))?;
         let (text, _) = preprocess(&self.replacement);
         let tight = match (&shape, parse_shape(&text)) {
             (_, Err(e)) => return Err(format!("the replacement does not parse: {e}")),
@@ -698,8 +699,7 @@ impl Finder<'_> {
         let last_use = self
             .module_items
             .iter()
-            .filter(|i| matches!(i, syn::Item::Use(_)))
-            .last();
+            .rfind(|i| matches!(i, syn::Item::Use(_)));
         let (at, indent, lead) = match last_use.or(self.module_items.first()) {
             None => return None,
             Some(item) => {
@@ -707,7 +707,9 @@ impl Finder<'_> {
                 let indent = line_indent(text, r.start).to_owned();
                 if last_use.is_some() {
                     // After the end of the last use's line.
-                    let end = text[r.end..].find('\n').map_or(text.len(), |i| r.end + i + 1);
+                    let end = text[r.end..]
+                        .find('\n')
+                        .map_or(text.len(), |i| r.end + i + 1);
                     (end, indent, String::new())
                 } else {
                     let start = text[..r.start].rfind('\n').map_or(0, |i| i + 1);
@@ -814,11 +816,7 @@ fn inner_block(block: &str) -> &str {
 }
 
 fn common_prefix(a: &str, b: &str) -> usize {
-    let mut n = a
-        .bytes()
-        .zip(b.bytes())
-        .take_while(|(x, y)| x == y)
-        .count();
+    let mut n = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
     while !a.is_char_boundary(n) || !b.is_char_boundary(n) {
         n -= 1;
     }
@@ -1152,7 +1150,9 @@ impl<'f> Matcher<'f> {
                     && match (&a.init, &b.init) {
                         (None, None) => true,
                         (Some(x), Some(y)) => {
-                            x.diverge.is_none() && y.diverge.is_none() && self.expr(&x.expr, &y.expr)
+                            x.diverge.is_none()
+                                && y.diverge.is_none()
+                                && self.expr(&x.expr, &y.expr)
                         }
                         _ => false,
                     }
@@ -1190,7 +1190,10 @@ impl<'f> Matcher<'f> {
             return p.tokens.to_string() == t.tokens.to_string();
         }
         let parse = |ts: &TokenStream| {
-            syn::parse::Parser::parse2(Punctuated::<Expr, syn::Token![,]>::parse_terminated, ts.clone())
+            syn::parse::Parser::parse2(
+                Punctuated::<Expr, syn::Token![,]>::parse_terminated,
+                ts.clone(),
+            )
         };
         match (parse(&p.tokens), parse(&t.tokens)) {
             (Ok(a), Ok(b)) => self.exprs(&a, &b),

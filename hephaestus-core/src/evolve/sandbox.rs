@@ -197,13 +197,17 @@ mod tests {
         let manifest = slot.read("Cargo.toml").expect("read");
         assert!(manifest.ends_with("[workspace]\n"), "{manifest}");
         let lib = slot.dir().join("src/lib.rs");
-        let mtime = fs::metadata(&lib).and_then(|m| m.modified()).expect("mtime");
+        let mtime = fs::metadata(&lib)
+            .and_then(|m| m.modified())
+            .expect("mtime");
         fs::create_dir_all(slot.dir().join("target/debug")).expect("mkdir");
         fs::write(slot.dir().join("stale.rs"), "old").expect("write");
         std::thread::sleep(std::time::Duration::from_millis(20));
         slot.sync_from(src.path(), &files).expect("sync");
         assert_eq!(
-            fs::metadata(&lib).and_then(|m| m.modified()).expect("mtime"),
+            fs::metadata(&lib)
+                .and_then(|m| m.modified())
+                .expect("mtime"),
             mtime,
             "an unchanged file is not rewritten"
         );

@@ -127,28 +127,61 @@ const CASES: &[(&str, &str, &str)] = &[
 
 /// (rule, code it must not rewrite).
 const NON_MATCHES: &[(&str, &str)] = &[
-    ("sort-unstable", "fn f(v: &mut Vec<u32>) { v.sort_by(|a, b| a.cmp(b)); }\n"),
-    ("sort-unstable", "fn f(v: &mut Vec<u32>) { v.sort_unstable(); }\n"),
+    (
+        "sort-unstable",
+        "fn f(v: &mut Vec<u32>) { v.sort_by(|a, b| a.cmp(b)); }\n",
+    ),
+    (
+        "sort-unstable",
+        "fn f(v: &mut Vec<u32>) { v.sort_unstable(); }\n",
+    ),
     ("sort-unstable", "fn f(v: &mut Vec<u32>) { sort(v); }\n"),
     // Test code is never rewritten.
-    ("sort-unstable", "#[test]\nfn t() { let mut v = vec![2, 1]; v.sort(); }\n"),
+    (
+        "sort-unstable",
+        "#[test]\nfn t() { let mut v = vec![2, 1]; v.sort(); }\n",
+    ),
     (
         "sort-unstable",
         "#[cfg(test)]\nmod tests { fn t() { let mut v = vec![2, 1]; v.sort(); } }\n",
     ),
     // Text inside a string or comment is not code.
-    ("sort-unstable", "fn f() -> &'static str { \"v.sort()\" } // v.sort()\n"),
+    (
+        "sort-unstable",
+        "fn f() -> &'static str { \"v.sort()\" } // v.sort()\n",
+    ),
     (
         "collect-len-to-count",
         "fn f(t: &[u8]) -> usize { t.iter().collect::<HashSet<_>>().len() }\n",
     ),
-    ("collect-len-to-count", "fn f(v: Vec<u8>) -> usize { v.len() }\n"),
-    ("format-to-string", "fn f(n: u32) -> String { format!(\"{:>4}\", n) }\n"),
-    ("format-to-string", "fn f(n: u32) -> String { format!(\"{} \", n) }\n"),
-    ("format-push-string", "fn f(s: &mut String) { *s += \"x\"; }\n"),
-    ("to-string-eq", "fn f(a: u32, b: &str) -> bool { a.to_string() != b }\n"),
-    ("for-clone-to-ref", "fn f(v: &[u8]) { for x in v.iter() { g(x); } }\n"),
-    ("cloned-filter-count", "fn f(n: &[u8]) -> usize { n.iter().cloned().count() }\n"),
+    (
+        "collect-len-to-count",
+        "fn f(v: Vec<u8>) -> usize { v.len() }\n",
+    ),
+    (
+        "format-to-string",
+        "fn f(n: u32) -> String { format!(\"{:>4}\", n) }\n",
+    ),
+    (
+        "format-to-string",
+        "fn f(n: u32) -> String { format!(\"{} \", n) }\n",
+    ),
+    (
+        "format-push-string",
+        "fn f(s: &mut String) { *s += \"x\"; }\n",
+    ),
+    (
+        "to-string-eq",
+        "fn f(a: u32, b: &str) -> bool { a.to_string() != b }\n",
+    ),
+    (
+        "for-clone-to-ref",
+        "fn f(v: &[u8]) { for x in v.iter() { g(x); } }\n",
+    ),
+    (
+        "cloned-filter-count",
+        "fn f(n: &[u8]) -> usize { n.iter().cloned().count() }\n",
+    ),
     (
         "vec-zeroed",
         "fn f(n: usize, m: usize) -> Vec<u8> { let mut b = Vec::with_capacity(n); b.resize(m, 0); b }\n",
@@ -162,13 +195,20 @@ const NON_MATCHES: &[(&str, &str)] = &[
         "vec-zeroed",
         "fn f() -> Vec<u8> { let mut b = Vec::with_capacity(len()); b.resize(len(), 0); b }\n",
     ),
-    ("clone-len", "fn f(v: &Vec<String>) -> usize { v.clone().capacity() }\n"),
+    (
+        "clone-len",
+        "fn f(v: &Vec<String>) -> usize { v.clone().capacity() }\n",
+    ),
 ];
 
 #[test]
 fn every_builtin_rule_loads_and_has_a_case() {
     let set = RuleSet::builtin();
-    assert_eq!(set.rules().len(), BUILTIN.len(), "a built-in rule failed to load");
+    assert_eq!(
+        set.rules().len(),
+        BUILTIN.len(),
+        "a built-in rule failed to load"
+    );
     assert!(set.rules().len() >= 10);
     for rule in set.rules() {
         assert!(
@@ -215,7 +255,10 @@ fn every_match_is_found_with_occurrences_and_items() {
     let ms = matches_of(&builtin("sort-unstable"), src);
     assert_eq!(ms.len(), 3);
     assert_eq!(ms[0].item.as_deref(), Some("fn S::a"));
-    assert_eq!((ms[0].occurrence, ms[1].occurrence, ms[2].occurrence), (0, 1, 0));
+    assert_eq!(
+        (ms[0].occurrence, ms[1].occurrence, ms[2].occurrence),
+        (0, 1, 0)
+    );
     assert_eq!(ms[2].item.as_deref(), Some("fn b"));
 }
 
@@ -223,7 +266,10 @@ fn every_match_is_found_with_occurrences_and_items() {
 fn nested_matches_and_precedence() {
     let src = "fn f(a: &mut Vec<u8>, b: &mut Vec<u8>) { (if x { a } else { b }).sort(); }\n";
     let out = rewrite("sort-unstable", src);
-    assert!(out.contains("(if x { a } else { b }).sort_unstable()"), "{out}");
+    assert!(
+        out.contains("(if x { a } else { b }).sort_unstable()"),
+        "{out}"
+    );
     // A metavariable bound to a binary expression is parenthesized as a receiver.
     let rule = Rule::parse(
         "neg",
@@ -239,7 +285,10 @@ fn nested_matches_and_precedence() {
         "test",
     )
     .expect("rule");
-    let ms = matches_of(&rule, "fn f(a: f64) -> f64 { (a + 1.0).powi(2) + g().powi(2) }\n");
+    let ms = matches_of(
+        &rule,
+        "fn f(a: f64) -> f64 { (a + 1.0).powi(2) + g().powi(2) }\n",
+    );
     assert_eq!(ms.len(), 1, "g() is not pure");
     assert_eq!(ms[0].after, "(a + 1.0) * (a + 1.0)");
 }
@@ -247,7 +296,10 @@ fn nested_matches_and_precedence() {
 #[test]
 fn invalid_rules_are_refused_with_their_reason() {
     for (text, needle) in [
-        ("risk = \"low\"\npattern = \"x\"\nreplacement = \"y\"\n", "description"),
+        (
+            "risk = \"low\"\npattern = \"x\"\nreplacement = \"y\"\n",
+            "description",
+        ),
         (
             "description = \"d\"\nrisk = \"low\"\npattern = \"$x.sort(\"\nreplacement = \"y\"\n",
             "pattern does not parse",
@@ -281,7 +333,11 @@ fn rules_load_from_a_directory_and_replace_builtins_by_id() {
     std::fs::write(dir.path().join("README.md"), "not a rule").expect("write");
     let set = RuleSet::load(&["builtin".into(), ".".into()], dir.path()).expect("load");
     assert_eq!(set.rules().len(), BUILTIN.len());
-    let mine = set.rules().iter().find(|r| r.id == "sort-unstable").expect("rule");
+    let mine = set
+        .rules()
+        .iter()
+        .find(|r| r.id == "sort-unstable")
+        .expect("rule");
     assert_eq!(mine.description, "mine");
     assert!(RuleSet::load(&["missing".into()], dir.path()).is_err());
 }
@@ -290,5 +346,8 @@ fn rules_load_from_a_directory_and_replace_builtins_by_id() {
 fn crlf_files_keep_their_line_endings() {
     let src = "fn f(n: usize) -> Vec<u8> {\r\n    let mut b = Vec::with_capacity(n);\r\n    b.resize(n, 0);\r\n    b\r\n}\r\n";
     let out = rewrite("vec-zeroed", src);
-    assert_eq!(out, "fn f(n: usize) -> Vec<u8> {\r\n    let mut b = vec![0; n];\r\n    b\r\n}\r\n");
+    assert_eq!(
+        out,
+        "fn f(n: usize) -> Vec<u8> {\r\n    let mut b = vec![0; n];\r\n    b\r\n}\r\n"
+    );
 }
