@@ -101,10 +101,6 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../templates/rules/bufwriter-file-create.toml"),
     ),
     (
-        "vec-zeroed",
-        include_str!("../../../templates/rules/vec-zeroed.toml"),
-    ),
-    (
         "clone-len",
         include_str!("../../../templates/rules/clone-len.toml"),
     ),

@@ -4,7 +4,16 @@
 use super::*;
 use crate::source::Origin;
 
+/// A statement-sequence rule (not shipped: LLVM already turns `with_capacity` +
+/// `resize(n, 0)` into `calloc`, so it measured no faster).
+const VEC_ZEROED: &str = "description = \"vec![z; n]\"\nrisk = \"low\"\n\
+    pattern = \"let mut $v = Vec::with_capacity($n); $v.resize($n, $z);\"\n\
+    replacement = \"let mut $v = vec![$z; $n];\"\n[metavars]\nn = \"pure\"\n";
+
 fn builtin(id: &str) -> Rule {
+    if id == "vec-zeroed" {
+        return Rule::parse(id, VEC_ZEROED, "test").expect("test rule");
+    }
     RuleSet::builtin()
         .rules()
         .iter()
@@ -212,7 +221,7 @@ fn every_builtin_rule_loads_and_has_a_case() {
     assert!(set.rules().len() >= 10);
     for rule in set.rules() {
         assert!(
-            CASES.iter().any(|(id, _, _)| *id == rule.id),
+            CASES.iter().any(|(id, _, _)| *id == rule.id) && rule.measured.is_some(),
             "no rewrite case for {}",
             rule.id
         );

@@ -37,7 +37,7 @@ fn bench(rule: &str, workload: &str, mut before: impl FnMut() -> u64, mut after:
         }
     }
     println!(
-        "| `{rule}` | {workload} | {:.1} µs | {:.1} µs | **{:.2}×** |",
+        "| `{rule}` | {workload} | {:.3} µs | {:.3} µs | **{:.2}×** |",
         b as f64 / 1000.0,
         a as f64 / 1000.0,
         b as f64 / a as f64
