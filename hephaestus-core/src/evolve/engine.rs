@@ -303,12 +303,16 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A command in a slot: its directory, its own target directory.
+/// A command in a slot: its directory, its own target directory, and debug and test
+/// builds without debug info (they are only checked and tested, never debugged: less
+/// to generate and link per candidate). Release builds are left as configured.
 fn slot_command(program: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(dir)
         .env("CARGO_TARGET_DIR", dir.join("target"))
-        .env("CARGO_TERM_COLOR", "never");
+        .env("CARGO_TERM_COLOR", "never")
+        .env("CARGO_PROFILE_DEV_DEBUG", "0")
+        .env("CARGO_PROFILE_TEST_DEBUG", "0");
     cmd
 }
 
