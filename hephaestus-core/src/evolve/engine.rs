@@ -1335,6 +1335,8 @@ impl<'a, 'p> Run<'a, 'p> {
                     handles.push(scope.spawn(move || worker(st, s, b, jrx, t)));
                 }
                 idle.reverse();
+                // The proposer's first round runs while the rules' candidates are evaluated.
+                self.start_proposer(scope, &tx, base);
                 let result: Result<(), EvolveError> = (|| {
                     loop {
                         if stop_reason.is_none() {
