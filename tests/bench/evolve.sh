@@ -29,7 +29,7 @@ echo "== cargo mutants -j2 in $WORK/mutants" >&2
 rm -rf "$WORK/mutants" && mkdir -p "$WORK/mutants"
 cp -r fixtures/slow-crate "$WORK/mutants/"
 start=$(date +%s.%N)
-(cd "$WORK/mutants/slow-crate" && CARGO_TARGET_DIR= cargo mutants -j2 --no-shuffle \
+(cd "$WORK/mutants/slow-crate" && env -u CARGO_TARGET_DIR cargo mutants -j2 --no-shuffle \
   --output "$WORK/mutants" > "$WORK/mutants.log" 2>&1) || true
 end=$(date +%s.%N)
 echo "$start $end" > "$WORK/mutants.wall"

@@ -84,7 +84,7 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
             "--metric",
             METRIC,
             "--runs",
-            "6",
+            "8",
             "--budget",
             "8m",
         ],

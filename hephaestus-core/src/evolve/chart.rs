@@ -147,3 +147,58 @@ fn short(v: f64) -> String {
     let digits = (4 - v.abs().log10().floor() as i32 - 1).clamp(0, 9) as usize;
     format!("{v:.digits$}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evolve::{FitnessRecord, Source};
+
+    fn record(id: usize, verdict: Verdict, before: f64, after: f64) -> CandidateRecord {
+        CandidateRecord {
+            id,
+            key: format!("k{id}"),
+            source: Source::Rule { rule: "r".into() },
+            description: "a <b> & c".into(),
+            module: None,
+            files: Vec::new(),
+            diff: None,
+            worker: Some(0),
+            baseline_version: 0,
+            stages: Vec::new(),
+            fitness: Some(FitnessRecord {
+                baseline: vec![before],
+                candidate: vec![after],
+                baseline_median: before,
+                candidate_median: after,
+                gain: (before - after) / before,
+                p_value: 0.004,
+            }),
+            verdict,
+            stage: None,
+            reason: None,
+            evolution: None,
+            duration_ms: 1,
+        }
+    }
+
+    #[test]
+    fn charts_points_and_escapes_text() {
+        let svg = svg(
+            "run",
+            "s",
+            &[
+                record(1, Verdict::Accepted, 2.0, 1.0),
+                record(2, Verdict::Rejected, 1.0, 1.1),
+            ],
+        );
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(
+            svg.matches("<circle cx=").count(),
+            4,
+            "2 points + 2 legend dots"
+        );
+        assert!(svg.contains("a &lt;b&gt; &amp; c"));
+        assert!(svg.contains("#2e9e44") && svg.contains("<polyline"));
+        assert!(super::svg("run", "s", &[]).contains("no candidate"));
+    }
+}

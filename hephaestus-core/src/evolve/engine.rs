@@ -1315,7 +1315,8 @@ impl<'a, 'p> Run<'a, 'p> {
         let (tx, rx) = mpsc::channel::<Msg>();
         let mut job_txs: Vec<Option<Sender<Job>>> = Vec::new();
         let mut idle: Vec<usize> = Vec::new();
-        let mut in_flight: HashMap<usize, (Cand, Planned, usize)> = HashMap::new();
+        // Candidate id → (candidate, its change, worker, baseline version it was built on).
+        let mut in_flight: HashMap<usize, (Cand, Planned, usize, u64)> = HashMap::new();
         let mut stop_reason = None;
         let settings = Arc::clone(&self.settings);
         std::thread::scope(
@@ -1396,7 +1397,7 @@ impl<'a, 'p> Run<'a, 'p> {
                                             version,
                                         });
                                     }
-                                    in_flight.insert(c.id, (c, p, w));
+                                    in_flight.insert(c.id, (c, p, w, version));
                                 }
                             }
                         }
@@ -1424,8 +1425,24 @@ impl<'a, 'p> Run<'a, 'p> {
                                 outcome,
                             } => {
                                 idle.push(worker);
-                                let Some((c, planned, w)) = in_flight.remove(&cand) else {
+                                let Some((c, planned, w, built_on)) = in_flight.remove(&cand)
+                                else {
                                     continue;
+                                };
+                                // Measured better, but against a baseline another candidate
+                                // has replaced since: evaluate it again on the new one.
+                                let stale = built_on != lock(base).version
+                                    && matches!(
+                                        &*outcome,
+                                        Outcome::Evaluated {
+                                            verdict: Verdict::Accepted,
+                                            ..
+                                        }
+                                    );
+                                let outcome = if stale {
+                                    Box::new(Outcome::Stale)
+                                } else {
+                                    outcome
                                 };
                                 match *outcome {
                                     Outcome::Stale => {

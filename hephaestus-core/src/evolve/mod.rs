@@ -614,7 +614,7 @@ pub enum EvolveError {
     History(#[from] crate::history::HistoryError),
     /// Applying an accepted candidate to the project failed (the project changed
     /// meanwhile?); the run stops.
-    #[error("applying candidate #{candidate} to the project failed: {source}")]
+    #[error("applying candidate #{candidate} to the project failed")]
     Apply {
         /// The candidate.
         candidate: usize,
