@@ -15,6 +15,15 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 cargo build --release -q -p hephaestus-cli
 HEPH=$TARGET/release/heph
 
+echo "== heph evolve, build+test throughput (rules, --jobs 2, a no-op fitness) in $WORK/thru" >&2
+rm -rf "$WORK/thru" && mkdir -p "$WORK/thru"
+cp -r fixtures/slow-crate "$WORK/thru/"
+start=$(date +%s.%N)
+(cd "$WORK/thru/slow-crate" && CARGO_TARGET_DIR="$WORK/thru/target" "$HEPH" evolve --json \
+  --fitness true --runs 2 --jobs 2 > "$WORK/thru.json") || true
+end=$(date +%s.%N)
+echo "$start $end" > "$WORK/thru.wall"
+
 echo "== heph evolve (rules, --jobs 2) in $WORK/heph" >&2
 rm -rf "$WORK/heph" && mkdir -p "$WORK/heph"
 cp -r fixtures/slow-crate "$WORK/heph/"
@@ -41,28 +50,32 @@ def wall(name):
     a, b = open(f"{work}/{name}.wall").read().split()
     return float(b) - float(a)
 
-h = json.load(open(f"{work}/heph.json"))
-cands = h["candidates"]
-bt, fit, per = [], [], {"check": [], "build": [], "test": [], "fitness": []}
-for c in cands:
-    s = {x["stage"]: x["duration_ms"] / 1000 for x in c["stages"]}
-    if "check" in s:
-        bt.append(s.get("check", 0) + s.get("build", 0) + s.get("test", 0))
-    for k in per:
-        if k in s:
-            per[k].append(s[k])
-hw = wall("heph")
-print("heph evolve: %d candidates in %.1f s wall (%.1f per minute, baseline and cold slot builds included)"
-      % (len(cands), hw, len(cands) / hw * 60))
-for k, v in per.items():
-    if v:
-        print("  %-8s mean %.3f s, median %.3f s over %d candidates" % (k, st.mean(v), st.median(v), len(v)))
-hm = st.mean(bt)
-print("  build+test (check + test build + tests) per candidate: mean %.3f s" % hm)
-if h.get("overall"):
-    o = h["overall"]
-    print("  fitness %.0f -> %.0f (%.2fx), %d accepted" % (o["baseline_median"], o["candidate_median"],
-          o["baseline_median"] / o["candidate_median"], len(h["accepted"])))
+def heph(name, title):
+    h = json.load(open(f"{work}/{name}.json"))
+    cands = h["candidates"]
+    bt, per = [], {"check": [], "build": [], "test": [], "fitness": []}
+    for c in cands:
+        s = {x["stage"]: x["duration_ms"] / 1000 for x in c["stages"]}
+        if "check" in s:
+            bt.append(s.get("check", 0) + s.get("build", 0) + s.get("test", 0))
+        for k in per:
+            if k in s:
+                per[k].append(s[k])
+    w = wall(name)
+    print("%s: %d candidates in %.1f s wall (%.1f per minute, baseline and slot warm-up included)"
+          % (title, len(cands), w, len(cands) / w * 60))
+    for k, v in per.items():
+        if v:
+            print("  %-8s mean %.3f s, median %.3f s over %d candidates" % (k, st.mean(v), st.median(v), len(v)))
+    print("  build+test (check + test build + tests) per candidate: mean %.3f s" % st.mean(bt))
+    if h.get("overall"):
+        o = h["overall"]
+        print("  fitness %.0f -> %.0f (%.2fx), %d accepted" % (o["baseline_median"], o["candidate_median"],
+              o["baseline_median"] / o["candidate_median"], len(h["accepted"])))
+    return st.mean(bt)
+
+hm = heph("thru", "heph evolve, no-op fitness (build+test throughput)")
+heph("heph", "heph evolve, real fitness")
 
 m = json.load(open(f"{work}/mutants/mutants.out/outcomes.json"))
 mb, mt, mbt, n, kinds = [], [], [], 0, {}

@@ -605,7 +605,7 @@ fn worker(
 ) -> WorkerState {
     let dir = w.slot.dir().to_path_buf();
     // Warm the slot's target directory before the first candidate.
-    let _ = cargo_json(&s, &dir, Stage::Check, &["check", "--all-targets"]);
+    let _ = cargo_json(&s, &dir, Stage::Check, &["check"]);
     let _ = cargo_json(&s, &dir, Stage::Build, &["test", "--no-run"]);
     let _ = measure_once(&s, &dir, s.build_timeout);
     for job in jobs {
@@ -736,7 +736,7 @@ fn evaluate(
         );
         let t = Instant::now();
         let rec = match stage {
-            Stage::Check => cargo_json(s, &dir, stage, &["check", "--all-targets"]),
+            Stage::Check => cargo_json(s, &dir, stage, &["check"]),
             Stage::Build => cargo_json(s, &dir, stage, &["test", "--no-run"]),
             _ => test_stage(s, &dir),
         };
@@ -2032,7 +2032,7 @@ fn baseline(
             stage,
         });
         let rec = match stage {
-            Stage::Check => cargo_json(s, dir, stage, &["check", "--all-targets"])?,
+            Stage::Check => cargo_json(s, dir, stage, &["check"])?,
             Stage::Build => cargo_json(s, dir, stage, &["test", "--no-run"])?,
             _ => {
                 // The baseline's own test time sets the default limit: none yet.

@@ -216,7 +216,7 @@ pub enum Stage {
     Proposal,
     /// The code parses and applies to its module.
     Syntax,
-    /// `cargo check --all-targets`.
+    /// `cargo check` of the libraries and binaries (test code is compiled by `Build`).
     Check,
     /// `cargo test --no-run`: building the tests.
     Build,
