@@ -1,8 +1,9 @@
 //! `heph evolve` end to end on `fixtures/slow-crate`: rules make it faster with every
 //! test passing and each step in the history; a pure-noise rule is never accepted; the
 //! user's files never change while a run evaluates candidates; a misbehaving proposer
-//! (invalid JSON, unparsable code, a `..` module, a candidate failing a test, a hang)
-//! has each candidate rejected with its reason while the run completes.
+//! (invalid JSON, unparsable code, a `..` module, candidates that fail a test, hang or
+//! crash, a proposer that hangs) has each candidate rejected with its reason while the
+//! run completes.
 //!
 //! The tests share the sandbox slots under the e2e target directory (warm builds), so
 //! they take turns.
@@ -252,7 +253,9 @@ case $n in
 2) cat <<'EOF'
 [{{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec( }}","description":"unparsable"}},
  {{"module":"../../outside","code":"pub fn f() {{}}","description":"escapes"}},
- {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec() }}","description":"compiles, fails a test"}}]
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec() }}","description":"compiles, fails a test"}},
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ let _ = input; loop {{ std::hint::spin_loop() }} }}","description":"hangs in the tests"}},
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ let _ = input; std::process::abort() }}","description":"crashes in the tests"}}]
 EOF
 ;;
 *) sleep 60 ;;
@@ -281,6 +284,8 @@ esac
             "3s",
             "--proposer-rounds",
             "3",
+            "--test-timeout",
+            "8s",
         ],
     );
     run.expect_code(1);
@@ -335,6 +340,18 @@ esac
             .contains("keeps_first_appearances_in_order"),
         "{failing:#}"
     );
+    let hangs = find("hangs in the tests");
+    assert_eq!(hangs["stage"], "test", "{hangs:#}");
+    assert!(
+        hangs["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("did not finish within")
+    );
+    assert_eq!(hangs["stages"][3]["outcome"], "timed-out", "{hangs:#}");
+    let crashes = find("crashes in the tests");
+    assert_eq!(crashes["stage"], "test", "{crashes:#}");
+    assert_eq!(crashes["stages"][3]["outcome"], "crashed", "{crashes:#}");
     let hang = find("did not answer");
     assert_eq!(hang["stage"], "proposal");
     assert!(
