@@ -609,7 +609,11 @@ fn worker(
     let _ = cargo_json(&s, &dir, Stage::Build, &["test", "--no-run"]);
     let _ = measure_once(&s, &dir, s.build_timeout);
     for job in jobs {
-        let outcome = evaluate(&mut w, &s, &base, &job, &tx);
+        // A bug in a stage must not leave the coordinator waiting for this candidate.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            evaluate(&mut w, &s, &base, &job, &tx)
+        }))
+        .unwrap_or_else(|_| Err(std::io::Error::other("the worker panicked")));
         let stop = outcome.is_err();
         let outcome = outcome.unwrap_or_else(|e| Outcome::Evaluated {
             stages: Vec::new(),

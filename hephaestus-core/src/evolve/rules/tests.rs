@@ -208,6 +208,30 @@ const NON_MATCHES: &[(&str, &str)] = &[
         "clone-len",
         "fn f(v: &Vec<String>) -> usize { v.clone().capacity() }\n",
     ),
+    (
+        "clone-len",
+        "fn f(v: &Vec<String>) -> usize { v.to_vec().len() }\n",
+    ),
+    (
+        "sort-unstable-by-key",
+        "fn f(v: &mut [(u8, u8)]) { v.sort_by(|a, b| a.1.cmp(&b.1)) }\n",
+    ),
+    (
+        "collect-is-empty-to-next",
+        "fn f(t: &[u8]) -> bool { t.iter().collect::<Vec<_>>().len() == 0 }\n",
+    ),
+    (
+        "push-str-format",
+        "fn f(out: &mut String, k: &str) { out.push_str(k); out.push_str(&k.to_string()); }\n",
+    ),
+    (
+        "bufwriter-file-create",
+        "fn f(p: &Path) -> io::Result<File> { File::create(p) }\n",
+    ),
+    (
+        "bufwriter-file-create",
+        "fn f(p: &Path) -> io::Result<()> { let _f = File::open(p)?; Ok(()) }\n",
+    ),
 ];
 
 #[test]
@@ -233,6 +257,17 @@ fn every_builtin_rule_loads_and_has_a_case() {
 fn rules_rewrite_byte_for_byte() {
     for (id, before, after) in CASES {
         assert_eq!(&rewrite(id, before), after, "rule {id}");
+    }
+}
+
+#[test]
+fn every_builtin_rule_has_a_non_match() {
+    for rule in RuleSet::builtin().rules() {
+        assert!(
+            NON_MATCHES.iter().any(|(id, _)| *id == rule.id),
+            "no non-matching case for {}",
+            rule.id
+        );
     }
 }
 
