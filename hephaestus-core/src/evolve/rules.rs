@@ -132,6 +132,10 @@ pub enum RuleError {
 impl crate::Categorized for RuleError {
     fn category(&self) -> crate::ErrorCategory {
         match self {
+            // A rules directory that does not exist is a wrong setting.
+            RuleError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                crate::ErrorCategory::BadInput
+            }
             RuleError::Read { .. } => crate::ErrorCategory::Environment,
             RuleError::Invalid { .. } => crate::ErrorCategory::BadInput,
         }
