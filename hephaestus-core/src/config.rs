@@ -188,6 +188,13 @@ pub struct EvolveConfig {
     pub sandbox_dir: Option<PathBuf>,
 }
 
+impl EvolveConfig {
+    /// No key is set: heph.toml has no (or an empty) `[evolve]` section.
+    pub fn is_empty(&self) -> bool {
+        *self == EvolveConfig::default()
+    }
+}
+
 impl Config {
     /// Read `heph.toml` at `root`; the default configuration when it does not exist.
     pub fn load(root: &Path) -> Result<Config, ConfigError> {

@@ -34,6 +34,10 @@ type Tree = Vec<(PathBuf, Vec<u8>)>;
 /// Run heph with `args` while another thread records every distinct state of the
 /// project's files; returns the run and the states seen (in order).
 fn run_watching(env: &TestEnv, args: &[&str]) -> (Run, Vec<Tree>) {
+    run_watching_with(env, args, &[])
+}
+
+fn run_watching_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> (Run, Vec<Tree>) {
     let stop = Arc::new(AtomicBool::new(false));
     let states = Arc::new(Mutex::new(vec![env.snapshot()]));
     let watcher = {
@@ -54,6 +58,7 @@ fn run_watching(env: &TestEnv, args: &[&str]) -> (Run, Vec<Tree>) {
     let output = env
         .heph()
         .args(args)
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("running heph");
@@ -199,8 +204,14 @@ fn a_noise_rule_is_never_accepted_and_leaves_no_trace() {
     let rules = env.temp().join("noise-rules").display().to_string();
     let before = env.snapshot();
     let mut runs = Vec::new();
-    for _ in 0..3 {
-        let (run, states) = run_watching(
+    for i in 0..3 {
+        // The first run is named the way the control API names the runs it starts.
+        let vars: &[(&str, &str)] = if i == 0 {
+            &[("HEPH_EVOLVE_RUN", "api-run-1")]
+        } else {
+            &[]
+        };
+        let (run, states) = run_watching_with(
             &env,
             &[
                 "evolve",
@@ -216,6 +227,7 @@ fn a_noise_rule_is_never_accepted_and_leaves_no_trace() {
                 "--target",
                 "crate::dedup",
             ],
+            vars,
         );
         run.expect_code(1);
         assert_eq!(states.len(), 1, "the user's files changed during a run");
@@ -230,6 +242,19 @@ fn a_noise_rule_is_never_accepted_and_leaves_no_trace() {
     assert_eq!(env.snapshot(), before, "a rejected candidate left a trace");
     let history = env.run(["history", "--kind", "evolve", "--json"]);
     assert_eq!(history.json()["evolutions"], serde_json::json!([]));
+
+    assert_eq!(runs[0], "api-run-1");
+    let again = env
+        .heph()
+        .env("HEPH_EVOLVE_RUN", "api-run-1")
+        .args(["evolve", "--fitness", FITNESS])
+        .output()
+        .expect("heph");
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a second run with the same id"
+    );
 
     // --resume skips what the run already decided.
     let resumed = env.run(["evolve", "--json", "--resume", &runs[0]]);

@@ -18,6 +18,10 @@ use hephaestus_core::evolve::{
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::change;
+
+/// Set by the control API when it starts `heph evolve`: the id the run must take, so
+/// that `.heph/evolve/RUN.jsonl` matches the `run_id` the API answered.
+const RUN_ID_VAR: &str = "HEPH_EVOLVE_RUN";
 use crate::output::{GlobalArgs, Output};
 
 /// Make the project faster: try rewrite rules and a proposer's candidates in isolated
@@ -156,6 +160,10 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     }
     let mut opts = EvolveOptions::from_config(&cfg)?;
     opts.resume = args.resume.clone();
+    // The control API names the runs it starts (`POST /hot-reload/trigger-evolution`).
+    if opts.resume.is_none() {
+        opts.run_id = std::env::var(RUN_ID_VAR).ok().filter(|v| !v.is_empty());
+    }
     opts.history_options = crate::project::history_options(out);
     opts.lock_timeout = args.lock_timeout;
     let cancel = Arc::new(AtomicBool::new(false));

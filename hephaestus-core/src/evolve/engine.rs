@@ -114,7 +114,29 @@ impl<'p> Evolver<'p> {
                 super::log::read(project.root(), id)?;
                 id.clone()
             }
-            None => new_run_id(),
+            None => match &opts.run_id {
+                Some(id) => {
+                    let dir = project.root().join(super::log::LOG_DIR);
+                    if id.is_empty()
+                        || id.starts_with('.')
+                        || !id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                    {
+                        return Err(EvolveError::Settings(format!(
+                            "run id `{id}`: use letters, digits, `-`, `_` and `.`"
+                        )));
+                    }
+                    if super::log::RunLog::path(project.root(), id).exists() {
+                        return Err(EvolveError::RunExists {
+                            run: id.clone(),
+                            dir,
+                        });
+                    }
+                    id.clone()
+                }
+                None => new_run_id(),
+            },
         };
         Ok(Evolver {
             project,

@@ -102,6 +102,9 @@ pub struct EvolveOptions {
     pub sandbox_dir: Option<PathBuf>,
     /// Continue the run with this id (its log's candidates are not evaluated again).
     pub resume: Option<String>,
+    /// The id of a new run (default: `YYYYMMDD-HHMMSS-xxxx`); the control API names the
+    /// runs it starts. Refused when a run with this id exists.
+    pub run_id: Option<String>,
     /// Identities and lock behaviour for recording accepted candidates.
     pub history_options: HistoryOptions,
     /// How long to wait for the project lock when applying a candidate.
@@ -134,6 +137,7 @@ impl EvolveOptions {
             test_command: None,
             sandbox_dir: None,
             resume: None,
+            run_id: None,
             history_options: HistoryOptions::default(),
             lock_timeout: Duration::from_secs(300),
             cancel: None,
@@ -622,6 +626,14 @@ pub enum EvolveError {
         #[source]
         source: Box<crate::apply::ApplyError>,
     },
+    /// A new run was given the id of an existing one.
+    #[error("an evolve run `{run}` exists already in {dir}; continue it with --resume {run}")]
+    RunExists {
+        /// The id.
+        run: String,
+        /// Where logs are.
+        dir: PathBuf,
+    },
     /// `--resume` names no run.
     #[error("no evolve run `{run}` in {dir} (run ids are the file names there, without .jsonl)")]
     UnknownRun {
@@ -639,7 +651,8 @@ impl crate::Categorized for EvolveError {
             EvolveError::Settings(_)
             | EvolveError::Target(_)
             | EvolveError::Baseline { .. }
-            | EvolveError::UnknownRun { .. } => BadInput,
+            | EvolveError::UnknownRun { .. }
+            | EvolveError::RunExists { .. } => BadInput,
             EvolveError::Rules(e) => e.category(),
             EvolveError::Command(e) => e.category(),
             EvolveError::Apply { source, .. } => source.category(),
