@@ -1190,9 +1190,8 @@ impl Session {
             .map_err(|e: StateError| e.to_string())?;
         if self.history.is_none() {
             let options = self.opts.history_options.clone();
-            self.history = Some(
-                History::open_with(self.project.root(), options).map_err(|e| e.to_string())?,
-            );
+            self.history =
+                Some(History::open_with(self.project.root(), options).map_err(|e| e.to_string())?);
         }
         let h = self.history.as_mut().ok_or("history store unavailable")?;
         f(h).map_err(|e| e.to_string())
