@@ -666,7 +666,7 @@ fn bad_requests_answer_400_413_404_and_the_server_keeps_serving() {
         assert_eq!(server.get("/hot-reload/status").status, 200);
     }
     // Positions: in the submitted code, and in the JSON body.
-    let a = server.post(&cases[0].0.to_owned(), &cases[0].1);
+    let a = server.post(cases[0].0, &cases[0].1);
     assert_eq!(
         (
             a.body["error"]["line"].as_u64(),

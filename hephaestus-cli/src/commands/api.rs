@@ -23,7 +23,7 @@ pub const TOKEN_VAR: &str = "HEPH_TOKEN";
 /// The flags of the control API.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
-    /// Serve the HTTP control API on ADDR: PORT, IP:PORT, [IPv6]:PORT or
+    /// Serve the HTTP control API on ADDR: PORT, IP:PORT, `[::1]:PORT` or
     /// localhost:PORT; port 0 picks a free port (`heph serve` default: `api.addr` in
     /// heph.toml, else 127.0.0.1:8000).
     #[arg(long, value_name = "ADDR")]

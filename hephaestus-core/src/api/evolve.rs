@@ -1,7 +1,7 @@
 //! `POST /hot-reload/trigger-evolution`: the boundary between the control API and the
 //! evolver.
 //!
-//! The server owns at most one run at a time ([`Runs`]): a trigger while a run is
+//! The server owns at most one run at a time: a trigger while a run is
 //! going answers 409 with that run's id. Starting a run is an [`EvolveLauncher`]'s job;
 //! [`ProcessLauncher`] starts a child process in its own process group at the project
 //! root, its output in `.heph/evolve/RUN.log`, `HEPH_EVOLVE_RUN=RUN` in its
