@@ -23,8 +23,7 @@ const TOKEN: &str = "e2e-token-0123456789abcdef";
 /// the body exactly as the README's curl example sends it.
 const SEED_SELF_MODIFY: &str = r#"{
     "module_name": "agent.test_hot_reload",
-    "new_code": "fn test_function() -> &'static str {\n    \"version 3 - SELF MODIFIED!\"\n}\n\nfn new_awesome_function() -> &'static str {\n    \"This was added by self-modification!\"\n}",
-    "backup_enabled": true
+    "new_code": "fn test_function() -> &'static str {\n    \"version 3 - SELF MODIFIED!\"\n}\n\nfn new_awesome_function() -> &'static str {\n    \"This was added by self-modification!\"\n}"
   }"#;
 
 /// The original system's generic self-modify example, in Rust.

@@ -411,11 +411,20 @@ mod tests {
             EvolveError::Running { run_id, .. } => assert_eq!(run_id, first.run_id),
             other => panic!("{other}"),
         }
+        // The run tells its id (wait for the shell to get there), then is stopped.
+        let log = dir.path().join(&first.log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing logged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            fs::read_to_string(&log).expect("log").trim(),
+            format!("run {}", first.run_id)
+        );
         let (info, end) = runs.stop().expect("stopped");
         assert_eq!(info.run_id, first.run_id);
         assert!(!end.success);
-        let log = fs::read_to_string(dir.path().join(&first.log)).expect("log");
-        assert_eq!(log.trim(), format!("run {}", first.run_id));
         // The slot is free again.
         fs::write(
             dir.path().join("heph.toml"),
