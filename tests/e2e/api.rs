@@ -195,6 +195,20 @@ impl Server {
             .clone()
     }
 
+    /// Wait for stderr to satisfy `pred`.
+    #[track_caller]
+    fn wait_stderr(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pred(&self.stderr()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n--- stderr\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Wait for a JSON line on stdout matching `pred`.
     #[track_caller]
     fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
@@ -286,11 +300,7 @@ fn the_seed_curl_examples_work_with_rust_code() {
     // The seed's own token, `test_token`, given through HEPH_TOKEN.
     let server = Server::serve(&env, Some("test_token"));
     assert_eq!(server.start["token"]["source"], "given");
-    assert!(
-        server.stderr().contains("shorter than 16"),
-        "{}",
-        server.stderr()
-    );
+    server.wait_stderr("the short-token warning", |e| e.contains("shorter than 16"));
 
     // curl -X POST -H "Authorization: Bearer test_token" .../hot-reload/enable
     let a = server.post_empty("/hot-reload/enable");
@@ -753,6 +763,49 @@ fn a_failed_verification_is_422_with_the_outcome_and_restores_the_file() {
         a.body["verify"]
     );
     assert_eq!(env.read(MODULE_FILE), before);
+}
+
+#[test]
+fn a_write_waiting_longer_than_the_lock_timeout_is_409() {
+    let env = TestEnv::new("agent-lib");
+    // A slow verification holds the write queue; the next write may wait 300 ms.
+    env.write(
+        "heph.toml",
+        "[verify]\ncommand = \"sleep 2\"\n[api]\nlock_timeout = \"300ms\"\n",
+    );
+    let server = Arc::new(Server::serve(&env, Some(TOKEN)));
+    let s = Arc::clone(&server);
+    let slow = thread::spawn(move || {
+        s.post(
+            "/hot-reload/self-modify",
+            r#"{"module_name": "agent.test_hot_reload", "new_code": "pub fn slow() {}"}"#,
+        )
+    });
+    // Wait until the slow write is verifying (its file is written).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.read(MODULE_FILE).contains("pub fn slow()") {
+        assert!(Instant::now() < deadline, "the slow write never started");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let a = server.post(
+        "/hot-reload/self-modify",
+        r#"{"module_name": "agent.test_hot_reload", "new_code": "pub fn quick() {}", "verify": false}"#,
+    );
+    assert_eq!(a.status, 409, "{:?}", a.body);
+    assert_eq!(a.body["error"]["kind"], "busy");
+    // Reads are not queued behind writes.
+    assert_eq!(server.get("/hot-reload/status").status, 200);
+    let a = slow.join().expect("slow client");
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    assert_eq!(a.body["verify"]["command"], "sleep 2");
+    let text = env.read(MODULE_FILE);
+    assert!(text.contains("pub fn slow()") && !text.contains("pub fn quick()"));
+    // The queue is free again.
+    let a = server.post(
+        "/hot-reload/self-modify",
+        r#"{"module_name": "agent.test_hot_reload", "new_code": "pub fn quick() {}", "verify": false}"#,
+    );
+    assert_eq!(a.status, 200, "{:?}", a.body);
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub struct Failure {
     /// A stable reason: `unauthorized`, `not-found`, `method-not-allowed`,
     /// `invalid-json`, `missing-field`, `invalid-field`, `unknown-field`, `invalid-code`,
     /// `invalid-module`, `bad-input`, `too-large`, `busy`, `evolution-running`,
-    /// `evolve-not-configured`, `not-implemented`, `shutting-down`, `internal`.
+    /// `evolve-not-configured`, `not-implemented`, `shutting-down`, `timeout`, `internal`.
     pub kind: &'static str,
     /// `bad-input`, `rejected` or `environment`, as in the CLI's JSON errors.
     pub category: ErrorCategory,

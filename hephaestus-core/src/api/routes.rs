@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::BodyExt;
 use serde::Serialize;
 
 use super::evolve::{RunInfo, Runs};
@@ -62,7 +63,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/hot-reload/trigger-evolution", post(trigger_evolution))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -198,43 +198,117 @@ async fn disable(State(state): Shared) -> Response {
     json_response(StatusCode::OK, &status_body(&state))
 }
 
-/// The body, or the 413/400 of reading it.
-fn body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Failure> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                ErrorCategory::BadInput,
-                format!(
-                    "the request body is larger than the limit of {limit} bytes; split the change, or raise `body_limit` in the [api] section of heph.toml"
-                ),
-            )
-        } else {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                "bad-input",
-                ErrorCategory::BadInput,
-                format!("cannot read the request body: {rejection}"),
-            )
+/// A body over the limit is still read (and thrown away) up to this many bytes, so that
+/// the client, which may send its whole body before reading the answer, gets the 413
+/// instead of a reset connection; past it the connection is closed.
+const DRAIN_LIMIT: u64 = 64 << 20;
+/// The time a client gets to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Read a request body of at most `limit` bytes; else the 413 (or 400, 408) to answer.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if declared.is_some_and(|n| n > limit) && expects_continue {
+        // The client waits for "100 Continue" before sending: it never has to.
+        return Err(too_large(limit, false));
+    }
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(too_large(limit, true));
+    }
+    let read = async {
+        let mut body = body;
+        let mut buf = Vec::new();
+        let mut seen: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-input",
+                    ErrorCategory::BadInput,
+                    format!("cannot read the request body: {e}"),
+                )
+                .into_response()
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len() as u64);
+            if seen > DRAIN_LIMIT {
+                return Err(too_large(limit, true));
+            }
+            if seen > limit {
+                buf = Vec::new();
+            } else {
+                buf.extend_from_slice(&data);
+            }
         }
-    })
+        if seen > limit {
+            Err(too_large(limit, false))
+        } else {
+            Ok(buf)
+        }
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            let mut r = Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                ErrorCategory::BadInput,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+    }
 }
 
-async fn self_modify(State(state): Shared, raw: Result<Bytes, BytesRejection>) -> Response {
-    let req = match body(raw, state.body_limit).and_then(|b| request::self_modify(&b)) {
-        Ok(r) => r,
-        Err(f) => return f.into_response(),
-    };
-    write(state, req, "new_code").await
+fn too_large(limit: u64, close: bool) -> Response {
+    let mut r = Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        ErrorCategory::BadInput,
+        format!(
+            "the request body is larger than the limit of {limit} bytes; split the change, or raise `body_limit` in the [api] section of heph.toml"
+        ),
+    )
+    .into_response();
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
-async fn dynamic_import(State(state): Shared, raw: Result<Bytes, BytesRejection>) -> Response {
-    let req = match body(raw, state.body_limit).and_then(|b| request::dynamic_import(&b)) {
-        Ok(r) => r,
-        Err(f) => return f.into_response(),
+async fn self_modify(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(&headers, body, state.body_limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    write(state, req, "code").await
+    match request::self_modify(&bytes) {
+        Ok(req) => write(state, req, "new_code").await,
+        Err(f) => f.into_response(),
+    }
+}
+
+async fn dynamic_import(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(&headers, body, state.body_limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match request::dynamic_import(&bytes) {
+        Ok(req) => write(state, req, "code").await,
+        Err(f) => f.into_response(),
+    }
 }
 
 /// Apply a write: wait for the writes before it (up to the lock timeout, else 409),
