@@ -15,6 +15,12 @@
 //!
 //! Another evolver (in-process, a remote service) plugs in by implementing
 //! [`EvolveLauncher`] and [`EvolveRun`].
+//!
+//! Connecting `heph evolve`: the CLI passes `Some(EvolveCommand { program: <heph>, args:
+//! ["evolve"] })` to [`ProcessLauncher::new`] (see `evolve_command` in the CLI's
+//! `commands/api.rs`); `heph evolve` then reads its settings from heph.toml's `[evolve]`
+//! itself, and should name its run after `HEPH_EVOLVE_RUN` when that is set, so that
+//! `.heph/evolve/RUN.jsonl` matches the `run_id` the API answered.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
