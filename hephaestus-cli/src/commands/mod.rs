@@ -1,10 +1,12 @@
 //! One module per subcommand, each with an `Args` struct and a `run` function.
 
+pub mod api;
 pub mod change;
 pub mod history;
 pub mod import;
 pub mod rollback;
 pub mod self_modify;
+pub mod serve;
 pub mod show;
 pub mod snapshot;
 pub mod status;
@@ -38,6 +40,8 @@ pub enum Command {
     Watch(watch::Args),
     /// Show the state of the `heph watch` running for this project.
     Status(status::Args),
+    /// Serve the HTTP control API (self-modify, dynamic-import, history, evolution).
+    Serve(serve::Args),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -52,5 +56,6 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Snapshot(args) => snapshot::run(args, global, out),
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
+        Command::Serve(args) => serve::run(args, global, out),
     }
 }
