@@ -167,6 +167,9 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
     use hephaestus_core as core;
     try_types!(
         UsageError,
+        core::api::ApiError,
+        core::api::TokenError,
+        core::api::evolve::EvolveError,
         core::apply::ApplyError,
         core::apply::CodeError,
         core::config::ConfigError,

@@ -18,6 +18,11 @@
 //! metric = 'median_ns=(\d+)'
 //! runs = 10
 //! budget = "10m"
+//! [api]                    # the HTTP control API (`heph serve`, `heph watch --api`)
+//! addr = "127.0.0.1:8000"
+//! body_limit = "1MiB"      # larger requests get 413
+//! lock_timeout = "30s"     # a write waiting longer for another one gets 409
+//! evolve_command = "..."   # what trigger-evolution runs instead of `heph evolve`
 //! ```
 
 use std::fs;
@@ -74,7 +79,44 @@ pub struct Config {
     pub evolve: EvolveConfig,
     /// `[api]` (read by the control API).
     #[serde(default)]
-    pub api: toml::Table,
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the HTTP control API of `heph serve` and `heph watch --api`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The address to listen on (`127.0.0.1:8000`, `8000`), when `--api` gives none.
+    pub addr: Option<String>,
+    /// The largest request body accepted: a number of bytes or a size such as `512KiB`,
+    /// `1MiB`, `2MB` (default 1 MiB).
+    pub body_limit: Option<ByteSize>,
+    /// How long a write request waits for another write before answering 409, such as
+    /// `30s` (default 30s).
+    pub lock_timeout: Option<String>,
+    /// A shell command `POST /hot-reload/trigger-evolution` runs (at the project root, in
+    /// its own process group) instead of `heph evolve`: a hook for scripts and tests.
+    pub evolve_command: Option<String>,
+}
+
+/// A size in bytes, written as a number or as text with a unit (`1MiB`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    /// A number of bytes.
+    Bytes(u64),
+    /// Text such as `512KiB`, `1MiB`, `2MB`, `1048576`.
+    Text(String),
+}
+
+impl ByteSize {
+    /// The size in bytes.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            ByteSize::Bytes(n) => Ok(*n),
+            ByteSize::Text(t) => parse_size(t),
+        }
+    }
 }
 
 /// `[verify]`
@@ -221,6 +263,12 @@ impl Config {
                 message,
             })?;
         config
+            .validate_api()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
+        config
             .validate_watch()
             .map_err(|message| ConfigError::Invalid {
                 path: path.clone(),
@@ -258,6 +306,40 @@ impl Config {
             return Err("evolve.min_gain: a percentage from 0 to 100".into());
         }
         Ok(())
+    }
+
+    fn validate_api(&self) -> Result<(), String> {
+        if let Some(size) = &self.api.body_limit {
+            let n = size.bytes().map_err(|m| format!("api.body_limit: {m}"))?;
+            if n == 0 {
+                return Err("api.body_limit: must be at least 1 byte".into());
+            }
+        }
+        if let Some(t) = &self.api.lock_timeout {
+            parse_duration(t).map_err(|m| format!("api.lock_timeout: {m}"))?;
+        }
+        if self
+            .api
+            .evolve_command
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err("api.evolve_command: is empty".into());
+        }
+        Ok(())
+    }
+
+    /// `api.body_limit` in bytes.
+    pub fn api_body_limit(&self) -> Option<u64> {
+        self.api.body_limit.as_ref().and_then(|s| s.bytes().ok())
+    }
+
+    /// `api.lock_timeout` as a duration.
+    pub fn api_lock_timeout(&self) -> Option<Duration> {
+        self.api
+            .lock_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
     }
 
     fn validate_watch(&self) -> Result<(), String> {
@@ -338,6 +420,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse a size: `1048576`, `512KiB`, `1MiB`, `2MB`, `64kB` (`K`/`M`/`G` alone are
+/// binary units; `kB`/`MB`/`GB` decimal).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (examples: 65536, 512KiB, 1MiB)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use B, KiB, MiB, GiB, kB, MB or GB)"
+            ));
+        }
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +460,46 @@ mod tests {
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1TiB").is_err());
+    }
+
+    #[test]
+    fn api_section_is_typed_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(CONFIG_FILE);
+        fs::write(
+            &file,
+            "[api]\naddr = \"127.0.0.1:9000\"\nbody_limit = \"64KiB\"\nlock_timeout = \"5s\"\nevolve_command = \"sleep 5\"\n",
+        )
+        .expect("write");
+        let config = Config::load(dir.path()).expect("load");
+        assert_eq!(config.api_body_limit(), Some(64 << 10));
+        assert_eq!(config.api_lock_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(config.api.evolve_command.as_deref(), Some("sleep 5"));
+        fs::write(&file, "[api]\nbody_limit = 4096\n").expect("write");
+        assert_eq!(
+            Config::load(dir.path()).expect("load").api_body_limit(),
+            Some(4096)
+        );
+        for (text, needle) in [
+            ("[api]\nbody_limit = \"huge\"\n", "api.body_limit"),
+            ("[api]\nbody_limit = 0\n", "api.body_limit"),
+            ("[api]\nlock_timeout = \"soon\"\n", "api.lock_timeout"),
+            ("[api]\nport = 80\n", "port"),
+        ] {
+            fs::write(&file, text).expect("write");
+            let err = Config::load(dir.path()).expect_err(text);
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod apply;
 pub mod config;
 pub mod edit;

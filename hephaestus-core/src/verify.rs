@@ -354,6 +354,36 @@ pub fn kill_group(pid: u32) {
     }
 }
 
+/// Stop a command started in its own process group (`process_group(0)`): SIGTERM to
+/// the group, up to `grace` for the leader to exit, then SIGKILL to the group. Reaps
+/// the leader and returns its exit status.
+pub fn terminate_group(
+    child: &mut std::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        // The leader is gone; take whatever it left in its group with it.
+        kill_group(child.id());
+        return Some(status);
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            kill_group(child.id());
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_group(child.id());
+    child.wait().ok()
+}
+
 /// The manifest cargo should use for `package`: the project's root manifest.
 pub fn manifest_of(root: &Path) -> PathBuf {
     root.join("Cargo.toml")

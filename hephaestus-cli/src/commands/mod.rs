@@ -1,11 +1,13 @@
 //! One module per subcommand, each with an `Args` struct and a `run` function.
 
+pub mod api;
 pub mod change;
 pub mod evolve;
 pub mod history;
 pub mod import;
 pub mod rollback;
 pub mod self_modify;
+pub mod serve;
 pub mod show;
 pub mod snapshot;
 pub mod status;
@@ -42,6 +44,8 @@ pub enum Command {
     /// Make the project faster: try rewrite rules and proposals in isolated copies, keep
     /// what passes the tests and measurably improves the fitness.
     Evolve(Box<evolve::Args>),
+    /// Serve the HTTP control API (self-modify, dynamic-import, history, evolution).
+    Serve(serve::Args),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -57,5 +61,6 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
         Command::Evolve(args) => evolve::run(*args, global, out),
+        Command::Serve(args) => serve::run(args, global, out),
     }
 }

@@ -17,6 +17,7 @@ use hephaestus_core::watch::control::{self, Request};
 use hephaestus_core::watch::{RunTarget, Session, WatchEvent, WatchOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::api::{self as control_api, ApiArgs};
 use super::change::open_project;
 use crate::output::{GlobalArgs, Output, UsageError};
 
@@ -67,11 +68,13 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["pause", "resume"])]
     pub start_paused: bool,
     /// Pause the `heph watch` running for this project, then exit.
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with_all = ["resume", "api", "api_public"])]
     pub pause: bool,
     /// Resume the `heph watch` running for this project, then exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["api", "api_public"])]
     pub resume: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// Arguments for the binary (after `--`).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<OsString>,
@@ -137,8 +140,17 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     opts.history = !args.no_history;
     opts.history_options = crate::project::history_options(out);
     opts.paused = args.start_paused;
-    let session = Session::new(project, &config, opts)?;
+    let session = Session::new(project.clone(), &config, opts)?;
     let handle = session.handle();
+    // `--api`: the control API, whose enable/disable resume/pause this session.
+    let api = control_api::start(
+        &project,
+        &config,
+        &args.api,
+        Arc::new(handle.clone()),
+        out,
+        false,
+    )?;
 
     // Ctrl-C, SIGTERM, SIGHUP: stop the program and every child, then exit.
     let h = handle.clone();
@@ -150,7 +162,11 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     };
 
     let mut view = View::new(out);
-    session.run(&mut |event| view.show(event))?;
+    let result = session.run(&mut |event| view.show(event));
+    if let Some(server) = api {
+        server.shutdown();
+    }
+    result?;
     view.finish();
     Ok(0)
 }

@@ -13,7 +13,7 @@ mod files;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -222,6 +222,9 @@ pub(crate) struct Shared {
     status: Mutex<WatchStatus>,
     paused: AtomicBool,
     started: Instant,
+    /// Batches of file events delivered so far (to tell whether files changed while a
+    /// build ran).
+    file_batches: AtomicU64,
 }
 
 impl Shared {
@@ -539,9 +542,12 @@ impl Session {
             }),
             paused: AtomicBool::new(opts.paused),
             started: Instant::now(),
+            file_batches: AtomicU64::new(0),
         });
         let wtx = tx.clone();
+        let counter = Arc::clone(&shared);
         let watcher = Watcher::new(plan.clone(), opts.debounce, move |batch| {
+            counter.file_batches.fetch_add(1, Ordering::SeqCst);
             let _ = wtx.send(Input::Files(batch));
         })?;
         let (control, control_error) = if opts.control {
@@ -828,6 +834,7 @@ impl Session {
             }
         }
         if pending.rebuild {
+            let batches_before = self.shared.file_batches.load(Ordering::SeqCst);
             if !self.syntax_gate(on_event) {
                 return;
             }
@@ -849,11 +856,15 @@ impl Session {
             }
             self.dirty_rs.clear();
             self.shared.update(|s| s.last_error = None);
-            self.swap(Some(&report), started, on_event);
-            let files = std::mem::take(&mut self.dirty_files);
-            if self.opts.history {
+            // Snapshot what was built, before the swap: once files change again the
+            // tree is no longer the one that built. When they changed during the build
+            // the snapshot waits for the next build (which covers these files too).
+            let unchanged = self.shared.file_batches.load(Ordering::SeqCst) == batches_before;
+            if self.opts.history && unchanged {
+                let files = std::mem::take(&mut self.dirty_files);
                 self.record(&report, files, on_event);
             }
+            self.swap(Some(&report), started, on_event);
         } else if pending.restart {
             self.swap(None, started, on_event);
         }
