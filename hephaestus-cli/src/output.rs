@@ -174,6 +174,8 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
         core::apply::CodeError,
         core::config::ConfigError,
         core::edit::EditError,
+        core::evolve::EvolveError,
+        core::evolve::rules::RuleError,
         core::fsio::WriteError,
         core::history::HistoryError,
         core::import::ImportError,

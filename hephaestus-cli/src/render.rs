@@ -106,6 +106,9 @@ pub fn line(e: &Evolution, now: i64) -> String {
     }
     s.push_str("  ");
     s.push_str(&verify(e.meta.verify.as_ref()));
+    if let Some(f) = &e.meta.fitness {
+        s.push_str(&format!("  fitness {} -> {}", f.before, f.after));
+    }
     s
 }
 

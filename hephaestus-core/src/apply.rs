@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::edit::{self, ChangeAction, Edit, EditError, ItemChange};
-use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta, ItemChanges, VerifyRecord};
+use crate::edit::{self, ChangeAction, Edit, EditError, ItemChange, Splice};
+use crate::evolution::{
+    Evolution, EvolutionKind, EvolutionMeta, Fitness, ItemChanges, VerifyRecord,
+};
 use crate::fsio::{FileWrite, Transaction, WriteError};
 use crate::history::{History, HistoryError, HistoryOptions};
 use crate::import::{self, ImportError, ImportSpec};
@@ -30,7 +32,7 @@ use crate::verify::{self, Verify, VerifyError, VerifyOptions, VerifyProgress, Ve
 pub const DEFAULT_MAX_CODE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A change to make.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Operation {
     /// Edit the items of an existing module.
     SelfModify {
@@ -41,6 +43,44 @@ pub enum Operation {
     },
     /// Create a new module and wire it into its parent.
     Import(ImportSpec),
+    /// Splices computed elsewhere (an accepted `heph evolve` candidate), applied only
+    /// when each file still holds exactly the text they were computed on.
+    Patch(Patch),
+}
+
+/// Splices of files of one module, computed on known file contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patch {
+    /// What produced it (`evolve`).
+    pub kind: EvolutionKind,
+    /// The module the change belongs to.
+    pub module: String,
+    /// The files, relative to the project root.
+    pub files: Vec<PatchFile>,
+    /// Item-level changes, for the history.
+    pub changes: Vec<ItemChange>,
+    /// The commit subject (default: a summary of the item changes).
+    pub message: Option<String>,
+    /// Fitness before and after (evolve).
+    pub fitness: Option<Fitness>,
+}
+
+/// One file of a [`Patch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchFile {
+    /// Relative to the project root, `/`-separated.
+    pub path: String,
+    /// The whole text the splices were computed on.
+    pub before: String,
+    /// Sorted, non-overlapping splices of `before`.
+    pub splices: Vec<Splice>,
+}
+
+impl PatchFile {
+    /// The text after the splices.
+    pub fn after(&self) -> String {
+        crate::evolve::rules::apply_splices(&self.before, &self.splices)
+    }
 }
 
 impl Operation {
@@ -48,6 +88,7 @@ impl Operation {
         match self {
             Operation::SelfModify { .. } => EvolutionKind::SelfModify,
             Operation::Import(_) => EvolutionKind::Import,
+            Operation::Patch(p) => p.kind,
         }
     }
 
@@ -55,6 +96,7 @@ impl Operation {
         match self {
             Operation::SelfModify { module, .. } => module,
             Operation::Import(spec) => &spec.module,
+            Operation::Patch(p) => &p.module,
         }
     }
 }
@@ -76,6 +118,10 @@ pub struct Plan {
     pub changes: Vec<ItemChange>,
     /// Function to run after an import (validated).
     pub run: Option<String>,
+    /// Fitness before and after, recorded with the evolution (evolve).
+    pub fitness: Option<Fitness>,
+    /// The commit subject, when the operation names one.
+    pub message: Option<String>,
 }
 
 impl Plan {
@@ -98,14 +144,12 @@ impl Plan {
             } else {
                 "/dev/null".to_owned()
             };
-            let diff = similar::TextDiff::from_lines(before.as_deref().unwrap_or(""), &after);
-            out.push_str(
-                &diff
-                    .unified_diff()
-                    .context_radius(3)
-                    .header(&old_name, &format!("b/{rel}"))
-                    .to_string(),
-            );
+            out.push_str(&unified_diff(
+                &old_name,
+                &format!("b/{rel}"),
+                before.as_deref().unwrap_or(""),
+                &after,
+            ));
         }
         out
     }
@@ -122,6 +166,15 @@ impl Plan {
         }
         c
     }
+}
+
+/// A unified diff (3 lines of context) between two texts, with these header names.
+pub fn unified_diff(old_name: &str, new_name: &str, before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_name, new_name)
+        .to_string()
 }
 
 /// How [`Project::apply`] behaves.
@@ -264,6 +317,20 @@ pub enum ApplyError {
     /// The `--run` harness failed to start.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A patch's file no longer holds the text the patch was computed on.
+    #[error(
+        "{path} changed since the change was computed (edited by hand meanwhile?); nothing was written"
+    )]
+    Stale {
+        /// The file, relative to the project root.
+        path: String,
+    },
+    /// A patch names a file outside the project.
+    #[error("the patch names `{path}`, which is not a file inside the project")]
+    PatchPath {
+        /// The path as given.
+        path: String,
+    },
     /// Restoring the files after a failed verification failed: say exactly what to do.
     #[error(
         "verification failed and restoring the files failed too ({source}); the state before the change is in the history: run `heph rollback --last`"
@@ -286,7 +353,10 @@ impl crate::Categorized for ApplyError {
             ApplyError::History(e) => e.category(),
             ApplyError::Verify(e) => e.category(),
             ApplyError::Run(e) => e.category(),
-            ApplyError::Restore { .. } => crate::ErrorCategory::Environment,
+            ApplyError::Restore { .. } | ApplyError::Stale { .. } => {
+                crate::ErrorCategory::Environment
+            }
+            ApplyError::PatchPath { .. } => crate::ErrorCategory::BadInput,
         }
     }
 }
@@ -364,9 +434,59 @@ impl Project {
                     }],
                     changes: outcome.changes,
                     run: None,
+                    fitness: None,
+                    message: None,
                 })
             }
             Operation::Import(spec) => Ok(import::plan(&resolver, spec)?),
+            Operation::Patch(patch) => {
+                let m = resolver.resolve(&patch.module)?;
+                let mut files = Vec::new();
+                for f in &patch.files {
+                    let rel = std::path::Path::new(&f.path);
+                    if rel.is_absolute()
+                        || rel
+                            .components()
+                            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                    {
+                        return Err(ApplyError::PatchPath {
+                            path: f.path.clone(),
+                        });
+                    }
+                    let path = self.root().join(rel);
+                    resolver.check_inside(&path, &f.path)?;
+                    let current = std::fs::read(&path).map_err(|source| {
+                        ApplyError::Write(crate::fsio::WriteError::Io {
+                            path: path.clone(),
+                            source,
+                        })
+                    })?;
+                    if current != f.before.as_bytes() {
+                        return Err(ApplyError::Stale {
+                            path: f.path.clone(),
+                        });
+                    }
+                    let after = f.after();
+                    crate::source::check_file(&path, &after)
+                        .map_err(|e| ApplyError::Edit(EditError::ResultSyntax(e)))?;
+                    files.push(FileWrite {
+                        path,
+                        before: Some(current),
+                        after: after.into_bytes(),
+                    });
+                }
+                Ok(Plan {
+                    kind: patch.kind,
+                    module: m.path.clone(),
+                    package: m.package.clone(),
+                    segments: m.segments.clone(),
+                    files,
+                    changes: patch.changes.clone(),
+                    run: None,
+                    fitness: patch.fitness,
+                    message: patch.message.clone(),
+                })
+            }
         }
     }
 
@@ -450,8 +570,11 @@ impl Project {
             files: outcome.files.iter().map(PathBuf::from).collect(),
             changes: plan.item_changes(),
             verify: Some(verify),
-            fitness: None,
-            message: summary(&plan, verify),
+            fitness: plan.fitness,
+            message: match &plan.message {
+                Some(m) if verify.outcome != crate::VerifyOutcome::Failed => m.clone(),
+                _ => summary(&plan, verify),
+            },
         };
         let record = VerifyRecord {
             outcome: report.outcome,
@@ -515,6 +638,7 @@ impl Project {
         let mut progress = |p: VerifyProgress| on_event(&Event::VerifyProgress(p));
         match &opts.verify {
             Verify::Skip => Ok(VerifyReport::skipped()),
+            Verify::Verified(report) => Ok(report.clone()),
             Verify::CargoCheck => {
                 on_event(&Event::VerifyStarted {
                     command: format!("cargo check --all-targets -p {}", plan.package),

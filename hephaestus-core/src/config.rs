@@ -13,6 +13,11 @@
 //! action = "signal"        # rebuild | restart | signal | ignore
 //! signal = "HUP"
 //!
+//! [evolve]                 # `heph evolve`; command-line flags override these
+//! fitness = "cargo run --release -q --bin fitness"
+//! metric = 'median_ns=(\d+)'
+//! runs = 10
+//! budget = "10m"
 //! [api]                    # the HTTP control API (`heph serve`, `heph watch --api`)
 //! addr = "127.0.0.1:8000"
 //! body_limit = "1MiB"      # larger requests get 413
@@ -69,9 +74,9 @@ pub struct Config {
     /// `[watch]` (read by `heph watch`).
     #[serde(default)]
     pub watch: WatchConfig,
-    /// `[evolve]` (read by `heph evolve`).
+    /// `[evolve]` (read by `heph evolve` and the control API's trigger-evolution).
     #[serde(default)]
-    pub evolve: toml::Table,
+    pub evolve: EvolveConfig,
     /// `[api]` (read by the control API).
     #[serde(default)]
     pub api: ApiConfig,
@@ -176,6 +181,62 @@ impl RuleAction {
     }
 }
 
+/// `[evolve]`: the settings of a `heph evolve` run (see the README). Every key is
+/// optional; command-line flags override them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvolveConfig {
+    /// The fitness command (a shell command run in the candidate's copy).
+    pub fitness: Option<String>,
+    /// A regex whose first capture group (or whole match) in the fitness command's
+    /// output is the fitness value; without it, the command's wall time in seconds.
+    pub metric: Option<String>,
+    /// Higher fitness is better (default: lower is better).
+    pub maximize: Option<bool>,
+    /// Fitness samples per side (baseline and candidate) for each comparison.
+    pub runs: Option<usize>,
+    /// Wall-time budget of a run, such as `10m`.
+    pub budget: Option<String>,
+    /// Candidates evaluated in parallel, each in its own copy of the project.
+    pub jobs: Option<usize>,
+    /// Rule sources: `builtin` (the rules shipped with heph) and/or directories of
+    /// `*.toml` rules, relative to the project root.
+    pub rules: Option<Vec<String>>,
+    /// A command proposing candidates (JSON context on stdin, JSON candidates on stdout).
+    pub proposer: Option<String>,
+    /// Kill the proposer after this long, such as `2m`.
+    pub proposer_timeout: Option<String>,
+    /// How many times the proposer is asked, at most.
+    pub proposer_rounds: Option<usize>,
+    /// Modules rules and the proposer work on (default: every module of the library
+    /// targets, or of the binaries when a package has no library).
+    pub targets: Option<Vec<String>>,
+    /// Minimum improvement, in percent, for a candidate to be accepted (default 2).
+    pub min_gain: Option<f64>,
+    /// Significance level of the Mann-Whitney U test (default 0.01).
+    pub alpha: Option<f64>,
+    /// Stop after evaluating this many candidates.
+    pub max_candidates: Option<usize>,
+    /// Time limit of the `cargo check` and `cargo test --no-run` stages.
+    pub build_timeout: Option<String>,
+    /// Time limit of the test stage.
+    pub test_timeout: Option<String>,
+    /// Time limit of one fitness run.
+    pub fitness_timeout: Option<String>,
+    /// The test command (default `cargo test`, run in the candidate's copy).
+    pub test_command: Option<String>,
+    /// Where the isolated copies of the project live (default: `heph-evolve/` in the
+    /// project's cargo target directory).
+    pub sandbox_dir: Option<PathBuf>,
+}
+
+impl EvolveConfig {
+    /// No key is set: heph.toml has no (or an empty) `[evolve]` section.
+    pub fn is_empty(&self) -> bool {
+        *self == EvolveConfig::default()
+    }
+}
+
 impl Config {
     /// Read `heph.toml` at `root`; the default configuration when it does not exist.
     pub fn load(root: &Path) -> Result<Config, ConfigError> {
@@ -196,6 +257,12 @@ impl Config {
             })?;
         }
         config
+            .validate_evolve()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
+        config
             .validate_api()
             .map_err(|message| ConfigError::Invalid {
                 path: path.clone(),
@@ -208,6 +275,37 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+
+    fn validate_evolve(&self) -> Result<(), String> {
+        let e = &self.evolve;
+        for (key, value) in [
+            ("budget", &e.budget),
+            ("proposer_timeout", &e.proposer_timeout),
+            ("build_timeout", &e.build_timeout),
+            ("test_timeout", &e.test_timeout),
+            ("fitness_timeout", &e.fitness_timeout),
+        ] {
+            if let Some(v) = value {
+                parse_duration(v).map_err(|m| format!("evolve.{key}: {m}"))?;
+            }
+        }
+        if let Some(m) = &e.metric {
+            regex::Regex::new(m).map_err(|err| format!("evolve.metric: {err}"))?;
+        }
+        if e.runs.is_some_and(|r| r < 2) {
+            return Err("evolve.runs: at least 2 runs per side are needed".into());
+        }
+        if e.jobs == Some(0) {
+            return Err("evolve.jobs: at least 1".into());
+        }
+        if e.alpha.is_some_and(|a| !(a > 0.0 && a < 1.0)) {
+            return Err("evolve.alpha: must be between 0 and 1".into());
+        }
+        if e.min_gain.is_some_and(|g| !(0.0..100.0).contains(&g)) {
+            return Err("evolve.min_gain: a percentage from 0 to 100".into());
+        }
+        Ok(())
     }
 
     fn validate_api(&self) -> Result<(), String> {
@@ -411,6 +509,35 @@ mod tests {
         fs::write(dir.path().join(CONFIG_FILE), "[verify]\ncomand = \"x\"\n").expect("write");
         let err = Config::load(dir.path()).expect_err("unknown key");
         assert!(err.to_string().contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn evolve_section_is_typed_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(CONFIG_FILE);
+        fs::write(
+            &file,
+            "[evolve]\nfitness = \"./bench\"\nmetric = 'ns=(\\d+)'\nruns = 7\nbudget = \"5m\"\nrules = [\"builtin\", \"rules\"]\nmin_gain = 3.5\n",
+        )
+        .expect("write");
+        let config = Config::load(dir.path()).expect("load");
+        assert_eq!(config.evolve.runs, Some(7));
+        assert_eq!(config.evolve.min_gain, Some(3.5));
+        assert_eq!(
+            config.evolve.rules.as_deref(),
+            Some(&["builtin".to_owned(), "rules".to_owned()][..])
+        );
+        for (text, needle) in [
+            ("[evolve]\nfitnes = \"x\"\n", "fitnes"),
+            ("[evolve]\nbudget = \"soon\"\n", "evolve.budget"),
+            ("[evolve]\nmetric = \"(\"\n", "evolve.metric"),
+            ("[evolve]\nruns = 1\n", "evolve.runs"),
+            ("[evolve]\nalpha = 2.0\n", "evolve.alpha"),
+        ] {
+            fs::write(&file, text).expect("write");
+            let err = Config::load(dir.path()).expect_err(text);
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

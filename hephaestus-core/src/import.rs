@@ -229,6 +229,8 @@ pub(crate) fn plan(
         files,
         changes,
         run: spec.run.clone(),
+        fitness: None,
+        message: None,
     })
 }
 

@@ -11,6 +11,10 @@
 //! syntax gate, cargo builds, and a [`Supervisor`] that swaps the running program
 //! without dropping a connection).
 //!
+//! [`Evolver`] is `heph evolve`: candidates from rewrite rules and an external proposer,
+//! evaluated in isolated copies of the project, accepted only when they pass the tests
+//! and make a fitness measurably better (see [`evolve`]).
+//!
 //! The crate never prints and never reads the process environment: it returns data
 //! and reports progress through [`Event`] callbacks.
 //!
@@ -45,6 +49,7 @@ pub mod config;
 pub mod edit;
 pub mod error;
 pub mod evolution;
+pub mod evolve;
 pub mod fsio;
 pub mod history;
 pub mod import;
@@ -60,13 +65,14 @@ pub mod supervise;
 pub mod verify;
 pub mod watch;
 
-pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Plan};
+pub use apply::{ApplyError, ApplyOptions, ApplyOutcome, Event, Operation, Patch, PatchFile, Plan};
 pub use config::Config;
 pub use edit::{ChangeAction, Edit, EditMode, Formatting, ItemChange};
 pub use error::{Categorized, ErrorCategory};
 pub use evolution::{
     Evolution, EvolutionKind, EvolutionMeta, Fitness, ItemChanges, VerifyOutcome, VerifyRecord,
 };
+pub use evolve::{EvolveOptions, Evolver};
 pub use import::ImportSpec;
 pub use item::ItemKey;
 pub use modpath::ModulePath;

@@ -25,6 +25,10 @@ pub enum Verify {
     Command(String),
     /// No verification.
     Skip,
+    /// Already verified on the same files elsewhere (`heph evolve` checks and tests each
+    /// candidate in an isolated copy of the project before applying it): the report is
+    /// recorded as is and nothing runs.
+    Verified(VerifyReport),
 }
 
 /// Limits and switches of a verification run.
@@ -383,4 +387,135 @@ pub fn terminate_group(
 /// The manifest cargo should use for `package`: the project's root manifest.
 pub fn manifest_of(root: &Path) -> PathBuf {
     root.join("Cargo.toml")
+}
+
+/// What [`run_with_input`] captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// stdout (at most the limit given; `stdout_truncated` says when more was cut).
+    pub stdout: String,
+    /// The stdout limit was reached (the rest was read and dropped).
+    pub stdout_truncated: bool,
+    /// The tail of stderr.
+    pub stderr: String,
+    /// The exit code, when the command exited (None: killed by a signal, or timed out).
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+    /// Killed after the timeout.
+    pub timed_out: bool,
+    /// Wall time from spawn to exit.
+    pub duration: Duration,
+}
+
+impl CommandOutput {
+    /// Exited with code 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// Run `cmd` in its own process group with `input` on its stdin (closed after it), and
+/// capture stdout (up to `max_stdout` bytes) and the tail of stderr. The whole group is
+/// killed after `opts.timeout` or when `opts.cancel` is set (then the error is
+/// [`VerifyError::Cancelled`]).
+pub fn run_with_input(
+    mut cmd: Command,
+    shown: &str,
+    input: Option<Vec<u8>>,
+    max_stdout: usize,
+    opts: &VerifyOptions,
+) -> Result<CommandOutput, VerifyError> {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| VerifyError::Spawn {
+        command: shown.to_owned(),
+        source,
+    })?;
+    let pid = child.id();
+    let stdin_thread = match (child.stdin.take(), input) {
+        (Some(mut stdin), Some(bytes)) => Some(thread::spawn(move || {
+            // A program that does not read its input gets EPIPE: not an error here.
+            let _ = stdin.write_all(&bytes);
+        })),
+        _ => None,
+    };
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_thread = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut truncated = false;
+        if let Some(mut s) = stdout {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let room = max_stdout.saturating_sub(buf.len());
+                        if n > room {
+                            truncated = true;
+                        }
+                        buf.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
+            }
+        }
+        (String::from_utf8_lossy(&buf).into_owned(), truncated)
+    });
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr {
+            let _ = BufReader::new(e).read_to_string(&mut s);
+        }
+        tail(&s, 16 * 1024)
+    });
+    let mut timed_out = false;
+    let mut cancelled = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        cancelled = opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst));
+        timed_out = opts.timeout.is_some_and(|t| start.elapsed() > t);
+        if cancelled || timed_out {
+            kill_group(pid);
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    let duration = start.elapsed();
+    // The group may hold the pipes open (a grandchild): stop it before joining readers.
+    kill_group(pid);
+    let (stdout, stdout_truncated) = out_thread.join().unwrap_or_default();
+    let stderr = err_thread.join().unwrap_or_default();
+    if let Some(t) = stdin_thread {
+        let _ = t.join();
+    }
+    if cancelled {
+        return Err(VerifyError::Cancelled);
+    }
+    Ok(CommandOutput {
+        stdout,
+        stdout_truncated,
+        stderr,
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        duration,
+    })
 }

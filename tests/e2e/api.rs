@@ -817,11 +817,25 @@ fn a_second_trigger_evolution_while_one_runs_is_409() {
     let a = server.post_empty("/hot-reload/trigger-evolution");
     assert_eq!(a.status, 409, "{:?}", a.body);
     assert_eq!(a.body["error"]["kind"], "evolve-not-configured");
-    // An [evolve] section, but this heph has no `heph evolve` yet: 501.
-    env.write("heph.toml", "[evolve]\nfitness = \"cargo bench\"\n");
+    // An [evolve] section: `heph evolve --project ROOT` runs, named after the run id the
+    // API answered (here it stops at once: its rules directory does not exist).
+    env.write(
+        "heph.toml",
+        "[evolve]\nfitness = \"true\"\nrules = [\"no-such-rules\"]\n",
+    );
     let a = server.post_empty("/hot-reload/trigger-evolution");
-    assert_eq!(a.status, 501, "{:?}", a.body);
-    assert_eq!(a.body["error"]["kind"], "not-implemented");
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let first = a.body["run_id"].as_str().expect("run id").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.get("/hot-reload/status").body["evolution"]["running"] != false {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "heph evolve did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = env.read(format!(".heph/evolve/{first}.log"));
+    assert!(log.contains("cannot read the rules"), "{log}");
 
     // The stand-in evolver: a command that runs for a while.
     env.write("heph.toml", "[api]\nevolve_command = \"sleep 30\"\n");

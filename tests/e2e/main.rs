@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod cli;
+mod evolve;
 mod history;
 mod import;
 mod self_modify;

@@ -167,11 +167,17 @@ impl TestEnv {
     /// Every file of the project (outside `target/` and `.heph/`) with its bytes,
     /// sorted by path: compare two of these to prove nothing else changed.
     pub fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut files = Vec::new();
-        walk(&self.project, &self.project, &mut files);
-        files.sort();
-        files
+        snapshot_of(&self.project)
     }
+}
+
+/// Every file under `root` (outside `target/`, `.heph/` and `.git/`) with its bytes,
+/// sorted by path.
+pub fn snapshot_of(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    walk(root, root, &mut files);
+    files.sort();
+    files
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
@@ -189,7 +195,10 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
             walk(root, &path, out);
         } else if ft.is_file() {
             let rel = path.strip_prefix(root).expect("inside root").to_path_buf();
-            out.push((rel, fs::read(&path).expect("read")));
+            // A file replaced between listing and reading (an atomic write): skip it.
+            if let Ok(bytes) = fs::read(&path) {
+                out.push((rel, bytes));
+            }
         }
     }
 }
@@ -258,6 +267,11 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result of a process started with [`TestEnv::heph`], temp paths masked.
+    pub fn from_output(output: Output, temp: &Path) -> Self {
+        Run::new(output, temp)
+    }
+
     fn new(output: Output, temp: &Path) -> Self {
         let mask = |b: &[u8]| {
             let s = String::from_utf8_lossy(b).into_owned();

@@ -34,12 +34,16 @@ pub struct ApiArgs {
     pub api_public: bool,
 }
 
-/// How `trigger-evolution` runs `heph evolve`. This heph has no `evolve` subcommand
-/// yet, so None: projects with an `[evolve]` section get 501, and `[api]
-/// evolve_command` works. Once `heph evolve` exists, return
-/// `Some(EvolveCommand { program: std::env::current_exe()?, args: vec!["evolve".into()] })`.
+/// How `trigger-evolution` runs `heph evolve`: this very binary, `heph evolve --project
+/// ROOT`, which reads `[evolve]` of heph.toml and names its run after `HEPH_EVOLVE_RUN`.
+/// None only when the path of this executable cannot be found (then such triggers
+/// answer 501, and `[api] evolve_command` still works).
 fn evolve_command() -> Option<EvolveCommand> {
-    None
+    let program = std::env::current_exe().ok()?;
+    Some(EvolveCommand {
+        program,
+        args: vec!["evolve".into()],
+    })
 }
 
 /// Start the API when asked for (`serve`: always, on the default address when `--api`

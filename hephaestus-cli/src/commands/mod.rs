@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod change;
+pub mod evolve;
 pub mod history;
 pub mod import;
 pub mod rollback;
@@ -40,6 +41,9 @@ pub enum Command {
     Watch(watch::Args),
     /// Show the state of the `heph watch` running for this project.
     Status(status::Args),
+    /// Make the project faster: try rewrite rules and proposals in isolated copies, keep
+    /// what passes the tests and measurably improves the fitness.
+    Evolve(Box<evolve::Args>),
     /// Serve the HTTP control API (self-modify, dynamic-import, history, evolution).
     Serve(serve::Args),
 }
@@ -56,6 +60,7 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Snapshot(args) => snapshot::run(args, global, out),
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
+        Command::Evolve(args) => evolve::run(*args, global, out),
         Command::Serve(args) => serve::run(args, global, out),
     }
 }

@@ -13,7 +13,7 @@ use crate::modpath::ModulePath;
 use crate::{Operation, Project};
 
 /// How a write request wants to be applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WriteRequest {
     pub op: Operation,
     /// Verify with the configured verification (else skip it).

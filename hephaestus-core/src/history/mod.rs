@@ -315,6 +315,17 @@ pub enum Store {
     },
 }
 
+/// A file of the project, as [`History::files`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectFile {
+    /// Relative to the project root.
+    pub path: PathBuf,
+    /// The executable bit is set.
+    pub executable: bool,
+    /// A symbolic link (not followed).
+    pub symlink: bool,
+}
+
 /// Which evolutions [`History::list`] returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
@@ -845,6 +856,21 @@ impl History {
     pub fn snapshot(&mut self, message: Option<&str>) -> Result<Option<Evolution>, HistoryError> {
         let _lock = self.lock("snapshot")?;
         self.record_manual(message)
+    }
+
+    /// The project's files as a snapshot sees them (honouring .gitignore, without
+    /// `target/`, `.heph/` and nested repositories): relative paths and whether each is
+    /// executable or a symlink. Used to make copies of the project (`heph evolve`).
+    pub fn files(&self) -> Result<Vec<ProjectFile>, HistoryError> {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(snapshot::list_files(&self.scope)?
+            .into_iter()
+            .map(|(rel, mode)| ProjectFile {
+                path: PathBuf::from(std::ffi::OsStr::from_bytes(&rel)),
+                executable: mode == snapshot::MODE_EXEC,
+                symlink: mode == snapshot::MODE_LINK,
+            })
+            .collect())
     }
 
     /// Evolutions, newest first, following the first parents from the tip.

@@ -447,6 +447,32 @@ struct Queue {
     error: Option<HistoryError>,
 }
 
+/// Every file and symlink a snapshot of `scope` would hold: path relative to the root
+/// (`/`-separated bytes) and git mode, sorted by path.
+pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryError> {
+    let scanned = scan(scope)?;
+    let mut out = Vec::new();
+    let mut stack = vec![Vec::new()];
+    while let Some(dir) = stack.pop() {
+        let Some(entries) = scanned.get(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let mut rel = dir.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(e.name());
+            match e {
+                Found::File { mode, .. } => out.push((rel, *mode)),
+                Found::Dir { .. } => stack.push(rel),
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// List and stat every directory of the scope, on as many threads as there are cores.
 fn scan(scope: &Scope) -> Result<Scanned, HistoryError> {
     let threads = thread::available_parallelism().map_or(1, |n| n.get().min(4));

@@ -1,0 +1,664 @@
+//! `heph evolve`: performance-driven evolution. Candidates (rewrite-rule matches and
+//! proposals of an external command) are evaluated in isolated copies of the project,
+//! cheapest stage first (syntax, `cargo check`, tests, fitness); one that is faster by
+//! at least the minimum gain, with a significant Mann-Whitney U test over interleaved
+//! runs against the baseline, is applied to the project as an `evolve` evolution, and
+//! later candidates build on it (hill climbing).
+//!
+//! One call runs it all, for the CLI and the control API alike:
+//!
+//! ```no_run
+//! use hephaestus_core::Project;
+//! use hephaestus_core::evolve::{EvolveOptions, Evolver};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let project = Project::open("fixtures/slow-crate".as_ref())?;
+//! let mut opts = EvolveOptions::new("cargo run --release -q --bin fitness");
+//! opts.metric = Some(r"median_ns=(\d+)".into());
+//! let evolver = Evolver::new(&project, opts)?;
+//! println!("run {}", evolver.run_id());
+//! let summary = evolver.run(&mut |event| eprintln!("{event:?}"))?;
+//! println!("{} accepted", summary.accepted.len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Architecture invariant: a candidate never touches the user's tree before it is
+//! accepted. Candidates are built, tested and measured in slots (see [`sandbox`]); the
+//! only writes to the project are accepted candidates, through [`Project::apply`](crate::Project::apply) (lock,
+//! history, atomic writes), and the run log in `.heph/evolve/`.
+
+pub mod chart;
+mod engine;
+pub mod log;
+pub mod proposer;
+pub mod rules;
+pub mod sandbox;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EvolveConfig, parse_duration};
+use crate::history::HistoryOptions;
+
+pub use engine::Evolver;
+
+/// The default number of fitness runs per side.
+pub const DEFAULT_RUNS: usize = 10;
+/// The default minimum gain: 2 %.
+pub const DEFAULT_MIN_GAIN: f64 = 0.02;
+/// The default significance level.
+pub const DEFAULT_ALPHA: f64 = 0.01;
+
+/// Everything a run needs. Plain data: build it from `[evolve]` with
+/// [`EvolveOptions::from_config`], override what the caller wants, and hand it to
+/// [`Evolver::new`].
+#[derive(Debug, Clone)]
+pub struct EvolveOptions {
+    /// The fitness command (`sh -c`, in the candidate's copy).
+    pub fitness: String,
+    /// A regex whose first capture group (or whole match) in the command's stdout (then
+    /// stderr) is the value; None: the command's wall time in seconds.
+    pub metric: Option<String>,
+    /// Higher is better.
+    pub maximize: bool,
+    /// Fitness runs per side for each comparison (at least 2; 5 or more can reach
+    /// p < 0.01).
+    pub runs: usize,
+    /// Stop starting candidates after this long.
+    pub budget: Option<Duration>,
+    /// Parallel workers, each with its own copy.
+    pub jobs: usize,
+    /// Rule sources: `builtin` and/or directories relative to the project root.
+    pub rules: Vec<String>,
+    /// The proposer command.
+    pub proposer: Option<String>,
+    /// Kill the proposer after this long.
+    pub proposer_timeout: Duration,
+    /// Ask the proposer at most this many times.
+    pub proposer_rounds: usize,
+    /// Target modules (empty: the library modules, or the binaries' without a library).
+    pub targets: Vec<String>,
+    /// Minimum improvement as a fraction (0.02 = 2 %).
+    pub min_gain: f64,
+    /// Significance level.
+    pub alpha: f64,
+    /// Stop after this many candidates.
+    pub max_candidates: Option<usize>,
+    /// Time limit of `cargo check` and of building the tests.
+    pub build_timeout: Duration,
+    /// Time limit of the tests (None: ten times the baseline's, at least a minute).
+    pub test_timeout: Option<Duration>,
+    /// Time limit of one fitness run (None: twenty times the baseline's, at least 30 s).
+    pub fitness_timeout: Option<Duration>,
+    /// The test command (None: `cargo test`).
+    pub test_command: Option<String>,
+    /// Where the copies live (None: `heph-evolve/` in the project's target directory).
+    pub sandbox_dir: Option<PathBuf>,
+    /// Continue the run with this id (its log's candidates are not evaluated again).
+    pub resume: Option<String>,
+    /// The id of a new run (default: `YYYYMMDD-HHMMSS-xxxx`); the control API names the
+    /// runs it starts. Refused when a run with this id exists.
+    pub run_id: Option<String>,
+    /// Identities and lock behaviour for recording accepted candidates.
+    pub history_options: HistoryOptions,
+    /// How long to wait for the project lock when applying a candidate.
+    pub lock_timeout: Duration,
+    /// Set to stop the run: running commands are killed, the summary is returned.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl EvolveOptions {
+    /// Defaults with this fitness command.
+    pub fn new(fitness: impl Into<String>) -> EvolveOptions {
+        EvolveOptions {
+            fitness: fitness.into(),
+            metric: None,
+            maximize: false,
+            runs: DEFAULT_RUNS,
+            budget: Some(Duration::from_secs(600)),
+            jobs: 1,
+            rules: vec!["builtin".into()],
+            proposer: None,
+            proposer_timeout: Duration::from_secs(120),
+            proposer_rounds: 3,
+            targets: Vec::new(),
+            min_gain: DEFAULT_MIN_GAIN,
+            alpha: DEFAULT_ALPHA,
+            max_candidates: None,
+            build_timeout: Duration::from_secs(600),
+            test_timeout: None,
+            fitness_timeout: None,
+            test_command: None,
+            sandbox_dir: None,
+            resume: None,
+            run_id: None,
+            history_options: HistoryOptions::default(),
+            lock_timeout: Duration::from_secs(300),
+            cancel: None,
+        }
+    }
+
+    /// Options from `[evolve]` of heph.toml (`fitness` is required there or must be
+    /// set afterwards: an empty command is refused by [`Evolver::new`]).
+    pub fn from_config(c: &EvolveConfig) -> Result<EvolveOptions, EvolveError> {
+        let dur = |key: &str, v: &Option<String>| -> Result<Option<Duration>, EvolveError> {
+            v.as_deref()
+                .map(|t| {
+                    parse_duration(t).map_err(|m| EvolveError::Settings(format!("{key}: {m}")))
+                })
+                .transpose()
+        };
+        let mut o = EvolveOptions::new(c.fitness.clone().unwrap_or_default());
+        o.metric = c.metric.clone();
+        o.maximize = c.maximize.unwrap_or(false);
+        o.runs = c.runs.unwrap_or(DEFAULT_RUNS);
+        if let Some(b) = dur("budget", &c.budget)? {
+            o.budget = Some(b);
+        }
+        o.jobs = c.jobs.unwrap_or(1);
+        if let Some(r) = &c.rules {
+            o.rules = r.clone();
+        }
+        o.proposer = c.proposer.clone();
+        if let Some(t) = dur("proposer_timeout", &c.proposer_timeout)? {
+            o.proposer_timeout = t;
+        }
+        o.proposer_rounds = c.proposer_rounds.unwrap_or(3);
+        o.targets = c.targets.clone().unwrap_or_default();
+        o.min_gain = c.min_gain.map_or(DEFAULT_MIN_GAIN, |g| g / 100.0);
+        o.alpha = c.alpha.unwrap_or(DEFAULT_ALPHA);
+        o.max_candidates = c.max_candidates;
+        if let Some(t) = dur("build_timeout", &c.build_timeout)? {
+            o.build_timeout = t;
+        }
+        o.test_timeout = dur("test_timeout", &c.test_timeout)?;
+        o.fitness_timeout = dur("fitness_timeout", &c.fitness_timeout)?;
+        o.test_command = c.test_command.clone();
+        o.sandbox_dir = c.sandbox_dir.clone();
+        Ok(o)
+    }
+
+    /// These options as `[evolve]` settings (what the run log records, so `--resume`
+    /// continues with them).
+    pub fn to_config(&self) -> EvolveConfig {
+        let d = |d: Duration| format!("{}ms", d.as_millis());
+        EvolveConfig {
+            fitness: Some(self.fitness.clone()),
+            metric: self.metric.clone(),
+            maximize: Some(self.maximize),
+            runs: Some(self.runs),
+            budget: self.budget.map(d),
+            jobs: Some(self.jobs),
+            rules: Some(self.rules.clone()),
+            proposer: self.proposer.clone(),
+            proposer_timeout: Some(d(self.proposer_timeout)),
+            proposer_rounds: Some(self.proposer_rounds),
+            targets: Some(self.targets.clone()),
+            min_gain: Some(self.min_gain * 100.0),
+            alpha: Some(self.alpha),
+            max_candidates: self.max_candidates,
+            build_timeout: Some(d(self.build_timeout)),
+            test_timeout: self.test_timeout.map(d),
+            fitness_timeout: self.fitness_timeout.map(d),
+            test_command: self.test_command.clone(),
+            sandbox_dir: self.sandbox_dir.clone(),
+        }
+    }
+}
+
+/// The stages of a candidate, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The proposer's entry is usable (JSON shape, module path).
+    Proposal,
+    /// The code parses and applies to its module.
+    Syntax,
+    /// `cargo check` of the libraries and binaries (test code is compiled by `Build`).
+    Check,
+    /// `cargo test --no-run`: building the tests.
+    Build,
+    /// Running the tests.
+    Test,
+    /// Fitness runs, interleaved with the baseline's.
+    Fitness,
+}
+
+impl Stage {
+    /// The stage's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Proposal => "proposal",
+            Stage::Syntax => "syntax",
+            Stage::Check => "check",
+            Stage::Build => "build",
+            Stage::Test => "test",
+            Stage::Fitness => "fitness",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageOutcome {
+    /// It passed.
+    Passed,
+    /// It failed (compile errors, failing tests, a failing fitness command, no gain).
+    Failed,
+    /// It was killed after its time limit.
+    TimedOut,
+    /// The process died of a signal (a crash).
+    Crashed,
+    /// It was stopped (budget, Ctrl-C).
+    Cancelled,
+}
+
+/// One stage of a candidate (or of the baseline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// Which stage.
+    pub stage: Stage,
+    /// How it ended.
+    pub outcome: StageOutcome,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Why it failed, in one line.
+    pub reason: Option<String>,
+    /// Compiler errors or the tail of the output, when it failed.
+    pub output: Option<String>,
+}
+
+/// Fitness samples of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitnessRecord {
+    /// The baseline's samples, in run order.
+    pub baseline: Vec<f64>,
+    /// The candidate's samples, interleaved with the baseline's.
+    pub candidate: Vec<f64>,
+    /// Median of `baseline`.
+    pub baseline_median: f64,
+    /// Median of `candidate`.
+    pub candidate_median: f64,
+    /// Relative improvement of the medians (0.25: 25 % better; negative: worse).
+    pub gain: f64,
+    /// One-sided Mann-Whitney U p-value of "the candidate is better".
+    pub p_value: f64,
+}
+
+impl FitnessRecord {
+    /// `baseline / candidate` for times (lower is better), `candidate / baseline` when
+    /// maximizing: how many times better.
+    pub fn ratio(&self, maximize: bool) -> f64 {
+        if maximize {
+            self.candidate_median / self.baseline_median
+        } else {
+            self.baseline_median / self.candidate_median
+        }
+    }
+}
+
+/// What became of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Better and significant: applied to the project.
+    Accepted,
+    /// Rejected at `stage` for `reason`.
+    Rejected,
+    /// Stopped by the budget or a cancellation before a verdict.
+    Cancelled,
+}
+
+impl Verdict {
+    /// The verdict's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected => "rejected",
+            Verdict::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a candidate came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Source {
+    /// A rewrite rule.
+    Rule {
+        /// The rule's id.
+        rule: String,
+    },
+    /// The proposer.
+    Proposer {
+        /// Which call of the proposer (1 for the first).
+        round: usize,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Rule { rule } => write!(f, "rule {rule}"),
+            Source::Proposer { round } => write!(f, "proposer #{round}"),
+        }
+    }
+}
+
+/// Everything about one candidate: a line of the run log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateRecord {
+    /// Its number in the run (1 for the first).
+    pub id: usize,
+    /// A key identifying it across runs (`--resume` skips keys already decided).
+    pub key: String,
+    /// Rule or proposer.
+    pub source: Source,
+    /// What it does.
+    pub description: String,
+    /// The module it changes.
+    pub module: Option<String>,
+    /// The files it changes (relative).
+    pub files: Vec<String>,
+    /// The unified diff against the baseline it was evaluated on.
+    pub diff: Option<String>,
+    /// The worker that evaluated it.
+    pub worker: Option<usize>,
+    /// How many candidates had been accepted when it was evaluated.
+    pub baseline_version: u64,
+    /// The stages it went through, in order.
+    pub stages: Vec<StageRecord>,
+    /// The fitness comparison, when it got there.
+    pub fitness: Option<FitnessRecord>,
+    /// Accepted, rejected or cancelled.
+    pub verdict: Verdict,
+    /// The stage it was rejected at.
+    pub stage: Option<Stage>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The evolution recording it, when accepted (short id).
+    pub evolution: Option<String>,
+    /// Wall time of its evaluation in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Who runs a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runner {
+    /// The baseline (the project as it is).
+    Baseline,
+    /// A worker, by index.
+    Worker(usize),
+}
+
+/// Progress of a run, for front ends.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EvolveEvent {
+    /// The run started.
+    Started {
+        /// Its id.
+        run_id: String,
+        /// The log file.
+        log: PathBuf,
+        /// Workers.
+        jobs: usize,
+        /// Rules loaded.
+        rules: usize,
+        /// Target modules.
+        targets: usize,
+        /// Continuing an earlier run.
+        resumed: bool,
+    },
+    /// Preparation: copying, baseline stages.
+    Phase {
+        /// What is happening.
+        message: String,
+    },
+    /// A stage started.
+    StageStarted {
+        /// Who runs it.
+        runner: Runner,
+        /// The candidate (None for the baseline).
+        candidate: Option<usize>,
+        /// Which stage.
+        stage: Stage,
+    },
+    /// A stage finished.
+    StageFinished {
+        /// Who ran it.
+        runner: Runner,
+        /// The candidate (None for the baseline).
+        candidate: Option<usize>,
+        /// How it went.
+        record: StageRecord,
+    },
+    /// The baseline was measured.
+    Baseline {
+        /// The samples.
+        samples: Vec<f64>,
+        /// Their median.
+        median: f64,
+    },
+    /// Candidates are known.
+    Queued {
+        /// Waiting.
+        pending: usize,
+        /// Known so far (evaluated, running, waiting).
+        total: usize,
+    },
+    /// The proposer was called.
+    ProposerStarted {
+        /// Which call.
+        round: usize,
+    },
+    /// The proposer answered (or not).
+    ProposerFinished {
+        /// Which call.
+        round: usize,
+        /// Candidates it proposed.
+        candidates: usize,
+        /// Why it failed.
+        error: Option<String>,
+    },
+    /// A worker took a candidate.
+    CandidateStarted {
+        /// The worker.
+        worker: usize,
+        /// The candidate.
+        id: usize,
+        /// Where it came from.
+        source: Source,
+        /// What it does.
+        description: String,
+    },
+    /// A candidate has its verdict.
+    CandidateFinished(Box<CandidateRecord>),
+    /// A candidate was applied to the project.
+    Accepted {
+        /// The candidate.
+        id: usize,
+        /// The `evolve` evolution's short id.
+        evolution: String,
+        /// Baseline median.
+        before: f64,
+        /// Candidate median.
+        after: f64,
+    },
+    /// Something worth telling that does not stop the run.
+    Warning {
+        /// The message.
+        message: String,
+    },
+}
+
+/// One accepted step of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AcceptedStep {
+    /// The candidate.
+    pub candidate: usize,
+    /// Its description.
+    pub description: String,
+    /// The evolution's short id.
+    pub evolution: String,
+    /// Baseline median of its comparison.
+    pub before: f64,
+    /// Its median.
+    pub after: f64,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// No candidate left.
+    Exhausted,
+    /// The budget ran out.
+    Budget,
+    /// `max_candidates` were evaluated.
+    MaxCandidates,
+    /// Cancelled (Ctrl-C, API).
+    Cancelled,
+}
+
+impl StopReason {
+    /// The name used in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Exhausted => "exhausted",
+            StopReason::Budget => "budget",
+            StopReason::MaxCandidates => "max-candidates",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// The run id.
+    pub run_id: String,
+    /// The log file.
+    pub log: PathBuf,
+    /// The SVG chart.
+    pub chart: Option<PathBuf>,
+    /// Lower is better unless this is set.
+    pub maximize: bool,
+    /// `s` (wall time) or `metric`.
+    pub unit: String,
+    /// The baseline's median at the start.
+    pub baseline: Option<f64>,
+    /// The first baseline against the final state, measured side by side (when
+    /// something was accepted).
+    pub overall: Option<FitnessRecord>,
+    /// Accepted candidates, in order.
+    pub accepted: Vec<AcceptedStep>,
+    /// Every candidate evaluated by this invocation.
+    pub candidates: Vec<CandidateRecord>,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvolveError {
+    /// A setting is invalid.
+    #[error("invalid evolve setting: {0}")]
+    Settings(String),
+    /// The rules could not be loaded.
+    #[error(transparent)]
+    Rules(#[from] rules::RuleError),
+    /// A target module does not resolve.
+    #[error("target module: {0}")]
+    Target(#[source] crate::resolve::ResolveError),
+    /// The copy of the project cannot be opened by cargo.
+    #[error(transparent)]
+    Project(#[from] crate::project::ProjectError),
+    /// A file or directory of the run could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The project as it is fails a stage: nothing can be compared with it.
+    #[error("the project fails {stage} before any change ({reason}); fix it first{}", output.as_deref().map(|o| format!(":\n{o}")).unwrap_or_default())]
+    Baseline {
+        /// The stage.
+        stage: Stage,
+        /// Why.
+        reason: String,
+        /// Errors or output.
+        output: Option<String>,
+    },
+    /// A command could not be started at all.
+    #[error(transparent)]
+    Command(#[from] crate::verify::VerifyError),
+    /// Reading the project's files or recording an accepted candidate failed.
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
+    /// Applying an accepted candidate to the project failed (the project changed
+    /// meanwhile?); the run stops.
+    #[error("applying candidate #{candidate} to the project failed")]
+    Apply {
+        /// The candidate.
+        candidate: usize,
+        /// The cause.
+        #[source]
+        source: Box<crate::apply::ApplyError>,
+    },
+    /// A new run was given the id of an existing one.
+    #[error("an evolve run `{run}` exists already in {dir}; continue it with --resume {run}")]
+    RunExists {
+        /// The id.
+        run: String,
+        /// Where logs are.
+        dir: PathBuf,
+    },
+    /// `--resume` names no run.
+    #[error("no evolve run `{run}` in {dir} (run ids are the file names there, without .jsonl)")]
+    UnknownRun {
+        /// The id as given.
+        run: String,
+        /// Where logs are.
+        dir: PathBuf,
+    },
+}
+
+impl crate::Categorized for EvolveError {
+    fn category(&self) -> crate::ErrorCategory {
+        use crate::ErrorCategory::*;
+        match self {
+            EvolveError::Settings(_)
+            | EvolveError::Target(_)
+            | EvolveError::Baseline { .. }
+            | EvolveError::UnknownRun { .. }
+            | EvolveError::RunExists { .. } => BadInput,
+            EvolveError::Rules(e) => e.category(),
+            EvolveError::Command(e) => e.category(),
+            EvolveError::Apply { source, .. } => source.category(),
+            EvolveError::Project(_) | EvolveError::Io { .. } | EvolveError::History(_) => {
+                Environment
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# heph evolve vs cargo-mutants on fixtures/slow-crate, same machine, one after the other:
+# candidates (mutants) evaluated per minute, and the time each spends per candidate
+# building and testing (heph: cargo check + test build + tests; cargo-mutants: build +
+# test), plus heph's fitness time. Both with 2 parallel jobs, both from cold copies.
+#
+# Needs: cargo-mutants (`cargo install --locked cargo-mutants`), python3.
+# Usage: tests/bench/evolve.sh [WORKDIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+WORK=${1:-$(mktemp -d -t heph-evolve-bench.XXXXXX)}
+mkdir -p "$WORK"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+cargo build --release -q -p hephaestus-cli
+HEPH=$TARGET/release/heph
+
+echo "== heph evolve, build+test throughput (rules, --jobs 2, a no-op fitness) in $WORK/thru" >&2
+rm -rf "$WORK/thru" && mkdir -p "$WORK/thru"
+cp -r fixtures/slow-crate "$WORK/thru/"
+start=$(date +%s.%N)
+(cd "$WORK/thru/slow-crate" && CARGO_TARGET_DIR="$WORK/thru/target" "$HEPH" evolve --json \
+  --fitness true --runs 2 --jobs 2 > "$WORK/thru.json") || true
+end=$(date +%s.%N)
+echo "$start $end" > "$WORK/thru.wall"
+
+echo "== heph evolve (rules, --jobs 2) in $WORK/heph" >&2
+rm -rf "$WORK/heph" && mkdir -p "$WORK/heph"
+cp -r fixtures/slow-crate "$WORK/heph/"
+start=$(date +%s.%N)
+(cd "$WORK/heph/slow-crate" && CARGO_TARGET_DIR="$WORK/heph/target" "$HEPH" evolve --json \
+  --fitness 'cargo run --release -q --bin fitness' --metric 'min_ns=(\d+)' --runs 6 \
+  --jobs 2 --budget 15m > "$WORK/heph.json") || true
+end=$(date +%s.%N)
+echo "$start $end" > "$WORK/heph.wall"
+
+echo "== cargo mutants -j2 in $WORK/mutants" >&2
+rm -rf "$WORK/mutants" && mkdir -p "$WORK/mutants"
+cp -r fixtures/slow-crate "$WORK/mutants/"
+start=$(date +%s.%N)
+(cd "$WORK/mutants/slow-crate" && env -u CARGO_TARGET_DIR cargo mutants -j2 --no-shuffle \
+  --output "$WORK/mutants" > "$WORK/mutants.log" 2>&1) || true
+end=$(date +%s.%N)
+echo "$start $end" > "$WORK/mutants.wall"
+
+python3 - "$WORK" <<'PY'
+import json, sys, statistics as st
+work = sys.argv[1]
+def wall(name):
+    a, b = open(f"{work}/{name}.wall").read().split()
+    return float(b) - float(a)
+
+def heph(name, title):
+    h = json.load(open(f"{work}/{name}.json"))
+    cands = h["candidates"]
+    bt, per = [], {"check": [], "build": [], "test": [], "fitness": []}
+    for c in cands:
+        s = {x["stage"]: x["duration_ms"] / 1000 for x in c["stages"]}
+        if "check" in s:
+            bt.append(s.get("check", 0) + s.get("build", 0) + s.get("test", 0))
+        for k in per:
+            if k in s:
+                per[k].append(s[k])
+    w = wall(name)
+    print("%s: %d candidates in %.1f s wall (%.1f per minute, baseline and slot warm-up included)"
+          % (title, len(cands), w, len(cands) / w * 60))
+    for k, v in per.items():
+        if v:
+            print("  %-8s mean %.3f s, median %.3f s over %d candidates" % (k, st.mean(v), st.median(v), len(v)))
+    print("  build+test (check + test build + tests) per candidate: mean %.3f s" % st.mean(bt))
+    if h.get("overall"):
+        o = h["overall"]
+        print("  fitness %.0f -> %.0f (%.2fx), %d accepted" % (o["baseline_median"], o["candidate_median"],
+              o["baseline_median"] / o["candidate_median"], len(h["accepted"])))
+    return st.mean(bt)
+
+hm = heph("thru", "heph evolve, no-op fitness (build+test throughput)")
+heph("heph", "heph evolve, real fitness")
+
+m = json.load(open(f"{work}/mutants/mutants.out/outcomes.json"))
+mb, mt, mbt, n, kinds = [], [], [], 0, {}
+for o in m["outcomes"]:
+    if o["scenario"] == "Baseline":
+        continue
+    n += 1
+    kinds[o["summary"]] = kinds.get(o["summary"], 0) + 1
+    d = {p["phase"]: p["duration"] for p in o["phase_results"]}
+    mb.append(d.get("Build", 0)); mt.append(d.get("Test", 0))
+    if o["summary"] != "Timeout":
+        mbt.append(d.get("Build", 0) + d.get("Test", 0))
+mw = wall("mutants")
+print("cargo mutants -j2: %d mutants in %.1f s wall (%.1f per minute), %s"
+      % (n, mw, n / mw * 60, ", ".join("%s %d" % kv for kv in sorted(kinds.items()))))
+print("  build mean %.3f s, test mean %.3f s per mutant" % (st.mean(mb), st.mean(mt)))
+mm = st.mean(mbt)
+print("  build+test per mutant (timeouts left out): mean %.3f s" % mm)
+print("per-candidate build+test throughput, heph / cargo-mutants: %.2fx" % (mm / hm))
+PY

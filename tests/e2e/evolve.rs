@@ -1,0 +1,391 @@
+//! `heph evolve` end to end on `fixtures/slow-crate`: rules make it faster with every
+//! test passing and each step in the history; a pure-noise rule is never accepted; the
+//! user's files never change while a run evaluates candidates; a misbehaving proposer
+//! (invalid JSON, unparsable code, a `..` module, candidates that fail a test, hang or
+//! crash, a proposer that hangs) has each candidate rejected with its reason while the
+//! run completes.
+//!
+//! The tests share the sandbox slots under the e2e target directory (warm builds), so
+//! they take turns.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use hephaestus_tests::{Run, TestEnv, shared_target_dir, snapshot_of};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const FITNESS: &str = "cargo run --release -q --bin fitness";
+const METRIC: &str = r"min_ns=(\d+)";
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type Tree = Vec<(PathBuf, Vec<u8>)>;
+
+/// Run heph with `args` while another thread records every distinct state of the
+/// project's files; returns the run and the states seen (in order).
+fn run_watching(env: &TestEnv, args: &[&str]) -> (Run, Vec<Tree>) {
+    run_watching_with(env, args, &[])
+}
+
+fn run_watching_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> (Run, Vec<Tree>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let states = Arc::new(Mutex::new(vec![env.snapshot()]));
+    let watcher = {
+        let (stop, states) = (Arc::clone(&stop), Arc::clone(&states));
+        let project = env.project().to_path_buf();
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let now = snapshot_of(&project);
+                let mut s = states.lock().expect("states");
+                if s.last() != Some(&now) {
+                    s.push(now);
+                }
+                drop(s);
+                thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let output = env
+        .heph()
+        .args(args)
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running heph");
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().expect("watcher");
+    let states = states.lock().expect("states").clone();
+    (Run::from_output(output, env.temp()), states)
+}
+
+fn candidates(summary: &serde_json::Value) -> Vec<serde_json::Value> {
+    summary["candidates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    let before = env.snapshot();
+    let (run, states) = run_watching(
+        &env,
+        &[
+            "evolve",
+            "--json",
+            "--fitness",
+            FITNESS,
+            "--metric",
+            METRIC,
+            "--runs",
+            "8",
+            "--budget",
+            "8m",
+        ],
+    );
+    run.expect_code(0);
+    let summary = run.json();
+    let accepted: Vec<serde_json::Value> = candidates(&summary)
+        .into_iter()
+        .filter(|c| c["verdict"] == "accepted")
+        .collect();
+    assert!(!accepted.is_empty(), "{}", run.stderr);
+    let overall = &summary["overall"];
+    let ratio = overall["baseline_median"].as_f64().expect("before")
+        / overall["candidate_median"].as_f64().expect("after");
+    eprintln!(
+        "slow-crate: {ratio:.2}x faster with {} accepted candidates",
+        accepted.len()
+    );
+    assert!(
+        ratio >= 1.8,
+        "only {ratio:.2}x faster:\n{}",
+        serde_json::to_string_pretty(&summary).unwrap_or_default()
+    );
+
+    // The user's files changed only when a candidate was accepted: one state per step.
+    assert!(
+        states.len() <= 1 + accepted.len(),
+        "{} states for {} accepted candidates",
+        states.len(),
+        accepted.len()
+    );
+    let changed: BTreeSet<String> = accepted
+        .iter()
+        .flat_map(|c| c["files"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    let after = env.snapshot();
+    for ((p1, b1), (p2, b2)) in before.iter().zip(&after) {
+        assert_eq!(p1, p2);
+        if !changed.contains(&p1.display().to_string()) {
+            assert_eq!(
+                b1,
+                b2,
+                "{} changed but no accepted candidate names it",
+                p1.display()
+            );
+        }
+    }
+    assert_eq!(states.last(), Some(&after));
+
+    // Every test of the evolved crate passes.
+    let test = std::process::Command::new("cargo")
+        .args(["test", "--quiet", "--offline"])
+        .current_dir(env.project())
+        .env("CARGO_TARGET_DIR", shared_target_dir())
+        .output()
+        .expect("cargo test");
+    assert!(
+        test.status.success(),
+        "{}",
+        String::from_utf8_lossy(&test.stdout)
+    );
+
+    // The history lists each accepted step with its fitness.
+    let history = env.run(["history", "--kind", "evolve", "--json"]);
+    history.expect_code(0);
+    let evolutions = history.json()["evolutions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(evolutions.len(), accepted.len());
+    for e in &evolutions {
+        assert!(
+            e["fitness"]["before"].as_f64() > e["fitness"]["after"].as_f64(),
+            "{e}"
+        );
+        assert_eq!(e["verify"]["outcome"], "passed");
+    }
+    let text = env.run(["history", "--kind", "evolve"]);
+    assert_eq!(
+        text.stdout.matches(" fitness ").count(),
+        accepted.len(),
+        "{}",
+        text.stdout
+    );
+    // The log and the chart.
+    let run_id = summary["run_id"].as_str().expect("run id");
+    let lines = env.read(format!(".heph/evolve/{run_id}.jsonl"));
+    assert!(
+        lines
+            .lines()
+            .next()
+            .expect("a line")
+            .contains("\"type\":\"run\"")
+    );
+    assert!(lines.contains("\"p_value\""));
+    let chart = env.read(format!(".heph/evolve/{run_id}.svg"));
+    assert!(chart.starts_with("<svg"), "{chart}");
+}
+
+#[test]
+fn a_noise_rule_is_never_accepted_and_leaves_no_trace() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    // A rule whose rewrite means exactly the same: only noise can tell them apart.
+    env.write(
+        "../noise-rules/noop.toml",
+        "description = \"test only: the same call inside a block\"\nrisk = \"low\"\n\
+         pattern = \"$v.push($x)\"\nreplacement = \"{ $v.push($x) }\"\n",
+    );
+    let rules = env.temp().join("noise-rules").display().to_string();
+    let before = env.snapshot();
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        // The first run is named the way the control API names the runs it starts.
+        let vars: &[(&str, &str)] = if i == 0 {
+            &[("HEPH_EVOLVE_RUN", "api-run-1")]
+        } else {
+            &[]
+        };
+        let (run, states) = run_watching_with(
+            &env,
+            &[
+                "evolve",
+                "--json",
+                "--fitness",
+                FITNESS,
+                "--metric",
+                METRIC,
+                "--runs",
+                "6",
+                "--rules",
+                &rules,
+                "--target",
+                "crate::dedup",
+            ],
+            vars,
+        );
+        run.expect_code(1);
+        assert_eq!(states.len(), 1, "the user's files changed during a run");
+        let summary = run.json();
+        let cands = candidates(&summary);
+        assert_eq!(cands.len(), 1, "{summary}");
+        assert_eq!(cands[0]["verdict"], "rejected", "{summary}");
+        assert_eq!(cands[0]["stage"], "fitness", "{summary}");
+        assert!(cands[0]["fitness"]["p_value"].as_f64().is_some());
+        runs.push(summary["run_id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(env.snapshot(), before, "a rejected candidate left a trace");
+    let history = env.run(["history", "--kind", "evolve", "--json"]);
+    assert_eq!(history.json()["evolutions"], serde_json::json!([]));
+
+    assert_eq!(runs[0], "api-run-1");
+    let again = env
+        .heph()
+        .env("HEPH_EVOLVE_RUN", "api-run-1")
+        .args(["evolve", "--fitness", FITNESS])
+        .output()
+        .expect("heph");
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a second run with the same id"
+    );
+
+    // --resume skips what the run already decided.
+    let resumed = env.run(["evolve", "--json", "--resume", &runs[0]]);
+    resumed.expect_code(1);
+    assert_eq!(candidates(&resumed.json()).len(), 0, "{}", resumed.stdout);
+    let unknown = env.run(["evolve", "--resume", "no-such-run"]);
+    unknown.expect_code(2);
+    assert!(
+        unknown.stderr.contains("no evolve run"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[test]
+fn a_misbehaving_proposer_gets_each_candidate_rejected_with_its_reason() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    let counter = env.temp().join("round");
+    let script = format!(
+        r#"cat >/dev/null
+n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}
+case $n in
+1) echo 'this is not JSON' ;;
+2) cat <<'EOF'
+[{{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec( }}","description":"unparsable"}},
+ {{"module":"../../outside","code":"pub fn f() {{}}","description":"escapes"}},
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec() }}","description":"compiles, fails a test"}},
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ let _ = input; loop {{ std::hint::spin_loop() }} }}","description":"hangs in the tests"}},
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ let _ = input; std::process::abort() }}","description":"crashes in the tests"}}]
+EOF
+;;
+*) sleep 60 ;;
+esac
+"#,
+        counter = counter.display()
+    );
+    env.write("../proposer.sh", script);
+    let proposer = format!("sh {}", env.temp().join("proposer.sh").display());
+    let before = env.snapshot();
+    let (run, states) = run_watching(
+        &env,
+        &[
+            "evolve",
+            "--json",
+            "--no-rules",
+            "--fitness",
+            FITNESS,
+            "--metric",
+            METRIC,
+            "--runs",
+            "3",
+            "--proposer",
+            &proposer,
+            "--proposer-timeout",
+            "3s",
+            "--proposer-rounds",
+            "3",
+            "--test-timeout",
+            "8s",
+        ],
+    );
+    run.expect_code(1);
+    assert_eq!(states.len(), 1, "the user's files changed during the run");
+    assert_eq!(env.snapshot(), before);
+    let summary = run.json();
+    let cands = candidates(&summary);
+    let find = |needle: &str| {
+        cands
+            .iter()
+            .find(|c| {
+                c["reason"].as_str().is_some_and(|r| r.contains(needle))
+                    || c["description"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(needle))
+            })
+            .unwrap_or_else(|| panic!("no candidate with {needle}: {summary:#}"))
+            .clone()
+    };
+    let invalid_json = find("not valid JSON");
+    assert_eq!(invalid_json["stage"], "proposal");
+    let unparsable = find("unparsable");
+    assert_eq!(unparsable["stage"], "syntax");
+    assert!(
+        unparsable["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("does not parse")
+    );
+    let escapes = find("escapes");
+    assert_eq!(escapes["stage"], "proposal");
+    assert!(
+        escapes["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("../../outside")
+    );
+    let failing = find("fails a test");
+    assert_eq!(failing["stage"], "test", "{failing:#}");
+    let check = failing["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|s| s["stage"] == "check")
+        .expect("a check stage")
+        .clone();
+    assert_eq!(check["outcome"], "passed");
+    assert!(
+        failing["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("keeps_first_appearances_in_order"),
+        "{failing:#}"
+    );
+    let hangs = find("hangs in the tests");
+    assert_eq!(hangs["stage"], "test", "{hangs:#}");
+    assert!(
+        hangs["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("did not finish within")
+    );
+    assert_eq!(hangs["stages"][3]["outcome"], "timed-out", "{hangs:#}");
+    let crashes = find("crashes in the tests");
+    assert_eq!(crashes["stage"], "test", "{crashes:#}");
+    assert_eq!(crashes["stages"][3]["outcome"], "crashed", "{crashes:#}");
+    let hang = find("did not answer");
+    assert_eq!(hang["stage"], "proposal");
+    assert!(
+        cands.iter().all(|c| c["verdict"] == "rejected"),
+        "{summary:#}"
+    );
+    assert_eq!(summary["stop"], "exhausted");
+}
