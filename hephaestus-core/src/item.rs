@@ -373,7 +373,8 @@ fn write_tidy(tokens: TokenStream, out: &mut String) {
                 if needs_space_before_word(out) {
                     out.push(' ');
                 }
-                out.push_str(&l.to_string());
+                // A CRLF file's multi-line literal reads as LF, as rustc reads it.
+                out.push_str(&l.to_string().replace("\r\n", "\n"));
                 prev_joint = false;
             }
         }
@@ -437,6 +438,11 @@ impl KeyQuery {
             text: text.to_owned(),
             reason: reason.to_owned(),
         };
+        // syn parses nested brackets and generics recursively: a key nested
+        // thousands deep would overflow the stack instead of failing.
+        if nesting(text) > MAX_KEY_NESTING {
+            return Err(err("it is nested too deeply"));
+        }
         let mut rest = text.trim();
         let mut cfg = Vec::new();
         while let Some(after) = rest.strip_prefix("#[") {
@@ -472,6 +478,14 @@ impl KeyQuery {
                 let item: syn::ItemImpl = syn::parse_str(&format!("impl {body} {{}}"))
                     .map_err(|_| err("expected `impl Type` or `impl Trait for Type`"))?;
                 ItemKey::new(ItemKind::Impl, impl_name(&item))
+            }
+            Some(ItemKind::ExternCrate) => {
+                let body = body.trim_end_matches(';');
+                let item: syn::ItemExternCrate = syn::parse_str(&format!("extern crate {body};"))
+                    .map_err(|_| {
+                    err("expected `extern crate name` or `extern crate name as alias`")
+                })?;
+                ItemKey::of_item(&syn::Item::ExternCrate(item))
             }
             Some(ItemKind::Use) => {
                 let body = body.trim_end_matches(';');
@@ -531,6 +545,27 @@ fn member_or_plain(kind: ItemKind, body: &str) -> Option<ItemKey> {
         name: last.ident.to_string(),
         cfg: Vec::new(),
     })
+}
+
+/// How deep an item key may nest brackets and generics; real keys nest a few levels.
+const MAX_KEY_NESTING: usize = 32;
+
+/// The deepest nesting of `(`, `[`, `{` and `<` in `s` (a `>` of `->` closes nothing).
+fn nesting(s: &str) -> usize {
+    let (mut depth, mut max, mut prev) = (0usize, 0usize, ' ');
+    for c in s.chars() {
+        match c {
+            '(' | '[' | '{' | '<' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            '>' if prev == '-' => {}
+            ')' | ']' | '}' | '>' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = c;
+    }
+    max
 }
 
 fn matching_bracket(s: &str) -> Option<usize> {
@@ -627,5 +662,27 @@ mod tests {
         assert!(KeyQuery::parse("").is_err());
         assert!(KeyQuery::parse("fn 3x").is_err());
         assert!(KeyQuery::parse("#[inline] fn f").is_err());
+    }
+
+    #[test]
+    fn deeply_nested_keys_fail_instead_of_overflowing_the_stack() {
+        // Found by fuzzing: syn's recursive descent overflowed on a `<` run.
+        for key in [
+            format!("ex{}", "<".repeat(100_000)),
+            format!("fn {}x{}", "(".repeat(100_000), ")".repeat(100_000)),
+            format!(
+                "impl A{}B{}",
+                "<fn() -> A".repeat(50_000),
+                ">".repeat(50_000)
+            ),
+        ] {
+            let e = KeyQuery::parse(&key).expect_err("too deep");
+            assert!(e.reason.contains("nested too deeply"), "{e}");
+        }
+        // Real keys are far from the limit.
+        let q = KeyQuery::parse("fn <W<Vec<u8>> as From<&'a [u8; 4]>>::from").expect("parse");
+        let imp: syn::ItemImpl =
+            syn::parse_str("impl<'a> From<&'a [u8; 4]> for W<Vec<u8>> {}").expect("parses");
+        assert_eq!(q.key.owner, Some(impl_name(&imp)));
     }
 }

@@ -5,7 +5,92 @@
 use std::ops::Range;
 use std::str::FromStr;
 
-use proc_macro2::{TokenStream, TokenTree};
+use proc_macro2::{Spacing, TokenStream, TokenTree};
+use syn::visit::{self, Visit};
+
+/// Can prettyplease print `item`? It panics on syntax syn keeps as raw tokens (the
+/// `Verbatim` nodes, e.g. `fn f();` at module level) and on `macro_rules!` bodies that
+/// are not `(..) => {..};` rules.
+pub fn printable(item: &syn::Item) -> bool {
+    let mut check = Printable(true);
+    check.visit_item(item);
+    check.0
+}
+
+struct Printable(bool);
+
+impl<'ast> Visit<'ast> for Printable {
+    fn visit_item(&mut self, i: &'ast syn::Item) {
+        match i {
+            syn::Item::Verbatim(_) => self.0 = false,
+            syn::Item::Macro(m)
+                if m.ident.is_some()
+                    && m.mac.path.is_ident("macro_rules")
+                    && !macro_rules_shape(&m.mac.tokens) =>
+            {
+                self.0 = false;
+            }
+            _ => visit::visit_item(self, i),
+        }
+    }
+    fn visit_impl_item(&mut self, i: &'ast syn::ImplItem) {
+        match i {
+            syn::ImplItem::Verbatim(_) => self.0 = false,
+            _ => visit::visit_impl_item(self, i),
+        }
+    }
+    fn visit_trait_item(&mut self, i: &'ast syn::TraitItem) {
+        match i {
+            syn::TraitItem::Verbatim(_) => self.0 = false,
+            _ => visit::visit_trait_item(self, i),
+        }
+    }
+    fn visit_foreign_item(&mut self, i: &'ast syn::ForeignItem) {
+        match i {
+            syn::ForeignItem::Verbatim(_) => self.0 = false,
+            _ => visit::visit_foreign_item(self, i),
+        }
+    }
+    fn visit_expr(&mut self, i: &'ast syn::Expr) {
+        match i {
+            syn::Expr::Verbatim(_) => self.0 = false,
+            _ => visit::visit_expr(self, i),
+        }
+    }
+    fn visit_pat(&mut self, i: &'ast syn::Pat) {
+        match i {
+            syn::Pat::Verbatim(_) => self.0 = false,
+            _ => visit::visit_pat(self, i),
+        }
+    }
+    fn visit_type(&mut self, i: &'ast syn::Type) {
+        match i {
+            syn::Type::Verbatim(_) => self.0 = false,
+            _ => visit::visit_type(self, i),
+        }
+    }
+    fn visit_type_param_bound(&mut self, i: &'ast syn::TypeParamBound) {
+        match i {
+            syn::TypeParamBound::Verbatim(_) => self.0 = false,
+            _ => visit::visit_type_param_bound(self, i),
+        }
+    }
+}
+
+/// Are these `macro_rules!` rules `(matcher) => {expansion}` separated by `;`, the only
+/// shape prettyplease prints?
+fn macro_rules_shape(rules: &TokenStream) -> bool {
+    let trees: Vec<TokenTree> = rules.clone().into_iter().collect();
+    let punct = |t: &TokenTree, c: char, spacing: Spacing| matches!(t, TokenTree::Punct(p) if p.as_char() == c && p.spacing() == spacing);
+    trees.chunks(5).all(|rule| match rule {
+        [TokenTree::Group(_), eq, gt, TokenTree::Group(_), rest @ ..] => {
+            punct(eq, '=', Spacing::Joint)
+                && punct(gt, '>', Spacing::Alone)
+                && rest.iter().all(|t| punct(t, ';', Spacing::Alone))
+        }
+        _ => false,
+    })
+}
 
 /// Format one item with prettyplease, without a trailing newline.
 pub fn pretty_item(item: &syn::Item) -> String {
@@ -47,12 +132,18 @@ pub fn verbatim(code: &str, range: Range<usize>) -> String {
         String::new()
     };
     let text = code[range].replace("\r\n", "\n");
-    // The first line starts at the item; the others carry the submission's indent.
+    // The first line starts at the item; the others carry the submission's indent,
+    // except lines inside a multi-line literal, whose bytes are part of the program.
+    let protected = protected_lines(&text);
     let mut out = String::new();
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
             out.push('\n');
-            out.push_str(line.strip_prefix(indent.as_str()).unwrap_or(line));
+            if protected.contains(&i) {
+                out.push_str(line);
+            } else {
+                out.push_str(line.strip_prefix(indent.as_str()).unwrap_or(line));
+            }
         } else {
             out.push_str(line);
         }

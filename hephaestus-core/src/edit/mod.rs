@@ -268,7 +268,7 @@ impl Entry<'_> {
         Entry {
             key,
             range: file.range_of(&tokens),
-            tokens: tokens.to_string(),
+            tokens: token_text(&tokens),
             doc_end,
             tokens_nodoc: rest,
             node: kind,
@@ -278,12 +278,18 @@ impl Entry<'_> {
     /// The range a replacement by `new` covers, and whether `new` equals the item:
     /// when `new` has no doc comment, the existing doc comments are kept.
     fn replacement(&self, new: &impl ToTokens, new_has_docs: bool) -> (Range<usize>, bool) {
-        let new_tokens = new.to_token_stream().to_string();
+        let new_tokens = token_text(&new.to_token_stream());
         match self.doc_end {
             Some(d) if !new_has_docs => (d..self.range.end, self.tokens_nodoc == new_tokens),
             _ => (self.range.clone(), self.tokens == new_tokens),
         }
     }
+}
+
+/// Tokens as text for comparisons; a CRLF inside a multi-line literal reads as LF, as
+/// rustc reads it, so a CRLF file's items equal the (LF) submitted code.
+fn token_text(tokens: &TokenStream) -> String {
+    tokens.to_string().replace("\r\n", "\n")
 }
 
 /// Split leading doc attributes off an item's tokens: the offset where the rest
@@ -305,7 +311,14 @@ fn split_docs(file: &SourceFile, tokens: TokenStream) -> (Option<usize>, String)
         return (None, String::new());
     }
     let rest: TokenStream = trees[i..].iter().cloned().collect();
-    (Some(file.range(trees[i].span()).start), rest.to_string())
+    (Some(file.range(trees[i].span()).start), token_text(&rest))
+}
+
+/// Does prettyplease print `item` as an item with the same key?
+fn pretty_is_same_item(item: &syn::Item) -> bool {
+    format::printable(item)
+        && syn::parse_str::<syn::Item>(&format::pretty_item(item))
+            .is_ok_and(|p| ItemKey::of_item(&p) == ItemKey::of_item(item))
 }
 
 fn has_docs(attrs: &[syn::Attribute]) -> bool {
@@ -375,8 +388,10 @@ struct Engine<'a> {
     splices: Vec<Pending>,
     changes: Vec<ItemChange>,
     order: usize,
-    /// The file indents with tabs: formatted text is converted.
+    /// The module indents with tabs: formatted text is converted.
     tabs: bool,
+    /// The end of the module's inner attributes (or its body's start).
+    after_attrs: usize,
 }
 
 /// A splice before sorting, with the order it was made in and whether it must be
@@ -424,6 +439,14 @@ impl<'a> Engine<'a> {
                 )
             }
         };
+        // The module's inner attributes (`#![..]`, `//!`) end where only comments and
+        // whitespace are left before its first item.
+        let inner_attrs = braced.map_or(&file.syntax().attrs, |m| &m.attrs);
+        let after_attrs = inner_attrs
+            .iter()
+            .filter(|a| matches!(a.style, syn::AttrStyle::Inner(_)))
+            .map(|a| file.range_of(a).end)
+            .fold(body.start, usize::max);
         let entries: Vec<Entry<'a>> = items
             .iter()
             .map(|it| Entry::new(file, ItemKey::of_item(it), it, Node::Item(it)))
@@ -432,8 +455,13 @@ impl<'a> Engine<'a> {
             .first()
             .and_then(|e| own_line_indent(text, e.range.start))
             .unwrap_or(default_indent);
-        let tabs = text.lines().filter(|l| l.starts_with('\t')).count()
-            > text.lines().filter(|l| l.starts_with("    ")).count();
+        // The module's own indentation decides; at the top level (no indentation) the
+        // file's majority does. Either way new text never tips the decision.
+        let tabs = if indent.is_empty() {
+            tabs_majority(text, &[])
+        } else {
+            indent.contains('\t')
+        };
         Ok(Engine {
             file,
             text,
@@ -448,6 +476,7 @@ impl<'a> Engine<'a> {
             changes: Vec::new(),
             order: 0,
             tabs,
+            after_attrs,
         })
     }
 
@@ -484,17 +513,50 @@ impl<'a> Engine<'a> {
     // ----- merge -----
 
     fn merge(&mut self, code: &str, formatting: Formatting) -> Result<(), EditError> {
+        // CRLF inside a multi-line literal would reach the file as written (prettyplease
+        // prints literals as they are): work on LF, the file's ending is applied later.
+        let code = &code.replace("\r\n", "\n");
         let (items, ranges) = parse_items(code).map_err(EditError::Syntax)?;
         if items.is_empty() {
             return Err(EditError::EmptyCode);
         }
         let line = |r: &Range<usize>| crate::source::line_col(code, r.start).0;
-        // Submitted impls with the same key are merged together; other duplicates are
-        // refused.
+        if self.module.indent.is_empty() {
+            // The file's majority decides, not counting the items this merge names:
+            // the text it writes must not tip the decision for the same merge again.
+            let keys: Vec<ItemKey> = items.iter().map(ItemKey::of_item).collect();
+            let named: Vec<Range<usize>> = self
+                .module
+                .items
+                .iter()
+                .filter(|e| keys.contains(&e.key))
+                .map(|e| e.range.clone())
+                .collect();
+            self.tabs = tabs_majority(self.text, &named);
+        }
+        // Submitted impls with the same key are merged together, but a member twice is
+        // refused like other duplicates; a repeated `use` is added once.
         let mut seen: HashMap<ItemKey, usize> = HashMap::new();
+        let mut seen_members: HashMap<(ItemKey, ItemKey), usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let key = ItemKey::of_item(item);
-            if matches!(key.kind, ItemKind::Impl | ItemKind::Use) {
+            if let syn::Item::Impl(imp) = item {
+                let owner = impl_name(imp);
+                for m in &imp.items {
+                    let mkey = ItemKey::of_member(&owner, m);
+                    let at = syn::spanned::Spanned::span(m).byte_range();
+                    if let Some(first) = seen_members.get(&(key.clone(), mkey.clone())) {
+                        return Err(EditError::DuplicateInCode {
+                            key: mkey.to_string(),
+                            first: line(&(*first..*first)),
+                            second: line(&at),
+                        });
+                    }
+                    seen_members.insert((key.clone(), mkey), at.start);
+                }
+                continue;
+            }
+            if key.kind == ItemKind::Use {
                 continue;
             }
             if let Some(&j) = seen.get(&key) {
@@ -506,7 +568,15 @@ impl<'a> Engine<'a> {
             }
             seen.insert(key, i);
         }
+        let mut added: Vec<ItemKey> = Vec::new();
         for (item, range) in items.iter().zip(&ranges) {
+            // What prettyplease cannot print, or prints as another item (a bare trait
+            // object gains a `dyn`: another key), is kept as written.
+            let formatting = if formatting == Formatting::Pretty && !pretty_is_same_item(item) {
+                Formatting::Verbatim
+            } else {
+                formatting
+            };
             let new_text = |indent: &str, first: bool| {
                 let raw = match formatting {
                     Formatting::Pretty => format::pretty_item(item),
@@ -528,9 +598,10 @@ impl<'a> Engine<'a> {
                 .map(|(i, _)| i)
                 .collect();
             if key.kind == ItemKind::Use || key.kind.named_by_text() {
-                if matches.is_empty() {
+                if matches.is_empty() && !added.contains(&key) {
                     let text = new_text(&self.module.indent.clone(), false);
                     self.add_item(&key, item, text);
+                    added.push(key);
                 } else {
                     self.change(ChangeAction::Unchanged, &key);
                 }
@@ -544,12 +615,14 @@ impl<'a> Engine<'a> {
                 [i] => {
                     let entry = &self.module.items[*i];
                     let (r, same) = entry.replacement(item, item_has_docs(item));
-                    if same {
+                    let indent = self.item_indent(entry.range.start);
+                    let text = self.eol.apply(&new_text(&indent, false));
+                    // Formatting can change tokens (a trailing comma, a doc comment's
+                    // trailing space): text already as it would be written is unchanged.
+                    if same || self.text[r.clone()] == text {
                         self.change(ChangeAction::Unchanged, &key);
                     } else {
-                        let indent = self.item_indent(entry.range.start);
-                        let text = new_text(&indent, false);
-                        self.splice(r, self.eol.apply(&text));
+                        self.splice(r, text);
                         self.change(ChangeAction::Replaced, &key);
                     }
                 }
@@ -639,12 +712,12 @@ impl<'a> Engine<'a> {
                 [(ci, ei)] => {
                     let e = &containers[*ci].items[*ei];
                     let (r, same) = e.replacement(member, has_docs(member_attrs(member)));
-                    if same || mkey.kind.named_by_text() {
+                    let indent = self.item_indent(e.range.start);
+                    let text = self.eol.apply(&member_text(&indent));
+                    if same || mkey.kind.named_by_text() || self.text[r.clone()] == text {
                         self.change(ChangeAction::Unchanged, &mkey);
                     } else {
-                        let indent = self.item_indent(e.range.start);
-                        let text = member_text(&indent);
-                        self.splice(r, self.eol.apply(&text));
+                        self.splice(r, text);
                         self.change(ChangeAction::Replaced, &mkey);
                     }
                 }
@@ -770,7 +843,8 @@ impl<'a> Engine<'a> {
         let t = self.text;
         let line_end = t[end..].find('\n').map(|i| end + i);
         let rest = &t[end..line_end.unwrap_or(t.len())];
-        let rest_is_trivia = rest.trim().is_empty() || rest.trim_start().starts_with("//");
+        // A `///` there is the doc comment of the next item: not trivia.
+        let rest_is_trivia = rest.trim().is_empty() || is_plain_line_comment(rest.trim_start());
         match (line_end, spacing) {
             (Some(nl), Spacing::Tight) if rest_is_trivia => {
                 (nl + 1, format!("{indent}{text}{eol}"))
@@ -853,14 +927,23 @@ impl<'a> Engine<'a> {
             return (start, format!("{text}{eol}{eol}{indent}"));
         }
         let mut pos = line_start;
-        // Climb over `//` comment lines directly above (not `//!`, not blank).
-        while pos > self.module.body.start {
+        // Climb over `//` comment lines directly above (not `//!`, not blank, not a line
+        // of a block comment that happens to start with `//`).
+        let trivia = self.after_attrs.min(start);
+        let comments = line_comments(&self.text[trivia..start]);
+        while pos > trivia {
             let prev_start = self.text[..pos - 1].rfind('\n').map_or(0, |i| i + 1);
-            if prev_start < self.module.body.start {
+            if prev_start < trivia {
                 break;
             }
-            let line = self.text[prev_start..pos].trim();
-            if line.starts_with("//") && !line.starts_with("//!") && !line.starts_with("///") {
+            let line = &self.text[prev_start..pos];
+            let content = prev_start + (line.len() - line.trim_start().len());
+            let line = line.trim();
+            if line.starts_with("//")
+                && !line.starts_with("//!")
+                && !line.starts_with("///")
+                && comments.contains(&(content - trivia))
+            {
                 pos = prev_start;
             } else {
                 break;
@@ -913,7 +996,7 @@ impl<'a> Engine<'a> {
             .syntax()
             .items
             .iter()
-            .map(|i| (ItemKey::of_item(i), i.to_token_stream().to_string()))
+            .map(|i| (ItemKey::of_item(i), token_text(&i.to_token_stream())))
             .collect();
         for (k, t) in &new {
             match old.iter().find(|(ok, _)| ok == k) {
@@ -931,15 +1014,19 @@ impl<'a> Engine<'a> {
         let eol = self.eol.as_str();
         match self.module.close {
             None => {
-                // Keep a BOM and a shebang line (with its line break).
+                // Keep a BOM and a shebang line with its line break, as they are.
                 let mut start = self.module.body.start;
                 let shebang = self.text[..start]
                     .trim_start_matches('\u{feff}')
                     .starts_with("#!");
-                if self.text[..start].ends_with('\r') {
-                    start -= 1;
-                }
-                let lead = if shebang { eol } else { "" };
+                let lead = if !shebang {
+                    ""
+                } else if self.text[start..].starts_with('\n') {
+                    start += 1;
+                    ""
+                } else {
+                    eol
+                };
                 let text = format!("{lead}{}{eol}", self.eol.apply(body));
                 self.splice(start..self.text.len(), text);
             }
@@ -1001,6 +1088,15 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
+            // Several loose matches: the one that matches exactly wins, so every item
+            // can be named: `fn f` is the `f` without cfg beside a `#[cfg(test)] fn f`,
+            // `Point::fmt` the inherent method beside `<Point as Display>::fmt`.
+            if hits.len() > 1 && !query.cfg_given && hits.iter().any(|h| h.0.cfg.is_empty()) {
+                hits.retain(|h| h.0.cfg.is_empty());
+            }
+            if hits.len() > 1 && hits.iter().any(|h| h.0.owner == query.key.owner) {
+                hits.retain(|h| h.0.owner == query.key.owner);
+            }
             match hits.len() {
                 0 => {
                     return Err(EditError::NoSuchItem {
@@ -1021,7 +1117,22 @@ impl<'a> Engine<'a> {
                     {
                         continue; // already removed (named twice)
                     }
-                    let r = self.removal_range(range, body, close);
+                    let mut r = self.removal_range(range, body, close);
+                    // A removal that contains earlier ones (a member, then its impl)
+                    // replaces them; a blank line two removals share goes once.
+                    removed.retain(|p| !(r.start <= p.start && p.end <= r.end));
+                    self.splices.retain(|p| {
+                        !(r.start <= p.splice.range.start && p.splice.range.end <= r.end)
+                    });
+                    for p in &removed {
+                        if p.start < r.end && r.start < p.end {
+                            if p.start <= r.start {
+                                r.start = p.end;
+                            } else {
+                                r.end = p.start;
+                            }
+                        }
+                    }
                     removed.push(r.clone());
                     self.splice(r, String::new());
                     self.change(ChangeAction::Removed, &key);
@@ -1125,6 +1236,65 @@ impl<'a> Engine<'a> {
             splices: applied,
         })
     }
+}
+
+/// Do more lines of `text` start with a tab than with four spaces? Lines that overlap
+/// a range of `skip` do not count.
+fn tabs_majority(text: &str, skip: &[Range<usize>]) -> bool {
+    let (mut tabs, mut spaces, mut start) = (0usize, 0usize, 0usize);
+    for line in text.split_inclusive('\n') {
+        let end = start + line.len();
+        if !skip.iter().any(|r| start < r.end && r.start < end) {
+            if line.starts_with('\t') {
+                tabs += 1;
+            } else if line.starts_with("    ") {
+                spaces += 1;
+            }
+        }
+        start = end;
+    }
+    tabs > spaces
+}
+
+/// Does `s` start with a `//` comment that is not a doc comment (`////` is plain)?
+fn is_plain_line_comment(s: &str) -> bool {
+    s.starts_with("//") && (!s.starts_with("///") || s.starts_with("////")) && !s.starts_with("//!")
+}
+
+/// Offsets of the `//` comments in `trivia`, which holds only whitespace and comments
+/// (block comments nest, as in Rust).
+fn line_comments(trivia: &str) -> Vec<usize> {
+    let b = trivia.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"//") {
+            out.push(i);
+            i = b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |n| i + n);
+        } else if b[i..].starts_with(b"/*") {
+            let mut depth = 0usize;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The whitespace at the start of the line holding byte `pos`, up to the first

@@ -448,3 +448,212 @@ fn extern_crate_goes_first_when_there_is_none() {
         &Edit::merge("extern crate alloc;")
     ));
 }
+
+// ----- regressions found by the property tests (tests/edit_props.rs) -----
+
+#[test]
+fn merging_twice_reports_unchanged_though_formatting_changed_tokens() {
+    // prettyplease adds trailing commas and trims a one-line block doc: the second
+    // merge must still see the file's text as the item it would write.
+    let code = "struct S { a: u8, b: u16 }\n/** Block doc. */\nfn f() {}\nimpl S { fn g(&self) -> [u8; 2] { [self.a, 0] } }\nstruct S2 { x: u8 }\nimpl S2 { fn h(&self, a: u8, b: u8) -> (u8, u8) { (a, b) } }";
+    for text in [
+        "fn z() {}\n",
+        "fn z() {}\n\nstruct S2 { x: u8 }\n\nimpl S2 {}\n",
+        "mod m {\n\tfn z() {}\n}\n",
+    ] {
+        let names: &[&str] = if text.starts_with("mod") { &["m"] } else { &[] };
+        let once = apply_to_text(text, names, &Edit::merge(code)).expect("edit");
+        assert_untouched(text, &once);
+        let twice = apply_to_text(&once.text, names, &Edit::merge(code)).expect("edit");
+        assert!(twice.is_noop(), "{:?}\n{}", twice.changes, once.text);
+        assert!(
+            twice
+                .changes
+                .iter()
+                .all(|c| c.action == ChangeAction::Unchanged),
+            "{:?}",
+            twice.changes
+        );
+    }
+}
+
+#[test]
+fn crlf_in_submitted_multiline_literals_follows_the_file() {
+    let code = "fn s() -> &'static str {\r\n    \"one\r\ntwo\"\r\n}\r\n";
+    for edit in [Edit::merge(code), Edit::merge(code).verbatim()] {
+        let lf = apply_to_text("fn a() {}\n", &[], &edit).expect("edit");
+        assert!(!lf.text.contains('\r'), "CR in an LF file: {:?}", lf.text);
+        let crlf = apply_to_text("fn a() {}\r\n", &[], &edit).expect("edit");
+        assert!(
+            !crlf.text.contains("\r\r") && !crlf.text.replace("\r\n", "").contains('\n'),
+            "{:?}",
+            crlf.text
+        );
+    }
+}
+
+#[test]
+fn crlf_file_item_with_multiline_literal_equals_its_lf_submission() {
+    let text = "fn s() -> &'static str {\r\n    \"one\r\ntwo\"\r\n}\r\n";
+    let out = apply_to_text(text, &[], &Edit::merge(text.replace("\r\n", "\n"))).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert!(out.is_noop());
+}
+
+#[test]
+fn crlf_file_item_named_by_a_multiline_literal_is_found() {
+    // Keys hold literal text (item macros, cfgs): CRLF in the file must not make the
+    // same item a different key, or it would be added a second time.
+    let text = "thread_local! {\r\n    static S: &str = \"a\r\nb\";\r\n}\r\n";
+    let out = apply_to_text(text, &[], &Edit::merge(text.replace("\r\n", "\n"))).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert!(out.is_noop());
+}
+
+#[test]
+fn verbatim_dedent_leaves_multiline_literals_alone() {
+    let code = "    fn s() -> &'static str {\n        \"one\n    two\"\n    }\n";
+    let out = run("fn a() {}\n", &[], &Edit::merge(code).verbatim());
+    assert!(out.contains("\"one\n    two\""), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn remove_prefers_the_exact_match_of_a_loose_key() {
+    let text = "fn f() {}\n#[cfg(test)]\nfn f() {}\n\nstruct P;\n\nimpl P {\n    fn g(&self) {}\n    #[cfg(test)]\n    fn g(&self) {}\n}\n\nimpl T for P {\n    fn g(&self) {}\n}\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::remove(["fn f", "P::g"])));
+    // Still ambiguous: two cfgs and no plain one.
+    let e = err(
+        "#[cfg(unix)]\nfn f() {}\n#[cfg(not(unix))]\nfn f() {}\n",
+        &[],
+        &Edit::remove(["fn f"]),
+    );
+    assert!(e.contains("matches several items"), "{e}");
+}
+
+#[test]
+fn remove_a_member_then_its_impl_and_neighbours_sharing_a_blank_line() {
+    let text = "struct P;\n\nimpl P {\n    fn a(&self) {}\n\n    fn b(&self) {}\n}\n\nfn c() {}\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::remove(["P::a", "impl P"])));
+    insta::assert_snapshot!(
+        "remove_neighbours_sharing_a_blank_line",
+        run(text, &[], &Edit::remove(["P::a", "P::b"]))
+    );
+}
+
+#[test]
+fn first_use_does_not_land_inside_a_block_comment() {
+    let text = "mod m {\n    /* a block comment\n// whose second line looks like a line comment */\n    fn f() {}\n}\n";
+    let out = run(text, &["m"], &Edit::merge("use std::io;"));
+    assert!(
+        out.contains("comment */\n    use std::io;\n\n    fn f() {}"),
+        "{out}"
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn new_item_does_not_split_a_doc_comment_from_its_item() {
+    let text = "mod a {\n} /// Doc of f.\nfn f() {}\n";
+    let out = run(text, &[], &Edit::merge("mod b {}"));
+    assert!(out.contains("/// Doc of f.\nfn f() {}"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn indentation_style_comes_from_the_module_and_stays_stable() {
+    // Tabs are the file's majority, but the inline module indents with spaces.
+    let text = "\tfn a() {}\n\tfn b() {}\nmod m {\n}\n";
+    let code = "struct S { a: u8, b: u16 }";
+    let once = apply_to_text(text, &["m"], &Edit::merge(code)).expect("edit");
+    let twice = apply_to_text(&once.text, &["m"], &Edit::merge(code)).expect("edit");
+    assert!(twice.is_noop(), "{}", twice.text);
+    insta::assert_snapshot!(run(text, &["m"], &Edit::merge(code)));
+    // At the top level the file's majority decides, but not the lines of the items
+    // the merge writes: replacing the item holding most indented lines, which starts
+    // with a stray tab, must not turn a second identical merge to tabs.
+    let text = "fn z() {}\n\tmod t {\n    fn a() {}\n    fn b() {}\n}\n";
+    let code =
+        "mod t {\n    fn a() {}\n    fn b() {}\n    fn c() {}\n}\nstruct S { a: u8, b: u16 }";
+    let once = apply_to_text(text, &[], &Edit::merge(code)).expect("edit");
+    let twice = apply_to_text(&once.text, &[], &Edit::merge(code)).expect("edit");
+    assert!(twice.is_noop(), "{:?}\n{}", twice.changes, once.text);
+}
+
+#[test]
+fn members_and_uses_submitted_twice() {
+    let text = "struct P;\nimpl P {\n    fn g(&self) -> u8 { 0 }\n}\n";
+    let e = err(
+        text,
+        &[],
+        &Edit::merge("impl P { fn g(&self) -> u8 { 1 } }\nimpl P { fn g(&self) -> u8 { 2 } }"),
+    );
+    assert!(
+        e.contains("defines `fn P::g` twice (at lines 1 and 2)"),
+        "{e}"
+    );
+    let e = err(
+        text,
+        &[],
+        &Edit::merge("impl Q { fn h() {} }\nimpl Q {\n    fn h() {}\n}"),
+    );
+    assert!(
+        e.contains("defines `fn Q::h` twice (at lines 1 and 3)"),
+        "{e}"
+    );
+    insta::assert_snapshot!(run(text, &[], &Edit::merge("use std::fmt;\nuse std::fmt;")));
+}
+
+#[test]
+fn extern_crate_with_alias_can_be_removed() {
+    let text = "extern crate alloc as a;\nextern crate core;\n\nfn f() {}\n";
+    insta::assert_snapshot!(run(text, &[], &Edit::remove(["extern crate alloc as a"])));
+    let out = apply_to_text(text, &[], &Edit::remove(["extern crate core;"])).expect("edit");
+    assert_eq!(out.text, "extern crate alloc as a;\n\nfn f() {}\n");
+}
+
+#[test]
+fn what_prettyplease_cannot_print_is_kept_as_written() {
+    // syn keeps these as raw tokens or odd macro bodies, on which prettyplease panics.
+    let text = "fn a() {}\n";
+    for code in [
+        "fn f() -> u8;",
+        "macro_rules! m { x }",
+        "impl S { fn g(&self); }",
+        "const C: u8;",
+    ] {
+        let out = apply_to_text(text, &[], &Edit::merge(code)).expect("edit");
+        assert_untouched(text, &out);
+        assert!(out.text.contains(code), "{code}: {}", out.text);
+    }
+    insta::assert_snapshot!(run(
+        "mod x {\n    fn a() {}\n}\n",
+        &["x"],
+        &Edit::merge("macro_rules! m {\n  x\n}")
+    ));
+    // prettyplease writes a bare trait object with `dyn`: another key, so the item
+    // would not be found by the same merge again.
+    let code = "impl P + Q { fn f() {} }";
+    let once = apply_to_text(text, &[], &Edit::merge(code)).expect("edit");
+    assert!(once.text.contains(code), "{}", once.text);
+    let twice = apply_to_text(&once.text, &[], &Edit::merge(code)).expect("edit");
+    assert!(twice.is_noop(), "{:?}", twice.changes);
+}
+
+#[test]
+fn replace_keeps_the_shebang_line_as_it_is() {
+    // The `\r` is the shebang's own byte here, not half of a CRLF.
+    let out = apply_to_text("#!z\r", &[], &Edit::replace("fn a() {}")).expect("edit");
+    assert_eq!(out.text, "#!z\r\nfn a() {}\n");
+    // A CRLF shebang line in an LF file keeps its CRLF.
+    let out = apply_to_text(
+        "#!z\r\nfn b() {}\nfn c() {}\n",
+        &[],
+        &Edit::replace("fn a() {}"),
+    )
+    .expect("edit");
+    assert_eq!(out.text, "#!z\r\nfn a() {}\n");
+    let out =
+        apply_to_text("#!z\r\nfn b() {}\r\n", &[], &Edit::replace("fn a() {}")).expect("edit");
+    assert_eq!(out.text, "#!z\r\nfn a() {}\r\n");
+}
