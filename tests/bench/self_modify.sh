@@ -32,4 +32,15 @@ hyperfine --warmup 3 --runs "${RUNS:-20}" \
   "cd $work/proj && $heph -q self-modify big --no-verify --code '$code'" \
   -n "rustfmt (${lines} lines)" \
   "rustfmt --edition 2021 $work/proj/src/big.rs" \
+  --export-json "$work/result.json" \
   ${HYPERFINE_EXPORT:+--export-markdown "$HYPERFINE_EXPORT"}
+# The issue asks for medians: print them and the ratio.
+python3 - "$work/result.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+med = {x["command"]: x["median"] * 1000 for x in r}
+for name, m in med.items():
+    print(f"median {m:7.2f} ms  {name}")
+h, f = (m for m in med.values())
+print(f"rustfmt / heph (medians): {f / h:.2f}x")
+PY

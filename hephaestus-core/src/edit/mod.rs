@@ -10,8 +10,10 @@
 //! whole lines it occupies when nothing else shares them (plus one blank line so no
 //! double blank is left behind).
 
+mod check;
 mod format;
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -20,7 +22,7 @@ use quote::ToTokens;
 use serde::Serialize;
 
 use crate::item::{ItemKey, ItemKind, KeyParseError, KeyQuery, impl_name};
-use crate::source::{LineEnding, Origin, SourceFile, SyntaxError, check_file, parse_items};
+use crate::source::{LineEnding, Origin, SourceFile, SyntaxError, parse_items};
 
 /// How the module is changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -249,39 +251,65 @@ struct Container<'a> {
     indent: String,
 }
 
-/// An existing item of a container.
+/// An existing item of a container. Only its key is computed up front: the token
+/// text and the span cost a walk over the item's tokens each, and an edit needs them
+/// for the few items it names or anchors on, not for every item of a large module.
 struct Entry<'a> {
     key: ItemKey,
+    node: Node<'a>,
+    file: &'a SourceFile,
+    data: OnceCell<EntryData>,
+}
+
+/// What an entry's tokens say, computed on first use.
+struct EntryData {
     range: Range<usize>,
     tokens: String,
     /// Where the item continues after its leading doc comments, when it has some.
     doc_end: Option<usize>,
     /// The tokens without the leading doc comments.
     tokens_nodoc: String,
-    node: Node<'a>,
 }
 
-impl Entry<'_> {
-    fn new<'n>(file: &SourceFile, key: ItemKey, node: &impl ToTokens, kind: Node<'n>) -> Entry<'n> {
-        let tokens = node.to_token_stream();
-        let (doc_end, rest) = split_docs(file, tokens.clone());
+impl<'a> Entry<'a> {
+    fn new(file: &'a SourceFile, key: ItemKey, node: Node<'a>) -> Entry<'a> {
         Entry {
             key,
-            range: file.range_of(&tokens),
-            tokens: token_text(&tokens),
-            doc_end,
-            tokens_nodoc: rest,
-            node: kind,
+            node,
+            file,
+            data: OnceCell::new(),
         }
+    }
+
+    fn data(&self) -> &EntryData {
+        self.data.get_or_init(|| {
+            let tokens = match self.node {
+                Node::Item(i) => i.to_token_stream(),
+                Node::Member(m) => m.to_token_stream(),
+            };
+            let (doc_end, tokens_nodoc) = split_docs(self.file, tokens.clone());
+            EntryData {
+                range: self.file.range_of(&tokens),
+                tokens: token_text(&tokens),
+                doc_end,
+                tokens_nodoc,
+            }
+        })
+    }
+
+    /// The item's byte range: from its first outer attribute to its last token.
+    fn range(&self) -> Range<usize> {
+        self.data().range.clone()
     }
 
     /// The range a replacement by `new` covers, and whether `new` equals the item:
     /// when `new` has no doc comment, the existing doc comments are kept.
     fn replacement(&self, new: &impl ToTokens, new_has_docs: bool) -> (Range<usize>, bool) {
+        let d = self.data();
         let new_tokens = token_text(&new.to_token_stream());
-        match self.doc_end {
-            Some(d) if !new_has_docs => (d..self.range.end, self.tokens_nodoc == new_tokens),
-            _ => (self.range.clone(), self.tokens == new_tokens),
+        match d.doc_end {
+            Some(start) if !new_has_docs => (start..d.range.end, d.tokens_nodoc == new_tokens),
+            _ => (d.range.clone(), d.tokens == new_tokens),
         }
     }
 }
@@ -342,7 +370,7 @@ fn item_has_docs(item: &syn::Item) -> bool {
 
 enum Node<'a> {
     Item(&'a syn::Item),
-    Member,
+    Member(&'a syn::ImplItem),
 }
 
 /// Apply `edit` to the module whose items are `file`'s top level (when `inline` is
@@ -449,11 +477,11 @@ impl<'a> Engine<'a> {
             .fold(body.start, usize::max);
         let entries: Vec<Entry<'a>> = items
             .iter()
-            .map(|it| Entry::new(file, ItemKey::of_item(it), it, Node::Item(it)))
+            .map(|it| Entry::new(file, ItemKey::of_item(it), Node::Item(it)))
             .collect();
         let indent = entries
             .first()
-            .and_then(|e| own_line_indent(text, e.range.start))
+            .and_then(|e| own_line_indent(text, e.range().start))
             .unwrap_or(default_indent);
         // The module's own indentation decides; at the top level (no indentation) the
         // file's majority does. Either way new text never tips the decision.
@@ -530,7 +558,7 @@ impl<'a> Engine<'a> {
                 .items
                 .iter()
                 .filter(|e| keys.contains(&e.key))
-                .map(|e| e.range.clone())
+                .map(|e| e.range())
                 .collect();
             self.tabs = tabs_majority(self.text, &named);
         }
@@ -615,7 +643,7 @@ impl<'a> Engine<'a> {
                 [i] => {
                     let entry = &self.module.items[*i];
                     let (r, same) = entry.replacement(item, item_has_docs(item));
-                    let indent = self.item_indent(entry.range.start);
+                    let indent = self.item_indent(entry.range().start);
                     let text = self.eol.apply(&new_text(&indent, false));
                     // Formatting can change tokens (a trailing comma, a doc comment's
                     // trailing space): text already as it would be written is unchanged.
@@ -631,7 +659,7 @@ impl<'a> Engine<'a> {
                         &key.to_string(),
                         many.iter().map(|&i| {
                             let e = &self.module.items[i];
-                            (e.key.to_string(), e.range.start)
+                            (e.key.to_string(), e.range().start)
                         }),
                     ));
                 }
@@ -712,7 +740,7 @@ impl<'a> Engine<'a> {
                 [(ci, ei)] => {
                     let e = &containers[*ci].items[*ei];
                     let (r, same) = e.replacement(member, has_docs(member_attrs(member)));
-                    let indent = self.item_indent(e.range.start);
+                    let indent = self.item_indent(e.range().start);
                     let text = self.eol.apply(&member_text(&indent));
                     if same || mkey.kind.named_by_text() || self.text[r.clone()] == text {
                         self.change(ChangeAction::Unchanged, &mkey);
@@ -726,7 +754,7 @@ impl<'a> Engine<'a> {
                         .iter()
                         .map(|&(ci, ei)| {
                             let e = &containers[ci].items[ei];
-                            (e.key.to_string(), e.range.start)
+                            (e.key.to_string(), e.range().start)
                         })
                         .collect();
                     return Err(self.ambiguous(&mkey.to_string(), cands.into_iter()));
@@ -742,12 +770,12 @@ impl<'a> Engine<'a> {
         let items: Vec<Entry<'a>> = imp
             .items
             .iter()
-            .map(|m| Entry::new(self.file, ItemKey::of_member(owner, m), m, Node::Member))
+            .map(|m| Entry::new(self.file, ItemKey::of_member(owner, m), Node::Member(m)))
             .collect();
         let outer = line_indent(self.text, self.file.range_of(imp).start);
         let indent = items
             .first()
-            .and_then(|e| own_line_indent(self.text, e.range.start))
+            .and_then(|e| own_line_indent(self.text, e.range().start))
             .unwrap_or_else(|| format!("{outer}{}", indent_unit(&outer)));
         Container {
             items,
@@ -820,7 +848,7 @@ impl<'a> Engine<'a> {
         let text = self.eol.apply(&text);
         match anchor {
             Some(anchor) => {
-                let (pos, ins) = self.after(c, anchor.range.end, &c.indent, &text, spacing);
+                let (pos, ins) = self.after(c, anchor.range().end, &c.indent, &text, spacing);
                 (pos, ins, spacing == Spacing::Blank)
             }
             None => {
@@ -921,7 +949,7 @@ impl<'a> Engine<'a> {
             return self.at_end(&self.module, &text, eol);
         };
         let indent = &self.module.indent;
-        let start = first.range.start;
+        let start = first.range().start;
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         if !self.text[line_start..start].trim().is_empty() || line_start < self.module.body.start {
             return (start, format!("{text}{eol}{eol}{indent}"));
@@ -990,7 +1018,7 @@ impl<'a> Engine<'a> {
             .module
             .items
             .iter()
-            .map(|e| (e.key.clone(), e.tokens.clone()))
+            .map(|e| (e.key.clone(), e.data().tokens.clone()))
             .collect();
         let new: Vec<(ItemKey, String)> = parsed
             .syntax()
@@ -1058,7 +1086,7 @@ impl<'a> Engine<'a> {
                     if query.matches(&e.key) {
                         hits.push((
                             e.key.clone(),
-                            e.range.clone(),
+                            e.range(),
                             self.module.body.clone(),
                             self.module.close,
                         ));
@@ -1228,7 +1256,8 @@ impl<'a> Engine<'a> {
             Origin::Submitted => "<module>".into(),
         };
         if !applied.is_empty() {
-            check_file(&path, &out).map_err(EditError::ResultSyntax)?;
+            check::check_result(self.file, &applied, &out, &path)
+                .map_err(EditError::ResultSyntax)?;
         }
         Ok(EditOutcome {
             text: out,
