@@ -10,11 +10,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc: parsing a large module with syn is allocation-bound (millions of small
-/// token allocations); mimalloc makes `self-modify` on a 5,000-line module markedly faster.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use crate::commands::Command;
 use crate::output::Output;
 
