@@ -190,18 +190,50 @@ pub fn prefix_len(text: &str) -> usize {
     len
 }
 
-/// Skip whitespace and comments (enough to tell `#!/usr/bin/env` from `#! [attr]`).
+/// Skip whitespace and plain comments, as rustc does to tell `#!/usr/bin/env` from
+/// `#! [attr]`: block comments nest, and doc comments are not skipped.
 fn skip_trivia(mut s: &str) -> &str {
     loop {
-        let trimmed = s.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("//") {
-            s = rest.find('\n').map_or("", |i| &rest[i..]);
-        } else if let Some(rest) = trimmed.strip_prefix("/*") {
-            s = rest.find("*/").map_or("", |i| &rest[i + 2..]);
+        let t = s.trim_start();
+        if t.starts_with("//") {
+            if (t.starts_with("///") && !t.starts_with("////")) || t.starts_with("//!") {
+                return t;
+            }
+            s = t.find('\n').map_or("", |i| &t[i..]);
+        } else if t.starts_with("/*") {
+            let doc = (t.starts_with("/**") && !t.starts_with("/***") && !t.starts_with("/**/"))
+                || t.starts_with("/*!");
+            if doc {
+                return t;
+            }
+            s = block_comment_end(t).map_or("", |end| &t[end..]);
         } else {
-            return trimmed;
+            return t;
         }
     }
+}
+
+/// The length of the (nested) block comment `t` starts with, if it is closed.
+fn block_comment_end(t: &str) -> Option<usize> {
+    let b = t.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i + 1 < b.len() {
+        match (b[i], b[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// A parsed Rust file that remembers its text, so spans map back to byte ranges.
@@ -372,6 +404,14 @@ mod tests {
         assert_eq!(prefix_len("#![allow(dead_code)]\nfn f() {}"), 0);
         assert_eq!(prefix_len("#! /* c */ [allow(dead_code)]\nfn f() {}"), 0);
         assert_eq!(prefix_len("#!/bin/sh\nfn f() {}"), 9);
+        // Block comments nest, as in rustc: still an inner attribute.
+        let nested = "#!/* /* */ x */ [allow(\ndead_code)]\nfn f() {}";
+        assert_eq!(prefix_len(nested), 0);
+        assert!(syn::parse_file(nested).is_ok());
+        // A doc comment is not trivia: `#!` then `//!` is a shebang line.
+        assert_eq!(prefix_len("#! //! doc\n[allow(dead_code)]\nfn f() {}"), 10);
+        // An unclosed comment: a shebang line.
+        assert_eq!(prefix_len("#! /* [x]\nfn f() {}"), 9);
     }
 
     #[test]

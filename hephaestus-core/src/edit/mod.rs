@@ -1007,6 +1007,8 @@ impl<'a> Engine<'a> {
     // ----- replace -----
 
     fn replace(&mut self, code: &str) -> Result<(), EditError> {
+        // A BOM belongs at the start of a file only: the module keeps its own.
+        let code = code.strip_prefix('\u{feff}').unwrap_or(code);
         let code = code.replace("\r\n", "\n");
         let parsed =
             SourceFile::parse(Origin::Submitted, code.clone()).map_err(EditError::Syntax)?;

@@ -657,3 +657,18 @@ fn replace_keeps_the_shebang_line_as_it_is() {
         apply_to_text("#!z\r\nfn b() {}\r\n", &[], &Edit::replace("fn a() {}")).expect("edit");
     assert_eq!(out.text, "#!z\r\nfn a() {}\r\n");
 }
+
+#[test]
+fn replace_with_code_that_starts_with_a_bom_keeps_one_bom_at_the_file_start() {
+    // Code read from a file saved with a BOM: the BOM is not part of the items.
+    let code = "\u{feff}pub fn f() {}\npub fn g() {}\n";
+    let out = apply_to_text(
+        "#!/usr/bin/env x\npub fn f() {}\n",
+        &[],
+        &Edit::replace(code),
+    )
+    .expect("edit");
+    assert_eq!(out.text, "#!/usr/bin/env x\npub fn f() {}\npub fn g() {}\n");
+    let out = apply_to_text("\u{feff}fn a() {}\n", &[], &Edit::replace(code)).expect("edit");
+    assert_eq!(out.text, "\u{feff}pub fn f() {}\npub fn g() {}\n");
+}
