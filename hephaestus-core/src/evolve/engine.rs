@@ -398,27 +398,45 @@ fn cancelled_stage(stage: Stage, d: Duration) -> StageRecord {
     }
 }
 
-/// Run `cargo <sub> --message-format=json ...` in a slot.
-fn cargo_json(
+/// Run `cargo <sub> --message-format=json ...` in a slot, with the build time limit.
+fn cargo_report(
     s: &Settings,
     dir: &Path,
-    stage: Stage,
     args: &[&str],
-) -> Result<StageRecord, verify::VerifyError> {
+) -> Result<VerifyReport, verify::VerifyError> {
     let mut cmd = slot_command("cargo", dir);
     cmd.args(args).arg("--message-format=json");
     if s.workspace {
         cmd.arg("--workspace");
     }
     let shown = format!("cargo {}", args.join(" "));
-    let r = verify::run_command(
+    verify::run_command(
         cmd,
         shown,
         true,
         &s.verify_opts(s.build_timeout),
         &mut |_| {},
-    )?;
-    Ok(cargo_stage(stage, &r))
+    )
+}
+
+/// The compile gate and the test build in one cargo run: `cargo test --no-run` (JSON
+/// messages, errors rendered as cargo renders them). A separate `cargo check` before it
+/// would only repeat its front end: cargo stops at the first compile error before any
+/// code generation, just as fast. A failure with compiler errors is recorded as the
+/// [`Stage::Check`] outcome (the candidate, tests included, does not compile); any other
+/// failure (a link error, cargo itself) or a timeout as [`Stage::Build`]'s, and so is a
+/// success.
+fn build_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyError> {
+    let r = cargo_report(s, dir, &["test", "--no-run"])?;
+    let compile_error = r.outcome == VerifyOutcome::Failed && !r.timed_out && !r.errors.is_empty();
+    Ok(cargo_stage(
+        if compile_error {
+            Stage::Check
+        } else {
+            Stage::Build
+        },
+        &r,
+    ))
 }
 
 fn test_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyError> {
@@ -627,8 +645,7 @@ fn worker(
 ) -> WorkerState {
     let dir = w.slot.dir().to_path_buf();
     // Warm the slot's target directory before the first candidate.
-    let _ = cargo_json(&s, &dir, Stage::Check, &["check"]);
-    let _ = cargo_json(&s, &dir, Stage::Build, &["test", "--no-run"]);
+    let _ = build_stage(&s, &dir);
     let _ = measure_once(&s, &dir, s.build_timeout);
     for job in jobs {
         // A bug in a stage must not leave the coordinator waiting for this candidate.
@@ -749,9 +766,9 @@ fn evaluate(
         ));
     }
     prepare(w, base, job)?;
-    // check → build → test
+    // test build (the compile gate: its compile errors are the `check` outcome) → test
     let mut verified = Duration::ZERO;
-    for stage in [Stage::Check, Stage::Build, Stage::Test] {
+    for stage in [Stage::Build, Stage::Test] {
         send(
             tx,
             EvolveEvent::StageStarted {
@@ -762,8 +779,7 @@ fn evaluate(
         );
         let t = Instant::now();
         let rec = match stage {
-            Stage::Check => cargo_json(s, &dir, stage, &["check"]),
-            Stage::Build => cargo_json(s, &dir, stage, &["test", "--no-run"]),
+            Stage::Build => build_stage(s, &dir),
             _ => test_stage(s, &dir),
         };
         let rec = match rec {
@@ -786,7 +802,7 @@ fn evaluate(
                 record: rec.clone(),
             },
         );
-        let (outcome, reason) = (rec.outcome, rec.reason.clone());
+        let (stage, outcome, reason) = (rec.stage, rec.outcome, rec.reason.clone());
         stages.push(rec);
         match outcome {
             StageOutcome::Passed => {}
@@ -1606,7 +1622,7 @@ impl<'a, 'p> Run<'a, 'p> {
         report.outcome = VerifyOutcome::Passed;
         report.duration = verified;
         report.command = format!(
-            "cargo check, cargo test{} in an isolated copy",
+            "cargo test --no-run, cargo test{} in an isolated copy",
             if self.settings.test_command.is_some() {
                 " (custom)"
             } else {
@@ -2043,7 +2059,8 @@ impl Drop for CancelBridge {
     }
 }
 
-/// Check, build, test and measure the project as it is, in the baseline copy.
+/// Build (the compile gate), test and measure the project as it is, in the baseline
+/// copy.
 fn baseline(
     s: &Settings,
     dir: &Path,
@@ -2051,15 +2068,14 @@ fn baseline(
 ) -> Result<(Vec<StageRecord>, Vec<f64>), EvolveError> {
     let mut stages = Vec::new();
     let runner = Runner::Baseline;
-    for stage in [Stage::Check, Stage::Build, Stage::Test] {
+    for stage in [Stage::Build, Stage::Test] {
         on_event(&EvolveEvent::StageStarted {
             runner,
             candidate: None,
             stage,
         });
         let rec = match stage {
-            Stage::Check => cargo_json(s, dir, stage, &["check"])?,
-            Stage::Build => cargo_json(s, dir, stage, &["test", "--no-run"])?,
+            Stage::Build => build_stage(s, dir)?,
             _ => {
                 // The baseline's own test time sets the default limit: none yet.
                 test_stage(s, dir)?
@@ -2072,7 +2088,7 @@ fn baseline(
         });
         if rec.outcome != StageOutcome::Passed {
             return Err(EvolveError::Baseline {
-                stage,
+                stage: rec.stage,
                 reason: rec.reason.clone().unwrap_or_default(),
                 output: rec.output.clone(),
             });
