@@ -28,7 +28,7 @@ use crate::history::History;
 use crate::item::ItemKind;
 use crate::project::{Project, TargetKind};
 use crate::resolve::{Module, Resolver};
-use crate::verify::{self, Verify, VerifyOptions, VerifyReport};
+use crate::verify::{self, CommandOutput, TestExecutable, Verify, VerifyOptions, VerifyReport};
 
 /// Runs one evolve run; see the [module docs](super).
 #[derive(Debug)]
@@ -177,6 +177,9 @@ struct Settings {
     fitness_timeout: Duration,
     test_command: Option<String>,
     workspace: bool,
+    /// Run the tests by starting the test build's harnesses directly instead of a
+    /// second `cargo test` (decided on the baseline, see [`baseline`]).
+    direct_tests: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -426,38 +429,40 @@ fn cargo_report(
 /// [`Stage::Check`] outcome (the candidate, tests included, does not compile); any other
 /// failure (a link error, cargo itself) or a timeout as [`Stage::Build`]'s, and so is a
 /// success.
-fn build_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyError> {
+///
+/// Also returns the test harnesses it built (for [`direct_test_stage`]).
+fn build_stage(
+    s: &Settings,
+    dir: &Path,
+) -> Result<(StageRecord, Vec<TestExecutable>), verify::VerifyError> {
     let r = cargo_report(s, dir, &["test", "--no-run"])?;
     let compile_error = r.outcome == VerifyOutcome::Failed && !r.timed_out && !r.errors.is_empty();
-    Ok(cargo_stage(
+    let rec = cargo_stage(
         if compile_error {
             Stage::Check
         } else {
             Stage::Build
         },
         &r,
-    ))
+    );
+    Ok((rec, r.test_executables))
 }
 
-fn test_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyError> {
-    let (cmd, shown) = match &s.test_command {
-        Some(c) => (shell_in(dir, c), c.clone()),
-        None => {
-            let mut cmd = slot_command("cargo", dir);
-            cmd.arg("test");
-            if s.workspace {
-                cmd.arg("--workspace");
-            }
-            (cmd, "cargo test".to_owned())
-        }
-    };
-    let out = verify::run_with_input(
-        cmd,
-        &shown,
-        None,
-        256 * 1024,
-        &s.verify_opts(s.test_timeout),
-    )?;
+/// The number of tests a run of test harnesses ran: the sum of their `running N
+/// tests` lines (doc tests included when cargo ran them).
+fn tests_run(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("running ")?.split(' ');
+            let n = words.next()?.parse::<usize>().ok()?;
+            matches!(words.next(), Some("test" | "tests")).then_some(n)
+        })
+        .sum()
+}
+
+/// The test stage's record from what the tests printed, and how many tests ran.
+fn test_record(s: &Settings, shown: &str, out: &CommandOutput) -> (StageRecord, usize) {
     let (outcome, reason) = if out.success() {
         (StageOutcome::Passed, None)
     } else if out.timed_out {
@@ -505,13 +510,97 @@ fn test_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyErr
     };
     let output = (outcome != StageOutcome::Passed)
         .then(|| tail(&format!("{}{}", out.stdout, out.stderr), 4096));
-    Ok(StageRecord {
+    let rec = StageRecord {
         stage: Stage::Test,
         outcome,
         duration_ms: ms(out.duration),
         reason,
         output,
-    })
+    };
+    (rec, tests_run(&out.stdout))
+}
+
+/// The tests through cargo: `cargo test` (or the `--test-command`).
+fn test_stage(s: &Settings, dir: &Path) -> Result<(StageRecord, usize), verify::VerifyError> {
+    let (cmd, shown) = match &s.test_command {
+        Some(c) => (shell_in(dir, c), c.clone()),
+        None => {
+            let mut cmd = slot_command("cargo", dir);
+            cmd.arg("test");
+            if s.workspace {
+                cmd.arg("--workspace");
+            }
+            (cmd, "cargo test".to_owned())
+        }
+    };
+    let out = verify::run_with_input(
+        cmd,
+        &shown,
+        None,
+        256 * 1024,
+        &s.verify_opts(s.test_timeout),
+    )?;
+    Ok(test_record(s, &shown, &out))
+}
+
+/// The tests without a second cargo run: the test build's harnesses started one after
+/// the other, as `cargo test` starts them (in their package's directory, with
+/// `CARGO_MANIFEST_DIR` and `CARGO_MANIFEST_PATH` set, stopping at the first that
+/// fails), all within the test stage's time limit. Saves cargo's start, its freshness
+/// check of every unit and rustdoc's doc-test pass; used only where the baseline showed
+/// it runs the same tests as `cargo test` (see [`baseline`]).
+fn direct_test_stage(
+    s: &Settings,
+    dir: &Path,
+    exes: &[TestExecutable],
+) -> Result<(StageRecord, usize), verify::VerifyError> {
+    let start = Instant::now();
+    let mut all = CommandOutput {
+        stdout: String::new(),
+        stdout_truncated: false,
+        stderr: String::new(),
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        duration: Duration::ZERO,
+    };
+    let mut shown = "the test harnesses".to_owned();
+    for exe in exes {
+        let name = exe
+            .path
+            .file_name()
+            .map_or_else(|| exe.target.clone(), |n| n.to_string_lossy().into_owned());
+        let pkg_dir = exe.manifest_path.parent().unwrap_or(dir);
+        let mut cmd = Command::new(&exe.path);
+        cmd.current_dir(pkg_dir)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env("CARGO_MANIFEST_DIR", pkg_dir)
+            .env("CARGO_MANIFEST_PATH", &exe.manifest_path);
+        let left = s.test_timeout.saturating_sub(start.elapsed());
+        let opts = s.verify_opts(left.max(Duration::from_millis(1)));
+        let out = verify::run_with_input(cmd, &name, None, 256 * 1024, &opts)?;
+        all.stdout.push_str(&out.stdout);
+        all.stdout_truncated |= out.stdout_truncated;
+        all.stderr.push_str(&out.stderr);
+        if !out.success() {
+            all.exit_code = out.exit_code;
+            all.signal = out.signal;
+            all.timed_out = out.timed_out;
+            shown = name;
+            break;
+        }
+    }
+    all.duration = start.elapsed();
+    Ok(test_record(s, &shown, &all))
+}
+
+/// Whether a candidate's files could hold doc tests the baseline has not: a code fence
+/// anywhere in the text of a file it changes. Such a candidate is tested with `cargo
+/// test`, which runs them.
+fn may_add_doc_tests(files: &[(String, String, String)]) -> bool {
+    files
+        .iter()
+        .any(|(_, _, after)| after.contains("```") || after.contains("~~~"))
 }
 
 /// One run of the fitness command in `dir`: its value, or why it has none.
@@ -768,6 +857,8 @@ fn evaluate(
     prepare(w, base, job)?;
     // test build (the compile gate: its compile errors are the `check` outcome) → test
     let mut verified = Duration::ZERO;
+    let mut exes = Vec::new();
+    let direct = s.direct_tests && !may_add_doc_tests(&job.files);
     for stage in [Stage::Build, Stage::Test] {
         send(
             tx,
@@ -779,8 +870,12 @@ fn evaluate(
         );
         let t = Instant::now();
         let rec = match stage {
-            Stage::Build => build_stage(s, &dir),
-            _ => test_stage(s, &dir),
+            Stage::Build => build_stage(s, &dir).map(|(rec, built)| {
+                exes = built;
+                rec
+            }),
+            _ if direct => direct_test_stage(s, &dir, &exes).map(|(rec, _)| rec),
+            _ => test_stage(s, &dir).map(|(rec, _)| rec),
         };
         let rec = match rec {
             Ok(r) => r,
@@ -1060,15 +1155,17 @@ impl<'a, 'p> Run<'a, 'p> {
             fitness_timeout: ev.opts.fitness_timeout.unwrap_or(ev.opts.build_timeout),
             test_command: ev.opts.test_command.clone(),
             workspace: slot_project.packages().len() > 1,
+            direct_tests: false,
             stop: Arc::clone(&stop),
         };
         // The baseline: it must build and pass its tests.
         let cancel = ev.opts.cancel.clone();
         let watcher_stop = Arc::clone(&stop);
-        let (baseline_stages, samples) = {
+        let (baseline_stages, samples, direct_tests) = {
             let _cancel_guard = CancelBridge::new(cancel.clone(), watcher_stop);
             baseline(&settings, base_slot.dir(), on_event)?
         };
+        settings.direct_tests = direct_tests;
         let baseline_median = median(&samples);
         on_event(&EvolveEvent::Baseline {
             samples: samples.clone(),
@@ -2008,6 +2105,7 @@ impl<'a, 'p> Run<'a, 'p> {
             fitness_timeout: s.fitness_timeout,
             test_command: s.test_command.clone(),
             workspace: s.workspace,
+            direct_tests: s.direct_tests,
             stop: Arc::clone(&s.stop),
         })
     }
@@ -2059,15 +2157,27 @@ impl Drop for CancelBridge {
     }
 }
 
+/// The baseline's stages, its fitness samples, and whether candidates' tests may run
+/// directly from their test build.
+type BaselineResult = (Vec<StageRecord>, Vec<f64>, bool);
+
 /// Build (the compile gate), test and measure the project as it is, in the baseline
 /// copy.
+///
+/// The tests run with `cargo test` (or the `--test-command`), the reference. Without a
+/// test command, the test build's harnesses are then also run directly: when they pass
+/// and run exactly as many tests as `cargo test` did (so the project has no doc tests,
+/// which only cargo's rustdoc pass runs), candidates are tested that way
+/// ([`direct_test_stage`]), except those whose files could add doc tests.
 fn baseline(
     s: &Settings,
     dir: &Path,
     on_event: &mut dyn FnMut(&EvolveEvent),
-) -> Result<(Vec<StageRecord>, Vec<f64>), EvolveError> {
+) -> Result<BaselineResult, EvolveError> {
     let mut stages = Vec::new();
     let runner = Runner::Baseline;
+    let mut exes = Vec::new();
+    let mut cargo_tests = 0;
     for stage in [Stage::Build, Stage::Test] {
         on_event(&EvolveEvent::StageStarted {
             runner,
@@ -2075,10 +2185,16 @@ fn baseline(
             stage,
         });
         let rec = match stage {
-            Stage::Build => build_stage(s, dir)?,
+            Stage::Build => {
+                let (rec, built) = build_stage(s, dir)?;
+                exes = built;
+                rec
+            }
             _ => {
                 // The baseline's own test time sets the default limit: none yet.
-                test_stage(s, dir)?
+                let (rec, n) = test_stage(s, dir)?;
+                cargo_tests = n;
+                rec
             }
         };
         on_event(&EvolveEvent::StageFinished {
@@ -2095,6 +2211,21 @@ fn baseline(
         }
         stages.push(rec);
     }
+    let direct = s.test_command.is_none() && {
+        let (rec, n) = direct_test_stage(s, dir, &exes)?;
+        rec.outcome == StageOutcome::Passed && n == cargo_tests
+    };
+    on_event(&EvolveEvent::Phase {
+        message: if direct {
+            format!(
+                "candidates' tests run straight from their test build ({} test harnesses, \
+                 the same {cargo_tests} tests as `cargo test`, no doc tests)",
+                exes.len()
+            )
+        } else {
+            "candidates' tests run with the test command".to_owned()
+        },
+    });
     on_event(&EvolveEvent::StageStarted {
         runner,
         candidate: None,
@@ -2125,7 +2256,7 @@ fn baseline(
         record: rec.clone(),
     });
     stages.push(rec);
-    Ok((stages, samples))
+    Ok((stages, samples, direct))
 }
 
 /// The modules rules and the proposer work on.
@@ -2171,4 +2302,30 @@ pub(crate) fn fmt_num(v: f64) -> String {
     }
     let digits = (4 - v.abs().log10().floor() as i32 - 1).clamp(0, 9) as usize;
     format!("{v:.digits$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_run_sums_every_harness_and_doc_test_pass() {
+        let out = "\nrunning 6 tests\ntest a ... ok\n\ntest result: ok. 6 passed\n\n\
+                   running 0 tests\n\nrunning 1 test\ntest b ... ok\n\
+                   test running 3 tests ... ok\n";
+        assert_eq!(tests_run(out), 7);
+        assert_eq!(tests_run(""), 0);
+        assert_eq!(tests_run("running fast\nrunning 2 benches\n"), 0);
+    }
+
+    #[test]
+    fn code_fences_in_a_changed_file_mean_cargo_test() {
+        let file = |after: &str| ("src/a.rs".to_owned(), String::new(), after.to_owned());
+        assert!(!may_add_doc_tests(&[file("/// Sum.\npub fn f() {}\n")]));
+        assert!(may_add_doc_tests(&[
+            file("pub fn g() {}\n"),
+            file("/// ```\n/// assert!(true);\n/// ```\npub fn f() {}\n"),
+        ]));
+        assert!(may_add_doc_tests(&[file("//! ~~~\n//! x\n//! ~~~\n")]));
+    }
 }
