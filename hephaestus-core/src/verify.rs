@@ -318,7 +318,9 @@ pub fn run_command(
             let _ = child.wait();
             break None;
         }
-        thread::sleep(Duration::from_millis(10));
+        // The exit is noticed at most 2 ms late (10 ms cost `heph evolve` 5 ms per
+        // build on average); a `try_wait` every 2 ms costs nothing measurable.
+        thread::sleep(Duration::from_millis(2));
     };
     let _ = out_thread.join();
     for line in rx.try_iter() {
