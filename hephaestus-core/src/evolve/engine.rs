@@ -2211,21 +2211,35 @@ fn baseline(
         }
         stages.push(rec);
     }
-    let direct = s.test_command.is_none() && {
+    let (direct, message) = if let Some(c) = &s.test_command {
+        (false, format!("candidates' tests run with `{c}`"))
+    } else {
         let (rec, n) = direct_test_stage(s, dir, &exes)?;
-        rec.outcome == StageOutcome::Passed && n == cargo_tests
-    };
-    on_event(&EvolveEvent::Phase {
-        message: if direct {
-            format!(
-                "candidates' tests run straight from their test build ({} test harnesses, \
-                 the same {cargo_tests} tests as `cargo test`, no doc tests)",
+        if rec.outcome != StageOutcome::Passed {
+            let m = format!(
+                "candidates' tests run with `cargo test` (its {} test harnesses run alone \
+                 fail: {})",
+                exes.len(),
+                rec.reason.unwrap_or_default()
+            );
+            (false, m)
+        } else if n != cargo_tests {
+            let m = format!(
+                "candidates' tests run with `cargo test` (it ran {cargo_tests} tests, its {} \
+                 test harnesses alone {n}: doc tests)",
                 exes.len()
-            )
+            );
+            (false, m)
         } else {
-            "candidates' tests run with the test command".to_owned()
-        },
-    });
+            let m = format!(
+                "candidates' tests run straight from their test build ({} test harnesses, \
+                 the same {n} tests as `cargo test`, no doc tests)",
+                exes.len()
+            );
+            (true, m)
+        }
+    };
+    on_event(&EvolveEvent::Phase { message });
     on_event(&EvolveEvent::StageStarted {
         runner,
         candidate: None,
