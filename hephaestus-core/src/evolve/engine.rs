@@ -1718,14 +1718,20 @@ impl<'a, 'p> Run<'a, 'p> {
         let mut report = VerifyReport::skipped();
         report.outcome = VerifyOutcome::Passed;
         report.duration = verified;
-        report.command = format!(
-            "cargo test --no-run, cargo test{} in an isolated copy",
-            if self.settings.test_command.is_some() {
-                " (custom)"
-            } else {
-                ""
+        // What the worker ran (see `evaluate`).
+        let files: Vec<(String, String, String)> = p
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), String::new(), f.after()))
+            .collect();
+        let tests = match &self.settings.test_command {
+            Some(c) => format!("`{c}`"),
+            None if self.settings.direct_tests && !may_add_doc_tests(&files) => {
+                "its test harnesses".to_owned()
             }
-        );
+            None => "cargo test".to_owned(),
+        };
+        report.command = format!("cargo test --no-run, then {tests}, in an isolated copy");
         let opts = ApplyOptions {
             dry_run: false,
             verify: Verify::Verified(report),
