@@ -217,7 +217,7 @@ pub struct EvolveConfig {
     pub alpha: Option<f64>,
     /// Stop after evaluating this many candidates.
     pub max_candidates: Option<usize>,
-    /// Time limit of the `cargo check` and `cargo test --no-run` stages.
+    /// Time limit of the test build (`cargo test --no-run`, the compile gate).
     pub build_timeout: Option<String>,
     /// Time limit of the test stage.
     pub test_timeout: Option<String>,

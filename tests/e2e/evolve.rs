@@ -1,9 +1,9 @@
 //! `heph evolve` end to end on `fixtures/slow-crate`: rules make it faster with every
 //! test passing and each step in the history; a pure-noise rule is never accepted; the
 //! user's files never change while a run evaluates candidates; a misbehaving proposer
-//! (invalid JSON, unparsable code, a `..` module, candidates that fail a test, hang or
-//! crash, a proposer that hangs) has each candidate rejected with its reason while the
-//! run completes.
+//! (invalid JSON, unparsable code, a `..` module, candidates that do not compile, fail a
+//! test, hang or crash, a proposer that hangs) has each candidate rejected with its
+//! reason while the run completes.
 //!
 //! The tests share the sandbox slots under the e2e target directory (warm builds), so
 //! they take turns.
@@ -282,6 +282,7 @@ case $n in
 2) cat <<'EOF'
 [{{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec( }}","description":"unparsable"}},
  {{"module":"../../outside","code":"pub fn f() {{}}","description":"escapes"}},
+ {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input }}","description":"does not compile"}},
  {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ input.to_vec() }}","description":"compiles, fails a test"}},
  {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ let _ = input; loop {{ std::hint::spin_loop() }} }}","description":"hangs in the tests"}},
  {{"module":"crate::dedup","code":"pub fn unique(input: &[u32]) -> Vec<u32> {{ let _ = input; std::process::abort() }}","description":"crashes in the tests"}}]
@@ -352,16 +353,37 @@ esac
             .expect("reason")
             .contains("../../outside")
     );
+    // The test build is the compile gate: its compiler errors are the `check` outcome.
+    let broken = find("does not compile");
+    assert_eq!(broken["stage"], "check", "{broken:#}");
+    let names = |c: &serde_json::Value| -> Vec<String> {
+        c["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|s| s["stage"].as_str().expect("stage").to_owned())
+            .collect()
+    };
+    assert_eq!(names(&broken), ["syntax", "check"], "{broken:#}");
+    assert_eq!(broken["stages"][1]["outcome"], "failed", "{broken:#}");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("compile error"),
+        "{broken:#}"
+    );
+    assert!(
+        broken["stages"][1]["output"]
+            .as_str()
+            .expect("compiler output")
+            .contains("error[E0308]: mismatched types"),
+        "{broken:#}"
+    );
     let failing = find("fails a test");
     assert_eq!(failing["stage"], "test", "{failing:#}");
-    let check = failing["stages"]
-        .as_array()
-        .expect("stages")
-        .iter()
-        .find(|s| s["stage"] == "check")
-        .expect("a check stage")
-        .clone();
-    assert_eq!(check["outcome"], "passed");
+    assert_eq!(names(&failing), ["syntax", "build", "test"], "{failing:#}");
+    assert_eq!(failing["stages"][1]["outcome"], "passed", "{failing:#}");
     assert!(
         failing["reason"]
             .as_str()
@@ -377,10 +399,10 @@ esac
             .expect("reason")
             .contains("did not finish within")
     );
-    assert_eq!(hangs["stages"][3]["outcome"], "timed-out", "{hangs:#}");
+    assert_eq!(hangs["stages"][2]["outcome"], "timed-out", "{hangs:#}");
     let crashes = find("crashes in the tests");
     assert_eq!(crashes["stage"], "test", "{crashes:#}");
-    assert_eq!(crashes["stages"][3]["outcome"], "crashed", "{crashes:#}");
+    assert_eq!(crashes["stages"][2]["outcome"], "crashed", "{crashes:#}");
     let hang = find("did not answer");
     assert_eq!(hang["stage"], "proposal");
     assert!(

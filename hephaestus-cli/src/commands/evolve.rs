@@ -80,7 +80,7 @@ pub struct Args {
     /// Stop after this many candidates.
     #[arg(long, value_name = "N")]
     pub max_candidates: Option<usize>,
-    /// Time limit of `cargo check` and of building the tests [default: 10m].
+    /// Time limit of building the tests (the compile gate) [default: 10m].
     #[arg(long, value_name = "DURATION")]
     pub build_timeout: Option<String>,
     /// Time limit of the tests [default: 10x the baseline's, at least 1m].

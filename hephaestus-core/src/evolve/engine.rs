@@ -28,7 +28,7 @@ use crate::history::History;
 use crate::item::ItemKind;
 use crate::project::{Project, TargetKind};
 use crate::resolve::{Module, Resolver};
-use crate::verify::{self, Verify, VerifyOptions, VerifyReport};
+use crate::verify::{self, CommandOutput, TestExecutable, Verify, VerifyOptions, VerifyReport};
 
 /// Runs one evolve run; see the [module docs](super).
 #[derive(Debug)]
@@ -177,6 +177,9 @@ struct Settings {
     fitness_timeout: Duration,
     test_command: Option<String>,
     workspace: bool,
+    /// Run the tests by starting the test build's harnesses directly instead of a
+    /// second `cargo test` (decided on the baseline, see [`baseline`]).
+    direct_tests: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -398,48 +401,68 @@ fn cancelled_stage(stage: Stage, d: Duration) -> StageRecord {
     }
 }
 
-/// Run `cargo <sub> --message-format=json ...` in a slot.
-fn cargo_json(
+/// Run `cargo <sub> --message-format=json ...` in a slot, with the build time limit.
+fn cargo_report(
     s: &Settings,
     dir: &Path,
-    stage: Stage,
     args: &[&str],
-) -> Result<StageRecord, verify::VerifyError> {
+) -> Result<VerifyReport, verify::VerifyError> {
     let mut cmd = slot_command("cargo", dir);
     cmd.args(args).arg("--message-format=json");
     if s.workspace {
         cmd.arg("--workspace");
     }
     let shown = format!("cargo {}", args.join(" "));
-    let r = verify::run_command(
+    verify::run_command(
         cmd,
         shown,
         true,
         &s.verify_opts(s.build_timeout),
         &mut |_| {},
-    )?;
-    Ok(cargo_stage(stage, &r))
+    )
 }
 
-fn test_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyError> {
-    let (cmd, shown) = match &s.test_command {
-        Some(c) => (shell_in(dir, c), c.clone()),
-        None => {
-            let mut cmd = slot_command("cargo", dir);
-            cmd.arg("test");
-            if s.workspace {
-                cmd.arg("--workspace");
-            }
-            (cmd, "cargo test".to_owned())
-        }
-    };
-    let out = verify::run_with_input(
-        cmd,
-        &shown,
-        None,
-        256 * 1024,
-        &s.verify_opts(s.test_timeout),
-    )?;
+/// The compile gate and the test build in one cargo run: `cargo test --no-run` (JSON
+/// messages, errors rendered as cargo renders them). A separate `cargo check` before it
+/// would only repeat its front end: cargo stops at the first compile error before any
+/// code generation, just as fast. A failure with compiler errors is recorded as the
+/// [`Stage::Check`] outcome (the candidate, tests included, does not compile); any other
+/// failure (a link error, cargo itself) or a timeout as [`Stage::Build`]'s, and so is a
+/// success.
+///
+/// Also returns the test harnesses it built (for [`direct_test_stage`]).
+fn build_stage(
+    s: &Settings,
+    dir: &Path,
+) -> Result<(StageRecord, Vec<TestExecutable>), verify::VerifyError> {
+    let r = cargo_report(s, dir, &["test", "--no-run"])?;
+    let compile_error = r.outcome == VerifyOutcome::Failed && !r.timed_out && !r.errors.is_empty();
+    let rec = cargo_stage(
+        if compile_error {
+            Stage::Check
+        } else {
+            Stage::Build
+        },
+        &r,
+    );
+    Ok((rec, r.test_executables))
+}
+
+/// The number of tests a run of test harnesses ran: the sum of their `running N
+/// tests` lines (doc tests included when cargo ran them).
+fn tests_run(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("running ")?.split(' ');
+            let n = words.next()?.parse::<usize>().ok()?;
+            matches!(words.next(), Some("test" | "tests")).then_some(n)
+        })
+        .sum()
+}
+
+/// The test stage's record from what the tests printed, and how many tests ran.
+fn test_record(s: &Settings, shown: &str, out: &CommandOutput) -> (StageRecord, usize) {
     let (outcome, reason) = if out.success() {
         (StageOutcome::Passed, None)
     } else if out.timed_out {
@@ -487,13 +510,97 @@ fn test_stage(s: &Settings, dir: &Path) -> Result<StageRecord, verify::VerifyErr
     };
     let output = (outcome != StageOutcome::Passed)
         .then(|| tail(&format!("{}{}", out.stdout, out.stderr), 4096));
-    Ok(StageRecord {
+    let rec = StageRecord {
         stage: Stage::Test,
         outcome,
         duration_ms: ms(out.duration),
         reason,
         output,
-    })
+    };
+    (rec, tests_run(&out.stdout))
+}
+
+/// The tests through cargo: `cargo test` (or the `--test-command`).
+fn test_stage(s: &Settings, dir: &Path) -> Result<(StageRecord, usize), verify::VerifyError> {
+    let (cmd, shown) = match &s.test_command {
+        Some(c) => (shell_in(dir, c), c.clone()),
+        None => {
+            let mut cmd = slot_command("cargo", dir);
+            cmd.arg("test");
+            if s.workspace {
+                cmd.arg("--workspace");
+            }
+            (cmd, "cargo test".to_owned())
+        }
+    };
+    let out = verify::run_with_input(
+        cmd,
+        &shown,
+        None,
+        256 * 1024,
+        &s.verify_opts(s.test_timeout),
+    )?;
+    Ok(test_record(s, &shown, &out))
+}
+
+/// The tests without a second cargo run: the test build's harnesses started one after
+/// the other, as `cargo test` starts them (in their package's directory, with
+/// `CARGO_MANIFEST_DIR` and `CARGO_MANIFEST_PATH` set, stopping at the first that
+/// fails), all within the test stage's time limit. Saves cargo's start, its freshness
+/// check of every unit and rustdoc's doc-test pass; used only where the baseline showed
+/// it runs the same tests as `cargo test` (see [`baseline`]).
+fn direct_test_stage(
+    s: &Settings,
+    dir: &Path,
+    exes: &[TestExecutable],
+) -> Result<(StageRecord, usize), verify::VerifyError> {
+    let start = Instant::now();
+    let mut all = CommandOutput {
+        stdout: String::new(),
+        stdout_truncated: false,
+        stderr: String::new(),
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        duration: Duration::ZERO,
+    };
+    let mut shown = "the test harnesses".to_owned();
+    for exe in exes {
+        let name = exe
+            .path
+            .file_name()
+            .map_or_else(|| exe.target.clone(), |n| n.to_string_lossy().into_owned());
+        let pkg_dir = exe.manifest_path.parent().unwrap_or(dir);
+        let mut cmd = Command::new(&exe.path);
+        cmd.current_dir(pkg_dir)
+            .env("CARGO_TARGET_DIR", dir.join("target"))
+            .env("CARGO_MANIFEST_DIR", pkg_dir)
+            .env("CARGO_MANIFEST_PATH", &exe.manifest_path);
+        let left = s.test_timeout.saturating_sub(start.elapsed());
+        let opts = s.verify_opts(left.max(Duration::from_millis(1)));
+        let out = verify::run_with_input(cmd, &name, None, 256 * 1024, &opts)?;
+        all.stdout.push_str(&out.stdout);
+        all.stdout_truncated |= out.stdout_truncated;
+        all.stderr.push_str(&out.stderr);
+        if !out.success() {
+            all.exit_code = out.exit_code;
+            all.signal = out.signal;
+            all.timed_out = out.timed_out;
+            shown = name;
+            break;
+        }
+    }
+    all.duration = start.elapsed();
+    Ok(test_record(s, &shown, &all))
+}
+
+/// Whether a candidate's files could hold doc tests the baseline has not: a code fence
+/// anywhere in the text of a file it changes. Such a candidate is tested with `cargo
+/// test`, which runs them.
+fn may_add_doc_tests(files: &[(String, String, String)]) -> bool {
+    files
+        .iter()
+        .any(|(_, _, after)| after.contains("```") || after.contains("~~~"))
 }
 
 /// One run of the fitness command in `dir`: its value, or why it has none.
@@ -627,8 +734,7 @@ fn worker(
 ) -> WorkerState {
     let dir = w.slot.dir().to_path_buf();
     // Warm the slot's target directory before the first candidate.
-    let _ = cargo_json(&s, &dir, Stage::Check, &["check"]);
-    let _ = cargo_json(&s, &dir, Stage::Build, &["test", "--no-run"]);
+    let _ = build_stage(&s, &dir);
     let _ = measure_once(&s, &dir, s.build_timeout);
     for job in jobs {
         // A bug in a stage must not leave the coordinator waiting for this candidate.
@@ -749,9 +855,11 @@ fn evaluate(
         ));
     }
     prepare(w, base, job)?;
-    // check → build → test
+    // test build (the compile gate: its compile errors are the `check` outcome) → test
     let mut verified = Duration::ZERO;
-    for stage in [Stage::Check, Stage::Build, Stage::Test] {
+    let mut exes = Vec::new();
+    let direct = s.direct_tests && !may_add_doc_tests(&job.files);
+    for stage in [Stage::Build, Stage::Test] {
         send(
             tx,
             EvolveEvent::StageStarted {
@@ -762,9 +870,12 @@ fn evaluate(
         );
         let t = Instant::now();
         let rec = match stage {
-            Stage::Check => cargo_json(s, &dir, stage, &["check"]),
-            Stage::Build => cargo_json(s, &dir, stage, &["test", "--no-run"]),
-            _ => test_stage(s, &dir),
+            Stage::Build => build_stage(s, &dir).map(|(rec, built)| {
+                exes = built;
+                rec
+            }),
+            _ if direct => direct_test_stage(s, &dir, &exes).map(|(rec, _)| rec),
+            _ => test_stage(s, &dir).map(|(rec, _)| rec),
         };
         let rec = match rec {
             Ok(r) => r,
@@ -786,7 +897,7 @@ fn evaluate(
                 record: rec.clone(),
             },
         );
-        let (outcome, reason) = (rec.outcome, rec.reason.clone());
+        let (stage, outcome, reason) = (rec.stage, rec.outcome, rec.reason.clone());
         stages.push(rec);
         match outcome {
             StageOutcome::Passed => {}
@@ -1044,15 +1155,17 @@ impl<'a, 'p> Run<'a, 'p> {
             fitness_timeout: ev.opts.fitness_timeout.unwrap_or(ev.opts.build_timeout),
             test_command: ev.opts.test_command.clone(),
             workspace: slot_project.packages().len() > 1,
+            direct_tests: false,
             stop: Arc::clone(&stop),
         };
         // The baseline: it must build and pass its tests.
         let cancel = ev.opts.cancel.clone();
         let watcher_stop = Arc::clone(&stop);
-        let (baseline_stages, samples) = {
+        let (baseline_stages, samples, direct_tests) = {
             let _cancel_guard = CancelBridge::new(cancel.clone(), watcher_stop);
             baseline(&settings, base_slot.dir(), on_event)?
         };
+        settings.direct_tests = direct_tests;
         let baseline_median = median(&samples);
         on_event(&EvolveEvent::Baseline {
             samples: samples.clone(),
@@ -1605,14 +1718,20 @@ impl<'a, 'p> Run<'a, 'p> {
         let mut report = VerifyReport::skipped();
         report.outcome = VerifyOutcome::Passed;
         report.duration = verified;
-        report.command = format!(
-            "cargo check, cargo test{} in an isolated copy",
-            if self.settings.test_command.is_some() {
-                " (custom)"
-            } else {
-                ""
+        // What the worker ran (see `evaluate`).
+        let files: Vec<(String, String, String)> = p
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), String::new(), f.after()))
+            .collect();
+        let tests = match &self.settings.test_command {
+            Some(c) => format!("`{c}`"),
+            None if self.settings.direct_tests && !may_add_doc_tests(&files) => {
+                "its test harnesses".to_owned()
             }
-        );
+            None => "cargo test".to_owned(),
+        };
+        report.command = format!("cargo test --no-run, then {tests}, in an isolated copy");
         let opts = ApplyOptions {
             dry_run: false,
             verify: Verify::Verified(report),
@@ -1992,6 +2111,7 @@ impl<'a, 'p> Run<'a, 'p> {
             fitness_timeout: s.fitness_timeout,
             test_command: s.test_command.clone(),
             workspace: s.workspace,
+            direct_tests: s.direct_tests,
             stop: Arc::clone(&s.stop),
         })
     }
@@ -2043,26 +2163,44 @@ impl Drop for CancelBridge {
     }
 }
 
-/// Check, build, test and measure the project as it is, in the baseline copy.
+/// The baseline's stages, its fitness samples, and whether candidates' tests may run
+/// directly from their test build.
+type BaselineResult = (Vec<StageRecord>, Vec<f64>, bool);
+
+/// Build (the compile gate), test and measure the project as it is, in the baseline
+/// copy.
+///
+/// The tests run with `cargo test` (or the `--test-command`), the reference. Without a
+/// test command, the test build's harnesses are then also run directly: when they pass
+/// and run exactly as many tests as `cargo test` did (so the project has no doc tests,
+/// which only cargo's rustdoc pass runs), candidates are tested that way
+/// ([`direct_test_stage`]), except those whose files could add doc tests.
 fn baseline(
     s: &Settings,
     dir: &Path,
     on_event: &mut dyn FnMut(&EvolveEvent),
-) -> Result<(Vec<StageRecord>, Vec<f64>), EvolveError> {
+) -> Result<BaselineResult, EvolveError> {
     let mut stages = Vec::new();
     let runner = Runner::Baseline;
-    for stage in [Stage::Check, Stage::Build, Stage::Test] {
+    let mut exes = Vec::new();
+    let mut cargo_tests = 0;
+    for stage in [Stage::Build, Stage::Test] {
         on_event(&EvolveEvent::StageStarted {
             runner,
             candidate: None,
             stage,
         });
         let rec = match stage {
-            Stage::Check => cargo_json(s, dir, stage, &["check"])?,
-            Stage::Build => cargo_json(s, dir, stage, &["test", "--no-run"])?,
+            Stage::Build => {
+                let (rec, built) = build_stage(s, dir)?;
+                exes = built;
+                rec
+            }
             _ => {
                 // The baseline's own test time sets the default limit: none yet.
-                test_stage(s, dir)?
+                let (rec, n) = test_stage(s, dir)?;
+                cargo_tests = n;
+                rec
             }
         };
         on_event(&EvolveEvent::StageFinished {
@@ -2072,13 +2210,42 @@ fn baseline(
         });
         if rec.outcome != StageOutcome::Passed {
             return Err(EvolveError::Baseline {
-                stage,
+                stage: rec.stage,
                 reason: rec.reason.clone().unwrap_or_default(),
                 output: rec.output.clone(),
             });
         }
         stages.push(rec);
     }
+    let (direct, message) = if let Some(c) = &s.test_command {
+        (false, format!("candidates' tests run with `{c}`"))
+    } else {
+        let (rec, n) = direct_test_stage(s, dir, &exes)?;
+        if rec.outcome != StageOutcome::Passed {
+            let m = format!(
+                "candidates' tests run with `cargo test` (its {} test harnesses run alone \
+                 fail: {})",
+                exes.len(),
+                rec.reason.unwrap_or_default()
+            );
+            (false, m)
+        } else if n != cargo_tests {
+            let m = format!(
+                "candidates' tests run with `cargo test` (it ran {cargo_tests} tests, its {} \
+                 test harnesses alone {n}: doc tests)",
+                exes.len()
+            );
+            (false, m)
+        } else {
+            let m = format!(
+                "candidates' tests run straight from their test build ({} test harnesses, \
+                 the same {n} tests as `cargo test`, no doc tests)",
+                exes.len()
+            );
+            (true, m)
+        }
+    };
+    on_event(&EvolveEvent::Phase { message });
     on_event(&EvolveEvent::StageStarted {
         runner,
         candidate: None,
@@ -2109,7 +2276,7 @@ fn baseline(
         record: rec.clone(),
     });
     stages.push(rec);
-    Ok((stages, samples))
+    Ok((stages, samples, direct))
 }
 
 /// The modules rules and the proposer work on.
@@ -2155,4 +2322,30 @@ pub(crate) fn fmt_num(v: f64) -> String {
     }
     let digits = (4 - v.abs().log10().floor() as i32 - 1).clamp(0, 9) as usize;
     format!("{v:.digits$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_run_sums_every_harness_and_doc_test_pass() {
+        let out = "\nrunning 6 tests\ntest a ... ok\n\ntest result: ok. 6 passed\n\n\
+                   running 0 tests\n\nrunning 1 test\ntest b ... ok\n\
+                   test running 3 tests ... ok\n";
+        assert_eq!(tests_run(out), 7);
+        assert_eq!(tests_run(""), 0);
+        assert_eq!(tests_run("running fast\nrunning 2 benches\n"), 0);
+    }
+
+    #[test]
+    fn code_fences_in_a_changed_file_mean_cargo_test() {
+        let file = |after: &str| ("src/a.rs".to_owned(), String::new(), after.to_owned());
+        assert!(!may_add_doc_tests(&[file("/// Sum.\npub fn f() {}\n")]));
+        assert!(may_add_doc_tests(&[
+            file("pub fn g() {}\n"),
+            file("/// ```\n/// assert!(true);\n/// ```\npub fn f() {}\n"),
+        ]));
+        assert!(may_add_doc_tests(&[file("//! ~~~\n//! x\n//! ~~~\n")]));
+    }
 }

@@ -1,9 +1,9 @@
 //! `heph evolve`: performance-driven evolution. Candidates (rewrite-rule matches and
 //! proposals of an external command) are evaluated in isolated copies of the project,
-//! cheapest stage first (syntax, `cargo check`, tests, fitness); one that is faster by
-//! at least the minimum gain, with a significant Mann-Whitney U test over interleaved
-//! runs against the baseline, is applied to the project as an `evolve` evolution, and
-//! later candidates build on it (hill climbing).
+//! cheapest stage first (syntax, the test build as the compile gate, tests, fitness);
+//! one that is faster by at least the minimum gain, with a significant Mann-Whitney U
+//! test over interleaved runs against the baseline, is applied to the project as an
+//! `evolve` evolution, and later candidates build on it (hill climbing).
 //!
 //! One call runs it all, for the CLI and the control API alike:
 //!
@@ -90,7 +90,7 @@ pub struct EvolveOptions {
     pub alpha: f64,
     /// Stop after this many candidates.
     pub max_candidates: Option<usize>,
-    /// Time limit of `cargo check` and of building the tests.
+    /// Time limit of building the tests (`cargo test --no-run`, the compile gate).
     pub build_timeout: Duration,
     /// Time limit of the tests (None: ten times the baseline's, at least a minute).
     pub test_timeout: Option<Duration>,
@@ -220,9 +220,14 @@ pub enum Stage {
     Proposal,
     /// The code parses and applies to its module.
     Syntax,
-    /// `cargo check` of the libraries and binaries (test code is compiled by `Build`).
+    /// The code compiles. There is no separate `cargo check` run: the test build
+    /// (`cargo test --no-run`) is the compile gate, and a candidate whose test build
+    /// fails with compiler errors (in any target, test code included) is rejected at
+    /// this stage, with the errors. A candidate that compiles has no `check` record.
     Check,
-    /// `cargo test --no-run`: building the tests.
+    /// `cargo test --no-run`: building the tests (also the compile gate, see
+    /// [`Stage::Check`]); failures without compiler errors (link errors, cargo
+    /// itself) and timeouts are recorded here.
     Build,
     /// Running the tests.
     Test,
