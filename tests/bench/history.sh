@@ -7,8 +7,6 @@
 #     `heph history --limit 50 --json` vs `git log -50 --format=...`
 #
 # Usage: tests/bench/history.sh [WORKDIR]   (needs hyperfine: apt-get install -y hyperfine)
-# Also measures a heph built with --no-default-features (no ssh transport, so no OpenSSL
-# linked or initialized), in $CARGO_TARGET_DIR/minimal.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -18,9 +16,6 @@ command -v hyperfine >/dev/null || { echo "hyperfine is missing: apt-get install
 
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p hephaestus-cli
 heph="$CARGO_TARGET_DIR/release/heph"
-CARGO_TARGET_DIR="$CARGO_TARGET_DIR/minimal" cargo build --quiet --release \
-  --manifest-path "$here/Cargo.toml" -p hephaestus-cli --no-default-features
-minimal="$CARGO_TARGET_DIR/minimal/release/heph"
 
 # A pinned, isolated git.
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
@@ -59,7 +54,6 @@ change='sh -c "echo // \$(date +%s%N) >> src/m42/f42.rs"'
 hyperfine -N --warmup 3 --runs 40 --export-markdown "$work/snapshot.md" \
   --prepare "$change" \
   -n 'heph snapshot' "$heph snapshot -q" \
-  -n 'heph snapshot (no default features)' "$minimal snapshot -q" \
   -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' \
   -n 'git stash create' 'git stash create'
 
@@ -93,7 +87,6 @@ PY
 echo "evolutions: $(git rev-list --count refs/heph/history)"
 hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history.md" \
   -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
-  -n 'heph history --limit 50 --json (no default features)' "$minimal history --limit 50 --json" \
   -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history"
 
 echo

@@ -77,6 +77,8 @@ fn candidates(summary: &serde_json::Value) -> Vec<serde_json::Value> {
 
 #[test]
 fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step() {
+    // Measures speed-ups: no watch test builds meanwhile (lock order: watch, evolve).
+    let _quiet = crate::watch::serial();
     let _serial = serial();
     let env = TestEnv::new("slow-crate");
     let before = env.snapshot();

@@ -169,18 +169,15 @@ pub enum HistoryError {
         /// The remotes that exist.
         known: Vec<String>,
     },
-    /// The remote's protocol was left out of this build.
-    #[error(
-        "cannot reach `{remote}`: this heph was built without {protocol} support; \
-         rebuild it with `--features {feature}`, or use a path or file:// remote"
-    )]
-    UnsupportedTransport {
+    /// `git fetch` or `git push` (heph's transport for `heph sync`) failed.
+    #[error("{what} `{remote}` failed: {message}")]
+    Transport {
+        /// What heph was doing (`fetching refs/heph/history from`, ...).
+        what: String,
         /// The remote as given.
         remote: String,
-        /// `HTTPS` or `SSH`.
-        protocol: &'static str,
-        /// The cargo feature that adds it.
-        feature: &'static str,
+        /// git's own message (its last lines of stderr), or why git could not run.
+        message: String,
     },
     /// A file of the snapshot cannot be put back because something is in the way.
     #[error("cannot restore {path}: {reason}")]
@@ -223,7 +220,7 @@ impl crate::Categorized for HistoryError {
             | HistoryError::Empty { .. }
             | HistoryError::NonePassed { .. }
             | HistoryError::UnknownRemote { .. } => BadInput,
-            HistoryError::UnsupportedTransport { .. } => Environment,
+            HistoryError::Transport { .. } => Environment,
             HistoryError::Git { .. }
             | HistoryError::Io { .. }
             | HistoryError::CorruptRef { .. }

@@ -3,13 +3,17 @@
 //! The remote's history is fetched into `refs/heph/remotes/NAME/history`; then the local
 //! history is fast-forwarded when it is behind, pushed when the remote is behind, and
 //! left alone (reported) when the two diverged. Nothing is ever force-pushed or reset.
+//!
+//! The network goes through the git CLI (`git fetch`, `git push`), so every remote the
+//! user's git reaches works, with their ssh configuration, agent and credential
+//! helpers, and heph links no TLS or ssh library (whose loading every heph command would
+//! pay). git runs with hooks, automatic maintenance and FETCH_HEAD turned off, in the
+//! C locale; only the refs named here change.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use git2::{
-    AutotagOption, Cred, CredentialType, FetchOptions, Oid, PushOptions, Remote, RemoteCallbacks,
-    Repository,
-};
+use git2::{Oid, Remote, Repository};
 use serde::Serialize;
 
 use super::{HISTORY_REF, History, HistoryError, read_ref};
@@ -100,32 +104,117 @@ fn looks_like_url(s: &str) -> bool {
     s.contains("://") || s.contains(':') || s.contains('/') || Path::new(s).exists()
 }
 
-fn callbacks<'a>(attempts: &'a mut usize) -> RemoteCallbacks<'a> {
-    let mut cb = RemoteCallbacks::new();
-    cb.credentials(move |url, username, allowed| {
-        *attempts += 1;
-        if *attempts > 3 {
-            return Err(git2::Error::from_str("authentication failed"));
-        }
-        #[cfg(feature = "ssh")]
-        if allowed.contains(CredentialType::SSH_KEY)
-            && let Some(user) = username
-        {
-            return Cred::ssh_key_from_agent(user);
-        }
-        #[cfg(any(feature = "ssh", feature = "https"))]
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-            && let Ok(config) = git2::Config::open_default()
-        {
-            return Cred::credential_helper(&config, url, username);
-        }
-        let _ = url; // used by the transports of the optional features
-        if allowed.contains(CredentialType::USERNAME) {
-            return Cred::username(username.unwrap_or("git"));
-        }
-        Cred::default()
-    });
-    cb
+/// A git command on `repo`'s git directory that changes nothing but the refs it is
+/// told to: no hooks, no automatic maintenance, no FETCH_HEAD, no tags.
+fn git_command(repo: &Repository) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir")
+        .arg(repo.path())
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "maintenance.auto=false",
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "fetch.recurseSubmodules=false",
+        ])
+        .env("LC_ALL", "C")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// What a finished git command said.
+struct GitRun {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_git(mut cmd: Command, what: &str, remote: &str) -> Result<GitRun, HistoryError> {
+    let out = cmd.output().map_err(|e| HistoryError::Transport {
+        what: what.to_owned(),
+        remote: remote.to_owned(),
+        message: if e.kind() == std::io::ErrorKind::NotFound {
+            "`git` was not found on PATH; heph sync uses it to reach remotes".to_owned()
+        } else {
+            format!("cannot run git: {e}")
+        },
+    })?;
+    Ok(GitRun {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// git's message for an error: its last few non-empty lines of stderr.
+fn git_message(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(4)..];
+    if tail.is_empty() {
+        "git failed without a message".to_owned()
+    } else {
+        tail.join("\n")
+    }
+}
+
+/// Fetch the remote's history into `tracking_ref`; `Ok(false)` when the remote has
+/// none.
+fn fetch(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool, HistoryError> {
+    let what = format!("fetching {HISTORY_REF} from");
+    let mut cmd = git_command(repo);
+    cmd.args([
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--",
+    ])
+    .arg(remote)
+    .arg(format!("+{HISTORY_REF}:{tracking_ref}"));
+    let run = run_git(cmd, &what, remote)?;
+    if run.success {
+        return Ok(true);
+    }
+    if run.stderr.contains("couldn't find remote ref") {
+        return Ok(false);
+    }
+    Err(HistoryError::Transport {
+        what,
+        remote: remote.to_owned(),
+        message: git_message(&run.stderr),
+    })
+}
+
+/// Push the local history (never forced); `Ok(Some(reason))` when the remote refused.
+fn push(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError> {
+    let what = format!("pushing {HISTORY_REF} to");
+    let mut cmd = git_command(repo);
+    cmd.args(["push", "--porcelain", "--no-verify", "--quiet", "--"])
+        .arg(remote)
+        .arg(format!("{HISTORY_REF}:{HISTORY_REF}"));
+    let run = run_git(cmd, &what, remote)?;
+    // `--porcelain`: one line per ref, `!` in front of a rejected one, with the reason
+    // (`[rejected] (fetch first)`, `[remote rejected] (...)`) after the second tab.
+    let rejected = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with('!'))
+        .map(|l| l.splitn(3, '\t').nth(2).unwrap_or(l).trim().to_owned());
+    match rejected {
+        Some(reason) => Ok(Some(reason)),
+        None if run.success => Ok(None),
+        None => Err(HistoryError::Transport {
+            what,
+            remote: remote.to_owned(),
+            message: git_message(&run.stderr),
+        }),
+    }
 }
 
 impl History {
@@ -136,47 +225,22 @@ impl History {
         let _lock = self.lock("sync")?;
         self.repo_for_write()?;
         let repo = self.repo_ref()?;
-        let (mut handle, component) = open_remote(repo, remote)?;
+        let (handle, component) = open_remote(repo, remote)?;
         let tracking_ref = format!("refs/heph/remotes/{component}/history");
         self.recover_stale_ref_lock(repo);
         let local = self.tip()?;
 
-        let mut attempts = 0;
-        let mut fetch = FetchOptions::new();
-        fetch
-            .update_fetchhead(false)
-            .download_tags(AutotagOption::None)
-            .remote_callbacks(callbacks(&mut attempts));
-        // `download`, not `fetch`: libgit2's fetch rewrites FETCH_HEAD in the user's
-        // repository even when told not to update it. The tracking ref is set by hand.
-        let refspec = format!("+{HISTORY_REF}:{tracking_ref}");
-        handle
-            .download(&[refspec.as_str()], Some(&mut fetch))
-            .map_err(|source| transport_error(remote, source))?;
-        let advertised = handle.list().ok().and_then(|heads| {
-            heads
-                .iter()
-                .find(|h| h.name() == HISTORY_REF)
-                .map(|h| h.oid())
-        });
-        let _ = handle.disconnect();
-        match advertised {
-            Some(oid) => {
-                self.update_ref(&tracking_ref, || {
-                    repo.reference(&tracking_ref, oid, true, "heph sync: fetch")
-                })
-                .map_err(HistoryError::git("recording the remote's history"))?;
-            }
-            None => {
-                // The remote has no history (any more): drop a stale tracking ref.
-                if let Ok(mut r) = repo.find_reference(&tracking_ref) {
-                    let _ = r.delete();
-                }
+        let advertised = fetch(repo, &handle, &tracking_ref)?;
+        if !advertised {
+            // The remote has no history (any more): drop a stale tracking ref.
+            if let Ok(mut r) = repo.find_reference(&tracking_ref) {
+                let _ = r.delete();
             }
         }
-        let theirs = match advertised {
-            Some(_) => read_ref(repo, &tracking_ref)?,
-            None => None,
+        let theirs = if advertised {
+            read_ref(repo, &tracking_ref)?
+        } else {
+            None
         };
         let hex = |o: Option<Oid>| o.map(|o| o.to_string());
         let mut report = SyncReport {
@@ -212,26 +276,7 @@ impl History {
                 }
             }
             (Some(l), r) if r.is_none_or(|r| repo.graph_descendant_of(l, r).unwrap_or(false)) => {
-                let mut attempts = 0;
-                let mut rejected: Option<String> = None;
-                {
-                    let mut cb = callbacks(&mut attempts);
-                    cb.push_update_reference(|_refname, status| {
-                        if let Some(reason) = status {
-                            rejected = Some(reason.to_owned());
-                        }
-                        Ok(())
-                    });
-                    let mut push = PushOptions::new();
-                    push.remote_callbacks(cb);
-                    let spec = format!("{HISTORY_REF}:{HISTORY_REF}");
-                    handle
-                        .push(&[spec.as_str()], Some(&mut push))
-                        .map_err(|source| HistoryError::Git {
-                            what: format!("pushing {HISTORY_REF} to `{remote}`"),
-                            source,
-                        })?;
-                }
+                let rejected = push(repo, &handle)?;
                 match rejected {
                     Some(reason) => SyncOutcome::PushRejected { reason },
                     None => {
@@ -261,25 +306,20 @@ impl History {
     }
 }
 
-/// The remote named `remote`, or an anonymous one for a URL/path, and the component its
-/// tracking reference is named with.
-fn open_remote<'r>(
-    repo: &'r Repository,
-    remote: &str,
-) -> Result<(Remote<'r>, String), HistoryError> {
-    if Remote::is_valid_name(remote)
-        && let Ok(r) = repo.find_remote(remote)
-    {
-        return Ok((r, remote.to_owned()));
+/// The remote as git is to be told (a remote name of the repository, or a URL or
+/// path), and the component its tracking reference is named with.
+fn open_remote(repo: &Repository, remote: &str) -> Result<(String, String), HistoryError> {
+    if Remote::is_valid_name(remote) && repo.find_remote(remote).is_ok() {
+        return Ok((remote.to_owned(), remote.to_owned()));
     }
     if looks_like_url(remote) {
-        let r = repo
-            .remote_anonymous(remote)
-            .map_err(|source| HistoryError::Git {
-                what: format!("opening the remote `{remote}`"),
-                source,
-            })?;
-        return Ok((r, url_component(remote)));
+        // A path git would read as an option or a relative path is made explicit.
+        let arg = if remote.starts_with('-') {
+            format!("./{remote}")
+        } else {
+            remote.to_owned()
+        };
+        return Ok((arg, url_component(remote)));
     }
     let known = repo
         .remotes()
@@ -297,24 +337,6 @@ fn open_remote<'r>(
         repo: repo.path().to_path_buf(),
         known,
     })
-}
-
-/// A fetch error, made clear when the protocol was left out of the build.
-fn transport_error(remote: &str, source: git2::Error) -> HistoryError {
-    let unsupported = source.message().contains("unsupported URL protocol")
-        || source.message().contains("no TLS stream available");
-    if unsupported {
-        let https = remote.starts_with("https://") || remote.starts_with("http://");
-        return HistoryError::UnsupportedTransport {
-            remote: remote.to_owned(),
-            protocol: if https { "HTTPS" } else { "SSH" },
-            feature: if https { "https" } else { "ssh" },
-        };
-    }
-    HistoryError::Git {
-        what: format!("fetching {HISTORY_REF} from `{remote}`"),
-        source,
-    }
 }
 
 /// Commits reachable from `from` and not from `hide`.

@@ -633,3 +633,57 @@ fn newest_evolutions_are_packed_now_and_then() {
     assert_eq!(h.list(&ListFilter::default()).expect("list").len(), 7);
     git(&root, &["fsck", "--strict"]);
 }
+
+#[test]
+fn sync_runs_none_of_the_users_hooks_and_reports_a_server_side_refusal() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, root) = project(true);
+    let remote = bare(dir.path(), "remote.git");
+    let url = remote.to_string_lossy().into_owned();
+    git(&root, &["remote", "add", "origin", &url]);
+    // The user's hooks would fail (and leave a trace): heph's git runs none of them.
+    let trace = dir.path().join("hook-ran");
+    for hook in ["pre-push", "reference-transaction", "post-checkout"] {
+        let path = root.join(".git/hooks").join(hook);
+        fs::write(
+            &path,
+            format!("#!/bin/sh\ntouch '{}'\nexit 1\n", trace.display()),
+        )
+        .expect("hook");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let report = h.sync("origin").expect("sync");
+    assert!(
+        matches!(report.outcome, SyncOutcome::Pushed { evolutions: 1 }),
+        "{:?}",
+        report.outcome
+    );
+    assert!(!trace.exists(), "a hook of the user's repository ran");
+
+    // The server's own hook refuses the next push: reported with git's reason.
+    let hook = remote.join("hooks/pre-receive");
+    fs::write(&hook, "#!/bin/sh\necho 'no more history' >&2\nexit 1\n").expect("hook");
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    h.record_manual_if_changed().expect("rec");
+    let report = h.sync("origin").expect("sync");
+    match report.outcome {
+        SyncOutcome::PushRejected { reason } => {
+            assert!(reason.contains("pre-receive hook declined"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A path that is not a repository: git's own message, an environment error.
+    let err = h
+        .sync(&dir.path().join("missing.git").to_string_lossy())
+        .expect_err("no such remote");
+    assert!(matches!(err, HistoryError::Transport { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not appear to be a git repository"),
+        "{err}"
+    );
+}
