@@ -75,10 +75,11 @@ fn candidates(summary: &serde_json::Value) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+// It measures speed-ups, which other tests' builds running beside it on a 2-core machine
+// turn into noise: `.ci/run` runs it alone (`--ignored --test-threads 1`) after the suite.
 #[test]
+#[ignore = "measures a speed-up: run alone, as .ci/run does"]
 fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step() {
-    // Measures speed-ups: no watch test builds meanwhile (lock order: watch, evolve).
-    let _quiet = crate::watch::serial();
     let _serial = serial();
     let env = TestEnv::new("slow-crate");
     let before = env.snapshot();

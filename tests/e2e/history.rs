@@ -760,11 +760,16 @@ fn sync_shares_the_history_through_a_bare_remote() {
     assert_eq!(pushed["evolutions"], 1);
     assert_eq!(git_at(&remote, &["rev-parse", HISTORY_REF]).trim(), a1);
     assert_eq!(json(&env, &["sync", "origin"])["status"], "up-to-date");
+    // The git CLI transport sees the same remote history.
+    assert_eq!(
+        json(&env, &["sync", "origin", "--transport", "git"])["status"],
+        "up-to-date"
+    );
 
-    // Machine B: no git repository, syncs by path.
+    // Machine B: no git repository, syncs by path (through the git CLI the first time).
     let b = TestEnv::empty("machine-b");
     tiny_project(&b);
-    let ff = json(&b, &["sync", &url]);
+    let ff = json(&b, &["sync", &url, "--transport", "git"]);
     assert_eq!(ff["status"], "fast-forwarded");
     assert_eq!(ff["local_after"], a1.as_str());
     assert_eq!(history_ids(&b), vec![a1.clone()]);

@@ -26,9 +26,8 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// One watch test at a time (each builds and serves); also taken by the evolve test
-/// that measures a speed-up, so no watch build runs during its measurements.
-pub(crate) fn serial() -> MutexGuard<'static, ()> {
+/// One watch test at a time (each builds and serves).
+fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -1,8 +1,8 @@
 //! `heph sync REMOTE`: share the history through a git remote.
 
 use anyhow::Result;
-use clap::Args;
-use hephaestus_core::history::{SHORT_ID_LEN, SyncOutcome};
+use clap::{Args, ValueEnum};
+use hephaestus_core::history::{SHORT_ID_LEN, SyncOutcome, SyncTransport};
 
 use crate::output::{GlobalArgs, Output};
 use crate::project;
@@ -13,6 +13,32 @@ use crate::project;
 pub struct SyncArgs {
     /// A git remote of the project's repository, or a URL or path.
     pub remote: String,
+    /// How to reach the remote: `auto` uses libgit2 for the protocols this build has
+    /// (paths, file://, git://; ssh and https with the cargo features of those names)
+    /// and the git CLI for the others.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    pub transport: Transport,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// libgit2 when this build has the protocol, else the git CLI.
+    Auto,
+    /// libgit2 only.
+    Libgit2,
+    /// The git CLI (`git fetch`, `git push`), with your ssh and credential setup.
+    Git,
+}
+
+impl From<Transport> for SyncTransport {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Auto => SyncTransport::Auto,
+            Transport::Libgit2 => SyncTransport::Libgit2,
+            Transport::Git => SyncTransport::Git,
+        }
+    }
 }
 
 fn short(id: &Option<String>) -> &str {
@@ -23,7 +49,7 @@ fn short(id: &Option<String>) -> &str {
 /// Run `heph sync`.
 pub fn run(args: SyncArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let mut history = project::open_history(global, out)?;
-    let report = history.sync(&args.remote)?;
+    let report = history.sync_with(&args.remote, args.transport.into())?;
     out.json(&report);
     let r = &args.remote;
     match &report.outcome {

@@ -34,7 +34,7 @@ use crate::state::{ProjectLock, StateDir, StateError};
 
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};
-pub use sync::{SyncOutcome, SyncReport};
+pub use sync::{SyncOutcome, SyncReport, SyncTransport};
 
 /// The reference every evolution is committed on.
 pub const HISTORY_REF: &str = "refs/heph/history";
@@ -169,7 +169,22 @@ pub enum HistoryError {
         /// The remotes that exist.
         known: Vec<String>,
     },
-    /// `git fetch` or `git push` (heph's transport for `heph sync`) failed.
+    /// The remote's protocol is not in this build's libgit2 and the git CLI was not
+    /// allowed (`SyncTransport::Libgit2`).
+    #[error(
+        "cannot reach `{remote}` through libgit2: this heph was built without {protocol} \
+         support; rebuild it with `--features {feature}`, or let the git CLI reach it \
+         (`--transport auto` or `git`)"
+    )]
+    UnsupportedTransport {
+        /// The remote as given.
+        remote: String,
+        /// `HTTPS` or `SSH`.
+        protocol: &'static str,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
+    /// `git fetch` or `git push` (the git CLI transport of `heph sync`) failed.
     #[error("{what} `{remote}` failed: {message}")]
     Transport {
         /// What heph was doing (`fetching refs/heph/history from`, ...).
@@ -220,7 +235,9 @@ impl crate::Categorized for HistoryError {
             | HistoryError::Empty { .. }
             | HistoryError::NonePassed { .. }
             | HistoryError::UnknownRemote { .. } => BadInput,
-            HistoryError::Transport { .. } => Environment,
+            HistoryError::Transport { .. } | HistoryError::UnsupportedTransport { .. } => {
+                Environment
+            }
             HistoryError::Git { .. }
             | HistoryError::Io { .. }
             | HistoryError::CorruptRef { .. }

@@ -4,16 +4,21 @@
 //! history is fast-forwarded when it is behind, pushed when the remote is behind, and
 //! left alone (reported) when the two diverged. Nothing is ever force-pushed or reset.
 //!
-//! The network goes through the git CLI (`git fetch`, `git push`), so every remote the
-//! user's git reaches works, with their ssh configuration, agent and credential
-//! helpers, and heph links no TLS or ssh library (whose loading every heph command would
-//! pay). git runs with hooks, automatic maintenance and FETCH_HEAD turned off, in the
-//! C locale; only the refs named here change.
+//! The network goes through libgit2 (git2) for every protocol this build of it has:
+//! paths, `file://` and `git://` always, `ssh` and `https` with the cargo features of the
+//! same names (they link OpenSSL, which every heph process would pay for at start-up).
+//! Remotes whose protocol it lacks go through the git CLI (`git fetch`, `git push`),
+//! with the user's ssh configuration, agent and credential helpers; that git runs with
+//! hooks, automatic maintenance and FETCH_HEAD turned off, in the C locale, and only
+//! the refs named here change. [`SyncTransport`] forces one or the other.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use git2::{Oid, Remote, Repository};
+use git2::{
+    AutotagOption, Cred, CredentialType, FetchOptions, Oid, PushOptions, Remote, RemoteCallbacks,
+    Repository,
+};
 use serde::Serialize;
 
 use super::{HISTORY_REF, History, HistoryError, read_ref};
@@ -84,6 +89,45 @@ pub struct SyncReport {
     pub outcome: SyncOutcome,
 }
 
+/// How `heph sync` reaches the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncTransport {
+    /// libgit2 when this build has the remote's protocol, the git CLI otherwise.
+    #[default]
+    Auto,
+    /// libgit2 only (an error for a protocol this build lacks).
+    Libgit2,
+    /// The git CLI (`git fetch`, `git push`), whatever the protocol.
+    Git,
+}
+
+/// Can this build's libgit2 reach `url` by itself?
+fn libgit2_reaches(url: &str) -> Result<(), (&'static str, &'static str)> {
+    let lower = url.to_ascii_lowercase();
+    let https = lower.starts_with("https://") || lower.starts_with("http://");
+    let ssh = lower.starts_with("ssh://")
+        || lower.starts_with("git+ssh://")
+        || lower.starts_with("ssh+git://")
+        || is_scp_like(url);
+    if https && !cfg!(feature = "https") {
+        return Err(("HTTPS", "https"));
+    }
+    if ssh && !cfg!(feature = "ssh") {
+        return Err(("SSH", "ssh"));
+    }
+    Ok(())
+}
+
+/// `user@host:path` or `host:path` (git's scp-like syntax): a colon before any slash,
+/// and not a URL scheme.
+fn is_scp_like(url: &str) -> bool {
+    match (url.find(':'), url.find('/')) {
+        (Some(c), slash) => !url[c..].starts_with("://") && slash.is_none_or(|s| c < s) && c > 1,
+        (None, _) => false,
+    }
+}
+
 /// A reference-name component for a URL remote: `url-` and the URL with every character
 /// other than ASCII letters, digits, `-` and `_` replaced by `_`.
 fn url_component(url: &str) -> String {
@@ -102,6 +146,34 @@ fn url_component(url: &str) -> String {
 
 fn looks_like_url(s: &str) -> bool {
     s.contains("://") || s.contains(':') || s.contains('/') || Path::new(s).exists()
+}
+
+fn callbacks<'a>(attempts: &'a mut usize) -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    cb.credentials(move |url, username, allowed| {
+        *attempts += 1;
+        if *attempts > 3 {
+            return Err(git2::Error::from_str("authentication failed"));
+        }
+        #[cfg(feature = "ssh")]
+        if allowed.contains(CredentialType::SSH_KEY)
+            && let Some(user) = username
+        {
+            return Cred::ssh_key_from_agent(user);
+        }
+        #[cfg(any(feature = "ssh", feature = "https"))]
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && let Ok(config) = git2::Config::open_default()
+        {
+            return Cred::credential_helper(&config, url, username);
+        }
+        let _ = url; // used by the transports of the optional features
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(username.unwrap_or("git"));
+        }
+        Cred::default()
+    });
+    cb
 }
 
 /// A git command on `repo`'s git directory that changes nothing but the refs it is
@@ -165,7 +237,7 @@ fn git_message(stderr: &str) -> String {
 
 /// Fetch the remote's history into `tracking_ref`; `Ok(false)` when the remote has
 /// none.
-fn fetch(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool, HistoryError> {
+fn fetch_cli(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool, HistoryError> {
     let what = format!("fetching {HISTORY_REF} from");
     let mut cmd = git_command(repo);
     cmd.args([
@@ -192,7 +264,7 @@ fn fetch(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool, Hi
 }
 
 /// Push the local history (never forced); `Ok(Some(reason))` when the remote refused.
-fn push(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError> {
+fn push_cli(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError> {
     let what = format!("pushing {HISTORY_REF} to");
     let mut cmd = git_command(repo);
     cmd.args(["push", "--porcelain", "--no-verify", "--quiet", "--"])
@@ -217,20 +289,133 @@ fn push(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError>
     }
 }
 
+/// Fetch the remote's history through libgit2 into `tracking_ref` (set by hand:
+/// libgit2's `fetch` rewrites FETCH_HEAD even when told not to, so `download` is used);
+/// `Ok(false)` when the remote has none.
+fn fetch_libgit2(
+    history: &History,
+    repo: &Repository,
+    remote: &str,
+    tracking_ref: &str,
+) -> Result<bool, HistoryError> {
+    let mut handle = libgit2_remote(repo, remote)?;
+    let mut attempts = 0;
+    let mut fetch = FetchOptions::new();
+    fetch
+        .update_fetchhead(false)
+        .download_tags(AutotagOption::None)
+        .remote_callbacks(callbacks(&mut attempts));
+    let refspec = format!("+{HISTORY_REF}:{tracking_ref}");
+    handle
+        .download(&[refspec.as_str()], Some(&mut fetch))
+        .map_err(|source| HistoryError::Git {
+            what: format!("fetching {HISTORY_REF} from `{remote}`"),
+            source,
+        })?;
+    let advertised = handle.list().ok().and_then(|heads| {
+        heads
+            .iter()
+            .find(|h| h.name() == HISTORY_REF)
+            .map(|h| h.oid())
+    });
+    let _ = handle.disconnect();
+    match advertised {
+        Some(oid) => {
+            history
+                .update_ref(tracking_ref, || {
+                    repo.reference(tracking_ref, oid, true, "heph sync: fetch")
+                })
+                .map_err(HistoryError::git("recording the remote's history"))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Push the local history through libgit2 (never forced); `Ok(Some(reason))` when the
+/// remote refused (reported only through the `push_update_reference` callback).
+fn push_libgit2(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError> {
+    let mut handle = libgit2_remote(repo, remote)?;
+    let mut attempts = 0;
+    let mut rejected: Option<String> = None;
+    {
+        let mut cb = callbacks(&mut attempts);
+        cb.push_update_reference(|_refname, status| {
+            if let Some(reason) = status {
+                rejected = Some(reason.to_owned());
+            }
+            Ok(())
+        });
+        let mut push = PushOptions::new();
+        push.remote_callbacks(cb);
+        let spec = format!("{HISTORY_REF}:{HISTORY_REF}");
+        handle
+            .push(&[spec.as_str()], Some(&mut push))
+            .map_err(|source| HistoryError::Git {
+                what: format!("pushing {HISTORY_REF} to `{remote}`"),
+                source,
+            })?;
+    }
+    Ok(rejected)
+}
+
+/// libgit2's handle on `remote` (a remote name of the repository, or a URL or path).
+fn libgit2_remote<'r>(repo: &'r Repository, remote: &str) -> Result<Remote<'r>, HistoryError> {
+    let found = if Remote::is_valid_name(remote) {
+        repo.find_remote(remote).ok()
+    } else {
+        None
+    };
+    match found {
+        Some(r) => Ok(r),
+        None => repo
+            .remote_anonymous(remote)
+            .map_err(|source| HistoryError::Git {
+                what: format!("opening the remote `{remote}`"),
+                source,
+            }),
+    }
+}
+
 impl History {
     /// `heph sync REMOTE`, under the writer lock: fetch the remote's history, then
     /// fast-forward, push, or report the divergence. `remote` is the name of a remote of
     /// the project's repository, or a URL or path.
     pub fn sync(&mut self, remote: &str) -> Result<SyncReport, HistoryError> {
+        self.sync_with(remote, SyncTransport::Auto)
+    }
+
+    /// [`History::sync`] with a chosen [`SyncTransport`].
+    pub fn sync_with(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+    ) -> Result<SyncReport, HistoryError> {
         let _lock = self.lock("sync")?;
         self.repo_for_write()?;
         let repo = self.repo_ref()?;
-        let (handle, component) = open_remote(repo, remote)?;
+        let (handle, component, url) = open_remote(repo, remote)?;
         let tracking_ref = format!("refs/heph/remotes/{component}/history");
+        let reach = libgit2_reaches(&url);
+        let cli = match (transport, reach) {
+            (SyncTransport::Git, _) | (SyncTransport::Auto, Err(_)) => true,
+            (SyncTransport::Libgit2, Err((protocol, feature))) => {
+                return Err(HistoryError::UnsupportedTransport {
+                    remote: remote.to_owned(),
+                    protocol,
+                    feature,
+                });
+            }
+            _ => false,
+        };
         self.recover_stale_ref_lock(repo);
         let local = self.tip()?;
 
-        let advertised = fetch(repo, &handle, &tracking_ref)?;
+        let advertised = if cli {
+            fetch_cli(repo, &handle, &tracking_ref)?
+        } else {
+            fetch_libgit2(self, repo, &handle, &tracking_ref)?
+        };
         if !advertised {
             // The remote has no history (any more): drop a stale tracking ref.
             if let Ok(mut r) = repo.find_reference(&tracking_ref) {
@@ -276,7 +461,11 @@ impl History {
                 }
             }
             (Some(l), r) if r.is_none_or(|r| repo.graph_descendant_of(l, r).unwrap_or(false)) => {
-                let rejected = push(repo, &handle)?;
+                let rejected = if cli {
+                    push_cli(repo, &handle)?
+                } else {
+                    push_libgit2(repo, &handle)?
+                };
                 match rejected {
                     Some(reason) => SyncOutcome::PushRejected { reason },
                     None => {
@@ -307,19 +496,22 @@ impl History {
 }
 
 /// The remote as git is to be told (a remote name of the repository, or a URL or
-/// path), and the component its tracking reference is named with.
-fn open_remote(repo: &Repository, remote: &str) -> Result<(String, String), HistoryError> {
-    if Remote::is_valid_name(remote) && repo.find_remote(remote).is_ok() {
-        return Ok((remote.to_owned(), remote.to_owned()));
+/// path), the component its tracking reference is named with, and its URL.
+fn open_remote(repo: &Repository, remote: &str) -> Result<(String, String, String), HistoryError> {
+    if Remote::is_valid_name(remote)
+        && let Ok(r) = repo.find_remote(remote)
+    {
+        let url = r.url().unwrap_or_default().to_owned();
+        return Ok((remote.to_owned(), remote.to_owned(), url));
     }
     if looks_like_url(remote) {
-        // A path git would read as an option or a relative path is made explicit.
+        // A path git would read as an option is made explicit.
         let arg = if remote.starts_with('-') {
             format!("./{remote}")
         } else {
             remote.to_owned()
         };
-        return Ok((arg, url_component(remote)));
+        return Ok((arg, url_component(remote), remote.to_owned()));
     }
     let known = repo
         .remotes()
@@ -351,4 +543,34 @@ fn count(repo: &Repository, from: Oid, hide: Option<Oid>) -> Result<usize, Histo
             .map_err(HistoryError::git("walking the history"))?;
     }
     Ok(walk.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_urls_libgit2_reaches_in_this_build() {
+        assert!(is_scp_like("git@github.com:o/r.git"));
+        assert!(is_scp_like("host:path/r.git"));
+        assert!(!is_scp_like("https://github.com/o/r.git"));
+        assert!(!is_scp_like("/srv/git/r.git"));
+        assert!(!is_scp_like("./a:b"));
+        assert!(!is_scp_like("C:/repos/r.git"));
+        assert!(libgit2_reaches("/srv/git/r.git").is_ok());
+        assert!(libgit2_reaches("file:///srv/git/r.git").is_ok());
+        assert!(libgit2_reaches("git://example.org/r.git").is_ok());
+        assert_eq!(
+            libgit2_reaches("ssh://git@example.org/r.git").is_ok(),
+            cfg!(feature = "ssh")
+        );
+        assert_eq!(
+            libgit2_reaches("git@example.org:r.git").is_ok(),
+            cfg!(feature = "ssh")
+        );
+        assert_eq!(
+            libgit2_reaches("HTTPS://example.org/r.git").is_ok(),
+            cfg!(feature = "https")
+        );
+    }
 }

@@ -635,8 +635,7 @@ fn newest_evolutions_are_packed_now_and_then() {
 }
 
 #[test]
-fn sync_runs_none_of_the_users_hooks_and_reports_a_server_side_refusal() {
-    use std::os::unix::fs::PermissionsExt;
+fn sync_through_the_git_cli_runs_none_of_the_users_hooks_and_reports_a_refusal() {
     let (dir, root) = project(true);
     let remote = bare(dir.path(), "remote.git");
     let url = remote.to_string_lossy().into_owned();
@@ -654,7 +653,7 @@ fn sync_runs_none_of_the_users_hooks_and_reports_a_server_side_refusal() {
     }
     let mut h = open(&root);
     h.record_manual_if_changed().expect("rec");
-    let report = h.sync("origin").expect("sync");
+    let report = h.sync_with("origin", SyncTransport::Git).expect("sync");
     assert!(
         matches!(report.outcome, SyncOutcome::Pushed { evolutions: 1 }),
         "{:?}",
@@ -668,7 +667,7 @@ fn sync_runs_none_of_the_users_hooks_and_reports_a_server_side_refusal() {
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).expect("chmod");
     write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
     h.record_manual_if_changed().expect("rec");
-    let report = h.sync("origin").expect("sync");
+    let report = h.sync_with("origin", SyncTransport::Git).expect("sync");
     match report.outcome {
         SyncOutcome::PushRejected { reason } => {
             assert!(reason.contains("pre-receive hook declined"), "{reason}")
@@ -678,7 +677,10 @@ fn sync_runs_none_of_the_users_hooks_and_reports_a_server_side_refusal() {
 
     // A path that is not a repository: git's own message, an environment error.
     let err = h
-        .sync(&dir.path().join("missing.git").to_string_lossy())
+        .sync_with(
+            &dir.path().join("missing.git").to_string_lossy(),
+            SyncTransport::Git,
+        )
         .expect_err("no such remote");
     assert!(matches!(err, HistoryError::Transport { .. }), "{err}");
     assert!(
@@ -686,4 +688,60 @@ fn sync_runs_none_of_the_users_hooks_and_reports_a_server_side_refusal() {
             .contains("does not appear to be a git repository"),
         "{err}"
     );
+}
+
+#[test]
+fn the_git_cli_and_libgit2_transports_share_one_history() {
+    let (dir, root) = project(true);
+    let remote = bare(dir.path(), "remote.git");
+    let url = remote.to_string_lossy().into_owned();
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let pushed = h.sync_with(&url, SyncTransport::Git).expect("push by git");
+    assert!(matches!(
+        pushed.outcome,
+        SyncOutcome::Pushed { evolutions: 1 }
+    ));
+    let again = h.sync_with(&url, SyncTransport::Libgit2).expect("libgit2");
+    assert_eq!(again.outcome, SyncOutcome::UpToDate);
+    assert_eq!(again.tracking_ref, pushed.tracking_ref);
+    // Another machine fetches by the CLI.
+    let (_d2, root_b) = project(false);
+    let mut b = open(&root_b);
+    let ff = b.sync_with(&url, SyncTransport::Git).expect("fetch by git");
+    assert!(matches!(
+        ff.outcome,
+        SyncOutcome::FastForwarded { evolutions: 1 }
+    ));
+    assert_eq!(ff.local_after, pushed.local_after);
+    assert!(!root.join(".git/FETCH_HEAD").exists());
+}
+
+#[test]
+fn libgit2_is_refused_only_for_protocols_this_build_lacks() {
+    let (dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    if !cfg!(feature = "ssh") {
+        let err = h
+            .sync_with("git@example.invalid:x/y.git", SyncTransport::Libgit2)
+            .expect_err("no ssh in this build");
+        assert!(
+            matches!(err, HistoryError::UnsupportedTransport { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--features ssh"), "{err}");
+    }
+    if !cfg!(feature = "https") {
+        let err = h
+            .sync_with("https://example.invalid/x.git", SyncTransport::Libgit2)
+            .expect_err("no https in this build");
+        assert!(err.to_string().contains("--features https"), "{err}");
+    }
+    // A path always goes through libgit2.
+    let remote = bare(dir.path(), "r.git");
+    let r = h
+        .sync_with(&remote.to_string_lossy(), SyncTransport::Libgit2)
+        .expect("path");
+    assert!(matches!(r.outcome, SyncOutcome::Pushed { .. }));
 }
