@@ -758,6 +758,7 @@ fn sync_shares_the_history_through_a_bare_remote() {
     let pushed = json(&env, &["sync", "origin"]);
     assert_eq!(pushed["status"], "pushed");
     assert_eq!(pushed["evolutions"], 1);
+    assert_eq!(pushed["transport"], "libgit2");
     assert_eq!(git_at(&remote, &["rev-parse", HISTORY_REF]).trim(), a1);
     assert_eq!(json(&env, &["sync", "origin"])["status"], "up-to-date");
     // The git CLI transport sees the same remote history.
@@ -770,6 +771,7 @@ fn sync_shares_the_history_through_a_bare_remote() {
     let b = TestEnv::empty("machine-b");
     tiny_project(&b);
     let ff = json(&b, &["sync", &url, "--transport", "git"]);
+    assert_eq!(ff["transport"], "git");
     assert_eq!(ff["status"], "fast-forwarded");
     assert_eq!(ff["local_after"], a1.as_str());
     assert_eq!(history_ids(&b), vec![a1.clone()]);

@@ -84,6 +84,8 @@ pub struct SyncReport {
     pub remote_tip: Option<String>,
     /// The local history's tip after the sync.
     pub local_after: Option<String>,
+    /// How the remote was reached: [`SyncTransport::Libgit2`] or [`SyncTransport::Git`].
+    pub transport: SyncTransport,
     /// What happened.
     #[serde(flatten)]
     pub outcome: SyncOutcome,
@@ -434,6 +436,11 @@ impl History {
             local_before: hex(local),
             remote_tip: hex(theirs),
             local_after: hex(local),
+            transport: if cli {
+                SyncTransport::Git
+            } else {
+                SyncTransport::Libgit2
+            },
             outcome: SyncOutcome::UpToDate,
         };
         let git = |what: &'static str| HistoryError::git(what);
