@@ -6,7 +6,7 @@
 //! timeout = "10m"
 //!
 //! [watch]
-//! debounce = "20ms"        # quiet time that ends a batch of file events (default)
+//! debounce = "10ms"        # quiet time that ends a batch of file events (default)
 //!
 //! [[watch.rule]]           # first matching rule wins; Rust sources default to rebuild
 //! paths = ["config/**"]

@@ -58,7 +58,7 @@ pub struct Args {
     /// Time between SIGTERM and SIGKILL when stopping the old generation.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
     pub grace: Duration,
-    /// Quiet time that ends a batch of changes (default 20ms, config `watch.debounce`).
+    /// Quiet time that ends a batch of changes (default 10ms, config `watch.debounce`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub debounce: Option<Duration>,
     /// Do not snapshot successful builds in the history.

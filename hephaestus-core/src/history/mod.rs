@@ -265,6 +265,22 @@ pub struct Identity {
 /// Called with the holder's description when the writer lock is busy.
 pub type LockWaitFn = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Files snapshotted by [`History::prepare_snapshot`], not yet an evolution: its objects
+/// are in the store (unreferenced until committed; git's gc removes them if dropped).
+pub struct PreparedSnapshot {
+    snap: snapshot::Snapshot,
+    tip: Option<Oid>,
+}
+
+impl fmt::Debug for PreparedSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedSnapshot")
+            .field("tree", &self.snap.tree)
+            .field("tip", &self.tip)
+            .finish()
+    }
+}
+
 /// How a [`History`] writes: identities, lock timeout, test hooks.
 #[derive(Clone)]
 pub struct HistoryOptions {
@@ -855,6 +871,32 @@ impl History {
         meta: &EvolutionMeta,
     ) -> Result<Option<Evolution>, HistoryError> {
         let (snap, tip) = self.take_snapshot()?;
+        if let Some(t) = tip
+            && self.tree_of(t)? == snap.tree
+        {
+            snap.save_cache(t);
+            return Ok(None);
+        }
+        self.commit(snap, tip, meta).map(Some)
+    }
+
+    /// Snapshot the current files now (objects written, nothing committed), to commit
+    /// later with [`History::commit_prepared`] or drop: `heph watch` takes it while cargo
+    /// builds, off the path between a save and the new program serving.
+    pub fn prepare_snapshot(&mut self) -> Result<PreparedSnapshot, HistoryError> {
+        let (snap, tip) = self.take_snapshot()?;
+        Ok(PreparedSnapshot { snap, tip })
+    }
+
+    /// Commit a [`PreparedSnapshot`] like [`History::record_if_changed`]: None when its
+    /// tree equals the last snapshot's. Another writer's evolution committed since it
+    /// was taken becomes its parent (the compare-and-swap re-parents).
+    pub fn commit_prepared(
+        &mut self,
+        prepared: PreparedSnapshot,
+        meta: &EvolutionMeta,
+    ) -> Result<Option<Evolution>, HistoryError> {
+        let PreparedSnapshot { snap, tip } = prepared;
         if let Some(t) = tip
             && self.tree_of(t)? == snap.tree
         {

@@ -19,7 +19,7 @@ use crate::project::Project;
 use crate::supervise::{Signal, parse_signal};
 
 /// The default debounce window: the quiet time that ends a batch of file events.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// A `[[watch.rule]]`, compiled.
 #[derive(Debug, Clone, Serialize)]

@@ -24,7 +24,7 @@ pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_ed
 
 use crate::config::{Config, RuleAction};
 use crate::evolution::{EvolutionKind, EvolutionMeta, VerifyOutcome, VerifyRecord};
-use crate::history::{History, HistoryError, HistoryOptions};
+use crate::history::{History, HistoryError, HistoryOptions, PreparedSnapshot};
 use crate::project::{Project, TargetKind};
 use crate::source::{self, Origin, SourceFile};
 use crate::state::{StateDir, StateError};
@@ -144,7 +144,7 @@ pub struct WatchOptions {
 }
 
 impl WatchOptions {
-    /// Defaults for `target`: 20 ms debounce, history on, control socket on.
+    /// Defaults for `target`: 10 ms debounce, history on, control socket on.
     pub fn new(target: RunTarget) -> Self {
         WatchOptions {
             target,
@@ -838,7 +838,37 @@ impl Session {
             if !self.syntax_gate(on_event) {
                 return;
             }
-            let Some(report) = self.build(&pending, on_event) else {
+            // The snapshot of what is being built is taken while cargo builds (on
+            // another thread, under the writer lock), and committed only if the build
+            // succeeds on exactly these files: off the path from a save to the swap.
+            let (report, prepared) = if self.opts.history {
+                let mut history = self.history.take();
+                let root = self.project.root().to_path_buf();
+                let (opts, timeout) = (self.opts.history_options.clone(), self.opts.lock_timeout);
+                let (report, prepared) = std::thread::scope(|scope| {
+                    let snapshotter = scope.spawn(|| {
+                        let _lock = StateDir::new(&root)
+                            .lock("watch snapshot", timeout, |_| {})
+                            .map_err(|e: StateError| e.to_string())?;
+                        if history.is_none() {
+                            history =
+                                Some(History::open_with(&root, opts).map_err(|e| e.to_string())?);
+                        }
+                        let h = history.as_mut().ok_or("history store unavailable")?;
+                        h.prepare_snapshot().map_err(|e| e.to_string())
+                    });
+                    let report = self.build(&pending, on_event);
+                    let prepared = snapshotter
+                        .join()
+                        .unwrap_or_else(|_| Err("the snapshot thread panicked".to_owned()));
+                    (report, prepared)
+                });
+                self.history = history;
+                (report, Some(prepared))
+            } else {
+                (self.build(&pending, on_event), None)
+            };
+            let Some(report) = report else {
                 return;
             };
             if !report.ok() {
@@ -860,9 +890,15 @@ impl Session {
             // tree is no longer the one that built. When they changed during the build
             // the snapshot waits for the next build (which covers these files too).
             let unchanged = self.shared.file_batches.load(Ordering::SeqCst) == batches_before;
-            if self.opts.history && unchanged {
-                let files = std::mem::take(&mut self.dirty_files);
-                self.record(&report, files, on_event);
+            match prepared {
+                Some(Ok(prepared)) if unchanged => {
+                    let files = std::mem::take(&mut self.dirty_files);
+                    self.record(&report, files, prepared, on_event);
+                }
+                Some(Err(message)) => on_event(&WatchEvent::Warning {
+                    message: format!("history: {message}"),
+                }),
+                _ => {}
             }
             self.swap(Some(&report), started, on_event);
         } else if pending.restart {
@@ -951,9 +987,13 @@ impl Session {
             .arg("--manifest-path")
             .arg(&manifest);
         let mut shown = format!("cargo {subcommand}");
-        for p in &packages {
-            cmd.arg("-p").arg(p);
-            shown.push_str(&format!(" -p {p}"));
+        // A project of one package needs no `-p`, which costs cargo ~10 ms per build
+        // (measured on hello-server).
+        if self.project.packages().len() > 1 {
+            for p in &packages {
+                cmd.arg("-p").arg(p);
+                shown.push_str(&format!(" -p {p}"));
+            }
         }
         for e in &extra {
             cmd.arg(e);
@@ -1166,6 +1206,7 @@ impl Session {
         &mut self,
         report: &VerifyReport,
         files: BTreeSet<String>,
+        prepared: PreparedSnapshot,
         on_event: &mut dyn FnMut(&WatchEvent),
     ) {
         let mut meta = EvolutionMeta::new(EvolutionKind::Watch, watch_message(&files));
@@ -1174,7 +1215,7 @@ impl Session {
             outcome: VerifyOutcome::Passed,
             duration: report.duration,
         });
-        match self.with_history(|h| h.record_if_changed(&meta)) {
+        match self.with_history(|h| h.commit_prepared(prepared, &meta)) {
             Ok(Some(e)) => {
                 self.shared
                     .update(|s| s.last_evolution = Some(e.short_id.clone()));
