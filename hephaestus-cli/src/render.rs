@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hephaestus_core::{Evolution, EvolutionKind, VerifyOutcome, VerifyRecord};
 
-use crate::project::civil_from_days;
+use hephaestus_core::civil::civil_from_days;
 
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {

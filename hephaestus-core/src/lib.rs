@@ -45,6 +45,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod civil;
 pub mod config;
 pub mod edit;
 pub mod error;
