@@ -20,6 +20,7 @@
 //! whole file is parsed instead (which also gives the precise error). A property
 //! test below compares both verdicts on random splices of tricky files.
 
+use std::cell::OnceCell;
 use std::ops::Range;
 use std::path::Path;
 
@@ -62,7 +63,9 @@ fn windows(file: &SourceFile, splices: &[Splice], out_len: usize) -> Option<Vec<
     if n == 0 || splices.is_empty() {
         return None;
     }
-    let range = |i: usize| file.range_of(&items[i]);
+    // An item's range walks its tokens: computed once per item the searches touch.
+    let ranges: Vec<OnceCell<Range<usize>>> = (0..n).map(|_| OnceCell::new()).collect();
+    let range = |i: usize| ranges[i].get_or_init(|| file.range_of(&items[i])).clone();
     // Windows in the old text's positions, merged when they overlap or touch.
     let mut old: Vec<Range<usize>> = Vec::new();
     for s in splices {
