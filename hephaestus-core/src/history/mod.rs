@@ -870,14 +870,8 @@ impl History {
         &mut self,
         meta: &EvolutionMeta,
     ) -> Result<Option<Evolution>, HistoryError> {
-        let (snap, tip) = self.take_snapshot()?;
-        if let Some(t) = tip
-            && self.tree_of(t)? == snap.tree
-        {
-            snap.save_cache(t);
-            return Ok(None);
-        }
-        self.commit(snap, tip, meta).map(Some)
+        let prepared = self.prepare_snapshot()?;
+        self.commit_prepared(prepared, meta)
     }
 
     /// Snapshot the current files now (objects written, nothing committed), to commit

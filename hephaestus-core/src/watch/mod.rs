@@ -847,15 +847,9 @@ impl Session {
                 let (opts, timeout) = (self.opts.history_options.clone(), self.opts.lock_timeout);
                 let (report, prepared) = std::thread::scope(|scope| {
                     let snapshotter = scope.spawn(|| {
-                        let _lock = StateDir::new(&root)
-                            .lock("watch snapshot", timeout, |_| {})
-                            .map_err(|e: StateError| e.to_string())?;
-                        if history.is_none() {
-                            history =
-                                Some(History::open_with(&root, opts).map_err(|e| e.to_string())?);
-                        }
-                        let h = history.as_mut().ok_or("history store unavailable")?;
-                        h.prepare_snapshot().map_err(|e| e.to_string())
+                        locked_history(&mut history, &root, &opts, timeout, |h| {
+                            h.prepare_snapshot()
+                        })
                     });
                     let report = self.build(&pending, on_event);
                     let prepared = snapshotter
@@ -1236,18 +1230,33 @@ impl Session {
         &mut self,
         f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
     ) -> Result<T, String> {
-        let state = StateDir::new(self.project.root());
-        let _lock = state
-            .lock("watch snapshot", self.opts.lock_timeout, |_| {})
-            .map_err(|e: StateError| e.to_string())?;
-        if self.history.is_none() {
-            let options = self.opts.history_options.clone();
-            self.history =
-                Some(History::open_with(self.project.root(), options).map_err(|e| e.to_string())?);
-        }
-        let h = self.history.as_mut().ok_or("history store unavailable")?;
-        f(h).map_err(|e| e.to_string())
+        locked_history(
+            &mut self.history,
+            self.project.root(),
+            &self.opts.history_options,
+            self.opts.lock_timeout,
+            f,
+        )
     }
+}
+
+/// Run `f` on the history store (opened on first use into `history`) under the
+/// project's writer lock, held only for this call.
+fn locked_history<T>(
+    history: &mut Option<History>,
+    root: &Path,
+    options: &HistoryOptions,
+    timeout: Duration,
+    f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
+) -> Result<T, String> {
+    let _lock = StateDir::new(root)
+        .lock("watch snapshot", timeout, |_| {})
+        .map_err(|e: StateError| e.to_string())?;
+    if history.is_none() {
+        *history = Some(History::open_with(root, options.clone()).map_err(|e| e.to_string())?);
+    }
+    let h = history.as_mut().ok_or("history store unavailable")?;
+    f(h).map_err(|e| e.to_string())
 }
 
 fn watch_message(files: &BTreeSet<String>) -> String {
