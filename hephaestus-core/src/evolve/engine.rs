@@ -587,10 +587,16 @@ fn direct_test_stage(
 /// Whether a candidate's files could hold doc tests the baseline has not: a code fence
 /// anywhere in the text of a file it changes. Such a candidate is tested with `cargo
 /// test`, which runs them.
-fn may_add_doc_tests(files: &[(String, String, String)]) -> bool {
-    files
-        .iter()
-        .any(|(_, _, after)| after.contains("```") || after.contains("~~~"))
+fn may_add_doc_tests<'t>(after: impl IntoIterator<Item = &'t str>) -> bool {
+    after
+        .into_iter()
+        .any(|text| text.contains("```") || text.contains("~~~"))
+}
+
+/// Whether a candidate whose changed files read `after` is tested by starting its test
+/// harnesses directly (see [`direct_test_stage`]) rather than with `cargo test`.
+fn tests_run_directly<'t>(s: &Settings, after: impl IntoIterator<Item = &'t str>) -> bool {
+    s.direct_tests && !may_add_doc_tests(after)
 }
 
 /// One run of the fitness command in `dir`: its value, or why it has none.
@@ -848,7 +854,7 @@ fn evaluate(
     // test build (the compile gate: its compile errors are the `check` outcome) → test
     let mut verified = Duration::ZERO;
     let mut exes = Vec::new();
-    let direct = s.direct_tests && !may_add_doc_tests(&job.files);
+    let direct = tests_run_directly(s, job.files.iter().map(|(_, _, after)| after.as_str()));
     for stage in [Stage::Build, Stage::Test] {
         send(
             tx,
@@ -1709,14 +1715,10 @@ impl<'a, 'p> Run<'a, 'p> {
         report.outcome = VerifyOutcome::Passed;
         report.duration = verified;
         // What the worker ran (see `evaluate`).
-        let files: Vec<(String, String, String)> = p
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), String::new(), f.after()))
-            .collect();
+        let after: Vec<String> = p.files.iter().map(|f| f.after()).collect();
         let tests = match &self.settings.test_command {
             Some(c) => format!("`{c}`"),
-            None if self.settings.direct_tests && !may_add_doc_tests(&files) => {
+            None if tests_run_directly(&self.settings, after.iter().map(String::as_str)) => {
                 "its test harnesses".to_owned()
             }
             None => "cargo test".to_owned(),
@@ -2330,12 +2332,11 @@ mod tests {
 
     #[test]
     fn code_fences_in_a_changed_file_mean_cargo_test() {
-        let file = |after: &str| ("src/a.rs".to_owned(), String::new(), after.to_owned());
-        assert!(!may_add_doc_tests(&[file("/// Sum.\npub fn f() {}\n")]));
-        assert!(may_add_doc_tests(&[
-            file("pub fn g() {}\n"),
-            file("/// ```\n/// assert!(true);\n/// ```\npub fn f() {}\n"),
+        assert!(!may_add_doc_tests(["/// Sum.\npub fn f() {}\n"]));
+        assert!(may_add_doc_tests([
+            "pub fn g() {}\n",
+            "/// ```\n/// assert!(true);\n/// ```\npub fn f() {}\n",
         ]));
-        assert!(may_add_doc_tests(&[file("//! ~~~\n//! x\n//! ~~~\n")]));
+        assert!(may_add_doc_tests(["//! ~~~\n//! x\n//! ~~~\n"]));
     }
 }
