@@ -214,7 +214,7 @@ fn skip_trivia(mut s: &str) -> &str {
 }
 
 /// The length of the (nested) block comment `t` starts with, if it is closed.
-fn block_comment_end(t: &str) -> Option<usize> {
+pub(crate) fn block_comment_end(t: &str) -> Option<usize> {
     let b = t.as_bytes();
     let (mut depth, mut i) = (0usize, 0usize);
     while i + 1 < b.len() {

@@ -1306,21 +1306,7 @@ fn line_comments(trivia: &str) -> Vec<usize> {
                 .position(|&c| c == b'\n')
                 .map_or(b.len(), |n| i + n);
         } else if b[i..].starts_with(b"/*") {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = crate::source::block_comment_end(&trivia[i..]).map_or(b.len(), |n| i + n);
         } else {
             i += 1;
         }
