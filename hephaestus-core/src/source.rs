@@ -196,7 +196,7 @@ fn skip_trivia(mut s: &str) -> &str {
     loop {
         let t = s.trim_start();
         if t.starts_with("//") {
-            if (t.starts_with("///") && !t.starts_with("////")) || t.starts_with("//!") {
+            if !is_plain_line_comment(t) {
                 return t;
             }
             s = t.find('\n').map_or("", |i| &t[i..]);
@@ -211,6 +211,11 @@ fn skip_trivia(mut s: &str) -> &str {
             return t;
         }
     }
+}
+
+/// Does `s` start with a `//` comment that is not a doc comment (`////` is plain)?
+pub(crate) fn is_plain_line_comment(s: &str) -> bool {
+    s.starts_with("//") && (!s.starts_with("///") || s.starts_with("////")) && !s.starts_with("//!")
 }
 
 /// The length of the (nested) block comment `t` starts with, if it is closed.

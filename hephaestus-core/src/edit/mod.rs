@@ -22,7 +22,9 @@ use quote::ToTokens;
 use serde::Serialize;
 
 use crate::item::{ItemKey, ItemKind, KeyParseError, KeyQuery, impl_name};
-use crate::source::{LineEnding, Origin, SourceFile, SyntaxError, parse_items};
+use crate::source::{
+    LineEnding, Origin, SourceFile, SyntaxError, is_plain_line_comment, parse_items,
+};
 
 /// How the module is changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1285,11 +1287,6 @@ fn tabs_majority(text: &str, skip: &[Range<usize>]) -> bool {
         start = end;
     }
     tabs > spaces
-}
-
-/// Does `s` start with a `//` comment that is not a doc comment (`////` is plain)?
-fn is_plain_line_comment(s: &str) -> bool {
-    s.starts_with("//") && (!s.starts_with("///") || s.starts_with("////")) && !s.starts_with("//!")
 }
 
 /// Offsets of the `//` comments in `trivia`, which holds only whitespace and comments
