@@ -104,8 +104,12 @@ impl Output {
     /// The JSON document of a command (stdout), only in JSON mode.
     pub fn json<T: Serialize>(&self, value: &T) {
         if self.json {
-            match serde_json::to_string_pretty(value) {
-                Ok(s) => write_stdout(&format!("{s}\n")),
+            let mut buf = Vec::with_capacity(4096);
+            match serde_json::to_writer_pretty(&mut buf, value) {
+                Ok(()) => {
+                    buf.push(b'\n');
+                    write_stdout_bytes(&buf);
+                }
                 Err(e) => eprintln!("error: cannot serialize the result: {e}"),
             }
         }
@@ -144,8 +148,12 @@ impl Output {
 
 /// Write to stdout; a closed pipe (`heph history | head`) ends the process quietly.
 fn write_stdout(s: &str) {
+    write_stdout_bytes(s.as_bytes());
+}
+
+fn write_stdout_bytes(s: &[u8]) {
     let mut stdout = io::stdout().lock();
-    if let Err(e) = stdout.write_all(s.as_bytes()).and_then(|()| stdout.flush())
+    if let Err(e) = stdout.write_all(s).and_then(|()| stdout.flush())
         && e.kind() == io::ErrorKind::BrokenPipe
     {
         std::process::exit(0);

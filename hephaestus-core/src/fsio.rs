@@ -133,6 +133,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result
     replace_file(&real, bytes, None, tmp_dir).map_err(io_err(&real))
 }
 
+/// Overwrite a small bookkeeping file in place (created when missing): write at offset
+/// 0, then cut to length. Not atomic, so only for files whose readers accept any
+/// content (heph's lock note and pack state). Unlike `fs::write`, the file is never
+/// truncated to zero first, which on ext4 (`auto_da_alloc`) makes closing it write its
+/// blocks out at once: a few tenths of a millisecond on every heph command.
+pub fn overwrite_small(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    overwrite_open(&file, bytes)
+}
+
+/// [`overwrite_small`] on a file already open for writing.
+pub fn overwrite_open(file: &fs::File, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)
+}
+
 /// fsync a directory so a rename in it is durable (best effort: not every file
 /// system supports it).
 pub fn sync_dir(dir: &Path) {

@@ -7,7 +7,7 @@
 //! is no stale lock to clean up.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -158,10 +158,7 @@ impl StateDir {
         }
         // We hold the lock: record who we are for the others' messages.
         let note = format!("pid {} {}\n", std::process::id(), who);
-        let _ = file
-            .set_len(0)
-            .and_then(|()| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(note.as_bytes()));
+        let _ = crate::fsio::overwrite_open(&file, note.as_bytes());
         Ok(ProjectLock { _file: file, path })
     }
 }

@@ -2,9 +2,11 @@
 
 use anyhow::Result;
 use clap::Args;
-use hephaestus_core::EvolutionKind;
+use std::path::Path;
+
 use hephaestus_core::history::ListFilter;
-use serde_json::json;
+use hephaestus_core::{Evolution, EvolutionKind};
+use serde::Serialize;
 
 use crate::output::{GlobalArgs, Output};
 use crate::{project, render};
@@ -26,6 +28,8 @@ pub struct HistoryArgs {
 
 /// Run `heph history`.
 pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
+    // Read-only listing of commit messages: no object hash checks (git log skips them too).
+    hephaestus_core::history::verify_object_hashes(false);
     let history = project::open_history(global, out)?;
     let filter = ListFilter {
         limit: (args.limit > 0).then_some(args.limit),
@@ -33,10 +37,15 @@ pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
         module: args.module,
     };
     let evolutions = history.list(&filter)?;
-    out.json(&json!({
-        "project": history.root(),
-        "evolutions": evolutions,
-    }));
+    if out.json {
+        // Serialized straight from the typed list (no intermediate `serde_json::Value`):
+        // this listing is what scripts and agents poll.
+        out.json(&Listing {
+            project: history.root(),
+            evolutions: &evolutions,
+        });
+        return Ok(0);
+    }
     if evolutions.is_empty() {
         out.note("no evolutions recorded yet (`heph snapshot` records the current files)");
     }
@@ -45,4 +54,11 @@ pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
         out.line(render::line(e, now));
     }
     Ok(0)
+}
+
+/// The JSON document of `heph history --json`.
+#[derive(Serialize)]
+struct Listing<'a> {
+    project: &'a Path,
+    evolutions: &'a [Evolution],
 }

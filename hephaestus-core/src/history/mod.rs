@@ -54,6 +54,17 @@ const PACK_STATE: &str = "pack-state";
 /// Attempts at moving the history ref when another writer moved it first.
 const CAS_ATTEMPTS: usize = 16;
 
+/// Whether objects read from the store are re-hashed and checked against their ids.
+///
+/// libgit2 checks every object it reads by default; git itself does not on reads (only
+/// `git fsck` does). The check costs about a tenth of the instructions of listing 50
+/// evolutions, so read-only commands that list many (`heph history`) turn it off. It is
+/// a process-wide libgit2 setting: leave it on in processes that restore files from the
+/// store (rollback) or write to it.
+pub fn verify_object_hashes(enabled: bool) {
+    git2::opts::strict_hash_verification(enabled);
+}
+
 /// Errors of the history store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -624,7 +635,7 @@ impl History {
             }
             _ => snapshot::StatCache::default(),
         };
-        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), cache)?;
+        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), &cache)?;
         Ok((snap, tip))
     }
 
@@ -763,7 +774,7 @@ impl History {
         let count: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0) + 1;
         if count < self.options.repack_every {
             let packed = packed.map_or_else(|| "-".to_owned(), |p| p.to_string());
-            let _ = std::fs::write(&state, format!("{packed} {count}\n"));
+            let _ = crate::fsio::overwrite_small(&state, format!("{packed} {count}\n").as_bytes());
             return;
         }
         let packed_ok = (|| -> Result<(), git2::Error> {
@@ -777,7 +788,7 @@ impl History {
             pb.write(&repo.commondir().join("objects").join("pack"), 0)
         })();
         if packed_ok.is_ok() {
-            let _ = std::fs::write(&state, format!("{tip} 0\n"));
+            let _ = crate::fsio::overwrite_small(&state, format!("{tip} 0\n").as_bytes());
         }
     }
 

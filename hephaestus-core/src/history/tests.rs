@@ -224,6 +224,150 @@ fn subfolder_project_snapshots_its_folder_only() {
     assert!(matches!(err, HistoryError::ScopeMismatch { .. }), "{err}");
 }
 
+/// The tree git itself builds from the work tree (with a throwaway index).
+fn git_tree(root: &Path) -> String {
+    let index = root.join(".heph").join("test-index");
+    let run = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .env("GIT_INDEX_FILE", &index)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let _ = fs::remove_file(&index);
+    run(&["add", "-A"]);
+    let tree = run(&["write-tree"]);
+    let _ = fs::remove_file(&index);
+    tree
+}
+
+#[test]
+fn incremental_snapshots_build_the_tree_git_builds() {
+    let (_dir, root) = project(true);
+    write(&root, ".gitignore", "/target\n*.log\n");
+    for d in 0..4 {
+        for f in 0..5 {
+            write(
+                &root,
+                &format!("src/m{d}/f{f}.rs"),
+                &format!("// {d} {f}\n"),
+            );
+        }
+    }
+    let mut h = open(&root);
+    let cache = root.join(".heph").join("stat-cache");
+    let tree_of = |h: &History| {
+        let tip = h.tip().expect("tip").expect("some");
+        h.tree_of(tip).expect("tree").to_string()
+    };
+    h.record_manual_if_changed().expect("first");
+    assert_eq!(tree_of(&h), git_tree(&root));
+    type Step = Box<dyn Fn(&Path)>;
+    let steps: Vec<(&str, Step)> = vec![
+        (
+            "edit",
+            Box::new(|r| write(r, "src/m1/f2.rs", "// changed\n")),
+        ),
+        ("add", Box::new(|r| write(r, "src/m3/new.rs", "// new\n"))),
+        (
+            "delete",
+            Box::new(|r| fs::remove_file(r.join("src/m0/f0.rs")).expect("rm")),
+        ),
+        (
+            "delete the last entry",
+            Box::new(|r| fs::remove_file(r.join("src/m0/f4.rs")).expect("rm")),
+        ),
+        (
+            "new dir",
+            Box::new(|r| write(r, "src/m9/deep/x.rs", "// x\n")),
+        ),
+        (
+            "remove dir",
+            Box::new(|r| fs::remove_dir_all(r.join("src/m2")).expect("rm -r")),
+        ),
+        (
+            "empty dir",
+            Box::new(|r| fs::create_dir_all(r.join("src/empty")).expect("mkdir")),
+        ),
+        (
+            "ignored",
+            Box::new(|r| write(r, "src/m1/noise.log", "ignored\n")),
+        ),
+        (
+            "chmod",
+            Box::new(|r| {
+                fs::set_permissions(r.join("src/m1/f1.rs"), fs::Permissions::from_mode(0o755))
+                    .expect("chmod")
+            }),
+        ),
+        (
+            "symlink",
+            Box::new(|r| {
+                std::os::unix::fs::symlink("f1.rs", r.join("src/m1/link.rs")).expect("ln")
+            }),
+        ),
+        (
+            "file to dir",
+            Box::new(|r| {
+                fs::remove_file(r.join("src/m3/f3.rs")).expect("rm");
+                write(r, "src/m3/f3.rs/inner.rs", "// inner\n");
+            }),
+        ),
+        (
+            "two dirs at once",
+            Box::new(|r| {
+                write(r, "src/m0/f1.rs", "// a\n");
+                write(r, "src/m3/f4.rs", "// b\n");
+            }),
+        ),
+    ];
+    for (i, (what, step)) in steps.iter().enumerate() {
+        // Every other step right after the last snapshot (racy entries), the others
+        // once the clock has moved on (trusted entries).
+        if i % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        step(&root);
+        let evo = h.record_manual_if_changed().expect("record");
+        // An empty directory and an ignored file are not part of a snapshot.
+        let invisible = matches!(*what, "empty dir" | "ignored");
+        assert_eq!(evo.is_some(), !invisible, "step {what}");
+        assert_eq!(tree_of(&h), git_tree(&root), "step {what}");
+        // Nothing changed since: no evolution, and the cache file is left as it is
+        // once it trusts every entry.
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(
+            h.record_manual_if_changed().expect("again").is_none(),
+            "{what}"
+        );
+        let written = fs::metadata(&cache)
+            .expect("cache")
+            .modified()
+            .expect("mtime");
+        assert!(
+            h.record_manual_if_changed().expect("again").is_none(),
+            "{what}"
+        );
+        let still = fs::metadata(&cache)
+            .expect("cache")
+            .modified()
+            .expect("mtime");
+        assert_eq!(written, still, "step {what}: unchanged cache rewritten");
+    }
+    // A snapshot from no cache at all agrees.
+    fs::remove_file(&cache).expect("rm cache");
+    write(&root, "src/m0/f1.rs", "// last\n");
+    h.record_manual_if_changed().expect("record").expect("new");
+    assert_eq!(tree_of(&h), git_tree(&root));
+}
+
 #[test]
 fn stat_cache_sees_same_size_edits_with_restored_mtime() {
     let (_dir, root) = project(false);
