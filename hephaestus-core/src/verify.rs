@@ -82,6 +82,27 @@ pub struct TestExecutable {
     pub manifest_path: PathBuf,
     /// The target's name (`slow_crate`, `fitness`, an integration test's file stem).
     pub target: String,
+    /// The cargo arguments that select this target alone (`--lib`, `--bin NAME`,
+    /// `--test NAME`, `--bench NAME`, `--example NAME`); empty for a kind cargo has no
+    /// such flag for.
+    pub select: Vec<String>,
+}
+
+/// The cargo arguments selecting one target of these kinds (see
+/// [`TestExecutable::select`]).
+fn select_target(kinds: &[cargo_metadata::TargetKind], name: &str) -> Vec<String> {
+    use cargo_metadata::TargetKind as K;
+    let flag = match kinds.first() {
+        Some(K::Lib | K::RLib | K::DyLib | K::CDyLib | K::StaticLib | K::ProcMacro) => {
+            return vec!["--lib".to_owned()];
+        }
+        Some(K::Bin) => "--bin",
+        Some(K::Test) => "--test",
+        Some(K::Bench) => "--bench",
+        Some(K::Example) => "--example",
+        _ => return Vec::new(),
+    };
+    vec![flag.to_owned(), name.to_owned()]
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -237,6 +258,7 @@ pub fn run_command(
                                 path: p.clone().into_std_path_buf(),
                                 manifest_path: a.manifest_path.clone().into_std_path_buf(),
                                 target: a.target.name.clone(),
+                                select: select_target(&a.target.kind, &a.target.name),
                             }
                         });
                         Line::Unit(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # heph evolve vs cargo-mutants on fixtures/slow-crate, same machine, one after the other:
 # candidates (mutants) evaluated per minute, and the time each spends per candidate
-# building and testing (heph: test build, which is its compile gate, + tests;
+# building and testing (heph: test build, which is its compile gate, + tests, + the
+# build of every target for a winner whose first build was limited to its tested harnesses;
 # cargo-mutants: build + test), plus heph's fitness time. Both with 2 parallel jobs, both from cold copies.
 #
 # Needs: cargo-mutants (`cargo install --locked cargo-mutants`), python3.
@@ -55,7 +56,11 @@ def heph(name, title):
     cands = h["candidates"]
     bt, per = [], {"check": [], "build": [], "test": [], "fitness": []}
     for c in cands:
-        s = {x["stage"]: x["duration_ms"] / 1000 for x in c["stages"]}
+        s = {}
+        # Summed per stage: a winner built only its tested harnesses at first has a
+        # second "build" record (every target, before it is accepted).
+        for x in c["stages"]:
+            s[x["stage"]] = s.get(x["stage"], 0) + x["duration_ms"] / 1000
         # The test build is the compile gate (a compile error is recorded as "check");
         # older builds of heph ran a separate `cargo check` before it: counted if there.
         if "build" in s or "check" in s:

@@ -414,3 +414,109 @@ esac
     );
     assert_eq!(summary["stop"], "exhausted");
 }
+
+/// Slow-crate's `fitness` binary has no tests: candidates build only the library's test
+/// harness, and a winner builds every target before it is accepted. A winner that breaks
+/// the binary (it passes the library's tests) is rejected there; one that does not is
+/// accepted, and the project builds.
+#[test]
+fn a_winner_must_build_every_target_including_those_without_tests() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    let script = r#"cat >/dev/null
+cat <<'EOF'
+[{"module":"crate::workload","code":"pub fn run(inp: &Inputs) -> u32 { let _ = \"FASTER\"; inp.scale as u32 }","description":"breaks the fitness binary"},
+ {"module":"crate::workload","code":"pub fn run(inp: &Inputs) -> u64 { let _ = \"FASTER\"; inp.scale as u64 }","description":"keeps the binary building"}]
+EOF
+"#;
+    env.write("../proposer.sh", script);
+    let proposer = format!("sh {}", env.temp().join("proposer.sh").display());
+    // A fitness that is the same on every run: 1 with the marker, 100 without.
+    let fitness = "grep -q FASTER src/workload.rs && echo v=1 || echo v=100";
+    let (run, _states) = run_watching(
+        &env,
+        &[
+            "evolve",
+            "--json",
+            "--no-rules",
+            "--jobs",
+            "1",
+            "--fitness",
+            fitness,
+            "--metric",
+            r"v=(\d+)",
+            "--runs",
+            "6",
+            "--proposer",
+            &proposer,
+            "--proposer-rounds",
+            "1",
+        ],
+    );
+    run.expect_code(0);
+    let summary = run.json();
+    let cands = candidates(&summary);
+    let by = |description: &str| {
+        cands
+            .iter()
+            .find(|c| c["description"] == description)
+            .unwrap_or_else(|| panic!("no candidate {description}: {summary:#}"))
+            .clone()
+    };
+    let names = |c: &serde_json::Value| -> Vec<String> {
+        c["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|s| s["stage"].as_str().expect("stage").to_owned())
+            .collect()
+    };
+    let broken = by("breaks the fitness binary");
+    assert_eq!(broken["verdict"], "rejected", "{broken:#}");
+    // Its first build (the library's test harness) and its tests pass, it wins the
+    // fitness comparison, then the build of every target fails on the binary.
+    assert_eq!(
+        names(&broken),
+        ["syntax", "build", "test", "fitness", "check"],
+        "{broken:#}"
+    );
+    assert_eq!(broken["stages"][1]["outcome"], "passed", "{broken:#}");
+    assert_eq!(broken["stages"][3]["outcome"], "passed", "{broken:#}");
+    assert_eq!(broken["stage"], "check", "{broken:#}");
+    assert!(
+        broken["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("every target must build"),
+        "{broken:#}"
+    );
+    assert!(
+        broken["stages"][4]["output"]
+            .as_str()
+            .expect("compiler output")
+            .contains("src/bin/fitness.rs"),
+        "{broken:#}"
+    );
+    let good = by("keeps the binary building");
+    assert_eq!(good["verdict"], "accepted", "{good:#}");
+    assert_eq!(
+        names(&good),
+        ["syntax", "build", "test", "fitness", "build"],
+        "{good:#}"
+    );
+    let workload = env.read("src/workload.rs");
+    assert!(workload.contains("-> u64"), "{workload}");
+    assert!(workload.contains("FASTER"), "{workload}");
+    // The accepted state builds, binary included.
+    let build = std::process::Command::new("cargo")
+        .args(["build", "--quiet", "--bins"])
+        .current_dir(env.project())
+        .env("CARGO_TARGET_DIR", shared_target_dir().join("winner-check"))
+        .output()
+        .expect("cargo build");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+}

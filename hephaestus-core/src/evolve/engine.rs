@@ -170,6 +170,12 @@ struct Settings {
     /// Run the tests by starting the test build's harnesses directly instead of a
     /// second `cargo test` (decided on the baseline, see [`baseline`]).
     direct_tests: bool,
+    /// When the baseline showed that only some test harnesses hold tests: the cargo
+    /// arguments building just those (`--lib`, `--test NAME`, ...). A candidate tested
+    /// directly builds only them; the other targets (a binary without tests, say) are
+    /// built, all of them, once it has won its fitness comparison, before it is
+    /// accepted (see [`evaluate`]).
+    tested_targets: Option<Vec<String>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -424,8 +430,11 @@ fn cargo_report(
 fn build_stage(
     s: &Settings,
     dir: &Path,
+    only: Option<&[String]>,
 ) -> Result<(StageRecord, Vec<TestExecutable>), verify::VerifyError> {
-    let r = cargo_report(s, dir, &["test", "--no-run"])?;
+    let mut args = vec!["test", "--no-run"];
+    args.extend(only.unwrap_or_default().iter().map(String::as_str));
+    let r = cargo_report(s, dir, &args)?;
     let compile_error = r.outcome == VerifyOutcome::Failed && !r.timed_out && !r.errors.is_empty();
     let rec = cargo_stage(
         if compile_error {
@@ -543,7 +552,7 @@ fn direct_test_stage(
     s: &Settings,
     dir: &Path,
     exes: &[TestExecutable],
-) -> Result<(StageRecord, usize), verify::VerifyError> {
+) -> Result<(StageRecord, Vec<usize>), verify::VerifyError> {
     let start = Instant::now();
     let mut all = CommandOutput {
         stdout: String::new(),
@@ -555,6 +564,7 @@ fn direct_test_stage(
         duration: Duration::ZERO,
     };
     let mut shown = "the test harnesses".to_owned();
+    let mut counts = Vec::with_capacity(exes.len());
     for exe in exes {
         let name = exe
             .path
@@ -569,6 +579,7 @@ fn direct_test_stage(
         let left = s.test_timeout.saturating_sub(start.elapsed());
         let opts = s.verify_opts(left.max(Duration::from_millis(1)));
         let out = verify::run_with_input(cmd, &name, None, 256 * 1024, &opts)?;
+        counts.push(tests_run(&out.stdout));
         all.stdout.push_str(&out.stdout);
         all.stdout_truncated |= out.stdout_truncated;
         all.stderr.push_str(&out.stderr);
@@ -581,7 +592,7 @@ fn direct_test_stage(
         }
     }
     all.duration = start.elapsed();
-    Ok(test_record(s, &shown, &all))
+    Ok((test_record(s, &shown, &all).0, counts))
 }
 
 /// Whether a candidate's files could hold doc tests the baseline has not: a code fence
@@ -730,7 +741,7 @@ fn worker(
 ) -> WorkerState {
     let dir = w.slot.dir().to_path_buf();
     // Warm the slot's target directory before the first candidate.
-    let _ = build_stage(&s, &dir);
+    let _ = build_stage(&s, &dir, None);
     let _ = measure_once(&s, &dir, s.build_timeout);
     for job in jobs {
         // A bug in a stage must not leave the coordinator waiting for this candidate.
@@ -855,6 +866,7 @@ fn evaluate(
     let mut verified = Duration::ZERO;
     let mut exes = Vec::new();
     let direct = tests_run_directly(s, job.files.iter().map(|(_, _, after)| after.as_str()));
+    let only = s.tested_targets.as_deref().filter(|_| direct);
     for stage in [Stage::Build, Stage::Test] {
         send(
             tx,
@@ -866,24 +878,14 @@ fn evaluate(
         );
         let t = Instant::now();
         let rec = match stage {
-            Stage::Build => build_stage(s, &dir).map(|(rec, built)| {
+            Stage::Build => build_stage(s, &dir, only).map(|(rec, built)| {
                 exes = built;
                 rec
             }),
             _ if direct => direct_test_stage(s, &dir, &exes).map(|(rec, _)| rec),
             _ => test_stage(s, &dir).map(|(rec, _)| rec),
         };
-        let rec = match rec {
-            Ok(r) => r,
-            Err(verify::VerifyError::Cancelled) => cancelled_stage(stage, t.elapsed()),
-            Err(e) => StageRecord {
-                stage,
-                outcome: StageOutcome::Failed,
-                duration_ms: ms(t.elapsed()),
-                reason: Some(e.to_string()),
-                output: None,
-            },
-        };
+        let rec = stage_record(stage, t, rec);
         verified += t.elapsed();
         send(
             tx,
@@ -1001,12 +1003,74 @@ fn evaluate(
         },
     );
     stages.push(rec);
-    let (stage, reason) = if verdict == Verdict::Accepted {
-        (None, None)
+    let (mut verdict, mut stage, mut reason) = if verdict == Verdict::Accepted {
+        (verdict, None, None)
     } else {
-        (Some(Stage::Fitness), Some(reason))
+        (verdict, Some(Stage::Fitness), Some(reason))
     };
+    if verdict == Verdict::Accepted && only.is_some() {
+        // The test build left out the targets without tests of their own (a binary, an
+        // example): a winner must build all of them before it is accepted.
+        send(
+            tx,
+            EvolveEvent::StageStarted {
+                runner,
+                candidate: cand,
+                stage: Stage::Build,
+            },
+        );
+        let t = Instant::now();
+        let rec = stage_record(
+            Stage::Build,
+            t,
+            build_stage(s, &dir, None).map(|(rec, _)| rec),
+        );
+        verified += t.elapsed();
+        send(
+            tx,
+            EvolveEvent::StageFinished {
+                runner,
+                candidate: cand,
+                record: rec.clone(),
+            },
+        );
+        if rec.outcome != StageOutcome::Passed {
+            verdict = if rec.outcome == StageOutcome::Cancelled {
+                Verdict::Cancelled
+            } else {
+                Verdict::Rejected
+            };
+            stage = Some(rec.stage);
+            reason = Some(format!(
+                "every target must build: {}",
+                rec.reason
+                    .clone()
+                    .unwrap_or_else(|| "it did not".to_owned())
+            ));
+        }
+        stages.push(rec);
+    }
     Ok(finish(stages, verdict, stage, reason, fitness, verified))
+}
+
+/// The record of a build or test stage that ran from `t`: its own, or why it could not
+/// run.
+fn stage_record(
+    stage: Stage,
+    t: Instant,
+    result: Result<StageRecord, verify::VerifyError>,
+) -> StageRecord {
+    match result {
+        Ok(r) => r,
+        Err(verify::VerifyError::Cancelled) => cancelled_stage(stage, t.elapsed()),
+        Err(e) => StageRecord {
+            stage,
+            outcome: StageOutcome::Failed,
+            duration_ms: ms(t.elapsed()),
+            reason: Some(e.to_string()),
+            output: None,
+        },
+    }
 }
 
 /// The smallest single splice turning `before` into `after`.
@@ -1152,16 +1216,18 @@ impl<'a, 'p> Run<'a, 'p> {
             test_command: ev.opts.test_command.clone(),
             workspace: slot_project.packages().len() > 1,
             direct_tests: false,
+            tested_targets: None,
             stop: Arc::clone(&stop),
         };
         // The baseline: it must build and pass its tests.
         let cancel = ev.opts.cancel.clone();
         let watcher_stop = Arc::clone(&stop);
-        let (baseline_stages, samples, direct_tests) = {
+        let (baseline_stages, samples, direct_tests, tested_targets) = {
             let _cancel_guard = CancelBridge::new(cancel.clone(), watcher_stop);
             baseline(&settings, base_slot.dir(), on_event)?
         };
         settings.direct_tests = direct_tests;
+        settings.tested_targets = tested_targets;
         let baseline_median = median(&samples);
         on_event(&EvolveEvent::Baseline {
             samples: samples.clone(),
@@ -1716,14 +1782,19 @@ impl<'a, 'p> Run<'a, 'p> {
         report.duration = verified;
         // What the worker ran (see `evaluate`).
         let after: Vec<String> = p.files.iter().map(|f| f.after()).collect();
-        let tests = match &self.settings.test_command {
-            Some(c) => format!("`{c}`"),
-            None if tests_run_directly(&self.settings, after.iter().map(String::as_str)) => {
-                "its test harnesses".to_owned()
+        let direct = tests_run_directly(&self.settings, after.iter().map(String::as_str));
+        report.command = match (&self.settings.test_command, &self.settings.tested_targets) {
+            (Some(c), _) => format!("cargo test --no-run, then `{c}`, in an isolated copy"),
+            (None, Some(only)) if direct => format!(
+                "cargo test --no-run {}, then its test harnesses, then cargo test --no-run \
+                 (every target), in an isolated copy",
+                only.join(" ")
+            ),
+            (None, _) if direct => {
+                "cargo test --no-run, then its test harnesses, in an isolated copy".to_owned()
             }
-            None => "cargo test".to_owned(),
+            (None, _) => "cargo test --no-run, then cargo test, in an isolated copy".to_owned(),
         };
-        report.command = format!("cargo test --no-run, then {tests}, in an isolated copy");
         let opts = ApplyOptions {
             dry_run: false,
             verify: Verify::Verified(report),
@@ -2104,6 +2175,7 @@ impl<'a, 'p> Run<'a, 'p> {
             test_command: s.test_command.clone(),
             workspace: s.workspace,
             direct_tests: s.direct_tests,
+            tested_targets: s.tested_targets.clone(),
             stop: Arc::clone(&s.stop),
         })
     }
@@ -2157,7 +2229,10 @@ impl Drop for CancelBridge {
 
 /// The baseline's stages, its fitness samples, and whether candidates' tests may run
 /// directly from their test build.
-type BaselineResult = (Vec<StageRecord>, Vec<f64>, bool);
+/// The baseline's stages and fitness samples, and how candidates are tested: directly
+/// from their harnesses or not, and which targets their test build may be limited to
+/// (see [`Settings::tested_targets`]).
+type BaselineResult = (Vec<StageRecord>, Vec<f64>, bool, Option<Vec<String>>);
 
 /// Build (the compile gate), test and measure the project as it is, in the baseline
 /// copy.
@@ -2184,7 +2259,7 @@ fn baseline(
         });
         let rec = match stage {
             Stage::Build => {
-                let (rec, built) = build_stage(s, dir)?;
+                let (rec, built) = build_stage(s, dir, None)?;
                 exes = built;
                 rec
             }
@@ -2209,10 +2284,12 @@ fn baseline(
         }
         stages.push(rec);
     }
+    let mut only = None;
     let (direct, message) = if let Some(c) = &s.test_command {
         (false, format!("candidates' tests run with `{c}`"))
     } else {
-        let (rec, n) = direct_test_stage(s, dir, &exes)?;
+        let (rec, counts) = direct_test_stage(s, dir, &exes)?;
+        let n: usize = counts.iter().sum();
         if rec.outcome != StageOutcome::Passed {
             let m = format!(
                 "candidates' tests run with `cargo test` (its {} test harnesses run alone \
@@ -2229,11 +2306,19 @@ fn baseline(
             );
             (false, m)
         } else {
-            let m = format!(
+            let mut m = format!(
                 "candidates' tests run straight from their test build ({} test harnesses, \
                  the same {n} tests as `cargo test`, no doc tests)",
                 exes.len()
             );
+            only = tested_targets(s, &exes, &counts);
+            if let Some(args) = &only {
+                m.push_str(&format!(
+                    "; candidates build only the harnesses with tests (`cargo test --no-run \
+                     {}`), and all targets once they win their fitness comparison",
+                    args.join(" ")
+                ));
+            }
             (true, m)
         }
     };
@@ -2268,7 +2353,32 @@ fn baseline(
         record: rec.clone(),
     });
     stages.push(rec);
-    Ok((stages, samples, direct))
+    Ok((stages, samples, direct, only))
+}
+
+/// The cargo arguments that build only the harnesses that ran tests in the baseline
+/// (`counts`, one per harness), when that leaves some out; None when it would not (every
+/// harness has tests, none has) or cannot (a workspace of several packages, a target
+/// cargo cannot select alone).
+fn tested_targets(s: &Settings, exes: &[TestExecutable], counts: &[usize]) -> Option<Vec<String>> {
+    if s.workspace || exes.len() != counts.len() || exes.iter().any(|e| e.select.is_empty()) {
+        return None;
+    }
+    let tested: Vec<&TestExecutable> = exes
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(e, _)| e)
+        .collect();
+    if tested.is_empty() || tested.len() == exes.len() {
+        return None;
+    }
+    Some(
+        tested
+            .iter()
+            .flat_map(|e| e.select.iter().cloned())
+            .collect(),
+    )
 }
 
 /// The modules rules and the proposer work on.
