@@ -14,6 +14,7 @@
 //! high-level operations [`History::snapshot`], [`History::rollback`] and
 //! [`History::sync`] take it themselves.
 
+mod index;
 pub mod message;
 mod restore;
 mod show;
@@ -721,6 +722,8 @@ impl History {
                         .find_commit(oid)
                         .map_err(HistoryError::git("reading the new evolution"))?;
                     let evolution = evolution_of(&commit);
+                    // Best effort: a listing reads what the index lacks from git.
+                    let _ = index::append(&self.index_path(), &[index_record(&commit)], None);
                     snap.save_cache(oid);
                     self.maybe_repack(repo, oid);
                     return Ok(evolution);
@@ -935,6 +938,10 @@ impl History {
     }
 
     /// Evolutions, newest first, following the first parents from the tip.
+    ///
+    /// What the evolution index (`.heph/history-index`, see [`index`]) holds is read
+    /// from it; the rest from git, and added to the index when it is newer than all of
+    /// the index (best effort: a listing never fails for the index's sake).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<Evolution>, HistoryError> {
         let mut out = Vec::new();
         let Some(tip) = self.tip()? else {
@@ -943,17 +950,42 @@ impl History {
         let repo = self.repo_ref()?;
         let module = filter.module.as_deref().map(normalize_module);
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let index_path = self.index_path();
+        let mut reader = index::Reader::open(&index_path);
+        let index_end = reader.as_ref().map_or(0, index::Reader::end);
+        let mut indexed = reader.as_mut().and_then(index::Reader::prev);
+        // Commits read from git before the first one the index has: newer than all of it.
+        let mut fresh = Vec::new();
+        let mut matched = false;
         let mut next = Some(tip);
         while let Some(oid) = next {
             if out.len() >= limit {
                 break;
             }
-            let commit = repo.find_commit(oid).map_err(|source| HistoryError::Git {
-                what: format!("reading evolution {oid} of {HISTORY_REF}"),
-                source,
-            })?;
-            next = commit.parent_id(0).ok();
-            let evolution = evolution_of(&commit);
+            let evolution = match indexed.take_if(|r| r.id == oid) {
+                Some(r) => {
+                    matched = true;
+                    indexed = reader.as_mut().and_then(index::Reader::prev);
+                    next = r.parent;
+                    evolution_from(r.id, r.time, r.parent, &r.message)
+                }
+                None => {
+                    let commit = repo.find_commit(oid).map_err(|source| HistoryError::Git {
+                        what: format!("reading evolution {oid} of {HISTORY_REF}"),
+                        source,
+                    })?;
+                    next = commit.parent_id(0).ok();
+                    if !matched {
+                        fresh.push(index_record(&commit));
+                        if fresh.len() > 64 && indexed.is_some() {
+                            // So many commits without a match: not this history's index.
+                            reader = None;
+                            indexed = None;
+                        }
+                    }
+                    evolution_of(&commit)
+                }
+            };
             if filter.kind.is_some_and(|k| k != evolution.meta.kind) {
                 continue;
             }
@@ -967,7 +999,16 @@ impl History {
             }
             out.push(evolution);
         }
+        if !fresh.is_empty() && self.state.ensure().is_ok() {
+            fresh.reverse();
+            let _ = index::append(&index_path, &fresh, Some(index_end));
+        }
         Ok(out)
+    }
+
+    /// The evolution index's file.
+    fn index_path(&self) -> PathBuf {
+        self.state.path().join(index::INDEX_FILE)
     }
 
     /// The evolution with this id: full, or a prefix that only one evolution has.
@@ -1196,14 +1237,34 @@ fn read_ref(repo: &Repository, name: &str) -> Result<Option<Oid>, HistoryError> 
 
 /// The typed evolution of a commit.
 pub(crate) fn evolution_of(commit: &Commit<'_>) -> Evolution {
-    let id = commit.id().to_string();
-    let msg = String::from_utf8_lossy(commit.message_bytes());
+    evolution_from(
+        commit.id(),
+        commit.committer().when().seconds(),
+        commit.parent_id(0).ok(),
+        commit.message_bytes(),
+    )
+}
+
+/// An evolution from its commit's id, time, first parent and message.
+fn evolution_from(id: Oid, time: i64, parent: Option<Oid>, message: &[u8]) -> Evolution {
+    let id = id.to_string();
+    let msg = String::from_utf8_lossy(message);
     Evolution {
         short_id: id[..SHORT_ID_LEN].to_owned(),
         id,
-        timestamp: commit.committer().when().seconds(),
-        parent: commit.parent_id(0).ok().map(|p| p.to_string()),
+        timestamp: time,
+        parent: parent.map(|p| p.to_string()),
         meta: message::parse(&msg),
+    }
+}
+
+/// What the evolution index keeps of a commit.
+fn index_record(commit: &Commit<'_>) -> index::Record {
+    index::Record {
+        id: commit.id(),
+        parent: commit.parent_id(0).ok(),
+        time: commit.committer().when().seconds(),
+        message: commit.message_bytes().to_vec(),
     }
 }
 

@@ -475,6 +475,99 @@ fn list_filters_by_kind_module_and_limit() {
     assert_eq!(dotted.len(), 2);
 }
 
+/// The listing as git alone gives it: ids, parents, times and messages from the commits.
+fn listing_from_git(h: &History) -> Vec<Evolution> {
+    let repo = h.repo_ref().expect("repo");
+    let mut out = Vec::new();
+    let mut next = h.tip().expect("tip");
+    while let Some(oid) = next {
+        let commit = repo.find_commit(oid).expect("commit");
+        next = commit.parent_id(0).ok();
+        out.push(evolution_of(&commit));
+    }
+    out
+}
+
+#[test]
+fn listing_reads_the_index_and_git_for_what_it_lacks() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    for i in 0..5 {
+        write(
+            &root,
+            "src/lib.rs",
+            &format!("pub fn a() -> u32 {{ {i} }}\n"),
+        );
+        h.record(&meta(EvolutionKind::SelfModify, None))
+            .expect("record");
+    }
+    let index = root.join(".heph").join(index::INDEX_FILE);
+    let all = ListFilter::default();
+    // Every writer appended its evolution: the listing equals git's.
+    assert_eq!(
+        index::Reader::open(&index).map(|mut r| std::iter::from_fn(move || r.prev()).count()),
+        Some(5)
+    );
+    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
+    // An evolution committed by something else (here git itself) is read from git and
+    // added to the index.
+    let tip = h.tip().expect("tip").expect("some");
+    let tree = git(&root, &["rev-parse", &format!("{tip}^{{tree}}")]);
+    let by_git = git(
+        &root,
+        &[
+            "commit-tree",
+            tree.trim(),
+            "-p",
+            &tip.to_string(),
+            "-m",
+            "by git\n\nHeph-Kind: manual",
+        ],
+    );
+    git(&root, &["update-ref", HISTORY_REF, by_git.trim()]);
+    let listed = h.list(&all).expect("list");
+    assert_eq!(listed, listing_from_git(&h));
+    assert_eq!(listed[0].meta.message, "by git");
+    let mut reader = index::Reader::open(&index).expect("index");
+    assert_eq!(reader.prev().expect("newest").id.to_string(), by_git.trim());
+    // A damaged, missing or foreign index never changes what is listed.
+    let bytes = fs::read(&index).expect("read");
+    fs::write(&index, &bytes[..bytes.len() - 7]).expect("tear");
+    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
+    fs::remove_file(&index).expect("rm");
+    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
+    assert!(
+        index::Reader::open(&index).is_some(),
+        "the listing rebuilt the index"
+    );
+    let (_other_dir, other_root) = project(true);
+    let mut other = open(&other_root);
+    other
+        .record(&meta(EvolutionKind::Import, None))
+        .expect("other history");
+    fs::copy(other_root.join(".heph").join(index::INDEX_FILE), &index).expect("foreign");
+    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
+    // And what the index says is what is shown (it is read, not just checked).
+    let tip = h.tip().expect("tip").expect("some");
+    fs::remove_file(&index).expect("rm");
+    let commit = h
+        .repo_ref()
+        .expect("repo")
+        .find_commit(tip)
+        .expect("tip commit");
+    let mut record = index_record(&commit);
+    record.message = b"from the index\n\nHeph-Kind: manual\n".to_vec();
+    index::append(&index, &[record], None).expect("append");
+    let listed = h
+        .list(&ListFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(listed[0].meta.message, "from the index");
+    assert_eq!(listed[1], listing_from_git(&h)[1]);
+}
+
 #[test]
 fn ids_unknown_invalid_and_ambiguous() {
     let (_dir, root) = project(false);
