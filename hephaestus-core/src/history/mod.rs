@@ -939,7 +939,7 @@ impl History {
 
     /// Evolutions, newest first, following the first parents from the tip.
     ///
-    /// What the evolution index (`.heph/history-index`, see [`index`]) holds is read
+    /// What the evolution index (`.heph/history-index`) holds is read
     /// from it; the rest from git, and added to the index when it is newer than all of
     /// the index (best effort: a listing never fails for the index's sake).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<Evolution>, HistoryError> {
