@@ -85,9 +85,14 @@ for i in range(1, n + 1):
     out.write("\n")
 PY
 echo "evolutions: $(git rev-list --count refs/heph/history)"
+# heph's first listing fills its evolution index (.heph/history-index) with what it read
+# from git (the warm-up runs do that); the last command times that cold path: no index.
 hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history.md" \
   -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
   -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history"
+hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history-cold.md" \
+  --prepare "rm -f $long/.heph/history-index" \
+  -n 'heph history --limit 50 --json (no index yet)' "$heph history --limit 50 --json"
 
 echo
-cat "$work/snapshot.md" "$work/history.md"
+cat "$work/snapshot.md" "$work/history.md" "$work/history-cold.md"
