@@ -868,33 +868,15 @@ fn evaluate(
     let direct = tests_run_directly(s, job.files.iter().map(|(_, _, after)| after.as_str()));
     let only = s.tested_targets.as_deref().filter(|_| direct);
     for stage in [Stage::Build, Stage::Test] {
-        send(
-            tx,
-            EvolveEvent::StageStarted {
-                runner,
-                candidate: cand,
-                stage,
-            },
-        );
-        let t = Instant::now();
-        let rec = match stage {
+        let (rec, took) = announced(tx, runner, cand, stage, || match stage {
             Stage::Build => build_stage(s, &dir, only).map(|(rec, built)| {
                 exes = built;
                 rec
             }),
             _ if direct => direct_test_stage(s, &dir, &exes).map(|(rec, _)| rec),
             _ => test_stage(s, &dir).map(|(rec, _)| rec),
-        };
-        let rec = stage_record(stage, t, rec);
-        verified += t.elapsed();
-        send(
-            tx,
-            EvolveEvent::StageFinished {
-                runner,
-                candidate: cand,
-                record: rec.clone(),
-            },
-        );
+        });
+        verified += took;
         let (stage, outcome, reason) = (rec.stage, rec.outcome, rec.reason.clone());
         stages.push(rec);
         match outcome {
@@ -1011,29 +993,10 @@ fn evaluate(
     if verdict == Verdict::Accepted && only.is_some() {
         // The test build left out the targets without tests of their own (a binary, an
         // example): a winner must build all of them before it is accepted.
-        send(
-            tx,
-            EvolveEvent::StageStarted {
-                runner,
-                candidate: cand,
-                stage: Stage::Build,
-            },
-        );
-        let t = Instant::now();
-        let rec = stage_record(
-            Stage::Build,
-            t,
-            build_stage(s, &dir, None).map(|(rec, _)| rec),
-        );
-        verified += t.elapsed();
-        send(
-            tx,
-            EvolveEvent::StageFinished {
-                runner,
-                candidate: cand,
-                record: rec.clone(),
-            },
-        );
+        let (rec, took) = announced(tx, runner, cand, Stage::Build, || {
+            build_stage(s, &dir, None).map(|(rec, _)| rec)
+        });
+        verified += took;
         if rec.outcome != StageOutcome::Passed {
             verdict = if rec.outcome == StageOutcome::Cancelled {
                 Verdict::Cancelled
@@ -1053,14 +1016,25 @@ fn evaluate(
     Ok(finish(stages, verdict, stage, reason, fitness, verified))
 }
 
-/// The record of a build or test stage that ran from `t`: its own, or why it could not
-/// run.
-fn stage_record(
+/// Run a candidate's build or test stage between its started and finished events: its
+/// record (or why it could not run) and how long it took.
+fn announced(
+    tx: &Sender<Msg>,
+    runner: Runner,
+    candidate: Option<usize>,
     stage: Stage,
-    t: Instant,
-    result: Result<StageRecord, verify::VerifyError>,
-) -> StageRecord {
-    match result {
+    run: impl FnOnce() -> Result<StageRecord, verify::VerifyError>,
+) -> (StageRecord, Duration) {
+    send(
+        tx,
+        EvolveEvent::StageStarted {
+            runner,
+            candidate,
+            stage,
+        },
+    );
+    let t = Instant::now();
+    let rec = match run() {
         Ok(r) => r,
         Err(verify::VerifyError::Cancelled) => cancelled_stage(stage, t.elapsed()),
         Err(e) => StageRecord {
@@ -1070,7 +1044,17 @@ fn stage_record(
             reason: Some(e.to_string()),
             output: None,
         },
-    }
+    };
+    let took = t.elapsed();
+    send(
+        tx,
+        EvolveEvent::StageFinished {
+            runner,
+            candidate,
+            record: rec.clone(),
+        },
+    );
+    (rec, took)
 }
 
 /// The smallest single splice turning `before` into `after`.
