@@ -450,14 +450,24 @@ fn build_stage(
 /// The number of tests a run of test harnesses ran: the sum of their `running N
 /// tests` lines (doc tests included when cargo ran them).
 fn tests_run(stdout: &str) -> usize {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.strip_prefix("running ")?.split(' ');
-            let n = words.next()?.parse::<usize>().ok()?;
-            matches!(words.next(), Some("test" | "tests")).then_some(n)
-        })
-        .sum()
+    libtest_counts(stdout).sum()
+}
+
+/// The numbers of libtest's `running N tests` lines.
+fn libtest_counts(stdout: &str) -> impl Iterator<Item = usize> + '_ {
+    stdout.lines().filter_map(|l| {
+        let mut words = l.strip_prefix("running ")?.split(' ');
+        let n = words.next()?.parse::<usize>().ok()?;
+        matches!(words.next(), Some("test" | "tests")).then_some(n)
+    })
+}
+
+/// Whether one harness's run showed that it holds no test: libtest said `running 0
+/// tests` and nothing else. A harness that printed no such line (`harness = false`: a
+/// program of its own) may check anything, so it counts as holding tests.
+fn holds_no_test(stdout: &str) -> bool {
+    let mut counts = libtest_counts(stdout).peekable();
+    counts.peek().is_some() && counts.all(|n| n == 0)
 }
 
 /// The test stage's record from what the tests printed, and how many tests ran.
@@ -547,12 +557,13 @@ fn test_stage(s: &Settings, dir: &Path) -> Result<(StageRecord, usize), verify::
 /// `CARGO_MANIFEST_DIR` and `CARGO_MANIFEST_PATH` set, stopping at the first that
 /// fails), all within the test stage's time limit. Saves cargo's start, its freshness
 /// check of every unit and rustdoc's doc-test pass; used only where the baseline showed
-/// it runs the same tests as `cargo test` (see [`baseline`]).
+/// it runs the same tests as `cargo test` (see [`baseline`]). Also returns each
+/// harness's output, in order (the baseline judges from it which harnesses hold tests).
 fn direct_test_stage(
     s: &Settings,
     dir: &Path,
     exes: &[TestExecutable],
-) -> Result<(StageRecord, Vec<usize>), verify::VerifyError> {
+) -> Result<(StageRecord, Vec<String>), verify::VerifyError> {
     let start = Instant::now();
     let mut all = CommandOutput {
         stdout: String::new(),
@@ -579,7 +590,7 @@ fn direct_test_stage(
         let left = s.test_timeout.saturating_sub(start.elapsed());
         let opts = s.verify_opts(left.max(Duration::from_millis(1)));
         let out = verify::run_with_input(cmd, &name, None, 256 * 1024, &opts)?;
-        counts.push(tests_run(&out.stdout));
+        counts.push(out.stdout.clone());
         all.stdout.push_str(&out.stdout);
         all.stdout_truncated |= out.stdout_truncated;
         all.stderr.push_str(&out.stderr);
@@ -602,6 +613,26 @@ fn may_add_doc_tests<'t>(after: impl IntoIterator<Item = &'t str>) -> bool {
     after
         .into_iter()
         .any(|text| text.contains("```") || text.contains("~~~"))
+}
+
+/// Whether a candidate could add tests where the baseline had none: a file it changes
+/// says `test` more often after than before (a new `#[test]`, `#[cfg(test)]`,
+/// `#[tokio::test]`, ...). Such a candidate's test build covers every target.
+fn may_add_tests<'t>(files: impl IntoIterator<Item = (&'t str, &'t str)>) -> bool {
+    files
+        .into_iter()
+        .any(|(before, after)| after.matches("test").count() > before.matches("test").count())
+}
+
+/// The targets a candidate's test build is limited to (see [`Settings::tested_targets`]):
+/// only when its tests run directly (`direct`) and it adds no test of its own.
+fn narrowed_build<'s, 't>(
+    s: &'s Settings,
+    direct: bool,
+    files: impl IntoIterator<Item = (&'t str, &'t str)>,
+) -> Option<&'s [String]> {
+    let only = s.tested_targets.as_deref().filter(|_| direct)?;
+    (!may_add_tests(files)).then_some(only)
 }
 
 /// Whether a candidate whose changed files read `after` is tested by starting its test
@@ -866,7 +897,13 @@ fn evaluate(
     let mut verified = Duration::ZERO;
     let mut exes = Vec::new();
     let direct = tests_run_directly(s, job.files.iter().map(|(_, _, after)| after.as_str()));
-    let only = s.tested_targets.as_deref().filter(|_| direct);
+    let only = narrowed_build(
+        s,
+        direct,
+        job.files
+            .iter()
+            .map(|(_, before, after)| (before.as_str(), after.as_str())),
+    );
     for stage in [Stage::Build, Stage::Test] {
         let (rec, took) = announced(tx, runner, cand, stage, || match stage {
             Stage::Build => build_stage(s, &dir, only).map(|(rec, built)| {
@@ -1767,7 +1804,15 @@ impl<'a, 'p> Run<'a, 'p> {
         // What the worker ran (see `evaluate`).
         let after: Vec<String> = p.files.iter().map(|f| f.after()).collect();
         let direct = tests_run_directly(&self.settings, after.iter().map(String::as_str));
-        report.command = match (&self.settings.test_command, &self.settings.tested_targets) {
+        let only = narrowed_build(
+            &self.settings,
+            direct,
+            p.files
+                .iter()
+                .zip(&after)
+                .map(|(f, a)| (f.before.as_str(), a.as_str())),
+        );
+        report.command = match (&self.settings.test_command, only) {
             (Some(c), _) => format!("cargo test --no-run, then `{c}`, in an isolated copy"),
             (None, Some(only)) if direct => format!(
                 "cargo test --no-run {}, then its test harnesses, then cargo test --no-run \
@@ -2272,8 +2317,8 @@ fn baseline(
     let (direct, message) = if let Some(c) = &s.test_command {
         (false, format!("candidates' tests run with `{c}`"))
     } else {
-        let (rec, counts) = direct_test_stage(s, dir, &exes)?;
-        let n: usize = counts.iter().sum();
+        let (rec, outputs) = direct_test_stage(s, dir, &exes)?;
+        let n: usize = outputs.iter().map(|o| tests_run(o)).sum();
         if rec.outcome != StageOutcome::Passed {
             let m = format!(
                 "candidates' tests run with `cargo test` (its {} test harnesses run alone \
@@ -2295,7 +2340,7 @@ fn baseline(
                  the same {n} tests as `cargo test`, no doc tests)",
                 exes.len()
             );
-            only = tested_targets(s, &exes, &counts);
+            only = tested_targets(s.workspace, &exes, &outputs);
             if let Some(args) = &only {
                 m.push_str(&format!(
                     "; candidates build only the harnesses with tests (`cargo test --no-run \
@@ -2340,18 +2385,22 @@ fn baseline(
     Ok((stages, samples, direct, only))
 }
 
-/// The cargo arguments that build only the harnesses that ran tests in the baseline
-/// (`counts`, one per harness), when that leaves some out; None when it would not (every
-/// harness has tests, none has) or cannot (a workspace of several packages, a target
-/// cargo cannot select alone).
-fn tested_targets(s: &Settings, exes: &[TestExecutable], counts: &[usize]) -> Option<Vec<String>> {
-    if s.workspace || exes.len() != counts.len() || exes.iter().any(|e| e.select.is_empty()) {
+/// The cargo arguments that build only the harnesses that may hold tests, judged by
+/// their baseline runs (`outputs`, one per harness; see [`holds_no_test`]), when that
+/// leaves some out; None when it would not (every harness has tests, none has) or
+/// cannot (a workspace of several packages, a target cargo cannot select alone).
+fn tested_targets(
+    workspace: bool,
+    exes: &[TestExecutable],
+    outputs: &[String],
+) -> Option<Vec<String>> {
+    if workspace || exes.len() != outputs.len() || exes.iter().any(|e| e.select.is_empty()) {
         return None;
     }
     let tested: Vec<&TestExecutable> = exes
         .iter()
-        .zip(counts)
-        .filter(|(_, n)| **n > 0)
+        .zip(outputs)
+        .filter(|(_, out)| !holds_no_test(out))
         .map(|(e, _)| e)
         .collect();
     if tested.is_empty() || tested.len() == exes.len() {
@@ -2432,5 +2481,63 @@ mod tests {
             "/// ```\n/// assert!(true);\n/// ```\npub fn f() {}\n",
         ]));
         assert!(may_add_doc_tests(["//! ~~~\n//! x\n//! ~~~\n"]));
+    }
+
+    fn exe(target: &str, select: &[&str]) -> TestExecutable {
+        TestExecutable {
+            path: PathBuf::from(format!("/t/{target}")),
+            manifest_path: PathBuf::from("/p/Cargo.toml"),
+            target: target.to_owned(),
+            select: select.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_harnesses_that_ran_zero_libtest_tests_are_left_out() {
+        assert!(holds_no_test(
+            "\nrunning 0 tests\n\ntest result: ok. 0 passed\n"
+        ));
+        assert!(!holds_no_test("running 2 tests\n"));
+        // `harness = false`: a program of its own, which may check anything.
+        assert!(!holds_no_test(""));
+        assert!(!holds_no_test("custom checks passed\n"));
+        let exes = [
+            exe("p", &["--lib"]),
+            exe("fitness", &["--bin", "fitness"]),
+            exe("custom", &["--test", "custom"]),
+        ];
+        let outputs = |o: [&str; 3]| o.map(str::to_owned);
+        let some = outputs(["running 3 tests\n", "running 0 tests\n", "all good\n"]);
+        assert_eq!(
+            tested_targets(false, &exes, &some),
+            Some(vec!["--lib".into(), "--test".into(), "custom".into()])
+        );
+        // Not for a workspace, nor when nothing (or everything) would be left out, nor
+        // when a target cannot be selected alone.
+        assert_eq!(tested_targets(true, &exes, &some), None);
+        let all = outputs(["running 3 tests\n", "running 1 test\n", "ok\n"]);
+        assert_eq!(tested_targets(false, &exes, &all), None);
+        let none = outputs([
+            "running 0 tests\n",
+            "running 0 tests\n",
+            "running 0 tests\n",
+        ]);
+        assert_eq!(tested_targets(false, &exes, &none), None);
+        let mut odd = exes.clone();
+        odd[2].select.clear();
+        assert_eq!(tested_targets(false, &odd, &some), None);
+    }
+
+    #[test]
+    fn a_candidate_that_adds_a_test_builds_every_target() {
+        assert!(!may_add_tests([("fn a() {}\n", "fn a() { 1; }\n")]));
+        assert!(may_add_tests([(
+            "fn a() {}\n",
+            "fn a() {}\n#[cfg(test)]\nmod t {\n    #[test]\n    fn b() {}\n}\n"
+        )]));
+        assert!(!may_add_tests([(
+            "#[test]\nfn t() {}\n",
+            "#[test]\nfn t() { assert!(true) }\n"
+        )]));
     }
 }

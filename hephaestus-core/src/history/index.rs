@@ -20,7 +20,7 @@
 //! (an append in progress reads as a damaged tail: that listing uses git).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -178,79 +178,116 @@ impl Reader {
     }
 }
 
-/// Append `records` (oldest first) to the index at `path`, creating it when missing.
-///
-/// With `expected_end`, only if the file still ends there (a listing that read the index
-/// adds what it found newer than the index's end; if a writer appended meanwhile, it
-/// adds nothing) and only when the lock is free. Without, the caller is a writer: it
-/// waits for the lock, and an index that does not end on a whole record (a torn append)
-/// is started over.
-pub(crate) fn append(path: &Path, records: &[Record], expected_end: Option<u64>) -> io::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let mut file = OpenOptions::new()
+/// Open (or create) the index file and take its lock: blocking for a writer, or only if
+/// free (`wait` false: a listing, which can leave the index as it is).
+fn locked(path: &Path, wait: bool) -> io::Result<Option<File>> {
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
-    match expected_end {
-        Some(_) => match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(()),
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
-        },
-        None => file.lock()?,
+    if wait {
+        file.lock()?;
+        return Ok(Some(file));
     }
-    let len = file.seek(SeekFrom::End(0))?;
-    let mut out = Vec::new();
-    let valid = len >= MAGIC.len() as u64 && {
-        let mut magic = [0u8; 8];
-        file.read_exact_at(&mut magic, 0).is_ok() && &magic == MAGIC
-    };
-    let start = match expected_end {
-        Some(end) if !valid || len != end => {
-            // Missing, foreign, or moved since the listing read it: a writer's business.
-            if !(len == 0 && end == 0) {
-                return Ok(());
-            }
-            out.extend_from_slice(MAGIC);
-            0
-        }
-        Some(_) => len,
-        None if valid && ends_on_a_record(&file, len) => len,
-        None => {
-            out.extend_from_slice(MAGIC);
-            0
-        }
-    };
-    for r in records {
-        if FIXED + r.message.len() <= MAX_RECORD {
-            r.encode(&mut out);
-        }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
-    file.set_len(start)?;
-    file.write_all_at(&out, start)?;
-    file.flush()
 }
 
-/// Whether the file's last bytes are a whole, intact record (or it holds none yet).
-fn ends_on_a_record(file: &File, len: u64) -> bool {
-    if len == MAGIC.len() as u64 {
-        return true;
+/// The last record of the locked index file of length `len`: `Ok(None)` when it holds
+/// none yet, `Err(())` when it is not an index or does not end on an intact record.
+fn last_record(file: &File, len: u64) -> Result<Option<Record>, ()> {
+    let mut magic = [0u8; 8];
+    if len < MAGIC.len() as u64 || file.read_exact_at(&mut magic, 0).is_err() || &magic != MAGIC {
+        return Err(());
     }
-    let Ok(dup) = file.try_clone() else {
-        return false;
-    };
+    if len == MAGIC.len() as u64 {
+        return Ok(None);
+    }
     let mut reader = Reader {
-        file: dup,
+        file: file.try_clone().map_err(drop)?,
         buf: Vec::new(),
         buf_start: len,
         end: len,
         done: false,
     };
-    reader.prev().is_some()
+    reader.prev().map(Some).ok_or(())
+}
+
+/// Write `records` (oldest first) at `start` of the locked file, after the magic when
+/// `start` is 0, and cut the file there.
+fn write_at(file: &File, start: u64, records: &[Record]) -> io::Result<()> {
+    let mut out = Vec::new();
+    if start == 0 {
+        out.extend_from_slice(MAGIC);
+    }
+    for r in records {
+        if FIXED + r.message.len() <= MAX_RECORD {
+            r.encode(&mut out);
+        }
+    }
+    file.write_all_at(&out, start)?;
+    file.set_len(start + out.len() as u64)
+}
+
+/// A writer's new evolution: appended when the index ends on its parent, so the index
+/// stays one unbroken stretch of the chain; an index of a first evolution is started.
+/// Otherwise (the index lags behind, is torn or missing) nothing is written: the next
+/// listing reads what it lacks from git and fills it in.
+pub(crate) fn append_child(path: &Path, record: &Record) -> io::Result<()> {
+    let Some(file) = locked(path, true)? else {
+        return Ok(());
+    };
+    let len = file.metadata()?.len();
+    match last_record(&file, len) {
+        Ok(Some(last)) if Some(last.id) == record.parent => {
+            write_at(&file, len, std::slice::from_ref(record))
+        }
+        Ok(None) | Err(()) if record.parent.is_none() => {
+            write_at(&file, 0, std::slice::from_ref(record))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A listing's commits newer than the whole index (oldest first), read from git:
+/// appended if the index still ends where the listing read it (`expected_end`; 0: there
+/// was none), and intact; an index that is missing, foreign or torn is started over
+/// with them. Skipped when a writer holds the lock or appended meanwhile.
+pub(crate) fn append_newer(path: &Path, records: &[Record], expected_end: u64) -> io::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let Some(file) = locked(path, false)? else {
+        return Ok(());
+    };
+    let len = file.metadata()?.len();
+    if len != expected_end {
+        return Ok(());
+    }
+    match last_record(&file, len) {
+        Ok(_) => write_at(&file, len, records),
+        Err(()) => write_at(&file, 0, records),
+    }
+}
+
+/// Replace the index with `records` (the whole first-parent chain, oldest first): after
+/// a listing walked all of it and found the index short. Written beside it and renamed
+/// over it, under its lock; skipped when a writer holds it.
+pub(crate) fn rewrite(path: &Path, records: &[Record]) -> io::Result<()> {
+    let Some(_lock) = locked(path, false)? else {
+        return Ok(());
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".history-index")
+        .tempfile_in(dir)?;
+    write_at(tmp.as_file(), 0, records)?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 #[cfg(test)]
@@ -276,12 +313,21 @@ mod tests {
     }
 
     #[test]
-    fn appends_and_reads_back_newest_first() {
+    fn writers_append_children_and_readers_get_them_newest_first() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
         assert!(Reader::open(&path).is_none());
-        append(&path, &[record(1), record(2)], None).expect("append");
-        append(&path, &[record(3)], None).expect("append");
+        // Not the first evolution and no index: nothing to continue.
+        append_child(&path, &record(2)).expect("append");
+        assert!(Reader::open(&path).is_none_or(|mut r| r.prev().is_none()));
+        for n in 1..=3 {
+            append_child(&path, &record(n)).expect("append");
+        }
+        assert_eq!(all(&path), [record(3), record(2), record(1)]);
+        // A commit whose parent is not the index's end leaves the index as it is.
+        let mut stray = record(9);
+        stray.parent = Some(oid(7));
+        append_child(&path, &stray).expect("append");
         assert_eq!(all(&path), [record(3), record(2), record(1)]);
     }
 
@@ -296,24 +342,27 @@ mod tests {
                 r
             })
             .collect();
-        append(&path, &records, None).expect("append");
+        rewrite(&path, &records).expect("rewrite");
         let back = all(&path);
         assert_eq!(back.len(), 200);
         assert!(back.iter().rev().eq(records.iter()));
     }
 
     #[test]
-    fn a_torn_tail_ends_the_index_and_a_writer_starts_over() {
+    fn a_torn_or_damaged_tail_ends_the_index_and_a_listing_starts_over() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
-        append(&path, &[record(1), record(2)], None).expect("append");
+        rewrite(&path, &[record(1), record(2)]).expect("rewrite");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 5]).expect("tear");
         assert_eq!(all(&path), []);
-        append(&path, &[record(3)], None).expect("append");
-        assert_eq!(all(&path), [record(3)]);
+        // A writer does not build on it; a listing starts it over with what it read.
+        append_child(&path, &record(3)).expect("writer");
+        let torn = std::fs::metadata(&path).expect("md").len();
+        assert_eq!(torn as usize, bytes.len() - 5);
+        append_newer(&path, &[record(2), record(3)], torn).expect("listing");
+        assert_eq!(all(&path), [record(3), record(2)]);
         // A flipped bit in a record ends the walk there too.
-        append(&path, &[record(4)], None).expect("append");
         let mut bytes = std::fs::read(&path).expect("read");
         let at = bytes.len() - FOOTER - 3;
         bytes[at] ^= 1;
@@ -325,13 +374,16 @@ mod tests {
     fn a_listing_appends_only_where_the_index_still_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
-        append(&path, &[record(1)], Some(0)).expect("create");
+        append_newer(&path, &[record(1)], 0).expect("create");
         let end = Reader::open(&path).expect("index").end();
-        append(&path, &[record(2)], None).expect("writer");
-        append(&path, &[record(3)], Some(end)).expect("stale listing");
+        append_child(&path, &record(2)).expect("writer");
+        append_newer(&path, &[record(3)], end).expect("stale listing");
         assert_eq!(all(&path), [record(2), record(1)]);
+        // A foreign file is started over only if it is still what the listing saw.
         std::fs::write(&path, b"not an index").expect("garbage");
-        append(&path, &[record(3)], Some(0)).expect("foreign file");
+        append_newer(&path, &[record(3)], 0).expect("moved");
         assert!(Reader::open(&path).is_none());
+        append_newer(&path, &[record(3)], 12).expect("foreign file");
+        assert_eq!(all(&path), [record(3)]);
     }
 }

@@ -723,7 +723,7 @@ impl History {
                         .map_err(HistoryError::git("reading the new evolution"))?;
                     let evolution = evolution_of(&commit);
                     // Best effort: a listing reads what the index lacks from git.
-                    let _ = index::append(&self.index_path(), &[index_record(&commit)], None);
+                    let _ = index::append_child(&self.index_path(), &index_record(&commit));
                     snap.save_cache(oid);
                     self.maybe_repack(repo, oid);
                     return Ok(evolution);
@@ -939,9 +939,10 @@ impl History {
 
     /// Evolutions, newest first, following the first parents from the tip.
     ///
-    /// What the evolution index (`.heph/history-index`) holds is read
-    /// from it; the rest from git, and added to the index when it is newer than all of
-    /// the index (best effort: a listing never fails for the index's sake).
+    /// What the evolution index (`.heph/history-index`) holds is read from it, the rest
+    /// from git; the index is then completed where it can be: commits newer than all of
+    /// it are appended, and a walk that went down to the first evolution rewrites it
+    /// whole when it was short (best effort: a listing never fails for the index).
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<Evolution>, HistoryError> {
         let mut out = Vec::new();
         let Some(tip) = self.tip()? else {
@@ -952,40 +953,49 @@ impl History {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let index_path = self.index_path();
         let mut reader = index::Reader::open(&index_path);
-        let index_end = reader.as_ref().map_or(0, index::Reader::end);
+        // Where the listing found the index ending (a file that is no index counts too:
+        // a listing may start it over).
+        let index_end = reader.as_ref().map_or_else(
+            || std::fs::metadata(&index_path).map_or(0, |m| m.len()),
+            index::Reader::end,
+        );
         let mut indexed = reader.as_mut().and_then(index::Reader::prev);
-        // Commits read from git before the first one the index has: newer than all of it.
-        let mut fresh = Vec::new();
-        let mut matched = false;
+        // Every commit walked, as the index keeps it, newest first; how many came first
+        // from git (before any the index has: newer than all of it), and from git in all.
+        let mut walked: Vec<index::Record> = Vec::new();
+        let mut fresh = 0;
+        let mut from_git = 0;
         let mut next = Some(tip);
         while let Some(oid) = next {
             if out.len() >= limit {
                 break;
             }
-            let evolution = match indexed.take_if(|r| r.id == oid) {
+            let record = match indexed.take_if(|r| r.id == oid) {
                 Some(r) => {
-                    matched = true;
                     indexed = reader.as_mut().and_then(index::Reader::prev);
-                    next = r.parent;
-                    evolution_from(r.id, r.time, r.parent, &r.message)
+                    r
                 }
                 None => {
                     let commit = repo.find_commit(oid).map_err(|source| HistoryError::Git {
                         what: format!("reading evolution {oid} of {HISTORY_REF}"),
                         source,
                     })?;
-                    next = commit.parent_id(0).ok();
-                    if !matched {
-                        fresh.push(index_record(&commit));
-                        if fresh.len() > 64 && indexed.is_some() {
+                    from_git += 1;
+                    if from_git == walked.len() + 1 {
+                        // Every commit so far came from git: newer than all of the index.
+                        fresh = from_git;
+                        if fresh > 64 && indexed.is_some() {
                             // So many commits without a match: not this history's index.
                             reader = None;
                             indexed = None;
                         }
                     }
-                    evolution_of(&commit)
+                    index_record(&commit)
                 }
             };
+            next = record.parent;
+            let evolution = evolution_from(record.id, record.time, record.parent, &record.message);
+            walked.push(record);
             if filter.kind.is_some_and(|k| k != evolution.meta.kind) {
                 continue;
             }
@@ -999,9 +1009,16 @@ impl History {
             }
             out.push(evolution);
         }
-        if !fresh.is_empty() && self.state.ensure().is_ok() {
-            fresh.reverse();
-            let _ = index::append(&index_path, &fresh, Some(index_end));
+        if from_git > 0 && self.state.ensure().is_ok() {
+            if next.is_none() {
+                // The whole chain, down to the first evolution: the index, complete.
+                walked.reverse();
+                let _ = index::rewrite(&index_path, &walked);
+            } else if fresh > 0 {
+                walked.truncate(fresh);
+                walked.reverse();
+                let _ = index::append_newer(&index_path, &walked, index_end);
+            }
         }
         Ok(out)
     }

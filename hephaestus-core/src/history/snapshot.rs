@@ -187,7 +187,8 @@ impl StatCache {
         }
         let commit = Oid::from_bytes(r.take(20)?).ok()?;
         let ndirs = r.u32()?;
-        let mut dirs = HashMap::with_capacity(ndirs as usize);
+        // The count is checked by reading that many records: no more than the bytes allow.
+        let mut dirs = HashMap::with_capacity((ndirs as usize).min(bytes.len() / 32));
         for _ in 0..ndirs {
             let start = r.at;
             let path = r.bytes()?.to_vec();
@@ -985,6 +986,10 @@ mod tests {
         assert_eq!(again.finish(commit), bytes);
         assert!(StatCache::decode(bytes[..bytes.len() - 1].to_vec()).is_none());
         assert!(StatCache::decode(b"garbage".to_vec()).is_none());
+        // A header that claims four billion directories is read as garbage, not trusted.
+        let mut huge = bytes[..28].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(StatCache::decode(huge).is_none());
         // Names out of order are rejected.
         let mut bad = CacheWriter::with_capacity(0);
         bad.dir(

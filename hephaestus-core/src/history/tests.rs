@@ -535,11 +535,32 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
     fs::write(&index, &bytes[..bytes.len() - 7]).expect("tear");
     assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
     fs::remove_file(&index).expect("rm");
+    // A writer does not start an index that would not reach back to the first evolution;
+    // a listing of everything rebuilds it whole.
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 99 }\n");
+    h.record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    let count = |path: &Path| {
+        index::Reader::open(path).map_or(0, |mut r| std::iter::from_fn(move || r.prev()).count())
+    };
+    assert_eq!(count(&index), 0);
+    let listed = h.list(&all).expect("list");
+    assert_eq!(listed, listing_from_git(&h));
+    assert_eq!(count(&index), listed.len(), "the listing rebuilt the index");
+    // A limited listing of a history without an index starts one with what it read,
+    // and writers continue it.
+    fs::remove_file(&index).expect("rm");
+    h.list(&ListFilter {
+        limit: Some(3),
+        ..Default::default()
+    })
+    .expect("list");
+    assert_eq!(count(&index), 3);
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 100 }\n");
+    h.record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    assert_eq!(count(&index), 4);
     assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
-    assert!(
-        index::Reader::open(&index).is_some(),
-        "the listing rebuilt the index"
-    );
     let (_other_dir, other_root) = project(true);
     let mut other = open(&other_root);
     other
@@ -547,6 +568,13 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
         .expect("other history");
     fs::copy(other_root.join(".heph").join(index::INDEX_FILE), &index).expect("foreign");
     assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
+    fs::write(&index, "not an index").expect("garbage");
+    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
+    assert_eq!(
+        count(&index),
+        listing_from_git(&h).len(),
+        "garbage replaced"
+    );
     // And what the index says is what is shown (it is read, not just checked).
     let tip = h.tip().expect("tip").expect("some");
     fs::remove_file(&index).expect("rm");
@@ -557,7 +585,7 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
         .expect("tip commit");
     let mut record = index_record(&commit);
     record.message = b"from the index\n\nHeph-Kind: manual\n".to_vec();
-    index::append(&index, &[record], None).expect("append");
+    index::rewrite(&index, &[record]).expect("rewrite");
     let listed = h
         .list(&ListFilter {
             limit: Some(2),
