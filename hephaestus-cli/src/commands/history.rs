@@ -30,6 +30,7 @@ pub struct HistoryArgs {
 pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
     // Read-only listing of commit messages: no object hash checks (git log skips them too).
     hephaestus_core::history::verify_object_hashes(false);
+    hephaestus_core::history::cache_objects(false);
     let history = project::open_history(global, out)?;
     let filter = ListFilter {
         limit: (args.limit > 0).then_some(args.limit),

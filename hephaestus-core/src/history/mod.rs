@@ -66,6 +66,14 @@ pub fn verify_object_hashes(enabled: bool) {
     git2::opts::strict_hash_verification(enabled);
 }
 
+/// Whether libgit2 keeps the objects it reads in its cache (on by default, up to 256
+/// MiB). A listing reads each commit once, so `heph history` turns it off: walking
+/// 100,000 evolutions otherwise keeps them all. Process-wide, like
+/// [`verify_object_hashes`].
+pub fn cache_objects(enabled: bool) {
+    git2::opts::enable_caching(enabled);
+}
+
 /// Errors of the history store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
