@@ -60,7 +60,7 @@ pub(crate) struct Scope {
     pub root: PathBuf,
     /// Rules from outside the project: the repository's `info/exclude`, then the
     /// `.gitignore` of every directory between the repository's work tree and the root.
-    pub base_ignores: Vec<Gitignore>,
+    pub base_ignores: Vec<Rules>,
 }
 
 impl Scope {
@@ -71,11 +71,7 @@ impl Scope {
         if let Some((workdir, git_dir)) = repo {
             let exclude = git_dir.join("info").join("exclude");
             if exclude.is_file() {
-                let mut b = ignore::gitignore::GitignoreBuilder::new(workdir);
-                let _ = b.add(&exclude);
-                if let Ok(g) = b.build() {
-                    base_ignores.push(g);
-                }
+                base_ignores.extend(Rules::load(workdir, &exclude));
             }
             if let Ok(inner) = root.strip_prefix(workdir) {
                 let mut dir = workdir.to_path_buf();
@@ -92,15 +88,50 @@ impl Scope {
     }
 }
 
-/// Push the matcher of `dir/.gitignore` when the file exists; true when pushed.
-fn push_gitignore(dir: &Path, stack: &mut Vec<Gitignore>) -> bool {
+/// Push the rules of `dir/.gitignore` when the file exists; true when pushed.
+fn push_gitignore(dir: &Path, stack: &mut Vec<Rules>) -> bool {
     let file = dir.join(".gitignore");
     if !file.is_file() {
         return false;
     }
-    let (g, _partial_errors) = Gitignore::new(&file);
-    stack.push(g);
+    stack.extend(Rules::load(dir, &file));
     true
+}
+
+/// The rules of one ignore file, for the paths below `dir`.
+///
+/// The matcher is built with the root `.` and always given paths relative to `dir`
+/// (sliced from absolute paths, see [`relative_to`]): the `ignore` crate then has no
+/// root to strip, which it does by comparing path components, once per file of the
+/// project.
+#[derive(Debug)]
+pub(crate) struct Rules {
+    dir: Vec<u8>,
+    matcher: Gitignore,
+}
+
+impl Rules {
+    /// The rules in `file` (a `.gitignore`, `info/exclude`) for the paths below `dir`;
+    /// lines that do not parse are left out, as git does; None if it cannot be read.
+    fn load(dir: &Path, file: &Path) -> Option<Rules> {
+        let mut builder = ignore::gitignore::GitignoreBuilder::new(".");
+        let _partial_errors = builder.add(file);
+        let matcher = builder.build().ok()?;
+        Some(Rules {
+            dir: dir.as_os_str().as_bytes().to_vec(),
+            matcher,
+        })
+    }
+
+    /// How these rules match the entry at the absolute `path`.
+    fn matched(&self, path: &[u8], is_dir: bool) -> Match<&ignore::gitignore::Glob> {
+        match relative_to(path, &self.dir) {
+            Some(rel) => self
+                .matcher
+                .matched(Path::new(OsStr::from_bytes(rel)), is_dir),
+            None => Match::None,
+        }
+    }
 }
 
 /// The stat fields compared to decide whether a file changed. All zero: not trusted.
@@ -316,28 +347,33 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
     }
     fn entry(&mut self) -> Option<Entry<'a>> {
+        let name = self.bytes()?;
+        // The fixed part in one piece: fields at constant offsets (the layout written by
+        // `CacheWriter::dir`), no bounds check per field.
+        let f: &[u8; ENTRY_FIXED_LEN] = self.take(ENTRY_FIXED_LEN)?.try_into().ok()?;
+        let u32_at = |i: usize| u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&f[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let i64_at = |i: usize| i64::from_le_bytes(u64_at(i).to_le_bytes());
         Some(Entry {
-            name: self.bytes()?,
-            mode: self.u32()?,
-            oid: Oid::from_bytes(self.take(20)?).ok()?,
+            name,
+            mode: u32_at(0),
+            oid: Oid::from_bytes(&f[4..24]).ok()?,
             stat: FileStat {
-                mtime_s: self.i64()?,
-                mtime_ns: self.u32()?,
-                ctime_s: self.i64()?,
-                ctime_ns: self.u32()?,
-                size: self.u64()?,
-                ino: self.u64()?,
+                mtime_s: i64_at(24),
+                mtime_ns: u32_at(32),
+                ctime_s: i64_at(36),
+                ctime_ns: u32_at(44),
+                size: u64_at(48),
+                ino: u64_at(56),
             },
         })
     }
@@ -442,32 +478,40 @@ fn excluded_by_heph(name: &[u8], is_root: bool, dir: &Path, is_dir: bool) -> boo
     }
 }
 
-/// The .gitignore matchers in force in a directory: its own, then its parents'.
+/// The .gitignore rules in force in a directory: its own, then its parents'.
 struct IgnoreStack {
-    matcher: Gitignore,
+    rules: Rules,
     parent: Option<Arc<IgnoreStack>>,
 }
 
-fn is_ignored(
-    stack: Option<&Arc<IgnoreStack>>,
-    base: &[Gitignore],
-    path: &Path,
-    is_dir: bool,
-) -> bool {
+/// Whether the rules in force ignore the entry at the absolute `path`: the nearest
+/// file's rules first, the first that says ignore or whitelist decides.
+fn is_ignored(stack: Option<&Arc<IgnoreStack>>, base: &[Rules], path: &[u8], is_dir: bool) -> bool {
     let mut level = stack;
     let chain = std::iter::from_fn(|| {
         let here = level?;
         level = here.parent.as_ref();
-        Some(&here.matcher)
+        Some(&here.rules)
     });
-    for g in chain.chain(base.iter().rev()) {
-        match g.matched(path, is_dir) {
+    for rules in chain.chain(base.iter().rev()) {
+        match rules.matched(path, is_dir) {
             Match::Ignore(_) => return true,
             Match::Whitelist(_) => return false,
             Match::None => {}
         }
     }
     false
+}
+
+/// `path` below `root`, when it is (a whole-component prefix), without the separator.
+fn relative_to<'p>(path: &'p [u8], root: &[u8]) -> Option<&'p [u8]> {
+    let rest = path.strip_prefix(root)?;
+    let rest = if root.ends_with(b"/") {
+        rest
+    } else {
+        rest.strip_prefix(b"/")?
+    };
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// The kind of a directory entry, from the directory listing or from its lstat.
@@ -676,41 +720,56 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
         Err(e) => return Err(errno(&job.abs, e)),
     };
     let mut names = Vec::new();
-    let mut listing: Vec<(Range<usize>, Option<Type>)> = Vec::new();
+    // Each entry: its name's first eight bytes as a big-endian number (which decides most
+    // comparisons of the sort by name bytes), its name's range in `names`, its type.
+    let mut listing: Vec<(u64, Range<usize>, Option<Type>)> = Vec::new();
     for entry in dir.iter() {
         let entry = entry.map_err(|e| errno(&job.abs, e))?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
         }
+        let mut key = [0u8; 8];
+        let len = name.len().min(8);
+        key[..len].copy_from_slice(&name[..len]);
         let start = names.len();
         names.extend_from_slice(name);
-        listing.push((start..names.len(), entry.file_type()));
+        listing.push((
+            u64::from_be_bytes(key),
+            start..names.len(),
+            entry.file_type(),
+        ));
     }
-    if !is_root && listing.iter().any(|(n, _)| &names[n.clone()] == b".git") {
+    let named = |wanted: &[u8]| listing.iter().any(|(_, n, _)| &names[n.clone()] == wanted);
+    if !is_root && named(b".git") {
         // A nested repository: git stores it as a submodule link, heph leaves it out.
         return Ok((ScannedDir::default(), Vec::new()));
     }
-    listing.sort_unstable_by(|a, b| names[a.0.clone()].cmp(&names[b.0.clone()]));
+    let has_gitignore = named(b".gitignore");
+    listing.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| names[a.1.clone()].cmp(&names[b.1.clone()]))
+    });
     let mut ignores = job.ignores;
-    if listing
-        .iter()
-        .any(|(n, _)| &names[n.clone()] == b".gitignore")
-    {
+    if has_gitignore {
         let file = job.abs.join(".gitignore");
-        if file.is_file() {
-            let (matcher, _partial_errors) = Gitignore::new(&file);
+        if file.is_file()
+            && let Some(rules) = Rules::load(&job.abs, &file)
+        {
             ignores = Some(Arc::new(IgnoreStack {
-                matcher,
+                rules,
                 parent: ignores,
             }));
         }
     }
     let has_rules = ignores.is_some() || !scope.base_ignores.is_empty();
-    let mut path = job.abs.clone();
+    // `job.abs/` then each entry's name, as bytes: cheaper than PathBuf's push and pop.
+    let mut path = job.abs.as_os_str().as_bytes().to_vec();
+    path.push(b'/');
+    let dir_len = path.len();
     let mut found = Vec::with_capacity(listing.len());
     let mut subjobs = Vec::new();
-    for (range, listed) in listing {
+    for (_, range, listed) in listing {
         let name = &names[range.clone()];
         let lstat = || fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW);
         let mut stat = None;
@@ -731,14 +790,14 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
             continue;
         }
         if has_rules {
-            path.push(OsStr::from_bytes(name));
+            path.truncate(dir_len);
+            path.extend_from_slice(name);
             let ignored = is_ignored(
                 ignores.as_ref(),
                 &scope.base_ignores,
                 &path,
                 kind == Kind::Dir,
             );
-            path.pop();
             if ignored {
                 continue;
             }
