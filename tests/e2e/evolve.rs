@@ -416,7 +416,8 @@ esac
 }
 
 /// Slow-crate's `fitness` binary has no tests: candidates build only the library's test
-/// harness, and a winner builds every target before it is accepted. A winner that breaks
+/// harness, and a winner builds every target and runs the harnesses left out before it
+/// is accepted. A winner that breaks
 /// the binary (it passes the library's tests) is rejected there; one that does not is
 /// accepted, and the project builds.
 #[test]
@@ -499,11 +500,13 @@ EOF
     );
     let good = by("keeps the binary building");
     assert_eq!(good["verdict"], "accepted", "{good:#}");
+    // Then the harnesses the first build left out (the binary's) run too.
     assert_eq!(
         names(&good),
-        ["syntax", "build", "test", "fitness", "build"],
+        ["syntax", "build", "test", "fitness", "build", "test"],
         "{good:#}"
     );
+    assert_eq!(good["stages"][5]["outcome"], "passed", "{good:#}");
     let workload = env.read("src/workload.rs");
     assert!(workload.contains("-> u64"), "{workload}");
     assert!(workload.contains("FASTER"), "{workload}");

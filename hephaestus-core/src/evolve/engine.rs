@@ -1028,27 +1028,60 @@ fn evaluate(
         (verdict, Some(Stage::Fitness), Some(reason))
     };
     if verdict == Verdict::Accepted && only.is_some() {
-        // The test build left out the targets without tests of their own (a binary, an
-        // example): a winner must build all of them before it is accepted.
+        // The test build left out the targets without tests in the baseline (a binary,
+        // an example): a winner must build all of them, and pass whatever tests they
+        // hold now, before it is accepted.
+        let mut all = Vec::new();
         let (rec, took) = announced(tx, runner, cand, Stage::Build, || {
-            build_stage(s, &dir, None).map(|(rec, _)| rec)
+            build_stage(s, &dir, None).map(|(rec, built)| {
+                all = built;
+                rec
+            })
         });
         verified += took;
-        if rec.outcome != StageOutcome::Passed {
-            verdict = if rec.outcome == StageOutcome::Cancelled {
+        let mut failed = (rec.outcome != StageOutcome::Passed).then(|| {
+            let why = rec
+                .reason
+                .clone()
+                .unwrap_or_else(|| "it did not".to_owned());
+            (
+                rec.stage,
+                rec.outcome,
+                format!("every target must build: {why}"),
+            )
+        });
+        stages.push(rec);
+        let rest: Vec<TestExecutable> = all
+            .into_iter()
+            .filter(|e| !exes.iter().any(|done| done.path == e.path))
+            .collect();
+        if failed.is_none() && !rest.is_empty() {
+            let (rec, took) = announced(tx, runner, cand, Stage::Test, || {
+                direct_test_stage(s, &dir, &rest).map(|(rec, _)| rec)
+            });
+            verified += took;
+            if rec.outcome != StageOutcome::Passed {
+                let why = rec
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "they failed".to_owned());
+                failed = Some((
+                    rec.stage,
+                    rec.outcome,
+                    format!("every test must pass: {why}"),
+                ));
+            }
+            stages.push(rec);
+        }
+        if let Some((at, outcome, why)) = failed {
+            verdict = if outcome == StageOutcome::Cancelled {
                 Verdict::Cancelled
             } else {
                 Verdict::Rejected
             };
-            stage = Some(rec.stage);
-            reason = Some(format!(
-                "every target must build: {}",
-                rec.reason
-                    .clone()
-                    .unwrap_or_else(|| "it did not".to_owned())
-            ));
+            stage = Some(at);
+            reason = Some(why);
         }
-        stages.push(rec);
     }
     Ok(finish(stages, verdict, stage, reason, fitness, verified))
 }

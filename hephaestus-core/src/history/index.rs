@@ -178,15 +178,16 @@ impl Reader {
     }
 }
 
-/// Open (or create) the index file and take its lock: blocking for a writer, or only if
-/// free (`wait` false: a listing, which can leave the index as it is).
-fn locked(path: &Path, wait: bool) -> io::Result<Option<File>> {
+/// Take the lock of the index's writers: `history-index.lock` beside it (not the index
+/// itself, which [`rewrite`] replaces: a lock on a replaced file protects nothing).
+/// Blocking for a writer; only if free for a listing (`wait` false), which can leave the
+/// index as it is.
+fn lock(path: &Path, wait: bool) -> io::Result<Option<File>> {
     let file = OpenOptions::new()
-        .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)?;
+        .open(path.with_file_name(format!("{INDEX_FILE}.lock")))?;
     if wait {
         file.lock()?;
         return Ok(Some(file));
@@ -196,6 +197,16 @@ fn locked(path: &Path, wait: bool) -> io::Result<Option<File>> {
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
+}
+
+/// The index file, created when missing, for reading and writing.
+fn open_index(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 /// The last record of the locked index file of length `len`: `Ok(None)` when it holds
@@ -239,9 +250,10 @@ fn write_at(file: &File, start: u64, records: &[Record]) -> io::Result<()> {
 /// Otherwise (the index lags behind, is torn or missing) nothing is written: the next
 /// listing reads what it lacks from git and fills it in.
 pub(crate) fn append_child(path: &Path, record: &Record) -> io::Result<()> {
-    let Some(file) = locked(path, true)? else {
+    let Some(_lock) = lock(path, true)? else {
         return Ok(());
     };
+    let file = open_index(path)?;
     let len = file.metadata()?.len();
     match last_record(&file, len) {
         Ok(Some(last)) if Some(last.id) == record.parent => {
@@ -254,38 +266,49 @@ pub(crate) fn append_child(path: &Path, record: &Record) -> io::Result<()> {
     }
 }
 
-/// A listing's commits newer than the whole index (oldest first), read from git:
-/// appended if the index still ends where the listing read it (`expected_end`; 0: there
-/// was none), and intact; an index that is missing, foreign or torn is started over
-/// with them. Skipped when a writer holds the lock or appended meanwhile.
-pub(crate) fn append_newer(path: &Path, records: &[Record], expected_end: u64) -> io::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let Some(file) = locked(path, false)? else {
+/// A listing's commits from git, oldest first, the newest first of the chain: appended
+/// when `after` is the index's last record and the oldest of them is its child (the
+/// stretch stays unbroken); with `after` None, they start the index over (there was
+/// none, or it was torn, foreign or too far behind). Only if the index still ends where
+/// the listing found it (`expected_end`), and not while a writer holds the lock.
+pub(crate) fn fill(
+    path: &Path,
+    records: &[Record],
+    expected_end: u64,
+    after: Option<Oid>,
+) -> io::Result<()> {
+    let Some(oldest) = records.first() else {
         return Ok(());
     };
+    let Some(_lock) = lock(path, false)? else {
+        return Ok(());
+    };
+    let file = open_index(path)?;
     let len = file.metadata()?.len();
     if len != expected_end {
         return Ok(());
     }
-    match last_record(&file, len) {
-        Ok(_) => write_at(&file, len, records),
-        Err(()) => write_at(&file, 0, records),
+    match (after, last_record(&file, len)) {
+        (None, _) => write_at(&file, 0, records),
+        (Some(id), Ok(Some(last))) if last.id == id && oldest.parent == Some(id) => {
+            write_at(&file, len, records)
+        }
+        _ => Ok(()),
     }
 }
 
 /// Replace the index with `records` (the whole first-parent chain, oldest first): after
-/// a listing walked all of it and found the index short. Written beside it and renamed
-/// over it, under its lock; skipped when a writer holds it.
+/// a listing walked all of it and found the index short. Written in `tmp/` beside it and
+/// renamed over it, under the lock; skipped when a writer holds it.
 pub(crate) fn rewrite(path: &Path, records: &[Record]) -> io::Result<()> {
-    let Some(_lock) = locked(path, false)? else {
+    let Some(_lock) = lock(path, false)? else {
         return Ok(());
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp_dir = path.with_file_name("tmp");
+    std::fs::create_dir_all(&tmp_dir)?;
     let tmp = tempfile::Builder::new()
         .prefix(".history-index")
-        .tempfile_in(dir)?;
+        .tempfile_in(&tmp_dir)?;
     write_at(tmp.as_file(), 0, records)?;
     tmp.persist(path).map(drop).map_err(|e| e.error)
 }
@@ -360,7 +383,7 @@ mod tests {
         append_child(&path, &record(3)).expect("writer");
         let torn = std::fs::metadata(&path).expect("md").len();
         assert_eq!(torn as usize, bytes.len() - 5);
-        append_newer(&path, &[record(2), record(3)], torn).expect("listing");
+        fill(&path, &[record(2), record(3)], torn, None).expect("listing");
         assert_eq!(all(&path), [record(3), record(2)]);
         // A flipped bit in a record ends the walk there too.
         let mut bytes = std::fs::read(&path).expect("read");
@@ -371,19 +394,49 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_appends_only_where_the_index_still_ends() {
+    fn a_listing_appends_only_an_unbroken_continuation_where_the_index_still_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
-        append_newer(&path, &[record(1)], 0).expect("create");
+        fill(&path, &[record(1)], 0, None).expect("create");
         let end = Reader::open(&path).expect("index").end();
         append_child(&path, &record(2)).expect("writer");
-        append_newer(&path, &[record(3)], end).expect("stale listing");
+        // The index moved since the listing read it: nothing.
+        fill(&path, &[record(3)], end, Some(oid(1))).expect("stale listing");
         assert_eq!(all(&path), [record(2), record(1)]);
+        let end = Reader::open(&path).expect("index").end();
+        // Not the index's last record, or not its child: nothing.
+        fill(&path, &[record(3)], end, Some(oid(1))).expect("not the last");
+        fill(&path, &[record(4)], end, Some(oid(2))).expect("a gap");
+        assert_eq!(all(&path), [record(2), record(1)]);
+        fill(&path, &[record(3), record(4)], end, Some(oid(2))).expect("continues");
+        assert_eq!(all(&path), [record(4), record(3), record(2), record(1)]);
         // A foreign file is started over only if it is still what the listing saw.
         std::fs::write(&path, b"not an index").expect("garbage");
-        append_newer(&path, &[record(3)], 0).expect("moved");
+        fill(&path, &[record(3)], 0, None).expect("moved");
         assert!(Reader::open(&path).is_none());
-        append_newer(&path, &[record(3)], 12).expect("foreign file");
+        fill(&path, &[record(3)], 12, None).expect("foreign file");
         assert_eq!(all(&path), [record(3)]);
+    }
+
+    #[test]
+    fn a_writer_waiting_during_a_rewrite_appends_to_the_new_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(INDEX_FILE);
+        rewrite(&path, &[record(1)]).expect("rewrite");
+        let held = lock(&path, true).expect("lock").expect("held");
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || append_child(&path, &record(3)))
+        };
+        // The writer waits on the lock file, not on the index this replaces.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let tmp = tempfile::Builder::new()
+            .tempfile_in(dir.path())
+            .expect("tmp");
+        write_at(tmp.as_file(), 0, &[record(1), record(2)]).expect("write");
+        tmp.persist(&path).expect("rename");
+        drop(held);
+        writer.join().expect("thread").expect("append");
+        assert_eq!(all(&path), [record(3), record(2), record(1)]);
     }
 }

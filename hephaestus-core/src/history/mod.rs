@@ -968,6 +968,9 @@ impl History {
             index::Reader::end,
         );
         let mut indexed = reader.as_mut().and_then(index::Reader::prev);
+        // The index's last record: what commits newer than all of it must descend from.
+        let index_last = indexed.as_ref().map(|r| r.id);
+        let mut foreign = false;
         // Every commit walked, as the index keeps it, newest first; how many came first
         // from git (before any the index has: newer than all of it), and from git in all.
         let mut walked: Vec<index::Record> = Vec::new();
@@ -996,6 +999,7 @@ impl History {
                             // So many commits without a match: not this history's index.
                             reader = None;
                             indexed = None;
+                            foreign = true;
                         }
                     }
                     index_record(&commit)
@@ -1023,12 +1027,50 @@ impl History {
                 walked.reverse();
                 let _ = index::rewrite(&index_path, &walked);
             } else if fresh > 0 {
+                let matched = fresh < walked.len();
                 walked.truncate(fresh);
+                let mut after = index_last.filter(|_| matched);
+                if !matched
+                    && !foreign
+                    && let Some(last) = index_last
+                {
+                    // The walk stopped above the index: bridge the gap from git (a little
+                    // way) so the index stays one unbroken stretch, or start it over.
+                    let bridge = self.bridge(repo, next, last);
+                    if let Some(bridge) = bridge {
+                        walked.extend(bridge);
+                        after = Some(last);
+                    }
+                }
                 walked.reverse();
-                let _ = index::append_newer(&index_path, &walked, index_end);
+                let _ = index::fill(&index_path, &walked, index_end, after);
             }
         }
         Ok(out)
+    }
+
+    /// The commits from `from` down to, not including, `last`, newest first, read from
+    /// git: at most 256 of them; None when `last` is not reached by then.
+    fn bridge(
+        &self,
+        repo: &Repository,
+        from: Option<Oid>,
+        last: Oid,
+    ) -> Option<Vec<index::Record>> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while let Some(oid) = at {
+            if oid == last {
+                return Some(out);
+            }
+            if out.len() >= 256 {
+                return None;
+            }
+            let commit = repo.find_commit(oid).ok()?;
+            at = commit.parent_id(0).ok();
+            out.push(index_record(&commit));
+        }
+        None
     }
 
     /// The evolution index's file.

@@ -596,6 +596,64 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
     assert_eq!(listed[1], listing_from_git(&h)[1]);
 }
 
+/// The ids in the index, newest first.
+fn index_ids(root: &Path) -> Vec<String> {
+    let Some(mut r) = index::Reader::open(&root.join(".heph").join(index::INDEX_FILE)) else {
+        return Vec::new();
+    };
+    std::iter::from_fn(move || r.prev())
+        .map(|rec| rec.id.to_string())
+        .collect()
+}
+
+#[test]
+fn listings_keep_the_index_one_unbroken_stretch() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    for i in 0..3 {
+        write(
+            &root,
+            "src/lib.rs",
+            &format!("pub fn a() -> u32 {{ {i} }}\n"),
+        );
+        h.record(&meta(EvolutionKind::SelfModify, None))
+            .expect("record");
+    }
+    let chain =
+        |h: &History| -> Vec<String> { listing_from_git(h).into_iter().map(|e| e.id).collect() };
+    assert_eq!(index_ids(&root), chain(&h));
+    // Twelve evolutions committed by git itself: the index lags behind.
+    for i in 0..12 {
+        let tip = h.tip().expect("tip").expect("some").to_string();
+        let tree = git(&root, &["rev-parse", &format!("{tip}^{{tree}}")]);
+        let msg = format!("by git {i}\n\nHeph-Kind: manual");
+        let c = git(&root, &["commit-tree", tree.trim(), "-p", &tip, "-m", &msg]);
+        git(&root, &["update-ref", HISTORY_REF, c.trim()]);
+    }
+    // A listing of two bridges the gap below them from git: the index is whole again.
+    let two = ListFilter {
+        limit: Some(2),
+        ..Default::default()
+    };
+    h.list(&two).expect("list");
+    assert_eq!(index_ids(&root), chain(&h));
+    // And writers continue it.
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 42 }\n");
+    h.record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    assert_eq!(index_ids(&root), chain(&h));
+    // An index of another history (valid, intact) is started over, not appended to.
+    let (_other_dir, other_root) = project(true);
+    let mut other = open(&other_root);
+    other
+        .record(&meta(EvolutionKind::Import, None))
+        .expect("other");
+    let index = root.join(".heph").join(index::INDEX_FILE);
+    fs::copy(other_root.join(".heph").join(index::INDEX_FILE), &index).expect("foreign");
+    assert_eq!(h.list(&two).expect("list"), listing_from_git(&h)[..2]);
+    assert_eq!(index_ids(&root), chain(&h)[..2]);
+}
+
 #[test]
 fn ids_unknown_invalid_and_ambiguous() {
     let (_dir, root) = project(false);
