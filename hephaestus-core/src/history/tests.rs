@@ -475,6 +475,17 @@ fn list_filters_by_kind_module_and_limit() {
     assert_eq!(dotted.len(), 2);
 }
 
+/// Commit the history's tip tree again on top of it with git itself (not heph), as a
+/// `manual` evolution with this subject; its id.
+fn commit_by_git(root: &Path, h: &History, subject: &str) -> String {
+    let tip = h.tip().expect("tip").expect("some").to_string();
+    let tree = git(root, &["rev-parse", &format!("{tip}^{{tree}}")]);
+    let msg = format!("{subject}\n\nHeph-Kind: manual");
+    let id = git(root, &["commit-tree", tree.trim(), "-p", &tip, "-m", &msg]);
+    git(root, &["update-ref", HISTORY_REF, id.trim()]);
+    id.trim().to_owned()
+}
+
 /// The listing as git alone gives it: ids, parents, times and messages from the commits.
 fn listing_from_git(h: &History) -> Vec<Evolution> {
     let repo = h.repo_ref().expect("repo");
@@ -511,25 +522,12 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
     assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
     // An evolution committed by something else (here git itself) is read from git and
     // added to the index.
-    let tip = h.tip().expect("tip").expect("some");
-    let tree = git(&root, &["rev-parse", &format!("{tip}^{{tree}}")]);
-    let by_git = git(
-        &root,
-        &[
-            "commit-tree",
-            tree.trim(),
-            "-p",
-            &tip.to_string(),
-            "-m",
-            "by git\n\nHeph-Kind: manual",
-        ],
-    );
-    git(&root, &["update-ref", HISTORY_REF, by_git.trim()]);
+    let by_git = commit_by_git(&root, &h, "by git");
     let listed = h.list(&all).expect("list");
     assert_eq!(listed, listing_from_git(&h));
     assert_eq!(listed[0].meta.message, "by git");
     let mut reader = index::Reader::open(&index).expect("index");
-    assert_eq!(reader.prev().expect("newest").id.to_string(), by_git.trim());
+    assert_eq!(reader.prev().expect("newest").id.to_string(), by_git);
     // A damaged, missing or foreign index never changes what is listed.
     let bytes = fs::read(&index).expect("read");
     fs::write(&index, &bytes[..bytes.len() - 7]).expect("tear");
@@ -624,11 +622,7 @@ fn listings_keep_the_index_one_unbroken_stretch() {
     assert_eq!(index_ids(&root), chain(&h));
     // Twelve evolutions committed by git itself: the index lags behind.
     for i in 0..12 {
-        let tip = h.tip().expect("tip").expect("some").to_string();
-        let tree = git(&root, &["rev-parse", &format!("{tip}^{{tree}}")]);
-        let msg = format!("by git {i}\n\nHeph-Kind: manual");
-        let c = git(&root, &["commit-tree", tree.trim(), "-p", &tip, "-m", &msg]);
-        git(&root, &["update-ref", HISTORY_REF, c.trim()]);
+        commit_by_git(&root, &h, &format!("by git {i}"));
     }
     // A listing of two bridges the gap below them from git: the index is whole again.
     let two = ListFilter {
