@@ -33,8 +33,9 @@ const FOOTER: usize = 4 + 8;
 /// Id, parent, time.
 const FIXED: usize = 20 + 20 + 8;
 /// A message longer than this is not indexed (nor is anything read past a footer that
-/// claims more): no commit heph writes comes near it.
-const MAX_RECORD: usize = 1 << 20;
+/// claims more; a reader never reads more than the file holds either): far beyond any
+/// commit message.
+const MAX_RECORD: usize = 1 << 30;
 /// Bytes read from the end at a time.
 const CHUNK: usize = 64 * 1024;
 
@@ -180,22 +181,27 @@ impl Reader {
 
 /// Take the lock of the index's writers: `history-index.lock` beside it (not the index
 /// itself, which [`rewrite`] replaces: a lock on a replaced file protects nothing).
-/// Blocking for a writer; only if free for a listing (`wait` false), which can leave the
-/// index as it is.
+/// A writer (`wait`) tries for up to 200 ms, a listing once; None when it is busy: the
+/// index is only a cache, and nobody waits long for it (a listing stopped while it
+/// holds the lock must not stall the writers).
 fn lock(path: &Path, wait: bool) -> io::Result<Option<File>> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path.with_file_name(format!("{INDEX_FILE}.lock")))?;
-    if wait {
-        file.lock()?;
-        return Ok(Some(file));
-    }
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock)
+                if wait && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
 
@@ -298,19 +304,19 @@ pub(crate) fn fill(
 }
 
 /// Replace the index with `records` (the whole first-parent chain, oldest first): after
-/// a listing walked all of it and found the index short. Written in `tmp/` beside it and
-/// renamed over it, under the lock; skipped when a writer holds it.
+/// a listing walked all of it and found the index short. Written to
+/// `history-index.new` beside it (one fixed name, under the lock: a killed listing
+/// leaves at most that file, which the next rewrite overwrites) and renamed over it;
+/// skipped when a writer holds the lock.
 pub(crate) fn rewrite(path: &Path, records: &[Record]) -> io::Result<()> {
     let Some(_lock) = lock(path, false)? else {
         return Ok(());
     };
-    let tmp_dir = path.with_file_name("tmp");
-    std::fs::create_dir_all(&tmp_dir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".history-index")
-        .tempfile_in(&tmp_dir)?;
-    write_at(tmp.as_file(), 0, records)?;
-    tmp.persist(path).map(drop).map_err(|e| e.error)
+    let new = path.with_file_name(format!("{INDEX_FILE}.new"));
+    let file = open_index(&new)?;
+    write_at(&file, 0, records)?;
+    drop(file);
+    std::fs::rename(&new, path)
 }
 
 #[cfg(test)]

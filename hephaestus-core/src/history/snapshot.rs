@@ -503,15 +503,14 @@ fn is_ignored(stack: Option<&Arc<IgnoreStack>>, base: &[Rules], path: &[u8], is_
     false
 }
 
-/// `path` below `root`, when it is (a whole-component prefix), without the separator.
+/// `path` below `root`, when it is (a whole-component prefix), without separators.
 fn relative_to<'p>(path: &'p [u8], root: &[u8]) -> Option<&'p [u8]> {
     let rest = path.strip_prefix(root)?;
-    let rest = if root.ends_with(b"/") {
-        rest
-    } else {
-        rest.strip_prefix(b"/")?
-    };
-    (!rest.is_empty()).then_some(rest)
+    if !root.ends_with(b"/") && !rest.starts_with(b"/") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b'/')?;
+    Some(&rest[start..])
 }
 
 /// The kind of a directory entry, from the directory listing or from its lstat.
@@ -765,7 +764,9 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
     let has_rules = ignores.is_some() || !scope.base_ignores.is_empty();
     // `job.abs/` then each entry's name, as bytes: cheaper than PathBuf's push and pop.
     let mut path = job.abs.as_os_str().as_bytes().to_vec();
-    path.push(b'/');
+    if !path.ends_with(b"/") {
+        path.push(b'/');
+    }
     let dir_len = path.len();
     let mut found = Vec::with_capacity(listing.len());
     let mut subjobs = Vec::new();
@@ -1008,6 +1009,17 @@ mod tests {
             oid: Oid::ZERO_SHA1,
             stat: FileStat::default(),
         }
+    }
+
+    #[test]
+    fn paths_relative_to_a_rules_directory() {
+        assert_eq!(relative_to(b"/p/src/a.rs", b"/p"), Some(&b"src/a.rs"[..]));
+        assert_eq!(relative_to(b"/p/src/a.rs", b"/p/"), Some(&b"src/a.rs"[..]));
+        assert_eq!(relative_to(b"/target", b"/"), Some(&b"target"[..]));
+        assert_eq!(relative_to(b"//target", b"/"), Some(&b"target"[..]));
+        assert_eq!(relative_to(b"/pq/a.rs", b"/p"), None);
+        assert_eq!(relative_to(b"/p", b"/p"), None);
+        assert_eq!(relative_to(b"/p/", b"/p"), None);
     }
 
     #[test]
