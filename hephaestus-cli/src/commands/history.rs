@@ -1,9 +1,9 @@
 //! `heph history`: the evolutions of the project, newest first, one line each.
 
-use anyhow::Result;
-use clap::Args;
 use std::path::Path;
 
+use anyhow::Result;
+use clap::Args;
 use hephaestus_core::history::ListFilter;
 use hephaestus_core::{Evolution, EvolutionKind};
 use serde::Serialize;

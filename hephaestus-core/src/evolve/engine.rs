@@ -557,13 +557,14 @@ fn test_stage(s: &Settings, dir: &Path) -> Result<(StageRecord, usize), verify::
 /// `CARGO_MANIFEST_DIR` and `CARGO_MANIFEST_PATH` set, stopping at the first that
 /// fails), all within the test stage's time limit. Saves cargo's start, its freshness
 /// check of every unit and rustdoc's doc-test pass; used only where the baseline showed
-/// it runs the same tests as `cargo test` (see [`baseline`]). Also returns each
-/// harness's output, in order (the baseline judges from it which harnesses hold tests).
+/// it runs the same tests as `cargo test` (see [`baseline`]). Also returns how many
+/// tests ran, and for each harness run, in order, whether it showed that it holds no
+/// test (see [`holds_no_test`]; the baseline judges which harnesses a build may skip).
 fn direct_test_stage(
     s: &Settings,
     dir: &Path,
     exes: &[TestExecutable],
-) -> Result<(StageRecord, Vec<String>), verify::VerifyError> {
+) -> Result<(StageRecord, usize, Vec<bool>), verify::VerifyError> {
     let start = Instant::now();
     let mut all = CommandOutput {
         stdout: String::new(),
@@ -575,7 +576,7 @@ fn direct_test_stage(
         duration: Duration::ZERO,
     };
     let mut shown = "the test harnesses".to_owned();
-    let mut counts = Vec::with_capacity(exes.len());
+    let mut no_tests = Vec::with_capacity(exes.len());
     for exe in exes {
         let name = exe
             .path
@@ -590,7 +591,7 @@ fn direct_test_stage(
         let left = s.test_timeout.saturating_sub(start.elapsed());
         let opts = s.verify_opts(left.max(Duration::from_millis(1)));
         let out = verify::run_with_input(cmd, &name, None, 256 * 1024, &opts)?;
-        counts.push(out.stdout.clone());
+        no_tests.push(holds_no_test(&out.stdout));
         all.stdout.push_str(&out.stdout);
         all.stdout_truncated |= out.stdout_truncated;
         all.stderr.push_str(&out.stderr);
@@ -603,7 +604,8 @@ fn direct_test_stage(
         }
     }
     all.duration = start.elapsed();
-    Ok((test_record(s, &shown, &all).0, counts))
+    let (rec, n) = test_record(s, &shown, &all);
+    Ok((rec, n, no_tests))
 }
 
 /// Whether a candidate's files could hold doc tests the baseline has not: a code fence
@@ -910,7 +912,7 @@ fn evaluate(
                 exes = built;
                 rec
             }),
-            _ if direct => direct_test_stage(s, &dir, &exes).map(|(rec, _)| rec),
+            _ if direct => direct_test_stage(s, &dir, &exes).map(|(rec, _, _)| rec),
             _ => test_stage(s, &dir).map(|(rec, _)| rec),
         });
         verified += took;
@@ -1057,7 +1059,7 @@ fn evaluate(
             .collect();
         if failed.is_none() && !rest.is_empty() {
             let (rec, took) = announced(tx, runner, cand, Stage::Test, || {
-                direct_test_stage(s, &dir, &rest).map(|(rec, _)| rec)
+                direct_test_stage(s, &dir, &rest).map(|(rec, _, _)| rec)
             });
             verified += took;
             if rec.outcome != StageOutcome::Passed {
@@ -2350,8 +2352,7 @@ fn baseline(
     let (direct, message) = if let Some(c) = &s.test_command {
         (false, format!("candidates' tests run with `{c}`"))
     } else {
-        let (rec, outputs) = direct_test_stage(s, dir, &exes)?;
-        let n: usize = outputs.iter().map(|o| tests_run(o)).sum();
+        let (rec, n, no_tests) = direct_test_stage(s, dir, &exes)?;
         if rec.outcome != StageOutcome::Passed {
             let m = format!(
                 "candidates' tests run with `cargo test` (its {} test harnesses run alone \
@@ -2373,7 +2374,7 @@ fn baseline(
                  the same {n} tests as `cargo test`, no doc tests)",
                 exes.len()
             );
-            only = tested_targets(s.workspace, &exes, &outputs);
+            only = tested_targets(s.workspace, &exes, &no_tests);
             if let Some(args) = &only {
                 m.push_str(&format!(
                     "; candidates build only the harnesses with tests (`cargo test --no-run \
@@ -2419,21 +2420,22 @@ fn baseline(
 }
 
 /// The cargo arguments that build only the harnesses that may hold tests, judged by
-/// their baseline runs (`outputs`, one per harness; see [`holds_no_test`]), when that
-/// leaves some out; None when it would not (every harness has tests, none has) or
-/// cannot (a workspace of several packages, a target cargo cannot select alone).
+/// their baseline runs (`no_tests`, one per harness: it showed it holds none, see
+/// [`holds_no_test`]), when that leaves some out; None when it would not (every harness
+/// has tests, none has) or cannot (a workspace of several packages, a target cargo
+/// cannot select alone).
 fn tested_targets(
     workspace: bool,
     exes: &[TestExecutable],
-    outputs: &[String],
+    no_tests: &[bool],
 ) -> Option<Vec<String>> {
-    if workspace || exes.len() != outputs.len() || exes.iter().any(|e| e.select.is_empty()) {
+    if workspace || exes.len() != no_tests.len() || exes.iter().any(|e| e.select.is_empty()) {
         return None;
     }
     let tested: Vec<&TestExecutable> = exes
         .iter()
-        .zip(outputs)
-        .filter(|(_, out)| !holds_no_test(out))
+        .zip(no_tests)
+        .filter(|(_, none)| !**none)
         .map(|(e, _)| e)
         .collect();
     if tested.is_empty() || tested.len() == exes.len() {
@@ -2539,7 +2541,7 @@ mod tests {
             exe("fitness", &["--bin", "fitness"]),
             exe("custom", &["--test", "custom"]),
         ];
-        let outputs = |o: [&str; 3]| o.map(str::to_owned);
+        let outputs = |o: [&str; 3]| o.map(holds_no_test);
         let some = outputs(["running 3 tests\n", "running 0 tests\n", "all good\n"]);
         assert_eq!(
             tested_targets(false, &exes, &some),

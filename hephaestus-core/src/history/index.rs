@@ -16,8 +16,9 @@
 //! of the record (u32 LE) | FNV-1a 64 of the record (u64 LE)`: the footer lets a reader
 //! walk backward from the end.
 //!
-//! Writers hold an exclusive `flock` on the file while they append; readers take none
-//! (an append in progress reads as a damaged tail: that listing uses git).
+//! Writers hold an exclusive `flock` on `history-index.lock` beside it (see [`lock`]);
+//! readers take none (an append in progress reads as a damaged tail: that listing uses
+//! git from there).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -100,7 +101,7 @@ pub(crate) struct Reader {
     /// The file's bytes from `buf_start` to the end of the next record to read.
     buf: Vec<u8>,
     buf_start: u64,
-    /// The index's end when it was opened (what [`append_after`] checks).
+    /// The index's end when it was opened (what [`fill`] checks).
     end: u64,
     done: bool,
 }
@@ -115,13 +116,18 @@ impl Reader {
             return None;
         }
         let end = file.seek(SeekFrom::End(0)).ok()?;
-        Some(Reader {
+        Some(Reader::ending_at(file, end))
+    }
+
+    /// A reader of `file` (an index) whose records end at `end`.
+    fn ending_at(file: File, end: u64) -> Reader {
+        Reader {
             file,
             buf: Vec::new(),
             buf_start: end,
             end,
             done: false,
-        })
+        }
     }
 
     /// The file's length when opened.
@@ -225,13 +231,7 @@ fn last_record(file: &File, len: u64) -> Result<Option<Record>, ()> {
     if len == MAGIC.len() as u64 {
         return Ok(None);
     }
-    let mut reader = Reader {
-        file: file.try_clone().map_err(drop)?,
-        buf: Vec::new(),
-        buf_start: len,
-        end: len,
-        done: false,
-    };
+    let mut reader = Reader::ending_at(file.try_clone().map_err(drop)?, len);
     reader.prev().map(Some).ok_or(())
 }
 

@@ -298,7 +298,7 @@ impl CacheWriter {
         for e in entries {
             put_u32(out, e.name.len());
             out.extend_from_slice(e.name);
-            let mut fixed = [0u8; ENTRY_FIXED_LEN];
+            // The ENTRY_FIXED_LEN bytes `Reader::entry` reads at constant offsets.
             let parts: [&[u8]; 8] = [
                 &e.mode.to_le_bytes(),
                 e.oid.as_bytes(),
@@ -309,12 +309,9 @@ impl CacheWriter {
                 &e.stat.size.to_le_bytes(),
                 &e.stat.ino.to_le_bytes(),
             ];
-            let mut at = 0;
             for part in parts {
-                fixed[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
+                out.extend_from_slice(part);
             }
-            out.extend_from_slice(&fixed);
         }
         self.dirs += 1;
         self.fresh += 1;
@@ -560,7 +557,15 @@ fn vanished(e: &io::Error) -> bool {
 }
 
 fn vanished_errno(e: Errno) -> bool {
-    matches!(e, Errno::ENOENT | Errno::ENOTDIR)
+    vanished(&io::Error::from(e))
+}
+
+/// `rel`, a path relative to the root (`""` for the root), extended by one more name.
+fn push_component(rel: &mut Vec<u8>, name: &[u8]) {
+    if !rel.is_empty() {
+        rel.push(b'/');
+    }
+    rel.extend_from_slice(name);
 }
 
 /// One entry the scan keeps (not excluded, not ignored); its name is a range of its
@@ -614,10 +619,7 @@ pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryEr
         };
         for f in &here.found {
             let mut rel = dir.clone();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(here.name(f));
+            push_component(&mut rel, here.name(f));
             match f.file {
                 Some((mode, _)) => out.push((rel, mode)),
                 None => stack.push(rel),
@@ -805,10 +807,7 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
         }
         if kind == Kind::Dir {
             let mut rel = job.rel.clone();
-            if !rel.is_empty() {
-                rel.push(b'/');
-            }
-            rel.extend_from_slice(name);
+            push_component(&mut rel, name);
             found.push(Found {
                 name: range,
                 file: None,
@@ -876,10 +875,7 @@ impl Builder<'_, '_, '_> {
             let entry = match f.file {
                 None => {
                     let len = rel.len();
-                    if !rel.is_empty() {
-                        rel.push(b'/');
-                    }
-                    rel.extend_from_slice(name);
+                    push_component(rel, name);
                     let sub = self.dir(rel);
                     rel.truncate(len);
                     let Some(oid) = sub? else {
