@@ -54,13 +54,22 @@ pub fn history_options(out: &Output) -> HistoryOptions {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
+        preload_stat_cache: false,
     }
 }
 
 /// Open the project's history with [`history_options`].
 pub fn open_history(global: &GlobalArgs, out: &Output) -> Result<History> {
+    open_history_with(global, out, history_options(out))
+}
+
+/// [`open_history`] with these options.
+pub fn open_history_with(
+    global: &GlobalArgs,
+    out: &Output,
+    options: HistoryOptions,
+) -> Result<History> {
     let root = root(global)?;
-    let options = history_options(out);
     let history = History::open_with(&root, options)?;
     if out.verbose > 0 {
         out.note(format!("project: {}", root.display()));

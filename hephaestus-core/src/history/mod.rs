@@ -15,6 +15,7 @@
 //! [`History::sync`] take it themselves.
 
 mod index;
+mod loose;
 pub mod message;
 mod restore;
 mod show;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use git2::{Commit, ErrorCode, Oid, Repository, RepositoryOpenFlags, Signature, Time};
+use git2::{Commit, ErrorCode, ObjectType, Oid, Repository, RepositoryOpenFlags, Signature, Time};
 use serde::Serialize;
 
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta, VerifyOutcome};
@@ -319,6 +320,11 @@ pub struct HistoryOptions {
     /// before the reference moves; between the files of a rollback), so that crash tests
     /// can kill the process in the middle. None in normal use.
     pub step_delay: Option<Duration>,
+    /// Start reading the stat cache on another thread as soon as the history is
+    /// opened, for a [`History::snapshot`] that follows at once (`heph snapshot`): the
+    /// read, ~0.5 ms for a 10,000-file project, then overlaps opening the repository
+    /// and taking the lock. Off by default: other commands would only pay for it.
+    pub preload_stat_cache: bool,
 }
 
 impl Default for HistoryOptions {
@@ -330,6 +336,7 @@ impl Default for HistoryOptions {
             on_lock_wait: None,
             repack_every: 500,
             step_delay: None,
+            preload_stat_cache: false,
         }
     }
 }
@@ -343,6 +350,7 @@ impl fmt::Debug for HistoryOptions {
             .field("on_lock_wait", &self.on_lock_wait.is_some())
             .field("repack_every", &self.repack_every)
             .field("step_delay", &self.step_delay)
+            .field("preload_stat_cache", &self.preload_stat_cache)
             .finish()
     }
 }
@@ -434,6 +442,8 @@ pub struct History {
     /// The project's folder inside the repository (`None` at the work tree's root).
     scope_prefix: Option<String>,
     options: HistoryOptions,
+    /// The stat cache being read ahead ([`HistoryOptions::preload_stat_cache`]).
+    preload: Option<snapshot::Preload>,
 }
 
 impl fmt::Debug for History {
@@ -467,6 +477,9 @@ impl History {
         })?;
         let root = canonical.as_path();
         let state = StateDir::new(root);
+        let preload = options
+            .preload_stat_cache
+            .then(|| snapshot::Preload::start(state.path().join(snapshot::CACHE_FILE)));
         let found = match Repository::open_ext(
             root,
             RepositoryOpenFlags::empty(),
@@ -525,6 +538,7 @@ impl History {
             scope,
             scope_prefix,
             options,
+            preload,
         })
     }
 
@@ -629,6 +643,15 @@ impl History {
 
     /// Snapshot the files: the tree, the tip it was taken against and the pending cache.
     fn take_snapshot(&mut self) -> Result<(snapshot::Snapshot, Option<Oid>), HistoryError> {
+        self.take_snapshot_with(None)
+    }
+
+    /// [`History::take_snapshot`], with the stat cache as read before the writer lock was
+    /// taken (used when it still is what the file holds).
+    fn take_snapshot_with(
+        &mut self,
+        preloaded: Option<snapshot::Preload>,
+    ) -> Result<(snapshot::Snapshot, Option<Oid>), HistoryError> {
         self.state.ensure()?;
         self.repo_for_write()?;
         let tip = self.tip()?;
@@ -636,7 +659,11 @@ impl History {
             root: self.root.clone(),
         })?;
         self.check_scope(repo, tip)?;
-        let cache = snapshot::StatCache::load(&self.state.path().join(snapshot::CACHE_FILE));
+        let cache_path = self.state.path().join(snapshot::CACHE_FILE);
+        let cache = match preloaded.and_then(|p| p.take_if_current(&cache_path)) {
+            Some(cache) => cache,
+            None => snapshot::StatCache::load(&cache_path),
+        };
         // The cache's blobs are safe to reuse only when its commit is in the history.
         let cache = match (cache.commit(), tip) {
             (Some(c), Some(t)) if c == t || repo.graph_descendant_of(t, c).unwrap_or(false) => {
@@ -644,7 +671,7 @@ impl History {
             }
             _ => snapshot::StatCache::default(),
         };
-        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), &cache)?;
+        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), cache)?;
         Ok((snap, tip))
     }
 
@@ -705,6 +732,7 @@ impl History {
             .find_tree(snap.tree)
             .map_err(HistoryError::git("reading the snapshot's tree"))?;
         self.recover_stale_ref_lock(repo);
+        let objects = loose::ObjectWriter::new(repo)?;
         let mut locked = false;
         for _ in 0..CAS_ATTEMPTS {
             let parent = match tip {
@@ -715,9 +743,10 @@ impl History {
                 None => None,
             };
             let parents: Vec<&Commit<'_>> = parent.iter().collect();
-            let oid = repo
-                .commit(None, &author, &committer, &msg, &tree, &parents)
+            let bytes = repo
+                .commit_create_buffer(&author, &committer, &msg, &tree, &parents)
                 .map_err(HistoryError::git("writing the evolution commit"))?;
+            let oid = objects.write(ObjectType::Commit, &bytes)?;
             self.pause();
             let log = format!("heph: {}", meta.kind);
             let moved = self.update_ref(HISTORY_REF, || match tip {
@@ -803,18 +832,19 @@ impl History {
         }
     }
 
-    /// Update a reference with a marker in `.heph/` naming it, removed once done: a
-    /// marker that outlives its process (killed) says that the ref's `.lock` file, if
-    /// any, is stale.
+    /// Update a reference with a marker in `.heph/` naming it, emptied once done: a
+    /// marker that still names a reference when its process is gone (killed) says that
+    /// the ref's `.lock` file, if any, is stale. The marker file is kept and overwritten
+    /// in place: no file is created and removed on every evolution.
     pub(crate) fn update_ref<T>(
         &self,
         name: &str,
         update: impl FnOnce() -> Result<T, git2::Error>,
     ) -> Result<T, git2::Error> {
         let marker = self.state.path().join(REF_MARKER);
-        let _ = std::fs::write(&marker, name);
+        let _ = crate::fsio::overwrite_small(&marker, name.as_bytes());
         let result = update();
-        let _ = std::fs::remove_file(&marker);
+        let _ = crate::fsio::overwrite_small(&marker, b"");
         result
     }
 
@@ -826,22 +856,29 @@ impl History {
             return;
         };
         let name = name.trim();
+        if name.is_empty() {
+            return;
+        }
         if name.starts_with("refs/heph/") && !name.contains("..") {
             let _ = std::fs::remove_file(repo.commondir().join(format!("{name}.lock")));
         }
-        let _ = std::fs::remove_file(&marker);
+        let _ = crate::fsio::overwrite_small(&marker, b"");
     }
 
     /// If the project's files differ from the last snapshot (or there is none yet),
     /// record them as a `manual` evolution; return it, or None when unchanged.
     pub fn record_manual_if_changed(&mut self) -> Result<Option<Evolution>, HistoryError> {
-        self.record_manual(None)
+        self.record_manual(None, None)
     }
 
     /// Record the files as a `manual` evolution when they changed, with `message` as the
     /// subject (default: a summary of what changed).
-    fn record_manual(&mut self, message: Option<&str>) -> Result<Option<Evolution>, HistoryError> {
-        let (snap, tip) = self.take_snapshot()?;
+    fn record_manual(
+        &mut self,
+        message: Option<&str>,
+        preloaded: Option<snapshot::Preload>,
+    ) -> Result<Option<Evolution>, HistoryError> {
+        let (snap, tip) = self.take_snapshot_with(preloaded)?;
         let parent_tree = match tip {
             Some(t) => Some(self.tree_of(t)?),
             None => None,
@@ -926,8 +963,11 @@ impl History {
     /// evolution (subject `message`, or a summary) when they differ from the last
     /// snapshot; None when nothing changed.
     pub fn snapshot(&mut self, message: Option<&str>) -> Result<Option<Evolution>, HistoryError> {
+        // The stat cache may be read ahead (while the repository is opened and the lock
+        // taken); it is used if the file did not change in between.
+        let preload = self.preload.take();
         let _lock = self.lock("snapshot")?;
-        self.record_manual(message)
+        self.record_manual(message, preload)
     }
 
     /// The project's files as a snapshot sees them (honouring .gitignore, without

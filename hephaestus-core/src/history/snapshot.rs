@@ -14,27 +14,28 @@
 //! written straight into its file image, copying the record of every directory whose
 //! entries did not change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
 use std::ops::Range;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
-use git2::{ObjectType, Odb, Oid, Repository};
+use git2::{ObjectType, Oid, Repository};
 use ignore::Match;
 use ignore::gitignore::Gitignore;
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag, fstatat};
-use tempfile::NamedTempFile;
 
 use super::HistoryError;
+use super::loose::ObjectWriter;
 
 /// Git's mode of a directory entry.
 pub(crate) const MODE_TREE: u32 = 0o040000;
@@ -47,9 +48,15 @@ pub(crate) const MODE_LINK: u32 = 0o120000;
 
 /// The file name of the stat cache inside `.heph/`.
 pub(crate) const CACHE_FILE: &str = "stat-cache";
-const MAGIC: &[u8; 8] = b"HEPHSC01";
-/// Bytes before the first directory record: magic, commit id, directory count.
-const HEADER_LEN: usize = 8 + 20 + 4;
+/// The file inside `.heph/` whose mtime, set to "now" as a snapshot starts, tells the
+/// start on the file system's own clock.
+const CLOCK_FILE: &str = "clock";
+const MAGIC: &[u8; 8] = b"HEPHSC02";
+/// Bytes of the header's fixed part: magic, commit id, directory count, rule file count
+/// (the rule files, then the directory records, follow).
+const HEADER_LEN: usize = 8 + 20 + 4 + 4;
+/// Bytes of an encoded [`FileStat`].
+const STAT_LEN: usize = 8 + 4 + 8 + 4 + 8 + 8;
 /// Bytes of an entry after its name: mode, oid, mtime, ctime, size, inode.
 const ENTRY_FIXED_LEN: usize = 4 + 20 + 8 + 4 + 8 + 4 + 8 + 8;
 
@@ -108,18 +115,24 @@ fn push_gitignore(dir: &Path, stack: &mut Vec<Rules>) -> bool {
 pub(crate) struct Rules {
     dir: Vec<u8>,
     matcher: Gitignore,
+    /// The file the rules were read from, as it was then.
+    source: RuleFile,
 }
 
 impl Rules {
     /// The rules in `file` (a `.gitignore`, `info/exclude`) for the paths below `dir`;
     /// lines that do not parse are left out, as git does; None if it cannot be read.
     fn load(dir: &Path, file: &Path) -> Option<Rules> {
+        // Stat first: a change made while the file is read shows as a different stat
+        // next time.
+        let stat = FileStat::of_metadata(&fs::metadata(file).ok()?);
         let mut builder = ignore::gitignore::GitignoreBuilder::new(".");
         let _partial_errors = builder.add(file);
         let matcher = builder.build().ok()?;
         Some(Rules {
             dir: dir.as_os_str().as_bytes().to_vec(),
             matcher,
+            source: (file.as_os_str().as_bytes().to_vec(), stat),
         })
     }
 
@@ -135,8 +148,8 @@ impl Rules {
 }
 
 /// The stat fields compared to decide whether a file changed. All zero: not trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct FileStat {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct FileStat {
     mtime_s: i64,
     mtime_ns: u32,
     ctime_s: i64,
@@ -157,10 +170,64 @@ impl FileStat {
         }
     }
 
+    fn of_metadata(m: &fs::Metadata) -> FileStat {
+        FileStat {
+            mtime_s: m.mtime(),
+            mtime_ns: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+            ctime_s: m.ctime(),
+            ctime_ns: u32::try_from(m.ctime_nsec()).unwrap_or(0),
+            size: m.size(),
+            ino: m.ino(),
+        }
+    }
+
     fn trusted(&self) -> bool {
         *self != FileStat::default()
     }
+
+    /// This stat, or the untrusted one when it was taken too close to `start` (the
+    /// snapshot's start on the file system's clock) to tell a later change apart.
+    fn unless_racy(self, start: (i64, i64)) -> FileStat {
+        if (self.mtime_s, i64::from(self.mtime_ns)) >= start {
+            FileStat::default()
+        } else {
+            self
+        }
+    }
+
+    /// The STAT_LEN bytes of the cache format.
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.mtime_s.to_le_bytes());
+        out.extend_from_slice(&self.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&self.ctime_s.to_le_bytes());
+        out.extend_from_slice(&self.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.ino.to_le_bytes());
+    }
+
+    /// Decode the STAT_LEN bytes written by [`FileStat::put`].
+    fn get(f: &[u8; STAT_LEN]) -> FileStat {
+        let u32_at = |i: usize| u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&f[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let i64_at = |i: usize| i64::from_le_bytes(u64_at(i).to_le_bytes());
+        FileStat {
+            mtime_s: i64_at(0),
+            mtime_ns: u32_at(8),
+            ctime_s: i64_at(12),
+            ctime_ns: u32_at(20),
+            size: u64_at(24),
+            ino: u64_at(32),
+        }
+    }
 }
+
+/// An ignore file whose rules a scan applied: its absolute path and its stat when they
+/// were read.
+pub(crate) type RuleFile = (Vec<u8>, FileStat);
 
 /// One entry of a directory's tree and cache record: a file (with its stat) or a
 /// subdirectory (no stat).
@@ -175,6 +242,9 @@ struct Entry<'a> {
 /// Where a directory's record lies in the cache file.
 #[derive(Debug, Clone)]
 struct DirRecord {
+    /// The directory's own stat when its entries were listed; untrusted (zero) when the
+    /// listing may not be complete (racy, or an entry was left out of the tree).
+    stat: FileStat,
     tree: Oid,
     /// The whole record (path, tree, count, entries): copied as is when unchanged.
     record: Range<usize>,
@@ -190,6 +260,8 @@ pub(crate) struct StatCache {
     commit: Option<Oid>,
     bytes: Vec<u8>,
     dirs: HashMap<Vec<u8>, DirRecord>,
+    /// The ignore files the scan that wrote it applied.
+    rules: Vec<RuleFile>,
 }
 
 impl StatCache {
@@ -206,11 +278,35 @@ impl StatCache {
             .unwrap_or_default()
     }
 
+    /// Load the cache with the file's identity before it was read (None: no file).
+    fn load_noting(path: &Path) -> (StatCache, Option<FileStat>) {
+        let Ok(mut file) = fs::File::open(path) else {
+            return (StatCache::default(), None);
+        };
+        let Ok(meta) = file.metadata() else {
+            return (StatCache::default(), None);
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        let cache = io::Read::read_to_end(&mut file, &mut bytes)
+            .ok()
+            .and_then(|_| Self::decode(bytes))
+            .unwrap_or_default();
+        (cache, Some(FileStat::of_metadata(&meta)))
+    }
+
     /// Index (and check) the records of a cache file: every entry is read once, names
     /// must be strictly increasing within a directory and the bytes must end exactly.
     fn decode(bytes: Vec<u8>) -> Option<StatCache> {
+        // The file is rewritten in place: a write cut short (a crash, a power loss
+        // that kept some pages and not others) fails the checksum.
+        let body = bytes.len().checked_sub(4)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&bytes[..body]);
+        if crc.finalize().to_le_bytes() != bytes[body..] {
+            return None;
+        }
         let mut r = Reader {
-            bytes: &bytes,
+            bytes: &bytes[..body],
             at: 0,
         };
         if r.take(8)? != MAGIC {
@@ -218,11 +314,19 @@ impl StatCache {
         }
         let commit = Oid::from_bytes(r.take(20)?).ok()?;
         let ndirs = r.u32()?;
+        let nrules = r.u32()?;
+        let mut rules = Vec::new();
+        for _ in 0..nrules {
+            let path = r.bytes()?.to_vec();
+            let stat = r.stat()?;
+            rules.push((path, stat));
+        }
         // The count is checked by reading that many records: no more than the bytes allow.
         let mut dirs = HashMap::with_capacity((ndirs as usize).min(bytes.len() / 32));
         for _ in 0..ndirs {
             let start = r.at;
             let path = r.bytes()?.to_vec();
+            let stat = r.stat()?;
             let tree = Oid::from_bytes(r.take(20)?).ok()?;
             let n = r.u32()?;
             let first = r.at;
@@ -235,19 +339,21 @@ impl StatCache {
                 last = Some(e.name);
             }
             let record = DirRecord {
+                stat,
                 tree,
                 record: start..r.at,
                 entries: first..r.at,
             };
             dirs.insert(path, record);
         }
-        if r.at != bytes.len() {
+        if r.at != body {
             return None;
         }
         Some(StatCache {
             commit: Some(commit),
             bytes,
             dirs,
+            rules,
         })
     }
 
@@ -262,66 +368,142 @@ impl StatCache {
     }
 }
 
-/// The next stat cache, written directly in its file format as directories are built;
-/// the header's commit id and directory count are filled in at the end.
+/// The stat cache, read on another thread while the writer lock is taken.
+pub(crate) struct Preload(thread::JoinHandle<(StatCache, Option<FileStat>)>);
+
+impl Preload {
+    /// Start reading the cache at `path`.
+    pub fn start(path: PathBuf) -> Preload {
+        Preload(thread::spawn(move || StatCache::load_noting(&path)))
+    }
+
+    /// The cache read, if the file is still the one it was read from (now that the
+    /// writer lock is held, it cannot change any more); None otherwise.
+    pub fn take_if_current(self, path: &Path) -> Option<StatCache> {
+        let (cache, before) = self.0.join().ok()?;
+        let now = fs::metadata(path).ok().map(|m| FileStat::of_metadata(&m));
+        (now == before).then_some(cache)
+    }
+}
+
+/// The next stat cache, in its file format as directories are built: new records are
+/// encoded in one buffer, unchanged ones are only ranges of the old cache's bytes,
+/// written from there (no copy of a large project's cache, most of it unchanged, into a
+/// new buffer). The header's commit id and directory count are filled in at the end.
 struct CacheWriter {
+    /// The header and the new records.
     out: Vec<u8>,
+    /// The file's contents in order.
+    parts: Vec<Part>,
     dirs: u32,
     /// Directories written anew rather than copied.
     fresh: u32,
 }
 
+/// A stretch of the new cache file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// Bytes of [`CacheWriter::out`].
+    New(Range<usize>),
+    /// Bytes of the old cache.
+    Old(Range<usize>),
+}
+
+/// Extend `parts` with `part`, merged into the last one when they are contiguous.
+fn push_part(parts: &mut Vec<Part>, part: Part) {
+    match (parts.last_mut(), &part) {
+        (Some(Part::New(last)), Part::New(r)) | (Some(Part::Old(last)), Part::Old(r))
+            if last.end == r.start =>
+        {
+            last.end = r.end;
+        }
+        _ => parts.push(part),
+    }
+}
+
 impl CacheWriter {
-    fn with_capacity(bytes: usize) -> CacheWriter {
-        let mut out = Vec::with_capacity(bytes.max(HEADER_LEN));
+    fn new(rules: &[RuleFile]) -> CacheWriter {
+        let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
-        out.resize(HEADER_LEN, 0);
+        out.resize(HEADER_LEN - 4, 0);
+        put_u32(&mut out, rules.len());
+        for (path, stat) in rules {
+            put_u32(&mut out, path.len());
+            out.extend_from_slice(path);
+            stat.put(&mut out);
+        }
+        let parts = vec![Part::New(0..out.len())];
         CacheWriter {
             out,
+            parts,
             dirs: 0,
             fresh: 0,
         }
     }
 
-    /// An unchanged directory: its old record, byte for byte.
-    fn copy(&mut self, record: &[u8]) {
-        self.out.extend_from_slice(record);
+    /// An unchanged directory: its old record (this range of the old cache's bytes),
+    /// byte for byte.
+    fn copy(&mut self, record: Range<usize>) {
+        push_part(&mut self.parts, Part::Old(record));
         self.dirs += 1;
     }
 
-    fn dir(&mut self, path: &[u8], tree: Oid, entries: &[Entry<'_>]) {
+    fn dir(&mut self, path: &[u8], stat: FileStat, tree: Oid, entries: &[Entry<'_>]) {
+        let start = self.out.len();
         let out = &mut self.out;
         put_u32(out, path.len());
         out.extend_from_slice(path);
+        stat.put(out);
         out.extend_from_slice(tree.as_bytes());
         put_u32(out, entries.len());
         for e in entries {
             put_u32(out, e.name.len());
             out.extend_from_slice(e.name);
             // The ENTRY_FIXED_LEN bytes `Reader::entry` reads at constant offsets.
-            let parts: [&[u8]; 8] = [
-                &e.mode.to_le_bytes(),
-                e.oid.as_bytes(),
-                &e.stat.mtime_s.to_le_bytes(),
-                &e.stat.mtime_ns.to_le_bytes(),
-                &e.stat.ctime_s.to_le_bytes(),
-                &e.stat.ctime_ns.to_le_bytes(),
-                &e.stat.size.to_le_bytes(),
-                &e.stat.ino.to_le_bytes(),
-            ];
-            for part in parts {
-                out.extend_from_slice(part);
-            }
+            out.extend_from_slice(&e.mode.to_le_bytes());
+            out.extend_from_slice(e.oid.as_bytes());
+            e.stat.put(out);
         }
+        let end = out.len();
+        push_part(&mut self.parts, Part::New(start..end));
         self.dirs += 1;
         self.fresh += 1;
     }
 
-    /// The file's bytes, valid for `commit`.
-    fn finish(mut self, commit: Oid) -> Vec<u8> {
+    /// Fill in the header for `commit`.
+    fn finish(&mut self, commit: Oid) {
         self.out[8..28].copy_from_slice(commit.as_bytes());
         self.out[28..32].copy_from_slice(&self.dirs.to_le_bytes());
-        self.out
+    }
+
+    /// The file's contents, one slice per part (`old`: the old cache's bytes).
+    fn slices<'a>(&'a self, old: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+        self.parts.iter().map(move |p| match p {
+            Part::New(r) => &self.out[r.clone()],
+            Part::Old(r) => &old[r.clone()],
+        })
+    }
+
+    /// Write the file's contents to `out` (`old`: the old cache's bytes), then their
+    /// checksum (CRC-32, 4 bytes).
+    fn write_to(&self, out: &mut impl Write, old: &[u8]) -> io::Result<u64> {
+        let mut crc = crc32fast::Hasher::new();
+        let mut len = 4;
+        for part in self.slices(old) {
+            crc.update(part);
+            out.write_all(part)?;
+            len += part.len() as u64;
+        }
+        out.write_all(&crc.finalize().to_le_bytes())?;
+        Ok(len)
+    }
+
+    /// The file's bytes (tests).
+    #[cfg(test)]
+    fn bytes(&self, old: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out, old).expect("in memory");
+        out
     }
 }
 
@@ -348,30 +530,20 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    fn stat(&mut self) -> Option<FileStat> {
+        Some(FileStat::get(self.take(STAT_LEN)?.try_into().ok()?))
+    }
     fn entry(&mut self) -> Option<Entry<'a>> {
         let name = self.bytes()?;
         // The fixed part in one piece: fields at constant offsets (the layout written by
         // `CacheWriter::dir`), no bounds check per field.
         let f: &[u8; ENTRY_FIXED_LEN] = self.take(ENTRY_FIXED_LEN)?.try_into().ok()?;
-        let u32_at = |i: usize| u32::from_le_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&f[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        let i64_at = |i: usize| i64::from_le_bytes(u64_at(i).to_le_bytes());
+        let stat: &[u8; STAT_LEN] = f[24..].try_into().ok()?;
         Some(Entry {
             name,
-            mode: u32_at(0),
+            mode: u32::from_le_bytes([f[0], f[1], f[2], f[3]]),
             oid: Oid::from_bytes(&f[4..24]).ok()?,
-            stat: FileStat {
-                mtime_s: i64_at(24),
-                mtime_ns: u32_at(32),
-                ctime_s: i64_at(36),
-                ctime_ns: u32_at(44),
-                size: u64_at(48),
-                ino: u64_at(56),
-            },
+            stat: FileStat::get(stat),
         })
     }
 }
@@ -381,9 +553,10 @@ pub(crate) struct Snapshot {
     /// The root tree of the project's files.
     pub tree: Oid,
     cache: CacheWriter,
+    /// The old cache's bytes, which the new one copies from.
+    old: Vec<u8>,
     /// The commit of the old cache when the new one says exactly the same.
     same_as: Option<Oid>,
-    cache_file: NamedTempFile,
     cache_path: PathBuf,
 }
 
@@ -396,17 +569,27 @@ impl Snapshot {
             // Nothing changed (the usual check before an operation): keep the file.
             return;
         }
-        let bytes = self.cache.finish(commit);
-        if self.cache_file.write_all(&bytes).is_err() {
-            return;
+        self.cache.finish(commit);
+        // Rewritten in place, then cut to length: no new file (on a small VM's ext4,
+        // creating a file costs ~0.2–0.6 ms when many were deleted recently) and no
+        // truncation to zero (which makes ext4's `auto_da_alloc` write the blocks out at
+        // close). The old bytes were read into memory before; a write cut short at any
+        // point fails the checksum, and the next snapshot hashes every file.
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.cache_path)
+            .and_then(|file| {
+                let mut out = io::BufWriter::with_capacity(64 * 1024, &file);
+                let len = self.cache.write_to(&mut out, &self.old)?;
+                out.flush()?;
+                drop(out);
+                file.set_len(len)
+            });
+        if written.is_err() {
+            let _ = fs::remove_file(&self.cache_path);
         }
-        // The old cache is removed before the new one is renamed into place: ext4 (with
-        // its default `auto_da_alloc`) makes a rename over an existing file write the new
-        // file's blocks out at once, ~1 ms for a 10,000-file project. A crash in between
-        // only leaves no cache (the next snapshot hashes everything); a cache cut short
-        // or zero-filled by a crash fails to decode, or holds all-zero, untrusted stats.
-        let _ = fs::remove_file(&self.cache_path);
-        let _ = self.cache_file.persist(&self.cache_path);
     }
 }
 
@@ -419,49 +602,66 @@ pub(crate) fn snapshot(
     repo: &Repository,
     scope: &Scope,
     state_dir: &Path,
-    old: &StatCache,
+    old: StatCache,
 ) -> Result<Snapshot, HistoryError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| HistoryError::Io { path, source }
     };
-    // The new cache file is created first: its mtime, on the file system's clock, is the
-    // start of the snapshot.
-    let cache_file = tempfile::Builder::new()
-        .prefix(".stat-cache")
-        .tempfile_in(state_dir)
-        .map_err(io(state_dir))?;
-    let start = cache_file
-        .as_file()
-        .metadata()
-        .map_err(io(cache_file.path()))?;
-    let scanned = scan(scope)?;
-    let odb = repo
-        .odb()
-        .map_err(HistoryError::git("opening the object database"))?;
+    // The start of the snapshot, on the file system's clock: the clock file's mtime, set
+    // to now.
+    let clock = state_dir.join(CLOCK_FILE);
+    let start = fs_now(&clock).map_err(io(&clock))?;
+    let reuse = Reuse::of(scope, &old);
+    let mut scanned = scan(scope, reuse.as_ref())?;
+    if scanned.new_rules {
+        // A new .gitignore: listings reused below it may hold what it ignores.
+        scanned = scan(scope, None)?;
+    }
+    let mut rules: Vec<RuleFile> = scope
+        .base_ignores
+        .iter()
+        .map(|r| r.source.clone())
+        .chain(scanned.rules)
+        .map(|(path, stat)| (path, stat.unless_racy(start)))
+        .collect();
+    rules.sort();
+    let same_rules = rules == old.rules;
     let mut builder = Builder {
-        odb,
+        objects: ObjectWriter::new(repo)?,
         root: &scope.root,
-        scanned,
-        old,
-        new: CacheWriter::with_capacity(old.bytes.len() + 4096),
-        start: (start.mtime(), start.mtime_nsec()),
+        scanned: scanned.dirs,
+        old: &old,
+        new: CacheWriter::new(&rules),
+        start,
     };
     let tree = match builder.dir(&mut Vec::new())? {
         Some(tree) => tree,
-        None => builder
-            .odb
-            .write(ObjectType::Tree, &[])
-            .map_err(HistoryError::git("writing the empty tree"))?,
+        None => builder.objects.write(ObjectType::Tree, &[])?,
     };
-    let unchanged = builder.new.fresh == 0 && builder.new.dirs as usize == old.dirs.len();
+    let cache = builder.new;
+    let unchanged = same_rules && cache.fresh == 0 && cache.dirs as usize == old.dirs.len();
     Ok(Snapshot {
         tree,
         same_as: old.commit.filter(|_| unchanged),
-        cache: builder.new,
-        cache_file,
+        cache,
+        old: old.bytes,
         cache_path: state_dir.join(CACHE_FILE),
     })
+}
+
+/// The file system's time now: the mtime `path` gets when set to now (created when
+/// missing, never replaced: no new file per snapshot).
+fn fs_now(path: &Path) -> io::Result<(i64, i64)> {
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    nix::sys::stat::futimens(&file, &now, &now)?;
+    let meta = file.metadata()?;
+    Ok((meta.mtime(), meta.mtime_nsec()))
 }
 
 /// Whether heph leaves this entry of `dir` out of every snapshot.
@@ -582,6 +782,8 @@ struct Found {
 struct ScannedDir {
     names: Vec<u8>,
     found: Vec<Found>,
+    /// The directory's own stat, taken before its entries were listed.
+    stat: FileStat,
 }
 
 impl ScannedDir {
@@ -610,7 +812,7 @@ struct Queue {
 /// Every file and symlink a snapshot of `scope` would hold: path relative to the root
 /// (`/`-separated bytes) and git mode, sorted by path.
 pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryError> {
-    let scanned = scan(scope)?;
+    let scanned = scan(scope, None)?.dirs;
     let mut out = Vec::new();
     let mut stack = vec![Vec::new()];
     while let Some(dir) = stack.pop() {
@@ -630,9 +832,65 @@ pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryEr
     Ok(out)
 }
 
+/// What a scan may take from the last stat cache instead of listing a directory again:
+/// the entries of every directory whose own stat is unchanged (its names are then the
+/// same: adding, removing or renaming an entry changes a directory's mtime and ctime),
+/// provided the ignore rules that chose them are unchanged too. Entries are still
+/// `lstat`ed one by one; only `getdents`, the ignore matching and the sort are saved.
+struct Reuse<'c> {
+    cache: &'c StatCache,
+    /// The ignore files the cache's scan applied, by absolute path.
+    rule_files: HashSet<&'c [u8]>,
+}
+
+impl<'c> Reuse<'c> {
+    /// Whether `cache`'s listings may be reused for `scope`: every ignore file its scan
+    /// applied has the same trusted stat now (the rules outside the project: as `scope`
+    /// read them), and `scope` reads no rule from outside the project that it did not.
+    fn of(scope: &Scope, cache: &'c StatCache) -> Option<Reuse<'c>> {
+        cache.commit?;
+        let base: HashMap<&[u8], FileStat> = scope
+            .base_ignores
+            .iter()
+            .map(|r| (r.source.0.as_slice(), r.source.1))
+            .collect();
+        let rule_files: HashSet<&[u8]> = cache.rules.iter().map(|(p, _)| p.as_slice()).collect();
+        if base.keys().any(|b| !rule_files.contains(b)) {
+            return None;
+        }
+        for (path, stat) in &cache.rules {
+            let now = match base.get(path.as_slice()) {
+                Some(s) => *s,
+                None => FileStat::of_metadata(&fs::metadata(OsStr::from_bytes(path)).ok()?),
+            };
+            if !stat.trusted() || now != *stat {
+                return None;
+            }
+        }
+        Some(Reuse { cache, rule_files })
+    }
+}
+
+/// What a scan found: the directories, and the `.gitignore` files it applied.
+#[derive(Default)]
+struct ScanOutput {
+    dirs: Scanned,
+    rules: Vec<RuleFile>,
+    /// A `.gitignore` the reused cache did not know was applied: the listings reused
+    /// below it may hold entries it ignores, the scan must be redone without reuse.
+    new_rules: bool,
+}
+
+/// One directory scanned.
+struct DirScan {
+    dir: ScannedDir,
+    jobs: Vec<Job>,
+    rules: Option<RuleFile>,
+}
+
 /// List and stat every directory of the scope, on as many threads as there are cores.
-fn scan(scope: &Scope) -> Result<Scanned, HistoryError> {
-    let threads = thread::available_parallelism().map_or(1, |n| n.get().min(4));
+fn scan(scope: &Scope, reuse: Option<&Reuse<'_>>) -> Result<ScanOutput, HistoryError> {
+    let threads = cores().min(4);
     let queue = Mutex::new(Queue {
         jobs: vec![Job {
             abs: scope.root.clone(),
@@ -643,18 +901,35 @@ fn scan(scope: &Scope) -> Result<Scanned, HistoryError> {
         error: None,
     });
     let wake = Condvar::new();
-    let results = Mutex::new(Scanned::new());
+    let results = Mutex::new(ScanOutput::default());
     thread::scope(|s| {
         for _ in 1..threads {
-            s.spawn(|| scan_worker(scope, &queue, &wake, &results));
+            s.spawn(|| scan_worker(scope, reuse, &queue, &wake, &results));
         }
-        scan_worker(scope, &queue, &wake, &results);
+        scan_worker(scope, reuse, &queue, &wake, &results);
     });
     let queue = queue.into_inner().map_err(|_| poisoned())?;
     if let Some(e) = queue.error {
         return Err(e);
     }
     results.into_inner().map_err(|_| poisoned())
+}
+
+/// The cores this process may run on. Its affinity mask, one system call: the standard
+/// library's `available_parallelism` also reads the cgroup's CPU quota, five files and
+/// ~0.3 ms, a tenth of a small snapshot (a scan on more threads than its quota allows is
+/// only as fast, not wrong).
+fn cores() -> usize {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        let n = (0..nix::sched::CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .count();
+        if n > 0 {
+            return n;
+        }
+    }
+    thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn poisoned() -> HistoryError {
@@ -664,7 +939,13 @@ fn poisoned() -> HistoryError {
     }
 }
 
-fn scan_worker(scope: &Scope, queue: &Mutex<Queue>, wake: &Condvar, results: &Mutex<Scanned>) {
+fn scan_worker(
+    scope: &Scope,
+    reuse: Option<&Reuse<'_>>,
+    queue: &Mutex<Queue>,
+    wake: &Condvar,
+    results: &Mutex<ScanOutput>,
+) {
     loop {
         let job = {
             let Ok(mut q) = queue.lock() else { return };
@@ -687,14 +968,19 @@ fn scan_worker(scope: &Scope, queue: &Mutex<Queue>, wake: &Condvar, results: &Mu
             }
         };
         let rel = job.rel.clone();
-        let outcome = scan_dir(scope, job);
+        let outcome = scan_dir(scope, reuse, job);
         let Ok(mut q) = queue.lock() else { return };
         q.active -= 1;
         match outcome {
-            Ok((found, subjobs)) => {
-                q.jobs.extend(subjobs);
+            Ok(done) => {
+                q.jobs.extend(done.jobs);
                 if let Ok(mut r) = results.lock() {
-                    r.insert(rel, found);
+                    r.dirs.insert(rel, done.dir);
+                    if let Some(rule) = done.rules {
+                        r.new_rules |=
+                            reuse.is_some_and(|u| !u.rule_files.contains(rule.0.as_slice()));
+                        r.rules.push(rule);
+                    }
                 }
             }
             Err(e) => {
@@ -708,18 +994,37 @@ fn scan_worker(scope: &Scope, queue: &Mutex<Queue>, wake: &Condvar, results: &Mu
 /// List one directory: the entries to keep, and the subdirectories to scan next.
 /// Entries are stat'ed relative to the open directory (no path walk per file) and
 /// nothing is allocated per entry but the listing's own.
-fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryError> {
+fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirScan, HistoryError> {
     let errno = |path: &Path, e: Errno| HistoryError::Io {
         path: path.to_path_buf(),
         source: io::Error::from(e),
     };
     let is_root = job.rel.is_empty();
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let mut dir = match Dir::open(job.abs.as_path(), flags, Mode::empty()) {
-        Ok(dir) => dir,
-        Err(e) if !is_root && vanished_errno(e) => return Ok((ScannedDir::default(), Vec::new())),
+    // A plain descriptor first: a directory whose listing is reused is never read, and
+    // needs no `DIR` stream (glibc's `fdopendir` costs two `fcntl` and a 32 KiB buffer).
+    let fd = match nix::fcntl::open(job.abs.as_path(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) if !is_root && vanished_errno(e) => {
+            return Ok(DirScan {
+                dir: ScannedDir::default(),
+                jobs: Vec::new(),
+                rules: None,
+            });
+        }
         Err(e) => return Err(errno(&job.abs, e)),
     };
+    let stat =
+        nix::sys::stat::fstat(&fd).map_or_else(|_| FileStat::default(), |st| FileStat::of(&st));
+    if let Some(reuse) = reuse
+        && let Some(record) = reuse.cache.dirs.get(&job.rel)
+        && record.stat.trusted()
+        && record.stat == stat
+        && let Some(done) = reuse_listing(reuse, &job, &fd, record, stat)
+    {
+        return Ok(done);
+    }
+    let mut dir = Dir::from_fd(fd).map_err(|e| errno(&job.abs, e))?;
     let mut names = Vec::new();
     // Each entry: its name's first eight bytes as a big-endian number (which decides most
     // comparisons of the sort by name bytes), its name's range in `names`, its type.
@@ -744,7 +1049,11 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
     let named = |wanted: &[u8]| listing.iter().any(|(_, n, _)| &names[n.clone()] == wanted);
     if !is_root && named(b".git") {
         // A nested repository: git stores it as a submodule link, heph leaves it out.
-        return Ok((ScannedDir::default(), Vec::new()));
+        return Ok(DirScan {
+            dir: ScannedDir::default(),
+            jobs: Vec::new(),
+            rules: None,
+        });
     }
     let has_gitignore = named(b".gitignore");
     listing.sort_unstable_by(|a, b| {
@@ -752,11 +1061,13 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
             .then_with(|| names[a.1.clone()].cmp(&names[b.1.clone()]))
     });
     let mut ignores = job.ignores;
+    let mut applied = None;
     if has_gitignore {
         let file = job.abs.join(".gitignore");
         if file.is_file()
             && let Some(rules) = Rules::load(&job.abs, &file)
         {
+            applied = Some(rules.source.clone());
             ignores = Some(Arc::new(IgnoreStack {
                 rules,
                 parent: ignores,
@@ -830,12 +1141,72 @@ fn scan_dir(scope: &Scope, job: Job) -> Result<(ScannedDir, Vec<Job>), HistoryEr
             file: Some((mode, FileStat::of(&st))),
         });
     }
-    Ok((ScannedDir { names, found }, subjobs))
+    Ok(DirScan {
+        dir: ScannedDir { names, found, stat },
+        jobs: subjobs,
+        rules: applied,
+    })
+}
+
+/// The entries of a directory unchanged since the cache's scan, from its record: each
+/// file `lstat`ed, each subdirectory a job. None when something does not match what the
+/// record says (an entry vanished or changed type since): the directory is then listed.
+fn reuse_listing(
+    reuse: &Reuse<'_>,
+    job: &Job,
+    dir: &OwnedFd,
+    record: &DirRecord,
+    stat: FileStat,
+) -> Option<DirScan> {
+    let mut ignores = job.ignores.clone();
+    let mut applied = None;
+    let gitignore = job.abs.join(".gitignore");
+    if reuse.rule_files.contains(gitignore.as_os_str().as_bytes()) {
+        let rules = Rules::load(&job.abs, &gitignore)?;
+        applied = Some(rules.source.clone());
+        ignores = Some(Arc::new(IgnoreStack {
+            rules,
+            parent: ignores,
+        }));
+    }
+    let mut names = Vec::new();
+    let mut found = Vec::new();
+    let mut jobs = Vec::new();
+    for e in reuse.cache.entries(record) {
+        let start = names.len();
+        names.extend_from_slice(e.name);
+        let name = start..names.len();
+        if e.mode == MODE_TREE {
+            let mut rel = job.rel.clone();
+            push_component(&mut rel, e.name);
+            jobs.push(Job {
+                abs: job.abs.join(OsStr::from_bytes(e.name)),
+                rel,
+                ignores: ignores.clone(),
+            });
+            found.push(Found { name, file: None });
+            continue;
+        }
+        let st = fstatat(dir, e.name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        let mode = git_mode(&st)?;
+        if (mode == MODE_LINK) != (e.mode == MODE_LINK) {
+            return None;
+        }
+        found.push(Found {
+            name,
+            file: Some((mode, FileStat::of(&st))),
+        });
+    }
+    Some(DirScan {
+        dir: ScannedDir { names, found, stat },
+        jobs,
+        rules: applied,
+    })
 }
 
 /// The second phase: blobs for changed files, trees bottom-up, the new cache.
 struct Builder<'r, 's, 'c> {
-    odb: Odb<'r>,
+    objects: ObjectWriter<'r>,
     root: &'s Path,
     scanned: Scanned,
     old: &'c StatCache,
@@ -860,6 +1231,10 @@ impl Builder<'_, '_, '_> {
         // exactly the old ones.
         let mut same_tree = old.is_some();
         let mut same_record = old.is_some();
+        // Whether an entry the scan kept has no place in the tree (an empty
+        // subdirectory, a file gone since the scan): the record is then not the whole
+        // listing, and its directory stat must not let the next scan reuse it.
+        let mut dropped = false;
         let mut entries: Vec<Entry<'_>> = Vec::with_capacity(here.found.len());
         for f in &here.found {
             let name = here.name(f);
@@ -881,6 +1256,7 @@ impl Builder<'_, '_, '_> {
                     let Some(oid) = sub? else {
                         // Nothing to store below: no entry (and one fewer than before).
                         same_tree &= prev.is_none();
+                        dropped = true;
                         continue;
                     };
                     Entry {
@@ -900,6 +1276,7 @@ impl Builder<'_, '_, '_> {
                             None => {
                                 // Vanished since the scan.
                                 same_tree &= prev.is_none();
+                                dropped = true;
                                 continue;
                             }
                         },
@@ -924,13 +1301,19 @@ impl Builder<'_, '_, '_> {
         let tree = match old {
             Some(d) if same_tree => d.tree,
             _ => self
-                .odb
-                .write(ObjectType::Tree, &tree_bytes(&entries))
-                .map_err(HistoryError::git("writing a tree"))?,
+                .objects
+                .write(ObjectType::Tree, &tree_bytes(&entries))?,
+        };
+        let stat = if dropped {
+            FileStat::default()
+        } else {
+            here.stat.unless_racy(self.start)
         };
         match old {
-            Some(d) if same_tree && same_record => self.new.copy(&cache.bytes[d.record.clone()]),
-            _ => self.new.dir(rel, tree, &entries),
+            Some(d) if same_tree && same_record && d.stat == stat => {
+                self.new.copy(d.record.clone());
+            }
+            _ => self.new.dir(rel, stat, tree, &entries),
         }
         Ok(Some(tree))
     }
@@ -949,10 +1332,7 @@ impl Builder<'_, '_, '_> {
             Err(e) if vanished(&e) => return Ok(None),
             Err(e) => return Err(HistoryError::Io { path, source: e }),
         };
-        self.odb
-            .write(ObjectType::Blob, &data)
-            .map(Some)
-            .map_err(HistoryError::git("writing a blob"))
+        self.objects.write(ObjectType::Blob, &data).map(Some)
     }
 }
 
@@ -1036,34 +1416,57 @@ mod tests {
         let mut lib = entry("lib.rs", MODE_FILE);
         lib.stat.mtime_s = 1_700_000_000;
         lib.stat.ino = 42;
-        let mut writer = CacheWriter::with_capacity(0);
-        writer.dir(b"src", Oid::ZERO_SHA1, &[lib, entry("x", MODE_TREE)]);
-        writer.dir(b"", Oid::ZERO_SHA1, &[entry("src", MODE_TREE)]);
+        let mut writer = CacheWriter::new(&[]);
+        writer.dir(
+            b"src",
+            FileStat::default(),
+            Oid::ZERO_SHA1,
+            &[lib, entry("x", MODE_TREE)],
+        );
+        writer.dir(
+            b"",
+            FileStat::default(),
+            Oid::ZERO_SHA1,
+            &[entry("src", MODE_TREE)],
+        );
         let commit = Oid::from_str("0123456789abcdef0123456789abcdef01234567").expect("oid");
-        let bytes = writer.finish(commit);
+        writer.finish(commit);
+        let bytes = writer.bytes(&[]);
         let back = StatCache::decode(bytes.clone()).expect("decodes");
         assert_eq!(back.commit, Some(commit));
         let src = &back.dirs[b"src".as_slice()];
         let entries: Vec<_> = back.entries(src).collect();
         assert_eq!(entries, [lib, entry("x", MODE_TREE)]);
         // An unchanged directory's record is copied byte for byte.
-        let mut again = CacheWriter::with_capacity(0);
-        again.copy(&back.bytes[src.record.clone()]);
-        again.copy(&back.bytes[back.dirs[b"".as_slice()].record.clone()]);
-        assert_eq!(again.finish(commit), bytes);
+        let mut again = CacheWriter::new(&[]);
+        again.copy(src.record.clone());
+        again.copy(back.dirs[b"".as_slice()].record.clone());
+        again.finish(commit);
+        assert_eq!(again.bytes(&back.bytes), bytes);
+        // ... as one stretch of the old file when the records were contiguous there.
+        assert_eq!(again.parts.len(), 2, "{:?}", again.parts);
         assert!(StatCache::decode(bytes[..bytes.len() - 1].to_vec()).is_none());
         assert!(StatCache::decode(b"garbage".to_vec()).is_none());
         // A header that claims four billion directories is read as garbage, not trusted.
         let mut huge = bytes[..28].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&0u32.to_le_bytes());
+        let crc = crc32fast::hash(&huge);
+        huge.extend_from_slice(&crc.to_le_bytes());
         assert!(StatCache::decode(huge).is_none());
+        // A cache rewritten in place and cut short, or holding a stray byte: rejected.
+        let mut flipped = bytes.clone();
+        flipped[HEADER_LEN + 6] ^= 1;
+        assert!(StatCache::decode(flipped).is_none());
         // Names out of order are rejected.
-        let mut bad = CacheWriter::with_capacity(0);
+        let mut bad = CacheWriter::new(&[]);
         bad.dir(
             b"",
+            FileStat::default(),
             Oid::ZERO_SHA1,
             &[entry("b", MODE_FILE), entry("a", MODE_FILE)],
         );
-        assert!(StatCache::decode(bad.finish(commit)).is_none());
+        bad.finish(commit);
+        assert!(StatCache::decode(bad.bytes(&[])).is_none());
     }
 }

@@ -327,6 +327,43 @@ fn incremental_snapshots_build_the_tree_git_builds() {
                 write(r, "src/m3/f4.rs", "// b\n");
             }),
         ),
+        // The scan reuses the listing of a directory whose own stat is unchanged: what
+        // changes a directory's contents without changing its own stat must still be seen.
+        (
+            "a file in a subdirectory that was empty",
+            Box::new(|r| write(r, "src/empty/a.rs", "// a\n")),
+        ),
+        (
+            "an edit in a directory whose listing is unchanged",
+            Box::new(|r| write(r, "src/m1/f3.rs", "// edited in place\n")),
+        ),
+        (
+            "a new .gitignore above unchanged directories",
+            Box::new(|r| write(r, "src/.gitignore", "f2.rs\n")),
+        ),
+        (
+            "that .gitignore edited",
+            Box::new(|r| write(r, "src/.gitignore", "f3.rs\n")),
+        ),
+        (
+            "the root .gitignore edited",
+            Box::new(|r| write(r, ".gitignore", "/target\n")),
+        ),
+        (
+            "a file replaced by a symlink",
+            Box::new(|r| {
+                fs::remove_file(r.join("src/m1/f4.rs")).expect("rm");
+                std::os::unix::fs::symlink("f1.rs", r.join("src/m1/f4.rs")).expect("ln");
+            }),
+        ),
+        (
+            "that .gitignore removed",
+            Box::new(|r| fs::remove_file(r.join("src/.gitignore")).expect("rm")),
+        ),
+        (
+            "a file renamed over another",
+            Box::new(|r| fs::rename(r.join("src/m0/f1.rs"), r.join("src/m0/f2.rs")).expect("mv")),
+        ),
     ];
     for (i, (what, step)) in steps.iter().enumerate() {
         // Every other step right after the last snapshot (racy entries), the others
@@ -905,6 +942,9 @@ fn a_ref_lock_left_by_a_killed_heph_is_recovered_and_a_live_one_reported() {
     h.record(&meta(EvolutionKind::Manual, None))
         .expect("recovered");
     assert!(!lock.exists());
+    // Once done, the marker names no reference.
+    let marker = fs::read_to_string(root.join(".heph").join(REF_MARKER)).unwrap_or_default();
+    assert_eq!(marker, "");
     // A lock held by someone else (no marker): reported, not removed.
     fs::write(&lock, "").expect("lock");
     let err = h

@@ -1,0 +1,403 @@
+//! Writing a snapshot's new objects as loose objects, straight into `objects/`.
+//!
+//! libgit2's `git_odb_write` costs ~0.2–0.5 ms per object on a small VM, most of it
+//! around the write: it first tries to "freshen" the object (a `utimensat` on its loose
+//! path, which fails for a new object), then re-reads the pack directory before writing
+//! (a new object is by definition missing from the packs it knows), and goes through a
+//! named temporary file (create, link, unlink). A snapshot of one changed file writes
+//! five objects, so that was ~1.5 ms of a ~15 ms snapshot.
+//!
+//! This writer keeps git's format and guarantees and drops the rest:
+//! - the object's id is hashed first (libgit2's `git_odb_hash`), and an object already
+//!   present as a loose file is only freshened (its mtime set to now, as git and libgit2
+//!   do, so that a concurrent `git gc` does not prune it before it is referenced);
+//! - a new object is deflated (zlib, best speed, like libgit2's loose backend) into an
+//!   unnamed file of `objects/` (`O_TMPFILE`) that is linked under its final name only
+//!   once complete: a process killed at any point leaves either nothing or the whole
+//!   object, never a partial one and never a stray temporary file;
+//! - where `O_TMPFILE` or `/proc/self/fd` is not available, a named temporary file
+//!   (`tmp_obj_heph_*`, the prefix `git gc` cleans) is written then hard-linked;
+//! - an object that is also in a pack may be written loose again: harmless (git's own
+//!   `gc` drops the duplicate), and cheaper than re-reading the packs for each object.
+//!
+//! Repositories with `core.sharedRepository` set keep libgit2's writer, which applies the
+//! shared permissions.
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::write::ZlibEncoder;
+use git2::{ObjectType, Odb, Oid, Repository};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, UtimensatFlags, fstatat, mkdirat, utimensat};
+use nix::sys::time::TimeSpec;
+
+use super::HistoryError;
+
+/// Where a snapshot writes its new objects.
+pub(crate) struct ObjectWriter<'r> {
+    /// libgit2's object database: the writer of shared repositories, and the reader.
+    odb: Odb<'r>,
+    loose: Option<Loose>,
+}
+
+/// The `objects/` directory, open, and what was learnt about it.
+struct Loose {
+    path: PathBuf,
+    dir: OwnedFd,
+    /// Whether unnamed temporary files (`O_TMPFILE` + a link through `/proc/self/fd`)
+    /// work here; cleared at the first refusal.
+    tmpfile: Cell<bool>,
+    /// The deflated object, reused from one object to the next.
+    buf: RefCell<Vec<u8>>,
+}
+
+impl<'r> ObjectWriter<'r> {
+    /// A writer for the objects of `repo`.
+    pub fn new(repo: &'r Repository) -> Result<ObjectWriter<'r>, HistoryError> {
+        let odb = repo
+            .odb()
+            .map_err(HistoryError::git("opening the object database"))?;
+        let shared = repo
+            .config()
+            .ok()
+            .and_then(|c| c.get_string("core.sharedRepository").ok())
+            .is_some_and(|v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "" | "false" | "no" | "off" | "umask" | "0"
+                )
+            });
+        let loose = (!shared)
+            .then(|| Loose::open(&repo.commondir().join("objects")))
+            .flatten();
+        Ok(ObjectWriter { odb, loose })
+    }
+
+    /// Store an object; its id.
+    pub fn write(&self, kind: ObjectType, data: &[u8]) -> Result<Oid, HistoryError> {
+        let what = match kind {
+            ObjectType::Blob => "writing a blob",
+            ObjectType::Tree => "writing a tree",
+            ObjectType::Commit => "writing a commit",
+            _ => "writing an object",
+        };
+        let Some(loose) = &self.loose else {
+            return self.odb.write(kind, data).map_err(HistoryError::git(what));
+        };
+        let oid = Oid::hash_object(kind, data).map_err(HistoryError::git(what))?;
+        loose
+            .write(kind, data, oid)
+            .map_err(|source| HistoryError::Io {
+                path: loose.path.join(loose_name(oid)),
+                source,
+            })?;
+        Ok(oid)
+    }
+}
+
+/// `xx/yyyy…`: an object's path below `objects/`.
+fn loose_name(oid: Oid) -> String {
+    let hex = oid.to_string();
+    format!("{}/{}", &hex[..2], &hex[2..])
+}
+
+impl Loose {
+    fn open(path: &Path) -> Option<Loose> {
+        let dir = openat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(Loose {
+            path: path.to_path_buf(),
+            dir,
+            tmpfile: Cell::new(true),
+            buf: RefCell::new(Vec::new()),
+        })
+    }
+
+    fn write(&self, kind: ObjectType, data: &[u8], oid: Oid) -> io::Result<()> {
+        let name = loose_name(oid);
+        if fstatat(&self.dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+            // Present: only freshened (best effort, as git does).
+            let now = TimeSpec::UTIME_NOW;
+            let _ = utimensat(
+                &self.dir,
+                name.as_str(),
+                &now,
+                &now,
+                UtimensatFlags::FollowSymlink,
+            );
+            return Ok(());
+        }
+        let mut buf = self.buf.borrow_mut();
+        buf.clear();
+        let mut z = ZlibEncoder::new(&mut *buf, Compression::fast());
+        write!(z, "{} {}\0", kind.str(), data.len())?;
+        z.write_all(data)?;
+        z.finish()?;
+        if self.tmpfile.get() {
+            match self.write_unnamed(&buf, &name) {
+                Ok(true) => return Ok(()),
+                Ok(false) => self.tmpfile.set(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_named(&buf, &name)
+    }
+
+    /// Write through an unnamed file linked in place; false when this file system or
+    /// process cannot (no `O_TMPFILE`, no `/proc`).
+    fn write_unnamed(&self, bytes: &[u8], name: &str) -> io::Result<bool> {
+        let fd = match openat(
+            &self.dir,
+            ".",
+            OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o444),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL | Errno::ENOENT) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut file = fs::File::from(fd);
+        file.write_all(bytes)?;
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let link = || {
+            nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                proc_path.as_str(),
+                &self.dir,
+                name,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )
+        };
+        match self.with_fan_out(name, link) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(true),
+            // No /proc (or no fan-out directory even after creating it).
+            Err(Errno::ENOENT | Errno::EPERM | Errno::EACCES) if !proc_visible(&file) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Write through a named temporary file of `objects/`, hard-linked in place.
+    fn write_named(&self, bytes: &[u8], name: &str) -> io::Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix("tmp_obj_heph_")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .tempfile_in(&self.path)?;
+        tmp.write_all(bytes)?;
+        let tmp_name = tmp
+            .path()
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let link = || {
+            nix::unistd::linkat(
+                &self.dir,
+                tmp_name.as_os_str(),
+                &self.dir,
+                name,
+                AtFlags::empty(),
+            )
+        };
+        match self.with_fan_out(name, link) {
+            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+        // `tmp` is removed when dropped.
+    }
+
+    /// Run `link`, creating the object's fan-out directory (`objects/xx`) when it is
+    /// missing.
+    fn with_fan_out(&self, name: &str, link: impl Fn() -> nix::Result<()>) -> nix::Result<()> {
+        match link() {
+            Err(Errno::ENOENT) => {
+                match mkdirat(&self.dir, &name[..2], Mode::from_bits_truncate(0o777)) {
+                    Ok(()) | Err(Errno::EEXIST) => link(),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Whether `/proc/self/fd` shows this open file (false without a mounted `/proc`).
+fn proc_visible(file: &fs::File) -> bool {
+    fs::symlink_metadata(format!("/proc/self/fd/{}", file.as_fd().as_raw_fd())).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = Repository::init(dir.path()).expect("git init");
+        (dir, repo)
+    }
+
+    fn stray_files(objects: &Path) -> Vec<String> {
+        fs::read_dir(objects)
+            .expect("objects/")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn objects_read_back_through_libgit2_with_the_ids_git_computes() {
+        let (dir, repo) = repo();
+        let writer = ObjectWriter::new(&repo).expect("writer");
+        assert!(
+            writer.loose.is_some(),
+            "a plain repository gets the loose writer"
+        );
+        let cases: [(ObjectType, &[u8]); 3] = [
+            (ObjectType::Blob, b""),
+            (ObjectType::Blob, b"fn main() {}\n"),
+            (ObjectType::Blob, &[0u8, 255, 10, 13, 0, 7][..]),
+        ];
+        for (kind, data) in cases {
+            let oid = writer.write(kind, data).expect("write");
+            assert_eq!(oid, Oid::hash_object(kind, data).expect("hash"));
+            let odb = repo.odb().expect("odb");
+            let obj = odb.read(oid).expect("read back");
+            assert_eq!(obj.kind(), kind);
+            assert_eq!(obj.data(), data);
+            // Written again: present, no error, same id.
+            assert_eq!(writer.write(kind, data).expect("rewrite"), oid);
+        }
+        // A tree and a commit made of them, which git itself accepts.
+        let blob = writer.write(ObjectType::Blob, b"x\n").expect("blob");
+        let mut tb = repo.treebuilder(None).expect("treebuilder");
+        tb.insert("x.txt", blob, 0o100644).expect("insert");
+        let odb = repo.odb().expect("test step");
+        let tree_bytes = odb.read(tb.write().expect("test step")).expect("test step");
+        let tree = writer
+            .write(ObjectType::Tree, tree_bytes.data())
+            .expect("tree");
+        let sig = git2::Signature::now("t", "t@localhost").expect("test step");
+        let buf = repo
+            .commit_create_buffer(
+                &sig,
+                &sig,
+                "m\n",
+                &repo.find_tree(tree).expect("test step"),
+                &[],
+            )
+            .expect("test step");
+        let commit = writer.write(ObjectType::Commit, &buf).expect("commit");
+        repo.reference("refs/heph/history", commit, true, "test")
+            .expect("test step");
+        let objects = dir.path().join(".git/objects");
+        assert!(
+            stray_files(&objects).is_empty(),
+            "{:?}",
+            stray_files(&objects)
+        );
+        let fsck = std::process::Command::new("git")
+            .args(["fsck", "--strict", "--no-dangling"])
+            .current_dir(dir.path())
+            .output();
+        if let Ok(out) = fsck {
+            assert!(
+                out.status.success(),
+                "git fsck: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    #[test]
+    fn objects_are_read_only_like_gits() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, repo) = repo();
+        let oid = ObjectWriter::new(&repo)
+            .expect("test step")
+            .write(ObjectType::Blob, b"read only\n")
+            .expect("test step");
+        let path = dir.path().join(".git/objects").join(loose_name(oid));
+        let mode = fs::metadata(&path)
+            .expect("loose object")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o222, 0, "mode {mode:o}");
+    }
+
+    #[test]
+    fn the_named_fallback_writes_the_same_objects() {
+        let (dir, repo) = repo();
+        let writer = ObjectWriter::new(&repo).expect("test step");
+        writer.loose.as_ref().expect("test step").tmpfile.set(false);
+        let oid = writer
+            .write(ObjectType::Blob, b"named\n")
+            .expect("test step");
+        assert_eq!(
+            repo.find_blob(oid).expect("test step").content(),
+            b"named\n"
+        );
+        let objects = dir.path().join(".git/objects");
+        assert!(
+            stray_files(&objects).is_empty(),
+            "{:?}",
+            stray_files(&objects)
+        );
+    }
+
+    #[test]
+    fn an_existing_object_is_freshened_not_rewritten() {
+        let (dir, repo) = repo();
+        let writer = ObjectWriter::new(&repo).expect("test step");
+        let oid = writer.write(ObjectType::Blob, b"old\n").expect("test step");
+        let path = dir.path().join(".git/objects").join(loose_name(oid));
+        let old = filetime_of(&path) - 3600;
+        let t = TimeSpec::new(old, 0);
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &t,
+            &t,
+            UtimensatFlags::FollowSymlink,
+        )
+        .expect("test step");
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).expect("test step"));
+        writer.write(ObjectType::Blob, b"old\n").expect("test step");
+        let meta = fs::metadata(&path).expect("test step");
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino);
+        assert!(filetime_of(&path) > old, "mtime not freshened");
+    }
+
+    fn filetime_of(path: &Path) -> i64 {
+        std::os::unix::fs::MetadataExt::mtime(&fs::metadata(path).expect("test step"))
+    }
+
+    #[test]
+    fn shared_repositories_keep_libgit2s_writer() {
+        let (_dir, repo) = repo();
+        repo.config()
+            .expect("test step")
+            .set_str("core.sharedRepository", "group")
+            .expect("test step");
+        let writer = ObjectWriter::new(&repo).expect("test step");
+        assert!(writer.loose.is_none());
+        let oid = writer
+            .write(ObjectType::Blob, b"shared\n")
+            .expect("test step");
+        assert_eq!(
+            repo.find_blob(oid).expect("test step").content(),
+            b"shared\n"
+        );
+    }
+}
