@@ -20,8 +20,10 @@
 //! - an object that is also in a pack may be written loose again: harmless (git's own
 //!   `gc` drops the duplicate), and cheaper than re-reading the packs for each object.
 //!
-//! Repositories with `core.sharedRepository` set keep libgit2's writer, which applies the
-//! shared permissions.
+//! Objects are fsynced before they are linked when the repository asks for it
+//! (`core.fsyncObjectFiles`, or `core.fsync` naming loose objects), as libgit2 and git
+//! do. Repositories with `core.sharedRepository` set keep libgit2's writer, as before
+//! this writer existed.
 
 use std::cell::{Cell, RefCell};
 use std::fs;
@@ -50,6 +52,8 @@ pub(crate) struct ObjectWriter<'r> {
 struct Loose {
     path: PathBuf,
     dir: OwnedFd,
+    /// fsync each object before it is linked (the repository's configuration says so).
+    fsync: bool,
     /// Whether unnamed temporary files (`O_TMPFILE` + a link through `/proc/self/fd`)
     /// work here; cleared at the first refusal.
     tmpfile: Cell<bool>,
@@ -73,8 +77,9 @@ impl<'r> ObjectWriter<'r> {
                     "" | "false" | "no" | "off" | "umask" | "0"
                 )
             });
+        let fsync = repo.config().ok().is_some_and(|c| wants_fsync(&c));
         let loose = (!shared)
-            .then(|| Loose::open(&repo.commondir().join("objects")))
+            .then(|| Loose::open(&repo.commondir().join("objects"), fsync))
             .flatten();
         Ok(ObjectWriter { odb, loose })
     }
@@ -101,6 +106,25 @@ impl<'r> ObjectWriter<'r> {
     }
 }
 
+/// Whether this configuration asks for loose objects to be fsynced: git's
+/// `core.fsyncObjectFiles = true` (which libgit2 honours too), or `core.fsync` naming
+/// `loose-object`, `object`, `committed`, `added` or `all` (and not `-loose-object`,
+/// `-object` or `none`; git's default leaves loose objects out).
+fn wants_fsync(config: &git2::Config) -> bool {
+    if config.get_bool("core.fsyncObjectFiles").unwrap_or(false) {
+        return true;
+    }
+    config.get_string("core.fsync").is_ok_and(|v| {
+        let parts: Vec<String> = v
+            .split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .collect();
+        let named = |names: &[&str]| parts.iter().any(|c| names.contains(&c.as_str()));
+        !named(&["-loose-object", "-object", "none"])
+            && named(&["loose-object", "object", "committed", "added", "all"])
+    })
+}
+
 /// `xx/yyyy…`: an object's path below `objects/`.
 fn loose_name(oid: Oid) -> String {
     let hex = oid.to_string();
@@ -108,7 +132,7 @@ fn loose_name(oid: Oid) -> String {
 }
 
 impl Loose {
-    fn open(path: &Path) -> Option<Loose> {
+    fn open(path: &Path, fsync: bool) -> Option<Loose> {
         let dir = openat(
             nix::fcntl::AT_FDCWD,
             path,
@@ -119,6 +143,7 @@ impl Loose {
         Some(Loose {
             path: path.to_path_buf(),
             dir,
+            fsync,
             tmpfile: Cell::new(true),
             buf: RefCell::new(Vec::new()),
         })
@@ -171,6 +196,9 @@ impl Loose {
         };
         let mut file = fs::File::from(fd);
         file.write_all(bytes)?;
+        if self.fsync {
+            file.sync_all()?;
+        }
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let link = || {
             nix::unistd::linkat(
@@ -183,8 +211,9 @@ impl Loose {
         };
         match self.with_fan_out(name, link) {
             Ok(()) | Err(Errno::EEXIST) => Ok(true),
-            // No /proc (or no fan-out directory even after creating it).
-            Err(Errno::ENOENT | Errno::EPERM | Errno::EACCES) if !proc_visible(&file) => Ok(false),
+            // No /proc, or a link through it refused (a sandbox): the named way.
+            Err(Errno::EPERM | Errno::EACCES) => Ok(false),
+            Err(Errno::ENOENT) if !proc_visible(&file) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -196,6 +225,9 @@ impl Loose {
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
             .tempfile_in(&self.path)?;
         tmp.write_all(bytes)?;
+        if self.fsync {
+            tmp.as_file().sync_all()?;
+        }
         let tmp_name = tmp
             .path()
             .file_name()
@@ -381,6 +413,28 @@ mod tests {
 
     fn filetime_of(path: &Path) -> i64 {
         std::os::unix::fs::MetadataExt::mtime(&fs::metadata(path).expect("test step"))
+    }
+
+    #[test]
+    fn fsync_follows_the_repositorys_configuration() {
+        let (_dir, repo) = repo();
+        let mut config = repo.config().expect("config");
+        assert!(!wants_fsync(&config));
+        config
+            .set_str("core.fsync", "index,reference")
+            .expect("set");
+        assert!(!wants_fsync(&config));
+        config
+            .set_str("core.fsync", "index, loose-object")
+            .expect("set");
+        assert!(wants_fsync(&config));
+        config.remove("core.fsync").expect("remove");
+        config.set_bool("core.fsyncObjectFiles", true).expect("set");
+        assert!(wants_fsync(&config));
+        let writer = ObjectWriter::new(&repo).expect("writer");
+        assert!(writer.loose.as_ref().is_some_and(|l| l.fsync));
+        let oid = writer.write(ObjectType::Blob, b"synced\n").expect("write");
+        assert_eq!(repo.find_blob(oid).expect("blob").content(), b"synced\n");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! written straight into its file image, copying the record of every directory whose
 //! entries did not change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
@@ -68,41 +68,63 @@ pub(crate) struct Scope {
     /// Rules from outside the project: the repository's `info/exclude`, then the
     /// `.gitignore` of every directory between the repository's work tree and the root.
     pub base_ignores: Vec<Rules>,
+    /// Where those rules are read from: (directory the rules apply below, file, whether
+    /// the file may be a symlink).
+    sources: Vec<(PathBuf, PathBuf, bool)>,
 }
 
 impl Scope {
     /// The scope of a project at `root`; `repo_workdir`/`git_dir` when it lives in a
     /// git repository with a work tree.
     pub fn new(root: &Path, repo: Option<(&Path, &Path)>) -> Scope {
-        let mut base_ignores = Vec::new();
+        let mut sources = Vec::new();
         if let Some((workdir, git_dir)) = repo {
-            let exclude = git_dir.join("info").join("exclude");
-            if exclude.is_file() {
-                base_ignores.extend(Rules::load(workdir, &exclude));
-            }
+            sources.push((
+                workdir.to_path_buf(),
+                git_dir.join("info").join("exclude"),
+                true,
+            ));
             if let Ok(inner) = root.strip_prefix(workdir) {
                 let mut dir = workdir.to_path_buf();
                 for part in inner.components() {
-                    push_gitignore(&dir, &mut base_ignores);
+                    // Like git (since 2.32), an in-tree `.gitignore` symlink is not followed.
+                    sources.push((dir.clone(), dir.join(".gitignore"), false));
                     dir.push(part);
                 }
             }
         }
         Scope {
             root: root.to_path_buf(),
-            base_ignores,
+            base_ignores: load_rules(&sources),
+            sources,
+        }
+    }
+
+    /// This scope with the rules from outside the project read again: a snapshot reads
+    /// them after it starts (so that their stats can be judged racy against its start),
+    /// and a history kept open for long (`heph watch`) applies the rules of now.
+    pub fn reloaded(&self) -> Scope {
+        Scope {
+            root: self.root.clone(),
+            base_ignores: load_rules(&self.sources),
+            sources: self.sources.clone(),
         }
     }
 }
 
-/// Push the rules of `dir/.gitignore` when the file exists; true when pushed.
-fn push_gitignore(dir: &Path, stack: &mut Vec<Rules>) -> bool {
-    let file = dir.join(".gitignore");
-    if !file.is_file() {
-        return false;
-    }
-    stack.extend(Rules::load(dir, &file));
-    true
+/// The rules of these sources that exist.
+fn load_rules(sources: &[(PathBuf, PathBuf, bool)]) -> Vec<Rules> {
+    sources
+        .iter()
+        .filter(|(_, file, follow)| {
+            if *follow {
+                file.is_file()
+            } else {
+                is_regular_file(file)
+            }
+        })
+        .filter_map(|(dir, file, _)| Rules::load(dir, file))
+        .collect()
 }
 
 /// The rules of one ignore file, for the paths below `dir`.
@@ -185,10 +207,18 @@ impl FileStat {
         *self != FileStat::default()
     }
 
+    /// Whether a change at or after `start` may hide behind this stat: its mtime or its
+    /// ctime (which a tool that sets the mtime back, `tar`, `rsync -a`, `touch -d`,
+    /// cannot set) is at or after `start`.
+    fn racy(&self, start: (i64, i64)) -> bool {
+        (self.mtime_s, i64::from(self.mtime_ns)) >= start
+            || (self.ctime_s, i64::from(self.ctime_ns)) >= start
+    }
+
     /// This stat, or the untrusted one when it was taken too close to `start` (the
     /// snapshot's start on the file system's clock) to tell a later change apart.
     fn unless_racy(self, start: (i64, i64)) -> FileStat {
-        if (self.mtime_s, i64::from(self.mtime_ns)) >= start {
+        if self.racy(start) {
             FileStat::default()
         } else {
             self
@@ -612,6 +642,7 @@ pub(crate) fn snapshot(
     // to now.
     let clock = state_dir.join(CLOCK_FILE);
     let start = fs_now(&clock).map_err(io(&clock))?;
+    let scope = &scope.reloaded();
     let reuse = Reuse::of(scope, &old);
     let mut scanned = scan(scope, reuse.as_ref())?;
     if scanned.new_rules {
@@ -749,6 +780,11 @@ fn git_mode(st: &nix::sys::stat::FileStat) -> Option<u32> {
     }
 }
 
+/// Whether `path` is a regular file, not following a symlink.
+fn is_regular_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
 fn vanished(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -839,8 +875,8 @@ pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryEr
 /// `lstat`ed one by one; only `getdents`, the ignore matching and the sort are saved.
 struct Reuse<'c> {
     cache: &'c StatCache,
-    /// The ignore files the cache's scan applied, by absolute path.
-    rule_files: HashSet<&'c [u8]>,
+    /// The ignore files the cache's scan applied, by absolute path, with their stats.
+    rule_files: HashMap<&'c [u8], FileStat>,
 }
 
 impl<'c> Reuse<'c> {
@@ -849,13 +885,20 @@ impl<'c> Reuse<'c> {
     /// read them), and `scope` reads no rule from outside the project that it did not.
     fn of(scope: &Scope, cache: &'c StatCache) -> Option<Reuse<'c>> {
         cache.commit?;
+        if !directory_mtimes_reliable(&scope.root) {
+            return None;
+        }
         let base: HashMap<&[u8], FileStat> = scope
             .base_ignores
             .iter()
             .map(|r| (r.source.0.as_slice(), r.source.1))
             .collect();
-        let rule_files: HashSet<&[u8]> = cache.rules.iter().map(|(p, _)| p.as_slice()).collect();
-        if base.keys().any(|b| !rule_files.contains(b)) {
+        let rule_files: HashMap<&[u8], FileStat> = cache
+            .rules
+            .iter()
+            .map(|(p, st)| (p.as_slice(), *st))
+            .collect();
+        if base.keys().any(|b| !rule_files.contains_key(b)) {
             return None;
         }
         for (path, stat) in &cache.rules {
@@ -868,6 +911,37 @@ impl<'c> Reuse<'c> {
             }
         }
         Some(Reuse { cache, rule_files })
+    }
+}
+
+/// Whether the file system holding `root` is one where adding, removing or renaming an
+/// entry always changes its directory's mtime and ctime, at the precision of its file
+/// timestamps: the local Linux file systems. Elsewhere (NFS and its attribute cache,
+/// FUSE, 9p, virtiofs) every directory is listed, as git's untracked cache, which
+/// rests on the same property, is enabled only where a test shows it.
+fn directory_mtimes_reliable(root: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::statfs::{
+            BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC,
+            TMPFS_MAGIC, XFS_SUPER_MAGIC, statfs,
+        };
+        statfs(root).is_ok_and(|fs| {
+            [
+                EXT4_SUPER_MAGIC, // also ext2 and ext3
+                XFS_SUPER_MAGIC,
+                BTRFS_SUPER_MAGIC,
+                TMPFS_MAGIC,
+                OVERLAYFS_SUPER_MAGIC,
+                F2FS_SUPER_MAGIC,
+            ]
+            .contains(&fs.filesystem_type())
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        false
     }
 }
 
@@ -978,7 +1052,7 @@ fn scan_worker(
                     r.dirs.insert(rel, done.dir);
                     if let Some(rule) = done.rules {
                         r.new_rules |=
-                            reuse.is_some_and(|u| !u.rule_files.contains(rule.0.as_slice()));
+                            reuse.is_some_and(|u| !u.rule_files.contains_key(rule.0.as_slice()));
                         r.rules.push(rule);
                     }
                 }
@@ -1000,12 +1074,14 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
         source: io::Error::from(e),
     };
     let is_root = job.rel.is_empty();
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    // Never through a symlink: a directory replaced by one since its parent was listed
+    // (or since its parent's listing was cached) is no directory any more.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     // A plain descriptor first: a directory whose listing is reused is never read, and
     // needs no `DIR` stream (glibc's `fdopendir` costs two `fcntl` and a 32 KiB buffer).
     let fd = match nix::fcntl::open(job.abs.as_path(), flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(e) if !is_root && vanished_errno(e) => {
+        Err(e) if !is_root && (vanished_errno(e) || e == Errno::ELOOP) => {
             return Ok(DirScan {
                 dir: ScannedDir::default(),
                 jobs: Vec::new(),
@@ -1056,24 +1132,36 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
         });
     }
     let has_gitignore = named(b".gitignore");
+    let has_target = named(b"target");
     listing.sort_unstable_by(|a, b| {
         a.0.cmp(&b.0)
             .then_with(|| names[a.1.clone()].cmp(&names[b.1.clone()]))
     });
     let mut ignores = job.ignores;
     let mut applied = None;
+    // A listing the next scan may not reuse: a `.gitignore` name whose rules are not
+    // applied (a symlink, a directory: what it becomes later would go unseen), or a
+    // subdirectory named `target` (excluded by whether it holds a CACHEDIR.TAG, which
+    // can change without this directory changing).
+    let mut volatile = !is_root && has_target;
     if has_gitignore {
         let file = job.abs.join(".gitignore");
-        if file.is_file()
-            && let Some(rules) = Rules::load(&job.abs, &file)
+        // Like git (since 2.32), a `.gitignore` that is a symlink is not followed.
+        match is_regular_file(&file)
+            .then(|| Rules::load(&job.abs, &file))
+            .flatten()
         {
-            applied = Some(rules.source.clone());
-            ignores = Some(Arc::new(IgnoreStack {
-                rules,
-                parent: ignores,
-            }));
+            Some(rules) => {
+                applied = Some(rules.source.clone());
+                ignores = Some(Arc::new(IgnoreStack {
+                    rules,
+                    parent: ignores,
+                }));
+            }
+            None => volatile = true,
         }
     }
+    let stat = if volatile { FileStat::default() } else { stat };
     let has_rules = ignores.is_some() || !scope.base_ignores.is_empty();
     // `job.abs/` then each entry's name, as bytes: cheaper than PathBuf's push and pop.
     let mut path = job.abs.as_os_str().as_bytes().to_vec();
@@ -1161,8 +1249,12 @@ fn reuse_listing(
     let mut ignores = job.ignores.clone();
     let mut applied = None;
     let gitignore = job.abs.join(".gitignore");
-    if reuse.rule_files.contains(gitignore.as_os_str().as_bytes()) {
+    if let Some(known) = reuse.rule_files.get(gitignore.as_os_str().as_bytes()) {
         let rules = Rules::load(&job.abs, &gitignore)?;
+        if rules.source.1 != *known {
+            // Edited since the scan began: the listing is not the one those rules chose.
+            return None;
+        }
         applied = Some(rules.source.clone());
         ignores = Some(Arc::new(IgnoreStack {
             rules,
@@ -1281,7 +1373,7 @@ impl Builder<'_, '_, '_> {
                             }
                         },
                     };
-                    let racy = (stat.mtime_s, i64::from(stat.mtime_ns)) >= self.start;
+                    let racy = stat.racy(self.start);
                     same_record &= cached.is_some() && !racy;
                     Entry {
                         name,

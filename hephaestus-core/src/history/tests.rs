@@ -361,8 +361,24 @@ fn incremental_snapshots_build_the_tree_git_builds() {
             Box::new(|r| fs::remove_file(r.join("src/.gitignore")).expect("rm")),
         ),
         (
+            "a symlinked .gitignore (not followed, as by git)",
+            Box::new(|r| {
+                write(r, "src/ignore-f2", "f2.rs\n");
+                std::os::unix::fs::symlink("../ignore-f2", r.join("src/m0/.gitignore"))
+                    .expect("ln");
+            }),
+        ),
+        (
             "a file renamed over another",
             Box::new(|r| fs::rename(r.join("src/m0/f1.rs"), r.join("src/m0/f2.rs")).expect("mv")),
+        ),
+        (
+            "info/exclude edited while the history is open",
+            Box::new(|r| fs::write(r.join(".git/info/exclude"), "f1.rs\n").expect("exclude")),
+        ),
+        (
+            "info/exclude emptied",
+            Box::new(|r| fs::write(r.join(".git/info/exclude"), "").expect("exclude")),
         ),
     ];
     for (i, (what, step)) in steps.iter().enumerate() {
@@ -403,6 +419,42 @@ fn incremental_snapshots_build_the_tree_git_builds() {
     write(&root, "src/m0/f1.rs", "// last\n");
     h.record_manual_if_changed().expect("record").expect("new");
     assert_eq!(tree_of(&h), git_tree(&root));
+}
+
+#[test]
+fn a_nested_target_directory_follows_its_cachedir_tag_in_unchanged_directories() {
+    let (_dir, root) = project(true);
+    write(&root, "tools/gen/lib.rs", "// lib\n");
+    write(&root, "tools/gen/target/out.rs", "// built\n");
+    let mut h = open(&root);
+    let stored = |h: &History| {
+        let tip = h.tip().expect("tip").expect("some");
+        let repo = Repository::open(&root).expect("repo");
+        let tree = repo
+            .find_tree(h.tree_of(tip).expect("tree"))
+            .expect("find tree");
+        tree.get_path(Path::new("tools/gen/target/out.rs")).is_ok()
+    };
+    h.record_manual_if_changed().expect("first");
+    assert!(
+        stored(&h),
+        "a target/ without CACHEDIR.TAG is the project's"
+    );
+    // Once every stat is trusted, `tools/gen` itself never changes below.
+    std::thread::sleep(Duration::from_millis(15));
+    h.record_manual_if_changed().expect("settle");
+    write(
+        &root,
+        "tools/gen/target/CACHEDIR.TAG",
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    );
+    std::thread::sleep(Duration::from_millis(15));
+    h.record_manual_if_changed().expect("tagged");
+    assert!(!stored(&h), "a cargo target directory is left out");
+    fs::remove_file(root.join("tools/gen/target/CACHEDIR.TAG")).expect("rm");
+    std::thread::sleep(Duration::from_millis(15));
+    h.record_manual_if_changed().expect("untagged");
+    assert!(stored(&h), "and taken back when it is no longer one");
 }
 
 #[test]
