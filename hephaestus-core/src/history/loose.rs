@@ -279,6 +279,12 @@ mod tests {
         (dir, repo)
     }
 
+    /// Write a blob with `writer`, check that libgit2 reads it back as written.
+    fn write_and_read_back(writer: &ObjectWriter<'_>, repo: &Repository, data: &[u8]) {
+        let oid = writer.write(ObjectType::Blob, data).expect("write");
+        assert_eq!(repo.find_blob(oid).expect("read back").content(), data);
+    }
+
     fn stray_files(objects: &Path) -> Vec<String> {
         fs::read_dir(objects)
             .expect("objects/")
@@ -373,13 +379,7 @@ mod tests {
         let (dir, repo) = repo();
         let writer = ObjectWriter::new(&repo).expect("test step");
         writer.loose.as_ref().expect("test step").tmpfile.set(false);
-        let oid = writer
-            .write(ObjectType::Blob, b"named\n")
-            .expect("test step");
-        assert_eq!(
-            repo.find_blob(oid).expect("test step").content(),
-            b"named\n"
-        );
+        write_and_read_back(&writer, &repo, b"named\n");
         let objects = dir.path().join(".git/objects");
         assert!(
             stray_files(&objects).is_empty(),
@@ -433,8 +433,7 @@ mod tests {
         assert!(wants_fsync(&config));
         let writer = ObjectWriter::new(&repo).expect("writer");
         assert!(writer.loose.as_ref().is_some_and(|l| l.fsync));
-        let oid = writer.write(ObjectType::Blob, b"synced\n").expect("write");
-        assert_eq!(repo.find_blob(oid).expect("blob").content(), b"synced\n");
+        write_and_read_back(&writer, &repo, b"synced\n");
     }
 
     #[test]
@@ -446,12 +445,6 @@ mod tests {
             .expect("test step");
         let writer = ObjectWriter::new(&repo).expect("test step");
         assert!(writer.loose.is_none());
-        let oid = writer
-            .write(ObjectType::Blob, b"shared\n")
-            .expect("test step");
-        assert_eq!(
-            repo.find_blob(oid).expect("test step").content(),
-            b"shared\n"
-        );
+        write_and_read_back(&writer, &repo, b"shared\n");
     }
 }
