@@ -20,9 +20,9 @@
 //! - an object that is also in a pack may be written loose again: harmless (git's own
 //!   `gc` drops the duplicate), and cheaper than re-reading the packs for each object.
 //!
-//! Objects are fsynced before they are linked when the repository asks for it
-//! (`core.fsyncObjectFiles`, or `core.fsync` naming loose objects), as libgit2 and git
-//! do. Repositories with `core.sharedRepository` set keep libgit2's writer, as before
+//! Objects are fsynced before they are linked when the repository asks for it as git
+//! reads it (`core.fsyncObjectFiles`, which libgit2 honours too, or `core.fsync` naming
+//! loose objects). Repositories with `core.sharedRepository` set keep libgit2's writer, as before
 //! this writer existed.
 
 use std::cell::{Cell, RefCell};
@@ -106,23 +106,54 @@ impl<'r> ObjectWriter<'r> {
     }
 }
 
-/// Whether this configuration asks for loose objects to be fsynced: git's
-/// `core.fsyncObjectFiles = true` (which libgit2 honours too), or `core.fsync` naming
-/// `loose-object`, `object`, `committed`, `added` or `all` (and not `-loose-object`,
-/// `-object` or `none`; git's default leaves loose objects out).
+/// Whether this configuration asks for loose objects to be fsynced, as git reads it:
+/// `core.fsyncObjectFiles = true`, or a `core.fsync` component that names them
+/// (`loose-object`, `objects`, `committed`, `added`, `all`, or a prefix of one of them:
+/// git matches a component as a prefix of its names). git's result is `(default &
+/// !negated) | named`, and its default on Linux leaves loose objects out, so only what
+/// is named counts; `-loose-object` and `none` cannot take back what another name adds.
 fn wants_fsync(config: &git2::Config) -> bool {
     if config.get_bool("core.fsyncObjectFiles").unwrap_or(false) {
         return true;
     }
-    config.get_string("core.fsync").is_ok_and(|v| {
-        let parts: Vec<String> = v
-            .split(',')
-            .map(|c| c.trim().to_ascii_lowercase())
-            .collect();
-        let named = |names: &[&str]| parts.iter().any(|c| names.contains(&c.as_str()));
-        !named(&["-loose-object", "-object", "none"])
-            && named(&["loose-object", "object", "committed", "added", "all"])
-    })
+    let Ok(value) = config.get_string("core.fsync") else {
+        return false;
+    };
+    // git's component names, and whether each includes loose objects.
+    const NAMES: [(&str, bool); 11] = [
+        ("loose-object", true),
+        ("pack", false),
+        ("pack-metadata", false),
+        ("commit-graph", false),
+        ("index", false),
+        ("objects", true),
+        ("reference", false),
+        ("derived-metadata", false),
+        ("committed", true),
+        ("added", true),
+        ("all", true),
+    ];
+    let mut rest = value.as_str();
+    loop {
+        rest = rest.trim_start_matches([',', ' ', '\t', '\n', '\r']);
+        let (token, next) = rest
+            .split_once(',')
+            .map_or((rest, None), |(t, n)| (t, Some(n)));
+        if token.is_empty() {
+            return false;
+        }
+        if !token.starts_with('-')
+            && NAMES
+                .iter()
+                .any(|(name, loose)| *loose && name.starts_with(token))
+        {
+            return true;
+        }
+        match next {
+            Some(n) => rest = n,
+            None => return false,
+        }
+    }
 }
 
 /// `xx/yyyy…`: an object's path below `objects/`.
@@ -418,16 +449,27 @@ mod tests {
     #[test]
     fn fsync_follows_the_repositorys_configuration() {
         let (_dir, repo) = repo();
-        let mut config = repo.config().expect("config");
+        // The repository's own file only: a developer's ~/.gitconfig must not count.
+        let mut config = git2::Config::open(&repo.path().join("config")).expect("config");
         assert!(!wants_fsync(&config));
-        config
-            .set_str("core.fsync", "index,reference")
-            .expect("set");
-        assert!(!wants_fsync(&config));
-        config
-            .set_str("core.fsync", "index, loose-object")
-            .expect("set");
-        assert!(wants_fsync(&config));
+        let cases = [
+            ("index,reference", false),
+            ("pack,pack-metadata", false),
+            ("index, loose-object", true),
+            ("objects", true),
+            ("obj", true),
+            ("committed,-loose-object", true),
+            ("all,-loose-object", true),
+            ("-loose-object", false),
+            ("none", false),
+            ("none,loose-object", true),
+            ("derived-metadata", false),
+            ("", false),
+        ];
+        for (value, expected) in cases {
+            config.set_str("core.fsync", value).expect("set");
+            assert_eq!(wants_fsync(&config), expected, "core.fsync = {value:?}");
+        }
         config.remove("core.fsync").expect("remove");
         config.set_bool("core.fsyncObjectFiles", true).expect("set");
         assert!(wants_fsync(&config));

@@ -51,7 +51,7 @@ pub(crate) const CACHE_FILE: &str = "stat-cache";
 /// The file inside `.heph/` whose mtime, set to "now" as a snapshot starts, tells the
 /// start on the file system's own clock.
 const CLOCK_FILE: &str = "clock";
-const MAGIC: &[u8; 8] = b"HEPHSC02";
+const MAGIC: &[u8; 8] = b"HEPHSC03";
 /// Bytes of the header's fixed part: magic, commit id, directory count, rule file count
 /// (the rule files, then the directory records, follow).
 const HEADER_LEN: usize = 8 + 20 + 4 + 4;
@@ -875,6 +875,8 @@ pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryEr
 /// `lstat`ed one by one; only `getdents`, the ignore matching and the sort are saved.
 struct Reuse<'c> {
     cache: &'c StatCache,
+    /// The device of the project root, whose file system was checked.
+    dev: u64,
     /// The ignore files the cache's scan applied, by absolute path, with their stats.
     rule_files: HashMap<&'c [u8], FileStat>,
 }
@@ -888,6 +890,7 @@ impl<'c> Reuse<'c> {
         if !directory_mtimes_reliable(&scope.root) {
             return None;
         }
+        let dev = fs::metadata(&scope.root).ok()?.dev();
         let base: HashMap<&[u8], FileStat> = scope
             .base_ignores
             .iter()
@@ -910,7 +913,11 @@ impl<'c> Reuse<'c> {
                 return None;
             }
         }
-        Some(Reuse { cache, rule_files })
+        Some(Reuse {
+            cache,
+            dev,
+            rule_files,
+        })
     }
 }
 
@@ -1090,9 +1097,12 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
         }
         Err(e) => return Err(errno(&job.abs, e)),
     };
-    let stat =
-        nix::sys::stat::fstat(&fd).map_or_else(|_| FileStat::default(), |st| FileStat::of(&st));
+    let (stat, dev) = nix::sys::stat::fstat(&fd).map_or((FileStat::default(), None), |st| {
+        (FileStat::of(&st), Some(st.st_dev))
+    });
     if let Some(reuse) = reuse
+        // A file system mounted inside the project is not the one that was checked.
+        && dev == Some(reuse.dev)
         && let Some(record) = reuse.cache.dirs.get(&job.rel)
         && record.stat.trusted()
         && record.stat == stat
@@ -1132,7 +1142,6 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
         });
     }
     let has_gitignore = named(b".gitignore");
-    let has_target = named(b"target");
     listing.sort_unstable_by(|a, b| {
         a.0.cmp(&b.0)
             .then_with(|| names[a.1.clone()].cmp(&names[b.1.clone()]))
@@ -1141,9 +1150,9 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
     let mut applied = None;
     // A listing the next scan may not reuse: a `.gitignore` name whose rules are not
     // applied (a symlink, a directory: what it becomes later would go unseen), or a
-    // subdirectory named `target` (excluded by whether it holds a CACHEDIR.TAG, which
-    // can change without this directory changing).
-    let mut volatile = !is_root && has_target;
+    // subdirectory named `target` that no rule ignores (excluded by whether it holds a
+    // CACHEDIR.TAG, which can change without this directory changing; see below).
+    let mut volatile = false;
     if has_gitignore {
         let file = job.abs.join(".gitignore");
         // Like git (since 2.32), a `.gitignore` that is a symlink is not followed.
@@ -1161,7 +1170,6 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
             None => volatile = true,
         }
     }
-    let stat = if volatile { FileStat::default() } else { stat };
     let has_rules = ignores.is_some() || !scope.base_ignores.is_empty();
     // `job.abs/` then each entry's name, as bytes: cheaper than PathBuf's push and pop.
     let mut path = job.abs.as_os_str().as_bytes().to_vec();
@@ -1188,21 +1196,24 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
                 Err(e) => return Err(errno(&job.abs.join(OsStr::from_bytes(name)), e)),
             },
         };
-        if kind == Kind::Other || excluded_by_heph(name, is_root, &job.abs, kind == Kind::Dir) {
+        if kind == Kind::Other {
             continue;
         }
-        if has_rules {
+        let ignored = has_rules && {
             path.truncate(dir_len);
             path.extend_from_slice(name);
-            let ignored = is_ignored(
+            is_ignored(
                 ignores.as_ref(),
                 &scope.base_ignores,
                 &path,
                 kind == Kind::Dir,
-            );
-            if ignored {
-                continue;
-            }
+            )
+        };
+        if !is_root && kind == Kind::Dir && name == b"target" && !ignored {
+            volatile = true;
+        }
+        if ignored || excluded_by_heph(name, is_root, &job.abs, kind == Kind::Dir) {
+            continue;
         }
         if kind == Kind::Dir {
             let mut rel = job.rel.clone();
@@ -1229,6 +1240,7 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
             file: Some((mode, FileStat::of(&st))),
         });
     }
+    let stat = if volatile { FileStat::default() } else { stat };
     Ok(DirScan {
         dir: ScannedDir { names, found, stat },
         jobs: subjobs,
