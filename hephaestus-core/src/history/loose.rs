@@ -67,9 +67,9 @@ impl<'r> ObjectWriter<'r> {
         let odb = repo
             .odb()
             .map_err(HistoryError::git("opening the object database"))?;
-        let shared = repo
-            .config()
-            .ok()
+        let config = repo.config().ok();
+        let shared = config
+            .as_ref()
             .and_then(|c| c.get_string("core.sharedRepository").ok())
             .is_some_and(|v| {
                 !matches!(
@@ -77,7 +77,7 @@ impl<'r> ObjectWriter<'r> {
                     "" | "false" | "no" | "off" | "umask" | "0"
                 )
             });
-        let fsync = repo.config().ok().is_some_and(|c| wants_fsync(&c));
+        let fsync = config.as_ref().is_some_and(wants_fsync);
         let loose = (!shared)
             .then(|| Loose::open(&repo.commondir().join("objects"), fsync))
             .flatten();

@@ -58,7 +58,7 @@ const HEADER_LEN: usize = 8 + 20 + 4 + 4;
 /// Bytes of an encoded [`FileStat`].
 const STAT_LEN: usize = 8 + 4 + 8 + 4 + 8 + 8;
 /// Bytes of an entry after its name: mode, oid, mtime, ctime, size, inode.
-const ENTRY_FIXED_LEN: usize = 4 + 20 + 8 + 4 + 8 + 4 + 8 + 8;
+const ENTRY_FIXED_LEN: usize = 4 + 20 + STAT_LEN;
 
 /// What the walk covers: the project root and the ignore rules that apply from above it.
 #[derive(Debug)]
@@ -302,10 +302,7 @@ impl StatCache {
 
     /// Load the cache; a missing, truncated or foreign file reads as empty.
     pub fn load(path: &Path) -> StatCache {
-        fs::read(path)
-            .ok()
-            .and_then(Self::decode)
-            .unwrap_or_default()
+        Self::load_noting(path).0
     }
 
     /// Load the cache with the file's identity before it was read (None: no file).
@@ -712,6 +709,18 @@ struct IgnoreStack {
     parent: Option<Arc<IgnoreStack>>,
 }
 
+impl IgnoreStack {
+    /// Put a directory's own `rules` on top of `stack`; the file they came from.
+    fn push(stack: &mut Option<Arc<IgnoreStack>>, rules: Rules) -> RuleFile {
+        let source = rules.source.clone();
+        *stack = Some(Arc::new(IgnoreStack {
+            rules,
+            parent: stack.take(),
+        }));
+        source
+    }
+}
+
 /// Whether the rules in force ignore the entry at the absolute `path`: the nearest
 /// file's rules first, the first that says ignore or whitelist decides.
 fn is_ignored(stack: Option<&Arc<IgnoreStack>>, base: &[Rules], path: &[u8], is_dir: bool) -> bool {
@@ -962,7 +971,8 @@ struct ScanOutput {
     new_rules: bool,
 }
 
-/// One directory scanned.
+/// One directory scanned (the default: nothing to keep, nothing below).
+#[derive(Default)]
 struct DirScan {
     dir: ScannedDir,
     jobs: Vec<Job>,
@@ -1089,11 +1099,7 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
     let fd = match nix::fcntl::open(job.abs.as_path(), flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(e) if !is_root && (vanished_errno(e) || e == Errno::ELOOP) => {
-            return Ok(DirScan {
-                dir: ScannedDir::default(),
-                jobs: Vec::new(),
-                rules: None,
-            });
+            return Ok(DirScan::default());
         }
         Err(e) => return Err(errno(&job.abs, e)),
     };
@@ -1135,11 +1141,7 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
     let named = |wanted: &[u8]| listing.iter().any(|(_, n, _)| &names[n.clone()] == wanted);
     if !is_root && named(b".git") {
         // A nested repository: git stores it as a submodule link, heph leaves it out.
-        return Ok(DirScan {
-            dir: ScannedDir::default(),
-            jobs: Vec::new(),
-            rules: None,
-        });
+        return Ok(DirScan::default());
     }
     let has_gitignore = named(b".gitignore");
     listing.sort_unstable_by(|a, b| {
@@ -1160,13 +1162,7 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
             .then(|| Rules::load(&job.abs, &file))
             .flatten()
         {
-            Some(rules) => {
-                applied = Some(rules.source.clone());
-                ignores = Some(Arc::new(IgnoreStack {
-                    rules,
-                    parent: ignores,
-                }));
-            }
+            Some(rules) => applied = Some(IgnoreStack::push(&mut ignores, rules)),
             None => volatile = true,
         }
     }
@@ -1267,11 +1263,7 @@ fn reuse_listing(
             // Edited since the scan began: the listing is not the one those rules chose.
             return None;
         }
-        applied = Some(rules.source.clone());
-        ignores = Some(Arc::new(IgnoreStack {
-            rules,
-            parent: ignores,
-        }));
+        applied = Some(IgnoreStack::push(&mut ignores, rules));
     }
     let mut names = Vec::new();
     let mut found = Vec::new();
