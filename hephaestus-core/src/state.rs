@@ -227,8 +227,10 @@ mod tests {
                 .lock("a", Duration::from_secs(1), |_| {})
                 .expect("lock"),
         );
+        // Not instantly: a child forked meanwhile by another test's thread shares the
+        // lock until it execs.
         state
-            .lock("b", Duration::from_millis(10), |_| {})
+            .lock("b", Duration::from_secs(1), |_| {})
             .expect("relock");
     }
 }

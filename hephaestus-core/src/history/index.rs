@@ -187,10 +187,12 @@ impl Reader {
 
 /// Take the lock of the index's writers: `history-index.lock` beside it (not the index
 /// itself, which [`rewrite`] replaces: a lock on a replaced file protects nothing).
-/// A writer (`wait`) tries for up to 200 ms, a listing once; None when it is busy: the
-/// index is only a cache, and nobody waits long for it (a listing stopped while it
-/// holds the lock must not stall the writers).
-fn lock(path: &Path, wait: bool) -> io::Result<Option<File>> {
+/// Writers and listings try for up to 200 ms; None when it is still busy: the index is
+/// only a cache, and nobody waits long for it (a process stopped while it holds the
+/// lock must not stall the others). A listing waits too because a holder is not always
+/// a heph at work: a child process forked by another thread of the holder keeps the
+/// lock (an `flock` belongs to the open file, which the child shares) until it execs.
+fn lock(path: &Path) -> io::Result<Option<File>> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -200,9 +202,7 @@ fn lock(path: &Path, wait: bool) -> io::Result<Option<File>> {
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock)
-                if wait && std::time::Instant::now() < deadline =>
-            {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -256,7 +256,7 @@ fn write_at(file: &File, start: u64, records: &[Record]) -> io::Result<()> {
 /// Otherwise (the index lags behind, is torn or missing) nothing is written: the next
 /// listing reads what it lacks from git and fills it in.
 pub(crate) fn append_child(path: &Path, record: &Record) -> io::Result<()> {
-    let Some(_lock) = lock(path, true)? else {
+    let Some(_lock) = lock(path)? else {
         return Ok(());
     };
     let file = open_index(path)?;
@@ -276,7 +276,7 @@ pub(crate) fn append_child(path: &Path, record: &Record) -> io::Result<()> {
 /// when `after` is the index's last record and the oldest of them is its child (the
 /// stretch stays unbroken); with `after` None, they start the index over (there was
 /// none, or it was torn, foreign or too far behind). Only if the index still ends where
-/// the listing found it (`expected_end`), and not while a writer holds the lock.
+/// the listing found it (`expected_end`), and not when the lock stays busy (see [`lock`]).
 pub(crate) fn fill(
     path: &Path,
     records: &[Record],
@@ -286,7 +286,7 @@ pub(crate) fn fill(
     let Some(oldest) = records.first() else {
         return Ok(());
     };
-    let Some(_lock) = lock(path, false)? else {
+    let Some(_lock) = lock(path)? else {
         return Ok(());
     };
     let file = open_index(path)?;
@@ -307,9 +307,9 @@ pub(crate) fn fill(
 /// a listing walked all of it and found the index short. Written to
 /// `history-index.new` beside it (one fixed name, under the lock: a killed listing
 /// leaves at most that file, which the next rewrite overwrites) and renamed over it;
-/// skipped when a writer holds the lock.
+/// skipped when the lock stays busy (see [`lock`]).
 pub(crate) fn rewrite(path: &Path, records: &[Record]) -> io::Result<()> {
-    let Some(_lock) = lock(path, false)? else {
+    let Some(_lock) = lock(path)? else {
         return Ok(());
     };
     let new = path.with_file_name(format!("{INDEX_FILE}.new"));
@@ -429,7 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
         rewrite(&path, &[record(1)]).expect("rewrite");
-        let held = lock(&path, true).expect("lock").expect("held");
+        let held = lock(&path).expect("lock").expect("held");
         let writer = {
             let path = path.clone();
             std::thread::spawn(move || append_child(&path, &record(3)))
@@ -444,5 +444,28 @@ mod tests {
         drop(held);
         writer.join().expect("thread").expect("append");
         assert_eq!(all(&path), [record(3), record(2), record(1)]);
+    }
+
+    #[test]
+    fn a_listing_waits_for_a_lock_held_a_moment() {
+        // What holds it here, briefly, is as a child forked by another thread would
+        // between its fork and its exec.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(INDEX_FILE);
+        let while_held = |listing: Box<dyn FnOnce() -> io::Result<()> + Send>| {
+            let held = lock(&path).expect("lock").expect("held");
+            let listing = std::thread::spawn(listing);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(held);
+            listing.join().expect("thread").expect("listing");
+        };
+        std::fs::write(&path, b"not an index").expect("garbage");
+        let p = path.clone();
+        while_held(Box::new(move || rewrite(&p, &[record(1), record(2)])));
+        assert_eq!(all(&path), [record(2), record(1)]);
+        std::fs::write(&path, b"not an index").expect("garbage");
+        let p = path.clone();
+        while_held(Box::new(move || fill(&p, &[record(3)], 12, None)));
+        assert_eq!(all(&path), [record(3)]);
     }
 }
