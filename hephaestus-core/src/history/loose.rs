@@ -17,8 +17,13 @@
 //!   object, never a partial one and never a stray temporary file;
 //! - where `O_TMPFILE` or `/proc/self/fd` is not available, a named temporary file
 //!   (`tmp_obj_heph_*`, the prefix `git gc` cleans) is written then hard-linked;
-//! - an object that is also in a pack may be written loose again: harmless (git's own
-//!   `gc` drops the duplicate), and cheaper than re-reading the packs for each object.
+//! - an object already in one of the packs libgit2 has loaded is not written again (the
+//!   first snapshot of a project whose files are committed and packed would otherwise
+//!   write every file as a loose duplicate, enough to set off the user's next `git gc
+//!   --auto`); libgit2's own write freshens its pack, as git does. Packs are not
+//!   re-listed for each new object: an object in a pack that appeared since the
+//!   repository was opened may be written loose again, which is harmless (git's own
+//!   `gc` drops the duplicate).
 //!
 //! Objects are fsynced before they are linked when the repository asks for it as git
 //! reads it (`core.fsyncObjectFiles`, which libgit2 honours too, or `core.fsync` naming
@@ -33,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::ZlibEncoder;
-use git2::{ObjectType, Odb, Oid, Repository};
+use git2::{ObjectType, Odb, OdbLookupFlags, Oid, Repository};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, UtimensatFlags, fstatat, mkdirat, utimensat};
@@ -96,10 +101,18 @@ impl<'r> ObjectWriter<'r> {
             return self.odb.write(kind, data).map_err(HistoryError::git(what));
         };
         let oid = Oid::hash_object(kind, data).map_err(HistoryError::git(what))?;
+        let name = loose_name(oid);
+        if loose.freshen(&name) {
+            return Ok(oid);
+        }
+        if self.odb.exists_ext(oid, OdbLookupFlags::NO_REFRESH) {
+            // In a pack: libgit2 finds it there, freshens that pack and writes nothing.
+            return self.odb.write(kind, data).map_err(HistoryError::git(what));
+        }
         loose
-            .write(kind, data, oid)
+            .write_new(kind, data, &name)
             .map_err(|source| HistoryError::Io {
-                path: loose.path.join(loose_name(oid)),
+                path: loose.path.join(&name),
                 source,
             })?;
         Ok(oid)
@@ -180,20 +193,19 @@ impl Loose {
         })
     }
 
-    fn write(&self, kind: ObjectType, data: &[u8], oid: Oid) -> io::Result<()> {
-        let name = loose_name(oid);
-        if fstatat(&self.dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
-            // Present: only freshened (best effort, as git does).
-            let now = TimeSpec::UTIME_NOW;
-            let _ = utimensat(
-                &self.dir,
-                name.as_str(),
-                &now,
-                &now,
-                UtimensatFlags::FollowSymlink,
-            );
-            return Ok(());
+    /// Whether the object `name` (`xx/yyyy…`) is present as a loose file; if so, it is
+    /// freshened (best effort, as git does).
+    fn freshen(&self, name: &str) -> bool {
+        if fstatat(&self.dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).is_err() {
+            return false;
         }
+        let now = TimeSpec::UTIME_NOW;
+        let _ = utimensat(&self.dir, name, &now, &now, UtimensatFlags::FollowSymlink);
+        true
+    }
+
+    /// Write a new loose object `name`.
+    fn write_new(&self, kind: ObjectType, data: &[u8], name: &str) -> io::Result<()> {
         let mut buf = self.buf.borrow_mut();
         buf.clear();
         let mut z = ZlibEncoder::new(&mut *buf, Compression::fast());
@@ -201,13 +213,13 @@ impl Loose {
         z.write_all(data)?;
         z.finish()?;
         if self.tmpfile.get() {
-            match self.write_unnamed(&buf, &name) {
+            match self.write_unnamed(&buf, name) {
                 Ok(true) => return Ok(()),
                 Ok(false) => self.tmpfile.set(false),
                 Err(e) => return Err(e),
             }
         }
-        self.write_named(&buf, &name)
+        self.write_named(&buf, name)
     }
 
     /// Write through an unnamed file linked in place; false when this file system or

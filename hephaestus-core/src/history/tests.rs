@@ -1006,6 +1006,80 @@ fn a_ref_lock_left_by_a_killed_heph_is_recovered_and_a_live_one_reported() {
     assert!(lock.exists());
 }
 
+/// The loose object files under `.git/objects`.
+fn loose_objects(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for fan in fs::read_dir(root.join(".git/objects"))
+        .expect("objects")
+        .flatten()
+    {
+        let name = fan.file_name().to_string_lossy().into_owned();
+        if name.len() == 2 {
+            for obj in fs::read_dir(fan.path()).expect("fan-out").flatten() {
+                out.push(format!("{name}{}", obj.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn objects_already_packed_are_not_written_again_and_their_pack_is_freshened() {
+    let (_dir, root) = project(true);
+    for i in 0..40 {
+        write(
+            &root,
+            &format!("src/m{i}.rs"),
+            &format!("pub fn f() -> u32 {{ {i} }}\n"),
+        );
+    }
+    git(&root, &["add", "-A"]);
+    git(&root, &["commit", "-q", "-m", "init"]);
+    git(&root, &["gc", "-q"]);
+    assert_eq!(loose_objects(&root), Vec::<String>::new(), "all packed");
+    let pack = fs::read_dir(root.join(".git/objects/pack"))
+        .expect("pack dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .expect("a pack");
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .append(true)
+        .open(&pack)
+        .and_then(|f| f.set_modified(old))
+        .expect("age the pack");
+    let mut h = open(&root);
+    let first = h
+        .record_manual_if_changed()
+        .expect("first")
+        .expect("recorded");
+    // The snapshot is the committed tree: its blobs and trees are all in the pack, and
+    // only the evolution's commit is new.
+    assert_eq!(
+        git(&root, &["rev-parse", &format!("{}^{{tree}}", first.id)]),
+        git(&root, &["rev-parse", "HEAD^{tree}"])
+    );
+    assert_eq!(loose_objects(&root), vec![first.id.clone()]);
+    let touched = fs::metadata(&pack)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert!(
+        touched > old,
+        "the pack holding the reused objects is freshened"
+    );
+    // A changed file is written as before.
+    write(&root, "src/m3.rs", "pub fn f() -> u32 { 333 }\n");
+    let second = h
+        .record_manual_if_changed()
+        .expect("second")
+        .expect("recorded");
+    let blob = git(&root, &["rev-parse", &format!("{}:src/m3.rs", second.id)]);
+    assert!(loose_objects(&root).contains(&blob.trim().to_owned()));
+    git(&root, &["fsck", "--strict"]);
+}
+
 #[test]
 fn newest_evolutions_are_packed_now_and_then() {
     let (_dir, root) = project(true);
