@@ -19,8 +19,11 @@ use clap::Subcommand;
 
 use crate::output::{GlobalArgs, Output};
 
-/// The subcommands.
+/// The subcommands. Each one's arguments are defined only when it is the one invoked
+/// (`defer`): building all of them took ~0.3 ms of every run (`heph history` takes
+/// ~2 ms in all). Its `--help` opens with its arguments struct's description.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Replace, add or remove items of an existing module; verified, reversible.
     SelfModify(self_modify::Args),
