@@ -640,7 +640,7 @@ pub(crate) fn snapshot(
     let clock = state_dir.join(CLOCK_FILE);
     let start = fs_now(&clock).map_err(io(&clock))?;
     let scope = &scope.reloaded();
-    let reuse = Reuse::of(scope, &old);
+    let reuse = Reuse::of(scope, &old, start);
     let mut scanned = scan(scope, reuse.as_ref())?;
     if scanned.new_rules {
         // A new .gitignore: listings reused below it may hold what it ignores.
@@ -829,6 +829,13 @@ struct ScannedDir {
     found: Vec<Found>,
     /// The directory's own stat, taken before its entries were listed.
     stat: FileStat,
+    /// The directory is exactly its cache record: the same files only (no
+    /// subdirectory), each with the record's mode and trusted stat, none of them nor the
+    /// directory's own stat racy (implied by trusted equal stats while the clock moves
+    /// forward, checked for a clock set back). Its tree and record are then the old
+    /// ones: the scan's threads find it, so that the builder need not compare the
+    /// entries again on one thread.
+    unchanged: bool,
 }
 
 impl ScannedDir {
@@ -884,6 +891,8 @@ pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryEr
 /// `lstat`ed one by one; only `getdents`, the ignore matching and the sort are saved.
 struct Reuse<'c> {
     cache: &'c StatCache,
+    /// The snapshot's start (see [`FileStat::racy`]).
+    start: (i64, i64),
     /// The device of the project root, whose file system was checked.
     dev: u64,
     /// The ignore files the cache's scan applied, by absolute path, with their stats.
@@ -894,7 +903,7 @@ impl<'c> Reuse<'c> {
     /// Whether `cache`'s listings may be reused for `scope`: every ignore file its scan
     /// applied has the same trusted stat now (the rules outside the project: as `scope`
     /// read them), and `scope` reads no rule from outside the project that it did not.
-    fn of(scope: &Scope, cache: &'c StatCache) -> Option<Reuse<'c>> {
+    fn of(scope: &Scope, cache: &'c StatCache, start: (i64, i64)) -> Option<Reuse<'c>> {
         cache.commit?;
         if !directory_mtimes_reliable(&scope.root) {
             return None;
@@ -924,6 +933,7 @@ impl<'c> Reuse<'c> {
         }
         Some(Reuse {
             cache,
+            start,
             dev,
             rule_files,
         })
@@ -1238,7 +1248,12 @@ fn scan_dir(scope: &Scope, reuse: Option<&Reuse<'_>>, job: Job) -> Result<DirSca
     }
     let stat = if volatile { FileStat::default() } else { stat };
     Ok(DirScan {
-        dir: ScannedDir { names, found, stat },
+        dir: ScannedDir {
+            names,
+            found,
+            stat,
+            unchanged: false,
+        },
         jobs: subjobs,
         rules: applied,
     })
@@ -1268,6 +1283,8 @@ fn reuse_listing(
     let mut names = Vec::new();
     let mut found = Vec::new();
     let mut jobs = Vec::new();
+    // The caller checked that the record's stat is this trusted one.
+    let mut unchanged = !stat.racy(reuse.start);
     for e in reuse.cache.entries(record) {
         let start = names.len();
         names.extend_from_slice(e.name);
@@ -1281,6 +1298,7 @@ fn reuse_listing(
                 ignores: ignores.clone(),
             });
             found.push(Found { name, file: None });
+            unchanged = false;
             continue;
         }
         let st = fstatat(dir, e.name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
@@ -1288,13 +1306,20 @@ fn reuse_listing(
         if (mode == MODE_LINK) != (e.mode == MODE_LINK) {
             return None;
         }
+        let st = FileStat::of(&st);
+        unchanged &= mode == e.mode && e.stat.trusted() && e.stat == st && !st.racy(reuse.start);
         found.push(Found {
             name,
-            file: Some((mode, FileStat::of(&st))),
+            file: Some((mode, st)),
         });
     }
     Some(DirScan {
-        dir: ScannedDir { names, found, stat },
+        dir: ScannedDir {
+            unchanged: unchanged && !found.is_empty(),
+            names,
+            found,
+            stat,
+        },
         jobs,
         rules: applied,
     })
@@ -1321,6 +1346,14 @@ impl Builder<'_, '_, '_> {
         };
         let cache = self.old;
         let old = cache.dirs.get(rel.as_slice());
+        if here.unchanged
+            && let Some(d) = old
+        {
+            // What the loop below would conclude, entry by entry: the same tree, the
+            // same record.
+            self.new.copy(d.record.clone());
+            return Ok(Some(d.tree));
+        }
         let mut olds = old.map(|d| cache.entries(d)).into_iter().flatten();
         let mut next_old = olds.next();
         // Whether the tree (names, modes, ids) and the whole record (stats too) are
