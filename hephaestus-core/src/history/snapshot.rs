@@ -265,8 +265,17 @@ pub(crate) type RuleFile = (Vec<u8>, FileStat);
 struct Entry<'a> {
     name: &'a [u8],
     mode: u32,
-    oid: Oid,
+    /// The object id's bytes (an `Oid` is built through libgit2, a call per entry of
+    /// every cached directory; the bytes are all a tree and the cache need).
+    oid: [u8; 20],
     stat: FileStat,
+}
+
+/// An object id's bytes.
+fn raw(oid: Oid) -> [u8; 20] {
+    let mut out = [0; 20];
+    out.copy_from_slice(oid.as_bytes());
+    out
 }
 
 /// Where a directory's record lies in the cache file.
@@ -359,11 +368,13 @@ impl StatCache {
             let first = r.at;
             let mut last: Option<&[u8]> = None;
             for _ in 0..n {
-                let e = r.entry()?;
-                if last.is_some_and(|l| l >= e.name) {
+                // The name, and the fixed part skipped: every field of it is valid.
+                let name = r.bytes()?;
+                r.take(ENTRY_FIXED_LEN)?;
+                if last.is_some_and(|l| l >= name) {
                     return None;
                 }
-                last = Some(e.name);
+                last = Some(name);
             }
             let record = DirRecord {
                 stat,
@@ -488,7 +499,7 @@ impl CacheWriter {
             out.extend_from_slice(e.name);
             // The ENTRY_FIXED_LEN bytes `Reader::entry` reads at constant offsets.
             out.extend_from_slice(&e.mode.to_le_bytes());
-            out.extend_from_slice(e.oid.as_bytes());
+            out.extend_from_slice(&e.oid);
             e.stat.put(out);
         }
         let end = out.len();
@@ -569,7 +580,7 @@ impl<'a> Reader<'a> {
         Some(Entry {
             name,
             mode: u32::from_le_bytes([f[0], f[1], f[2], f[3]]),
-            oid: Oid::from_bytes(&f[4..24]).ok()?,
+            oid: f[4..24].try_into().ok()?,
             stat: FileStat::get(stat),
         })
     }
@@ -1391,7 +1402,7 @@ impl Builder<'_, '_, '_> {
                     Entry {
                         name,
                         mode: MODE_TREE,
-                        oid,
+                        oid: raw(oid),
                         stat: FileStat::default(),
                     }
                 }
@@ -1401,7 +1412,7 @@ impl Builder<'_, '_, '_> {
                     let oid = match cached {
                         Some(o) => o.oid,
                         None => match self.hash(rel, name, mode)? {
-                            Some(oid) => oid,
+                            Some(oid) => raw(oid),
                             None => {
                                 // Vanished since the scan.
                                 same_tree &= prev.is_none();
@@ -1489,16 +1500,22 @@ fn tree_bytes(entries: &[Entry<'_>]) -> Vec<u8> {
     sorted.sort_by(|a, b| git_order(a, b));
     let mut out = Vec::with_capacity(entries.len() * 48);
     for e in sorted {
-        let mode = if e.mode == MODE_TREE {
-            "40000".to_owned()
-        } else {
-            format!("{:o}", e.mode)
+        let other;
+        let mode: &[u8] = match e.mode {
+            MODE_TREE => b"40000",
+            MODE_FILE => b"100644",
+            MODE_EXEC => b"100755",
+            MODE_LINK => b"120000",
+            m => {
+                other = format!("{m:o}");
+                other.as_bytes()
+            }
         };
-        out.extend_from_slice(mode.as_bytes());
+        out.extend_from_slice(mode);
         out.push(b' ');
         out.extend_from_slice(e.name);
         out.push(0);
-        out.extend_from_slice(e.oid.as_bytes());
+        out.extend_from_slice(&e.oid);
     }
     out
 }
@@ -1511,7 +1528,7 @@ mod tests {
         Entry {
             name: name.as_bytes(),
             mode,
-            oid: Oid::ZERO_SHA1,
+            oid: [0; 20],
             stat: FileStat::default(),
         }
     }
