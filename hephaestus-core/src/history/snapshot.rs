@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -298,6 +298,9 @@ struct DirRecord {
 pub(crate) struct StatCache {
     commit: Option<Oid>,
     bytes: Vec<u8>,
+    /// The file's stat when `bytes` were read from it: while it is unchanged, the file
+    /// still holds them (see [`Snapshot::save_cache`]).
+    file: Option<FileStat>,
     dirs: HashMap<Vec<u8>, DirRecord>,
     /// The ignore files the scan that wrote it applied.
     rules: Vec<RuleFile>,
@@ -322,12 +325,17 @@ impl StatCache {
         let Ok(meta) = file.metadata() else {
             return (StatCache::default(), None);
         };
+        let stat = FileStat::of_metadata(&meta);
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         let cache = io::Read::read_to_end(&mut file, &mut bytes)
             .ok()
             .and_then(|_| Self::decode(bytes))
+            .map(|cache| StatCache {
+                file: Some(stat),
+                ..cache
+            })
             .unwrap_or_default();
-        (cache, Some(FileStat::of_metadata(&meta)))
+        (cache, Some(stat))
     }
 
     /// Index (and check) the records of a cache file: every entry is read once, names
@@ -390,6 +398,7 @@ impl StatCache {
         Some(StatCache {
             commit: Some(commit),
             bytes,
+            file: None,
             dirs,
             rules,
         })
@@ -522,25 +531,40 @@ impl CacheWriter {
         })
     }
 
-    /// Write the file's contents to `out` (`old`: the old cache's bytes), then their
-    /// checksum (CRC-32, 4 bytes).
-    fn write_to(&self, out: &mut impl Write, old: &[u8]) -> io::Result<u64> {
+    /// Write the file's contents and checksum at the start of `file` (`old`: the old
+    /// cache's bytes; `holds_old`: `file` holds them, so that an old record at its old
+    /// place is already there and is skipped). The length, and the bytes written.
+    fn write_in_place(
+        &self,
+        file: &fs::File,
+        old: &[u8],
+        holds_old: bool,
+    ) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::FileExt;
         let mut crc = crc32fast::Hasher::new();
-        let mut len = 4;
-        for part in self.slices(old) {
-            crc.update(part);
-            out.write_all(part)?;
-            len += part.len() as u64;
+        let mut at = 0u64;
+        let mut written = 0u64;
+        for (part, bytes) in self.parts.iter().zip(self.slices(old)) {
+            crc.update(bytes);
+            let in_place = holds_old && matches!(part, Part::Old(r) if r.start as u64 == at);
+            if !in_place {
+                file.write_all_at(bytes, at)?;
+                written += bytes.len() as u64;
+            }
+            at += bytes.len() as u64;
         }
-        out.write_all(&crc.finalize().to_le_bytes())?;
-        Ok(len)
+        file.write_all_at(&crc.finalize().to_le_bytes(), at)?;
+        Ok((at + 4, written + 4))
     }
 
-    /// The file's bytes (tests).
+    /// The file's bytes, as written to a new file (tests).
     #[cfg(test)]
     fn bytes(&self, old: &[u8]) -> Vec<u8> {
+        let file = tempfile::tempfile().expect("temp file");
+        let (len, written) = self.write_in_place(&file, old, false).expect("write");
+        assert_eq!(len, written, "all of a new file is written");
         let mut out = Vec::new();
-        self.write_to(&mut out, old).expect("in memory");
+        io::Read::read_to_end(&mut &file, &mut out).expect("read back");
         out
     }
 }
@@ -593,6 +617,8 @@ pub(crate) struct Snapshot {
     cache: CacheWriter,
     /// The old cache's bytes, which the new one copies from.
     old: Vec<u8>,
+    /// The cache file's stat when `old` was read from it.
+    old_file: Option<FileStat>,
     /// The commit of the old cache when the new one says exactly the same.
     same_as: Option<Oid>,
     cache_path: PathBuf,
@@ -611,18 +637,20 @@ impl Snapshot {
         // Rewritten in place, then cut to length: no new file (on a small VM's ext4,
         // creating a file costs ~0.2–0.6 ms when many were deleted recently) and no
         // truncation to zero (which makes ext4's `auto_da_alloc` write the blocks out at
-        // close). The old bytes were read into memory before; a write cut short at any
-        // point fails the checksum, and the next snapshot hashes every file.
+        // close). Unchanged records at their old place are not written again when the
+        // file is still the one the old bytes were read from (most of a large project's
+        // cache: a snapshot then dirties a few pages, not the whole file). The old bytes
+        // were read into memory before; a write cut short at any point fails the
+        // checksum, and the next snapshot hashes every file.
         let written = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(&self.cache_path)
             .and_then(|file| {
-                let mut out = io::BufWriter::with_capacity(64 * 1024, &file);
-                let len = self.cache.write_to(&mut out, &self.old)?;
-                out.flush()?;
-                drop(out);
+                let now = FileStat::of_metadata(&file.metadata()?);
+                let holds_old = self.old_file == Some(now);
+                let (len, _) = self.cache.write_in_place(&file, &self.old, holds_old)?;
                 file.set_len(len)
             });
         if written.is_err() {
@@ -685,6 +713,7 @@ pub(crate) fn snapshot(
         same_as: old.commit.filter(|_| unchanged),
         cache,
         old: old.bytes,
+        old_file: old.file,
         cache_path: state_dir.join(CACHE_FILE),
     })
 }
@@ -1614,5 +1643,91 @@ mod tests {
         );
         bad.finish(commit);
         assert!(StatCache::decode(bad.bytes(&[])).is_none());
+    }
+
+    /// A cache of three directories `a`, `b`, `c` of one file each, the file's stat
+    /// set from `n` (the record of `b` is one byte longer when `long`).
+    fn three_dirs(n: i64, long: bool) -> CacheWriter {
+        let mut writer = CacheWriter::new(&[]);
+        for dir in ["a", "b", "c"] {
+            let mut file = entry(if long && dir == "b" { "ff.rs" } else { "f.rs" }, MODE_FILE);
+            file.stat.mtime_s = n;
+            file.stat.ino = 7;
+            writer.dir(dir.as_bytes(), FileStat::default(), Oid::ZERO_SHA1, &[file]);
+        }
+        writer.finish(Oid::ZERO_SHA1);
+        writer
+    }
+
+    #[test]
+    fn a_rewrite_in_place_writes_only_what_moved_or_changed_unless_the_file_did() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CACHE_FILE);
+        let first = three_dirs(1, false).bytes(&[]);
+        // `b` changed, same length: `a` and `c` stay where they were.
+        let rewrite = |long: bool| {
+            fs::write(&path, &first).expect("old cache");
+            let (old, _) = StatCache::load_noting(&path);
+            assert!(old.file.is_some(), "loaded from the file");
+            let mut next = CacheWriter::new(&[]);
+            next.copy(old.dirs[b"a".as_slice()].record.clone());
+            let b = three_dirs(2, long);
+            let b_old = StatCache::decode(b.bytes(&[])).expect("b");
+            let b_rec = &b_old.dirs[b"b".as_slice()];
+            let entries: Vec<_> = b_old.entries(b_rec).collect();
+            next.dir(b"b", FileStat::default(), Oid::ZERO_SHA1, &entries);
+            next.copy(old.dirs[b"c".as_slice()].record.clone());
+            next.finish(Oid::ZERO_SHA1);
+            (old, next)
+        };
+        let (old, next) = rewrite(false);
+        let want = next.bytes(&old.bytes);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let (len, written) = next.write_in_place(&file, &old.bytes, true).expect("write");
+        assert_eq!(len as usize, want.len());
+        assert!(
+            (written as usize) < want.len() / 2,
+            "{written} of {} bytes written",
+            want.len()
+        );
+        file.set_len(len).expect("cut");
+        assert_eq!(fs::read(&path).expect("read"), want);
+        // `b` one byte longer: `c` moved and is written too; the file is still right.
+        let (old, next) = rewrite(true);
+        let want = next.bytes(&old.bytes);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let (len, written) = next.write_in_place(&file, &old.bytes, true).expect("write");
+        file.set_len(len).expect("cut");
+        assert_eq!(fs::read(&path).expect("read"), want);
+        assert!(written as usize > want.len() / 3, "{written}");
+        // Through a snapshot: a file changed since the old bytes were read (here its
+        // record of `a` overwritten, same length) is written whole.
+        for changed in [false, true] {
+            let (old, next) = rewrite(false);
+            let want = next.bytes(&old.bytes);
+            if changed {
+                let mut bytes = fs::read(&path).expect("read");
+                let a = old.dirs[b"a".as_slice()].record.clone();
+                bytes[a.start + 5] ^= 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                fs::write(&path, &bytes).expect("changed behind its back");
+            }
+            let snap = Snapshot {
+                tree: Oid::ZERO_SHA1,
+                cache: next,
+                old: old.bytes,
+                old_file: old.file,
+                same_as: None,
+                cache_path: path.clone(),
+            };
+            snap.save_cache(Oid::ZERO_SHA1);
+            assert_eq!(fs::read(&path).expect("read"), want, "changed: {changed}");
+        }
     }
 }
