@@ -1680,32 +1680,25 @@ mod tests {
             next.finish(Oid::ZERO_SHA1);
             (old, next)
         };
-        let (old, next) = rewrite(false);
-        let want = next.bytes(&old.bytes);
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        let (len, written) = next.write_in_place(&file, &old.bytes, true).expect("write");
-        assert_eq!(len as usize, want.len());
-        assert!(
-            (written as usize) < want.len() / 2,
-            "{written} of {} bytes written",
-            want.len()
-        );
-        file.set_len(len).expect("cut");
-        assert_eq!(fs::read(&path).expect("read"), want);
-        // `b` one byte longer: `c` moved and is written too; the file is still right.
-        let (old, next) = rewrite(true);
-        let want = next.bytes(&old.bytes);
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        let (len, written) = next.write_in_place(&file, &old.bytes, true).expect("write");
-        file.set_len(len).expect("cut");
-        assert_eq!(fs::read(&path).expect("read"), want);
-        assert!(written as usize > want.len() / 3, "{written}");
+        // Rewritten in place: the file is what a new one would hold; its length, and the
+        // bytes written.
+        let in_place = |long: bool| {
+            let (old, next) = rewrite(long);
+            let want = next.bytes(&old.bytes);
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open");
+            let (len, written) = next.write_in_place(&file, &old.bytes, true).expect("write");
+            file.set_len(len).expect("cut");
+            assert_eq!(fs::read(&path).expect("read"), want, "long: {long}");
+            (want.len(), written as usize)
+        };
+        let (len, written) = in_place(false);
+        assert!(written < len / 2, "{written} of {len} bytes written");
+        // `b` one byte longer: `c` moved and is written too.
+        let (len, written) = in_place(true);
+        assert!(written > len / 3, "{written} of {len} bytes written");
         // Through a snapshot: a file changed since the old bytes were read (here its
         // record of `a` overwritten, same length) is written whole.
         for changed in [false, true] {
