@@ -307,11 +307,16 @@ pub(crate) fn fill(
 /// a listing walked all of it and found the index short. Written to
 /// `history-index.new` beside it (one fixed name, under the lock: a killed listing
 /// leaves at most that file, which the next rewrite overwrites) and renamed over it;
-/// skipped when the lock stays busy (see [`lock`]).
-pub(crate) fn rewrite(path: &Path, records: &[Record]) -> io::Result<()> {
+/// only if the index still ends where the listing found it (`expected_end`, 0 for no
+/// file: a writer's append since would be lost), and not when the lock stays busy (see
+/// [`lock`]).
+pub(crate) fn rewrite(path: &Path, records: &[Record], expected_end: u64) -> io::Result<()> {
     let Some(_lock) = lock(path)? else {
         return Ok(());
     };
+    if std::fs::metadata(path).map_or(0, |m| m.len()) != expected_end {
+        return Ok(());
+    }
     let new = path.with_file_name(format!("{INDEX_FILE}.new"));
     let file = open_index(&new)?;
     write_at(&file, 0, records)?;
@@ -371,7 +376,7 @@ mod tests {
                 r
             })
             .collect();
-        rewrite(&path, &records).expect("rewrite");
+        rewrite(&path, &records, 0).expect("rewrite");
         let back = all(&path);
         assert_eq!(back.len(), 200);
         assert!(back.iter().rev().eq(records.iter()));
@@ -381,7 +386,7 @@ mod tests {
     fn a_torn_or_damaged_tail_ends_the_index_and_a_listing_starts_over() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
-        rewrite(&path, &[record(1), record(2)]).expect("rewrite");
+        rewrite(&path, &[record(1), record(2)], 0).expect("rewrite");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() - 5]).expect("tear");
         assert_eq!(all(&path), []);
@@ -428,7 +433,7 @@ mod tests {
     fn a_writer_waiting_during_a_rewrite_appends_to_the_new_index() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
-        rewrite(&path, &[record(1)]).expect("rewrite");
+        rewrite(&path, &[record(1)], 0).expect("rewrite");
         let held = lock(&path).expect("lock").expect("held");
         let writer = {
             let path = path.clone();
@@ -461,11 +466,26 @@ mod tests {
         };
         std::fs::write(&path, b"not an index").expect("garbage");
         let p = path.clone();
-        while_held(Box::new(move || rewrite(&p, &[record(1), record(2)])));
+        while_held(Box::new(move || rewrite(&p, &[record(1), record(2)], 12)));
         assert_eq!(all(&path), [record(2), record(1)]);
         std::fs::write(&path, b"not an index").expect("garbage");
         let p = path.clone();
         while_held(Box::new(move || fill(&p, &[record(3)], 12, None)));
         assert_eq!(all(&path), [record(3)]);
+    }
+
+    #[test]
+    fn a_rewrite_leaves_an_index_that_moved_since_the_listing_read_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(INDEX_FILE);
+        rewrite(&path, &[record(1)], 0).expect("first");
+        let end = Reader::open(&path).expect("index").end();
+        // A writer appends after the listing read the index, before it rewrites it.
+        append_child(&path, &record(2)).expect("writer");
+        rewrite(&path, &[record(1)], end).expect("stale listing");
+        assert_eq!(all(&path), [record(2), record(1)], "the append is kept");
+        let end = Reader::open(&path).expect("index").end();
+        rewrite(&path, &[record(1), record(2), record(3)], end).expect("listing");
+        assert_eq!(all(&path), [record(3), record(2), record(1)]);
     }
 }

@@ -20,10 +20,15 @@
 //! - an object already in one of the packs libgit2 has loaded is not written again (the
 //!   first snapshot of a project whose files are committed and packed would otherwise
 //!   write every file as a loose duplicate, enough to set off the user's next `git gc
-//!   --auto`); libgit2's own write freshens its pack, as git does. Packs are not
-//!   re-listed for each new object: an object in a pack that appeared since the
-//!   repository was opened may be written loose again, which is harmless (git's own
-//!   `gc` drops the duplicate).
+//!   --auto`); libgit2's own write freshens its pack, as git does (its mtime, at most
+//!   every 2 seconds per pack and process). As with git, that is what keeps the object
+//!   from a `gc` running at that moment, which could otherwise drop an unreachable
+//!   packed object older than its expiry (two weeks by default) before the new commit
+//!   references it; a pack libgit2 cannot touch (another repository's, through
+//!   alternates) makes libgit2 write the object loose itself. Packs are not re-listed
+//!   for each new object: an object in a pack that appeared since the repository was
+//!   opened may be written loose again, which is harmless (git's own `gc` drops the
+//!   duplicate).
 //!
 //! Objects are fsynced before they are linked when the repository asks for it as git
 //! reads it (`core.fsyncObjectFiles`, which libgit2 honours too, or `core.fsync` naming

@@ -1065,7 +1065,7 @@ impl History {
             if next.is_none() {
                 // The whole chain, down to the first evolution: the index, complete.
                 walked.reverse();
-                let _ = index::rewrite(&index_path, &walked);
+                let _ = index::rewrite(&index_path, &walked, index_end);
             } else if fresh > 0 {
                 let matched = fresh < walked.len();
                 walked.truncate(fresh);

@@ -643,13 +643,13 @@ impl Snapshot {
         // were read into memory before; a write cut short at any point fails the
         // checksum, and the next snapshot hashes every file.
         let written = fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&self.cache_path)
             .and_then(|file| {
-                let now = FileStat::of_metadata(&file.metadata()?);
-                let holds_old = self.old_file == Some(now);
+                let holds_old = holds(&file, &self.old, self.old_file);
                 let (len, _) = self.cache.write_in_place(&file, &self.old, holds_old)?;
                 file.set_len(len)
             });
@@ -657,6 +657,24 @@ impl Snapshot {
             let _ = fs::remove_file(&self.cache_path);
         }
     }
+}
+
+/// Whether `file` still holds `old`, the bytes read from it when its stat was `then`:
+/// the same stat, and the same checksum (its last 4 bytes): a stat alone can miss a
+/// rewrite of the same size within one tick of a coarse file system clock.
+fn holds(file: &fs::File, old: &[u8], then: Option<FileStat>) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let Some(crc_at) = old.len().checked_sub(4) else {
+        return false;
+    };
+    let mut crc = [0u8; 4];
+    then == Some(FileStat::of_metadata(&meta))
+        && meta.len() == old.len() as u64
+        && file.read_exact_at(&mut crc, crc_at as u64).is_ok()
+        && crc == old[crc_at..]
 }
 
 /// Walk the project and write the objects of its current state.
@@ -1699,8 +1717,23 @@ mod tests {
         // `b` one byte longer: `c` moved and is written too.
         let (len, written) = in_place(true);
         assert!(written > len / 3, "{written} of {len} bytes written");
+        // The file holds the old bytes only if its stat and its checksum say so: a
+        // rewrite of the same size in the same clock tick leaves the stat as it was.
+        fs::write(&path, &first).expect("old cache");
+        let (old, _) = StatCache::load_noting(&path);
+        let read = |p: &Path| fs::File::open(p).expect("open");
+        assert!(holds(&read(&path), &old.bytes, old.file));
+        let mut other = first.clone();
+        let last = other.len() - 1;
+        other[last] ^= 1;
+        fs::write(&path, &other).expect("rewritten");
+        let now = fs::metadata(&path).map(|m| FileStat::of_metadata(&m)).ok();
+        assert!(
+            !holds(&read(&path), &old.bytes, now),
+            "same stat, other bytes"
+        );
         // Through a snapshot: a file changed since the old bytes were read (here its
-        // record of `a` overwritten, same length) is written whole.
+        // record of `a` overwritten, and a byte added) is written whole.
         for changed in [false, true] {
             let (old, next) = rewrite(false);
             let want = next.bytes(&old.bytes);
@@ -1708,7 +1741,7 @@ mod tests {
                 let mut bytes = fs::read(&path).expect("read");
                 let a = old.dirs[b"a".as_slice()].record.clone();
                 bytes[a.start + 5] ^= 1;
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                bytes.push(0);
                 fs::write(&path, &bytes).expect("changed behind its back");
             }
             let snap = Snapshot {

@@ -672,7 +672,7 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
         .expect("tip commit");
     let mut record = index_record(&commit);
     record.message = b"from the index\n\nHeph-Kind: manual\n".to_vec();
-    index::rewrite(&index, &[record]).expect("rewrite");
+    index::rewrite(&index, &[record], 0).expect("rewrite");
     let listed = h
         .list(&ListFilter {
             limit: Some(2),
