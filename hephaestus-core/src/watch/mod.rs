@@ -143,6 +143,15 @@ pub struct WatchOptions {
     pub paused: bool,
 }
 
+/// A batch of at least this many changed files is a burst (a branch switch, a code
+/// generator): it is built once the files have been quiet for [`BURST_QUIET`].
+const BURST_FILES: usize = 32;
+
+/// The quiet that ends a burst: long enough for the stalls of a tool writing many files
+/// on a busy machine (a burst of 2,000 files on two cores, a build running beside it,
+/// was seen split into five batches by such pauses), short beside a build.
+const BURST_QUIET: Duration = Duration::from_millis(100);
+
 impl WatchOptions {
     /// Defaults for `target`: 10 ms debounce, history on, control socket on.
     pub fn new(target: RunTarget) -> Self {
@@ -679,10 +688,14 @@ impl Session {
                     // Coalesce: a burst (a branch switch) becomes one build. The
                     // debouncer sends a batch per tick (a quarter of the window) while
                     // files keep changing: a single saved file waits one tick for
-                    // company, a burst waits until a whole window passes without a batch.
+                    // company, a few files a whole window without a batch, and a burst
+                    // of many (a tool writing them, which a busy machine may stall for
+                    // tens of milliseconds between two files) BURST_QUIET.
                     let deadline = Instant::now() + Duration::from_secs(2);
                     while Instant::now() < deadline {
-                        let gap = if batch.changes.len() > 1 || batch.rescan {
+                        let gap = if batch.changes.len() >= BURST_FILES || batch.rescan {
+                            self.opts.debounce.max(BURST_QUIET)
+                        } else if batch.changes.len() > 1 {
                             self.opts.debounce.max(Duration::from_millis(10))
                         } else {
                             (self.opts.debounce / 4).max(Duration::from_millis(2))
