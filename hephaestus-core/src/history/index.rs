@@ -37,8 +37,10 @@ const FIXED: usize = 20 + 20 + 8;
 /// claims more; a reader never reads more than the file holds either): far beyond any
 /// commit message.
 const MAX_RECORD: usize = 1 << 30;
-/// Bytes read from the end at a time.
+/// Bytes read from the end at a time by a listing.
 const CHUNK: usize = 64 * 1024;
+/// The first read of a writer, which wants only the last record: most records fit.
+const LAST_CHUNK: usize = 1024;
 
 /// What the index keeps of one evolution's commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +105,8 @@ pub(crate) struct Reader {
     buf_start: u64,
     /// The index's end when it was opened (what [`fill`] checks).
     end: u64,
+    /// Bytes read at a time (more when a record needs it).
+    chunk: usize,
     done: bool,
 }
 
@@ -126,6 +130,7 @@ impl Reader {
             buf: Vec::new(),
             buf_start: end,
             end,
+            chunk: CHUNK,
             done: false,
         }
     }
@@ -139,7 +144,7 @@ impl Reader {
     fn fill(&mut self, n: usize) -> bool {
         let first = MAGIC.len() as u64;
         while self.buf.len() < n && self.buf_start > first {
-            let want = (n - self.buf.len()).max(CHUNK.max(self.buf.len())) as u64;
+            let want = (n - self.buf.len()).max(self.chunk.max(self.buf.len())) as u64;
             let from = self.buf_start.saturating_sub(want).max(first);
             let mut chunk = vec![0u8; usize::try_from(self.buf_start - from).unwrap_or(0)];
             if self.file.read_exact_at(&mut chunk, from).is_err() {
@@ -232,6 +237,7 @@ fn last_record(file: &File, len: u64) -> Result<Option<Record>, ()> {
         return Ok(None);
     }
     let mut reader = Reader::ending_at(file.try_clone().map_err(drop)?, len);
+    reader.chunk = LAST_CHUNK;
     reader.prev().map(Some).ok_or(())
 }
 
@@ -363,6 +369,12 @@ mod tests {
         stray.parent = Some(oid(7));
         append_child(&path, &stray).expect("append");
         assert_eq!(all(&path), [record(3), record(2), record(1)]);
+        // A last record longer than a writer's first read of the end.
+        let mut long = record(4);
+        long.message = vec![b'x'; 5 * LAST_CHUNK];
+        append_child(&path, &long).expect("append");
+        append_child(&path, &record(5)).expect("append after a long record");
+        assert_eq!(all(&path), [record(5), long, record(3), record(2), record(1)]);
     }
 
     #[test]
