@@ -374,7 +374,10 @@ mod tests {
         long.message = vec![b'x'; 5 * LAST_CHUNK];
         append_child(&path, &long).expect("append");
         append_child(&path, &record(5)).expect("append after a long record");
-        assert_eq!(all(&path), [record(5), long, record(3), record(2), record(1)]);
+        assert_eq!(
+            all(&path),
+            [record(5), long, record(3), record(2), record(1)]
+        );
     }
 
     #[test]
