@@ -271,6 +271,14 @@ struct Entry<'a> {
     stat: FileStat,
 }
 
+impl Entry<'_> {
+    /// Whether this cached entry still describes a file found with `mode` and `stat`:
+    /// its object id may be reused.
+    fn describes(&self, mode: u32, stat: FileStat) -> bool {
+        self.mode == mode && self.stat.trusted() && self.stat == stat
+    }
+}
+
 /// An object id's bytes.
 fn raw(oid: Oid) -> [u8; 20] {
     let mut out = [0; 20];
@@ -671,8 +679,8 @@ fn holds(file: &fs::File, old: &[u8], then: Option<FileStat>) -> bool {
         return false;
     };
     let mut crc = [0u8; 4];
+    // The stat holds the size: equal, the checksum is at the same place.
     then == Some(FileStat::of_metadata(&meta))
-        && meta.len() == old.len() as u64
         && file.read_exact_at(&mut crc, crc_at as u64).is_ok()
         && crc == old[crc_at..]
 }
@@ -1365,7 +1373,7 @@ fn reuse_listing(
             return None;
         }
         let st = FileStat::of(&st);
-        unchanged &= mode == e.mode && e.stat.trusted() && e.stat == st && !st.racy(reuse.start);
+        unchanged &= e.describes(mode, st) && !st.racy(reuse.start);
         found.push(Found {
             name,
             file: Some((mode, st)),
@@ -1454,8 +1462,7 @@ impl Builder<'_, '_, '_> {
                     }
                 }
                 Some((mode, stat)) => {
-                    let cached =
-                        prev.filter(|o| o.mode == mode && o.stat.trusted() && o.stat == stat);
+                    let cached = prev.filter(|o| o.describes(mode, stat));
                     let oid = match cached {
                         Some(o) => o.oid,
                         None => match self.hash(rel, name, mode)? {
