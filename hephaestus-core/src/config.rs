@@ -195,6 +195,9 @@ pub struct EvolveConfig {
     pub maximize: Option<bool>,
     /// Fitness samples per side (baseline and candidate) for each comparison.
     pub runs: Option<usize>,
+    /// Fitness samples per side a comparison may grow to, in steps of `runs`, while a
+    /// candidate looks better but is not yet significant (default: twice `runs`).
+    pub max_runs: Option<usize>,
     /// Wall-time budget of a run, such as `10m`.
     pub budget: Option<String>,
     /// Candidates evaluated in parallel, each in its own copy of the project.
@@ -295,6 +298,11 @@ impl Config {
         }
         if e.runs.is_some_and(|r| r < 2) {
             return Err("evolve.runs: at least 2 runs per side are needed".into());
+        }
+        if e.max_runs
+            .is_some_and(|max| max < e.runs.unwrap_or(crate::evolve::DEFAULT_RUNS))
+        {
+            return Err("evolve.max_runs: at least `runs`".into());
         }
         if e.jobs == Some(0) {
             return Err("evolve.jobs: at least 1".into());
@@ -517,11 +525,12 @@ mod tests {
         let file = dir.path().join(CONFIG_FILE);
         fs::write(
             &file,
-            "[evolve]\nfitness = \"./bench\"\nmetric = 'ns=(\\d+)'\nruns = 7\nbudget = \"5m\"\nrules = [\"builtin\", \"rules\"]\nmin_gain = 3.5\n",
+            "[evolve]\nfitness = \"./bench\"\nmetric = 'ns=(\\d+)'\nruns = 7\nmax_runs = 21\nbudget = \"5m\"\nrules = [\"builtin\", \"rules\"]\nmin_gain = 3.5\n",
         )
         .expect("write");
         let config = Config::load(dir.path()).expect("load");
         assert_eq!(config.evolve.runs, Some(7));
+        assert_eq!(config.evolve.max_runs, Some(21));
         assert_eq!(config.evolve.min_gain, Some(3.5));
         assert_eq!(
             config.evolve.rules.as_deref(),
@@ -532,6 +541,8 @@ mod tests {
             ("[evolve]\nbudget = \"soon\"\n", "evolve.budget"),
             ("[evolve]\nmetric = \"(\"\n", "evolve.metric"),
             ("[evolve]\nruns = 1\n", "evolve.runs"),
+            ("[evolve]\nruns = 8\nmax_runs = 7\n", "evolve.max_runs"),
+            ("[evolve]\nmax_runs = 9\n", "evolve.max_runs"),
             ("[evolve]\nalpha = 2.0\n", "evolve.alpha"),
         ] {
             fs::write(&file, text).expect("write");

@@ -21,7 +21,9 @@ use hephaestus_tests::{Run, TestEnv, shared_target_dir, snapshot_of};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const FITNESS: &str = "cargo run --release -q --bin fitness";
-const METRIC: &str = r"min_ns=(\d+)";
+/// The sum of each section's fastest time: the fixture's steadiest measure on a busy
+/// machine (see `fixtures/slow-crate/src/bin/fitness.rs`).
+const METRIC: &str = r"sections_ns=(\d+)";
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
@@ -82,13 +84,17 @@ fn candidates(summary: &serde_json::Value) -> Vec<serde_json::Value> {
 fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step() {
     let _serial = serial();
     // The speed-up is a statistic of timings on a shared 2-core machine: a noisy phase
-    // (right after a clean build, the kernel still reclaiming and writing back) makes the
-    // baseline's and the candidates' runs overlap, and real improvements are rejected as
-    // not significant: 1.30x and 1.40x were seen where a quiet machine gives 1.9-2.5x.
-    // So this asserts that the accepted changes are a real speed-up, well above noise
-    // (1.25x), with a second run on a fresh copy before failing; the speed itself is
-    // measured by tests/bench/evolve.sh into BENCHMARKS.md, not here.
-    let mut ratios = Vec::new();
+    // (right after a clean build, the kernel still reclaiming and writing back; or a
+    // neighbour on the same host slowing this machine's memory-bound code by 1.5x for
+    // seconds at a time) makes the baseline's and the candidates' runs overlap, and
+    // real improvements are rejected as not significant: 1.30x and 1.40x were seen where
+    // a quiet machine gives 1.9-2.5x, and once (in CI) no candidate at all. Comparisons
+    // that stay inconclusive take a second look (heph's `--max-runs`, twice `--runs` by
+    // default), which absorbs most of it. So this asserts that the accepted changes are
+    // a real speed-up, well above noise (1.25x), with a second run on a fresh copy
+    // before failing; the speed itself is measured by tests/bench/evolve.sh into
+    // BENCHMARKS.md, not here.
+    let mut attempts = Vec::new();
     let (env, before, states, summary, accepted) = loop {
         let env = TestEnv::new("slow-crate");
         let before = env.snapshot();
@@ -107,28 +113,32 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
                 "8m",
             ],
         );
-        run.expect_code(0);
+        // Exit code 1: no candidate was accepted (every comparison inconclusive).
+        if run.code != 1 {
+            run.expect_code(0);
+        }
         let summary = run.json();
         let accepted: Vec<serde_json::Value> = candidates(&summary)
             .into_iter()
             .filter(|c| c["verdict"] == "accepted")
             .collect();
-        assert!(!accepted.is_empty(), "{}", run.stderr);
-        let overall = &summary["overall"];
-        let ratio = overall["baseline_median"].as_f64().expect("before")
-            / overall["candidate_median"].as_f64().expect("after");
+        let ratio = summary["overall"]["baseline_median"]
+            .as_f64()
+            .zip(summary["overall"]["candidate_median"].as_f64())
+            .map_or(1.0, |(before, after)| before / after);
         eprintln!(
             "slow-crate: {ratio:.2}x faster with {} accepted candidates",
             accepted.len()
         );
-        ratios.push(ratio);
-        if ratio >= 1.25 {
+        attempts.push(format!("{ratio:.2}x, {} accepted", accepted.len()));
+        if run.code == 0 && !accepted.is_empty() && ratio >= 1.25 {
             break (env, before, states, summary, accepted);
         }
         assert!(
-            ratios.len() < 2,
-            "only {ratios:.2?}x faster in two runs; the last:\n{}",
-            serde_json::to_string_pretty(&summary).unwrap_or_default()
+            attempts.len() < 2,
+            "two runs gave only {attempts:?}; the last:\n{}\n{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default(),
+            run.stderr
         );
     };
 

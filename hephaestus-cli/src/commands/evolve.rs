@@ -47,6 +47,11 @@ pub struct Args {
     /// Fitness runs per side (baseline and candidate, interleaved) per comparison [default: 10].
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
+    /// Runs per side a comparison may grow to, N more at a time, while the candidate
+    /// looks better but is not yet significant; the significance level is divided among
+    /// the looks [default: twice --runs].
+    #[arg(long, value_name = "N")]
+    pub max_runs: Option<usize>,
     /// Stop starting candidates after this long (e.g. 10m) [default: 10m].
     #[arg(long, value_name = "DURATION")]
     pub budget: Option<String>,
@@ -119,6 +124,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
         fitness,
         metric,
         runs,
+        max_runs,
         budget,
         jobs,
         proposer,

@@ -172,6 +172,7 @@ mod tests {
                 candidate_median: after,
                 gain: (before - after) / before,
                 p_value: 0.004,
+                level: 0.005,
             }),
             verdict,
             stage: None,

@@ -76,6 +76,9 @@ impl<'p> Evolver<'p> {
         if opts.runs < 2 {
             return bad("runs: at least 2 fitness runs per side are needed");
         }
+        if opts.max_runs.is_some_and(|m| m < opts.runs) {
+            return bad("max runs: at least as many as runs");
+        }
         if opts.jobs == 0 {
             return bad("jobs: at least 1");
         }
@@ -160,6 +163,8 @@ struct Settings {
     metric: Option<Regex>,
     maximize: bool,
     runs: usize,
+    /// Runs per side a comparison may grow to (see [`EvolveOptions::max_runs`]).
+    max_runs: usize,
     min_gain: f64,
     alpha: f64,
     build_timeout: Duration,
@@ -190,6 +195,18 @@ impl Settings {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The design of a comparison: sequential (up to `max_runs` per side) for a
+    /// candidate's verdict, one look of `runs` for a comparison that decides nothing.
+    fn design(&self, sequential: bool) -> Design {
+        Design {
+            runs: self.runs,
+            max_runs: if sequential { self.max_runs } else { self.runs },
+            min_gain: self.min_gain,
+            alpha: self.alpha,
+            maximize: self.maximize,
+        }
     }
 }
 
@@ -715,49 +732,124 @@ fn measure_once(
     Ok((value, out.duration))
 }
 
-/// Interleaved fitness runs of `base` and `cand` (ABBA order), and the statistics.
+/// Interleaved fitness runs of `base` and `cand` (ABBA order), and the statistics; a
+/// candidate's comparison (`sequential`) takes more looks while it is inconclusive (see
+/// [`sample`]).
 fn compare(
     s: &Settings,
     base: &Path,
     cand: &Path,
+    sequential: bool,
 ) -> Result<FitnessRecord, (StageOutcome, String)> {
-    let mut b = Vec::with_capacity(s.runs);
-    let mut c = Vec::with_capacity(s.runs);
-    for i in 0..s.runs {
-        let order = if i % 2 == 0 {
-            [true, false]
+    sample(&s.design(sequential), |is_base| {
+        if is_base {
+            measure_once(s, base, s.fitness_timeout)
+                .map(|(v, _)| v)
+                .map_err(|(o, m)| (o, format!("baseline: {m}")))
         } else {
-            [false, true]
-        };
-        for is_base in order {
-            if is_base {
-                let (v, _) = measure_once(s, base, s.fitness_timeout)
-                    .map_err(|(o, m)| (o, format!("baseline: {m}")))?;
-                b.push(v);
-            } else {
-                c.push(measure_once(s, cand, s.fitness_timeout)?.0);
+            measure_once(s, cand, s.fitness_timeout).map(|(v, _)| v)
+        }
+    })
+}
+
+/// How a comparison samples and decides (from [`Settings::design`]).
+#[derive(Debug, Clone, Copy)]
+struct Design {
+    /// Runs per side per look.
+    runs: usize,
+    /// Runs per side at most (`runs`: a single look).
+    max_runs: usize,
+    min_gain: f64,
+    alpha: f64,
+    maximize: bool,
+}
+
+impl Design {
+    /// The looks a comparison may take: `runs`, `2 * runs`, ... up to `max_runs`.
+    fn looks(&self) -> usize {
+        self.max_runs.div_ceil(self.runs.max(1)).max(1)
+    }
+
+    /// The level each look's p-value must be below: `alpha` divided among the looks
+    /// (Bonferroni), so that however many looks a comparison takes, a candidate that is
+    /// no better than the baseline is accepted with a probability below `alpha`.
+    fn level(&self) -> f64 {
+        self.alpha / self.looks() as f64
+    }
+
+    /// Whether a comparison's verdict is "better": by the minimum gain, significantly.
+    fn accepts(&self, f: &FitnessRecord) -> bool {
+        f.gain >= self.min_gain && f.p_value < f.level
+    }
+}
+
+/// The sampling behind [`compare`], over any measurement (`measure(true)`: one baseline
+/// run; `measure(false)`: one candidate run). Runs are taken in pairs whose order
+/// alternates (baseline first, then candidate first: ABBA), so that a slow drift of the
+/// machine weighs on both sides alike. After each look of `runs` pairs the samples are
+/// tested; a comparison that is not significant yet but whose gain so far reaches the
+/// minimum goes on to the next look, up to `max_runs`. On a busy machine, whose slow
+/// spells can make a few runs of either side overlap the other's, that is what tells a
+/// real improvement from noise; a clear result (either way) costs one look.
+fn sample<E>(
+    d: &Design,
+    mut measure: impl FnMut(bool) -> Result<f64, E>,
+) -> Result<FitnessRecord, E> {
+    let mut b = Vec::with_capacity(d.max_runs);
+    let mut c = Vec::with_capacity(d.max_runs);
+    loop {
+        let end = (b.len() + d.runs.max(1)).min(d.max_runs.max(1));
+        for i in b.len()..end {
+            let base_first = i % 2 == 0;
+            for is_base in [base_first, !base_first] {
+                let v = measure(is_base)?;
+                if is_base { b.push(v) } else { c.push(v) }
             }
         }
+        let f = statistics(d, b.clone(), c.clone());
+        if d.accepts(&f) || f.gain < d.min_gain || b.len() >= d.max_runs {
+            return Ok(f);
+        }
     }
+}
+
+/// `x` with at most `digits` significant digits and no trailing zeros (`0.005`,
+/// `0.00333`), for levels in messages.
+fn significant_digits(x: f64, digits: i32) -> String {
+    if !(x.is_finite() && x > 0.0) {
+        return x.to_string();
+    }
+    let decimals = (digits - 1 - x.log10().floor() as i32).max(0) as usize;
+    let text = format!("{x:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+/// The medians, gain and one-sided Mann-Whitney U p-value of a comparison's samples.
+fn statistics(d: &Design, b: Vec<f64>, c: Vec<f64>) -> FitnessRecord {
     let (bm, cm) = (median(&b), median(&c));
-    let gain = if s.maximize {
+    let gain = if d.maximize {
         (cm - bm) / bm.abs()
     } else {
         (bm - cm) / bm.abs()
     };
-    let test = if s.maximize {
+    let test = if d.maximize {
         mann_whitney_less(&b, &c)
     } else {
         mann_whitney_less(&c, &b)
     };
-    Ok(FitnessRecord {
+    FitnessRecord {
         baseline: b,
         candidate: c,
         baseline_median: bm,
         candidate_median: cm,
         gain: if gain.is_finite() { gain } else { 0.0 },
         p_value: test.map_or(1.0, |t| t.p),
-    })
+        level: d.level(),
+    }
 }
 
 fn send(tx: &Sender<Msg>, e: EvolveEvent) {
@@ -962,7 +1054,7 @@ fn evaluate(
                 .map_err(|(o, m)| (o, format!("baseline: {m}")))?;
             b.warm = true;
         }
-        compare(s, b.slot.dir(), &dir)
+        compare(s, b.slot.dir(), &dir, true)
     });
     let (rec, verdict, reason, fitness) = match result {
         Err((StageOutcome::Cancelled, m)) if m == "stale" && !s.stopped() => {
@@ -985,13 +1077,14 @@ fn evaluate(
             None,
         ),
         Ok(f) => {
-            let accept = f.gain >= s.min_gain && f.p_value < s.alpha;
+            let accept = s.design(true).accepts(&f);
             let reason = format!(
-                "{:+.1}% (needs at least {:+.1}%), p = {:.4} (needs < {})",
+                "{:+.1}% (needs at least {:+.1}%), p = {:.4} (needs < {}) over {} runs per side",
                 f.gain * 100.0,
                 s.min_gain * 100.0,
                 f.p_value,
-                s.alpha
+                significant_digits(f.level, 3),
+                f.baseline.len()
             );
             (
                 StageRecord {
@@ -1264,6 +1357,7 @@ impl<'a, 'p> Run<'a, 'p> {
             metric: ev.metric.clone(),
             maximize: ev.opts.maximize,
             runs: ev.opts.runs,
+            max_runs: ev.opts.max_runs.unwrap_or(2 * ev.opts.runs),
             min_gain: ev.opts.min_gain,
             alpha: ev.opts.alpha,
             build_timeout: ev.opts.build_timeout,
@@ -2162,7 +2256,7 @@ impl<'a, 'p> Run<'a, 'p> {
                 let b = lock(base);
                 measure_once(&settings, w.slot.dir(), settings.build_timeout)
                     .and_then(|_| measure_once(&settings, b.slot.dir(), settings.build_timeout))
-                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir()))
+                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir(), false))
             };
             match result {
                 Ok(f) => overall = Some(f),
@@ -2231,6 +2325,7 @@ impl<'a, 'p> Run<'a, 'p> {
             metric: s.metric.clone(),
             maximize: s.maximize,
             runs: s.runs,
+            max_runs: s.max_runs,
             min_gain: s.min_gain,
             alpha: s.alpha,
             build_timeout: s.build_timeout,
@@ -2497,6 +2592,141 @@ pub(crate) fn fmt_num(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn design(runs: usize, max_runs: usize) -> Design {
+        Design {
+            runs,
+            max_runs,
+            min_gain: 0.02,
+            alpha: 0.01,
+            maximize: false,
+        }
+    }
+
+    /// Runs [`sample`] with `base(i)` and `cand(i)` as the i-th run of each side;
+    /// returns the record and the order of the runs (true: baseline).
+    fn sampled(
+        d: &Design,
+        base: impl Fn(usize) -> f64,
+        cand: impl Fn(usize) -> f64,
+    ) -> (FitnessRecord, Vec<bool>) {
+        let mut order = Vec::new();
+        let (mut nb, mut nc) = (0, 0);
+        let f = sample(d, |is_base| {
+            order.push(is_base);
+            let v = if is_base { base(nb) } else { cand(nc) };
+            if is_base {
+                nb += 1
+            } else {
+                nc += 1
+            }
+            Ok::<f64, ()>(v)
+        })
+        .expect("sample");
+        (f, order)
+    }
+
+    #[test]
+    fn a_clear_result_takes_one_look_in_abba_order() {
+        let d = design(8, 16);
+        assert_eq!((d.looks(), d.level()), (2, 0.005));
+        // Better: accepted after one look.
+        let (f, order) = sampled(&d, |i| 100.0 + i as f64, |i| 50.0 + i as f64);
+        assert_eq!((f.baseline.len(), f.candidate.len()), (8, 8));
+        assert!(d.accepts(&f), "{f:?}");
+        assert_eq!(f.level, 0.005);
+        assert_eq!(
+            order[..8],
+            [true, false, false, true, true, false, false, true]
+        );
+        // Worse: rejected after one look.
+        let (f, _) = sampled(&d, |i| 50.0 + i as f64, |i| 100.0 + i as f64);
+        assert_eq!(f.baseline.len(), 8);
+        assert!(!d.accepts(&f));
+        // No better by the minimum gain (1 %, however significant): one look.
+        let (f, _) = sampled(&d, |i| 100.0 + i as f64 * 0.01, |i| 99.0 + i as f64 * 0.01);
+        assert_eq!(f.baseline.len(), 8);
+        assert!(f.p_value < f.level && !d.accepts(&f), "{f:?}");
+    }
+
+    #[test]
+    fn a_promising_but_inconclusive_comparison_takes_another_look() {
+        let d = design(8, 16);
+        // The first look overlaps (a busy spell), the second is clear.
+        let base = |i: usize| 100.0 + i as f64;
+        let cand = |i: usize| {
+            if i < 8 {
+                96.0 + i as f64
+            } else {
+                80.0 + i as f64
+            }
+        };
+        let (f, order) = sampled(&d, base, cand);
+        assert_eq!((f.baseline.len(), f.candidate.len()), (16, 16));
+        assert!(d.accepts(&f), "{f:?}");
+        // The order alternates across looks too.
+        assert!(
+            order
+                .chunks(2)
+                .enumerate()
+                .all(|(i, p)| p[0] == (i % 2 == 0) && p[1] != p[0])
+        );
+        // Its first look alone would not have been significant at its level.
+        let (first, _) = sampled(&design(8, 8), base, cand);
+        assert!(first.p_value >= 0.005 && first.gain >= 0.02, "{first:?}");
+        // Noise that never settles stops at max_runs, not significant.
+        let spread = |i: usize| [60.0, 140.0, 70.0, 130.0, 80.0, 120.0, 90.0, 110.0][i % 8];
+        let (f, _) = sampled(&d, spread, |i| spread(i) - 3.0);
+        assert_eq!(f.baseline.len(), 16);
+        assert!(!d.accepts(&f), "{f:?}");
+    }
+
+    #[test]
+    fn looks_and_levels_follow_runs_and_max_runs() {
+        // One look: the whole significance level.
+        let one = design(8, 8);
+        assert_eq!((one.looks(), one.level()), (1, 0.01));
+        let (f, _) = sampled(&one, |i| 100.0 + i as f64, |i| 96.0 + i as f64);
+        assert_eq!((f.baseline.len(), f.level), (8, 0.01));
+        // max_runs not a multiple of runs: looks of 4, 8, then 10 runs per side.
+        let d = design(4, 10);
+        assert_eq!(d.looks(), 3);
+        let spread = |i: usize| [60.0, 140.0, 80.0, 120.0][i % 4];
+        let (f, order) = sampled(&d, spread, |i| spread(i) - 3.0);
+        assert!(!d.accepts(&f), "{f:?}");
+        assert_eq!(
+            (f.baseline.len(), f.candidate.len(), order.len()),
+            (10, 10, 20)
+        );
+        assert!((f.level - 0.01 / 3.0).abs() < 1e-12);
+        // Maximizing: higher is better.
+        let up = Design {
+            maximize: true,
+            ..design(8, 16)
+        };
+        let (f, _) = sampled(&up, |i| 50.0 + i as f64, |i| 100.0 + i as f64);
+        assert!(up.accepts(&f) && f.gain > 0.9, "{f:?}");
+    }
+
+    #[test]
+    fn a_failed_run_ends_the_comparison_with_its_error() {
+        let mut calls = 0;
+        let r = sample(&design(8, 16), |is_base| {
+            calls += 1;
+            if calls == 3 { Err(is_base) } else { Ok(1.0) }
+        });
+        // The third run is the second pair's candidate run (ABBA).
+        assert!(!r.expect_err("error"), "a baseline run failed instead");
+    }
+
+    #[test]
+    fn levels_are_printed_with_three_significant_digits() {
+        assert_eq!(significant_digits(0.01, 3), "0.01");
+        assert_eq!(significant_digits(0.005, 3), "0.005");
+        assert_eq!(significant_digits(0.01 / 3.0, 3), "0.00333");
+        assert_eq!(significant_digits(0.05, 3), "0.05");
+        assert_eq!(significant_digits(1e-7, 3), "0.0000001");
+    }
 
     #[test]
     fn tests_run_sums_every_harness_and_doc_test_pass() {

@@ -2,7 +2,8 @@
 //! proposals of an external command) are evaluated in isolated copies of the project,
 //! cheapest stage first (syntax, the test build as the compile gate, tests, fitness);
 //! one that is faster by at least the minimum gain, with a significant Mann-Whitney U
-//! test over interleaved runs against the baseline, is applied to the project as an
+//! test over interleaved runs against the baseline (measured again, up to a limit, while
+//! it looks better but is not yet significant), is applied to the project as an
 //! `evolve` evolution, and later candidates build on it (hill climbing).
 //!
 //! One call runs it all, for the CLI and the control API alike:
@@ -70,6 +71,12 @@ pub struct EvolveOptions {
     /// Fitness runs per side for each comparison (at least 2; 5 or more can reach
     /// p < 0.01).
     pub runs: usize,
+    /// Fitness runs per side a comparison may grow to, in steps of `runs`, while the
+    /// candidate looks better by the minimum gain but is not yet significant (None:
+    /// twice `runs`; `runs`: one look). The significance level is divided among the
+    /// looks this allows, so a candidate no better than the baseline is still accepted
+    /// with a probability below `alpha`.
+    pub max_runs: Option<usize>,
     /// Stop starting candidates after this long.
     pub budget: Option<Duration>,
     /// Parallel workers, each with its own copy.
@@ -121,6 +128,7 @@ impl EvolveOptions {
             metric: None,
             maximize: false,
             runs: DEFAULT_RUNS,
+            max_runs: None,
             budget: Some(Duration::from_secs(600)),
             jobs: 1,
             rules: vec!["builtin".into()],
@@ -158,6 +166,7 @@ impl EvolveOptions {
         o.metric = c.metric.clone();
         o.maximize = c.maximize.unwrap_or(false);
         o.runs = c.runs.unwrap_or(DEFAULT_RUNS);
+        o.max_runs = c.max_runs;
         if let Some(b) = dur("budget", &c.budget)? {
             o.budget = Some(b);
         }
@@ -193,6 +202,7 @@ impl EvolveOptions {
             metric: self.metric.clone(),
             maximize: Some(self.maximize),
             runs: Some(self.runs),
+            max_runs: self.max_runs,
             budget: self.budget.map(d),
             jobs: Some(self.jobs),
             rules: Some(self.rules.clone()),
@@ -301,6 +311,15 @@ pub struct FitnessRecord {
     pub gain: f64,
     /// One-sided Mann-Whitney U p-value of "the candidate is better".
     pub p_value: f64,
+    /// The level `p_value` had to be below: the significance level divided among the
+    /// looks the comparison could take (see [`EvolveOptions::max_runs`]).
+    #[serde(default = "default_level")]
+    pub level: f64,
+}
+
+/// The level of records written before comparisons could take more than one look.
+fn default_level() -> f64 {
+    DEFAULT_ALPHA
 }
 
 impl FitnessRecord {
