@@ -299,10 +299,13 @@ impl Config {
         if e.runs.is_some_and(|r| r < 2) {
             return Err("evolve.runs: at least 2 runs per side are needed".into());
         }
-        if e.max_runs
-            .is_some_and(|max| max < e.runs.unwrap_or(crate::evolve::DEFAULT_RUNS))
+        // Checked against `runs` only when both are set here: a flag may set either.
+        if let (Some(max), Some(runs)) = (e.max_runs, e.runs)
+            && max < runs
         {
-            return Err("evolve.max_runs: at least `runs`".into());
+            return Err(format!(
+                "evolve.max_runs: {max} is below evolve.runs ({runs})"
+            ));
         }
         if e.jobs == Some(0) {
             return Err("evolve.jobs: at least 1".into());
@@ -531,6 +534,12 @@ mod tests {
         let config = Config::load(dir.path()).expect("load");
         assert_eq!(config.evolve.runs, Some(7));
         assert_eq!(config.evolve.max_runs, Some(21));
+        // Below the default `runs` but with `runs` unset: a flag may still set it.
+        fs::write(&file, "[evolve]\nmax_runs = 8\n").expect("write");
+        assert_eq!(
+            Config::load(dir.path()).expect("load").evolve.max_runs,
+            Some(8)
+        );
         assert_eq!(config.evolve.min_gain, Some(3.5));
         assert_eq!(
             config.evolve.rules.as_deref(),
@@ -542,7 +551,6 @@ mod tests {
             ("[evolve]\nmetric = \"(\"\n", "evolve.metric"),
             ("[evolve]\nruns = 1\n", "evolve.runs"),
             ("[evolve]\nruns = 8\nmax_runs = 7\n", "evolve.max_runs"),
-            ("[evolve]\nmax_runs = 9\n", "evolve.max_runs"),
             ("[evolve]\nalpha = 2.0\n", "evolve.alpha"),
         ] {
             fs::write(&file, text).expect("write");

@@ -547,3 +547,43 @@ EOF
         String::from_utf8_lossy(&build.stderr)
     );
 }
+
+#[test]
+fn settings_that_cannot_accept_any_candidate_are_warned_about() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    // 2 runs per side, 4 at most: the smallest p-value is 1/70, above the level 0.005.
+    let run = env.run([
+        "evolve",
+        "--json",
+        "--no-rules",
+        "--fitness",
+        "true",
+        "--runs",
+        "2",
+    ]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("no candidate can be accepted")
+            && run.stderr.contains("0.0143")
+            && run.stderr.contains("--max-runs"),
+        "{}",
+        run.stderr
+    );
+    // Enough runs: no warning.
+    let run = env.run([
+        "evolve",
+        "--json",
+        "--no-rules",
+        "--fitness",
+        "true",
+        "--runs",
+        "5",
+    ]);
+    run.expect_code(1);
+    assert!(
+        !run.stderr.contains("no candidate can be accepted"),
+        "{}",
+        run.stderr
+    );
+}

@@ -47,9 +47,9 @@ pub struct Args {
     /// Fitness runs per side (baseline and candidate, interleaved) per comparison [default: 10].
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
-    /// Runs per side a comparison may grow to, N more at a time, while the candidate
-    /// looks better but is not yet significant; the significance level is divided among
-    /// the looks [default: twice --runs].
+    /// Runs per side a comparison may grow to, --runs more at a time, while the
+    /// candidate looks better but is not yet significant; the significance level is
+    /// divided among the looks [default: twice --runs].
     #[arg(long, value_name = "N")]
     pub max_runs: Option<usize>,
     /// Stop starting candidates after this long (e.g. 10m) [default: 10m].

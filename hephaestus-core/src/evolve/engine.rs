@@ -76,8 +76,11 @@ impl<'p> Evolver<'p> {
         if opts.runs < 2 {
             return bad("runs: at least 2 fitness runs per side are needed");
         }
-        if opts.max_runs.is_some_and(|m| m < opts.runs) {
-            return bad("max runs: at least as many as runs");
+        if let Some(max) = opts.max_runs.filter(|&m| m < opts.runs) {
+            return Err(EvolveError::Settings(format!(
+                "--max-runs ({max}, from the flag, heph.toml or the resumed run's log) is below --runs ({})",
+                opts.runs
+            )));
         }
         if opts.jobs == 0 {
             return bad("jobs: at least 1");
@@ -721,12 +724,16 @@ fn measure_once(
                 .get(1)
                 .or_else(|| found.get(0))
                 .map_or("", |m| m.as_str());
-            text.trim().parse::<f64>().map_err(|_| {
-                (
-                    StageOutcome::Failed,
-                    format!("the metric captured `{text}`, which is not a number"),
-                )
-            })?
+            text.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    (
+                        StageOutcome::Failed,
+                        format!("the metric captured `{text}`, which is not a finite number"),
+                    )
+                })?
         }
     };
     Ok((value, out.duration))
@@ -781,6 +788,27 @@ impl Design {
     fn accepts(&self, f: &FitnessRecord) -> bool {
         f.gain >= self.min_gain && f.p_value < f.level
     }
+
+    /// Whether a comparison that is not significant yet is worth another look: the
+    /// candidate is ahead by the minimum gain (and ahead at all: `min_gain` may be 0)
+    /// and its samples lean its way (p < 0.5). A candidate equal to the baseline, or
+    /// whose runs say "worse" more than "better", stops at once.
+    fn promising(&self, f: &FitnessRecord) -> bool {
+        f.gain > 0.0 && f.gain >= self.min_gain && f.p_value < 0.5
+    }
+
+    /// Whether any look can accept a candidate: the smallest p-value of the last look
+    /// (`max_runs` per side, every candidate run better than every baseline run) is
+    /// below the level. Otherwise the settings can only reject.
+    fn can_accept(&self) -> bool {
+        smallest_p(self.max_runs) < self.level()
+    }
+}
+
+/// The smallest one-sided p-value of an exact Mann-Whitney U test with `n` samples per
+/// side: 1 / C(2n, n).
+fn smallest_p(n: usize) -> f64 {
+    (1..=n).fold(1.0, |p, k| p * k as f64 / (n + k) as f64)
 }
 
 /// The sampling behind [`compare`], over any measurement (`measure(true)`: one baseline
@@ -807,7 +835,7 @@ fn sample<E>(
             }
         }
         let f = statistics(d, b.clone(), c.clone());
-        if d.accepts(&f) || f.gain < d.min_gain || b.len() >= d.max_runs {
+        if d.accepts(&f) || !d.promising(&f) || b.len() >= d.max_runs {
             return Ok(f);
         }
     }
@@ -1352,12 +1380,13 @@ impl<'a, 'p> Run<'a, 'p> {
             resumed,
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let max_runs = ev.opts.max_runs.unwrap_or(2 * ev.opts.runs);
         let mut settings = Settings {
             fitness: ev.opts.fitness.clone(),
             metric: ev.metric.clone(),
             maximize: ev.opts.maximize,
             runs: ev.opts.runs,
-            max_runs: ev.opts.max_runs.unwrap_or(2 * ev.opts.runs),
+            max_runs,
             min_gain: ev.opts.min_gain,
             alpha: ev.opts.alpha,
             build_timeout: ev.opts.build_timeout,
@@ -1369,6 +1398,18 @@ impl<'a, 'p> Run<'a, 'p> {
             tested_targets: None,
             stop: Arc::clone(&stop),
         };
+        let design = settings.design(true);
+        if !design.can_accept() {
+            on_event(&EvolveEvent::Warning {
+                message: format!(
+                    "no candidate can be accepted: {max_runs} runs per side (--max-runs) give p-values of at least {}, not below the level {} (--alpha {} over {} looks); use more --runs or --max-runs",
+                    significant_digits(smallest_p(max_runs), 3),
+                    significant_digits(design.level(), 3),
+                    settings.alpha,
+                    design.looks()
+                ),
+            });
+        }
         // The baseline: it must build and pass its tests.
         let cancel = ev.opts.cancel.clone();
         let watcher_stop = Arc::clone(&stop);
@@ -2717,6 +2758,47 @@ mod tests {
         });
         // The third run is the second pair's candidate run (ABBA).
         assert!(!r.expect_err("error"), "a baseline run failed instead");
+    }
+
+    #[test]
+    fn only_a_candidate_ahead_and_leaning_better_takes_another_look() {
+        // With no minimum gain, a candidate equal to the baseline stops at once.
+        let zero = Design {
+            min_gain: 0.0,
+            ..design(8, 16)
+        };
+        let (f, _) = sampled(&zero, |_| 100.0, |_| 100.0);
+        assert_eq!((f.baseline.len(), f.gain, f.p_value), (8, 0.0, 1.0));
+        // Ahead by the median (half its runs far better) but no more often better than
+        // worse (half far worse): p >= 0.5, one look.
+        let base = |i: usize| 100.0 + (i % 8) as f64;
+        let cand = |i: usize| [10.0, 150.0, 11.0, 151.0, 12.0, 152.0, 13.0, 153.0][i % 8];
+        let (f, _) = sampled(&design(8, 16), base, cand);
+        assert!(f.gain > 0.2 && f.p_value >= 0.5, "{f:?}");
+        assert_eq!(f.baseline.len(), 8, "{f:?}");
+    }
+
+    #[test]
+    fn settings_that_can_never_accept_are_recognised() {
+        // 1 / C(2n, n): 1/6 for 2 runs per side, 1/70 for 4, 1/252 for 5.
+        assert!((smallest_p(2) - 1.0 / 6.0).abs() < 1e-12);
+        assert!((smallest_p(4) - 1.0 / 70.0).abs() < 1e-12);
+        assert!((smallest_p(5) - 1.0 / 252.0).abs() < 1e-12);
+        assert!(!design(2, 4).can_accept());
+        assert!(!design(2, 2).can_accept());
+        assert!(design(5, 5).can_accept());
+        assert!(design(5, 10).can_accept());
+        assert!(design(8, 16).can_accept());
+        // The last look decides: 3 runs per side could not, 9 can.
+        assert!(design(3, 9).can_accept());
+    }
+
+    #[test]
+    fn records_of_older_logs_read_with_the_default_level() {
+        let old = r#"{"baseline":[2.0,2.1],"candidate":[1.0,1.1],"baseline_median":2.05,
+            "candidate_median":1.05,"gain":0.49,"p_value":0.1}"#;
+        let f: FitnessRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(f.level, 0.01);
     }
 
     #[test]

@@ -68,14 +68,15 @@ pub struct EvolveOptions {
     pub metric: Option<String>,
     /// Higher is better.
     pub maximize: bool,
-    /// Fitness runs per side for each comparison (at least 2; 5 or more can reach
-    /// p < 0.01).
+    /// Fitness runs per side for each look of a comparison (at least 2; 5 or more can
+    /// reach p < 0.005, the level of each of the two looks `max_runs` allows by
+    /// default).
     pub runs: usize,
     /// Fitness runs per side a comparison may grow to, in steps of `runs`, while the
     /// candidate looks better by the minimum gain but is not yet significant (None:
     /// twice `runs`; `runs`: one look). The significance level is divided among the
     /// looks this allows, so a candidate no better than the baseline is still accepted
-    /// with a probability below `alpha`.
+    /// with a probability of at most `alpha`.
     pub max_runs: Option<usize>,
     /// Stop starting candidates after this long.
     pub budget: Option<Duration>,
@@ -312,7 +313,8 @@ pub struct FitnessRecord {
     /// One-sided Mann-Whitney U p-value of "the candidate is better".
     pub p_value: f64,
     /// The level `p_value` had to be below: the significance level divided among the
-    /// looks the comparison could take (see [`EvolveOptions::max_runs`]).
+    /// looks the comparison could take (see [`EvolveOptions::max_runs`]). Records of
+    /// logs written before it existed read as the default significance level.
     #[serde(default = "default_level")]
     pub level: f64,
 }
