@@ -299,6 +299,23 @@ impl<'o> View<'o> {
                     None => {}
                 }
             }
+            EvolveEvent::FitnessLook {
+                runner,
+                candidate,
+                look,
+                looks,
+                runs,
+            } => {
+                let key = runner_key(*runner);
+                let text = format!(
+                    "#{candidate}: fitness, inconclusive: look {look} of {looks} ({runs} runs per side)"
+                );
+                match self.line(&key) {
+                    Some(b) => b.set_message(text),
+                    None if self.out.verbose > 0 => self.out.note(format!("{key} {text}")),
+                    None => {}
+                }
+            }
             EvolveEvent::StageFinished {
                 runner,
                 candidate: None,

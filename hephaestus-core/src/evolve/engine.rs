@@ -741,14 +741,15 @@ fn measure_once(
 
 /// Interleaved fitness runs of `base` and `cand` (ABBA order), and the statistics; a
 /// candidate's comparison (`sequential`) takes more looks while it is inconclusive (see
-/// [`sample`]).
+/// [`sample`]), each announced to `on_look`.
 fn compare(
     s: &Settings,
     base: &Path,
     cand: &Path,
     sequential: bool,
+    on_look: impl FnMut(Look),
 ) -> Result<FitnessRecord, (StageOutcome, String)> {
-    sample(&s.design(sequential), |is_base| {
+    sample(&s.design(sequential), on_look, |is_base| {
         if is_base {
             measure_once(s, base, s.fitness_timeout)
                 .map(|(v, _)| v)
@@ -757,6 +758,17 @@ fn compare(
             measure_once(s, cand, s.fitness_timeout).map(|(v, _)| v)
         }
     })
+}
+
+/// A look a comparison is about to take, after the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    /// Its number (2 for the second).
+    look: usize,
+    /// The looks the comparison may take.
+    looks: usize,
+    /// Runs per side once it is done.
+    runs: usize,
 }
 
 /// How a comparison samples and decides (from [`Settings::design`]).
@@ -821,12 +833,22 @@ fn smallest_p(n: usize) -> f64 {
 /// real improvement from noise; a clear result (either way) costs one look.
 fn sample<E>(
     d: &Design,
+    mut on_look: impl FnMut(Look),
     mut measure: impl FnMut(bool) -> Result<f64, E>,
 ) -> Result<FitnessRecord, E> {
     let mut b = Vec::with_capacity(d.max_runs);
     let mut c = Vec::with_capacity(d.max_runs);
+    let mut look = 1;
     loop {
         let end = (b.len() + d.runs.max(1)).min(d.max_runs.max(1));
+        if look > 1 {
+            on_look(Look {
+                look,
+                looks: d.looks(),
+                runs: end,
+            });
+        }
+        look += 1;
         for i in b.len()..end {
             let base_first = i % 2 == 0;
             for is_base in [base_first, !base_first] {
@@ -1082,7 +1104,18 @@ fn evaluate(
                 .map_err(|(o, m)| (o, format!("baseline: {m}")))?;
             b.warm = true;
         }
-        compare(s, b.slot.dir(), &dir, true)
+        compare(s, b.slot.dir(), &dir, true, |l| {
+            send(
+                tx,
+                EvolveEvent::FitnessLook {
+                    runner,
+                    candidate: job.cand,
+                    look: l.look,
+                    looks: l.looks,
+                    runs: l.runs,
+                },
+            );
+        })
     });
     let (rec, verdict, reason, fitness) = match result {
         Err((StageOutcome::Cancelled, m)) if m == "stale" && !s.stopped() => {
@@ -2297,7 +2330,7 @@ impl<'a, 'p> Run<'a, 'p> {
                 let b = lock(base);
                 measure_once(&settings, w.slot.dir(), settings.build_timeout)
                     .and_then(|_| measure_once(&settings, b.slot.dir(), settings.build_timeout))
-                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir(), false))
+                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir(), false, |_| {}))
             };
             match result {
                 Ok(f) => overall = Some(f),
@@ -2653,17 +2686,32 @@ mod tests {
     ) -> (FitnessRecord, Vec<bool>) {
         let mut order = Vec::new();
         let (mut nb, mut nc) = (0, 0);
-        let f = sample(d, |is_base| {
-            order.push(is_base);
-            let v = if is_base { base(nb) } else { cand(nc) };
-            if is_base {
-                nb += 1
-            } else {
-                nc += 1
-            }
-            Ok::<f64, ()>(v)
-        })
+        let mut looks = Vec::new();
+        let f = sample(
+            d,
+            |l| looks.push(l),
+            |is_base| {
+                order.push(is_base);
+                let v = if is_base { base(nb) } else { cand(nc) };
+                if is_base {
+                    nb += 1
+                } else {
+                    nc += 1
+                }
+                Ok::<f64, ()>(v)
+            },
+        )
         .expect("sample");
+        // Every look after the first was announced, in order, with its runs.
+        let expected: Vec<Look> = (2..)
+            .map(|look| Look {
+                look,
+                looks: d.looks(),
+                runs: (look * d.runs).min(d.max_runs),
+            })
+            .take_while(|l| l.runs <= f.baseline.len() && l.look <= d.looks())
+            .collect();
+        assert_eq!(looks, expected, "{f:?}");
         (f, order)
     }
 
@@ -2752,10 +2800,14 @@ mod tests {
     #[test]
     fn a_failed_run_ends_the_comparison_with_its_error() {
         let mut calls = 0;
-        let r = sample(&design(8, 16), |is_base| {
-            calls += 1;
-            if calls == 3 { Err(is_base) } else { Ok(1.0) }
-        });
+        let r = sample(
+            &design(8, 16),
+            |_| {},
+            |is_base| {
+                calls += 1;
+                if calls == 3 { Err(is_base) } else { Ok(1.0) }
+            },
+        );
         // The third run is the second pair's candidate run (ABBA).
         assert!(!r.expect_err("error"), "a baseline run failed instead");
     }

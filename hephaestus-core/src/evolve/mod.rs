@@ -473,6 +473,20 @@ pub enum EvolveEvent {
         /// How it went.
         record: StageRecord,
     },
+    /// A candidate's fitness comparison was not conclusive and takes another look (see
+    /// [`EvolveOptions::max_runs`]).
+    FitnessLook {
+        /// Who measures.
+        runner: Runner,
+        /// The candidate.
+        candidate: usize,
+        /// This look: 2 for the first one after the first.
+        look: usize,
+        /// The looks the comparison may take.
+        looks: usize,
+        /// Runs per side once this look is done.
+        runs: usize,
+    },
     /// The baseline was measured.
     Baseline {
         /// The samples.
