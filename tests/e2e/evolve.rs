@@ -552,17 +552,22 @@ EOF
 fn settings_that_cannot_accept_any_candidate_are_warned_about() {
     let _serial = serial();
     let env = TestEnv::new("slow-crate");
+    let evolve = |runs: &str| {
+        let run = env.run([
+            "evolve",
+            "--json",
+            "--no-rules",
+            "--fitness",
+            "true",
+            "--runs",
+            runs,
+        ]);
+        // No candidates: nothing accepted.
+        run.expect_code(1);
+        run
+    };
     // 2 runs per side, 4 at most: the smallest p-value is 1/70, above the level 0.005.
-    let run = env.run([
-        "evolve",
-        "--json",
-        "--no-rules",
-        "--fitness",
-        "true",
-        "--runs",
-        "2",
-    ]);
-    run.expect_code(1);
+    let run = evolve("2");
     assert!(
         run.stderr.contains("no candidate can be accepted")
             && run.stderr.contains("0.0143")
@@ -571,16 +576,7 @@ fn settings_that_cannot_accept_any_candidate_are_warned_about() {
         run.stderr
     );
     // Enough runs: no warning.
-    let run = env.run([
-        "evolve",
-        "--json",
-        "--no-rules",
-        "--fitness",
-        "true",
-        "--runs",
-        "5",
-    ]);
-    run.expect_code(1);
+    let run = evolve("5");
     assert!(
         !run.stderr.contains("no candidate can be accepted"),
         "{}",
