@@ -13,7 +13,8 @@ use clap::Args as ClapArgs;
 use hephaestus_core::Config;
 use hephaestus_core::config::parse_duration;
 use hephaestus_core::evolve::{
-    CandidateRecord, EvolveEvent, EvolveOptions, Evolver, RunSummary, Runner, StageOutcome, Verdict,
+    CandidateRecord, EvolveEvent, EvolveOptions, Evolver, RunSummary, Runner, StageOutcome,
+    Verdict, fmt_num,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -222,6 +223,17 @@ impl<'o> View<'o> {
         }
     }
 
+    /// What `runner` is doing: its progress line, or a note with `-v` when there are
+    /// no progress bars.
+    fn status(&mut self, runner: Runner, text: String) {
+        let key = runner_key(runner);
+        match self.line(&key) {
+            Some(b) => b.set_message(text),
+            None if self.out.verbose > 0 => self.out.note(format!("{key} {text}")),
+            None => {}
+        }
+    }
+
     fn line(&mut self, key: &str) -> Option<ProgressBar> {
         let multi = self.multi.as_ref()?;
         if let Some(b) = self.lines.get(key) {
@@ -291,13 +303,8 @@ impl<'o> View<'o> {
                 candidate,
                 stage,
             } => {
-                let key = runner_key(*runner);
                 let what = candidate.map_or("baseline".to_owned(), |c| format!("#{c}"));
-                match self.line(&key) {
-                    Some(b) => b.set_message(format!("{what}: {stage}")),
-                    None if self.out.verbose > 0 => self.out.note(format!("{key} {what}: {stage}")),
-                    None => {}
-                }
+                self.status(*runner, format!("{what}: {stage}"));
             }
             EvolveEvent::FitnessLook {
                 runner,
@@ -306,15 +313,12 @@ impl<'o> View<'o> {
                 looks,
                 runs,
             } => {
-                let key = runner_key(*runner);
-                let text = format!(
-                    "#{candidate}: fitness, inconclusive: look {look} of {looks} ({runs} runs per side)"
+                self.status(
+                    *runner,
+                    format!(
+                        "#{candidate}: fitness, inconclusive: look {look} of {looks} ({runs} runs per side)"
+                    ),
                 );
-                match self.line(&key) {
-                    Some(b) => b.set_message(text),
-                    None if self.out.verbose > 0 => self.out.note(format!("{key} {text}")),
-                    None => {}
-                }
             }
             EvolveEvent::StageFinished {
                 runner,
@@ -330,7 +334,7 @@ impl<'o> View<'o> {
             }
             EvolveEvent::Baseline { median, samples } => self.note(format!(
                 "baseline fitness: {} (median of {} runs)",
-                num(*median),
+                fmt_num(*median),
                 samples.len()
             )),
             EvolveEvent::Queued { total, .. } => {
@@ -413,15 +417,6 @@ fn secs(ms: u64) -> String {
     format!("{:.2}s", ms as f64 / 1000.0)
 }
 
-/// A number with 4 significant digits.
-fn num(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
-    }
-    let digits = (4 - v.abs().log10().floor() as i32 - 1).clamp(0, 9) as usize;
-    format!("{v:.digits$}")
-}
-
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_owned()
@@ -434,8 +429,8 @@ fn candidate_line(r: &CandidateRecord, maximize: bool) -> String {
     let fit = r.fitness.as_ref().map_or(String::new(), |f| {
         format!(
             " {} -> {} ({:.2}x, p={:.4})",
-            num(f.baseline_median),
-            num(f.candidate_median),
+            fmt_num(f.baseline_median),
+            fmt_num(f.candidate_median),
             f.ratio(maximize),
             f.p_value
         )
@@ -463,7 +458,11 @@ fn print_table(s: &RunSummary, out: &Output) {
         for r in &s.candidates {
             let (fit, gain, p) = match &r.fitness {
                 Some(f) => (
-                    format!("{} -> {}", num(f.baseline_median), num(f.candidate_median)),
+                    format!(
+                        "{} -> {}",
+                        fmt_num(f.baseline_median),
+                        fmt_num(f.candidate_median)
+                    ),
                     format!("{:+.1}%", f.gain * 100.0),
                     format!("{:.4}", f.p_value),
                 ),
@@ -487,8 +486,8 @@ fn print_table(s: &RunSummary, out: &Output) {
     match &s.overall {
         Some(f) => out.line(format!(
             "fitness {}{unit} -> {}{unit}: {:.2}x {} (measured side by side, p={:.4}), {} accepted of {} candidates in {}",
-            num(f.baseline_median),
-            num(f.candidate_median),
+            fmt_num(f.baseline_median),
+            fmt_num(f.candidate_median),
             f.ratio(s.maximize),
             if s.maximize { "higher" } else { "faster" },
             f.p_value,
@@ -507,8 +506,8 @@ fn print_table(s: &RunSummary, out: &Output) {
         out.line(format!(
             "  evolution {}: {} -> {}  {}",
             a.evolution,
-            num(a.before),
-            num(a.after),
+            fmt_num(a.before),
+            fmt_num(a.after),
             shorten(&a.description, 80)
         ));
     }

@@ -791,7 +791,7 @@ impl Design {
 
     /// The level each look's p-value must be below: `alpha` divided among the looks
     /// (Bonferroni), so that however many looks a comparison takes, a candidate that is
-    /// no better than the baseline is accepted with a probability below `alpha`.
+    /// no better than the baseline is accepted with a probability of at most `alpha`.
     fn level(&self) -> f64 {
         self.alpha / self.looks() as f64
     }
@@ -827,8 +827,8 @@ fn smallest_p(n: usize) -> f64 {
 /// run; `measure(false)`: one candidate run). Runs are taken in pairs whose order
 /// alternates (baseline first, then candidate first: ABBA), so that a slow drift of the
 /// machine weighs on both sides alike. After each look of `runs` pairs the samples are
-/// tested; a comparison that is not significant yet but whose gain so far reaches the
-/// minimum goes on to the next look, up to `max_runs`. On a busy machine, whose slow
+/// tested; a comparison that is not significant yet but promising (see
+/// [`Design::promising`]) goes on to the next look, up to `max_runs`. On a busy machine, whose slow
 /// spells can make a few runs of either side overlap the other's, that is what tells a
 /// real improvement from noise; a clear result (either way) costs one look.
 fn sample<E>(
@@ -860,21 +860,6 @@ fn sample<E>(
         if d.accepts(&f) || !d.promising(&f) || b.len() >= d.max_runs {
             return Ok(f);
         }
-    }
-}
-
-/// `x` with at most `digits` significant digits and no trailing zeros (`0.005`,
-/// `0.00333`), for levels in messages.
-fn significant_digits(x: f64, digits: i32) -> String {
-    if !(x.is_finite() && x > 0.0) {
-        return x.to_string();
-    }
-    let decimals = (digits - 1 - x.log10().floor() as i32).max(0) as usize;
-    let text = format!("{x:.decimals$}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        text
     }
 }
 
@@ -1144,7 +1129,7 @@ fn evaluate(
                 f.gain * 100.0,
                 s.min_gain * 100.0,
                 f.p_value,
-                significant_digits(f.level, 3),
+                fmt_level(f.level),
                 f.baseline.len()
             );
             (
@@ -1436,8 +1421,8 @@ impl<'a, 'p> Run<'a, 'p> {
             on_event(&EvolveEvent::Warning {
                 message: format!(
                     "no candidate can be accepted: {max_runs} runs per side (--max-runs) give p-values of at least {}, not below the level {} (--alpha {} over {} looks); use more --runs or --max-runs",
-                    significant_digits(smallest_p(max_runs), 3),
-                    significant_digits(design.level(), 3),
+                    fmt_level(smallest_p(max_runs)),
+                    fmt_level(design.level()),
                     settings.alpha,
                     design.looks()
                 ),
@@ -2654,13 +2639,29 @@ fn one_line(s: &str) -> String {
     }
 }
 
-/// A number with 4 significant digits.
-pub(crate) fn fmt_num(v: f64) -> String {
+/// `v` rounded to `digits` significant digits (at most 9 decimals).
+fn significant(v: f64, digits: i32) -> String {
     if v == 0.0 || !v.is_finite() {
         return format!("{v}");
     }
-    let digits = (4 - v.abs().log10().floor() as i32 - 1).clamp(0, 9) as usize;
-    format!("{v:.digits$}")
+    let decimals = (digits - v.abs().log10().floor() as i32 - 1).clamp(0, 9) as usize;
+    format!("{v:.decimals$}")
+}
+
+/// A fitness value with 4 significant digits, as the summaries and the CLI show it.
+pub fn fmt_num(v: f64) -> String {
+    significant(v, 4)
+}
+
+/// A significance level with at most 3 significant digits and no trailing zeros
+/// (`0.005`, `0.00333`), for messages.
+fn fmt_level(x: f64) -> String {
+    let text = significant(x, 3);
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
 }
 
 #[cfg(test)]
@@ -2855,11 +2856,15 @@ mod tests {
 
     #[test]
     fn levels_are_printed_with_three_significant_digits() {
-        assert_eq!(significant_digits(0.01, 3), "0.01");
-        assert_eq!(significant_digits(0.005, 3), "0.005");
-        assert_eq!(significant_digits(0.01 / 3.0, 3), "0.00333");
-        assert_eq!(significant_digits(0.05, 3), "0.05");
-        assert_eq!(significant_digits(1e-7, 3), "0.0000001");
+        assert_eq!(fmt_level(0.01), "0.01");
+        assert_eq!(fmt_level(0.005), "0.005");
+        assert_eq!(fmt_level(0.01 / 3.0), "0.00333");
+        assert_eq!(fmt_level(0.05), "0.05");
+        assert_eq!(fmt_level(1e-7), "0.0000001");
+        // Fitness values keep 4 significant digits, trailing zeros included.
+        assert_eq!(fmt_num(0.00265), "0.002650");
+        assert_eq!(fmt_num(5841066.0), "5841066");
+        assert_eq!(fmt_num(0.0), "0");
     }
 
     #[test]

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{EvolveConfig, parse_duration};
 use crate::history::HistoryOptions;
 
-pub use engine::Evolver;
+pub use engine::{Evolver, fmt_num};
 
 /// The default number of fitness runs per side.
 pub const DEFAULT_RUNS: usize = 10;
