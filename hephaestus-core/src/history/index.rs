@@ -444,25 +444,37 @@ mod tests {
         assert_eq!(all(&path), [record(3)]);
     }
 
+    /// Run `op` on another thread while this one holds the index's lock: for `ms`
+    /// milliseconds, then `meanwhile`, then it lets go; `op`'s result.
+    fn while_held(
+        path: &Path,
+        ms: u64,
+        meanwhile: impl FnOnce(),
+        op: impl FnOnce(&Path) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<()> {
+        let held = lock(path).expect("lock").expect("held");
+        let path = path.to_owned();
+        let op = std::thread::spawn(move || op(&path));
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        meanwhile();
+        drop(held);
+        op.join().expect("thread")
+    }
+
     #[test]
     fn a_writer_waiting_during_a_rewrite_appends_to_the_new_index() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
         rewrite(&path, &[record(1)], 0).expect("rewrite");
-        let held = lock(&path).expect("lock").expect("held");
-        let writer = {
-            let path = path.clone();
-            std::thread::spawn(move || append_child(&path, &record(3)))
-        };
         // The writer waits on the lock file, not on the index this replaces.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let tmp = tempfile::Builder::new()
-            .tempfile_in(dir.path())
-            .expect("tmp");
-        write_at(tmp.as_file(), 0, &[record(1), record(2)]).expect("write");
-        tmp.persist(&path).expect("rename");
-        drop(held);
-        writer.join().expect("thread").expect("append");
+        let replace = || {
+            let tmp = tempfile::Builder::new()
+                .tempfile_in(dir.path())
+                .expect("tmp");
+            write_at(tmp.as_file(), 0, &[record(1), record(2)]).expect("write");
+            tmp.persist(&path).expect("rename");
+        };
+        while_held(&path, 50, replace, |p| append_child(p, &record(3))).expect("append");
         assert_eq!(all(&path), [record(3), record(2), record(1)]);
     }
 
@@ -472,20 +484,17 @@ mod tests {
         // between its fork and its exec.
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(INDEX_FILE);
-        let while_held = |listing: Box<dyn FnOnce() -> io::Result<()> + Send>| {
-            let held = lock(&path).expect("lock").expect("held");
-            let listing = std::thread::spawn(listing);
-            std::thread::sleep(std::time::Duration::from_millis(30));
-            drop(held);
-            listing.join().expect("thread").expect("listing");
-        };
         std::fs::write(&path, b"not an index").expect("garbage");
-        let p = path.clone();
-        while_held(Box::new(move || rewrite(&p, &[record(1), record(2)], 12)));
+        while_held(
+            &path,
+            30,
+            || {},
+            |p| rewrite(p, &[record(1), record(2)], 12),
+        )
+        .expect("rewrite");
         assert_eq!(all(&path), [record(2), record(1)]);
         std::fs::write(&path, b"not an index").expect("garbage");
-        let p = path.clone();
-        while_held(Box::new(move || fill(&p, &[record(3)], 12, None)));
+        while_held(&path, 30, || {}, |p| fill(p, &[record(3)], 12, None)).expect("fill");
         assert_eq!(all(&path), [record(3)]);
     }
 

@@ -306,8 +306,9 @@ struct DirRecord {
 pub(crate) struct StatCache {
     commit: Option<Oid>,
     bytes: Vec<u8>,
-    /// The file's stat when `bytes` were read from it: while it is unchanged, the file
-    /// still holds them (see [`Snapshot::save_cache`]).
+    /// The file's stat when it was read (None: no file): while it is unchanged, the
+    /// file still holds `bytes` (see [`Snapshot::save_cache`]), and a cache read ahead
+    /// is still current (see [`Preload`]).
     file: Option<FileStat>,
     dirs: HashMap<Vec<u8>, DirRecord>,
     /// The ignore files the scan that wrote it applied.
@@ -320,30 +321,24 @@ impl StatCache {
         self.commit
     }
 
-    /// Load the cache; a missing, truncated or foreign file reads as empty.
+    /// Load the cache, noting the file's stat before it was read; a missing,
+    /// truncated or foreign file reads as empty.
     pub fn load(path: &Path) -> StatCache {
-        Self::load_noting(path).0
-    }
-
-    /// Load the cache with the file's identity before it was read (None: no file).
-    fn load_noting(path: &Path) -> (StatCache, Option<FileStat>) {
         let Ok(mut file) = fs::File::open(path) else {
-            return (StatCache::default(), None);
+            return StatCache::default();
         };
         let Ok(meta) = file.metadata() else {
-            return (StatCache::default(), None);
+            return StatCache::default();
         };
-        let stat = FileStat::of_metadata(&meta);
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         let cache = io::Read::read_to_end(&mut file, &mut bytes)
             .ok()
             .and_then(|_| Self::decode(bytes))
-            .map(|cache| StatCache {
-                file: Some(stat),
-                ..cache
-            })
             .unwrap_or_default();
-        (cache, Some(stat))
+        StatCache {
+            file: Some(FileStat::of_metadata(&meta)),
+            ..cache
+        }
     }
 
     /// Index (and check) the records of a cache file: every entry is read once, names
@@ -424,20 +419,20 @@ impl StatCache {
 }
 
 /// The stat cache, read on another thread while the writer lock is taken.
-pub(crate) struct Preload(thread::JoinHandle<(StatCache, Option<FileStat>)>);
+pub(crate) struct Preload(thread::JoinHandle<StatCache>);
 
 impl Preload {
     /// Start reading the cache at `path`.
     pub fn start(path: PathBuf) -> Preload {
-        Preload(thread::spawn(move || StatCache::load_noting(&path)))
+        Preload(thread::spawn(move || StatCache::load(&path)))
     }
 
     /// The cache read, if the file is still the one it was read from (now that the
     /// writer lock is held, it cannot change any more); None otherwise.
     pub fn take_if_current(self, path: &Path) -> Option<StatCache> {
-        let (cache, before) = self.0.join().ok()?;
+        let cache = self.0.join().ok()?;
         let now = fs::metadata(path).ok().map(|m| FileStat::of_metadata(&m));
-        (now == before).then_some(cache)
+        (now == cache.file).then_some(cache)
     }
 }
 
@@ -1692,7 +1687,7 @@ mod tests {
         // `b` changed, same length: `a` and `c` stay where they were.
         let rewrite = |long: bool| {
             fs::write(&path, &first).expect("old cache");
-            let (old, _) = StatCache::load_noting(&path);
+            let old = StatCache::load(&path);
             assert!(old.file.is_some(), "loaded from the file");
             let mut next = CacheWriter::new(&[]);
             next.copy(old.dirs[b"a".as_slice()].record.clone());
@@ -1727,7 +1722,7 @@ mod tests {
         // The file holds the old bytes only if its stat and its checksum say so: a
         // rewrite of the same size in the same clock tick leaves the stat as it was.
         fs::write(&path, &first).expect("old cache");
-        let (old, _) = StatCache::load_noting(&path);
+        let old = StatCache::load(&path);
         let read = |p: &Path| fs::File::open(p).expect("open");
         assert!(holds(&read(&path), &old.bytes, old.file));
         let mut other = first.clone();
