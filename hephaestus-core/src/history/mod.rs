@@ -889,7 +889,12 @@ impl History {
             }
             return Ok(None);
         }
-        let changed = self.changed_paths(parent_tree, snap.tree)?;
+        // What the merge with the stat cache found, when the cache was the tip's (the
+        // usual case); otherwise the two trees compared.
+        let changed = match snap.changes_since(tip) {
+            Some(paths) => paths.to_vec(),
+            None => self.changed_paths(parent_tree, snap.tree)?,
+        };
         let mut meta = EvolutionMeta::new(EvolutionKind::Manual, "");
         meta.message = match (message, tip) {
             (Some(m), _) if !m.trim().is_empty() => m.trim().to_owned(),
@@ -1247,8 +1252,8 @@ fn plural_files(n: usize) -> String {
     }
 }
 
-/// The file paths that differ between two trees, skipping equal subtrees by id (so the
-/// cost follows what changed).
+/// The file paths that differ between two trees (in content, kind or mode), skipping
+/// equal subtrees by id (so the cost follows what changed).
 fn tree_changes(
     repo: &Repository,
     old: Option<Oid>,
@@ -1256,31 +1261,29 @@ fn tree_changes(
     prefix: &mut PathBuf,
     out: &mut Vec<PathBuf>,
 ) -> Result<(), git2::Error> {
+    /// An entry's id and git file mode.
+    type Side = (Oid, i32);
+    const TREE: i32 = 0o040000;
     if old == new {
         return Ok(());
     }
-    let list = |oid: Option<Oid>| -> Result<Vec<(Vec<u8>, Oid, bool)>, git2::Error> {
+    let list = |oid: Option<Oid>| -> Result<Vec<(Vec<u8>, Side)>, git2::Error> {
         let Some(oid) = oid else {
             return Ok(Vec::new());
         };
         let tree = repo.find_tree(oid)?;
         let entries = tree
             .iter()
-            .map(|e| {
-                let is_tree = e.kind() == Some(git2::ObjectType::Tree);
-                (e.name_bytes().to_vec(), e.id(), is_tree)
-            })
+            .map(|e| (e.name_bytes().to_vec(), (e.id(), e.filemode())))
             .collect();
         Ok(entries)
     };
     let (old, new) = (list(old)?, list(new)?);
-    let old_by_name: std::collections::HashMap<&[u8], (Oid, bool)> = old
-        .iter()
-        .map(|(n, o, t)| (n.as_slice(), (*o, *t)))
-        .collect();
+    let old_by_name: std::collections::HashMap<&[u8], Side> =
+        old.iter().map(|(n, side)| (n.as_slice(), *side)).collect();
     let mut visit = |name: &[u8],
-                     before: Option<(Oid, bool)>,
-                     after: Option<(Oid, bool)>,
+                     before: Option<Side>,
+                     after: Option<Side>,
                      out: &mut Vec<PathBuf>|
      -> Result<(), git2::Error> {
         if before == after {
@@ -1288,8 +1291,8 @@ fn tree_changes(
         }
         use std::os::unix::ffi::OsStrExt;
         prefix.push(std::ffi::OsStr::from_bytes(name));
-        let sub = |x: Option<(Oid, bool)>| x.filter(|(_, t)| *t).map(|(o, _)| o);
-        let file = |x: Option<(Oid, bool)>| x.is_some_and(|(_, t)| !t);
+        let sub = |x: Option<Side>| x.filter(|(_, m)| *m == TREE).map(|(o, _)| o);
+        let file = |x: Option<Side>| x.is_some_and(|(_, m)| m != TREE);
         if file(before) || file(after) {
             out.push(prefix.clone());
         }
@@ -1297,19 +1300,19 @@ fn tree_changes(
         prefix.pop();
         result
     };
-    for (name, oid, is_tree) in &new {
+    for (name, side) in &new {
         visit(
             name,
             old_by_name.get(name.as_slice()).copied(),
-            Some((*oid, *is_tree)),
+            Some(*side),
             out,
         )?;
     }
     let new_names: std::collections::HashSet<&[u8]> =
-        new.iter().map(|(n, _, _)| n.as_slice()).collect();
-    for (name, oid, is_tree) in &old {
+        new.iter().map(|(n, _)| n.as_slice()).collect();
+    for (name, side) in &old {
         if !new_names.contains(name.as_slice()) {
-            visit(name, Some((*oid, *is_tree)), None, out)?;
+            visit(name, Some(*side), None, out)?;
         }
     }
     Ok(())

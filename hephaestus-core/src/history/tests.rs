@@ -388,11 +388,28 @@ fn incremental_snapshots_build_the_tree_git_builds() {
             std::thread::sleep(Duration::from_millis(15));
         }
         step(&root);
+        // What the merge with the stat cache finds changed since the tip (a snapshot
+        // taken and dropped: the recording below takes its own).
+        let (snap, tip) = h.take_snapshot().expect("snapshot");
+        let from_cache = snap.changes_since(tip).map(<[PathBuf]>::to_vec);
+        drop(snap);
         let evo = h.record_manual_if_changed().expect("record");
         // An empty directory and an ignored file are not part of a snapshot.
         let invisible = matches!(*what, "empty dir" | "ignored");
         assert_eq!(evo.is_some(), !invisible, "step {what}");
         assert_eq!(tree_of(&h), git_tree(&root), "step {what}");
+        if let Some(evo) = &evo {
+            // The files the merge with the cache saw change are the trees' difference.
+            let parent = evo.parent.as_deref().expect("parent");
+            let parent_tree = h.tree_of(Oid::from_str(parent).expect("id")).expect("tree");
+            let tree = h
+                .tree_of(Oid::from_str(&evo.id).expect("id"))
+                .expect("tree");
+            let compared = h.changed_paths(Some(parent_tree), tree).expect("diff");
+            assert!(!compared.is_empty(), "step {what}");
+            assert_eq!(evo.meta.files, compared, "step {what}");
+            assert_eq!(from_cache, Some(compared), "step {what}");
+        }
         // Nothing changed since: no evolution, and the cache file is left as it is
         // once it trusts every entry.
         std::thread::sleep(Duration::from_millis(15));
