@@ -320,10 +320,11 @@ pub struct HistoryOptions {
     /// before the reference moves; between the files of a rollback), so that crash tests
     /// can kill the process in the middle. None in normal use.
     pub step_delay: Option<Duration>,
-    /// Start reading the stat cache on another thread as soon as the history is
-    /// opened, for a [`History::snapshot`] that follows at once (`heph snapshot`): the
-    /// read, ~0.5 ms for a 10,000-file project, then overlaps opening the repository
-    /// and taking the lock. Off by default: other commands would only pay for it.
+    /// Start a thread as soon as the history is opened, for a [`History::snapshot`] that
+    /// follows at once (`heph snapshot`): it reads the stat cache (~0.5 ms for a
+    /// 10,000-file project) while the repository is opened and the lock taken, then
+    /// waits, spinning for up to 20 ms, to take part in the scan. Off by default: other
+    /// commands would only pay for it.
     pub preload_stat_cache: bool,
 }
 
@@ -442,8 +443,9 @@ pub struct History {
     /// The project's folder inside the repository (`None` at the work tree's root).
     scope_prefix: Option<String>,
     options: HistoryOptions,
-    /// The stat cache being read ahead ([`HistoryOptions::preload_stat_cache`]).
-    preload: Option<snapshot::Preload>,
+    /// The thread reading the stat cache ahead, then scanning
+    /// ([`HistoryOptions::preload_stat_cache`]).
+    helper: Option<snapshot::Helper>,
 }
 
 impl fmt::Debug for History {
@@ -477,9 +479,9 @@ impl History {
         })?;
         let root = canonical.as_path();
         let state = StateDir::new(root);
-        let preload = options
+        let helper = options
             .preload_stat_cache
-            .then(|| snapshot::Preload::start(state.path().join(snapshot::CACHE_FILE)));
+            .then(|| snapshot::Helper::start(state.path().join(snapshot::CACHE_FILE)));
         let found = match Repository::open_ext(
             root,
             RepositoryOpenFlags::empty(),
@@ -538,7 +540,7 @@ impl History {
             scope,
             scope_prefix,
             options,
-            preload,
+            helper,
         })
     }
 
@@ -646,11 +648,12 @@ impl History {
         self.take_snapshot_with(None)
     }
 
-    /// [`History::take_snapshot`], with the stat cache as read before the writer lock was
-    /// taken (used when it still is what the file holds).
+    /// [`History::take_snapshot`], with the helper thread started with the history: the
+    /// stat cache it read before the writer lock was taken (used when it still is what
+    /// the file holds), and its part in the scan.
     fn take_snapshot_with(
         &mut self,
-        preloaded: Option<snapshot::Preload>,
+        helper: Option<snapshot::Helper>,
     ) -> Result<(snapshot::Snapshot, Option<Oid>), HistoryError> {
         self.state.ensure()?;
         self.repo_for_write()?;
@@ -660,7 +663,10 @@ impl History {
         })?;
         self.check_scope(repo, tip)?;
         let cache_path = self.state.path().join(snapshot::CACHE_FILE);
-        let cache = match preloaded.and_then(|p| p.take_if_current(&cache_path)) {
+        let cache = match helper
+            .as_ref()
+            .and_then(|h| h.cache_if_current(&cache_path))
+        {
             Some(cache) => cache,
             None => snapshot::StatCache::load(&cache_path),
         };
@@ -671,7 +677,8 @@ impl History {
             }
             _ => snapshot::StatCache::default(),
         };
-        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), cache)?;
+        let snap =
+            snapshot::snapshot(repo, &self.scope, self.state.path(), cache, helper.as_ref())?;
         Ok((snap, tip))
     }
 
@@ -876,9 +883,9 @@ impl History {
     fn record_manual(
         &mut self,
         message: Option<&str>,
-        preloaded: Option<snapshot::Preload>,
+        helper: Option<snapshot::Helper>,
     ) -> Result<Option<Evolution>, HistoryError> {
-        let (snap, tip) = self.take_snapshot_with(preloaded)?;
+        let (snap, tip) = self.take_snapshot_with(helper)?;
         let parent_tree = match tip {
             Some(t) => Some(self.tree_of(t)?),
             None => None,
@@ -970,9 +977,9 @@ impl History {
     pub fn snapshot(&mut self, message: Option<&str>) -> Result<Option<Evolution>, HistoryError> {
         // The stat cache may be read ahead (while the repository is opened and the lock
         // taken); it is used if the file did not change in between.
-        let preload = self.preload.take();
+        let helper = self.helper.take();
         let _lock = self.lock("snapshot")?;
-        self.record_manual(message, preload)
+        self.record_manual(message, helper)
     }
 
     /// The project's files as a snapshot sees them (honouring .gitignore, without

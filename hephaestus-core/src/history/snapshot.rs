@@ -23,8 +23,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use git2::{ObjectType, Oid, Repository};
 use ignore::Match;
@@ -61,7 +62,7 @@ const STAT_LEN: usize = 8 + 4 + 8 + 4 + 8 + 8;
 const ENTRY_FIXED_LEN: usize = 4 + 20 + STAT_LEN;
 
 /// What the walk covers: the project root and the ignore rules that apply from above it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scope {
     /// The project root (absolute, canonical).
     pub root: PathBuf,
@@ -133,7 +134,7 @@ fn load_rules(sources: &[(PathBuf, PathBuf, bool)]) -> Vec<Rules> {
 /// (sliced from absolute paths, see [`relative_to`]): the `ignore` crate then has no
 /// root to strip, which it does by comparing path components, once per file of the
 /// project.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Rules {
     dir: Vec<u8>,
     matcher: Gitignore,
@@ -418,21 +419,205 @@ impl StatCache {
     }
 }
 
-/// The stat cache, read on another thread while the writer lock is taken.
-pub(crate) struct Preload(thread::JoinHandle<StatCache>);
+/// A thread started with the history for a snapshot that follows at once (`heph
+/// snapshot`): it reads the stat cache while the repository is opened and the lock
+/// taken, then takes part in the scan.
+///
+/// Starting a thread at the scan itself costs more than it seems on a small VM: the
+/// new thread is queued behind the one that started it, and running it elsewhere means
+/// waking another virtual CPU, which the host may take milliseconds to do (measured
+/// 0.1–4.5 ms before the second scanning thread ran, on a 2-core Firecracker VM). The
+/// helper pays that while the main thread has other work, moves to another CPU than
+/// the main thread's, and then waits spinning (yielding its CPU, for at most
+/// [`HELPER_SPIN`]) rather than sleeping, so that its CPU is awake when the scan starts.
+pub(crate) struct Helper {
+    shared: Arc<HelperShared>,
+}
 
-impl Preload {
-    /// Start reading the cache at `path`.
-    pub fn start(path: PathBuf) -> Preload {
-        Preload(thread::spawn(move || StatCache::load(&path)))
+/// What the main thread and the helper share.
+#[derive(Default)]
+struct HelperShared {
+    state: Mutex<HelperState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct HelperState {
+    /// The helper is reading the cache.
+    loading: bool,
+    /// The cache has been read (and is in `cache` until taken).
+    loaded: bool,
+    /// The main thread read the cache itself: the helper had not started to.
+    not_needed: bool,
+    cache: Option<StatCache>,
+    /// The scan to take part in.
+    scan: Option<Arc<ScanShared>>,
+    /// No scan will be taken any more: the helper took one, gave up, or was dropped.
+    closed: bool,
+}
+
+/// How long the helper waits spinning for the scan before it sleeps (the lock may be
+/// held by another writer: the scan is then far off).
+const HELPER_SPIN: Duration = Duration::from_millis(20);
+
+/// How long a thread of the scan waiting for work, or the main thread waiting for the
+/// helper's cache, spins before it sleeps.
+const WAIT_SPIN: Duration = Duration::from_millis(3);
+
+impl Helper {
+    /// Start the helper, which reads the cache at `path`.
+    pub fn start(path: PathBuf) -> Helper {
+        let shared = Arc::new(HelperShared::default());
+        let away_from = current_cpu();
+        let theirs = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name("heph-snapshot".into())
+            .spawn(move || helper_main(&theirs, &path, away_from));
+        if spawned.is_err() {
+            // No thread: the snapshot reads the cache itself and scans without it.
+            if let Ok(mut st) = shared.state.lock() {
+                st.loaded = true;
+                st.closed = true;
+            }
+        }
+        Helper { shared }
     }
 
     /// The cache read, if the file is still the one it was read from (now that the
-    /// writer lock is held, it cannot change any more); None otherwise.
-    pub fn take_if_current(self, path: &Path) -> Option<StatCache> {
-        let cache = self.0.join().ok()?;
+    /// writer lock is held, it cannot change any more); None otherwise, and when the
+    /// helper has not started reading it yet (its thread may still be waiting for a
+    /// CPU): the caller reads it then.
+    pub fn cache_if_current(&self, path: &Path) -> Option<StatCache> {
+        let cache = {
+            let mut st = self.shared.state.lock().ok()?;
+            if !st.loading && !st.loaded {
+                st.not_needed = true;
+                return None;
+            }
+            drop(st);
+            let mut st = wait_until(&self.shared.state, &self.shared.wake, WAIT_SPIN, |st| {
+                st.loaded
+            })?;
+            st.cache.take()?
+        };
         let now = fs::metadata(path).ok().map(|m| FileStat::of_metadata(&m));
         (now == cache.file).then_some(cache)
+    }
+
+    /// Hand `scan` to the helper; false when it will not take part (it already did,
+    /// gave up waiting, or could not start).
+    fn post(&self, scan: &Arc<ScanShared>) -> bool {
+        let Ok(mut st) = self.shared.state.lock() else {
+            return false;
+        };
+        if st.closed {
+            return false;
+        }
+        st.scan = Some(Arc::clone(scan));
+        self.shared.wake.notify_all();
+        true
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.closed = true;
+            st.cache = None;
+        }
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The helper's thread: to another CPU than `away_from` (the main thread's), read the
+/// cache unless the main thread did, wait for the scan, scan.
+fn helper_main(shared: &HelperShared, path: &Path, away_from: Option<usize>) {
+    move_away_from(away_from);
+    let wanted = shared.state.lock().is_ok_and(|mut st| {
+        st.loading = !st.not_needed && !st.closed;
+        st.loading
+    });
+    if wanted {
+        let cache = StatCache::load(path);
+        if let Ok(mut st) = shared.state.lock() {
+            st.loaded = true;
+            if !st.closed {
+                st.cache = Some(cache);
+            }
+        }
+        shared.wake.notify_all();
+    }
+    let scan = {
+        let Some(mut st) = wait_until(&shared.state, &shared.wake, HELPER_SPIN, |st| {
+            st.scan.is_some() || st.closed
+        }) else {
+            return;
+        };
+        st.closed = true;
+        st.scan.take()
+    };
+    if let Some(scan) = scan {
+        scan_worker(&scan);
+    }
+}
+
+/// The CPU this thread runs on, where that can be told.
+fn current_cpu() -> Option<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        nix::sched::sched_getcpu().ok()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        None
+    }
+}
+
+/// Let this thread run on every CPU it may run on but `cpu` (nothing when that leaves
+/// none).
+fn move_away_from(cpu: Option<usize>) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(cpu) = cpu {
+        use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+        use nix::unistd::Pid;
+        let Ok(mut set) = sched_getaffinity(Pid::from_raw(0)) else {
+            return;
+        };
+        let allowed = (0..CpuSet::count())
+            .filter(|&i| set.is_set(i).unwrap_or(false))
+            .count();
+        if allowed > 1 && set.is_set(cpu).unwrap_or(false) && set.unset(cpu).is_ok() {
+            let _ = sched_setaffinity(Pid::from_raw(0), &set);
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = cpu;
+}
+
+/// Lock `mutex` and wait until `ready` holds for what it guards: first spinning (the
+/// lock taken again after yielding the CPU) for up to `spin`, then sleeping on `wake`.
+/// A thread that sleeps lets its virtual CPU halt, and waking a halted one can take the
+/// host milliseconds; one that spins stays ready. None when the lock is poisoned.
+fn wait_until<'a, T>(
+    mutex: &'a Mutex<T>,
+    wake: &Condvar,
+    spin: Duration,
+    mut ready: impl FnMut(&mut T) -> bool,
+) -> Option<MutexGuard<'a, T>> {
+    let mut guard = mutex.lock().ok()?;
+    let mut since: Option<Instant> = None;
+    loop {
+        if ready(&mut guard) {
+            return Some(guard);
+        }
+        let started = *since.get_or_insert_with(Instant::now);
+        if started.elapsed() < spin {
+            drop(guard);
+            thread::yield_now();
+            guard = mutex.lock().ok()?;
+        } else {
+            guard = wake.wait(guard).ok()?;
+        }
     }
 }
 
@@ -618,8 +803,8 @@ pub(crate) struct Snapshot {
     /// The root tree of the project's files.
     pub tree: Oid,
     cache: CacheWriter,
-    /// The old cache's bytes, which the new one copies from.
-    old: Vec<u8>,
+    /// The old cache, whose bytes the new one copies from.
+    old: Arc<StatCache>,
     /// The cache file's stat when `old` was read from it.
     old_file: Option<FileStat>,
     /// The commit of the old cache when the new one says exactly the same.
@@ -665,8 +850,10 @@ impl Snapshot {
             .truncate(false)
             .open(&self.cache_path)
             .and_then(|file| {
-                let holds_old = holds(&file, &self.old, self.old_file);
-                let (len, _) = self.cache.write_in_place(&file, &self.old, holds_old)?;
+                let holds_old = holds(&file, &self.old.bytes, self.old_file);
+                let (len, _) = self
+                    .cache
+                    .write_in_place(&file, &self.old.bytes, holds_old)?;
                 file.set_len(len)
             });
         if written.is_err() {
@@ -698,11 +885,14 @@ fn holds(file: &fs::File, old: &[u8], then: Option<FileStat>) -> bool {
 /// Two phases: a parallel scan lists and stats every directory (the cost of a snapshot
 /// is mostly `stat` calls, one per file), then one thread merges the stats with the
 /// cache, hashes what changed and writes the trees bottom-up.
+///
+/// `helper`: a thread started ahead to take part in the scan ([`Helper`]).
 pub(crate) fn snapshot(
     repo: &Repository,
     scope: &Scope,
     state_dir: &Path,
     old: StatCache,
+    helper: Option<&Helper>,
 ) -> Result<Snapshot, HistoryError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -712,12 +902,13 @@ pub(crate) fn snapshot(
     // to now.
     let clock = state_dir.join(CLOCK_FILE);
     let start = fs_now(&clock).map_err(io(&clock))?;
-    let scope = &scope.reloaded();
+    let scope = &Arc::new(scope.reloaded());
+    let old = Arc::new(old);
     let reuse = Reuse::of(scope, &old, start);
-    let mut scanned = scan(scope, reuse.as_ref())?;
+    let mut scanned = scan(scope, reuse, helper)?;
     if scanned.new_rules {
         // A new .gitignore: listings reused below it may hold what it ignores.
-        scanned = scan(scope, None)?;
+        scanned = scan(scope, None, None)?;
     }
     let mut rules: Vec<RuleFile> = scope
         .base_ignores
@@ -756,8 +947,8 @@ pub(crate) fn snapshot(
         same_as: old.commit.filter(|_| unchanged),
         changes,
         cache,
-        old: old.bytes,
         old_file: old.file,
+        old,
         cache_path: state_dir.join(CACHE_FILE),
     })
 }
@@ -949,7 +1140,7 @@ struct Queue {
 /// Every file and symlink a snapshot of `scope` would hold: path relative to the root
 /// (`/`-separated bytes) and git mode, sorted by path.
 pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryError> {
-    let scanned = scan(scope, None)?.dirs;
+    let scanned = scan(&Arc::new(scope.clone()), None, None)?.dirs;
     let mut out = Vec::new();
     let mut stack = vec![Vec::new()];
     while let Some(dir) = stack.pop() {
@@ -974,21 +1165,21 @@ pub(crate) fn list_files(scope: &Scope) -> Result<Vec<(Vec<u8>, u32)>, HistoryEr
 /// same: adding, removing or renaming an entry changes a directory's mtime and ctime),
 /// provided the ignore rules that chose them are unchanged too. Entries are still
 /// `lstat`ed one by one; only `getdents`, the ignore matching and the sort are saved.
-struct Reuse<'c> {
-    cache: &'c StatCache,
+struct Reuse {
+    cache: Arc<StatCache>,
     /// The snapshot's start (see [`FileStat::racy`]).
     start: (i64, i64),
     /// The device of the project root, whose file system was checked.
     dev: u64,
     /// The ignore files the cache's scan applied, by absolute path, with their stats.
-    rule_files: HashMap<&'c [u8], FileStat>,
+    rule_files: HashMap<Vec<u8>, FileStat>,
 }
 
-impl<'c> Reuse<'c> {
+impl Reuse {
     /// Whether `cache`'s listings may be reused for `scope`: every ignore file its scan
     /// applied has the same trusted stat now (the rules outside the project: as `scope`
     /// read them), and `scope` reads no rule from outside the project that it did not.
-    fn of(scope: &Scope, cache: &'c StatCache, start: (i64, i64)) -> Option<Reuse<'c>> {
+    fn of(scope: &Scope, cache: &Arc<StatCache>, start: (i64, i64)) -> Option<Reuse> {
         cache.commit?;
         if !directory_mtimes_reliable(&scope.root) {
             return None;
@@ -999,12 +1190,8 @@ impl<'c> Reuse<'c> {
             .iter()
             .map(|r| (r.source.0.as_slice(), r.source.1))
             .collect();
-        let rule_files: HashMap<&[u8], FileStat> = cache
-            .rules
-            .iter()
-            .map(|(p, st)| (p.as_slice(), *st))
-            .collect();
-        if base.keys().any(|b| !rule_files.contains_key(b)) {
+        let rule_files: HashMap<Vec<u8>, FileStat> = cache.rules.iter().cloned().collect();
+        if base.keys().any(|b| !rule_files.contains_key(*b)) {
             return None;
         }
         for (path, stat) in &cache.rules {
@@ -1017,7 +1204,7 @@ impl<'c> Reuse<'c> {
             }
         }
         Some(Reuse {
-            cache,
+            cache: Arc::clone(cache),
             start,
             dev,
             rule_files,
@@ -1074,31 +1261,57 @@ struct DirScan {
     rules: Option<RuleFile>,
 }
 
-/// List and stat every directory of the scope, on as many threads as there are cores.
-fn scan(scope: &Scope, reuse: Option<&Reuse<'_>>) -> Result<ScanOutput, HistoryError> {
+/// A scan in progress: what it covers, and its work queue and results, shared by the
+/// threads that take part (which need not outlive it: it is over when its queue is
+/// empty and no directory is in progress, whoever is still finishing).
+struct ScanShared {
+    scope: Arc<Scope>,
+    reuse: Option<Reuse>,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    results: Mutex<ScanOutput>,
+}
+
+/// List and stat every directory of the scope, on as many threads as there are cores:
+/// this one, the `helper` if it is still waiting for a scan, and new threads for the
+/// rest. Returns once every directory is done, without waiting for the other threads
+/// to end.
+fn scan(
+    scope: &Arc<Scope>,
+    reuse: Option<Reuse>,
+    helper: Option<&Helper>,
+) -> Result<ScanOutput, HistoryError> {
     let threads = cores().min(4);
-    let queue = Mutex::new(Queue {
-        jobs: vec![Job {
-            abs: scope.root.clone(),
-            rel: Vec::new(),
-            ignores: None,
-        }],
-        active: 0,
-        error: None,
+    let shared = Arc::new(ScanShared {
+        scope: Arc::clone(scope),
+        reuse,
+        queue: Mutex::new(Queue {
+            jobs: vec![Job {
+                abs: scope.root.clone(),
+                rel: Vec::new(),
+                ignores: None,
+            }],
+            active: 0,
+            error: None,
+        }),
+        wake: Condvar::new(),
+        results: Mutex::new(ScanOutput::default()),
     });
-    let wake = Condvar::new();
-    let results = Mutex::new(ScanOutput::default());
-    thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(|| scan_worker(scope, reuse, &queue, &wake, &results));
-        }
-        scan_worker(scope, reuse, &queue, &wake, &results);
-    });
-    let queue = queue.into_inner().map_err(|_| poisoned())?;
-    if let Some(e) = queue.error {
+    let helped = threads > 1 && helper.is_some_and(|h| h.post(&shared));
+    for _ in (1 + usize::from(helped))..threads {
+        let theirs = Arc::clone(&shared);
+        // Without another thread, this one does all the work.
+        let _ = thread::Builder::new()
+            .name("heph-scan".into())
+            .spawn(move || scan_worker(&theirs));
+    }
+    scan_worker(&shared);
+    let error = shared.queue.lock().map_err(|_| poisoned())?.error.take();
+    if let Some(e) = error {
         return Err(e);
     }
-    results.into_inner().map_err(|_| poisoned())
+    let mut results = shared.results.lock().map_err(|_| poisoned())?;
+    Ok(std::mem::take(&mut *results))
 }
 
 /// The cores this process may run on. Its affinity mask, one system call: the standard
@@ -1125,43 +1338,45 @@ fn poisoned() -> HistoryError {
     }
 }
 
-fn scan_worker(
-    scope: &Scope,
-    reuse: Option<&Reuse<'_>>,
-    queue: &Mutex<Queue>,
-    wake: &Condvar,
-    results: &Mutex<ScanOutput>,
-) {
+/// Take directories from the scan's queue until it is done: empty, with no directory in
+/// progress (one in progress may add more), or failed. Waiting for work, the thread
+/// spins for up to [`WAIT_SPIN`] before it sleeps (see [`wait_until`]).
+fn scan_worker(shared: &ScanShared) {
+    let reuse = shared.reuse.as_ref();
     let mut scratch = ScannedDir::default();
     loop {
         let job = {
-            let Ok(mut q) = queue.lock() else { return };
-            loop {
-                if q.error.is_some() {
-                    return;
-                }
-                if let Some(job) = q.jobs.pop() {
-                    q.active += 1;
-                    break job;
-                }
-                if q.active == 0 {
-                    wake.notify_all();
-                    return;
-                }
-                q = match wake.wait(q) {
-                    Ok(q) => q,
-                    Err(_) => return,
-                };
+            let Some(mut q) = wait_until(&shared.queue, &shared.wake, WAIT_SPIN, |q| {
+                q.error.is_some() || !q.jobs.is_empty() || q.active == 0
+            }) else {
+                return;
+            };
+            if q.error.is_some() {
+                return;
             }
+            let Some(job) = q.jobs.pop() else {
+                // Nothing queued and nothing in progress: done.
+                shared.wake.notify_all();
+                return;
+            };
+            q.active += 1;
+            job
         };
         let rel = job.rel.clone();
-        let outcome = scan_dir(scope, reuse, job, &mut scratch);
-        let Ok(mut q) = queue.lock() else { return };
+        // A panic (a bug) must not leave the directory in progress for ever: the other
+        // threads would wait for it.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scan_dir(&shared.scope, reuse, job, &mut scratch)
+        }))
+        .unwrap_or_else(|_| Err(poisoned()));
+        let Ok(mut q) = shared.queue.lock() else {
+            return;
+        };
         q.active -= 1;
         match outcome {
             Ok(done) => {
                 q.jobs.extend(done.jobs);
-                if let Ok(mut r) = results.lock() {
+                if let Ok(mut r) = shared.results.lock() {
                     r.dirs.insert(rel, done.dir);
                     if let Some(rule) = done.rules {
                         r.new_rules |=
@@ -1174,7 +1389,8 @@ fn scan_worker(
                 q.error.get_or_insert(e);
             }
         }
-        wake.notify_all();
+        drop(q);
+        shared.wake.notify_all();
     }
 }
 
@@ -1184,7 +1400,7 @@ fn scan_worker(
 /// for a reused listing (see [`reuse_listing`]).
 fn scan_dir(
     scope: &Scope,
-    reuse: Option<&Reuse<'_>>,
+    reuse: Option<&Reuse>,
     job: Job,
     scratch: &mut ScannedDir,
 ) -> Result<DirScan, HistoryError> {
@@ -1361,7 +1577,7 @@ fn scan_dir(
 /// buffers with them, so that memory is allocated (and its pages touched for the first
 /// time, ~2 µs each on a small VM) for what changed, not for every directory.
 fn reuse_listing(
-    reuse: &Reuse<'_>,
+    reuse: &Reuse,
     job: &Job,
     dir: &OwnedFd,
     record: &DirRecord,
@@ -1865,8 +2081,8 @@ mod tests {
             let snap = Snapshot {
                 tree: Oid::ZERO_SHA1,
                 cache: next,
-                old: old.bytes,
                 old_file: old.file,
+                old: Arc::new(old),
                 same_as: None,
                 changes: None,
                 cache_path: path.clone(),

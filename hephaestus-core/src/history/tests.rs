@@ -438,6 +438,66 @@ fn incremental_snapshots_build_the_tree_git_builds() {
     assert_eq!(tree_of(&h), git_tree(&root));
 }
 
+/// `heph snapshot`'s way: a thread started with the history reads the stat cache, then
+/// scans along with the main thread.
+#[test]
+fn snapshots_with_the_helper_thread_build_the_tree_git_builds() {
+    let (_dir, root) = project(true);
+    for d in 0..6 {
+        for f in 0..8 {
+            write(
+                &root,
+                &format!("src/m{d}/f{f}.rs"),
+                &format!("// {d} {f}\n"),
+            );
+        }
+    }
+    let open_helped = |root: &Path| {
+        let options = HistoryOptions {
+            preload_stat_cache: true,
+            ..HistoryOptions::default()
+        };
+        History::open_with(root, options).expect("open")
+    };
+    let tree_of = |h: &History| {
+        let tip = h.tip().expect("tip").expect("some");
+        h.tree_of(tip).expect("tree").to_string()
+    };
+    let mut h = open_helped(&root);
+    h.snapshot(None).expect("first").expect("recorded");
+    assert_eq!(tree_of(&h), git_tree(&root));
+    let steps: [(&str, fn(&Path)); 5] = [
+        ("edit", |r| write(r, "src/m1/f2.rs", "// changed\n")),
+        ("add", |r| write(r, "src/m5/new.rs", "// new\n")),
+        ("new dir", |r| write(r, "src/m9/deep/x.rs", "// x\n")),
+        ("remove dir", |r| {
+            fs::remove_dir_all(r.join("src/m2")).expect("rm -r")
+        }),
+        ("edit in place", |r| write(r, "src/m3/f3.rs", "// edited\n")),
+    ];
+    for (what, step) in steps {
+        std::thread::sleep(Duration::from_millis(15));
+        step(&root);
+        let mut h = open_helped(&root);
+        let evo = h.snapshot(None).expect("snapshot").expect("recorded");
+        assert_eq!(tree_of(&h), git_tree(&root), "step {what}");
+        assert!(!evo.meta.files.is_empty(), "step {what}");
+        // Nothing changed since: nothing recorded.
+        let mut again = open_helped(&root);
+        assert!(again.snapshot(None).expect("again").is_none(), "{what}");
+    }
+    // A history opened with the helper and dropped unused lets it go.
+    for _ in 0..3 {
+        drop(open_helped(&root));
+    }
+    // The cache rewritten between the helper's read and the lock: read again.
+    let mut h = open_helped(&root);
+    write(&root, "src/m0/f0.rs", "// last\n");
+    fs::remove_file(root.join(".heph").join("stat-cache")).expect("rm cache");
+    h.snapshot(None).expect("snapshot").expect("recorded");
+    assert_eq!(tree_of(&h), git_tree(&root));
+}
+
 #[test]
 fn a_nested_target_directory_follows_its_cachedir_tag_in_unchanged_directories() {
     let (_dir, root) = project(true);
