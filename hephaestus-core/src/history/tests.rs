@@ -466,7 +466,8 @@ fn snapshots_with_the_helper_thread_build_the_tree_git_builds() {
     let mut h = open_helped(&root);
     h.snapshot(None).expect("first").expect("recorded");
     assert_eq!(tree_of(&h), git_tree(&root));
-    let steps: [(&str, fn(&Path)); 5] = [
+    type Step = (&'static str, fn(&Path));
+    let steps: [Step; 5] = [
         ("edit", |r| write(r, "src/m1/f2.rs", "// changed\n")),
         ("add", |r| write(r, "src/m5/new.rs", "// new\n")),
         ("new dir", |r| write(r, "src/m9/deep/x.rs", "// x\n")),
