@@ -663,19 +663,21 @@ impl History {
         })?;
         self.check_scope(repo, tip)?;
         let cache_path = self.state.path().join(snapshot::CACHE_FILE);
-        let cache = match helper
-            .as_ref()
-            .and_then(|h| h.cache_if_current(&cache_path))
-        {
-            Some(cache) => cache,
-            None => snapshot::StatCache::load(&cache_path),
-        };
-        // The cache's blobs are safe to reuse only when its commit is in the history.
-        let cache = match (cache.commit(), tip) {
-            (Some(c), Some(t)) if c == t || repo.graph_descendant_of(t, c).unwrap_or(false) => {
-                cache
+        let cache = || {
+            let cache = match helper
+                .as_ref()
+                .and_then(|h| h.cache_if_current(&cache_path))
+            {
+                Some(cache) => cache,
+                None => snapshot::StatCache::load(&cache_path),
+            };
+            // The cache's blobs are safe to reuse only when its commit is in the history.
+            match (cache.commit(), tip) {
+                (Some(c), Some(t)) if c == t || repo.graph_descendant_of(t, c).unwrap_or(false) => {
+                    cache
+                }
+                _ => snapshot::StatCache::default(),
             }
-            _ => snapshot::StatCache::default(),
         };
         let snap =
             snapshot::snapshot(repo, &self.scope, self.state.path(), cache, helper.as_ref())?;

@@ -886,12 +886,15 @@ fn holds(file: &fs::File, old: &[u8], then: Option<FileStat>) -> bool {
 /// is mostly `stat` calls, one per file), then one thread merges the stats with the
 /// cache, hashes what changed and writes the trees bottom-up.
 ///
-/// `helper`: a thread started ahead to take part in the scan ([`Helper`]).
+/// `old` gives the last stat cache; it is called once the snapshot's start is taken and
+/// the rules from outside the project read again (which do not need it), so that a
+/// cache read ahead on another thread has that much longer to arrive. `helper`: a
+/// thread started ahead to take part in the scan ([`Helper`]).
 pub(crate) fn snapshot(
     repo: &Repository,
     scope: &Scope,
     state_dir: &Path,
-    old: StatCache,
+    old: impl FnOnce() -> StatCache,
     helper: Option<&Helper>,
 ) -> Result<Snapshot, HistoryError> {
     let io = |path: &Path| {
@@ -903,7 +906,7 @@ pub(crate) fn snapshot(
     let clock = state_dir.join(CLOCK_FILE);
     let start = fs_now(&clock).map_err(io(&clock))?;
     let scope = &Arc::new(scope.reloaded());
-    let old = Arc::new(old);
+    let old = Arc::new(old());
     let reuse = Reuse::of(scope, &old, start);
     let mut scanned = scan(scope, reuse, helper)?;
     if scanned.new_rules {
