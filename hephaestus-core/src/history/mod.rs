@@ -653,7 +653,7 @@ impl History {
     /// the file holds), and its part in the scan.
     fn take_snapshot_with(
         &mut self,
-        helper: Option<snapshot::Helper>,
+        helper: Option<&snapshot::Helper>,
     ) -> Result<(snapshot::Snapshot, Option<Oid>), HistoryError> {
         self.state.ensure()?;
         self.repo_for_write()?;
@@ -664,10 +664,7 @@ impl History {
         self.check_scope(repo, tip)?;
         let cache_path = self.state.path().join(snapshot::CACHE_FILE);
         let cache = || {
-            let cache = match helper
-                .as_ref()
-                .and_then(|h| h.cache_if_current(&cache_path))
-            {
+            let cache = match helper.and_then(|h| h.cache_if_current(&cache_path)) {
                 Some(cache) => cache,
                 None => snapshot::StatCache::load(&cache_path),
             };
@@ -679,8 +676,7 @@ impl History {
                 _ => snapshot::StatCache::default(),
             }
         };
-        let snap =
-            snapshot::snapshot(repo, &self.scope, self.state.path(), cache, helper.as_ref())?;
+        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), cache, helper)?;
         Ok((snap, tip))
     }
 
@@ -727,8 +723,20 @@ impl History {
     fn commit(
         &mut self,
         snap: snapshot::Snapshot,
+        tip: Option<Oid>,
+        meta: &EvolutionMeta,
+    ) -> Result<Evolution, HistoryError> {
+        self.commit_with(snap, tip, meta, None)
+    }
+
+    /// [`History::commit`]; `helper`: a thread that closes the replaced reference file
+    /// (freeing it is the slow part of moving the reference on some file systems).
+    fn commit_with(
+        &mut self,
+        snap: snapshot::Snapshot,
         mut tip: Option<Oid>,
         meta: &EvolutionMeta,
+        helper: Option<&snapshot::Helper>,
     ) -> Result<Evolution, HistoryError> {
         let mut msg = message::format(meta);
         if let Some(scope) = &self.scope_prefix {
@@ -758,10 +766,17 @@ impl History {
             let oid = objects.write(ObjectType::Commit, &bytes)?;
             self.pause();
             let log = format!("heph: {}", meta.kind);
+            // The reference file about to be replaced, kept open so that it is freed
+            // when the helper closes it rather than during the update.
+            let replaced =
+                helper.and_then(|_| std::fs::File::open(repo.commondir().join(HISTORY_REF)).ok());
             let moved = self.update_ref(HISTORY_REF, || match tip {
                 Some(t) => repo.reference_matching(HISTORY_REF, oid, true, t, &log),
                 None => repo.reference(HISTORY_REF, oid, false, &log),
             });
+            if let (Some(h), Some(file)) = (helper, replaced) {
+                h.close_later(file);
+            }
             match moved {
                 Ok(_) => {
                     let commit = repo
@@ -887,7 +902,7 @@ impl History {
         message: Option<&str>,
         helper: Option<snapshot::Helper>,
     ) -> Result<Option<Evolution>, HistoryError> {
-        let (snap, tip) = self.take_snapshot_with(helper)?;
+        let (snap, tip) = self.take_snapshot_with(helper.as_ref())?;
         let parent_tree = match tip {
             Some(t) => Some(self.tree_of(t)?),
             None => None,
@@ -916,7 +931,8 @@ impl History {
         if changed.len() <= MAX_LISTED_FILES && tip.is_some() {
             meta.files = changed;
         }
-        self.commit(snap, tip, &meta).map(Some)
+        self.commit_with(snap, tip, &meta, helper.as_ref())
+            .map(Some)
     }
 
     /// The paths that differ between two trees (all paths of `new` when `old` is None).
