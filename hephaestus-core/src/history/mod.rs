@@ -323,8 +323,9 @@ pub struct HistoryOptions {
     /// Start a thread as soon as the history is opened, for a [`History::snapshot`] that
     /// follows at once (`heph snapshot`): it reads the stat cache (~0.5 ms for a
     /// 10,000-file project) while the repository is opened and the lock taken, then
-    /// waits, spinning for up to 20 ms, to take part in the scan. Off by default: other
-    /// commands would only pay for it.
+    /// waits, spinning for up to 20 ms, to take part in the scan; it then writes the
+    /// snapshot's new objects while the main thread goes on, and closes the replaced
+    /// reference file. Off by default: other commands would only pay for it.
     pub preload_stat_cache: bool,
 }
 
@@ -745,25 +746,29 @@ impl History {
         let repo = self.repo_ref()?;
         let author = self.signature(repo, &self.options.author)?;
         let committer = self.signature(repo, &self.options.committer)?;
-        let tree = repo
-            .find_tree(snap.tree)
-            .map_err(HistoryError::git("reading the snapshot's tree"))?;
         self.recover_stale_ref_lock(repo);
-        let objects = loose::ObjectWriter::new(repo)?;
+        let objects = match helper {
+            Some(h) => h.writer(loose::ObjectWriter::new(repo)?),
+            None => {
+                // The tree must be there (it is when nothing writes objects meanwhile).
+                repo.find_tree(snap.tree)
+                    .map_err(HistoryError::git("reading the snapshot's tree"))?;
+                loose::ObjectWriter::new(repo)?
+            }
+        };
         let mut locked = false;
         for _ in 0..CAS_ATTEMPTS {
-            let parent = match tip {
-                Some(t) => Some(
-                    repo.find_commit(t)
-                        .map_err(|e| self.corrupt(HISTORY_REF, e.message().to_owned()))?,
-                ),
-                None => None,
-            };
-            let parents: Vec<&Commit<'_>> = parent.iter().collect();
-            let bytes = repo
-                .commit_create_buffer(&author, &committer, &msg, &tree, &parents)
-                .map_err(HistoryError::git("writing the evolution commit"))?;
+            if let Some(t) = tip {
+                repo.find_commit(t)
+                    .map_err(|e| self.corrupt(HISTORY_REF, e.message().to_owned()))?;
+            }
+            let parents: Vec<Oid> = tip.into_iter().collect();
+            let bytes = commit_bytes(snap.tree, &parents, &author, &committer, &msg);
             let oid = objects.write(ObjectType::Commit, &bytes)?;
+            if let Some(h) = helper {
+                // Every object of the evolution is written before the reference moves.
+                h.finish_writes()?;
+            }
             self.pause();
             let log = format!("heph: {}", meta.kind);
             // The reference file about to be replaced, kept open so that it is freed
@@ -907,7 +912,11 @@ impl History {
             Some(t) => Some(self.tree_of(t)?),
             None => None,
         };
+        // The objects the snapshot handed to the helper are written before the cache or
+        // a comparison of trees refers to them (and, by the commit, before the ref).
+        let finish_writes = || helper.as_ref().map_or(Ok(()), |h| h.finish_writes());
         if parent_tree == Some(snap.tree) {
+            finish_writes()?;
             if let Some(t) = tip {
                 snap.save_cache(t);
             }
@@ -917,7 +926,10 @@ impl History {
         // usual case); otherwise the two trees compared.
         let changed = match snap.changes_since(tip) {
             Some(paths) => paths.to_vec(),
-            None => self.changed_paths(parent_tree, snap.tree)?,
+            None => {
+                finish_writes()?;
+                self.changed_paths(parent_tree, snap.tree)?
+            }
         };
         let mut meta = EvolutionMeta::new(EvolutionKind::Manual, "");
         meta.message = match (message, tip) {
@@ -1275,6 +1287,48 @@ fn plural_files(n: usize) -> String {
     } else {
         format!("{n} files")
     }
+}
+
+/// The raw bytes of a commit object, as git (and libgit2's `commit_create_buffer`)
+/// writes them: no object is read, so the tree may still be being written.
+fn commit_bytes(
+    tree: Oid,
+    parents: &[Oid],
+    author: &Signature<'_>,
+    committer: &Signature<'_>,
+    message: &str,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(256 + message.len());
+    let _ = writeln!(out, "tree {tree}");
+    for p in parents {
+        let _ = writeln!(out, "parent {p}");
+    }
+    for (header, sig) in [("author", author), ("committer", committer)] {
+        let when = sig.when();
+        let offset = when.offset_minutes();
+        let sign = if offset < 0 || when.sign() == '-' {
+            '-'
+        } else {
+            '+'
+        };
+        let offset = offset.unsigned_abs();
+        out.extend_from_slice(header.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(sig.name_bytes());
+        out.extend_from_slice(b" <");
+        out.extend_from_slice(sig.email_bytes());
+        let _ = writeln!(
+            out,
+            "> {} {sign}{:02}{:02}",
+            when.seconds(),
+            offset / 60,
+            offset % 60
+        );
+    }
+    out.push(b'\n');
+    out.extend_from_slice(message.as_bytes());
+    out
 }
 
 /// The file paths that differ between two trees (in content, kind or mode), skipping

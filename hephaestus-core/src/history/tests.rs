@@ -438,6 +438,64 @@ fn incremental_snapshots_build_the_tree_git_builds() {
     assert_eq!(tree_of(&h), git_tree(&root));
 }
 
+/// The commit objects heph formats itself are byte for byte libgit2's.
+#[test]
+fn commit_bytes_are_libgit2s() {
+    let (_dir, root) = project(true);
+    let repo = Repository::open(&root).expect("repo");
+    let tree = repo
+        .find_tree(
+            repo.treebuilder(None)
+                .expect("builder")
+                .write()
+                .expect("tree"),
+        )
+        .expect("tree");
+    let sig = |secs: i64, offset: i32| {
+        Signature::new("Ada L.", "ada@example.com", &Time::new(secs, offset)).expect("sig")
+    };
+    let first = repo
+        .commit(None, &sig(1, 0), &sig(1, 0), "first\n", &tree, &[])
+        .expect("commit");
+    let first = repo.find_commit(first).expect("commit");
+    for (author, committer, message, parents) in [
+        (
+            sig(1_700_000_000, 0),
+            sig(1_700_000_001, 60),
+            "subject\n",
+            vec![],
+        ),
+        (
+            sig(1_700_000_000, -330),
+            sig(1_700_000_000, 765),
+            "subject\n\nHeph-Kind: manual\nHeph-Verify: passed 12ms\n",
+            vec![&first],
+        ),
+        (
+            sig(0, -60),
+            sig(2_000_000_000, 0),
+            "no newline",
+            vec![&first],
+        ),
+    ] {
+        let ours = commit_bytes(
+            tree.id(),
+            &parents.iter().map(|c| c.id()).collect::<Vec<_>>(),
+            &author,
+            &committer,
+            message,
+        );
+        let theirs = repo
+            .commit_create_buffer(&author, &committer, message, &tree, &parents)
+            .expect("buffer");
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs)
+        );
+        assert_eq!(&ours[..], &theirs[..]);
+    }
+}
+
 /// `heph snapshot`'s way: a thread started with the history reads the stat cache, then
 /// scans along with the main thread.
 #[test]
@@ -497,6 +555,12 @@ fn snapshots_with_the_helper_thread_build_the_tree_git_builds() {
     fs::remove_file(root.join(".heph").join("stat-cache")).expect("rm cache");
     h.snapshot(None).expect("snapshot").expect("recorded");
     assert_eq!(tree_of(&h), git_tree(&root));
+    // Every object the helper wrote is whole and in place.
+    git(&root, &["fsck", "--strict", "--no-dangling"]);
+    assert_eq!(
+        git(&root, &["rev-list", "--count", "refs/heph/history"]).trim(),
+        "7"
+    );
 }
 
 #[test]
