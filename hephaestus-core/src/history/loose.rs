@@ -59,6 +59,8 @@ pub(crate) struct ObjectWriter<'r> {
     loose: Option<Arc<Loose>>,
     /// Another thread that writes objects meanwhile (see [`ObjectWriter::deferring`]).
     defer: Option<Arc<dyn Defer>>,
+    /// Blobs too are handed over without a look-up.
+    defer_blobs: bool,
 }
 
 /// What takes the writing of a loose object to another thread: it must be done (see
@@ -124,6 +126,7 @@ impl<'r> ObjectWriter<'r> {
             odb,
             loose,
             defer: None,
+            defer_blobs: false,
         })
     }
 
@@ -132,12 +135,15 @@ impl<'r> ObjectWriter<'r> {
     /// be written before anything refers to it (a reference, or a read through
     /// libgit2). A tree or a commit, new in the usual case (it differs from the last
     /// snapshot's), is not looked up first: its link finds it when it exists (it is then
-    /// freshened), and a copy of a packed one is harmless. A blob is still looked up in
-    /// the packs (the first snapshot of a committed project would copy every file).
-    /// Looking up an object in a fan-out directory whose block is no longer cached costs
-    /// 0.1 ms or more on a small VM; the other thread pays it meanwhile.
-    pub fn deferring(mut self, defer: Arc<dyn Defer>) -> ObjectWriter<'r> {
+    /// freshened), and a copy of a packed one is harmless. A blob is looked up first
+    /// unless `blobs_too` (the first snapshot of a committed project would copy every
+    /// file: a snapshot with a stat cache hashes only the files that changed, whose new
+    /// contents are new in the usual case). Looking up an object in a fan-out directory
+    /// whose block is no longer cached costs 0.1 ms or more on a small VM; the other
+    /// thread pays it meanwhile.
+    pub fn deferring(mut self, defer: Arc<dyn Defer>, blobs_too: bool) -> ObjectWriter<'r> {
         self.defer = Some(defer);
+        self.defer_blobs = blobs_too;
         self
     }
 
@@ -161,7 +167,7 @@ impl<'r> ObjectWriter<'r> {
             name,
         };
         if let Some(defer) = &self.defer
-            && kind != ObjectType::Blob
+            && (kind != ObjectType::Blob || self.defer_blobs)
         {
             defer.defer(deferred(name));
             return Ok(oid);
@@ -531,7 +537,7 @@ mod tests {
         let queue = Arc::new(Queue::default());
         let writer = ObjectWriter::new(&repo)
             .expect("test step")
-            .deferring(Arc::clone(&queue) as Arc<dyn Defer>);
+            .deferring(Arc::clone(&queue) as Arc<dyn Defer>, false);
         let blob = writer.write(ObjectType::Blob, b"x\n").expect("blob");
         let mut tree = b"100644 x\0".to_vec();
         tree.extend_from_slice(blob.as_bytes());

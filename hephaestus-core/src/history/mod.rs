@@ -748,7 +748,7 @@ impl History {
         let committer = self.signature(repo, &self.options.committer)?;
         self.recover_stale_ref_lock(repo);
         let objects = match helper {
-            Some(h) => h.writer(loose::ObjectWriter::new(repo)?),
+            Some(h) => h.writer(loose::ObjectWriter::new(repo)?, false),
             None => {
                 // The tree must be there (it is when nothing writes objects meanwhile).
                 repo.find_tree(snap.tree)

@@ -484,7 +484,12 @@ impl Helper {
         let spawned = thread::Builder::new()
             .name("heph-snapshot".into())
             .spawn(move || helper_main(&theirs, &path, away_from));
-        if spawned.is_err() {
+        if spawned.is_ok() {
+            // A new thread may be queued behind this one on its CPU until the scheduler
+            // balances the load (milliseconds on a small VM): let it run now, to move
+            // itself to another CPU.
+            thread::yield_now();
+        } else {
             // No thread: the snapshot reads the cache itself and scans without it.
             if let Ok(mut st) = shared.state.lock() {
                 st.loaded = true;
@@ -531,9 +536,10 @@ impl Helper {
     }
 
     /// Have the helper write the new objects `objects` would write (see
-    /// [`ObjectWriter::deferring`]); [`Helper::finish_writes`] waits for them.
-    pub fn writer<'r>(&self, objects: ObjectWriter<'r>) -> ObjectWriter<'r> {
-        objects.deferring(Arc::new(WriteSink(Arc::clone(&self.shared))))
+    /// [`ObjectWriter::deferring`]; `blobs_too`: blobs are not looked up first either);
+    /// [`Helper::finish_writes`] waits for them.
+    pub fn writer<'r>(&self, objects: ObjectWriter<'r>, blobs_too: bool) -> ObjectWriter<'r> {
+        objects.deferring(Arc::new(WriteSink(Arc::clone(&self.shared))), blobs_too)
     }
 
     /// Wait until every object handed to the helper is written, writing the ones it
@@ -1035,7 +1041,8 @@ pub(crate) fn snapshot(
     let same_rules = rules == old.rules;
     let mut builder = Builder {
         objects: match helper {
-            Some(h) => h.writer(ObjectWriter::new(repo)?),
+            // With a cache, a changed file's new blob is new in the usual case too.
+            Some(h) => h.writer(ObjectWriter::new(repo)?, old.commit.is_some()),
             None => ObjectWriter::new(repo)?,
         },
         root: &scope.root,
