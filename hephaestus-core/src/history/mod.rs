@@ -788,9 +788,25 @@ impl History {
                         .find_commit(oid)
                         .map_err(HistoryError::git("reading the new evolution"))?;
                     let evolution = evolution_of(&commit);
+                    // The stat cache saved meanwhile on the helper's thread, if any.
+                    let snap = match helper {
+                        Some(h) => {
+                            h.run_later(move || snap.save_cache(oid));
+                            None
+                        }
+                        None => Some(snap),
+                    };
                     // Best effort: a listing reads what the index lacks from git.
                     let _ = index::append_child(&self.index_path(), &index_record(&commit));
-                    snap.save_cache(oid);
+                    match (snap, helper) {
+                        (Some(snap), _) => snap.save_cache(oid),
+                        // Waited for: the process may end next. (The objects were all
+                        // written before the reference moved: nothing can fail here.)
+                        (None, Some(h)) => {
+                            let _ = h.finish_writes();
+                        }
+                        (None, None) => {}
+                    }
                     self.maybe_repack(repo, oid);
                     return Ok(evolution);
                 }

@@ -456,15 +456,21 @@ struct HelperState {
     scan_closed: bool,
     /// Files to close (see [`Helper::close_later`]).
     to_close: Vec<fs::File>,
-    /// Objects to write (see [`Helper::writer`]), how many are being written, and the
-    /// first failure.
-    writes: std::collections::VecDeque<PendingWrite>,
+    /// Work handed over (objects to write, see [`Helper::writer`]; other work, see
+    /// [`Helper::run_later`]), how much of it is being done, and the first failure.
+    writes: std::collections::VecDeque<Work>,
     writing: usize,
     write_error: Option<HistoryError>,
     /// The [`Helper`] was dropped: nothing more will come.
     dropped: bool,
     /// The helper's thread is ending (or never started): it takes nothing more.
     gone: bool,
+}
+
+/// Work handed to the helper.
+enum Work {
+    Write(PendingWrite),
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 /// How long the helper waits spinning for the scan, then for files to close, before it
@@ -542,8 +548,24 @@ impl Helper {
         objects.deferring(Arc::new(WriteSink(Arc::clone(&self.shared))), blobs_too)
     }
 
-    /// Wait until every object handed to the helper is written, writing the ones it
-    /// has not started on this thread meanwhile; the first failure.
+    /// Run `work` on the helper's thread (here when it has ended);
+    /// [`Helper::finish_writes`] waits for it.
+    pub fn run_later(&self, work: impl FnOnce() + Send + 'static) {
+        let work: Box<dyn FnOnce() + Send> = Box::new(work);
+        let work = match self.shared.state.lock() {
+            Ok(mut st) if !st.gone => {
+                st.writes.push_back(Work::Run(work));
+                self.shared.wake.notify_all();
+                return;
+            }
+            _ => work,
+        };
+        work();
+    }
+
+    /// Wait until every object handed to the helper is written and the work handed to
+    /// it is done, doing on this thread what it has not started meanwhile; the first
+    /// failure to write.
     pub fn finish_writes(&self) -> Result<(), HistoryError> {
         let shared = &*self.shared;
         loop {
@@ -592,7 +614,7 @@ impl Defer for WriteSink {
     fn defer(&self, write: PendingWrite) {
         let write = match self.0.state.lock() {
             Ok(mut st) if !st.gone => {
-                st.writes.push_back(write);
+                st.writes.push_back(Work::Write(write));
                 self.0.wake.notify_all();
                 return;
             }
@@ -609,14 +631,20 @@ impl Defer for WriteSink {
     }
 }
 
-/// Take the first queued write off `st` and run it (the lock released meanwhile).
+/// Take the first queued work off `st` and do it (the lock released meanwhile).
 fn run_write(shared: &HelperShared, mut st: MutexGuard<'_, HelperState>) {
-    let Some(write) = st.writes.pop_front() else {
+    let Some(work) = st.writes.pop_front() else {
         return;
     };
     st.writing += 1;
     drop(st);
-    let result = write.run();
+    let result = match work {
+        Work::Write(write) => write.run(),
+        Work::Run(run) => {
+            run();
+            Ok(())
+        }
+    };
     if let Ok(mut st) = shared.state.lock() {
         st.writing -= 1;
         if let Err(e) = result {
