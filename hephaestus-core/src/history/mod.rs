@@ -767,7 +767,7 @@ impl History {
             let oid = objects.write(ObjectType::Commit, &bytes)?;
             if let Some(h) = helper {
                 // Every object of the evolution is written before the reference moves.
-                h.finish_writes()?;
+                h.finish_work()?;
             }
             self.pause();
             let log = format!("heph: {}", meta.kind);
@@ -803,7 +803,7 @@ impl History {
                         // Waited for: the process may end next. (The objects were all
                         // written before the reference moved: nothing can fail here.)
                         (None, Some(h)) => {
-                            let _ = h.finish_writes();
+                            let _ = h.finish_work();
                         }
                         (None, None) => {}
                     }
@@ -930,9 +930,9 @@ impl History {
         };
         // The objects the snapshot handed to the helper are written before the cache or
         // a comparison of trees refers to them (and, by the commit, before the ref).
-        let finish_writes = || helper.as_ref().map_or(Ok(()), |h| h.finish_writes());
+        let finish_work = || helper.as_ref().map_or(Ok(()), |h| h.finish_work());
         if parent_tree == Some(snap.tree) {
-            finish_writes()?;
+            finish_work()?;
             if let Some(t) = tip {
                 snap.save_cache(t);
             }
@@ -943,7 +943,7 @@ impl History {
         let changed = match snap.changes_since(tip) {
             Some(paths) => paths.to_vec(),
             None => {
-                finish_writes()?;
+                finish_work()?;
                 self.changed_paths(parent_tree, snap.tree)?
             }
         };

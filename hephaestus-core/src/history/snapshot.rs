@@ -421,7 +421,10 @@ impl StatCache {
 
 /// A thread started with the history for a snapshot that follows at once (`heph
 /// snapshot`): it reads the stat cache while the repository is opened and the lock
-/// taken, then takes part in the scan.
+/// taken, takes part in the scan, then does what the main thread hands it until it is
+/// dropped: writing the new objects ([`Helper::writer`]), saving the stat cache
+/// ([`Helper::run_later`]), closing the replaced reference file
+/// ([`Helper::close_later`]).
 ///
 /// Starting a thread at the scan itself costs more than it seems on a small VM: the
 /// new thread is queued behind the one that started it, and running it elsewhere means
@@ -473,12 +476,12 @@ enum Work {
     Run(Box<dyn FnOnce() + Send>),
 }
 
-/// How long the helper waits spinning for the scan, then for files to close, before it
+/// How long the helper waits spinning for the scan, then for more work, before it
 /// sleeps (the lock may be held by another writer: the scan is then far off).
 const HELPER_SPIN: Duration = Duration::from_millis(20);
 
 /// How long a thread of the scan waiting for work, or the main thread waiting for the
-/// helper's cache, spins before it sleeps.
+/// helper (its cache, the work handed to it), spins before it sleeps.
 const WAIT_SPIN: Duration = Duration::from_millis(3);
 
 impl Helper {
@@ -543,13 +546,13 @@ impl Helper {
 
     /// Have the helper write the new objects `objects` would write (see
     /// [`ObjectWriter::deferring`]; `blobs_too`: blobs are not looked up first either);
-    /// [`Helper::finish_writes`] waits for them.
+    /// [`Helper::finish_work`] waits for them.
     pub fn writer<'r>(&self, objects: ObjectWriter<'r>, blobs_too: bool) -> ObjectWriter<'r> {
         objects.deferring(Arc::new(WriteSink(Arc::clone(&self.shared))), blobs_too)
     }
 
     /// Run `work` on the helper's thread (here when it has ended);
-    /// [`Helper::finish_writes`] waits for it.
+    /// [`Helper::finish_work`] waits for it.
     pub fn run_later(&self, work: impl FnOnce() + Send + 'static) {
         let work: Box<dyn FnOnce() + Send> = Box::new(work);
         let work = match self.shared.state.lock() {
@@ -566,7 +569,7 @@ impl Helper {
     /// Wait until every object handed to the helper is written and the work handed to
     /// it is done, doing on this thread what it has not started meanwhile; the first
     /// failure to write.
-    pub fn finish_writes(&self) -> Result<(), HistoryError> {
+    pub fn finish_work(&self) -> Result<(), HistoryError> {
         let shared = &*self.shared;
         loop {
             let mut st = wait_until(&shared.state, &shared.wake, WAIT_SPIN, |st| {
@@ -655,7 +658,8 @@ fn run_write(shared: &HelperShared, mut st: MutexGuard<'_, HelperState>) {
 }
 
 /// The helper's thread: to another CPU than `away_from` (the main thread's), read the
-/// cache unless the main thread did, wait for the scan, scan.
+/// cache unless the main thread did, wait for the scan, scan, then do the work handed
+/// over until dropped.
 fn helper_main(shared: &HelperShared, path: &Path, away_from: Option<usize>) {
     move_away_from(away_from);
     let wanted = shared.state.lock().is_ok_and(|mut st| {
