@@ -131,9 +131,30 @@ PY
 echo "evolutions: $(git rev-list --count refs/heph/history)"
 # heph's first listing fills its evolution index (.heph/history-index) with what it read
 # from git (the warm-up runs do that); the last command times that cold path: no index.
-hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history.md" \
-  -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
-  -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history"
+# Interleaved like the snapshots: ROUNDS rounds of 25 runs of each command.
+hyperfine -N --warmup 5 --runs 5 "$heph history --limit 50 --json" >/dev/null
+for r in $(seq 1 "$rounds"); do
+  hyperfine -N --runs 25 --style none --export-json "$work/history-$r.json" \
+    -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
+    -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history" \
+    >/dev/null
+done
+python3 - "$work" "$rounds" > "$work/history.md" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+times = {}
+for r in range(1, rounds + 1):
+    for res in json.load(open(f"{work}/history-{r}.json"))["results"]:
+        times.setdefault(res["command"], []).extend(t * 1e3 for t in res["times"])
+print(f"| Command ({rounds} interleaved rounds) | median [ms] | mean ± σ [ms] | min [ms] | runs |")
+print("|:---|---:|---:|---:|---:|")
+for k, v in times.items():
+    print(f"| `{k}` | {statistics.median(v):.2f} | {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} | {min(v):.2f} | {len(v)} |")
+h, g = (times[k] for k in times)
+print(f"\nheph history / git log: {statistics.median(h) / statistics.median(g):.2f} (medians), "
+      f"{statistics.mean(h) / statistics.mean(g):.2f} (means)")
+print()
+PY
 hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history-cold.md" \
   --prepare "rm -f $long/.heph/history-index" \
   -n 'heph history --limit 50 --json (no index yet)' "$heph history --limit 50 --json"
