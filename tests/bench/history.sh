@@ -25,6 +25,30 @@ export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 echo "work dir: $work"
 
+# summarize NAME FIRST: the table of the interleaved rounds $work/NAME-*.json (median,
+# mean, spread, min of each command's runs) and how much faster FIRST is than each of
+# the others (ratios of medians, and of means).
+summarize() {
+  python3 - "$work" "$rounds" "$1" "$2" <<'PY'
+import json, statistics, sys
+work, rounds, name, first = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+times = {}
+for r in range(1, rounds + 1):
+    for res in json.load(open(f"{work}/{name}-{r}.json"))["results"]:
+        times.setdefault(res["command"], []).extend(t * 1e3 for t in res["times"])
+print(f"| Command ({rounds} interleaved rounds) | median [ms] | mean ± σ [ms] | min [ms] | runs |")
+print("|:---|---:|---:|---:|---:|")
+for k, v in times.items():
+    print(f"| `{k}` | {statistics.median(v):.2f} | {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} | {min(v):.2f} | {len(v)} |")
+ours = times[first]
+for k, v in times.items():
+    if k != first:
+        print(f"\n{first} is {statistics.median(v) / statistics.median(ours):.2f}x faster than "
+              f"`{k}` (medians; means: {statistics.mean(v) / statistics.mean(ours):.2f}x)")
+print()
+PY
+}
+
 # --- 1. snapshot of a 10,000-file tree, one file changed ----------------------------
 tree="$work/tree"
 rm -rf "$tree" && mkdir -p "$tree"
@@ -81,25 +105,7 @@ for r in $(seq 1 "$rounds"); do
     -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' \
     -n 'git stash create' 'git stash create' >/dev/null
 done
-python3 - "$work" "$rounds" > "$work/snapshot.md" <<'PY'
-import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
-times = {}
-for r in range(1, rounds + 1):
-    for res in json.load(open(f"{work}/snapshot-{r}.json"))["results"]:
-        times.setdefault(res["command"], []).extend(res["times"])
-med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-print(f"| Command ({rounds} interleaved rounds) | median [ms] | mean ± σ [ms] | min [ms] | runs |")
-print("|:---|---:|---:|---:|---:|")
-for k, v in times.items():
-    ms = [t * 1e3 for t in v]
-    print(f"| `{k}` | {med[k]:.1f} | {statistics.mean(ms):.1f} ± {statistics.stdev(ms):.1f} | {min(ms):.1f} | {len(ms)} |")
-h = med["heph snapshot"]
-for k in med:
-    if k != "heph snapshot":
-        print(f"\nheph snapshot is {med[k] / h:.2f}x faster than `{k}` (medians)")
-print()
-PY
+summarize snapshot "heph snapshot" > "$work/snapshot.md"
 
 # --- 2. history listing over 100,000 evolutions --------------------------------------
 long="$work/long"
@@ -139,22 +145,7 @@ for r in $(seq 1 "$rounds"); do
     -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history" \
     >/dev/null
 done
-python3 - "$work" "$rounds" > "$work/history.md" <<'PY'
-import json, statistics, sys
-work, rounds = sys.argv[1], int(sys.argv[2])
-times = {}
-for r in range(1, rounds + 1):
-    for res in json.load(open(f"{work}/history-{r}.json"))["results"]:
-        times.setdefault(res["command"], []).extend(t * 1e3 for t in res["times"])
-print(f"| Command ({rounds} interleaved rounds) | median [ms] | mean ± σ [ms] | min [ms] | runs |")
-print("|:---|---:|---:|---:|---:|")
-for k, v in times.items():
-    print(f"| `{k}` | {statistics.median(v):.2f} | {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} | {min(v):.2f} | {len(v)} |")
-h, g = (times[k] for k in times)
-print(f"\nheph history / git log: {statistics.median(h) / statistics.median(g):.2f} (medians), "
-      f"{statistics.mean(h) / statistics.mean(g):.2f} (means)")
-print()
-PY
+summarize history "heph history --limit 50 --json" > "$work/history.md"
 hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history-cold.md" \
   --prepare "rm -f $long/.heph/history-index" \
   -n 'heph history --limit 50 --json (no index yet)' "$heph history --limit 50 --json"

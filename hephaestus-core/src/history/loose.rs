@@ -553,24 +553,12 @@ mod tests {
         // A tree written again (not looked up first): its link finds it, it is
         // freshened, not replaced.
         let path = dir.path().join(".git/objects").join(loose_name(tree_id));
-        let old = filetime_of(&path) - 3600;
-        let t = TimeSpec::new(old, 0);
-        utimensat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            &t,
-            &t,
-            UtimensatFlags::FollowSymlink,
-        )
-        .expect("test step");
-        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).expect("test step"));
+        let before = age_by_an_hour(&path);
         writer.write(ObjectType::Tree, &tree).expect("tree again");
         for w in std::mem::take(&mut *queue.0.lock().expect("lock")) {
             w.run().expect("write");
         }
-        let meta = fs::metadata(&path).expect("test step");
-        assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino);
-        assert!(filetime_of(&path) > old, "mtime not freshened");
+        assert_freshened_in_place(&path, before);
         // A blob already there is found before anything is queued.
         writer.write(ObjectType::Blob, b"x\n").expect("blob again");
         assert!(queue.0.lock().expect("lock").is_empty());
@@ -582,21 +570,33 @@ mod tests {
         let writer = ObjectWriter::new(&repo).expect("test step");
         let oid = writer.write(ObjectType::Blob, b"old\n").expect("test step");
         let path = dir.path().join(".git/objects").join(loose_name(oid));
-        let old = filetime_of(&path) - 3600;
+        let before = age_by_an_hour(&path);
+        writer.write(ObjectType::Blob, b"old\n").expect("test step");
+        assert_freshened_in_place(&path, before);
+    }
+
+    /// Set the mtime of the object file at `path` an hour back; that mtime and its inode.
+    fn age_by_an_hour(path: &Path) -> (i64, u64) {
+        let old = filetime_of(path) - 3600;
         let t = TimeSpec::new(old, 0);
         utimensat(
             nix::fcntl::AT_FDCWD,
-            &path,
+            path,
             &t,
             &t,
             UtimensatFlags::FollowSymlink,
         )
         .expect("test step");
-        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).expect("test step"));
-        writer.write(ObjectType::Blob, b"old\n").expect("test step");
-        let meta = fs::metadata(&path).expect("test step");
+        let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).expect("test step"));
+        (old, ino)
+    }
+
+    /// The object file at `path` is the same file as `before` (from [`age_by_an_hour`]),
+    /// with a newer mtime.
+    fn assert_freshened_in_place(path: &Path, (old, ino): (i64, u64)) {
+        let meta = fs::metadata(path).expect("test step");
         assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ino);
-        assert!(filetime_of(&path) > old, "mtime not freshened");
+        assert!(filetime_of(path) > old, "mtime not freshened");
     }
 
     fn filetime_of(path: &Path) -> i64 {
