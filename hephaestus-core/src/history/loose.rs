@@ -70,6 +70,9 @@ pub(crate) trait Defer: Send + Sync {
     fn defer(&self, write: PendingWrite);
 }
 
+/// The largest object an [`ObjectWriter`] hands to another thread.
+const MAX_DEFERRED: usize = 1 << 20;
+
 /// A new loose object to write.
 pub(crate) struct PendingWrite {
     loose: Arc<Loose>,
@@ -79,6 +82,11 @@ pub(crate) struct PendingWrite {
 }
 
 impl PendingWrite {
+    /// The object's size.
+    pub fn size(&self) -> usize {
+        self.data.len()
+    }
+
     /// Write the object (an object found already there is freshened).
     pub fn run(self) -> Result<(), HistoryError> {
         self.loose
@@ -166,7 +174,9 @@ impl<'r> ObjectWriter<'r> {
             data: data.to_vec(),
             name,
         };
-        if let Some(defer) = &self.defer
+        // A large object is written here: handing it over would copy it.
+        let defer = self.defer.as_ref().filter(|_| data.len() <= MAX_DEFERRED);
+        if let Some(defer) = defer
             && (kind != ObjectType::Blob || self.defer_blobs)
         {
             defer.defer(deferred(name));
@@ -179,7 +189,7 @@ impl<'r> ObjectWriter<'r> {
             // In a pack: libgit2 finds it there, freshens that pack and writes nothing.
             return self.odb.write(kind, data).map_err(HistoryError::git(what));
         }
-        if let Some(defer) = &self.defer {
+        if let Some(defer) = defer {
             defer.defer(deferred(name));
             return Ok(oid);
         }

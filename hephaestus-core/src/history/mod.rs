@@ -482,7 +482,8 @@ impl History {
         let state = StateDir::new(root);
         let helper = options
             .preload_stat_cache
-            .then(|| snapshot::Helper::start(state.path().join(snapshot::CACHE_FILE)));
+            .then(|| snapshot::Helper::start(state.path().join(snapshot::CACHE_FILE)))
+            .flatten();
         let found = match Repository::open_ext(
             root,
             RepositoryOpenFlags::empty(),
@@ -713,6 +714,10 @@ impl History {
             .or_else(|| from_config("user.email"))
             .unwrap_or_else(|| "heph@localhost".to_owned());
         let sig = match who.time {
+            // git's object format has no dates before 1970 (`git fsck`: badDate).
+            Some((secs, _)) if secs < 0 => Err(git2::Error::from_str(&format!(
+                "the commit time {secs} is before 1970, which git does not accept"
+            ))),
             Some((secs, offset)) => Signature::new(&name, &email, &Time::new(secs, offset)),
             None => Signature::now(&name, &email),
         };
@@ -1305,8 +1310,10 @@ fn plural_files(n: usize) -> String {
     }
 }
 
-/// The raw bytes of a commit object, as git (and libgit2's `commit_create_buffer`)
-/// writes them: no object is read, so the tree may still be being written.
+/// The raw bytes of a commit object, as git writes them: no object is read, so the tree
+/// may still be being written. The same bytes as libgit2's `commit_create_buffer` for
+/// times from 1970 to 2106 (libgit2 writes a time as a 32-bit unsigned number; git, and
+/// this, as the whole number; times before 1970 are refused by [`History::signature`]).
 fn commit_bytes(
     tree: Oid,
     parents: &[Oid],

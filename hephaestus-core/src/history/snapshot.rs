@@ -464,6 +464,8 @@ struct HelperState {
     writes: std::collections::VecDeque<Work>,
     writing: usize,
     write_error: Option<HistoryError>,
+    /// The bytes of the objects queued in `writes` (at most [`MAX_QUEUED`]).
+    queued_bytes: usize,
     /// The [`Helper`] was dropped: nothing more will come.
     dropped: bool,
     /// The helper's thread is ending (or never started): it takes nothing more.
@@ -476,6 +478,11 @@ enum Work {
     Run(Box<dyn FnOnce() + Send>),
 }
 
+/// At most this many bytes of objects wait in the helper's queue: past that, an object
+/// is written by the thread that made it (a snapshot of many large new files would
+/// otherwise hold them all in memory at once).
+const MAX_QUEUED: usize = 16 << 20;
+
 /// How long the helper waits spinning for the scan, then for more work, before it
 /// sleeps (the lock may be held by another writer: the scan is then far off).
 const HELPER_SPIN: Duration = Duration::from_millis(20);
@@ -485,8 +492,12 @@ const HELPER_SPIN: Duration = Duration::from_millis(20);
 const WAIT_SPIN: Duration = Duration::from_millis(3);
 
 impl Helper {
-    /// Start the helper, which reads the cache at `path`.
-    pub fn start(path: PathBuf) -> Helper {
+    /// Start the helper, which reads the cache at `path`; None on a single core (the
+    /// main thread would only share it).
+    pub fn start(path: PathBuf) -> Option<Helper> {
+        if cores() < 2 {
+            return None;
+        }
         let shared = Arc::new(HelperShared::default());
         let away_from = current_cpu();
         let theirs = Arc::clone(&shared);
@@ -506,7 +517,7 @@ impl Helper {
                 st.gone = true;
             }
         }
-        Helper { shared }
+        Some(Helper { shared })
     }
 
     /// The cache read, if the file is still the one it was read from (now that the
@@ -615,22 +626,28 @@ struct WriteSink(Arc<HelperShared>);
 
 impl Defer for WriteSink {
     fn defer(&self, write: PendingWrite) {
-        let write = match self.0.state.lock() {
-            Ok(mut st) if !st.gone => {
+        let size = write.size();
+        match self.0.state.lock() {
+            Ok(mut st) if !st.gone && st.queued_bytes + size <= MAX_QUEUED => {
+                st.queued_bytes += size;
                 st.writes.push_back(Work::Write(write));
                 self.0.wake.notify_all();
                 return;
             }
-            Ok(mut st) => {
-                // The helper has ended: written here.
-                if let Err(e) = write.run() {
-                    st.write_error.get_or_insert(e);
-                }
+            Ok(_) => {}
+            // A poisoned lock: `finish_work` fails, so the reference does not move
+            // whatever happens to this write.
+            Err(_) => {
+                let _ = write.run();
                 return;
             }
-            Err(_) => write,
-        };
-        let _ = write.run();
+        }
+        // The helper has ended, or has enough queued: written here.
+        if let Err(e) = write.run()
+            && let Ok(mut st) = self.0.state.lock()
+        {
+            st.write_error.get_or_insert(e);
+        }
     }
 }
 
@@ -639,15 +656,21 @@ fn run_write(shared: &HelperShared, mut st: MutexGuard<'_, HelperState>) {
     let Some(work) = st.writes.pop_front() else {
         return;
     };
+    if let Work::Write(write) = &work {
+        st.queued_bytes -= write.size();
+    }
     st.writing += 1;
     drop(st);
-    let result = match work {
+    // A panic (a bug) is an error, not work in progress for ever: `finish_work` waits
+    // for that to end.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match work {
         Work::Write(write) => write.run(),
         Work::Run(run) => {
             run();
             Ok(())
         }
-    };
+    }))
+    .unwrap_or_else(|_| Err(poisoned()));
     if let Ok(mut st) = shared.state.lock() {
         st.writing -= 1;
         if let Err(e) = result {
@@ -661,6 +684,25 @@ fn run_write(shared: &HelperShared, mut st: MutexGuard<'_, HelperState>) {
 /// cache unless the main thread did, wait for the scan, scan, then do the work handed
 /// over until dropped.
 fn helper_main(shared: &HelperShared, path: &Path, away_from: Option<usize>) {
+    /// However the thread ends (a panic included), the main thread waits for it no
+    /// more: the cache counts as read (missing: the main thread reads it), no scan or
+    /// work is taken any more (what is queued, `finish_work` does itself).
+    struct Ending<'a>(&'a HelperShared);
+    impl Drop for Ending<'_> {
+        fn drop(&mut self) {
+            let mut st = self
+                .0
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.loaded = true;
+            st.scan_closed = true;
+            st.gone = true;
+            drop(st);
+            self.0.wake.notify_all();
+        }
+    }
+    let _ending = Ending(shared);
     move_away_from(away_from);
     let wanted = shared.state.lock().is_ok_and(|mut st| {
         st.loading = !st.not_needed && !st.dropped;
@@ -2067,6 +2109,79 @@ mod tests {
             mode,
             oid: [0; 20],
             stat: FileStat::default(),
+        }
+    }
+
+    /// Work that panics on the helper's thread, or on the main thread doing what is
+    /// queued, is an error for `finish_work`, never work in progress for ever (which
+    /// would keep `heph snapshot` and its writer lock waiting).
+    #[test]
+    fn a_panic_in_work_handed_to_the_helper_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(helper) = Helper::start(dir.path().join("no-cache")) else {
+            return; // One core: no helper.
+        };
+        // Past its scan (of an empty directory), the helper takes work.
+        let scope = Arc::new(Scope::new(dir.path(), None));
+        scan(&scope, None, Some(&helper)).expect("scan");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            helper.run_later(|| panic!("a bug in work handed over"));
+            thread::sleep(Duration::from_millis(20));
+            let first = helper.finish_work();
+            // Queued again and done by this thread (the helper may take it first).
+            helper.run_later(|| panic!("another one"));
+            let second = helper.finish_work();
+            helper.run_later(|| ());
+            let third = helper.finish_work();
+            let _ = tx.send((first.is_err(), second.is_err(), third.is_ok()));
+        });
+        let outcome = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("finish_work returned");
+        assert_eq!(outcome, (true, true, true));
+    }
+
+    /// The objects waiting for the helper hold at most `MAX_QUEUED` bytes: past that,
+    /// and for a large object, the writing thread writes them itself.
+    #[test]
+    fn objects_queued_for_the_helper_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = Repository::init(dir.path()).expect("git init");
+        let Some(helper) = Helper::start(dir.path().join("no-cache")) else {
+            return; // One core: no helper.
+        };
+        // The helper waits for a scan: nothing queued is written until `finish_work`.
+        let writer = helper.writer(ObjectWriter::new(&repo).expect("writer"), true);
+        let loose = |oid: Oid| {
+            let hex = oid.to_string();
+            dir.path()
+                .join(".git/objects")
+                .join(&hex[..2])
+                .join(&hex[2..])
+        };
+        // 1 MiB: the largest object handed over.
+        let chunk = 1 << 20;
+        let count = MAX_QUEUED / chunk + 2;
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let data = vec![u8::try_from(i).expect("small"); chunk];
+            ids.push(writer.write(ObjectType::Blob, &data).expect("blob"));
+        }
+        let queued = helper.shared.state.lock().expect("lock").queued_bytes;
+        assert_eq!(queued, MAX_QUEUED, "queued up to the bound");
+        assert!(!loose(ids[0]).exists(), "the first ones wait in the queue");
+        assert!(
+            loose(ids[count - 1]).exists(),
+            "past the bound, written at once"
+        );
+        let large = writer
+            .write(ObjectType::Blob, &vec![9u8; (1 << 20) + 1])
+            .expect("large blob");
+        assert!(loose(large).exists(), "a large object is written at once");
+        helper.finish_work().expect("finish");
+        for id in ids {
+            assert!(repo.find_blob(id).is_ok(), "{id} written");
         }
     }
 

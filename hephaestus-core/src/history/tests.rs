@@ -477,6 +477,7 @@ fn commit_bytes_are_libgit2s() {
             "no newline",
             vec![&first],
         ),
+        (sig(4_294_967_295, 840), sig(1, -720), "", vec![&first]),
     ] {
         let ours = commit_bytes(
             tree.id(),
@@ -494,6 +495,33 @@ fn commit_bytes_are_libgit2s() {
         );
         assert_eq!(&ours[..], &theirs[..]);
     }
+    // After 2106 (2^32 s), git writes the whole number, libgit2 a 32-bit one.
+    let late = sig(5_000_000_000, 0);
+    let ours = commit_bytes(tree.id(), &[], &late, &late, "late\n");
+    assert!(
+        String::from_utf8_lossy(&ours).contains("> 5000000000 +0000\n"),
+        "{}",
+        String::from_utf8_lossy(&ours)
+    );
+}
+
+/// A commit time before 1970 (`GIT_AUTHOR_DATE=@-1`) is refused with a clear message:
+/// git's format has no such dates (`git fsck` reports them).
+#[test]
+fn commit_times_before_1970_are_refused() {
+    let (_dir, root) = project(true);
+    let options = HistoryOptions {
+        author: Identity {
+            name: Some("Old".into()),
+            email: Some("old@example.com".into()),
+            time: Some((-1, 0)),
+        },
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options).expect("open");
+    let err = h.record_manual_if_changed().expect_err("refused");
+    assert!(err.to_string().contains("before 1970"), "{err}");
+    assert!(h.tip().expect("tip").is_none(), "nothing recorded");
 }
 
 /// `heph snapshot`'s way: a thread started with the history reads the stat cache, then
