@@ -438,6 +438,115 @@ fn incremental_snapshots_build_the_tree_git_builds() {
     assert_eq!(tree_of(&h), git_tree(&root));
 }
 
+/// Random edits, several per snapshot, some right after the last snapshot (racy stats):
+/// the files the merge with the stat cache finds changed are always the trees'
+/// difference, and it always tells them (the cache is the tip's every time).
+#[test]
+fn changes_found_by_the_cache_merge_are_the_trees_difference_under_random_edits() {
+    let (_dir, root) = project(true);
+    write(&root, ".gitignore", "*.log\n");
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let dirs = ["a", "a/b", "a/b/c", "d", "d/e", "f"];
+    let names = ["x", "y", "z", "w.log"];
+    // A fixed linear congruential sequence: the same edits on every run.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from(state >> 33).expect("31 bits") % n
+    };
+    // Make `dir` a directory again where an edit turned a component into a file.
+    let as_dir = |dir: &Path| {
+        let mut at = root.clone();
+        for part in dir
+            .strip_prefix(&root)
+            .expect("below the root")
+            .components()
+        {
+            at.push(part);
+            if at.is_file() || at.is_symlink() {
+                let _ = fs::remove_file(&at);
+            }
+        }
+        fs::create_dir_all(dir).expect("mkdir");
+    };
+    let mut changed_steps = 0;
+    for step in 0..60 {
+        let mut done = Vec::new();
+        for _ in 0..1 + next(3) {
+            let dir = root.join(dirs[next(dirs.len())]);
+            let file = dir.join(names[next(names.len())]);
+            let op = next(9);
+            done.push(format!("{op} {}", file.display()));
+            match op {
+                0 | 1 => {
+                    as_dir(&dir);
+                    if file.is_dir() {
+                        fs::remove_dir_all(&file).expect("rm -r");
+                    }
+                    fs::write(&file, format!("{step}\n")).expect("write");
+                }
+                2 => {
+                    let _ = fs::remove_file(&file);
+                }
+                3 => {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                4 => {
+                    // A file becomes a directory.
+                    as_dir(&dir);
+                    let _ = fs::remove_file(&file);
+                    write(&file, "inner", "i\n");
+                }
+                5 => {
+                    // A directory becomes a file.
+                    let _ = fs::remove_dir_all(&dir);
+                    as_dir(dir.parent().expect("parent"));
+                    fs::write(&dir, "was a directory\n").expect("write");
+                }
+                6 if file.is_file() => {
+                    let mode = if next(2) == 0 { 0o755 } else { 0o644 };
+                    fs::set_permissions(&file, fs::Permissions::from_mode(mode)).expect("chmod");
+                }
+                7 => {
+                    as_dir(&dir);
+                    if file.is_dir() {
+                        fs::remove_dir_all(&file).expect("rm -r");
+                    }
+                    let _ = fs::remove_file(&file);
+                    std::os::unix::fs::symlink("x", &file).expect("ln");
+                }
+                8 if dir.is_dir() => {
+                    // A nested repository appears or goes.
+                    if dir.join(".git").exists() {
+                        fs::remove_dir_all(dir.join(".git")).expect("rm .git");
+                    } else {
+                        git(&dir, &["init", "-q"]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if next(2) == 0 {
+            std::thread::sleep(Duration::from_millis(12));
+        }
+        let (snap, tip) = h.take_snapshot().expect("snapshot");
+        let from_cache = snap.changes_since(tip).map(<[PathBuf]>::to_vec);
+        let parent_tree = tip.map(|t| h.tree_of(t).expect("tree"));
+        let compared = h.changed_paths(parent_tree, snap.tree).expect("diff");
+        drop(snap);
+        assert_eq!(from_cache, Some(compared.clone()), "step {step}: {done:?}");
+        changed_steps += usize::from(!compared.is_empty());
+        h.record_manual_if_changed().expect("record");
+    }
+    assert!(
+        changed_steps > 30,
+        "only {changed_steps} steps changed anything"
+    );
+}
+
 /// The commit objects heph formats itself are byte for byte libgit2's.
 #[test]
 fn commit_bytes_are_libgit2s() {
