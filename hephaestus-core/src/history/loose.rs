@@ -89,12 +89,7 @@ impl PendingWrite {
 
     /// Write the object (an object found already there is freshened).
     pub fn run(self) -> Result<(), HistoryError> {
-        self.loose
-            .write_new(self.kind, &self.data, &self.name)
-            .map_err(|source| HistoryError::Io {
-                path: self.loose.path.join(&self.name),
-                source,
-            })
+        self.loose.store(self.kind, &self.data, &self.name)
     }
 }
 
@@ -193,12 +188,7 @@ impl<'r> ObjectWriter<'r> {
             defer.defer(deferred(name));
             return Ok(oid);
         }
-        loose
-            .write_new(kind, data, &name)
-            .map_err(|source| HistoryError::Io {
-                path: loose.path.join(&name),
-                source,
-            })?;
+        loose.store(kind, data, &name)?;
         Ok(oid)
     }
 }
@@ -254,7 +244,7 @@ fn wants_fsync(config: &git2::Config) -> bool {
 }
 
 /// `xx/yyyy…`: an object's path below `objects/`.
-fn loose_name(oid: Oid) -> String {
+pub(crate) fn loose_name(oid: Oid) -> String {
     let hex = oid.to_string();
     format!("{}/{}", &hex[..2], &hex[2..])
 }
@@ -290,6 +280,15 @@ impl Loose {
     fn touch(&self, name: &str) {
         let now = TimeSpec::UTIME_NOW;
         let _ = utimensat(&self.dir, name, &now, &now, UtimensatFlags::FollowSymlink);
+    }
+
+    /// [`Loose::write_new`], its failure as the object's.
+    fn store(&self, kind: ObjectType, data: &[u8], name: &str) -> Result<(), HistoryError> {
+        self.write_new(kind, data, name)
+            .map_err(|source| HistoryError::Io {
+                path: self.path.join(name),
+                source,
+            })
     }
 
     /// Write a new loose object `name`; one found there when it is linked in place is

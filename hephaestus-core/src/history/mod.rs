@@ -735,8 +735,10 @@ impl History {
         self.commit_with(snap, tip, meta, None)
     }
 
-    /// [`History::commit`]; `helper`: a thread that closes the replaced reference file
-    /// (freeing it is the slow part of moving the reference on some file systems).
+    /// [`History::commit`]; `helper`: the snapshot's helper thread, which writes the
+    /// objects handed to it (all done before the reference moves), closes the replaced
+    /// reference file (freeing it is the slow part of moving the reference on some file
+    /// systems) and saves the stat cache while the index is appended.
     fn commit_with(
         &mut self,
         snap: snapshot::Snapshot,
@@ -793,24 +795,18 @@ impl History {
                         .find_commit(oid)
                         .map_err(HistoryError::git("reading the new evolution"))?;
                     let evolution = evolution_of(&commit);
-                    // The stat cache saved meanwhile on the helper's thread, if any.
-                    let snap = match helper {
-                        Some(h) => {
-                            h.run_later(move || snap.save_cache(oid));
-                            None
-                        }
-                        None => Some(snap),
-                    };
+                    // The stat cache is saved on the helper's thread, if any, while the
+                    // index is appended here.
+                    match helper {
+                        Some(h) => h.run_later(move || snap.save_cache(oid)),
+                        None => snap.save_cache(oid),
+                    }
                     // Best effort: a listing reads what the index lacks from git.
                     let _ = index::append_child(&self.index_path(), &index_record(&commit));
-                    match (snap, helper) {
-                        (Some(snap), _) => snap.save_cache(oid),
+                    if let Some(h) = helper {
                         // Waited for: the process may end next. (The objects were all
                         // written before the reference moved: nothing can fail here.)
-                        (None, Some(h)) => {
-                            let _ = h.finish_work();
-                        }
-                        (None, None) => {}
+                        let _ = h.finish_work();
                     }
                     self.maybe_repack(repo, oid);
                     return Ok(evolution);
@@ -1364,8 +1360,7 @@ fn tree_changes(
     out: &mut Vec<PathBuf>,
 ) -> Result<(), git2::Error> {
     /// An entry's id and git file mode.
-    type Side = (Oid, i32);
-    const TREE: i32 = 0o040000;
+    type Side = (Oid, u32);
     if old == new {
         return Ok(());
     }
@@ -1376,7 +1371,10 @@ fn tree_changes(
         let tree = repo.find_tree(oid)?;
         let entries = tree
             .iter()
-            .map(|e| (e.name_bytes().to_vec(), (e.id(), e.filemode())))
+            .map(|e| {
+                let mode = u32::try_from(e.filemode()).unwrap_or_default();
+                (e.name_bytes().to_vec(), (e.id(), mode))
+            })
             .collect();
         Ok(entries)
     };
@@ -1393,8 +1391,8 @@ fn tree_changes(
         }
         use std::os::unix::ffi::OsStrExt;
         prefix.push(std::ffi::OsStr::from_bytes(name));
-        let sub = |x: Option<Side>| x.filter(|(_, m)| *m == TREE).map(|(o, _)| o);
-        let file = |x: Option<Side>| x.is_some_and(|(_, m)| m != TREE);
+        let sub = |x: Option<Side>| x.filter(|(_, m)| *m == snapshot::MODE_TREE).map(|(o, _)| o);
+        let file = |x: Option<Side>| x.is_some_and(|(_, m)| m != snapshot::MODE_TREE);
         if file(before) || file(after) {
             out.push(prefix.clone());
         }

@@ -472,10 +472,51 @@ struct HelperState {
     gone: bool,
 }
 
+impl HelperState {
+    /// The helper's thread has ended (or never started): the main thread waits for it
+    /// no more; the cache counts as read (missing: the main thread reads it), no scan or
+    /// work is taken any more (what is queued, `finish_work` does itself).
+    fn end(&mut self) {
+        self.loaded = true;
+        self.scan_closed = true;
+        self.gone = true;
+    }
+}
+
+impl HelperShared {
+    /// Queue `work` for the helper; it comes back when the helper has ended, when an
+    /// object would take the queue past [`MAX_QUEUED`] bytes, or when the lock is
+    /// poisoned (the caller then does it).
+    fn queue(&self, work: Work) -> Option<Work> {
+        let Ok(mut st) = self.state.lock() else {
+            return Some(work);
+        };
+        let size = work.size();
+        if st.gone || st.queued_bytes + size > MAX_QUEUED {
+            return Some(work);
+        }
+        st.queued_bytes += size;
+        st.writes.push_back(work);
+        drop(st);
+        self.wake.notify_all();
+        None
+    }
+}
+
 /// Work handed to the helper.
 enum Work {
     Write(PendingWrite),
     Run(Box<dyn FnOnce() + Send>),
+}
+
+impl Work {
+    /// The bytes of the object it writes (0 for other work).
+    fn size(&self) -> usize {
+        match self {
+            Work::Write(write) => write.size(),
+            Work::Run(_) => 0,
+        }
+    }
 }
 
 /// At most this many bytes of objects wait in the helper's queue: past that, an object
@@ -512,9 +553,7 @@ impl Helper {
         } else {
             // No thread: the snapshot reads the cache itself and scans without it.
             if let Ok(mut st) = shared.state.lock() {
-                st.loaded = true;
-                st.scan_closed = true;
-                st.gone = true;
+                st.end();
             }
         }
         Some(Helper { shared })
@@ -565,16 +604,9 @@ impl Helper {
     /// Run `work` on the helper's thread (here when it has ended);
     /// [`Helper::finish_work`] waits for it.
     pub fn run_later(&self, work: impl FnOnce() + Send + 'static) {
-        let work: Box<dyn FnOnce() + Send> = Box::new(work);
-        let work = match self.shared.state.lock() {
-            Ok(mut st) if !st.gone => {
-                st.writes.push_back(Work::Run(work));
-                self.shared.wake.notify_all();
-                return;
-            }
-            _ => work,
-        };
-        work();
+        if let Some(Work::Run(work)) = self.shared.queue(Work::Run(Box::new(work))) {
+            work();
+        }
     }
 
     /// Wait until every object handed to the helper is written and the work handed to
@@ -626,24 +658,10 @@ struct WriteSink(Arc<HelperShared>);
 
 impl Defer for WriteSink {
     fn defer(&self, write: PendingWrite) {
-        let size = write.size();
-        match self.0.state.lock() {
-            Ok(mut st) if !st.gone && st.queued_bytes + size <= MAX_QUEUED => {
-                st.queued_bytes += size;
-                st.writes.push_back(Work::Write(write));
-                self.0.wake.notify_all();
-                return;
-            }
-            Ok(_) => {}
-            // A poisoned lock: `finish_work` fails, so the reference does not move
-            // whatever happens to this write.
-            Err(_) => {
-                let _ = write.run();
-                return;
-            }
-        }
-        // The helper has ended, or has enough queued: written here.
-        if let Err(e) = write.run()
+        // Not queued: written here, its failure kept for `finish_work` (with a poisoned
+        // lock it is lost, but `finish_work` then fails, so the reference does not move).
+        if let Some(Work::Write(write)) = self.0.queue(Work::Write(write))
+            && let Err(e) = write.run()
             && let Ok(mut st) = self.0.state.lock()
         {
             st.write_error.get_or_insert(e);
@@ -656,9 +674,7 @@ fn run_write(shared: &HelperShared, mut st: MutexGuard<'_, HelperState>) {
     let Some(work) = st.writes.pop_front() else {
         return;
     };
-    if let Work::Write(write) = &work {
-        st.queued_bytes -= write.size();
-    }
+    st.queued_bytes -= work.size();
     st.writing += 1;
     drop(st);
     // A panic (a bug) is an error, not work in progress for ever: `finish_work` waits
@@ -684,21 +700,16 @@ fn run_write(shared: &HelperShared, mut st: MutexGuard<'_, HelperState>) {
 /// cache unless the main thread did, wait for the scan, scan, then do the work handed
 /// over until dropped.
 fn helper_main(shared: &HelperShared, path: &Path, away_from: Option<usize>) {
-    /// However the thread ends (a panic included), the main thread waits for it no
-    /// more: the cache counts as read (missing: the main thread reads it), no scan or
-    /// work is taken any more (what is queued, `finish_work` does itself).
+    /// However the thread ends (a panic included), it ends for the main thread too
+    /// ([`HelperState::end`]).
     struct Ending<'a>(&'a HelperShared);
     impl Drop for Ending<'_> {
         fn drop(&mut self) {
-            let mut st = self
-                .0
+            self.0
                 .state
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.loaded = true;
-            st.scan_closed = true;
-            st.gone = true;
-            drop(st);
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .end();
             self.0.wake.notify_all();
         }
     }
@@ -744,7 +755,7 @@ fn helper_main(shared: &HelperShared, path: &Path, away_from: Option<usize>) {
         }
         let files = std::mem::take(&mut st.to_close);
         if files.is_empty() {
-            st.gone = true;
+            // Dropped, nothing left: `Ending` says so.
             return;
         }
         drop(st);
@@ -769,15 +780,12 @@ fn current_cpu() -> Option<usize> {
 fn move_away_from(cpu: Option<usize>) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Some(cpu) = cpu {
-        use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+        use nix::sched::{sched_getaffinity, sched_setaffinity};
         use nix::unistd::Pid;
         let Ok(mut set) = sched_getaffinity(Pid::from_raw(0)) else {
             return;
         };
-        let allowed = (0..CpuSet::count())
-            .filter(|&i| set.is_set(i).unwrap_or(false))
-            .count();
-        if allowed > 1 && set.is_set(cpu).unwrap_or(false) && set.unset(cpu).is_ok() {
+        if cpus_in(&set) > 1 && set.is_set(cpu).unwrap_or(false) && set.unset(cpu).is_ok() {
             let _ = sched_setaffinity(Pid::from_raw(0), &set);
         }
     }
@@ -1519,14 +1527,20 @@ fn scan(
 fn cores() -> usize {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        let n = (0..nix::sched::CpuSet::count())
-            .filter(|&i| set.is_set(i).unwrap_or(false))
-            .count();
+        let n = cpus_in(&set);
         if n > 0 {
             return n;
         }
     }
     thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How many CPUs `set` holds.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn cpus_in(set: &nix::sched::CpuSet) -> usize {
+    (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .count()
 }
 
 fn poisoned() -> HistoryError {
@@ -2154,11 +2168,9 @@ mod tests {
         // The helper waits for a scan: nothing queued is written until `finish_work`.
         let writer = helper.writer(ObjectWriter::new(&repo).expect("writer"), true);
         let loose = |oid: Oid| {
-            let hex = oid.to_string();
             dir.path()
                 .join(".git/objects")
-                .join(&hex[..2])
-                .join(&hex[2..])
+                .join(super::super::loose::loose_name(oid))
         };
         // 1 MiB: the largest object handed over.
         let chunk = 1 << 20;
