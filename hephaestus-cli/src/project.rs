@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hephaestus_core::civil::days_from_civil;
-use hephaestus_core::history::{HISTORY_REF, History, HistoryOptions, Identity, Store};
+use hephaestus_core::history::{History, HistoryOptions, Identity, SkippedFile, Store};
 use hephaestus_core::project_root;
 
 use crate::output::{GlobalArgs, Output};
@@ -40,6 +40,8 @@ pub fn history_options(out: &Output) -> HistoryOptions {
         committer: identity("COMMITTER"),
         lock_timeout: Duration::from_secs(120),
         repack_every: HistoryOptions::default().repack_every,
+        // `[history] max_file_size` of the project's heph.toml, read when it is opened.
+        max_file_size: None,
         on_lock_wait: Some(Arc::new(move |holder: &str| {
             if !quiet {
                 let holder = if holder.is_empty() {
@@ -54,7 +56,7 @@ pub fn history_options(out: &Output) -> HistoryOptions {
             .ok()
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
-        preload_stat_cache: false,
+        before_ref_update: None,
     }
 }
 
@@ -73,16 +75,40 @@ pub fn open_history_with(
     let history = History::open_with(&root, options)?;
     if out.verbose > 0 {
         out.note(format!("project: {}", root.display()));
-        out.note(match history.store() {
-            Store::Repository { git_dir, .. } => {
-                format!("history: {HISTORY_REF} in {}", git_dir.display())
-            }
-            Store::Private { git_dir } => {
-                format!("history: {HISTORY_REF} in {}", git_dir.display())
-            }
-        });
+        let (Store::Repository { git_dir, .. } | Store::Private { git_dir }) = history.store();
+        out.note(format!(
+            "history: {} in {}",
+            history.reference(),
+            git_dir.display()
+        ));
     }
     Ok(history)
+}
+
+/// One warning line per file a snapshot left out for its size.
+pub fn note_skipped(out: &Output, skipped: &[SkippedFile]) {
+    for s in skipped {
+        out.warn(format!(
+            "{} was left out of the snapshot: {} is over `[history] max_file_size` in heph.toml",
+            s.path.display(),
+            human_size(s.size)
+        ));
+    }
+}
+
+/// `2.0 GiB`, `512 KiB`, `12 B`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn var(name: &str) -> Option<String> {

@@ -23,6 +23,8 @@
 //! body_limit = "1MiB"      # larger requests get 413
 //! lock_timeout = "30s"     # a write waiting longer for another one gets 409
 //! evolve_command = "..."   # what trigger-evolution runs instead of `heph evolve`
+//! [history]
+//! max_file_size = "100MiB" # larger files are left out of snapshots (default)
 //! ```
 
 use std::fs;
@@ -80,6 +82,9 @@ pub struct Config {
     /// `[api]` (read by the control API).
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[history]` (read by every command that snapshots).
+    #[serde(default)]
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[api]`: the HTTP control API of `heph serve` and `heph watch --api`.
@@ -259,6 +264,13 @@ impl Config {
                 message: format!("verify.timeout: {message}"),
             })?;
         }
+        config
+            .history
+            .max_file_size()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.clone(),
+                message,
+            })?;
         config
             .validate_evolve()
             .map_err(|message| ConfigError::Invalid {

@@ -28,6 +28,7 @@ pub fn run(args: RollbackArgs, global: &GlobalArgs, out: &Output) -> Result<u8> 
     };
     let mut history = project::open_history(global, out)?;
     let report = history.rollback(&target)?;
+    project::note_skipped(out, history.skipped());
     out.json(&report);
     if let Some(pre) = &report.pre_state {
         out.note(format!(

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::Args;
-use hephaestus_core::history::HistoryOptions;
 use serde_json::json;
 
 use crate::output::{GlobalArgs, Output};
@@ -19,14 +18,14 @@ pub struct SnapshotArgs {
 
 /// Run `heph snapshot`.
 pub fn run(args: SnapshotArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
-    // The snapshot follows at once: its stat cache is read while the repository opens.
-    let options = HistoryOptions {
-        preload_stat_cache: true,
-        ..project::history_options(out)
-    };
-    let mut history = project::open_history_with(global, out, options)?;
+    let mut history = project::open_history(global, out)?;
     let recorded = history.snapshot(args.message.as_deref())?;
-    out.json(&json!({ "recorded": recorded.is_some(), "evolution": recorded }));
+    out.json(&json!({
+        "recorded": recorded.is_some(),
+        "evolution": recorded,
+        "skipped": history.skipped(),
+    }));
+    project::note_skipped(out, history.skipped());
     match &recorded {
         Some(e) => out.line(format!(
             "recorded evolution {} ({})",

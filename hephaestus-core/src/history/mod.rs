@@ -1,13 +1,23 @@
-//! The history store: every change a git commit on `refs/heph/history` (git2).
+//! The history store: every change a git commit on the project's history reference
+//! (git2).
 //!
 //! The store is the object database of the git repository that holds the project, when
 //! there is one with a work tree, and otherwise a bare repository at
 //! `.heph/history.git`. Nothing of the user's repository is touched but objects and the
 //! `refs/heph/*` references: not HEAD, the index, branches, the stash, the config or
-//! hooks. Each evolution's tree is a full snapshot of the project's files (honouring
-//! .gitignore, leaving out `target/`, `.heph/` and nested repositories), built
-//! incrementally from a stat cache in `.heph/stat-cache`; metadata lives in commit-message
-//! trailers (see [`message`]).
+//! hooks. Each project of a repository (and of each of its work trees) has its own
+//! reference ([`refs`] tells the names; `refs/heph/history` at the root). Each
+//! evolution's tree is a full snapshot of the project's files (honouring .gitignore,
+//! leaving out `target/`, `.heph/` and nested repositories), built incrementally from a
+//! stat cache in `.heph/stat-index`; metadata lives in commit-message trailers (see
+//! [`message`]).
+//!
+//! Every commit is durable before its reference moves, and the reference is durable
+//! before the call that moved it returns: the objects' files, their directories, the
+//! reference file and its directory are fsynced, whatever git's configuration says. A
+//! caller that records the files' state before overwriting them (apply, rollback,
+//! import, evolve, the API) therefore never overwrites a state that a power loss could
+//! take from the history.
 //!
 //! [`History::open`] and the `record*`, [`History::list`], [`History::get`] calls do not
 //! lock: callers that write hold the writer lock ([`crate::state::StateDir::lock`]). The
@@ -15,8 +25,9 @@
 //! [`History::sync`] take it themselves.
 
 mod index;
-mod loose;
+mod list;
 pub mod message;
+mod refs;
 mod restore;
 mod show;
 mod snapshot;
@@ -31,26 +42,31 @@ use std::time::Duration;
 use git2::{Commit, ErrorCode, ObjectType, Oid, Repository, RepositoryOpenFlags, Signature, Time};
 use serde::Serialize;
 
-use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta, VerifyOutcome};
+use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 use crate::state::{ProjectLock, StateDir, StateError};
 
+use refs::HistoryRef;
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};
+pub use snapshot::SkippedFile;
 pub use sync::{SyncOutcome, SyncReport, SyncTransport};
 
-/// The reference every evolution is committed on.
+/// The reference of the project at the root of a repository's main work tree (and of
+/// a project in no repository). Other projects have their own (see [`History::reference`]).
 pub const HISTORY_REF: &str = "refs/heph/history";
 /// Where the private store lives inside `.heph/` when the project is in no git repository.
 pub const PRIVATE_STORE: &str = "history.git";
 /// Length of the abbreviated ids shown to people.
 pub const SHORT_ID_LEN: usize = 12;
+/// The default of [`HistoryOptions::max_file_size`]: 100 MiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 100 << 20;
 /// Evolutions list at most this many files in `Heph-File:` trailers when heph computes
 /// the list itself (manual snapshots, rollbacks); more are summarized in the subject.
 const MAX_LISTED_FILES: usize = 50;
-/// Trailer naming the project's folder inside the repository, when it is a subfolder.
+/// Trailer naming the project's folder inside the work tree, when it is a subfolder.
 const SCOPE_TRAILER: &str = "Heph-Scope";
-/// The marker of a reference update in progress, inside `.heph/`.
-const REF_MARKER: &str = "ref-update";
+/// Trailer naming a file left out of the snapshot for its size (one per file).
+const SKIPPED_TRAILER: &str = "Heph-Skipped";
 /// Inside `.heph/`: the last evolution packed and how many were recorded since.
 const PACK_STATE: &str = "pack-state";
 /// Attempts at moving the history ref when another writer moved it first.
@@ -148,7 +164,8 @@ pub enum HistoryError {
     /// The history of the repository belongs to a different folder of it.
     #[error(
         "{reference} in {repo} records the project at `{theirs}`, not at `{ours}`: \
-         two heph projects cannot share one repository's history"
+         it was moved by hand; point it back at this project's history or delete it \
+         (`git update-ref -d {reference}`) to start a new one"
     )]
     ScopeMismatch {
         /// The reference.
@@ -223,6 +240,14 @@ pub enum HistoryError {
         /// What is in the way.
         reason: String,
     },
+    /// The `[history]` section of heph.toml is invalid.
+    #[error("{path} is invalid: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The writer lock could not be taken.
     #[error(transparent)]
     Lock(#[from] StateError),
@@ -255,7 +280,8 @@ impl crate::Categorized for HistoryError {
             | HistoryError::AmbiguousId { .. }
             | HistoryError::Empty { .. }
             | HistoryError::NonePassed { .. }
-            | HistoryError::UnknownRemote { .. } => BadInput,
+            | HistoryError::UnknownRemote { .. }
+            | HistoryError::Config { .. } => BadInput,
             HistoryError::Transport { .. } | HistoryError::UnsupportedTransport { .. } => {
                 Environment
             }
@@ -286,6 +312,10 @@ pub struct Identity {
 /// Called with the holder's description when the writer lock is busy.
 pub type LockWaitFn = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Called just before the history reference moves (a test hook, see
+/// [`HistoryOptions::before_ref_update`]).
+pub type RefUpdateHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Files snapshotted by [`History::prepare_snapshot`], not yet an evolution: its objects
 /// are in the store (unreferenced until committed; git's gc removes them if dropped).
 pub struct PreparedSnapshot {
@@ -302,7 +332,15 @@ impl fmt::Debug for PreparedSnapshot {
     }
 }
 
-/// How a [`History`] writes: identities, lock timeout, test hooks.
+impl PreparedSnapshot {
+    /// Files left out of this snapshot because they are larger than
+    /// [`HistoryOptions::max_file_size`].
+    pub fn skipped(&self) -> &[SkippedFile] {
+        &self.snap.skipped
+    }
+}
+
+/// How a [`History`] writes: identities, lock timeout, size limit, test hooks.
 #[derive(Clone)]
 pub struct HistoryOptions {
     /// The author of new commits (what `GIT_AUTHOR_*` says, when the front end passes it).
@@ -316,17 +354,19 @@ pub struct HistoryOptions {
     /// Pack the objects of the newest evolutions into a pack file every this many
     /// evolutions (walking loose commits is ~2.5x slower than packed ones); 0: never.
     pub repack_every: usize,
+    /// Files larger than this many bytes are left out of snapshots (and reported in
+    /// [`History::skipped`]); None: what `[history] max_file_size` in the project's
+    /// heph.toml says, else [`DEFAULT_MAX_FILE_SIZE`]. Smaller files over 1 MiB are
+    /// streamed into the store, never read whole into memory.
+    pub max_file_size: Option<u64>,
     /// Test hook: a pause between the steps of a write (after the objects are written,
     /// before the reference moves; between the files of a rollback), so that crash tests
     /// can kill the process in the middle. None in normal use.
     pub step_delay: Option<Duration>,
-    /// Start a thread as soon as the history is opened, for a [`History::snapshot`] that
-    /// follows at once (`heph snapshot`): it reads the stat cache (~0.5 ms for a
-    /// 10,000-file project) while the repository is opened and the lock taken, then
-    /// waits, spinning for up to 20 ms, to take part in the scan; it then writes the
-    /// snapshot's new objects while the main thread goes on, and closes the replaced
-    /// reference file. Off by default: other commands would only pay for it.
-    pub preload_stat_cache: bool,
+    /// Test hook: called after a commit's objects are written and before the reference
+    /// moves (on each attempt), so that a test can move the reference in between. None
+    /// in normal use.
+    pub before_ref_update: Option<RefUpdateHook>,
 }
 
 impl Default for HistoryOptions {
@@ -337,8 +377,9 @@ impl Default for HistoryOptions {
             lock_timeout: Duration::from_secs(60),
             on_lock_wait: None,
             repack_every: 500,
+            max_file_size: None,
             step_delay: None,
-            preload_stat_cache: false,
+            before_ref_update: None,
         }
     }
 }
@@ -351,9 +392,58 @@ impl fmt::Debug for HistoryOptions {
             .field("lock_timeout", &self.lock_timeout)
             .field("on_lock_wait", &self.on_lock_wait.is_some())
             .field("repack_every", &self.repack_every)
+            .field("max_file_size", &self.max_file_size)
             .field("step_delay", &self.step_delay)
-            .field("preload_stat_cache", &self.preload_stat_cache)
+            .field("before_ref_update", &self.before_ref_update.is_some())
             .finish()
+    }
+}
+
+/// The `[history]` section of heph.toml.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Files larger than this are left out of snapshots: bytes, or a size such as
+    /// `"100MiB"`, `"2GiB"`, `"500kB"` (default 100 MiB).
+    pub max_file_size: Option<crate::config::ByteSize>,
+}
+
+impl HistoryConfig {
+    /// `max_file_size` in bytes, when set; an error names the key when it is not a size.
+    pub fn max_file_size(&self) -> Result<Option<u64>, String> {
+        self.max_file_size
+            .as_ref()
+            .map(|size| {
+                size.bytes()
+                    .map_err(|e| format!("history.max_file_size: {e}"))
+            })
+            .transpose()
+    }
+
+    /// The `[history]` section of the project's heph.toml (the rest of the file is not
+    /// looked at here; `config::Config::load` checks it all).
+    fn of_project(root: &Path) -> Result<HistoryConfig, HistoryError> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            history: HistoryConfig,
+        }
+        let path = root.join(crate::config::CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(HistoryConfig::default());
+            }
+            Err(source) => return Err(HistoryError::Io { path, source }),
+        };
+        let file: File = toml::from_str(&text).map_err(|e| HistoryError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        file.history
+            .max_file_size()
+            .map_err(|message| HistoryError::Config { path, message })?;
+        Ok(file.history)
     }
 }
 
@@ -411,7 +501,6 @@ fn normalize_module(m: &str) -> String {
     let m = m.trim().replace('.', "::");
     m.strip_prefix("crate::").unwrap_or(&m).to_owned()
 }
-
 /// The history store of one project.
 ///
 /// ```
@@ -441,12 +530,16 @@ pub struct History {
     repo: Option<Repository>,
     store: Store,
     scope: snapshot::Scope,
-    /// The project's folder inside the repository (`None` at the work tree's root).
+    /// The project's folder inside its work tree (`None` at the work tree's root).
     scope_prefix: Option<String>,
+    /// The project's history reference.
+    reference: HistoryRef,
+    /// Whether this is a project of the repository's main work tree (only those can
+    /// have a history recorded on `refs/heph/history` by an earlier version).
+    main_worktree: bool,
     options: HistoryOptions,
-    /// The thread reading the stat cache ahead, then scanning
-    /// ([`HistoryOptions::preload_stat_cache`]).
-    helper: Option<snapshot::Helper>,
+    /// The files the last snapshot left out for their size.
+    skipped: Vec<SkippedFile>,
 }
 
 impl fmt::Debug for History {
@@ -454,8 +547,27 @@ impl fmt::Debug for History {
         f.debug_struct("History")
             .field("root", &self.root)
             .field("store", &self.store)
+            .field("reference", &self.reference.name())
             .finish_non_exhaustive()
     }
+}
+
+/// Where the history's tip comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tip {
+    /// The last evolution (None: no history yet).
+    oid: Option<Oid>,
+    /// It is read from `refs/heph/history`, recorded for this sub-folder project by an
+    /// earlier version; the project's own reference does not exist yet.
+    legacy: bool,
+}
+
+/// An evolution's metadata: the caller's, or a manual snapshot's (with this subject,
+/// if any), computed against the parent the commit finally gets.
+#[derive(Clone, Copy)]
+enum Meta<'a> {
+    Given(&'a EvolutionMeta),
+    Manual(Option<&'a str>),
 }
 
 impl History {
@@ -480,10 +592,17 @@ impl History {
         })?;
         let root = canonical.as_path();
         let state = StateDir::new(root);
-        let helper = options
-            .preload_stat_cache
-            .then(|| snapshot::Helper::start(state.path().join(snapshot::CACHE_FILE)))
-            .flatten();
+        let mut options = options;
+        if options.max_file_size.is_none() {
+            let config = HistoryConfig::of_project(root)?;
+            options.max_file_size = Some(
+                config
+                    .max_file_size()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(DEFAULT_MAX_FILE_SIZE),
+            );
+        }
         let found = match Repository::open_ext(
             root,
             RepositoryOpenFlags::empty(),
@@ -504,15 +623,27 @@ impl History {
             let prefix = root.strip_prefix(&workdir).ok()?.to_path_buf();
             Some((repo, workdir, prefix))
         });
-        let (repo, store, scope, scope_prefix) = match user {
+        let history = match user {
             Some((repo, workdir, prefix)) => {
                 let git_dir = repo.path().to_path_buf();
                 // info/exclude is shared by linked worktrees: it lives in the common dir.
                 let scope = snapshot::Scope::new(root, Some((&workdir, repo.commondir())));
                 let scope_prefix = (!prefix.as_os_str().is_empty())
                     .then(|| prefix.to_string_lossy().replace('\\', "/"));
-                let store = Store::Repository { git_dir, prefix };
-                (Some(repo), store, scope, scope_prefix)
+                let worktree = repo.is_worktree().then(|| worktree_name(&repo));
+                let reference = HistoryRef::new(worktree.as_deref(), scope_prefix.as_deref());
+                History {
+                    root: root.to_path_buf(),
+                    state,
+                    store: Store::Repository { git_dir, prefix },
+                    scope,
+                    scope_prefix,
+                    reference,
+                    main_worktree: worktree.is_none(),
+                    repo: Some(repo),
+                    options,
+                    skipped: Vec::new(),
+                }
             }
             None => {
                 let git_dir = state.path().join(PRIVATE_STORE);
@@ -526,24 +657,21 @@ impl History {
                 } else {
                     None
                 };
-                (
+                History {
+                    root: root.to_path_buf(),
+                    state,
                     repo,
-                    Store::Private { git_dir },
-                    snapshot::Scope::new(root, None),
-                    None,
-                )
+                    store: Store::Private { git_dir },
+                    scope: snapshot::Scope::new(root, None),
+                    scope_prefix: None,
+                    reference: HistoryRef::new(None, None),
+                    main_worktree: true,
+                    options,
+                    skipped: Vec::new(),
+                }
             }
         };
-        Ok(History {
-            root: root.to_path_buf(),
-            state,
-            repo,
-            store,
-            scope,
-            scope_prefix,
-            options,
-            helper,
-        })
+        Ok(history)
     }
 
     /// The project root.
@@ -556,9 +684,22 @@ impl History {
         &self.store
     }
 
+    /// The reference the project's evolutions are committed on: `refs/heph/history`
+    /// for a project at the root of a repository's main work tree, a name of its own
+    /// for the others (see the `history::refs` module docs).
+    pub fn reference(&self) -> String {
+        self.reference.name()
+    }
+
     /// The options this store writes with.
     pub fn options(&self) -> &HistoryOptions {
         &self.options
+    }
+
+    /// The files the last snapshot taken through this history left out because they
+    /// are larger than [`HistoryOptions::max_file_size`] (empty when none were).
+    pub fn skipped(&self) -> &[SkippedFile] {
+        &self.skipped
     }
 
     fn git_dir(&self) -> &Path {
@@ -581,9 +722,7 @@ impl History {
                 })?;
             self.repo = Some(repo);
         }
-        self.repo.as_ref().ok_or_else(|| HistoryError::Empty {
-            root: self.root.clone(),
-        })
+        self.repo_ref()
     }
 
     /// Take the writer lock as the high-level operations do.
@@ -606,12 +745,58 @@ impl History {
         }
     }
 
-    /// The commit `refs/heph/history` points at, None when there is no history yet.
+    /// The project's last evolution, None when there is no history yet.
     pub(crate) fn tip(&self) -> Result<Option<Oid>, HistoryError> {
-        let Some(repo) = &self.repo else {
-            return Ok(None);
+        Ok(self.tip_info()?.oid)
+    }
+
+    /// The project's last evolution and where it was read.
+    fn tip_info(&self) -> Result<Tip, HistoryError> {
+        let none = Tip {
+            oid: None,
+            legacy: false,
         };
-        read_ref(repo, HISTORY_REF)
+        let Some(repo) = &self.repo else {
+            return Ok(none);
+        };
+        let name = self.reference.name();
+        if let Some(oid) = refs::read_ref(repo, &name)? {
+            if name == HISTORY_REF && refs::scope_of(repo, oid).is_some() {
+                // Another folder's history, recorded by an earlier version: not ours.
+                return Ok(none);
+            }
+            return Ok(Tip {
+                oid: Some(oid),
+                legacy: false,
+            });
+        }
+        if let (true, Some(prefix)) = (self.main_worktree, &self.scope_prefix)
+            && let Some(oid) = refs::read_ref(repo, HISTORY_REF)?
+            && refs::scope_of(repo, oid).as_deref() == Some(prefix.as_str())
+        {
+            return Ok(Tip {
+                oid: Some(oid),
+                legacy: true,
+            });
+        }
+        Ok(none)
+    }
+
+    /// Before a write, under the writer lock: a `refs/heph/history` recorded for a
+    /// sub-folder project by an earlier version is moved to that project's own name,
+    /// whether it is this project's (which then writes on its own name) or another's
+    /// (when this is the root project, whose name it holds).
+    fn settle_legacy(&self, repo: &Repository) -> Result<(), HistoryError> {
+        let root_project = self.reference.name() == HISTORY_REF;
+        if !root_project && !self.tip_info()?.legacy {
+            return Ok(());
+        }
+        if let Some(oid) = refs::read_ref(repo, HISTORY_REF)?
+            && let Some(scope) = refs::scope_of(repo, oid)
+        {
+            refs::move_legacy(self.state.path(), repo, oid, &scope)?;
+        }
+        Ok(())
     }
 
     fn corrupt(&self, reference: &str, detail: impl Into<String>) -> HistoryError {
@@ -622,63 +807,45 @@ impl History {
         }
     }
 
-    /// Refuse to write on top of a history recorded for another folder of the repository.
-    fn check_scope(&self, repo: &Repository, tip: Option<Oid>) -> Result<(), HistoryError> {
-        let Some(tip) = tip else { return Ok(()) };
-        let commit = repo
-            .find_commit(tip)
-            .map_err(|e| self.corrupt(HISTORY_REF, e.message().to_owned()))?;
-        let msg = String::from_utf8_lossy(commit.message_bytes()).into_owned();
-        let (_, trailers) = message::split(&msg);
-        let theirs = trailers
-            .iter()
-            .find(|(k, _)| *k == SCOPE_TRAILER)
-            .map(|(_, v)| (*v).to_owned());
+    /// Refuse to write on top of a history recorded for another folder of the work tree
+    /// (the reference was moved by hand).
+    fn check_scope(&self, repo: &Repository, tip: Tip) -> Result<(), HistoryError> {
+        let Some(oid) = tip.oid else { return Ok(()) };
+        repo.find_commit(oid)
+            .map_err(|e| self.corrupt(&self.reference.name(), e.message().to_owned()))?;
+        let theirs = refs::scope_of(repo, oid);
         if theirs == self.scope_prefix {
             return Ok(());
         }
         Err(HistoryError::ScopeMismatch {
-            reference: HISTORY_REF.to_owned(),
+            reference: self.reference.name(),
             repo: self.git_dir().to_path_buf(),
             theirs: theirs.unwrap_or_else(|| ".".to_owned()),
             ours: self.scope_prefix.clone().unwrap_or_else(|| ".".to_owned()),
         })
     }
 
-    /// Snapshot the files: the tree, the tip it was taken against and the pending cache.
+    /// Snapshot the files: the tree (objects written, nothing committed) and the tip it
+    /// was taken against.
     fn take_snapshot(&mut self) -> Result<(snapshot::Snapshot, Option<Oid>), HistoryError> {
-        self.take_snapshot_with(None)
-    }
-
-    /// [`History::take_snapshot`], with the helper thread started with the history: the
-    /// stat cache it read before the writer lock was taken (used when it still is what
-    /// the file holds), and its part in the scan.
-    fn take_snapshot_with(
-        &mut self,
-        helper: Option<&snapshot::Helper>,
-    ) -> Result<(snapshot::Snapshot, Option<Oid>), HistoryError> {
         self.state.ensure()?;
         self.repo_for_write()?;
-        let tip = self.tip()?;
-        let repo = self.repo.as_ref().ok_or_else(|| HistoryError::Empty {
-            root: self.root.clone(),
-        })?;
+        let repo = self.repo_ref()?;
+        self.settle_legacy(repo)?;
+        let tip = self.tip_info()?;
         self.check_scope(repo, tip)?;
-        let cache_path = self.state.path().join(snapshot::CACHE_FILE);
-        let cache = || {
-            let cache = match helper.and_then(|h| h.cache_if_current(&cache_path)) {
-                Some(cache) => cache,
-                None => snapshot::StatCache::load(&cache_path),
-            };
-            // The cache's blobs are safe to reuse only when its commit is in the history.
-            match (cache.commit(), tip) {
-                (Some(c), Some(t)) if c == t || repo.graph_descendant_of(t, c).unwrap_or(false) => {
-                    cache
-                }
-                _ => snapshot::StatCache::default(),
-            }
-        };
-        let snap = snapshot::snapshot(repo, &self.scope, self.state.path(), cache, helper)?;
+        let tip = tip.oid;
+        // The cache's blobs are safe to reuse only when its commit is in the history.
+        let trusted =
+            |c: Oid| tip.is_some_and(|t| c == t || repo.graph_descendant_of(t, c).unwrap_or(false));
+        let snap = snapshot::snapshot(
+            repo,
+            &self.scope,
+            self.state.path(),
+            trusted,
+            self.options.max_file_size.unwrap_or(DEFAULT_MAX_FILE_SIZE),
+        )?;
+        self.skipped = snap.skipped.clone();
         Ok((snap, tip))
     }
 
@@ -724,92 +891,137 @@ impl History {
         sig.map_err(HistoryError::git("building the commit signature"))
     }
 
-    /// Commit `tree` with `meta` on top of `tip`, move the reference by compare-and-swap
-    /// (re-parenting on the new tip when another writer moved it), save the stat cache.
+    /// The metadata of the commit of `tree` on `parent`, with the file list of a manual
+    /// snapshot computed against that parent, the commit message, and the objects the
+    /// commit adds to its parent's (for durability).
+    fn describe(
+        &self,
+        meta: Meta<'_>,
+        parent: Option<Oid>,
+        tree: Oid,
+        skipped: &[SkippedFile],
+    ) -> Result<(EvolutionMeta, String, Vec<Oid>), HistoryError> {
+        let repo = self.repo_ref()?;
+        let parent_tree = parent.map(|p| self.tree_of(p)).transpose()?;
+        let mut changed = Vec::new();
+        let mut objects = Vec::new();
+        if parent_tree != Some(tree) {
+            objects.push(tree);
+        }
+        tree_changes(
+            repo,
+            parent_tree,
+            Some(tree),
+            &mut PathBuf::new(),
+            &mut changed,
+            &mut objects,
+        )
+        .map_err(HistoryError::git("comparing snapshots"))?;
+        changed.sort();
+        let meta = match meta {
+            Meta::Given(m) => m.clone(),
+            Meta::Manual(message) => {
+                let mut meta = EvolutionMeta::new(EvolutionKind::Manual, "");
+                meta.message = match (message, parent) {
+                    (Some(m), _) if !m.trim().is_empty() => m.trim().to_owned(),
+                    (_, None) => format!("snapshot: initial state ({} files)", changed.len()),
+                    _ => format!(
+                        "manual: {} changed outside heph",
+                        plural_files(changed.len())
+                    ),
+                };
+                if changed.len() <= MAX_LISTED_FILES && parent.is_some() {
+                    meta.files = changed;
+                }
+                meta
+            }
+        };
+        let mut msg = message::format(&meta);
+        if let Some(scope) = &self.scope_prefix {
+            msg.push_str(&format!("{SCOPE_TRAILER}: {scope}\n"));
+        }
+        for s in skipped {
+            msg.push_str(&format!(
+                "{SKIPPED_TRAILER}: {} ({} bytes)\n",
+                s.path.display().to_string().replace(['\r', '\n'], " "),
+                s.size
+            ));
+        }
+        Ok((meta, msg, objects))
+    }
+
+    /// Commit the snapshot on top of `tip`: objects made durable, then the reference
+    /// moved by compare-and-swap (re-parenting on the new tip, with the metadata
+    /// computed again, when another writer moved it first) and made durable, then the
+    /// stat cache saved. With `skip_unchanged`, nothing is committed (None) when the
+    /// tree equals the parent's.
     fn commit(
         &mut self,
         snap: snapshot::Snapshot,
         tip: Option<Oid>,
-        meta: &EvolutionMeta,
-    ) -> Result<Evolution, HistoryError> {
-        self.commit_with(snap, tip, meta, None)
-    }
-
-    /// [`History::commit`]; `helper`: the snapshot's helper thread, which writes the
-    /// objects handed to it (all done before the reference moves), closes the replaced
-    /// reference file (freeing it is the slow part of moving the reference on some file
-    /// systems) and saves the stat cache while the index is appended.
-    fn commit_with(
-        &mut self,
-        snap: snapshot::Snapshot,
-        mut tip: Option<Oid>,
-        meta: &EvolutionMeta,
-        helper: Option<&snapshot::Helper>,
-    ) -> Result<Evolution, HistoryError> {
-        let mut msg = message::format(meta);
-        if let Some(scope) = &self.scope_prefix {
-            msg.push_str(&format!("{SCOPE_TRAILER}: {scope}\n"));
-        }
+        meta: Meta<'_>,
+        skip_unchanged: bool,
+    ) -> Result<Option<Evolution>, HistoryError> {
         let repo = self.repo_ref()?;
         let author = self.signature(repo, &self.options.author)?;
         let committer = self.signature(repo, &self.options.committer)?;
-        self.recover_stale_ref_lock(repo);
-        let objects = match helper {
-            Some(h) => h.writer(loose::ObjectWriter::new(repo)?, false),
-            None => {
-                // The tree must be there (it is when nothing writes objects meanwhile).
-                repo.find_tree(snap.tree)
-                    .map_err(HistoryError::git("reading the snapshot's tree"))?;
-                loose::ObjectWriter::new(repo)?
-            }
-        };
+        let name = self.reference.name();
+        refs::recover_stale_lock(self.state.path(), repo);
+        let tree = repo
+            .find_tree(snap.tree)
+            .map_err(HistoryError::git("reading the snapshot's tree"))?;
+        let odb = repo
+            .odb()
+            .map_err(HistoryError::git("opening the object database"))?;
+        let mut tip = tip;
         let mut locked = false;
         for _ in 0..CAS_ATTEMPTS {
-            if let Some(t) = tip {
-                repo.find_commit(t)
-                    .map_err(|e| self.corrupt(HISTORY_REF, e.message().to_owned()))?;
+            let parent = match tip {
+                Some(t) => Some(
+                    repo.find_commit(t)
+                        .map_err(|e| self.corrupt(&name, e.message().to_owned()))?,
+                ),
+                None => None,
+            };
+            if skip_unchanged && parent.as_ref().is_some_and(|p| p.tree_id() == snap.tree) {
+                if let Some(t) = tip {
+                    snap.save_cache(t);
+                }
+                return Ok(None);
             }
-            let parents: Vec<Oid> = tip.into_iter().collect();
-            let bytes = commit_bytes(snap.tree, &parents, &author, &committer, &msg);
-            let oid = objects.write(ObjectType::Commit, &bytes)?;
-            if let Some(h) = helper {
-                // Every object of the evolution is written before the reference moves.
-                h.finish_work()?;
-            }
+            let (meta_now, msg, mut objects) =
+                self.describe(meta, tip, snap.tree, &snap.skipped)?;
+            let parents: Vec<&Commit<'_>> = parent.iter().collect();
+            let buffer = repo
+                .commit_create_buffer(&author, &committer, &msg, &tree, &parents)
+                .map_err(HistoryError::git("formatting the commit"))?;
+            let oid = odb
+                .write(ObjectType::Commit, &buffer)
+                .map_err(HistoryError::git("writing the commit"))?;
+            // Objects first, durable; the reference last.
+            objects.push(oid);
+            refs::sync_objects(repo, &objects)?;
             self.pause();
-            let log = format!("heph: {}", meta.kind);
-            // The reference file about to be replaced, kept open so that it is freed
-            // when the helper closes it rather than during the update.
-            let replaced =
-                helper.and_then(|_| std::fs::File::open(repo.commondir().join(HISTORY_REF)).ok());
-            let moved = self.update_ref(HISTORY_REF, || match tip {
-                Some(t) => repo.reference_matching(HISTORY_REF, oid, true, t, &log),
-                None => repo.reference(HISTORY_REF, oid, false, &log),
-            });
-            if let (Some(h), Some(file)) = (helper, replaced) {
-                h.close_later(file);
+            if let Some(hook) = &self.options.before_ref_update {
+                hook();
             }
+            let log = format!("heph: {}", meta_now.kind);
+            let moved = refs::update_with_marker(self.state.path(), &name, oid, || match tip {
+                Some(t) => repo.reference_matching(&name, oid, true, t, &log),
+                None => repo.reference(&name, oid, false, &log),
+            });
             match moved {
                 Ok(_) => {
+                    refs::sync_ref(repo, &name, tip.is_none())?;
                     let commit = repo
                         .find_commit(oid)
                         .map_err(HistoryError::git("reading the new evolution"))?;
                     let evolution = evolution_of(&commit);
-                    // The stat cache is saved on the helper's thread, if any, while the
-                    // index is appended here.
-                    match helper {
-                        Some(h) => h.run_later(move || snap.save_cache(oid)),
-                        None => snap.save_cache(oid),
-                    }
+                    snap.save_cache(oid);
                     // Best effort: a listing reads what the index lacks from git.
                     let _ = index::append_child(&self.index_path(), &index_record(&commit));
-                    if let Some(h) = helper {
-                        // Waited for: the process may end next. (The objects were all
-                        // written before the reference moved: nothing can fail here.)
-                        let _ = h.finish_work();
-                    }
                     self.maybe_repack(repo, oid);
-                    return Ok(evolution);
+                    return Ok(Some(evolution));
                 }
                 Err(e)
                     if matches!(
@@ -820,13 +1032,13 @@ impl History {
                     // A git process holding the ref's lock file: give it time.
                     locked = e.code() == ErrorCode::Locked;
                     thread::sleep(Duration::from_millis(if locked { 60 } else { 5 }));
-                    tip = self.tip()?;
-                    let repo_again = self.repo_ref()?;
-                    self.check_scope(repo_again, tip)?;
+                    let now = self.tip_info()?;
+                    self.check_scope(repo, now)?;
+                    tip = now.oid;
                 }
                 Err(source) => {
                     return Err(HistoryError::Git {
-                        what: format!("moving {HISTORY_REF}"),
+                        what: format!("moving {name}"),
                         source,
                     });
                 }
@@ -834,11 +1046,11 @@ impl History {
         }
         if locked {
             return Err(HistoryError::RefLocked {
-                lock: repo.commondir().join(format!("{HISTORY_REF}.lock")),
+                lock: repo.commondir().join(format!("{name}.lock")),
             });
         }
         Err(HistoryError::RefContention {
-            reference: HISTORY_REF.to_owned(),
+            reference: name,
             attempts: CAS_ATTEMPTS,
         })
     }
@@ -860,7 +1072,7 @@ impl History {
         let count: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0) + 1;
         if count < self.options.repack_every {
             let packed = packed.map_or_else(|| "-".to_owned(), |p| p.to_string());
-            let _ = crate::fsio::overwrite_small(&state, format!("{packed} {count}\n").as_bytes());
+            let _ = snapshot::write_state_file(&state, format!("{packed} {count}\n").as_bytes());
             return;
         }
         let packed_ok = (|| -> Result<(), git2::Error> {
@@ -874,104 +1086,43 @@ impl History {
             pb.write(&repo.commondir().join("objects").join("pack"), 0)
         })();
         if packed_ok.is_ok() {
-            let _ = crate::fsio::overwrite_small(&state, format!("{tip} 0\n").as_bytes());
+            let _ = snapshot::write_state_file(&state, format!("{tip} 0\n").as_bytes());
         }
     }
 
-    /// Update a reference with a marker in `.heph/` naming it, emptied once done: a
-    /// marker that still names a reference when its process is gone (killed) says that
-    /// the ref's `.lock` file, if any, is stale. The marker file is kept and overwritten
-    /// in place: no file is created and removed on every evolution.
+    /// Update a reference of the history (`sync`) with the stale-lock marker, and make
+    /// it durable.
     pub(crate) fn update_ref<T>(
         &self,
         name: &str,
+        new: Oid,
         update: impl FnOnce() -> Result<T, git2::Error>,
-    ) -> Result<T, git2::Error> {
-        let marker = self.state.path().join(REF_MARKER);
-        let _ = crate::fsio::overwrite_small(&marker, name.as_bytes());
-        let result = update();
-        let _ = crate::fsio::overwrite_small(&marker, b"");
-        result
-    }
-
-    /// Under the writer lock, before updating references: remove the `.lock` file left
-    /// by a heph process killed in the middle of a reference update.
-    pub(crate) fn recover_stale_ref_lock(&self, repo: &Repository) {
-        let marker = self.state.path().join(REF_MARKER);
-        let Ok(name) = std::fs::read_to_string(&marker) else {
-            return;
-        };
-        let name = name.trim();
-        if name.is_empty() {
-            return;
-        }
-        if name.starts_with("refs/heph/") && !name.contains("..") {
-            let _ = std::fs::remove_file(repo.commondir().join(format!("{name}.lock")));
-        }
-        let _ = crate::fsio::overwrite_small(&marker, b"");
+    ) -> Result<T, HistoryError> {
+        let repo = self.repo_ref()?;
+        let result =
+            refs::update_with_marker(self.state.path(), name, new, update).map_err(|source| {
+                HistoryError::Git {
+                    what: format!("moving {name}"),
+                    source,
+                }
+            })?;
+        refs::sync_ref(repo, name, true)?;
+        Ok(result)
     }
 
     /// If the project's files differ from the last snapshot (or there is none yet),
-    /// record them as a `manual` evolution; return it, or None when unchanged.
+    /// record them as a `manual` evolution; return it, or None when unchanged. The
+    /// evolution (its objects and the reference) is durable when this returns: a caller
+    /// may overwrite the files next.
     pub fn record_manual_if_changed(&mut self) -> Result<Option<Evolution>, HistoryError> {
-        self.record_manual(None, None)
+        self.record_manual(None)
     }
 
     /// Record the files as a `manual` evolution when they changed, with `message` as the
     /// subject (default: a summary of what changed).
-    fn record_manual(
-        &mut self,
-        message: Option<&str>,
-        helper: Option<snapshot::Helper>,
-    ) -> Result<Option<Evolution>, HistoryError> {
-        let (snap, tip) = self.take_snapshot_with(helper.as_ref())?;
-        let parent_tree = match tip {
-            Some(t) => Some(self.tree_of(t)?),
-            None => None,
-        };
-        // The objects the snapshot handed to the helper are written before the cache or
-        // a comparison of trees refers to them (and, by the commit, before the ref).
-        let finish_work = || helper.as_ref().map_or(Ok(()), |h| h.finish_work());
-        if parent_tree == Some(snap.tree) {
-            finish_work()?;
-            if let Some(t) = tip {
-                snap.save_cache(t);
-            }
-            return Ok(None);
-        }
-        // What the merge with the stat cache found, when the cache was the tip's (the
-        // usual case); otherwise the two trees compared.
-        let changed = match snap.changes_since(tip) {
-            Some(paths) => paths.to_vec(),
-            None => {
-                finish_work()?;
-                self.changed_paths(parent_tree, snap.tree)?
-            }
-        };
-        let mut meta = EvolutionMeta::new(EvolutionKind::Manual, "");
-        meta.message = match (message, tip) {
-            (Some(m), _) if !m.trim().is_empty() => m.trim().to_owned(),
-            (_, None) => format!("snapshot: initial state ({} files)", changed.len()),
-            _ => format!(
-                "manual: {} changed outside heph",
-                plural_files(changed.len())
-            ),
-        };
-        if changed.len() <= MAX_LISTED_FILES && tip.is_some() {
-            meta.files = changed;
-        }
-        self.commit_with(snap, tip, &meta, helper.as_ref())
-            .map(Some)
-    }
-
-    /// The paths that differ between two trees (all paths of `new` when `old` is None).
-    fn changed_paths(&self, old: Option<Oid>, new: Oid) -> Result<Vec<PathBuf>, HistoryError> {
-        let repo = self.repo_ref()?;
-        let mut out = Vec::new();
-        tree_changes(repo, old, Some(new), &mut PathBuf::new(), &mut out)
-            .map_err(HistoryError::git("comparing snapshots"))?;
-        out.sort();
-        Ok(out)
+    fn record_manual(&mut self, message: Option<&str>) -> Result<Option<Evolution>, HistoryError> {
+        let (snap, tip) = self.take_snapshot()?;
+        self.commit(snap, tip, Meta::Manual(message), true)
     }
 
     /// Snapshot the current files as an evolution with this metadata (always records,
@@ -979,7 +1130,10 @@ impl History {
     /// recorded; see [`History::record_if_changed`] for the skipping variant).
     pub fn record(&mut self, meta: &EvolutionMeta) -> Result<Evolution, HistoryError> {
         let (snap, tip) = self.take_snapshot()?;
-        self.commit(snap, tip, meta)
+        let recorded = self.commit(snap, tip, Meta::Given(meta), false)?;
+        recorded.ok_or_else(|| HistoryError::Empty {
+            root: self.root.clone(),
+        })
     }
 
     /// Like [`History::record`], but returns None without committing when the tree
@@ -1009,29 +1163,22 @@ impl History {
         meta: &EvolutionMeta,
     ) -> Result<Option<Evolution>, HistoryError> {
         let PreparedSnapshot { snap, tip } = prepared;
-        if let Some(t) = tip
-            && self.tree_of(t)? == snap.tree
-        {
-            snap.save_cache(t);
-            return Ok(None);
-        }
-        self.commit(snap, tip, meta).map(Some)
+        self.skipped = snap.skipped.clone();
+        self.commit(snap, tip, Meta::Given(meta), true)
     }
 
     /// `heph snapshot`: under the writer lock, record the current files as a `manual`
     /// evolution (subject `message`, or a summary) when they differ from the last
     /// snapshot; None when nothing changed.
     pub fn snapshot(&mut self, message: Option<&str>) -> Result<Option<Evolution>, HistoryError> {
-        // The stat cache may be read ahead (while the repository is opened and the lock
-        // taken); it is used if the file did not change in between.
-        let helper = self.helper.take();
         let _lock = self.lock("snapshot")?;
-        self.record_manual(message, helper)
+        self.record_manual(message)
     }
 
     /// The project's files as a snapshot sees them (honouring .gitignore, without
-    /// `target/`, `.heph/` and nested repositories): relative paths and whether each is
-    /// executable or a symlink. Used to make copies of the project (`heph evolve`).
+    /// `target/`, `.heph/` and nested repositories; with files of any size): relative
+    /// paths and whether each is executable or a symlink. Used to make copies of the
+    /// project (`heph evolve`).
     pub fn files(&self) -> Result<Vec<ProjectFile>, HistoryError> {
         use std::os::unix::ffi::OsStrExt;
         Ok(snapshot::list_files(&self.scope)?
@@ -1044,258 +1191,23 @@ impl History {
             .collect())
     }
 
-    /// Evolutions, newest first, following the first parents from the tip.
-    ///
-    /// What the evolution index (`.heph/history-index`) holds is read from it, the rest
-    /// from git; the index is then completed where it can be: commits newer than all of
-    /// it are appended, and a walk that went down to the first evolution rewrites it
-    /// whole when it was short (best effort: a listing never fails for the index).
-    pub fn list(&self, filter: &ListFilter) -> Result<Vec<Evolution>, HistoryError> {
-        let mut out = Vec::new();
-        let Some(tip) = self.tip()? else {
-            return Ok(out);
-        };
-        let repo = self.repo_ref()?;
-        let module = filter.module.as_deref().map(normalize_module);
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        let index_path = self.index_path();
-        let mut reader = index::Reader::open(&index_path);
-        // Where the listing found the index ending (a file that is no index counts too:
-        // a listing may start it over).
-        let index_end = reader.as_ref().map_or_else(
-            || std::fs::metadata(&index_path).map_or(0, |m| m.len()),
-            index::Reader::end,
-        );
-        let mut indexed = reader.as_mut().and_then(index::Reader::prev);
-        // The index's last record: what commits newer than all of it must descend from.
-        let index_last = indexed.as_ref().map(|r| r.id);
-        let mut foreign = false;
-        // Every commit walked, as the index keeps it, newest first; how many came first
-        // from git (before any the index has: newer than all of it), and from git in all.
-        let mut walked: Vec<index::Record> = Vec::new();
-        let mut fresh = 0;
-        let mut from_git = 0;
-        let mut next = Some(tip);
-        while let Some(oid) = next {
-            if out.len() >= limit {
-                break;
-            }
-            let record = match indexed.take_if(|r| r.id == oid) {
-                Some(r) => {
-                    indexed = reader.as_mut().and_then(index::Reader::prev);
-                    r
-                }
-                None => {
-                    let commit = repo.find_commit(oid).map_err(|source| HistoryError::Git {
-                        what: format!("reading evolution {oid} of {HISTORY_REF}"),
-                        source,
-                    })?;
-                    from_git += 1;
-                    if from_git == walked.len() + 1 {
-                        // Every commit so far came from git: newer than all of the index.
-                        fresh = from_git;
-                        if fresh > 64 && indexed.is_some() {
-                            // So many commits without a match: not this history's index.
-                            reader = None;
-                            indexed = None;
-                            foreign = true;
-                        }
-                    }
-                    index_record(&commit)
-                }
-            };
-            next = record.parent;
-            let evolution = evolution_from(record.id, record.time, record.parent, &record.message);
-            walked.push(record);
-            if filter.kind.is_some_and(|k| k != evolution.meta.kind) {
-                continue;
-            }
-            if let Some(want) = &module {
-                let Some(have) = evolution.meta.module.as_deref().map(normalize_module) else {
-                    continue;
-                };
-                if have != *want && !have.starts_with(&format!("{want}::")) {
-                    continue;
-                }
-            }
-            out.push(evolution);
-        }
-        if from_git > 0 && self.state.ensure().is_ok() {
-            if next.is_none() {
-                // The whole chain, down to the first evolution: the index, complete.
-                walked.reverse();
-                let _ = index::rewrite(&index_path, &walked, index_end);
-            } else if fresh > 0 {
-                let matched = fresh < walked.len();
-                walked.truncate(fresh);
-                let mut after = index_last.filter(|_| matched);
-                if !matched
-                    && !foreign
-                    && let Some(last) = index_last
-                {
-                    // The walk stopped above the index: bridge the gap from git (a little
-                    // way) so the index stays one unbroken stretch, or start it over.
-                    let bridge = self.bridge(repo, next, last);
-                    if let Some(bridge) = bridge {
-                        walked.extend(bridge);
-                        after = Some(last);
-                    }
-                }
-                walked.reverse();
-                let _ = index::fill(&index_path, &walked, index_end, after);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The commits from `from` down to, not including, `last`, newest first, read from
-    /// git: at most 256 of them; None when `last` is not reached by then.
-    fn bridge(
-        &self,
-        repo: &Repository,
-        from: Option<Oid>,
-        last: Oid,
-    ) -> Option<Vec<index::Record>> {
-        let mut out = Vec::new();
-        let mut at = from;
-        while let Some(oid) = at {
-            if oid == last {
-                return Some(out);
-            }
-            if out.len() >= 256 {
-                return None;
-            }
-            let commit = repo.find_commit(oid).ok()?;
-            at = commit.parent_id(0).ok();
-            out.push(index_record(&commit));
-        }
-        None
-    }
-
     /// The evolution index's file.
     fn index_path(&self) -> PathBuf {
         self.state.path().join(index::INDEX_FILE)
     }
+}
 
-    /// The evolution with this id: full, or a prefix that only one evolution has.
-    /// Evolutions fetched from remotes by `heph sync` are found too.
-    pub fn get(&self, id: &str) -> Result<Evolution, HistoryError> {
-        let oid = self.resolve(id)?;
-        let commit = self
-            .repo_ref()?
-            .find_commit(oid)
-            .map_err(HistoryError::git("reading an evolution"))?;
-        Ok(evolution_of(&commit))
-    }
-
-    /// The heads whose ancestors are evolutions: the local history, then remote ones.
-    fn heads(&self) -> Result<Vec<Oid>, HistoryError> {
-        let mut heads: Vec<Oid> = self.tip()?.into_iter().collect();
-        if let Some(repo) = &self.repo
-            && let Ok(refs) = repo.references_glob("refs/heph/remotes/*")
-        {
-            heads.extend(refs.flatten().filter_map(|r| r.target()));
-        }
-        Ok(heads)
-    }
-
-    fn resolve(&self, id: &str) -> Result<Oid, HistoryError> {
-        let id = id.trim();
-        if id.is_empty() || id.len() > 40 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(HistoryError::InvalidId { id: id.to_owned() });
-        }
-        let heads = self.heads()?;
-        if heads.is_empty() {
-            return Err(HistoryError::Empty {
-                root: self.root.clone(),
-            });
-        }
-        let repo = self.repo_ref()?;
-        let lower = id.to_ascii_lowercase();
-        let in_history = |oid: Oid| {
-            heads
-                .iter()
-                .any(|&h| h == oid || repo.graph_descendant_of(h, oid).unwrap_or(false))
-        };
-        let unknown = || HistoryError::UnknownId {
-            id: id.to_owned(),
-            root: self.root.clone(),
-        };
-        // Fast path: the object database knows a unique object with this prefix.
-        if lower.len() >= 4
-            && let Ok(short) = Oid::from_str(&lower)
-        {
-            let odb = repo
-                .odb()
-                .map_err(HistoryError::git("opening the object database"))?;
-            match odb.exists_prefix(short, lower.len()) {
-                Ok(full) if in_history(full) => return Ok(full),
-                Ok(_) => return Err(unknown()),
-                Err(e) if e.code() == ErrorCode::NotFound => return Err(unknown()),
-                Err(_) => {} // ambiguous in the database: look among evolutions only
-            }
-        }
-        let mut found: Vec<Oid> = Vec::new();
-        let mut walk = repo
-            .revwalk()
-            .map_err(HistoryError::git("walking the history"))?;
-        for h in &heads {
-            walk.push(*h)
-                .map_err(HistoryError::git("walking the history"))?;
-        }
-        for oid in walk {
-            let oid = oid.map_err(HistoryError::git("walking the history"))?;
-            if oid.to_string().starts_with(&lower) {
-                found.push(oid);
-            }
-        }
-        match found.as_slice() {
-            [] => Err(unknown()),
-            [one] => Ok(*one),
-            many => Err(HistoryError::AmbiguousId {
-                id: id.to_owned(),
-                candidates: many
-                    .iter()
-                    .take(10)
-                    .map(|oid| {
-                        let subject = repo
-                            .find_commit(*oid)
-                            .ok()
-                            .and_then(|c| {
-                                c.summary_bytes()
-                                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                            })
-                            .unwrap_or_default();
-                        format!("  {}  {subject}", &oid.to_string()[..SHORT_ID_LEN])
-                    })
-                    .collect(),
-            }),
-        }
-    }
-
-    /// The last evolution whose verification passed (`Heph-Verify: passed`).
-    pub fn last_passed(&self) -> Result<Option<Evolution>, HistoryError> {
-        let Some(tip) = self.tip()? else {
-            return Ok(None);
-        };
-        let repo = self.repo_ref()?;
-        let mut next = Some(tip);
-        while let Some(oid) = next {
-            let commit = repo
-                .find_commit(oid)
-                .map_err(HistoryError::git("reading the history"))?;
-            next = commit.parent_id(0).ok();
-            let evolution = evolution_of(&commit);
-            if evolution
-                .meta
-                .verify
-                .is_some_and(|v| v.outcome == VerifyOutcome::Passed)
-            {
-                return Ok(Some(evolution));
-            }
-        }
-        Ok(None)
-    }
+/// Git's name of the linked work tree `repo` is opened in (`.git/worktrees/NAME`).
+fn worktree_name(repo: &Repository) -> String {
+    git2::Worktree::open_from_repository(repo)
+        .ok()
+        .and_then(|wt| wt.name().ok().flatten().map(str::to_owned))
+        .or_else(|| {
+            repo.path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default()
 }
 
 fn plural_files(n: usize) -> String {
@@ -1306,58 +1218,16 @@ fn plural_files(n: usize) -> String {
     }
 }
 
-/// The raw bytes of a commit object, as git writes them: no object is read, so the tree
-/// may still be being written. The same bytes as libgit2's `commit_create_buffer` for
-/// times from 1970 to 2106 (libgit2 writes a time as a 32-bit unsigned number; git, and
-/// this, as the whole number; times before 1970 are refused by [`History::signature`]).
-fn commit_bytes(
-    tree: Oid,
-    parents: &[Oid],
-    author: &Signature<'_>,
-    committer: &Signature<'_>,
-    message: &str,
-) -> Vec<u8> {
-    use std::io::Write;
-    let mut out = Vec::with_capacity(256 + message.len());
-    let _ = writeln!(out, "tree {tree}");
-    for p in parents {
-        let _ = writeln!(out, "parent {p}");
-    }
-    for (header, sig) in [("author", author), ("committer", committer)] {
-        let when = sig.when();
-        let offset = when.offset_minutes();
-        let sign = if offset < 0 || when.sign() == '-' {
-            '-'
-        } else {
-            '+'
-        };
-        let offset = offset.unsigned_abs();
-        out.extend_from_slice(header.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(sig.name_bytes());
-        out.extend_from_slice(b" <");
-        out.extend_from_slice(sig.email_bytes());
-        let _ = writeln!(
-            out,
-            "> {} {sign}{:02}{:02}",
-            when.seconds(),
-            offset / 60,
-            offset % 60
-        );
-    }
-    out.push(b'\n');
-    out.extend_from_slice(message.as_bytes());
-    out
-}
-
 /// The file paths that differ between two trees (in content, kind or mode), skipping
-/// equal subtrees by id (so the cost follows what changed).
+/// equal subtrees by id (so the cost follows what changed), and the ids of the objects
+/// `new` has that `old` has not at the same place (subtrees and blobs).
 fn tree_changes(
     repo: &Repository,
     old: Option<Oid>,
     new: Option<Oid>,
     prefix: &mut PathBuf,
     out: &mut Vec<PathBuf>,
+    objects: &mut Vec<Oid>,
 ) -> Result<(), git2::Error> {
     /// An entry's id and git file mode.
     type Side = (Oid, u32);
@@ -1384,10 +1254,16 @@ fn tree_changes(
     let mut visit = |name: &[u8],
                      before: Option<Side>,
                      after: Option<Side>,
-                     out: &mut Vec<PathBuf>|
+                     out: &mut Vec<PathBuf>,
+                     objects: &mut Vec<Oid>|
      -> Result<(), git2::Error> {
         if before == after {
             return Ok(());
+        }
+        if let Some((id, _)) = after
+            && before.is_none_or(|(b, _)| b != id)
+        {
+            objects.push(id);
         }
         use std::os::unix::ffi::OsStrExt;
         prefix.push(std::ffi::OsStr::from_bytes(name));
@@ -1396,7 +1272,7 @@ fn tree_changes(
         if file(before) || file(after) {
             out.push(prefix.clone());
         }
-        let result = tree_changes(repo, sub(before), sub(after), prefix, out);
+        let result = tree_changes(repo, sub(before), sub(after), prefix, out, objects);
         prefix.pop();
         result
     };
@@ -1406,43 +1282,17 @@ fn tree_changes(
             old_by_name.get(name.as_slice()).copied(),
             Some(*side),
             out,
+            objects,
         )?;
     }
     let new_names: std::collections::HashSet<&[u8]> =
         new.iter().map(|(n, _)| n.as_slice()).collect();
     for (name, side) in &old {
         if !new_names.contains(name.as_slice()) {
-            visit(name, Some(*side), None, out)?;
+            visit(name, Some(*side), None, out, objects)?;
         }
     }
     Ok(())
-}
-
-/// The commit a reference points at; None when it does not exist.
-fn read_ref(repo: &Repository, name: &str) -> Result<Option<Oid>, HistoryError> {
-    let corrupt = |detail: String| HistoryError::CorruptRef {
-        reference: name.to_owned(),
-        repo: repo.path().to_path_buf(),
-        detail,
-    };
-    let reference = match repo.find_reference(name) {
-        Ok(r) => r,
-        Err(e) if e.code() == ErrorCode::NotFound => return Ok(None),
-        Err(e) => return Err(corrupt(e.message().to_owned())),
-    };
-    let oid = reference
-        .resolve()
-        .ok()
-        .and_then(|r| r.target())
-        .ok_or_else(|| corrupt("it is a dangling symbolic reference".to_owned()))?;
-    match repo.find_object(oid, None) {
-        Ok(obj) if obj.kind() == Some(git2::ObjectType::Commit) => Ok(Some(oid)),
-        Ok(obj) => Err(corrupt(format!(
-            "it points at {oid}, a {}, not a commit",
-            obj.kind().map_or("unknown object", |k| k.str())
-        ))),
-        Err(_) => Err(corrupt(format!("it points at {oid}, which does not exist"))),
-    }
 }
 
 /// The typed evolution of a commit.
@@ -1480,3 +1330,5 @@ fn index_record(commit: &Commit<'_>) -> index::Record {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_refs;

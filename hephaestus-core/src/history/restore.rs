@@ -177,6 +177,22 @@ pub(super) fn restore_trees(
     for rel in deleted.iter().chain(writes.iter().map(|w| &w.0)) {
         check_path(rel)?;
     }
+    // A file left out of the current snapshot for its size is not in the history:
+    // never overwritten by an older version.
+    if let Some(big) = writes
+        .iter()
+        .find_map(|w| history.skipped.iter().find(|s| s.path == w.0))
+    {
+        return Err(HistoryError::RestoreBlocked {
+            path: big.path.clone(),
+            reason: format!(
+                "it is larger than the history's size limit ({} bytes, `[history] \
+                 max_file_size` in heph.toml), so its current content is not recorded; \
+                 move it away or raise the limit first",
+                big.size
+            ),
+        });
+    }
     for rel in &deleted {
         delete_file(root, &root.join(rel))?;
         history.pause();

@@ -1,6 +1,11 @@
-//! `heph sync REMOTE`: share `refs/heph/history` through a git remote.
+//! `heph sync REMOTE`: share the project's history reference through a git remote.
 //!
-//! The remote's history is fetched into `refs/heph/remotes/NAME/history`; then the local
+//! Each project shares its own reference ([`super::refs`]: `refs/heph/history` at the
+//! root, `refs/heph/projects/FOLDER/history` for a sub-folder project...), under the
+//! same name on the remote, so the projects of one repository share one remote without
+//! mixing their histories. The remote's history is fetched into
+//! `refs/heph/remotes/NAME/` and the same suffix (`refs/heph/remotes/NAME/history` at
+//! the root); then the local
 //! history is fast-forwarded when it is behind, pushed when the remote is behind, and
 //! left alone (reported) when the two diverged. Nothing is ever force-pushed or reset.
 //!
@@ -21,7 +26,8 @@ use git2::{
 };
 use serde::Serialize;
 
-use super::{HISTORY_REF, History, HistoryError, read_ref};
+use super::refs::read_ref;
+use super::{History, HistoryError};
 
 /// How a sync ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -239,8 +245,13 @@ fn git_message(stderr: &str) -> String {
 
 /// Fetch the remote's history into `tracking_ref`; `Ok(false)` when the remote has
 /// none.
-fn fetch_cli(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool, HistoryError> {
-    let what = format!("fetching {HISTORY_REF} from");
+fn fetch_cli(
+    repo: &Repository,
+    remote: &str,
+    name: &str,
+    tracking_ref: &str,
+) -> Result<bool, HistoryError> {
+    let what = format!("fetching {name} from");
     let mut cmd = git_command(repo);
     cmd.args([
         "fetch",
@@ -250,7 +261,7 @@ fn fetch_cli(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool
         "--",
     ])
     .arg(remote)
-    .arg(format!("+{HISTORY_REF}:{tracking_ref}"));
+    .arg(format!("+{name}:{tracking_ref}"));
     let run = run_git(cmd, &what, remote)?;
     if run.success {
         return Ok(true);
@@ -266,12 +277,12 @@ fn fetch_cli(repo: &Repository, remote: &str, tracking_ref: &str) -> Result<bool
 }
 
 /// Push the local history (never forced); `Ok(Some(reason))` when the remote refused.
-fn push_cli(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError> {
-    let what = format!("pushing {HISTORY_REF} to");
+fn push_cli(repo: &Repository, remote: &str, name: &str) -> Result<Option<String>, HistoryError> {
+    let what = format!("pushing {name} to");
     let mut cmd = git_command(repo);
     cmd.args(["push", "--porcelain", "--no-verify", "--quiet", "--"])
         .arg(remote)
-        .arg(format!("{HISTORY_REF}:{HISTORY_REF}"));
+        .arg(format!("{name}:{name}"));
     let run = run_git(cmd, &what, remote)?;
     // `--porcelain`: one line per ref, `!` in front of a rejected one, with the reason
     // (`[rejected] (fetch first)`, `[remote rejected] (...)`) after the second tab.
@@ -298,6 +309,7 @@ fn fetch_libgit2(
     history: &History,
     repo: &Repository,
     remote: &str,
+    name: &str,
     tracking_ref: &str,
 ) -> Result<bool, HistoryError> {
     let mut handle = libgit2_remote(repo, remote)?;
@@ -307,27 +319,23 @@ fn fetch_libgit2(
         .update_fetchhead(false)
         .download_tags(AutotagOption::None)
         .remote_callbacks(callbacks(&mut attempts));
-    let refspec = format!("+{HISTORY_REF}:{tracking_ref}");
+    let refspec = format!("+{name}:{tracking_ref}");
     handle
         .download(&[refspec.as_str()], Some(&mut fetch))
         .map_err(|source| HistoryError::Git {
-            what: format!("fetching {HISTORY_REF} from `{remote}`"),
+            what: format!("fetching {name} from `{remote}`"),
             source,
         })?;
-    let advertised = handle.list().ok().and_then(|heads| {
-        heads
-            .iter()
-            .find(|h| h.name() == HISTORY_REF)
-            .map(|h| h.oid())
-    });
+    let advertised = handle
+        .list()
+        .ok()
+        .and_then(|heads| heads.iter().find(|h| h.name() == name).map(|h| h.oid()));
     let _ = handle.disconnect();
     match advertised {
         Some(oid) => {
-            history
-                .update_ref(tracking_ref, || {
-                    repo.reference(tracking_ref, oid, true, "heph sync: fetch")
-                })
-                .map_err(HistoryError::git("recording the remote's history"))?;
+            history.update_ref(tracking_ref, oid, || {
+                repo.reference(tracking_ref, oid, true, "heph sync: fetch")
+            })?;
             Ok(true)
         }
         None => Ok(false),
@@ -336,7 +344,11 @@ fn fetch_libgit2(
 
 /// Push the local history through libgit2 (never forced); `Ok(Some(reason))` when the
 /// remote refused (reported only through the `push_update_reference` callback).
-fn push_libgit2(repo: &Repository, remote: &str) -> Result<Option<String>, HistoryError> {
+fn push_libgit2(
+    repo: &Repository,
+    remote: &str,
+    name: &str,
+) -> Result<Option<String>, HistoryError> {
     let mut handle = libgit2_remote(repo, remote)?;
     let mut attempts = 0;
     let mut rejected: Option<String> = None;
@@ -350,11 +362,11 @@ fn push_libgit2(repo: &Repository, remote: &str) -> Result<Option<String>, Histo
         });
         let mut push = PushOptions::new();
         push.remote_callbacks(cb);
-        let spec = format!("{HISTORY_REF}:{HISTORY_REF}");
+        let spec = format!("{name}:{name}");
         handle
             .push(&[spec.as_str()], Some(&mut push))
             .map_err(|source| HistoryError::Git {
-                what: format!("pushing {HISTORY_REF} to `{remote}`"),
+                what: format!("pushing {name} to `{remote}`"),
                 source,
             })?;
     }
@@ -397,7 +409,8 @@ impl History {
         self.repo_for_write()?;
         let repo = self.repo_ref()?;
         let (handle, component, url) = open_remote(repo, remote)?;
-        let tracking_ref = format!("refs/heph/remotes/{component}/history");
+        let name = self.reference.name();
+        let tracking_ref = self.reference.tracking(&component);
         let reach = libgit2_reaches(&url);
         let cli = match (transport, reach) {
             (SyncTransport::Git, _) | (SyncTransport::Auto, Err(_)) => true,
@@ -410,13 +423,14 @@ impl History {
             }
             _ => false,
         };
-        self.recover_stale_ref_lock(repo);
+        super::refs::recover_stale_lock(self.state.path(), repo);
+        self.settle_legacy(repo)?;
         let local = self.tip()?;
 
         let advertised = if cli {
-            fetch_cli(repo, &handle, &tracking_ref)?
+            fetch_cli(repo, &handle, &name, &tracking_ref)?
         } else {
-            fetch_libgit2(self, repo, &handle, &tracking_ref)?
+            fetch_libgit2(self, repo, &handle, &name, &tracking_ref)?
         };
         if !advertised {
             // The remote has no history (any more): drop a stale tracking ref.
@@ -424,8 +438,11 @@ impl History {
                 let _ = r.delete();
             }
         }
+        // A remote history recorded for another folder by an earlier version (its
+        // `Heph-Scope` is not this project's) is not this project's history.
         let theirs = if advertised {
             read_ref(repo, &tracking_ref)?
+                .filter(|&r| super::refs::scope_of(repo, r) == self.scope_prefix)
         } else {
             None
         };
@@ -443,25 +460,22 @@ impl History {
             },
             outcome: SyncOutcome::UpToDate,
         };
-        let git = |what: &'static str| HistoryError::git(what);
         report.outcome = match (local, theirs) {
             (None, None) => SyncOutcome::Empty,
             (Some(l), Some(r)) if l == r => SyncOutcome::UpToDate,
             (None, Some(r)) => {
-                self.update_ref(HISTORY_REF, || {
-                    repo.reference(HISTORY_REF, r, false, "heph sync: fast-forward")
-                })
-                .map_err(git("creating the history from the remote's"))?;
+                self.update_ref(&name, r, || {
+                    repo.reference(&name, r, false, "heph sync: fast-forward")
+                })?;
                 report.local_after = hex(Some(r));
                 SyncOutcome::FastForwarded {
                     evolutions: count(repo, r, None)?,
                 }
             }
             (Some(l), Some(r)) if repo.graph_descendant_of(r, l).unwrap_or(false) => {
-                self.update_ref(HISTORY_REF, || {
-                    repo.reference_matching(HISTORY_REF, r, true, l, "heph sync: fast-forward")
-                })
-                .map_err(git("fast-forwarding the history"))?;
+                self.update_ref(&name, r, || {
+                    repo.reference_matching(&name, r, true, l, "heph sync: fast-forward")
+                })?;
                 report.local_after = hex(Some(r));
                 SyncOutcome::FastForwarded {
                     evolutions: count(repo, r, Some(l))?,
@@ -469,17 +483,16 @@ impl History {
             }
             (Some(l), r) if r.is_none_or(|r| repo.graph_descendant_of(l, r).unwrap_or(false)) => {
                 let rejected = if cli {
-                    push_cli(repo, &handle)?
+                    push_cli(repo, &handle, &name)?
                 } else {
-                    push_libgit2(repo, &handle)?
+                    push_libgit2(repo, &handle, &name)?
                 };
                 match rejected {
                     Some(reason) => SyncOutcome::PushRejected { reason },
                     None => {
-                        self.update_ref(&tracking_ref, || {
+                        self.update_ref(&tracking_ref, l, || {
                             repo.reference(&tracking_ref, l, true, "heph sync: pushed")
-                        })
-                        .map_err(git("recording the pushed history"))?;
+                        })?;
                         SyncOutcome::Pushed {
                             evolutions: count(repo, l, r)?,
                         }
@@ -489,7 +502,7 @@ impl History {
             (Some(l), Some(r)) => {
                 let (ahead, behind) = repo
                     .graph_ahead_behind(l, r)
-                    .map_err(git("comparing the histories"))?;
+                    .map_err(HistoryError::git("comparing the histories"))?;
                 SyncOutcome::Diverged {
                     ahead,
                     behind,
