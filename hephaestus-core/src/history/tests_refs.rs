@@ -14,6 +14,7 @@ use std::time::Duration;
 use super::refs::{REF_MARKER, SYNCED};
 use super::tests::{git, git_tree, meta, open, project, write};
 use super::*;
+use git2::Signature;
 
 fn bare(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
