@@ -140,10 +140,12 @@ pub(crate) fn update_with_marker<T>(
 /// reference that a heph process killed in the middle of updating it left behind.
 ///
 /// The rule: a lock file is removed only when the marker names its reference and the
-/// lock holds exactly the commit the killed process was writing (libgit2 writes the new
-/// value into the lock before renaming it into place). A lock taken by anything else,
-/// such as a `git update-ref` still running, holds another value (or none yet) and is
-/// never removed: the update then waits for it, and reports it if it stays.
+/// lock is the one the killed process took: it holds exactly the commit that process
+/// was writing, or (killed before libgit2 wrote it) it is empty, was created within
+/// [`STALE_WINDOW`] after the marker, and is still empty and the same file a moment
+/// later. A lock taken by anything else, such as a `git update-ref` still running,
+/// holds another value (git writes it as it takes the lock) and is never removed: the
+/// update then waits for it, and reports it if it stays.
 pub(crate) fn recover_stale_lock(state_dir: &Path, repo: &Repository) {
     let marker = state_dir.join(REF_MARKER);
     let Ok(text) = fs::read_to_string(&marker) else {
@@ -155,12 +157,41 @@ pub(crate) fn recover_stale_lock(state_dir: &Path, repo: &Repository) {
     };
     if name.starts_with("refs/heph/") && !name.contains("..") {
         let lock = repo.commondir().join(format!("{name}.lock"));
-        let holds_ours = fs::read_to_string(&lock).is_ok_and(|held| held.trim() == new);
-        if holds_ours {
+        let ours = match fs::read_to_string(&lock) {
+            Ok(held) if held.trim() == new => true,
+            Ok(held) if held.is_empty() => empty_lock_is_ours(&lock, &marker),
+            _ => false,
+        };
+        if ours {
             let _ = fs::remove_file(&lock);
         }
     }
     let _ = super::snapshot::write_state_file(&marker, b"");
+}
+
+/// How long after the marker was written a lock of the marked update was created.
+const STALE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the empty `lock` is the one the update named by `marker` took: created
+/// within [`STALE_WINDOW`] after the marker, and still the same empty file a moment
+/// later (a git process writes its value as soon as it holds the lock).
+fn empty_lock_is_ours(lock: &Path, marker: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(then), Ok(marked)) = (fs::symlink_metadata(lock), fs::metadata(marker)) else {
+        return false;
+    };
+    let (Ok(created), Ok(marked_at)) = (then.modified(), marked.modified()) else {
+        return false;
+    };
+    let in_window = created
+        .duration_since(marked_at)
+        .is_ok_and(|after| after <= STALE_WINDOW);
+    if !in_window {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    fs::symlink_metadata(lock)
+        .is_ok_and(|now| now.ino() == then.ino() && now.len() == 0 && now.mtime() == then.mtime())
 }
 
 /// The commit a reference points at; None when it does not exist.

@@ -428,6 +428,26 @@ fn a_lock_left_by_a_killed_heph_is_removed_but_never_one_a_running_git_holds() {
     assert!(!lock.exists(), "the stale lock is removed");
     assert_eq!(fs::read_to_string(&marker).expect("marker"), "");
     assert_eq!(second.parent.as_deref(), Some(first.id.as_str()));
+    // Killed before libgit2 wrote the lock: an empty lock taken just after the marker.
+    fs::write(&marker, format!("{HISTORY_REF} {orphan}\n")).expect("marker");
+    fs::write(&lock, "").expect("lock");
+    h.record(&meta(EvolutionKind::Manual, None))
+        .expect("recovered");
+    assert!(!lock.exists(), "the stale empty lock is removed");
+    // An empty lock from long before the marked update is not that update's.
+    fs::write(&lock, "").expect("lock");
+    fs::File::options()
+        .write(true)
+        .open(&lock)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+        .expect("age the lock");
+    fs::write(&marker, format!("{HISTORY_REF} {orphan}\n")).expect("marker");
+    let err = h
+        .record(&meta(EvolutionKind::Manual, None))
+        .expect_err("locked");
+    assert!(matches!(err, HistoryError::RefLocked { .. }), "{err}");
+    assert!(lock.exists());
+    fs::remove_file(&lock).expect("rm");
 
     // A `git update-ref` in the middle of its transaction holds the lock.
     let git_oid = first.id.clone();
@@ -442,10 +462,10 @@ fn a_lock_left_by_a_killed_heph_is_removed_but_never_one_a_running_git_holds() {
         .expect("git update-ref");
     let mut stdin = updater.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(updater.stdout.take().expect("stdout"));
+    let current = rev(&root, HISTORY_REF);
     writeln!(
         stdin,
-        "start\nupdate {HISTORY_REF} {git_oid} {}\nprepare",
-        second.id
+        "start\nupdate {HISTORY_REF} {git_oid} {current}\nprepare"
     )
     .expect("send");
     stdin.flush().expect("flush");
