@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Benchmark of the history store (issue 3). Not a timed test: results go to BENCHMARKS.md.
+# Benchmark of the history store (issues 3 and 14). Not a timed test: results go to
+# BENCHMARKS.md.
 #
 #  1. one snapshot after changing one file of a 10,000-file tree:
-#     `heph snapshot` vs `git add -A && git commit -q` vs `git stash create`
-#  2. listing the last 50 of 100,000 evolutions:
+#     `heph snapshot` vs `git stash create` vs `git add -A && git commit -q`
+#  2. end to end on a small project: two `heph self-modify --no-verify` (each one
+#     commit, durable) and two `heph rollback` (each a pre-state check, the files
+#     written, one commit), beside `git stash create` on the same project
+#  3. listing the last 50 of 100,000 evolutions:
 #     `heph history --limit 50 --json` vs `git log -50 --format=...`
+#
+# HEPH_BEFORE=/path/to/an/older/heph puts that binary beside this tree's in every table
+# (each on its own copy of the projects: their caches differ), and HEPH_EXTRA (named
+# HEPH_EXTRA_NAME) a third one, e.g. a build with fsync turned off to tell the cost of
+# durability from the rest. SKIP_LIST=1 skips 3.
 #
 # Usage: tests/bench/history.sh [WORKDIR]   (needs hyperfine: apt-get install -y hyperfine)
 set -euo pipefail
@@ -14,8 +23,12 @@ work="${1:-$(mktemp -d /tmp/heph-bench.XXXXXX)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 command -v hyperfine >/dev/null || { echo "hyperfine is missing: apt-get install -y hyperfine" >&2; exit 3; }
 
-cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p hephaestus-cli
-heph="$CARGO_TARGET_DIR/release/heph"
+if [ -z "${HEPH:-}" ]; then
+  cargo build --quiet --release --manifest-path "$here/Cargo.toml" -p hephaestus-cli
+  HEPH="$CARGO_TARGET_DIR/release/heph"
+fi
+heph="$HEPH"
+before="${HEPH_BEFORE:-}"
 
 # A pinned, isolated git.
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
@@ -24,38 +37,36 @@ export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 echo "work dir: $work"
+rounds="${ROUNDS:-8}"
 
 # summarize NAME FIRST: the table of the interleaved rounds $work/NAME-*.json (median,
-# mean, spread, min of each command's runs) and how much faster FIRST is than each of
-# the others (ratios of medians, and of means).
+# mean, spread, min of each command's runs) and each command's median over FIRST's.
 summarize() {
   python3 - "$work" "$rounds" "$1" "$2" <<'PY'
 import json, statistics, sys
 work, rounds, name, first = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-times = {}
+times, cpu = {}, {}
 for r in range(1, rounds + 1):
     for res in json.load(open(f"{work}/{name}-{r}.json"))["results"]:
         times.setdefault(res["command"], []).extend(t * 1e3 for t in res["times"])
-print(f"| Command ({rounds} interleaved rounds) | median [ms] | mean ± σ [ms] | min [ms] | runs |")
-print("|:---|---:|---:|---:|---:|")
+        cpu.setdefault(res["command"], []).append((res["user"] + res["system"]) * 1e3)
+ours = statistics.median(times[first])
+print(f"| Command ({rounds} interleaved rounds) | median [ms] | mean ± σ [ms] | min [ms] | CPU user+sys [ms] | runs | median / `{first}` |")
+print("|:---|---:|---:|---:|---:|---:|---:|")
 for k, v in times.items():
-    print(f"| `{k}` | {statistics.median(v):.2f} | {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} | {min(v):.2f} | {len(v)} |")
-ours = times[first]
-for k, v in times.items():
-    if k != first:
-        print(f"\n{first} is {statistics.median(v) / statistics.median(ours):.2f}x faster than "
-              f"`{k}` (medians; means: {statistics.mean(v) / statistics.mean(ours):.2f}x)")
+    print(f"| `{k}` | {statistics.median(v):.2f} | {statistics.mean(v):.2f} ± {statistics.stdev(v):.2f} | {min(v):.2f} | {statistics.mean(cpu[k]):.1f} | {len(v)} | {statistics.median(v) / ours:.2f} |")
 print()
 PY
 }
 
 # --- 1. snapshot of a 10,000-file tree, one file changed ----------------------------
-tree="$work/tree"
-rm -rf "$tree" && mkdir -p "$tree"
-cd "$tree"
-printf '[package]\nname = "big"\nversion = "0.1.0"\n' > Cargo.toml
-printf '/target\n' > .gitignore
-python3 - <<'PY'
+make_tree() {
+  local tree="$1"
+  rm -rf "$tree" && mkdir -p "$tree"
+  cd "$tree"
+  printf '[package]\nname = "big"\nversion = "0.1.0"\n' > Cargo.toml
+  printf '/target\n' > .gitignore
+  python3 - <<'PY'
 import os
 for d in range(100):
     os.makedirs(f"src/m{d:02}", exist_ok=True)
@@ -65,15 +76,10 @@ for d in range(100):
         with open(f"src/m{d:02}/f{f:02}.rs", "w") as fh:
             fh.write(f"// module {d} file {f}\n" + "pub fn f() -> u32 { %d }\n" % (d * 100 + f) * 8)
 PY
-echo "files: $(find . -type f -not -path './.git/*' | wc -l)"
-git init -q -b main
-# The first commit goes straight into a pack (git fast-import), as a clone's objects
-# would: `git add -A` would write 10,000 loose objects that the automatic gc of a later
-# commit packs and deletes. On an ext4 without a journal (this VM's), every file created
-# in the minutes after such a mass deletion walks past the freed inodes (the kernel's
-# `recently_deleted` check), 0.2-0.8 ms more per new file for heph and git alike: a
-# passing state, not the one measured here.
-python3 - <<'PY' | git fast-import --quiet
+  git init -q -b main
+  # The first commit goes straight into a pack (git fast-import), as a clone's objects
+  # would be.
+  python3 - <<'PY' | git fast-import --quiet
 import os, sys
 out = sys.stdout.buffer
 paths = sorted(os.path.join(d, f)[2:] for d, ds, fs in os.walk(".") if ".git" not in d.split(os.sep) for f in fs)
@@ -82,32 +88,87 @@ for p in paths:
     data = open(p, "rb").read()
     out.write(b"M 100644 inline %s\ndata %d\n%s\n" % (p.encode(), len(data), data))
 PY
-git reset -q && git update-index -q --refresh
+  git reset -q && git update-index -q --refresh
+}
+
+make_tree "$work/tree"
+echo "files: $(find . -type f -not -path './.git/*' | wc -l)"
 "$heph" snapshot -q -m init >/dev/null
-# Warm the stat caches of both tools once.
 echo "// warm" >> src/m50/f50.rs
 "$heph" snapshot -q >/dev/null
 git add -A && git commit -q -m warm
-
-change='sh -c "echo // \$(date +%s%N) >> src/m42/f42.rs"'
-# -N: no intermediate shell (the git pipeline needs one: sh -c, ~1 ms).
-# Interleaved: ROUNDS rounds (default 8) of 5 runs of each command, so that the
-# machine's slow and fast spells (minutes long on a shared VM) fall on all three alike;
-# the table gives each command's median, mean and spread over all its runs, and the
-# ratios are of medians.
-rounds="${ROUNDS:-8}"
-hyperfine -N --warmup 3 --runs 3 --prepare "$change" "$heph snapshot -q" \
-  'sh -c "git add -A && git commit -q -m x"' 'git stash create' >/dev/null
+snap_cmds=(-n 'heph snapshot' "$heph snapshot -q")
+extra="${HEPH_EXTRA:-}"; extra_name="${HEPH_EXTRA_NAME:-extra}"
+if [ -n "$extra" ]; then
+  make_tree "$work/tree-extra"
+  "$extra" snapshot -q -m init >/dev/null
+  echo "// warm" >> src/m50/f50.rs
+  "$extra" snapshot -q >/dev/null
+  snap_cmds+=(-n "heph snapshot ($extra_name)" "sh -c 'cd $work/tree-extra && exec $extra snapshot -q'")
+fi
+if [ -n "$before" ]; then
+  make_tree "$work/tree-before"
+  "$before" snapshot -q -m init >/dev/null
+  echo "// warm" >> src/m50/f50.rs
+  "$before" snapshot -q >/dev/null
+  snap_cmds+=(-n 'heph snapshot (before)' "sh -c 'cd $work/tree-before && exec $before snapshot -q'")
+fi
+cd "$work/tree"
+change="sh -c 'for t in $work/tree $work/tree-before $work/tree-extra; do [ ! -d \$t ] || echo // \$(date +%s%N) >> \$t/src/m42/f42.rs; done'"
+hyperfine -N --warmup 3 --runs 3 --prepare "$change" "${snap_cmds[@]}" 'git stash create' >/dev/null
 for r in $(seq 1 "$rounds"); do
   hyperfine -N --runs 5 --style none --export-json "$work/snapshot-$r.json" \
     --prepare "$change" \
-    -n 'heph snapshot' "$heph snapshot -q" \
-    -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' \
-    -n 'git stash create' 'git stash create' >/dev/null
+    "${snap_cmds[@]}" \
+    -n 'git stash create' 'git stash create' \
+    -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' >/dev/null
 done
 summarize snapshot "heph snapshot" > "$work/snapshot.md"
 
-# --- 2. history listing over 100,000 evolutions --------------------------------------
+# --- 2. self-modify and rollback end to end ------------------------------------------
+make_small() {
+  local dir="$1" bin="$2"
+  rm -rf "$dir" && mkdir -p "$dir/src/agent"
+  cd "$dir"
+  printf '[package]\nname = "small"\nversion = "0.1.0"\nedition = "2021"\n\n[workspace]\n' > Cargo.toml
+  printf '/target\n' > .gitignore
+  printf 'pub mod agent;\n' > src/lib.rs
+  for i in $(seq 1 40); do printf 'pub fn f%s() -> u32 { %s }\n' "$i" "$i" >> src/agent/mod.rs; done
+  for i in $(seq 1 60); do printf '// file %s\npub fn g() -> u32 { %s }\n' "$i" "$i" > "src/m$i.rs"; done
+  git init -q -b main && git add -A && git commit -q -m init
+  "$bin" snapshot -q -m base >/dev/null
+  a=$("$bin" self-modify crate::agent --no-verify -q --json --code 'pub fn f1() -> u32 { 100 }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["evolution"]["id"])')
+  b=$("$bin" self-modify crate::agent --no-verify -q --json --code 'pub fn f1() -> u32 { 200 }' | python3 -c 'import json,sys; print(json.load(sys.stdin)["evolution"]["id"])')
+  echo "$a $b"
+}
+read -r a b < <(make_small "$work/small" "$heph")
+e2e_cmds=(
+  -n 'heph self-modify --no-verify ×2' "sh -c 'cd $work/small && $heph self-modify crate::agent --no-verify -q --code \"pub fn f1() -> u32 { 1 }\" && $heph self-modify crate::agent --no-verify -q --code \"pub fn f1() -> u32 { 2 }\"'"
+  -n 'heph rollback ×2' "sh -c 'cd $work/small && $heph rollback -q $a && $heph rollback -q $b'"
+)
+if [ -n "$before" ]; then
+  read -r ba bb < <(make_small "$work/small-before" "$before")
+  e2e_cmds+=(
+    -n 'heph self-modify --no-verify ×2 (before)' "sh -c 'cd $work/small-before && $before self-modify crate::agent --no-verify -q --code \"pub fn f1() -> u32 { 1 }\" && $before self-modify crate::agent --no-verify -q --code \"pub fn f1() -> u32 { 2 }\"'"
+    -n 'heph rollback ×2 (before)' "sh -c 'cd $work/small-before && $before rollback -q $ba && $before rollback -q $bb'"
+  )
+fi
+if [ -n "$extra" ]; then
+  read -r ea eb < <(make_small "$work/small-extra" "$extra")
+  e2e_cmds+=(
+    -n "heph self-modify --no-verify ×2 ($extra_name)" "sh -c 'cd $work/small-extra && $extra self-modify crate::agent --no-verify -q --code \"pub fn f1() -> u32 { 1 }\" && $extra self-modify crate::agent --no-verify -q --code \"pub fn f1() -> u32 { 2 }\"'"
+    -n "heph rollback ×2 ($extra_name)" "sh -c 'cd $work/small-extra && $extra rollback -q $ea && $extra rollback -q $eb'"
+  )
+fi
+e2e_cmds+=(-n 'git stash create ×2' "sh -c 'cd $work/small && git stash create >/dev/null && git stash create >/dev/null'")
+hyperfine -N --warmup 3 --runs 3 "${e2e_cmds[@]}" >/dev/null
+for r in $(seq 1 "$rounds"); do
+  hyperfine -N --runs 5 --style none --export-json "$work/e2e-$r.json" "${e2e_cmds[@]}" >/dev/null
+done
+summarize e2e "heph self-modify --no-verify ×2" > "$work/e2e.md"
+
+# --- 3. history listing over 100,000 evolutions --------------------------------------
+if [ -z "${SKIP_LIST:-}" ]; then
 long="$work/long"
 rm -rf "$long" && mkdir -p "$long"
 cd "$long"
@@ -135,9 +196,6 @@ for i in range(1, n + 1):
     out.write("\n")
 PY
 echo "evolutions: $(git rev-list --count refs/heph/history)"
-# heph's first listing fills its evolution index (.heph/history-index) with what it read
-# from git (the warm-up runs do that); the last command times that cold path: no index.
-# Interleaved like the snapshots: ROUNDS rounds of 25 runs of each command.
 hyperfine -N --warmup 5 --runs 5 "$heph history --limit 50 --json" >/dev/null
 for r in $(seq 1 "$rounds"); do
   hyperfine -N --runs 25 --style none --export-json "$work/history-$r.json" \
@@ -146,9 +204,9 @@ for r in $(seq 1 "$rounds"); do
     >/dev/null
 done
 summarize history "heph history --limit 50 --json" > "$work/history.md"
-hyperfine -N --warmup 5 --runs 100 --export-markdown "$work/history-cold.md" \
-  --prepare "rm -f $long/.heph/history-index" \
-  -n 'heph history --limit 50 --json (no index yet)' "$heph history --limit 50 --json"
+fi
 
 echo
-cat "$work/snapshot.md" "$work/history.md" "$work/history-cold.md"
+cat "$work/snapshot.md" "$work/e2e.md"
+[ -z "${SKIP_LIST:-}" ] && cat "$work/history.md"
+exit 0

@@ -281,11 +281,28 @@ thread_local! {
     pub(crate) static SYNCED: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Above this many objects, [`sync_objects`] syncs their whole file system at once.
+#[cfg(target_os = "linux")]
+const SYNCFS_OVER: usize = 256;
+
 /// Make these objects durable: fsync each one stored as a loose object, then the
 /// fan-out directories holding them and the objects directory. (An object already in
 /// a pack is not written again; a pack is complete and synced when git writes it.)
 pub(crate) fn sync_objects(repo: &Repository, oids: &[Oid]) -> Result<(), HistoryError> {
     let objects = repo.commondir().join("objects");
+    #[cfg(target_os = "linux")]
+    if oids.len() > SYNCFS_OVER {
+        // A first snapshot of a large project: one syncfs of the file system holding
+        // them all instead of thousands of fsyncs.
+        let dir = fs::File::open(&objects).map_err(|source| HistoryError::Io {
+            path: objects.clone(),
+            source,
+        })?;
+        return nix::unistd::syncfs(&dir).map_err(|e| HistoryError::Io {
+            path: objects,
+            source: e.into(),
+        });
+    }
     let mut dirs: Vec<PathBuf> = Vec::new();
     for oid in oids {
         let hex = oid.to_string();
