@@ -6,7 +6,7 @@
 //! `.heph/history.git`. Nothing of the user's repository is touched but objects and the
 //! `refs/heph/*` references: not HEAD, the index, branches, the stash, the config or
 //! hooks. Each project of a repository (and of each of its work trees) has its own
-//! reference ([`refs`] tells the names; `refs/heph/history` at the root). Each
+//! reference ([`History::reference`]: `refs/heph/history` at the root). Each
 //! evolution's tree is a full snapshot of the project's files (honouring .gitignore,
 //! leaving out `target/`, `.heph/` and nested repositories), built incrementally from a
 //! stat cache in `.heph/stat-index`; metadata lives in commit-message trailers (see
