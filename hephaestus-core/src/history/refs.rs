@@ -189,9 +189,18 @@ fn empty_lock_is_ours(lock: &Path, marker: &Path) -> bool {
     if !in_window {
         return false;
     }
+    let state = |m: &fs::Metadata| (m.ino(), m.len(), m.mtime(), m.mtime_nsec());
     std::thread::sleep(std::time::Duration::from_millis(50));
-    fs::symlink_metadata(lock)
-        .is_ok_and(|now| now.ino() == then.ino() && now.len() == 0 && now.mtime() == then.mtime())
+    fs::symlink_metadata(lock).is_ok_and(|now| still_empty(state(&then), state(&now)))
+}
+
+/// A lock file's inode, size and mtime.
+type LockState = (u64, u64, i64, i64);
+
+/// Whether a lock file seen as `then` and again as `now` is the same, untouched, empty
+/// file: no process wrote into it (or replaced it) in between.
+fn still_empty(then: LockState, now: LockState) -> bool {
+    now == then && now.1 == 0
 }
 
 /// The commit a reference points at; None when it does not exist.
@@ -384,6 +393,17 @@ mod tests {
         ] {
             assert!(git2::Reference::is_valid_name(&name), "{name}");
         }
+    }
+
+    #[test]
+    fn an_empty_lock_is_stale_only_if_untouched_and_still_empty() {
+        let then = (7, 0, 100, 5);
+        assert!(still_empty(then, then));
+        assert!(!still_empty(then, (8, 0, 100, 5)), "replaced");
+        assert!(!still_empty(then, (7, 41, 100, 5)), "written");
+        assert!(!still_empty(then, (7, 0, 101, 5)), "touched");
+        assert!(!still_empty(then, (7, 0, 100, 6)), "touched");
+        assert!(!still_empty((7, 41, 100, 5), (7, 41, 100, 5)), "not empty");
     }
 
     #[test]

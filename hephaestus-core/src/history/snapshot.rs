@@ -240,13 +240,12 @@ impl FileStat {
         self.mtime >= start || self.ctime >= start
     }
 
-    /// Whether the index entry `e` was recorded with this stat and can be trusted.
+    /// Whether the index entry `e` was recorded with this stat. A cleared (racy) entry,
+    /// all zero, matches no file: no file has a ctime of 0.
     fn matches(&self, e: &IndexEntry) -> bool {
         let time = |t: IndexTime| (i64::from(t.seconds()), i64::from(t.nanoseconds()));
-        let trusted = time(e.mtime) != (0, 0) || time(e.ctime) != (0, 0);
         // The index keeps 32 bits of each: compare what it could keep.
-        trusted
-            && time(e.mtime) == Self::index_time(self.mtime)
+        time(e.mtime) == Self::index_time(self.mtime)
             && time(e.ctime) == Self::index_time(self.ctime)
             && e.file_size == self.size as u32
             && e.ino == self.ino as u32

@@ -834,3 +834,28 @@ fn the_size_limit_comes_from_heph_toml() {
     assert!(matches!(err, HistoryError::Config { .. }), "{err}");
     assert!(err.to_string().contains("history.max_file_size"), "{err}");
 }
+
+#[test]
+fn corrupt_and_missing_refs_are_reported() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("rec");
+    let blob = git(&root, &["hash-object", "-w", "Cargo.toml"]);
+    git(&root, &["update-ref", HISTORY_REF, blob.trim()]);
+    let err = open(&root)
+        .list(&ListFilter::default())
+        .expect_err("corrupt");
+    assert!(matches!(err, HistoryError::CorruptRef { .. }), "{err}");
+    assert!(err.to_string().contains("not a commit"), "{err}");
+    fs::write(root.join(".git/refs/heph/history"), "garbage\n").expect("write");
+    let err = open(&root).record_manual_if_changed().expect_err("corrupt");
+    assert!(matches!(err, HistoryError::CorruptRef { .. }), "{err}");
+    // Deleting the ref starts a new history (the stale stat cache is not trusted).
+    fs::remove_file(root.join(".git/refs/heph/history")).expect("rm");
+    let fresh = open(&root)
+        .record_manual_if_changed()
+        .expect("rec")
+        .expect("new");
+    assert!(fresh.parent.is_none());
+    git(&root, &["fsck", "--strict"]);
+}
