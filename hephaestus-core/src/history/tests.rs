@@ -562,25 +562,6 @@ fn snapshots_are_gits_tree_under_random_edits() {
     );
 }
 
-/// A commit time before 1970 (`GIT_AUTHOR_DATE=@-1`) is refused with a clear message:
-/// git's format has no such dates (`git fsck` reports them).
-#[test]
-fn commit_times_before_1970_are_refused() {
-    let (_dir, root) = project(true);
-    let options = HistoryOptions {
-        author: Identity {
-            name: Some("Old".into()),
-            email: Some("old@example.com".into()),
-            time: Some((-1, 0)),
-        },
-        ..HistoryOptions::default()
-    };
-    let mut h = History::open_with(&root, options).expect("open");
-    let err = h.record_manual_if_changed().expect_err("refused");
-    assert!(err.to_string().contains("before 1970"), "{err}");
-    assert!(h.tip().expect("tip").is_none(), "nothing recorded");
-}
-
 #[test]
 fn a_nested_target_directory_follows_its_cachedir_tag_in_unchanged_directories() {
     let (_dir, root) = project(true);
