@@ -674,8 +674,10 @@ impl History {
     }
 
     /// The reference the project's evolutions are committed on: `refs/heph/history`
-    /// for a project at the root of a repository's main work tree, a name of its own
-    /// for the others (see the `history::refs` module docs).
+    /// for a project at the root of a repository's main work tree (or in no
+    /// repository), `refs/heph/projects/FOLDER/history` for one in a sub-folder, and
+    /// `refs/heph/worktrees/NAME/` then the same for the projects of a linked work tree;
+    /// each name part percent-encoded (every byte but ASCII letters, digits, `-`, `_`).
     pub fn reference(&self) -> String {
         self.reference.name()
     }
