@@ -878,3 +878,25 @@ fn commit_times_before_1970_are_refused() {
     assert!(err.to_string().contains("before 1970"), "{err}");
     assert!(h.tip().expect("tip").is_none(), "nothing recorded");
 }
+
+/// A marker naming something that is not a history reference (hand-edited, hostile)
+/// never makes heph remove a lock: only `refs/heph/*` names, without `..`, are heeded.
+#[test]
+fn a_marker_naming_another_reference_removes_no_lock() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    let first = h.record_manual_if_changed().expect("rec").expect("new");
+    let marker = root.join(".heph").join(REF_MARKER);
+    for name in ["refs/heads/main", "refs/heph/../heads/main"] {
+        let lock = root.join(".git/refs/heads/main.lock");
+        fs::create_dir_all(lock.parent().expect("dir")).expect("mkdir");
+        fs::write(&lock, format!("{}\n", first.id)).expect("lock");
+        fs::write(&marker, format!("{name} {}\n", first.id)).expect("marker");
+        refs::recover_stale_lock(&root.join(".heph"), h.repo_ref().expect("repo"));
+        assert!(
+            lock.exists(),
+            "{name}: a lock outside refs/heph is never removed"
+        );
+        fs::remove_file(&lock).expect("rm");
+    }
+}
