@@ -159,8 +159,9 @@ pub(crate) fn recover_stale_lock(state_dir: &Path, repo: &Repository) {
         let lock = repo.commondir().join(format!("{name}.lock"));
         let ours = match fs::read_to_string(&lock) {
             Ok(held) if held.trim() == new => true,
-            Ok(held) if held.is_empty() => empty_lock_is_ours(&lock, &marker),
-            _ => false,
+            // Not our commit: ours only if it is still empty (see `still_empty`).
+            Ok(_) => empty_lock_is_ours(&lock, &marker),
+            Err(_) => false,
         };
         if ours {
             let _ = fs::remove_file(&lock);
