@@ -123,18 +123,25 @@ pub fn pretty_member(owner: &syn::ItemImpl, member: &syn::ImplItem) -> String {
 /// The text of a submitted item as written: from its first attribute to its last
 /// token, with the indentation its first line had in the submission removed from
 /// every line, line endings as `\n`.
+///
+/// A raw byte span copied from a file (its first line unindented because the span
+/// starts at the item, its other lines keeping the file's deeper indentation, down to
+/// a closing bracket) is recognised: the other lines' common indentation is removed
+/// instead, so the item is re-indented once, not twice.
 pub fn verbatim(code: &str, range: Range<usize>) -> String {
     let line_start = code[..range.start].rfind('\n').map_or(0, |i| i + 1);
     let lead = &code[line_start..range.start];
-    let indent: String = if lead.trim().is_empty() {
-        lead.to_owned()
-    } else {
-        String::new()
-    };
     let text = code[range].replace("\r\n", "\n");
     // The first line starts at the item; the others carry the submission's indent,
     // except lines inside a multi-line literal, whose bytes are part of the program.
     let protected = protected_lines(&text);
+    let indent: String = if !lead.trim().is_empty() {
+        String::new()
+    } else if lead.is_empty() {
+        raw_span_indent(&text, &protected).unwrap_or_default()
+    } else {
+        lead.to_owned()
+    };
     let mut out = String::new();
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
@@ -149,6 +156,33 @@ pub fn verbatim(code: &str, range: Range<usize>) -> String {
         }
     }
     out
+}
+
+/// The indentation a raw span's lines after the first share, when the text looks like
+/// one: several lines, every later non-blank line (outside multi-line literals)
+/// starting with the same non-empty indentation, the last one with it exactly
+/// followed by a closing bracket.
+fn raw_span_indent(text: &str, protected: &[usize]) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let last = *lines.last()?;
+    if lines.len() < 2 || protected.contains(&(lines.len() - 1)) {
+        return None;
+    }
+    let lead: String = last
+        .chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .collect();
+    let closes = last[lead.len()..].starts_with(['}', ')', ']']);
+    if lead.is_empty() || !closes {
+        return None;
+    }
+    let shared = lines
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, l)| !protected.contains(i) && !l.trim().is_empty())
+        .all(|(_, l)| l.starts_with(lead.as_str()));
+    shared.then_some(lead)
 }
 
 /// Convert prettyplease's four-space indentation to tabs (lines inside multi-line
@@ -263,6 +297,30 @@ mod tests {
         let code = "    fn f() {\r\n        1\r\n    }\n";
         let out = verbatim(code, 4..code.trim_end().len());
         assert_eq!(out, "fn f() {\n    1\n}");
+    }
+
+    #[test]
+    fn raw_spans_are_dedented_once() {
+        // A method copied by its byte span out of an impl indented by four.
+        let code = "fn f() {\n        let x = 1;\n\n        x\n    }";
+        assert_eq!(
+            verbatim(code, 0..code.len()),
+            "fn f() {\n    let x = 1;\n\n    x\n}"
+        );
+        // Not a raw span: the closing line is not indented like the others.
+        let code = "struct S {\n    a: u8,\n    b: u8 }";
+        assert_eq!(verbatim(code, 0..code.len()), code);
+        let code = "fn f() {\n    1\n}";
+        assert_eq!(verbatim(code, 0..code.len()), code);
+        // A line of a multi-line literal does not count, and keeps its bytes.
+        let code = "fn f() -> &'static str {\n        \"a\nb\"\n    }";
+        assert_eq!(
+            verbatim(code, 0..code.len()),
+            "fn f() -> &'static str {\n    \"a\nb\"\n}"
+        );
+        // A line less indented than the closing one: left as it is.
+        let code = "fn f() {\n  x\n    }";
+        assert_eq!(verbatim(code, 0..code.len()), code);
     }
 
     #[test]
