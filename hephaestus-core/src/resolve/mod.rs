@@ -481,7 +481,13 @@ impl<'p> Resolver<'p> {
             }
         }
         match found.len() {
-            1 => return Ok(found.remove(0)),
+            1 => {
+                let mut module = found.remove(0);
+                if let Some(note) = self.inactive_note(&module) {
+                    module.notes.push(note);
+                }
+                return Ok(module);
+            }
             0 => {}
             _ => {
                 return Err(ResolveError::Ambiguous {
@@ -499,6 +505,39 @@ impl<'p> Resolver<'p> {
             reason,
             suggestions: self.suggestions(&path.text, 3),
         })
+    }
+
+    /// A note when the build `cargo check --all-targets` runs (the default features,
+    /// plus `--cfg`s, with and without `test`) does not compile `module`: such an edit
+    /// is not checked by the default verification.
+    fn inactive_note(&self, module: &Module) -> Option<String> {
+        let preds: Vec<syn::Meta> = module
+            .cfg
+            .iter()
+            .filter_map(|c| syn::parse_str::<syn::Meta>(c).ok())
+            .filter_map(|m| m.require_list().ok()?.parse_args::<syn::Meta>().ok())
+            .collect();
+        // `#[cfg(test)]` modules are compiled by the test build: no need to ask rustc.
+        let only_test = |m: &syn::Meta| m.path().is_ident("test");
+        if preds.is_empty() || preds.iter().all(only_test) {
+            return None;
+        }
+        let set = self.cfg_set(&module.package).ok()?;
+        let test = CfgOption {
+            name: "test".to_owned(),
+            value: None,
+        };
+        let with_test = set.as_ref().clone().with_given(std::slice::from_ref(&test));
+        let compiled = |s: &CfgSet| preds.iter().all(|p| s.eval(p) == Some(true));
+        if compiled(&set) || compiled(&with_test) {
+            return None;
+        }
+        let cfgs: Vec<String> = module.cfg.iter().map(|c| format!("#[{c}]")).collect();
+        Some(format!(
+            "`{}` is compiled only under {}, which the build `cargo check` runs does not enable: verification will not check this edit (verify with the features it needs, e.g. --verify 'cargo check --all-features')",
+            module.path,
+            cfgs.join(" ")
+        ))
     }
 
     /// Walk `segments` from a target's root. `Ok(Err((depth, reason)))` when a segment
@@ -602,7 +641,11 @@ impl<'p> Resolver<'p> {
         let mut errors = Vec::new();
         for (decl, m) in &candidates {
             match self.child(parent, &file, decl, m, &segments, &child_path, text) {
-                Ok(module) => resolved.push((module, m.attrs.as_slice(), *decl)),
+                Ok(module) => {
+                    let (l, c) = line_col(file.text(), file.range_of(*m).start);
+                    let at = format!("{}:{l}:{c}", self.project.relative(&parent.file));
+                    resolved.push((module, m.attrs.as_slice(), *decl, at));
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -611,10 +654,10 @@ impl<'p> Resolver<'p> {
         }
         let distinct: HashSet<_> = resolved
             .iter()
-            .map(|(m, _, _)| {
+            .map(|(m, _, _, _)| {
                 (
                     &m.file,
-                    &m.inline,
+                    &m.inline_index,
                     m.expanded.as_ref().map(|e| Rc::as_ptr(&e.0)),
                 )
             })
@@ -623,7 +666,7 @@ impl<'p> Resolver<'p> {
             return Ok(Step::Found(resolved.swap_remove(0).0));
         }
         // Several `#[cfg]` copies: the one the default build compiles.
-        let declared = |(m, _, d): &(Module, &[syn::Attribute], &decls::Decl)| {
+        let declared = |(m, _, d, at): &(Module, &[syn::Attribute], &decls::Decl, String)| {
             let cfg = if m.cfg.len() > parent.cfg.len() {
                 m.cfg[parent.cfg.len()..]
                     .iter()
@@ -634,9 +677,14 @@ impl<'p> Resolver<'p> {
                 "no #[cfg]".to_owned()
             };
             let file = self.project.relative(&m.file);
+            let inline = if m.layout == Layout::Inline {
+                "inline".to_owned()
+            } else {
+                file
+            };
             match &d.via {
-                Some(via) => format!("{cfg} ({file}, declared by {via})"),
-                None => format!("{cfg} ({file})"),
+                Some(via) => format!("{cfg} ({inline}, declared by {via})"),
+                None => format!("{cfg} ({inline}, declared at {at})"),
             }
         };
         let set = self.cfg_set(&parent.package)?;
@@ -718,14 +766,10 @@ impl<'p> Resolver<'p> {
         bare.scope = Scope::default();
         scope.push(bare);
         let mut notes = parent.notes.clone();
-        if let Some(via) = &decl.via {
-            notes.push(if decl.guessed {
-                format!(
-                    "`{child_path}` is declared inside {via}, a macro heph cannot expand: it assumed the macro keeps the declaration as written"
-                )
-            } else {
-                format!("`{child_path}` is declared by the macro call {via}")
-            });
+        if let Some(via) = decl.via.as_ref().filter(|_| decl.guessed) {
+            notes.push(format!(
+                "`{child_path}` is declared inside {via}, a macro heph cannot expand: it assumed the macro keeps the declaration as written"
+            ));
         }
         let mut module = Module {
             path: child_path.to_owned(),
