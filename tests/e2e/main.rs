@@ -8,5 +8,6 @@ mod edit_cases;
 mod evolve;
 mod history;
 mod import;
+mod real_crates;
 mod self_modify;
 mod watch;

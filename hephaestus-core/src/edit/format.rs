@@ -125,10 +125,12 @@ pub fn pretty_member(owner: &syn::ItemImpl, member: &syn::ImplItem) -> String {
 /// every line, line endings as `\n`.
 ///
 /// A raw byte span copied from a file (its first line unindented because the span
-/// starts at the item, its other lines keeping the file's deeper indentation, down to
-/// a closing bracket) is recognised: the other lines' common indentation is removed
-/// instead, so the item is re-indented once, not twice.
-pub fn verbatim(code: &str, range: Range<usize>) -> String {
+/// starts at the item, its other lines keeping the file's deeper indentation) is
+/// recognised: the other lines lose the indentation they share, up to `dest`, the
+/// indentation the item goes to, so the item is re-indented once, not twice. (Up to
+/// `dest`: an unindented item whose later lines hang deeper, `static X =\n    [..];`
+/// at the top level, keeps its layout.)
+pub fn verbatim(code: &str, range: Range<usize>, dest: &str) -> String {
     let line_start = code[..range.start].rfind('\n').map_or(0, |i| i + 1);
     let lead = &code[line_start..range.start];
     let text = code[range].replace("\r\n", "\n");
@@ -138,7 +140,11 @@ pub fn verbatim(code: &str, range: Range<usize>) -> String {
     let indent: String = if !lead.trim().is_empty() {
         String::new()
     } else if lead.is_empty() {
-        raw_span_indent(&text, &protected).unwrap_or_default()
+        match raw_span_indent(&text, &protected) {
+            Some(shared) if shared.starts_with(dest) => dest.to_owned(),
+            Some(shared) if dest.starts_with(shared.as_str()) => shared,
+            _ => String::new(),
+        }
     } else {
         lead.to_owned()
     };
@@ -160,8 +166,7 @@ pub fn verbatim(code: &str, range: Range<usize>) -> String {
 
 /// The indentation a raw span's lines after the first share, when the text looks like
 /// one: several lines, every later non-blank line (outside multi-line literals)
-/// starting with the same non-empty indentation, the last one with it exactly
-/// followed by a closing bracket.
+/// starting with the non-empty indentation of the last line.
 fn raw_span_indent(text: &str, protected: &[usize]) -> Option<String> {
     let lines: Vec<&str> = text.split('\n').collect();
     let last = *lines.last()?;
@@ -172,8 +177,7 @@ fn raw_span_indent(text: &str, protected: &[usize]) -> Option<String> {
         .chars()
         .take_while(|c| *c == ' ' || *c == '\t')
         .collect();
-    let closes = last[lead.len()..].starts_with(['}', ')', ']']);
-    if lead.is_empty() || !closes {
+    if lead.is_empty() {
         return None;
     }
     let shared = lines
@@ -241,6 +245,10 @@ pub fn indent(text: &str, indent: &str, first: bool) -> String {
 
 /// Indices of lines (0-based) that start inside a multi-line literal of `text`.
 fn protected_lines(text: &str) -> Vec<usize> {
+    // Only string literals span lines (char literals cannot): no quote, no lexing.
+    if !text.contains('"') || !text.contains('\n') {
+        return Vec::new();
+    }
     let Ok(tokens) = TokenStream::from_str(text) else {
         return Vec::new();
     };
@@ -295,7 +303,7 @@ mod tests {
     #[test]
     fn verbatim_keeps_relative_indentation() {
         let code = "    fn f() {\r\n        1\r\n    }\n";
-        let out = verbatim(code, 4..code.trim_end().len());
+        let out = verbatim(code, 4..code.trim_end().len(), "");
         assert_eq!(out, "fn f() {\n    1\n}");
     }
 
@@ -304,23 +312,37 @@ mod tests {
         // A method copied by its byte span out of an impl indented by four.
         let code = "fn f() {\n        let x = 1;\n\n        x\n    }";
         assert_eq!(
-            verbatim(code, 0..code.len()),
+            verbatim(code, 0..code.len(), "    "),
             "fn f() {\n    let x = 1;\n\n    x\n}"
         );
-        // Not a raw span: the closing line is not indented like the others.
-        let code = "struct S {\n    a: u8,\n    b: u8 }";
-        assert_eq!(verbatim(code, 0..code.len()), code);
+        // Attributes on their own line, no closing bracket.
+        let code = "#[derive(Debug)]\n    struct S;";
+        assert_eq!(
+            verbatim(code, 0..code.len(), "    "),
+            "#[derive(Debug)]\nstruct S;"
+        );
+        // Not a raw span: the last line is not indented.
         let code = "fn f() {\n    1\n}";
-        assert_eq!(verbatim(code, 0..code.len()), code);
+        assert_eq!(verbatim(code, 0..code.len(), "    "), code);
         // A line of a multi-line literal does not count, and keeps its bytes.
         let code = "fn f() -> &'static str {\n        \"a\nb\"\n    }";
         assert_eq!(
-            verbatim(code, 0..code.len()),
+            verbatim(code, 0..code.len(), "    "),
             "fn f() -> &'static str {\n    \"a\nb\"\n}"
         );
-        // A line less indented than the closing one: left as it is.
+        // Lines hanging deeper than where the item goes keep the difference.
+        let code = "static X: [u8; 2] =\n    [1, 2];";
+        assert_eq!(verbatim(code, 0..code.len(), ""), code);
+        let code = "static X: [u8; 2] =\n        [1, 2];";
+        assert_eq!(
+            verbatim(code, 0..code.len(), "    "),
+            "static X: [u8; 2] =\n    [1, 2];"
+        );
+        // A line less indented than the last one: left as it is.
         let code = "fn f() {\n  x\n    }";
-        assert_eq!(verbatim(code, 0..code.len()), code);
+        assert_eq!(verbatim(code, 0..code.len(), "    "), code);
+        let code = "fn f() {\n\t\tx\n    }";
+        assert_eq!(verbatim(code, 0..code.len(), "    "), code);
     }
 
     #[test]

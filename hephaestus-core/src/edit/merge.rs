@@ -11,6 +11,7 @@
 //! without outer attributes keeps the existing impl's; one with attributes replaces
 //! them, except doc comments, kept when the submission has none (as for every item).
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -95,24 +96,31 @@ impl<'a> Engine<'a> {
             seen.insert(key, i);
         }
         let mut added: Vec<ItemKey> = Vec::new();
+        let requested = formatting;
         for (item, range) in items.iter().zip(&ranges) {
             // What prettyplease cannot print, or prints as another item (a bare trait
-            // object gains a `dyn`: another key), is kept as written.
-            let formatting = if formatting == Formatting::Pretty && !pretty_is_same_item(item) {
-                Formatting::Verbatim
-            } else {
-                formatting
+            // object gains a `dyn`: another key), is kept as written. (Asked only when
+            // new text is needed: an unchanged item is never printed.)
+            let printable = OnceCell::new();
+            let effective = || {
+                let pretty = requested == Formatting::Pretty;
+                if pretty && !*printable.get_or_init(|| pretty_is_same_item(item)) {
+                    Formatting::Verbatim
+                } else {
+                    requested
+                }
             };
             let new_text = |indent: &str, first: bool| {
+                let formatting = effective();
                 let raw = match formatting {
                     Formatting::Pretty => format::pretty_item(item),
-                    Formatting::Verbatim => format::verbatim(code, range.clone()),
+                    Formatting::Verbatim => format::verbatim(code, range.clone(), indent),
                 };
                 format::indent(&self.styled(raw, formatting), indent, first)
             };
             let key = ItemKey::of_item(item);
             if let syn::Item::Impl(imp) = item {
-                self.merge_impl(imp, &key, code, range, formatting)?;
+                self.merge_impl(imp, &key, code, range, effective())?;
                 continue;
             }
             if key.kind == ItemKind::Use || key.kind.named_by_text() {
@@ -137,14 +145,19 @@ impl<'a> Engine<'a> {
                     let entry = &self.module.items[*i];
                     let (r, same) = entry.replacement(item, item_has_docs(item));
                     let indent = self.item_indent(entry.range().start);
-                    let written = self.eol.apply(&new_text(&indent, false));
-                    let as_sent = (formatting == Formatting::Pretty).then(|| {
-                        let raw = format::verbatim(code, range.clone());
-                        self.eol.apply(&format::indent(&raw, &indent, false))
-                    });
                     let prefix = self.cfg_prefix(entry, &found, &indent);
+                    let as_sent = (requested == Formatting::Pretty).then(|| {
+                        let raw = format::verbatim(code, range.clone(), &indent);
+                        let text = self.eol.apply(&format::indent(&raw, &indent, false));
+                        format!("{prefix}{text}")
+                    });
                     let shown = entry.shown();
-                    let text = format!("{prefix}{written}");
+                    // Formatted and the same tokens: unchanged, never printed.
+                    let text = match &as_sent {
+                        Some(sent) if same => sent.clone(),
+                        _ => format!("{prefix}{}", self.eol.apply(&new_text(&indent, false))),
+                    };
+                    let formatting = effective_mode(requested, same, &effective);
                     self.replace_or_keep(r, text, same, formatting, as_sent, &shown, key.kind);
                 }
                 many => {
@@ -317,7 +330,7 @@ impl<'a> Engine<'a> {
             let whole = syn::Item::Impl(imp.clone());
             let raw = match formatting {
                 Formatting::Pretty => format::pretty_item(&whole),
-                Formatting::Verbatim => format::verbatim(code, range.clone()),
+                Formatting::Verbatim => format::verbatim(code, range.clone(), &self.module.indent),
             };
             let text = format::indent(&self.styled(raw, formatting), &self.module.indent, false);
             self.add_item(key, &whole, text);
@@ -341,7 +354,7 @@ impl<'a> Engine<'a> {
                 let raw = match formatting {
                     Formatting::Pretty => format::pretty_member(imp, member),
                     // Spans of submitted code are offsets into the code string.
-                    Formatting::Verbatim => format::verbatim(code, member_range.clone()),
+                    Formatting::Verbatim => format::verbatim(code, member_range.clone(), indent),
                 };
                 format::indent(&self.styled(raw, formatting), indent, false)
             };
@@ -363,13 +376,21 @@ impl<'a> Engine<'a> {
                     let e = all[*i];
                     let (r, same) = e.replacement(member, has_docs(member_attrs(member)));
                     let indent = self.item_indent(e.range().start);
-                    let written = self.eol.apply(&member_text(&indent, formatting));
-                    let as_sent = (formatting == Formatting::Pretty)
-                        .then(|| self.eol.apply(&member_text(&indent, Formatting::Verbatim)));
                     let prefix = self.cfg_prefix(e, &found, &indent);
+                    let as_sent = (formatting == Formatting::Pretty).then(|| {
+                        let sent = member_text(&indent, Formatting::Verbatim);
+                        format!("{prefix}{}", self.eol.apply(&sent))
+                    });
                     let shown = e.shown();
                     let same = same || mkey.kind.named_by_text();
-                    let text = format!("{prefix}{written}");
+                    // Formatted and the same tokens: unchanged, never printed.
+                    let text = match &as_sent {
+                        Some(sent) if same => sent.clone(),
+                        _ => {
+                            let written = member_text(&indent, formatting);
+                            format!("{prefix}{}", self.eol.apply(&written))
+                        }
+                    };
                     self.replace_or_keep(r, text, same, formatting, as_sent, &shown, mkey.kind);
                 }
                 many => {
@@ -481,7 +502,7 @@ impl<'a> Engine<'a> {
                     after_attrs(imp).map_or(0, |sp| sp.byte_range().start)
                 };
                 let to = imp.brace_token.span.open().byte_range().start;
-                format::verbatim(code, from..to)
+                format::verbatim(code, from..to, &indent)
             }
         };
         let text = self.eol.apply(&format::indent(&raw, &indent, false));
@@ -519,4 +540,15 @@ impl<'a> Engine<'a> {
             indent,
         }
     }
+}
+
+/// The mode the unchanged test uses: the one asked for when the tokens are the same
+/// (an item prettyplease cannot print is still compared by tokens in formatted mode),
+/// else the one the text is written in.
+fn effective_mode(
+    requested: Formatting,
+    same: bool,
+    effective: &dyn Fn() -> Formatting,
+) -> Formatting {
+    if same { requested } else { effective() }
 }
