@@ -130,14 +130,21 @@ impl CfgSet {
     /// Add options the user asked for: they are set, and a tie between copies is
     /// broken in favour of the copy whose cfg mentions one of them.
     pub fn with_given(mut self, given: &[CfgOption]) -> CfgSet {
-        self.options.extend(given.iter().cloned());
         self.given.extend(given.iter().cloned());
         self
     }
 
+    /// The set without the options the user gave: the build `cargo check` runs.
+    pub fn base(&self) -> CfgSet {
+        CfgSet {
+            options: self.options.clone(),
+            given: Vec::new(),
+        }
+    }
+
     /// Is this option set?
     pub fn has(&self, option: &CfgOption) -> bool {
-        self.options.contains(option)
+        self.options.contains(option) || self.given.contains(option)
     }
 
     /// The options the user asked for.

@@ -508,8 +508,8 @@ impl<'p> Resolver<'p> {
     }
 
     /// A note when the build `cargo check --all-targets` runs (the default features,
-    /// plus `--cfg`s, with and without `test`) does not compile `module`: such an edit
-    /// is not checked by the default verification.
+    /// with and without `test`; not the `--cfg`s, which cargo does not see) does not
+    /// compile `module`: such an edit is not checked by the default verification.
     fn inactive_note(&self, module: &Module) -> Option<String> {
         let preds: Vec<syn::Meta> = module
             .cfg
@@ -522,12 +522,12 @@ impl<'p> Resolver<'p> {
         if preds.is_empty() || preds.iter().all(only_test) {
             return None;
         }
-        let set = self.cfg_set(&module.package).ok()?;
+        let set = self.cfg_set(&module.package).ok()?.base();
         let test = CfgOption {
             name: "test".to_owned(),
             value: None,
         };
-        let with_test = set.as_ref().clone().with_given(std::slice::from_ref(&test));
+        let with_test = set.clone().with_given(std::slice::from_ref(&test));
         let compiled = |s: &CfgSet| preds.iter().all(|p| s.eval(p) == Some(true));
         if compiled(&set) || compiled(&with_test) {
             return None;
