@@ -37,8 +37,12 @@ const CRATES: [&str; 5] = [
     "regex-automata",
     "clap_builder",
 ];
-/// Every how many modules the binary is run on a whole module (both modes).
-const BINARY_EVERY: usize = 12;
+/// How many whole modules of each crate the binary is run on (both modes), evenly
+/// spaced in path order.
+const BINARY_MODULES: usize = 3;
+/// How many items of one module are round-tripped, evenly spaced (the largest modules
+/// of syn hold hundreds: every item of every module would take minutes in debug).
+const ITEMS_PER_MODULE: usize = 40;
 
 struct Krate {
     name: String,
@@ -235,7 +239,14 @@ struct Found {
     cfg_attr_path: bool,
     /// Declared inside a macro call.
     in_call: bool,
+    /// Where an inline module's name is (line, column), telling copies apart.
+    pos: Option<(usize, usize)>,
+    /// The declaring module: its file, inline chain and position.
+    parent: Module,
 }
+
+/// A module's identity: its file, inline chain, and (inline) the position of its name.
+type Module = (PathBuf, Vec<String>, Option<(usize, usize)>);
 
 /// Where the walk is.
 #[derive(Clone)]
@@ -243,6 +254,7 @@ struct Here {
     path: Vec<String>,
     file: PathBuf,
     inline: Vec<String>,
+    pos: Option<(usize, usize)>,
     child_dir: PathBuf,
     active: bool,
 }
@@ -401,15 +413,7 @@ fn walk(
                     TokenTree::Group(g) if g.delimiter() == Delimiter::Brace => Some(g.stream()),
                     _ => None,
                 };
-                declare(
-                    &name.to_string(),
-                    &attrs,
-                    body,
-                    here,
-                    (extra, in_call),
-                    ctx,
-                    out,
-                );
+                declare(name, &attrs, body, here, (extra, in_call), ctx, out);
                 attrs.clear();
                 i += 3;
             }
@@ -465,7 +469,7 @@ struct Ctx<'a> {
 
 #[allow(clippy::too_many_arguments)]
 fn declare(
-    name: &str,
+    ident: &proc_macro2::Ident,
     attrs: &[TokenStream],
     body: Option<TokenStream>,
     here: &Here,
@@ -473,8 +477,12 @@ fn declare(
     ctx: &Ctx<'_>,
     out: &mut Vec<Found>,
 ) {
-    let stem = name.strip_prefix("r#").unwrap_or(name).to_owned();
-    let mut active = here.active;
+    let name = ident.to_string();
+    let stem = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+    let at = ident.span().start();
+    // Its own cfgs and those of the macro that declared it (rustc chooses among
+    // copies by these; an ancestor's cfgs are the same for every copy).
+    let mut active = true;
     let mut path_attr = None;
     let mut cfg_attr_path = false;
     for a in attrs {
@@ -516,11 +524,14 @@ fn declare(
             missing: false,
             cfg_attr_path,
             in_call,
+            pos: Some((at.line, at.column)),
+            parent: (here.file.clone(), here.inline.clone(), here.pos),
         });
         let inner = Here {
             path,
             file: here.file.clone(),
             inline,
+            pos: Some((at.line, at.column)),
             child_dir,
             active,
         };
@@ -556,6 +567,8 @@ fn declare(
         missing,
         cfg_attr_path,
         in_call,
+        pos: None,
+        parent: (here.file.clone(), here.inline.clone(), here.pos),
     });
     if missing || cfg_attr_path {
         return;
@@ -564,6 +577,7 @@ fn declare(
         path,
         file: file.clone(),
         inline: Vec::new(),
+        pos: None,
         child_dir,
         active,
     };
@@ -579,6 +593,8 @@ struct Counts {
     from_macros: usize,
     cfg_chosen: usize,
     refused_as_expected: usize,
+    unreachable: usize,
+    items_total: usize,
     files: usize,
     items: usize,
     binary_modules: usize,
@@ -611,7 +627,7 @@ fn real_crates_resolve_like_rustc_and_round_trip_byte_for_byte() {
             thread_cpu().saturating_sub(cpu)
         );
         report.push(format!(
-            "{} {}: {} module paths, {} resolved like rustc ({} declared inside macro calls, {} chosen among #[cfg] copies), {} refused as expected (copies the default build compiles none of, files left out of the package); {} files, {} items round-tripped in 2 modes; the binary on {} whole modules in 2 modes",
+            "{} {}: {} module paths: {} resolved like rustc ({} declared inside macro calls, {} chosen among #[cfg] copies), {} refused as expected (#[cfg] copies the default build compiles none or several of, files left out of the package), {} only inside copies of an ancestor the default build does not compile; {} files, {} of {} items round-tripped in 2 modes; the binary on {} whole modules in 2 modes",
             k.name,
             k.version,
             counts.paths,
@@ -619,8 +635,10 @@ fn real_crates_resolve_like_rustc_and_round_trip_byte_for_byte() {
             counts.from_macros,
             counts.cfg_chosen,
             counts.refused_as_expected,
+            counts.unreachable,
             counts.files,
             counts.items,
+            counts.items_total,
             counts.binary_modules
         ));
     }
@@ -648,6 +666,7 @@ fn check_crate(k: &Krate) -> Counts {
         path: Vec::new(),
         file: lib.clone(),
         inline: Vec::new(),
+        pos: None,
         child_dir: lib.parent().expect("dir").to_path_buf(),
         active: true,
     };
@@ -665,21 +684,55 @@ fn check_crate(k: &Krate) -> Counts {
         ..Counts::default()
     };
     let mut modules = Vec::new();
+    // The copy rustc compiles of each path, given the copies chosen for its ancestors
+    // (paths come in order, each after its prefixes): `None` when not reachable or
+    // not decided.
+    let mut chosen: BTreeMap<Vec<String>, Option<Module>> = BTreeMap::new();
     for (path, decls) in &by_path {
         let text = format!("crate::{}", path.join("::"));
-        let distinct: BTreeSet<(&PathBuf, &Vec<String>)> =
-            decls.iter().map(|d| (&d.file, &d.inline)).collect();
-        let active: Vec<&&Found> = decls.iter().filter(|d| d.active).collect();
+        let parent = &path[..path.len() - 1];
+        let parent_module = if parent.is_empty() {
+            Some((lib.clone(), Vec::new(), None))
+        } else {
+            chosen.get(parent).cloned().flatten()
+        };
+        let reachable: Vec<&Found> = decls
+            .iter()
+            .copied()
+            .filter(|d| parent_module.as_ref() == Some(&d.parent))
+            .collect();
+        let distinct: BTreeSet<(&PathBuf, &Vec<String>, Option<(usize, usize)>)> = reachable
+            .iter()
+            .map(|d| (&d.file, &d.inline, d.pos))
+            .collect();
+        // (A file declared twice, from the same place in two copies of an ancestor
+        // pointing at it, is walked twice: its declarations count once.)
+        let mut ids = BTreeSet::new();
+        let active: Vec<&Found> = reachable
+            .iter()
+            .copied()
+            .filter(|d| d.active && ids.insert((&d.file, &d.inline, d.pos)))
+            .collect();
         // The declaration rustc compiles: the only one, or the only active one.
         let expected: Option<&Found> = if distinct.len() == 1 {
-            Some(decls[0])
+            Some(reachable[0])
         } else if active.len() == 1 {
             Some(active[0])
         } else {
             None
         };
+        chosen.insert(
+            path.clone(),
+            expected
+                .filter(|e| !e.missing)
+                .map(|e| (e.file.clone(), e.inline.clone(), e.pos)),
+        );
+        // Declared only inside copies of an ancestor the build does not compile (or
+        // below a module heph refuses): unreachable without --cfg.
+        let unreachable = reachable.is_empty();
         let got = resolver.resolve(&text);
         match (expected, got) {
+            (_, Err(_)) if unreachable => counts.unreachable += 1,
             (Some(e), _) if e.cfg_attr_path => counts.refused_as_expected += 1,
             (Some(e), Err(ResolveError::MissingFile { .. })) if e.missing => {
                 counts.refused_as_expected += 1
@@ -691,8 +744,8 @@ fn check_crate(k: &Krate) -> Counts {
                     m.file.display()
                 );
                 assert_eq!(
-                    (&m.file, &m.inline),
-                    (&e.file, &e.inline),
+                    (&m.file, &m.inline, heph_pos(&resolver, &m)),
+                    (&e.file, &e.inline, e.pos),
                     "{text}: heph and rustc disagree"
                 );
                 counts.resolved += 1;
@@ -701,7 +754,9 @@ fn check_crate(k: &Krate) -> Counts {
                 modules.push(m);
             }
             (None, Err(ResolveError::CfgAlternatives { .. })) => counts.refused_as_expected += 1,
-            (expected, got) => panic!("{text}: expected {expected:?}, heph said {got:?}"),
+            (expected, got) => panic!(
+                "{text}: expected {expected:?}, heph said {got:?}; parent module {parent_module:?}; declarations: {decls:#?}"
+            ),
         }
     }
 
@@ -719,7 +774,11 @@ fn check_crate(k: &Krate) -> Counts {
             None => Within::Chain(m.inline_index()),
         };
         let items = m.items(&file).expect("module items");
-        for item in items {
+        counts.items_total += items.len();
+        for item in items
+            .iter()
+            .step_by(items.len().div_ceil(ITEMS_PER_MODULE).max(1))
+        {
             let span = &file.text()[file.range_of(item)];
             for edit in [Edit::merge(span).verbatim(), Edit::merge(span)] {
                 let out = edit::apply_within(&file, within, &edit, Some(&lookup))
@@ -738,7 +797,10 @@ fn check_crate(k: &Krate) -> Counts {
     }
 
     // The binary, on whole modules (a deterministic sample), really writing.
-    for m in modules.iter().step_by(BINARY_EVERY) {
+    for m in modules
+        .iter()
+        .step_by(modules.len().div_ceil(BINARY_MODULES).max(1))
+    {
         let file = resolver.file(&m.file).expect("parsed");
         let items = m.items(&file).expect("module items");
         let mut keys = BTreeSet::new();
@@ -774,4 +836,17 @@ fn check_crate(k: &Krate) -> Counts {
     let after = snapshot_of(&root);
     assert!(before == after, "{}: a file changed", k.name);
     counts
+}
+
+/// Where heph's inline module's name is (line, column); `None` for a file module.
+fn heph_pos(resolver: &Resolver<'_>, m: &hephaestus_core::Module) -> Option<(usize, usize)> {
+    let at = |i: &syn::Ident| {
+        let lc = i.span().start();
+        (lc.line, lc.column)
+    };
+    if let Some(item) = m.expanded_item() {
+        return Some(at(&item.ident));
+    }
+    let file = resolver.file(&m.file).expect("parsed");
+    m.inline_mods(&file).last().map(|i| at(&i.ident))
 }
