@@ -537,7 +537,7 @@ mod tests {
             };
             assert_eq!(crate::item::cfgs(&m.attrs), ["cfg(feature = \"fs\")"]);
         }
-        assert!(rules(def).writes_mod() == false);
+        assert!(!rules(def).writes_mod());
     }
 
     #[test]

@@ -256,7 +256,6 @@ struct Here {
     inline: Vec<String>,
     pos: Option<(usize, usize)>,
     child_dir: PathBuf,
-    active: bool,
 }
 
 /// What a cfg macro adds: the `#[cfg(..)]` predicates of its repetition, `$meta`
@@ -533,7 +532,6 @@ fn declare(
             inline,
             pos: Some((at.line, at.column)),
             child_dir,
-            active,
         };
         let toks: Vec<TokenTree> = body.into_iter().collect();
         walk(&toks, &inner, &[], false, ctx, out);
@@ -579,7 +577,6 @@ fn declare(
         inline: Vec::new(),
         pos: None,
         child_dir,
-        active,
     };
     walk(&tokens_of(&file), &inner, &[], false, ctx, out);
 }
@@ -668,7 +665,6 @@ fn check_crate(k: &Krate) -> Counts {
         inline: Vec::new(),
         pos: None,
         child_dir: lib.parent().expect("dir").to_path_buf(),
-        active: true,
     };
     let mut found = Vec::new();
     walk(&tokens_of(&lib), &top, &[], false, &ctx, &mut found);
@@ -701,9 +697,9 @@ fn check_crate(k: &Krate) -> Counts {
             .copied()
             .filter(|d| parent_module.as_ref() == Some(&d.parent))
             .collect();
-        let distinct: BTreeSet<(&PathBuf, &Vec<String>, Option<(usize, usize)>)> = reachable
+        let distinct: BTreeSet<Module> = reachable
             .iter()
-            .map(|d| (&d.file, &d.inline, d.pos))
+            .map(|d| (d.file.clone(), d.inline.clone(), d.pos))
             .collect();
         // (A file declared twice, from the same place in two copies of an ancestor
         // pointing at it, is walked twice: its declarations count once.)

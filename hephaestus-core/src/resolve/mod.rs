@@ -315,7 +315,7 @@ impl std::fmt::Debug for Resolver<'_> {
 
 /// The outcome of looking for one child of a module.
 enum Step {
-    Found(Module),
+    Found(Box<Module>),
     /// Not declared; the macro calls heph cannot expand that may declare it.
     Missing(Vec<String>),
 }
@@ -553,7 +553,7 @@ impl<'p> Resolver<'p> {
         let mut module = self.root_module(pkg, target);
         for (depth, seg) in segments.iter().enumerate() {
             match self.step(&module, seg, text)? {
-                Step::Found(m) => module = m,
+                Step::Found(m) => module = *m,
                 Step::Missing(calls) => {
                     let here = if module.is_crate_root() {
                         format!("the crate root {}", self.project.relative(&module.file))
@@ -590,7 +590,7 @@ impl<'p> Resolver<'p> {
         let mut module = self.root_module(pkg, target);
         for (depth, seg) in segments.iter().enumerate() {
             match self.step(&module, seg, &module.path.clone())? {
-                Step::Found(m) => module = m,
+                Step::Found(m) => module = *m,
                 Step::Missing(_) => return Ok((module, depth)),
             }
         }
@@ -663,7 +663,7 @@ impl<'p> Resolver<'p> {
             })
             .collect();
         if resolved.len() == 1 || distinct.len() == 1 {
-            return Ok(Step::Found(resolved.swap_remove(0).0));
+            return Ok(Step::Found(Box::new(resolved.swap_remove(0).0)));
         }
         // Several `#[cfg]` copies: the one the default build compiles.
         let declared = |(m, _, d, at): &(Module, &[syn::Attribute], &decls::Decl, String)| {
@@ -716,7 +716,7 @@ impl<'p> Resolver<'p> {
                     "`{child_path}`: chose the copy {chosen}, since {by}; other copies: {} (pick one with --cfg)",
                     others.join(", ")
                 ));
-                return Ok(Step::Found(module));
+                return Ok(Step::Found(Box::new(module)));
             }
             Pick::NoneActive => "the build compiles none of them".to_owned(),
             Pick::Several(live) => {
@@ -930,7 +930,7 @@ impl<'p> Resolver<'p> {
                         }
                         for name in names.into_iter().rev() {
                             if let Ok(Step::Found(child)) = self.step(&m, &name, "") {
-                                stack.push(child);
+                                stack.push(*child);
                             }
                         }
                     }
