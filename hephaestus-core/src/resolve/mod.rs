@@ -3,7 +3,7 @@
 //! down to the module a path names. A module path never resolves outside the project
 //! root: absolute `#[path]`s and symlinks that leave it are refused.
 //!
-//! `mod` declarations inside item-position macro calls count too (see [`decls`]).
+//! `mod` declarations inside item-position macro calls count too (see `resolve::decls`).
 //! When a module has several `#[cfg]` copies, the one the package's default build
 //! compiles is chosen ([`crate::cfg`]), and the choice is reported in
 //! [`Module::notes`].
