@@ -138,7 +138,11 @@ pub fn verbatim(code: &str, range: Range<usize>, dest: &str) -> String {
     // except lines inside a multi-line literal, whose bytes are part of the program.
     let protected = protected_lines(&text);
     let indent: String = if !lead.trim().is_empty() {
-        String::new()
+        // Something precedes the item on its line (`/* c */ fn f`): the line's own
+        // indentation is the submission's.
+        lead.chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .collect()
     } else if lead.is_empty() {
         match raw_span_indent(&text, &protected) {
             Some(shared) if shared.starts_with(dest) => dest.to_owned(),
@@ -187,6 +191,28 @@ fn raw_span_indent(text: &str, protected: &[usize]) -> Option<String> {
         .filter(|(i, l)| !protected.contains(i) && !l.trim().is_empty())
         .all(|(_, l)| l.starts_with(lead.as_str()));
     shared.then_some(lead)
+}
+
+/// Are `a` and `b` the same text but for the indentation of their lines (lines inside
+/// multi-line literals compared whole)? A re-indented copy of an item is the same item
+/// for verbatim mode, which indents items to their place anyway; a comment, a blank
+/// line or a space inside a line is not.
+pub fn same_but_indentation(a: &str, b: &str) -> bool {
+    let (pa, pb) = (protected_lines(a), protected_lines(b));
+    let lines = |t: &str, p: &[usize]| -> Vec<String> {
+        t.split('\n')
+            .enumerate()
+            .map(|(i, l)| {
+                let l = l.strip_suffix('\r').unwrap_or(l);
+                if p.contains(&i) {
+                    l.to_owned()
+                } else {
+                    l.trim_start_matches([' ', '\t']).to_owned()
+                }
+            })
+            .collect()
+    };
+    lines(a, &pa) == lines(b, &pb)
 }
 
 /// Convert prettyplease's four-space indentation to tabs (lines inside multi-line
@@ -305,6 +331,37 @@ mod tests {
         let code = "    fn f() {\r\n        1\r\n    }\n";
         let out = verbatim(code, 4..code.trim_end().len(), "");
         assert_eq!(out, "fn f() {\n    1\n}");
+    }
+
+    #[test]
+    fn a_comment_before_the_item_does_not_hide_the_lines_indentation() {
+        let code = "    /* c */ fn f() {\n        1\n    }";
+        let start = code.find("fn").expect("fn");
+        assert_eq!(verbatim(code, start..code.len(), ""), "fn f() {\n    1\n}");
+    }
+
+    #[test]
+    fn indentation_alone_is_no_difference() {
+        assert!(same_but_indentation(
+            "fn f() {\n    1\n}",
+            "fn f() {\n        1\n    }"
+        ));
+        assert!(!same_but_indentation(
+            "fn f() {\n    1\n}",
+            "fn f() {\n    // c\n    1\n}"
+        ));
+        assert!(!same_but_indentation(
+            "fn f() {\n    1 +2\n}",
+            "fn f() {\n    1 + 2\n}"
+        ));
+        assert!(!same_but_indentation(
+            "fn f() {\n    1\n}",
+            "fn f() {\n\n    1\n}"
+        ));
+        // Inside a multi-line string, leading spaces are part of the program.
+        let a = "fn f() -> &'static str {\n    \"a\n  b\"\n}";
+        let b = "fn f() -> &'static str {\n    \"a\n    b\"\n}";
+        assert!(!same_but_indentation(a, b));
     }
 
     #[test]

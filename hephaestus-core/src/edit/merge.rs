@@ -287,7 +287,11 @@ impl<'a> Engine<'a> {
     ) {
         let bytes_equal = self.text[range.clone()] == text;
         let unchanged = match formatting {
-            Formatting::Verbatim => bytes_equal,
+            // Only the indentation differs: heph would indent it to its place anyway.
+            Formatting::Verbatim => {
+                bytes_equal
+                    || (same && format::same_but_indentation(&self.text[range.clone()], &text))
+            }
             Formatting::Pretty => same || bytes_equal,
         };
         if unchanged {
@@ -375,7 +379,11 @@ impl<'a> Engine<'a> {
                 [i] => {
                     let e = all[*i];
                     let (r, same) = e.replacement(member, has_docs(member_attrs(member)));
-                    let indent = self.item_indent(e.range().start);
+                    let indent = self.item_indent_in(
+                        e.range().start,
+                        &containers[index[*i].0].indent,
+                        containers[index[*i].0].body.start,
+                    );
                     let prefix = self.cfg_prefix(e, &found, &indent);
                     let as_sent = (formatting == Formatting::Pretty).then(|| {
                         let sent = member_text(&indent, Formatting::Verbatim);

@@ -205,12 +205,24 @@ impl Engine<'_> {
     /// The indentation of the line an existing item starts on, when only whitespace
     /// precedes it there; else the module's item indentation.
     pub(super) fn item_indent(&self, start: usize) -> String {
+        self.item_indent_in(start, &self.module.indent, self.module.body.start)
+    }
+
+    /// Like [`Self::item_indent`] for an item of a container whose body starts at
+    /// `body` and whose items are indented by `container`: when something precedes
+    /// the item on its line (`    /* c */ fn f`), the line's own indentation, unless
+    /// the line also opens the container (`impl S { fn f() {} }`).
+    pub(super) fn item_indent_in(&self, start: usize, container: &str, body: usize) -> String {
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let lead = &self.text[line_start..start];
         if lead.trim().is_empty() {
             lead.to_owned()
+        } else if line_start >= body {
+            lead.chars()
+                .take_while(|c| *c == ' ' || *c == '\t')
+                .collect()
         } else {
-            self.module.indent.clone()
+            container.to_owned()
         }
     }
 }
