@@ -304,3 +304,37 @@ fn cfg_copies_follow_the_default_build_and_cfg_options() {
     assert!(root.join(".heph/cache/cfg.json").is_file());
     assert!(Resolver::new(&project).resolve("inner").is_ok());
 }
+
+#[test]
+fn notes_about_verification_follow_what_cargo_check_compiles() {
+    let (_d, root) = krate(&[
+        (
+            "src/lib.rs",
+            "#[cfg(test)]\nmod tests;\n#[cfg(all(test, unix))]\nmod unix_tests;\n#[cfg(feature = \"b\")]\n#[path = \"same.rs\"]\nmod twice;\n#[cfg(feature = \"zz\")]\n#[path = \"same.rs\"]\nmod twice;\n",
+        ),
+        ("src/tests.rs", ""),
+        ("src/unix_tests.rs", ""),
+        ("src/same.rs", ""),
+    ]);
+    fs::create_dir_all(root.join(".heph")).expect("mkdir");
+    let project = Project::open(&root).expect("open");
+    let r = Resolver::new(&project);
+    // `#[cfg(test)]` alone: the test build compiles it, known without asking rustc.
+    assert!(r.resolve("tests").expect("tests").notes.is_empty());
+    assert!(
+        !root.join(".heph/cache/cfg.json").exists(),
+        "rustc was not needed"
+    );
+    // Compiled by the test build only (`cargo check --all-targets` builds it): no note.
+    if cfg!(unix) {
+        assert!(
+            r.resolve("unix_tests")
+                .expect("unix_tests")
+                .notes
+                .is_empty()
+        );
+    }
+    // Two declarations of one file: that file, whatever their cfgs.
+    let twice = r.resolve("twice").expect("one file");
+    assert_eq!(rel(&root, &twice), "src/same.rs");
+}
