@@ -75,6 +75,7 @@ fn every_layout_resolves_like_rustc() {
         assert!(m.notes.is_empty(), "{path}: {:?}", m.notes);
     }
     assert_eq!(r.resolve("d::g").expect("g").inline, ["d", "g"]);
+    assert!(r.resolve("d::g").expect("g").expanded_item().is_none());
     let all: Vec<String> = r.all_modules(100).into_iter().map(|m| m.path).collect();
     assert_eq!(all.len(), cases.len(), "{all:?}");
     let e = r.resolve("a::zz").expect_err("missing").to_string();
@@ -119,7 +120,7 @@ fn modules_declared_in_macro_calls_carry_the_expansions_cfg() {
     let (_d, root) = krate(&[
         (
             "src/lib.rs",
-            "#[macro_use]\nmod macros;\n\ncfg_a! {\n    pub mod fs;\n    pub mod inl {\n        pub mod deep;\n        pub fn f() {}\n    }\n}\ncfg_b! { pub mod net; }\nfeature! {\n    #![any(feature = \"a\", feature = \"b\")]\n    pub mod both_ab;\n}\nmods!(one, two);\nboth! { mod nested; }\ncrate::cfg_a! { mod pathed; }\nforeign::make! { pub mod guessed; }\n",
+            "#[macro_use]\nmod macros;\n\ncfg_a! {\n    pub mod fs;\n    pub mod inl {\n        pub mod deep;\n        pub mod inner2 {\n            pub fn x() {}\n        }\n        pub fn f() {}\n    }\n}\ncfg_b! { pub mod net; }\nfeature! {\n    #![any(feature = \"a\", feature = \"b\")]\n    pub mod both_ab;\n}\nmods!(one, two);\nboth! { mod nested; }\ncrate::cfg_a! { mod pathed; }\nforeign::make! { pub mod guessed; }\n",
         ),
         ("src/macros.rs", MACROS),
         ("src/fs.rs", ""),
@@ -173,7 +174,7 @@ fn modules_declared_in_macro_calls_carry_the_expansions_cfg() {
     assert!(
         g.notes
             .iter()
-            .any(|n| n.contains("`make!` at src/lib.rs:19:1, a macro heph cannot expand")),
+            .any(|n| n.contains("`make!` at src/lib.rs:22:1, a macro heph cannot expand")),
         "{:?}",
         g.notes
     );
@@ -201,6 +202,15 @@ fn modules_declared_in_macro_calls_carry_the_expansions_cfg() {
         "{}",
         out.text
     );
+    // An inline module inside one read from an expansion: its own items.
+    let inner2 = r.resolve("inl::inner2").expect("inner2");
+    let names: Vec<String> = inner2
+        .items(&file)
+        .expect("items")
+        .iter()
+        .map(|i| hephaestus_core::ItemKey::of_item(i).to_string())
+        .collect();
+    assert_eq!(names, ["fn x"]);
     let modules: Vec<String> = r.all_modules(100).into_iter().map(|m| m.path).collect();
     for p in [
         "crate::fs",
@@ -239,7 +249,7 @@ fn a_macro_heph_cannot_expand_is_named_when_a_module_is_missing() {
     assert!(matches!(e, ResolveError::NotFound { .. }), "{e}");
 }
 
-const COPIES: &str = "#[cfg(feature = \"b\")]\nmod inner {\n    fn which() {}\n}\n#[cfg(not(feature = \"b\"))]\nmod inner {\n    fn which() {}\n}\n#[cfg(feature = \"b\")]\nmod off1 {}\n#[cfg(feature = \"zz\")]\nmod off1 {}\n#[cfg(feature = \"a\")]\nmod on2 {}\n#[cfg(feature = \"c\")]\nmod on2 {}\n#[cfg(unix)]\nmod plat;\n#[cfg(windows)]\n#[path = \"win.rs\"]\nmod plat;\n";
+const COPIES: &str = "#[cfg(feature = \"b\")]\nmod inner {\n    fn which() {}\n}\n#[cfg(not(feature = \"b\"))]\nmod inner {\n    fn which() {}\n}\n#[cfg(feature = \"b\")]\nmod off1 {}\n#[cfg(feature = \"zz\")]\nmod off1 {}\n#[cfg(feature = \"a\")]\nmod on2 {}\n#[cfg(feature = \"c\")]\nmod on2 {}\n#[cfg(unix)]\nmod plat;\n#[cfg(windows)]\n#[path = \"win.rs\"]\nmod plat;\n#[cfg(feature = \"a\")]\nmod nocfg {}\nmod nocfg {}\n";
 
 #[test]
 fn cfg_copies_follow_the_default_build_and_cfg_options() {
@@ -274,6 +284,8 @@ fn cfg_copies_follow_the_default_build_and_cfg_options() {
         e.contains("#[cfg(feature = \"a\")] (inline, declared at src/lib.rs:13:1)"),
         "{e}"
     );
+    let e = r.resolve("nocfg").expect_err("several").to_string();
+    assert!(e.contains("#[cfg(feature = \"a\")] (inline, declared at src/lib.rs:22:1), no #[cfg] (inline, declared at src/lib.rs:24:1)"), "{e}");
     // Options given: `b` picks the other copy; a given option breaks a tie.
     let b = CfgOption::parse("feature = \"b\"").expect("cfg");
     let rb = Resolver::new(&project).with_cfg(std::slice::from_ref(&b));

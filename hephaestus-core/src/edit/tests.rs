@@ -754,6 +754,12 @@ fn verbatim_compares_bytes_and_formatted_says_what_it_ignored() {
     let spaced = "fn f() {\n    let x  = 1;\n}";
     let out = apply_to_text(text, &[], &Edit::merge(spaced).verbatim()).expect("edit");
     assert_eq!(out.changes[0].action, ChangeAction::Replaced);
+    // But not the indentation of lines alone: heph indents items to their place (and
+    // where a comment before an item on its line hides it, can only guess it).
+    let shallow = "fn f() {\n  let x = 1;\n}";
+    let out = apply_to_text(text, &[], &Edit::merge(shallow).verbatim()).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert!(out.is_noop());
     // Formatted: the same tokens are unchanged, and the note says why.
     let out = apply_to_text(text, &[], &Edit::merge(commented)).expect("edit");
     assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
