@@ -746,10 +746,12 @@ fn verbatim_compares_bytes_and_formatted_says_what_it_ignored() {
     let out = apply_to_text(text, &[], &Edit::merge(commented).verbatim()).expect("edit");
     assert_eq!(out.changes[0].action, ChangeAction::Replaced);
     assert_eq!(out.text, format!("{commented}\n"));
-    // The same bytes: unchanged.
-    let out = apply_to_text(text, &[], &Edit::merge(text).verbatim()).expect("edit");
-    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
-    assert!(out.is_noop() && out.notes.is_empty());
+    // The same bytes: unchanged, in both modes, with nothing to note.
+    for edit in [Edit::merge(text).verbatim(), Edit::merge(text)] {
+        let out = apply_to_text(text, &[], &edit).expect("edit");
+        assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+        assert!(out.is_noop() && out.notes.is_empty(), "{:?}", out.notes);
+    }
     // A whitespace-only change is a change too.
     let spaced = "fn f() {\n    let x  = 1;\n}";
     let out = apply_to_text(text, &[], &Edit::merge(spaced).verbatim()).expect("edit");
@@ -817,10 +819,30 @@ fn impl_headers_merge() {
         out.contains("#[allow(dead_code)]\nimpl<T>   W<T>\nwhere\n    T: Clone,\n{\n    fn get"),
         "{out}"
     );
-    // The same header: nothing to change.
-    let same = apply_to_text(text, &[], &Edit::merge("impl<T: Clone> W<T> {}")).expect("edit");
-    assert!(same.is_noop());
-    assert_eq!(same.changes[0].action, ChangeAction::Unchanged);
+    // The same header: nothing to change, with or without its attributes and docs.
+    for code in [
+        "impl<T: Clone> W<T> {}",
+        "#[allow(dead_code)]\nimpl<T: Clone> W<T> {}",
+        "/// Doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {}",
+    ] {
+        let same = apply_to_text(text, &[], &Edit::merge(code)).expect("edit");
+        assert!(same.is_noop(), "{code}: {}", same.text);
+        assert_eq!(same.changes[0].action, ChangeAction::Unchanged, "{code}");
+    }
+    // New docs replace the old ones.
+    let out = apply_to_text(
+        text,
+        &[],
+        &Edit::merge("/// New doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {}"),
+    )
+    .expect("edit");
+    assert!(
+        out.text
+            .contains("\n/// New doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {")
+            && !out.text.contains("/// Doc."),
+        "{}",
+        out.text
+    );
     // Two blocks, a header that differs from both: which one is meant is unclear.
     let two = "struct S;\nimpl S {\n    fn a(&self) {}\n}\nimpl S {\n    fn b(&self) {}\n}\n";
     let e = err(two, &[], &Edit::merge("#[inline]\nimpl S {}"));
