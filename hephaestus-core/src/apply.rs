@@ -122,6 +122,9 @@ pub struct Plan {
     pub fitness: Option<Fitness>,
     /// The commit subject, when the operation names one.
     pub message: Option<String>,
+    /// What heph decided or ignored on the way (the `#[cfg]` copy it chose, the macro
+    /// that declares the module, comments a formatted merge did not compare).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -287,6 +290,8 @@ pub struct ApplyOutcome {
     pub rollback: Option<Evolution>,
     /// The result of `--run`.
     pub run: Option<RunReport>,
+    /// What heph decided or ignored on the way (see [`Plan::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// Errors of planning or applying a change.
@@ -419,9 +424,17 @@ impl Project {
         let resolver = Resolver::new(self);
         match op {
             Operation::SelfModify { module, edit } => {
+                let resolver = resolver.with_cfg(&edit.cfg);
                 let m = resolver.resolve(module)?;
                 let file = resolver.file(&m.file)?;
-                let outcome = edit::apply(&file, m.inline_index(), edit)?;
+                let lookup = || resolver.cfg_set(&m.package);
+                let within = match m.expanded_item() {
+                    Some(item) => edit::Within::Module(item),
+                    None => edit::Within::Chain(m.inline_index()),
+                };
+                let outcome = edit::apply_within(&file, within, edit, Some(&lookup))?;
+                let mut notes = m.notes.clone();
+                notes.extend(outcome.notes);
                 Ok(Plan {
                     kind: EvolutionKind::SelfModify,
                     module: m.path.clone(),
@@ -436,6 +449,7 @@ impl Project {
                     run: None,
                     fitness: None,
                     message: None,
+                    notes,
                 })
             }
             Operation::Import(spec) => Ok(import::plan(&resolver, spec)?),
@@ -485,6 +499,7 @@ impl Project {
                     run: None,
                     fitness: patch.fitness,
                     message: patch.message.clone(),
+                    notes: m.notes.clone(),
                 })
             }
         }
@@ -679,6 +694,7 @@ impl Project {
             pre_state: None,
             rollback: None,
             run: None,
+            notes: plan.notes.clone(),
         }
     }
 }

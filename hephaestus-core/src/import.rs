@@ -207,7 +207,11 @@ pub(crate) fn plan(
     // Declare the first missing module in the deepest existing one.
     let parent_file = resolver.file(&parent.file)?;
     let decl = Edit::merge(format!("{vis}mod {};", missing[0]));
-    let wired = edit::apply(&parent_file, parent.inline_index(), &decl)?;
+    let within = match parent.expanded_item() {
+        Some(item) => edit::Within::Module(item),
+        None => edit::Within::Chain(parent.inline_index()),
+    };
+    let wired = edit::apply_within(&parent_file, within, &decl, None)?;
     files.insert(
         0,
         FileWrite {
@@ -231,6 +235,7 @@ pub(crate) fn plan(
         run: spec.run.clone(),
         fitness: None,
         message: None,
+        notes: parent.notes.clone(),
     })
 }
 

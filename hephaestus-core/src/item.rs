@@ -256,6 +256,29 @@ fn strip_attrs(item: &syn::Item) -> TokenStream {
     item.to_token_stream()
 }
 
+/// The outer attributes of an item (none for tokens syn does not interpret).
+pub fn item_attrs(item: &syn::Item) -> &[syn::Attribute] {
+    use syn::Item;
+    match item {
+        Item::Const(i) => &i.attrs,
+        Item::Enum(i) => &i.attrs,
+        Item::ExternCrate(i) => &i.attrs,
+        Item::Fn(i) => &i.attrs,
+        Item::ForeignMod(i) => &i.attrs,
+        Item::Impl(i) => &i.attrs,
+        Item::Macro(i) => &i.attrs,
+        Item::Mod(i) => &i.attrs,
+        Item::Static(i) => &i.attrs,
+        Item::Struct(i) => &i.attrs,
+        Item::Trait(i) => &i.attrs,
+        Item::TraitAlias(i) => &i.attrs,
+        Item::Type(i) => &i.attrs,
+        Item::Union(i) => &i.attrs,
+        Item::Use(i) => &i.attrs,
+        _ => &[],
+    }
+}
+
 /// The outer attributes of an item, when it has them.
 pub fn item_attrs_mut(item: &mut syn::Item) -> Option<&mut Vec<syn::Attribute>> {
     use syn::Item;
@@ -346,7 +369,10 @@ fn write_tidy(tokens: TokenStream, out: &mut String) {
             }
             TokenTree::Punct(p) => {
                 let c = p.as_char();
+                // A glob (`super::*`) hugs its path.
+                let glob = c == '*' && out.ends_with("::");
                 match c {
+                    _ if glob => {}
                     ',' | ';' => {}
                     ':' if prev_joint || p.spacing() == Spacing::Joint => {}
                     '<' | '>' | '.' | '!' | '&' | '\'' | '?' | ':' => {}
@@ -356,7 +382,8 @@ fn write_tidy(tokens: TokenStream, out: &mut String) {
                 out.push(c);
                 let alone = p.spacing() == Spacing::Alone;
                 let separator = matches!(c, ',' | ';') || (c == ':' && alone && !prev_joint);
-                let operator = matches!(c, '=' | '+' | '|' | '*' | '/' | '%' | '^') && alone;
+                let operator =
+                    matches!(c, '=' | '+' | '|' | '*' | '/' | '%' | '^') && alone && !glob;
                 if separator || operator {
                     out.push(' ');
                 }
@@ -415,6 +442,8 @@ pub struct KeyQuery {
     pub kind_given: bool,
     /// The user named cfg attributes.
     pub cfg_given: bool,
+    /// `KEY#N`: the N-th (1-based, in source order) of the items sharing the key.
+    pub occurrence: Option<usize>,
     /// The original text.
     pub text: String,
 }
@@ -422,7 +451,7 @@ pub struct KeyQuery {
 /// Why a key string could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "cannot understand the item key `{text}`: {reason} (examples: `fn helper`, `struct Point`, `Point::norm`, `impl Display for Point`, `use std::fmt`, `#[cfg(test)] mod tests`)"
+    "cannot understand the item key `{text}`: {reason} (examples: `fn helper`, `struct Point`, `Point::norm`, `impl Display for Point`, `use std::fmt`, `#[cfg(test)] mod tests`, `use super::*#2`)"
 )]
 pub struct KeyParseError {
     /// The key as given.
@@ -444,6 +473,20 @@ impl KeyQuery {
             return Err(err("it is nested too deeply"));
         }
         let mut rest = text.trim();
+        // `use super::*#2`: the second of two identical items.
+        let mut occurrence = None;
+        if let Some((head, n)) = rest.rsplit_once('#')
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+        {
+            let n: usize = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err("`#N` counts from 1"))?;
+            occurrence = Some(n);
+            rest = head.trim_end();
+        }
         let mut cfg = Vec::new();
         while let Some(after) = rest.strip_prefix("#[") {
             let end = matching_bracket(after).ok_or_else(|| err("unclosed `#[`"))?;
@@ -503,6 +546,7 @@ impl KeyQuery {
             key,
             kind_given: kind.is_some(),
             cfg_given,
+            occurrence,
             text: text.to_owned(),
         })
     }
@@ -605,6 +649,8 @@ mod tests {
             "impl fmt::Display for Point"
         );
         assert_eq!(key("use std::{fmt, io};").to_string(), "use std::{fmt, io}");
+        assert_eq!(key("use super::*;").to_string(), "use super::*");
+        assert_eq!(key("use a::{b::*, c};").to_string(), "use a::{b::*, c}");
         assert_eq!(
             key("macro_rules! m { () => {} }").to_string(),
             "macro_rules! m"

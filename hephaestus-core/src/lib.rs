@@ -45,12 +45,14 @@
 
 pub mod api;
 pub mod apply;
+pub mod cfg;
 pub mod civil;
 pub mod config;
 pub mod edit;
 pub mod error;
 pub mod evolution;
 pub mod evolve;
+pub mod expand;
 pub mod fsio;
 pub mod history;
 pub mod import;

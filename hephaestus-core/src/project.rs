@@ -1,6 +1,7 @@
 //! The target project: where it is, its packages and their crate roots (through
 //! `cargo metadata`), and where cargo puts build output.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cargo_metadata::{MetadataCommand, TargetKind as CargoTargetKind};
@@ -68,6 +69,10 @@ pub struct Package {
     pub dir: PathBuf,
     /// Library first, then binaries.
     pub targets: Vec<Target>,
+    /// Its `[features]` as cargo metadata gives them (feature → what it enables), for
+    /// the default build's cfg set.
+    #[serde(default)]
+    pub features: BTreeMap<String, Vec<String>>,
 }
 
 impl Package {
@@ -90,6 +95,8 @@ pub struct Project {
     target_dir: PathBuf,
     packages: Vec<Package>,
     default_package: Option<usize>,
+    /// The caller's description of the environment (see [`Project::open_cached`]).
+    env: String,
 }
 
 impl Project {
@@ -111,10 +118,12 @@ impl Project {
             .join(crate::state::STATE_DIR)
             .join("cache")
             .join("metadata.json");
-        if let Some(project) = cache::load(&cache, &root, env) {
+        if let Some(mut project) = cache::load(&cache, &root, env) {
+            project.env = env.to_owned();
             return Ok(project);
         }
-        let project = Project::from_metadata(root.clone())?;
+        let mut project = Project::from_metadata(root.clone())?;
+        project.env = env.to_owned();
         if root.join(crate::state::STATE_DIR).is_dir() {
             cache::store(&cache, &project, env);
         }
@@ -178,6 +187,11 @@ impl Project {
                 manifest_path,
                 dir: pkg_dir,
                 targets,
+                features: pkg
+                    .features
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             });
         }
         if packages.is_empty() {
@@ -195,6 +209,7 @@ impl Project {
             target_dir: PathBuf::from(meta.target_directory.as_std_path()),
             packages,
             default_package,
+            env: String::new(),
         })
     }
 
@@ -233,6 +248,12 @@ impl Project {
     pub fn package(&self, name: &str) -> Option<&Package> {
         let want = name.replace('-', "_");
         self.packages.iter().find(|p| p.crate_name() == want)
+    }
+
+    /// The environment description given to [`Project::open_cached`] (empty for
+    /// [`Project::open`]); it keys caches of what the environment can change.
+    pub fn env(&self) -> &str {
+        &self.env
     }
 
     /// Path of `file` relative to the root, with `/` separators (for messages and
@@ -338,7 +359,7 @@ mod cache {
             key.push(file(dir.join(".cargo/config")));
         }
         key.push(Stamp::Text(format!(
-            "heph {} env {env}",
+            "heph {} metadata 2 env {env}",
             env!("CARGO_PKG_VERSION")
         )));
         key
@@ -354,6 +375,7 @@ mod cache {
             target_dir: cached.target_dir,
             packages: cached.packages,
             default_package: cached.default_package,
+            env: String::new(),
         })
     }
 

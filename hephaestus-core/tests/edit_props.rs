@@ -1282,6 +1282,13 @@ fn check_merge(spec: &ModSpec, e: &EditSpec) -> Check {
     } else {
         vec![ChangeAction::Replaced, ChangeAction::Unchanged]
     };
+    // The same tokens: unchanged, except in verbatim mode, where only the same bytes
+    // are (a comment or layout change is written).
+    let same_tokens = if e.verbatim {
+        vec![ChangeAction::Unchanged, ChangeAction::Replaced]
+    } else {
+        vec![ChangeAction::Unchanged]
+    };
     let mut added: Vec<ItemKey> = Vec::new();
     // Ranges a replacement may cover, and impls that may receive members.
     let mut replace_ranges: Vec<Range<usize>> = Vec::new();
@@ -1323,8 +1330,14 @@ fn check_merge(spec: &ModSpec, e: &EditSpec) -> Check {
                         expected.push((vec![ChangeAction::Added], mkey.to_string()));
                         open_impls.push(*matches.last().expect("an impl"));
                     }
-                    Some((_, _, om)) if same(om, nm) => {
-                        expected.push((vec![ChangeAction::Unchanged], mkey.to_string()));
+                    Some((i, j, om)) if same(om, nm) => {
+                        expected.push((same_tokens.clone(), mkey.to_string()));
+                        let r = &items[i].children[j];
+                        replace_ranges.push(if has_docs(nm) || !has_docs(om) {
+                            r.span.clone()
+                        } else {
+                            r.body_start..r.span.end
+                        });
                     }
                     Some((i, j, om)) => {
                         expected.push((may_be_unchanged.clone(), mkey.to_string()));
@@ -1351,7 +1364,13 @@ fn check_merge(spec: &ModSpec, e: &EditSpec) -> Check {
                 expected.push((vec![ChangeAction::Unchanged], key.to_string()));
             }
             [i] if same(&old_items[*i], new) => {
-                expected.push((vec![ChangeAction::Unchanged], key.to_string()));
+                expected.push((same_tokens.clone(), key.to_string()));
+                let r = &items[*i];
+                replace_ranges.push(if has_docs(new) || !has_docs(&old_items[*i]) {
+                    r.span.clone()
+                } else {
+                    r.body_start..r.span.end
+                });
             }
             [i] => {
                 expected.push((may_be_unchanged.clone(), key.to_string()));

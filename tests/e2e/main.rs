@@ -4,8 +4,10 @@
 mod api;
 mod bad_input;
 mod cli;
+mod edit_cases;
 mod evolve;
 mod history;
 mod import;
+mod real_crates;
 mod self_modify;
 mod watch;

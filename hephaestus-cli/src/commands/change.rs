@@ -106,10 +106,16 @@ pub struct WriteArgs {
 /// Open the project from `--project` or the current directory, reusing the cached
 /// answer of `cargo metadata` while the manifests and cargo's environment are unchanged.
 pub fn open_project(global: &GlobalArgs) -> Result<Project> {
-    let env: String = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "CARGO_HOME"]
-        .iter()
-        .map(|v| format!("{v}={};", std::env::var(v).unwrap_or_default()))
-        .collect();
+    let env: String = [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_HOME",
+        "RUSTC",
+        "RUSTUP_TOOLCHAIN",
+    ]
+    .iter()
+    .map(|v| format!("{v}={};", std::env::var(v).unwrap_or_default()))
+    .collect();
     Ok(Project::open_cached(&crate::project::root(global)?, &env)?)
 }
 
@@ -226,6 +232,9 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
     }
     if let Some(diff) = &outcome.diff {
         out.line(colorize_diff(diff, out.color));
+    }
+    for note in &outcome.notes {
+        out.note(format!("note: {note}"));
     }
     for c in &outcome.changes {
         if c.action != ChangeAction::Unchanged || out.verbose > 0 {

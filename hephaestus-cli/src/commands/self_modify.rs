@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args as ClapArgs, ValueEnum};
+use hephaestus_core::cfg::CfgOption;
 use hephaestus_core::{Config, Edit, Operation};
 
 use super::change::{self, CodeArgs, WriteArgs};
@@ -12,7 +13,9 @@ use crate::output::{GlobalArgs, Output, UsageError};
 #[command(after_help = "Examples:\n  \
     heph self-modify crate::agent::test_hot_reload --code 'fn test_function() -> &'\"'\"'static str { \"v3\" }'\n  \
     heph self-modify agent.example_module --code-file patch.rs --verify 'cargo test'\n  \
-    heph self-modify agent::example_module --mode remove --item 'fn helper' --item 'Point::norm'")]
+    heph self-modify agent::example_module --mode remove --item 'fn helper' --item 'Point::norm'\n  \
+    heph self-modify agent::example_module --mode remove --item 'use super::*#2'\n  \
+    heph self-modify crate::builder::str::inner --cfg 'feature = \"string\"' --code-file patch.rs")]
 pub struct Args {
     /// The module: `crate::agent::example_module`, `agent::example_module`,
     /// `agent.example_module`, or `package::agent::example_module`.
@@ -31,6 +34,11 @@ pub struct Args {
     /// them with prettyplease.
     #[arg(long)]
     pub verbatim: bool,
+    /// When a module or item has several `#[cfg]` copies, choose as a build with this
+    /// cfg set too would: `feature = "name"`, `unix`, `target_os = "linux"`
+    /// (repeatable). Without it, the copy the package's default build compiles.
+    #[arg(long = "cfg", value_name = "CFG", value_parser = parse_cfg)]
+    pub cfg: Vec<CfgOption>,
     #[command(flatten)]
     pub write: WriteArgs,
 }
@@ -59,7 +67,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
                 )
                 .into());
             }
-            Edit::remove(args.items.clone())
+            Edit::remove(args.items.clone()).with_cfg(args.cfg.clone())
         }
         mode => {
             if !args.items.is_empty() {
@@ -71,6 +79,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
             } else {
                 Edit::merge(code)
             };
+            let edit = edit.with_cfg(args.cfg.clone());
             if args.verbatim { edit.verbatim() } else { edit }
         }
     };
@@ -83,4 +92,8 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     };
     let outcome = change::apply(&project, &op, &opts, out)?;
     Ok(change::render(&outcome, out))
+}
+
+fn parse_cfg(text: &str) -> Result<CfgOption, String> {
+    CfgOption::parse(text).map_err(|e| e.to_string())
 }

@@ -123,18 +123,35 @@ pub fn pretty_member(owner: &syn::ItemImpl, member: &syn::ImplItem) -> String {
 /// The text of a submitted item as written: from its first attribute to its last
 /// token, with the indentation its first line had in the submission removed from
 /// every line, line endings as `\n`.
-pub fn verbatim(code: &str, range: Range<usize>) -> String {
+///
+/// A raw byte span copied from a file (its first line unindented because the span
+/// starts at the item, its other lines keeping the file's deeper indentation) is
+/// recognised: the other lines lose the indentation they share, up to `dest`, the
+/// indentation the item goes to, so the item is re-indented once, not twice. (Up to
+/// `dest`: an unindented item whose later lines hang deeper, `static X =\n    [..];`
+/// at the top level, keeps its layout.)
+pub fn verbatim(code: &str, range: Range<usize>, dest: &str) -> String {
     let line_start = code[..range.start].rfind('\n').map_or(0, |i| i + 1);
     let lead = &code[line_start..range.start];
-    let indent: String = if lead.trim().is_empty() {
-        lead.to_owned()
-    } else {
-        String::new()
-    };
     let text = code[range].replace("\r\n", "\n");
     // The first line starts at the item; the others carry the submission's indent,
     // except lines inside a multi-line literal, whose bytes are part of the program.
     let protected = protected_lines(&text);
+    let indent: String = if !lead.trim().is_empty() {
+        // Something precedes the item on its line (`/* c */ fn f`): the line's own
+        // indentation is the submission's.
+        lead.chars()
+            .take_while(|c| *c == ' ' || *c == '\t')
+            .collect()
+    } else if lead.is_empty() {
+        match raw_span_indent(&text, &protected) {
+            Some(shared) if shared.starts_with(dest) => dest.to_owned(),
+            Some(shared) if dest.starts_with(shared.as_str()) => shared,
+            _ => String::new(),
+        }
+    } else {
+        lead.to_owned()
+    };
     let mut out = String::new();
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
@@ -149,6 +166,53 @@ pub fn verbatim(code: &str, range: Range<usize>) -> String {
         }
     }
     out
+}
+
+/// The indentation a raw span's lines after the first share, when the text looks like
+/// one: several lines, every later non-blank line (outside multi-line literals)
+/// starting with the non-empty indentation of the last line.
+fn raw_span_indent(text: &str, protected: &[usize]) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let last = *lines.last()?;
+    if lines.len() < 2 || protected.contains(&(lines.len() - 1)) {
+        return None;
+    }
+    let lead: String = last
+        .chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .collect();
+    if lead.is_empty() {
+        return None;
+    }
+    let shared = lines
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(i, l)| !protected.contains(i) && !l.trim().is_empty())
+        .all(|(_, l)| l.starts_with(lead.as_str()));
+    shared.then_some(lead)
+}
+
+/// Are `a` and `b` the same text but for the indentation of their lines (lines inside
+/// multi-line literals compared whole)? A re-indented copy of an item is the same item
+/// for verbatim mode, which indents items to their place anyway; a comment, a blank
+/// line or a space inside a line is not.
+pub fn same_but_indentation(a: &str, b: &str) -> bool {
+    let (pa, pb) = (protected_lines(a), protected_lines(b));
+    let lines = |t: &str, p: &[usize]| -> Vec<String> {
+        t.split('\n')
+            .enumerate()
+            .map(|(i, l)| {
+                let l = l.strip_suffix('\r').unwrap_or(l);
+                if p.contains(&i) {
+                    l.to_owned()
+                } else {
+                    l.trim_start_matches([' ', '\t']).to_owned()
+                }
+            })
+            .collect()
+    };
+    lines(a, &pa) == lines(b, &pb)
 }
 
 /// Convert prettyplease's four-space indentation to tabs (lines inside multi-line
@@ -207,6 +271,10 @@ pub fn indent(text: &str, indent: &str, first: bool) -> String {
 
 /// Indices of lines (0-based) that start inside a multi-line literal of `text`.
 fn protected_lines(text: &str) -> Vec<usize> {
+    // Only string literals span lines (char literals cannot): no quote, no lexing.
+    if !text.contains('"') || !text.contains('\n') {
+        return Vec::new();
+    }
     let Ok(tokens) = TokenStream::from_str(text) else {
         return Vec::new();
     };
@@ -261,8 +329,77 @@ mod tests {
     #[test]
     fn verbatim_keeps_relative_indentation() {
         let code = "    fn f() {\r\n        1\r\n    }\n";
-        let out = verbatim(code, 4..code.trim_end().len());
+        let out = verbatim(code, 4..code.trim_end().len(), "");
         assert_eq!(out, "fn f() {\n    1\n}");
+    }
+
+    #[test]
+    fn a_comment_before_the_item_does_not_hide_the_lines_indentation() {
+        let code = "    /* c */ fn f() {\n        1\n    }";
+        let start = code.find("fn").expect("fn");
+        assert_eq!(verbatim(code, start..code.len(), ""), "fn f() {\n    1\n}");
+    }
+
+    #[test]
+    fn indentation_alone_is_no_difference() {
+        assert!(same_but_indentation(
+            "fn f() {\n    1\n}",
+            "fn f() {\n        1\n    }"
+        ));
+        assert!(!same_but_indentation(
+            "fn f() {\n    1\n}",
+            "fn f() {\n    // c\n    1\n}"
+        ));
+        assert!(!same_but_indentation(
+            "fn f() {\n    1 +2\n}",
+            "fn f() {\n    1 + 2\n}"
+        ));
+        assert!(!same_but_indentation(
+            "fn f() {\n    1\n}",
+            "fn f() {\n\n    1\n}"
+        ));
+        // Inside a multi-line string, leading spaces are part of the program.
+        let a = "fn f() -> &'static str {\n    \"a\n  b\"\n}";
+        let b = "fn f() -> &'static str {\n    \"a\n    b\"\n}";
+        assert!(!same_but_indentation(a, b));
+    }
+
+    #[test]
+    fn raw_spans_are_dedented_once() {
+        // A method copied by its byte span out of an impl indented by four.
+        let code = "fn f() {\n        let x = 1;\n\n        x\n    }";
+        assert_eq!(
+            verbatim(code, 0..code.len(), "    "),
+            "fn f() {\n    let x = 1;\n\n    x\n}"
+        );
+        // Attributes on their own line, no closing bracket.
+        let code = "#[derive(Debug)]\n    struct S;";
+        assert_eq!(
+            verbatim(code, 0..code.len(), "    "),
+            "#[derive(Debug)]\nstruct S;"
+        );
+        // Not a raw span: the last line is not indented.
+        let code = "fn f() {\n    1\n}";
+        assert_eq!(verbatim(code, 0..code.len(), "    "), code);
+        // A line of a multi-line literal does not count, and keeps its bytes.
+        let code = "fn f() -> &'static str {\n        \"a\nb\"\n    }";
+        assert_eq!(
+            verbatim(code, 0..code.len(), "    "),
+            "fn f() -> &'static str {\n    \"a\nb\"\n}"
+        );
+        // Lines hanging deeper than where the item goes keep the difference.
+        let code = "static X: [u8; 2] =\n    [1, 2];";
+        assert_eq!(verbatim(code, 0..code.len(), ""), code);
+        let code = "static X: [u8; 2] =\n        [1, 2];";
+        assert_eq!(
+            verbatim(code, 0..code.len(), "    "),
+            "static X: [u8; 2] =\n    [1, 2];"
+        );
+        // A line less indented than the last one: left as it is.
+        let code = "fn f() {\n  x\n    }";
+        assert_eq!(verbatim(code, 0..code.len(), "    "), code);
+        let code = "fn f() {\n\t\tx\n    }";
+        assert_eq!(verbatim(code, 0..code.len(), "    "), code);
     }
 
     #[test]

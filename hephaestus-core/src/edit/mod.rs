@@ -12,19 +12,25 @@
 
 mod check;
 mod format;
+mod merge;
+mod place;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::ops::Range;
+use std::rc::Rc;
 
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use quote::ToTokens;
 use serde::Serialize;
 
+use crate::cfg::{CfgError, CfgOption, CfgSet};
 use crate::item::{ItemKey, ItemKind, KeyParseError, KeyQuery, impl_name};
-use crate::source::{
-    LineEnding, Origin, SourceFile, SyntaxError, is_plain_line_comment, parse_items,
-};
+use crate::source::{LineEnding, Origin, SourceFile, SyntaxError};
+
+/// Where an edit finds the build configuration when it must choose among `#[cfg]`
+/// copies (asked only then).
+pub type CfgLookup<'a> = &'a dyn Fn() -> Result<Rc<CfgSet>, CfgError>;
 
 /// How the module is changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +67,9 @@ pub struct Edit {
     pub items: Vec<String>,
     /// Layout of new item text (merge mode).
     pub formatting: Formatting,
+    /// Options set on top of the default build when choosing among `#[cfg]` copies
+    /// of a module or item (`--cfg 'feature = "x"'`).
+    pub cfg: Vec<CfgOption>,
 }
 
 impl Edit {
@@ -71,6 +80,7 @@ impl Edit {
             code: code.into(),
             items: Vec::new(),
             formatting: Formatting::Pretty,
+            cfg: Vec::new(),
         }
     }
 
@@ -81,6 +91,7 @@ impl Edit {
             code: code.into(),
             items: Vec::new(),
             formatting: Formatting::Verbatim,
+            cfg: Vec::new(),
         }
     }
 
@@ -95,12 +106,19 @@ impl Edit {
             code: String::new(),
             items: keys.into_iter().map(Into::into).collect(),
             formatting: Formatting::Pretty,
+            cfg: Vec::new(),
         }
     }
 
     /// Keep submitted items exactly as written instead of formatting them.
     pub fn verbatim(mut self) -> Edit {
         self.formatting = Formatting::Verbatim;
+        self
+    }
+
+    /// Choose `#[cfg]` copies as a build with these options set too would.
+    pub fn with_cfg(mut self, options: Vec<CfgOption>) -> Edit {
+        self.cfg = options;
         self
     }
 }
@@ -160,6 +178,9 @@ pub struct EditOutcome {
     pub changes: Vec<ItemChange>,
     /// The splices applied, sorted by position, non-overlapping.
     pub splices: Vec<Splice>,
+    /// What the engine decided or ignored, for the user (the `#[cfg]` copy it chose,
+    /// comments a formatted merge did not compare).
+    pub notes: Vec<String>,
 }
 
 impl EditOutcome {
@@ -199,7 +220,7 @@ pub enum EditError {
         second: usize,
     },
     /// The module holds several items with the key an edit refers to.
-    #[error("`{key}` matches several items of the module: {}; name it more precisely (kind, `#[cfg(..)]`, or `Type::member`)", .candidates.join(", "))]
+    #[error("`{key}` matches several items of the module: {}; name it more precisely (kind, `#[cfg(..)]`, `Type::member`, or `KEY#N` for the N-th of identical items, as listed)", .candidates.join(", "))]
     Ambiguous {
         /// The key as given or derived.
         key: String,
@@ -217,6 +238,20 @@ pub enum EditError {
     /// A key string could not be parsed.
     #[error(transparent)]
     Key(#[from] KeyParseError),
+    /// The submission names no `#[cfg]`, the module has several `#[cfg]` copies of
+    /// the item, and the build configuration does not tell which one is meant.
+    #[error("`{key}` has no copy without #[cfg] but #[cfg] copies, and {reason}: {}; add the copy's #[cfg(..)] to the submitted item, or pick one with --cfg", .candidates.join(", "))]
+    CfgCopies {
+        /// The submitted key.
+        key: String,
+        /// Why no copy could be chosen.
+        reason: String,
+        /// The copies, with their lines.
+        candidates: Vec<String>,
+    },
+    /// The build configuration could not be read.
+    #[error(transparent)]
+    Cfg(#[from] CfgError),
     /// The module to edit was not found inside its file.
     #[error("the inline module `{0}` was not found in its file")]
     NoInlineModule(String),
@@ -238,7 +273,10 @@ fn list_available(keys: &[String]) -> String {
 
 impl crate::Categorized for EditError {
     fn category(&self) -> crate::ErrorCategory {
-        crate::ErrorCategory::BadInput
+        match self {
+            EditError::Cfg(e) => e.category(),
+            _ => crate::ErrorCategory::BadInput,
+        }
     }
 }
 
@@ -261,6 +299,10 @@ struct Entry<'a> {
     node: Node<'a>,
     file: &'a SourceFile,
     data: OnceCell<EntryData>,
+    /// Which of the items with this same key it is (1-based, in source order).
+    occurrence: usize,
+    /// How many items of its container have this same key.
+    twins: usize,
 }
 
 /// What an entry's tokens say, computed on first use.
@@ -280,6 +322,25 @@ impl<'a> Entry<'a> {
             node,
             file,
             data: OnceCell::new(),
+            occurrence: 1,
+            twins: 1,
+        }
+    }
+
+    /// The key as heph shows it: `use super::*#2` when several items share it.
+    fn shown(&self) -> String {
+        if self.twins > 1 {
+            format!("{}#{}", self.key, self.occurrence)
+        } else {
+            self.key.to_string()
+        }
+    }
+
+    /// The item's outer attributes.
+    fn attrs(&self) -> &'a [syn::Attribute] {
+        match self.node {
+            Node::Item(i) => crate::item::item_attrs(i),
+            Node::Member(m) => member_attrs(m),
         }
     }
 
@@ -355,6 +416,24 @@ fn has_docs(attrs: &[syn::Attribute]) -> bool {
     attrs.iter().any(|a| a.path().is_ident("doc"))
 }
 
+/// Number the entries that share a key (`#1`, `#2`, ...), in source order.
+fn number(entries: &mut [Entry<'_>]) {
+    let mut seen: HashMap<&ItemKey, usize> = HashMap::new();
+    let occurrences: Vec<usize> = entries
+        .iter()
+        .map(|e| {
+            let n = seen.entry(&e.key).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .collect();
+    let totals: Vec<usize> = entries.iter().map(|e| seen[&e.key]).collect();
+    for ((e, occurrence), twins) in entries.iter_mut().zip(occurrences).zip(totals) {
+        e.occurrence = occurrence;
+        e.twins = twins;
+    }
+}
+
 fn member_attrs(m: &syn::ImplItem) -> &[syn::Attribute] {
     match m {
         syn::ImplItem::Const(i) => &i.attrs,
@@ -375,10 +454,32 @@ enum Node<'a> {
     Member(&'a syn::ImplItem),
 }
 
+/// Which module of a file an edit works on.
+#[derive(Debug, Clone, Copy)]
+pub enum Within<'a> {
+    /// The file's top level (empty) or the inline module reached by these item indices.
+    Chain(&'a [usize]),
+    /// This inline module item (read from a macro expansion; its spans point into the
+    /// file).
+    Module(&'a syn::ItemMod),
+}
+
 /// Apply `edit` to the module whose items are `file`'s top level (when `inline` is
-/// empty) or the inline module reached by the item indices in `inline`.
+/// empty) or the inline module reached by the item indices in `inline`. Without a
+/// build configuration, a choice among `#[cfg]` copies is refused.
 pub fn apply(file: &SourceFile, inline: &[usize], edit: &Edit) -> Result<EditOutcome, EditError> {
-    let mut engine = Engine::new(file, inline)?;
+    apply_within(file, Within::Chain(inline), edit, None)
+}
+
+/// Apply `edit` to a module of `file`, asking `cfg` for the build configuration when
+/// a submitted item has several `#[cfg]` copies.
+pub fn apply_within(
+    file: &SourceFile,
+    within: Within<'_>,
+    edit: &Edit,
+    cfg: Option<CfgLookup<'_>>,
+) -> Result<EditOutcome, EditError> {
+    let mut engine = Engine::new(file, within, cfg)?;
     match edit.mode {
         EditMode::Merge => engine.merge(&edit.code, edit.formatting)?,
         EditMode::Replace => engine.replace(&edit.code)?,
@@ -422,6 +523,10 @@ struct Engine<'a> {
     tabs: bool,
     /// The end of the module's inner attributes (or its body's start).
     after_attrs: usize,
+    /// Notes for the outcome.
+    notes: Vec<String>,
+    /// The build configuration, asked for when `#[cfg]` copies must be chosen among.
+    cfg: Option<CfgLookup<'a>>,
 }
 
 /// A splice before sorting, with the order it was made in and whether it must be
@@ -430,6 +535,18 @@ struct Pending {
     splice: Splice,
     order: usize,
     separate: bool,
+}
+
+/// An item a key to remove designates.
+struct Hit {
+    key: ItemKey,
+    shown: String,
+    occurrence: usize,
+    range: Range<usize>,
+    attrs: Vec<syn::Attribute>,
+    /// The container's body and closing brace.
+    body: Range<usize>,
+    close: Option<usize>,
 }
 
 /// How an insertion is laid out relative to its neighbours.
@@ -442,18 +559,33 @@ enum Spacing {
 }
 
 impl<'a> Engine<'a> {
-    fn new(file: &'a SourceFile, inline: &[usize]) -> Result<Self, EditError> {
+    fn new(
+        file: &'a SourceFile,
+        within: Within<'a>,
+        cfg: Option<CfgLookup<'a>>,
+    ) -> Result<Self, EditError> {
         let text = file.text();
         let mut items: &'a [syn::Item] = &file.syntax().items;
         let mut braced: Option<&'a syn::ItemMod> = None;
-        for &i in inline {
-            match items.get(i) {
-                Some(syn::Item::Mod(m)) if m.content.is_some() => {
-                    braced = Some(m);
-                    items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
+        match within {
+            Within::Chain(inline) => {
+                for &i in inline {
+                    match items.get(i) {
+                        Some(syn::Item::Mod(m)) if m.content.is_some() => {
+                            braced = Some(m);
+                            items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
+                        }
+                        _ => return Err(EditError::NoInlineModule(format!("#{i}"))),
+                    }
                 }
-                _ => return Err(EditError::NoInlineModule(format!("#{i}"))),
             }
+            Within::Module(m) => match &m.content {
+                Some((_, v)) => {
+                    braced = Some(m);
+                    items = v.as_slice();
+                }
+                None => return Err(EditError::NoInlineModule(m.ident.to_string())),
+            },
         }
         let (body, close, default_indent) = match braced {
             None => (file.prefix_len()..text.len(), None, String::new()),
@@ -477,10 +609,11 @@ impl<'a> Engine<'a> {
             .filter(|a| matches!(a.style, syn::AttrStyle::Inner(_)))
             .map(|a| file.range_of(a).end)
             .fold(body.start, usize::max);
-        let entries: Vec<Entry<'a>> = items
+        let mut entries: Vec<Entry<'a>> = items
             .iter()
             .map(|it| Entry::new(file, ItemKey::of_item(it), Node::Item(it)))
             .collect();
+        number(&mut entries);
         let indent = entries
             .first()
             .and_then(|e| own_line_indent(text, e.range().start))
@@ -507,6 +640,8 @@ impl<'a> Engine<'a> {
             order: 0,
             tabs,
             after_attrs,
+            notes: Vec::new(),
+            cfg,
         })
     }
 
@@ -533,465 +668,15 @@ impl<'a> Engine<'a> {
     }
 
     fn change(&mut self, action: ChangeAction, key: &ItemKey) {
+        self.change_shown(action, &key.to_string(), key.kind);
+    }
+
+    fn change_shown(&mut self, action: ChangeAction, shown: &str, kind: ItemKind) {
         self.changes.push(ItemChange {
             action,
-            key: key.to_string(),
-            kind: key.kind,
+            key: shown.to_owned(),
+            kind,
         });
-    }
-
-    // ----- merge -----
-
-    fn merge(&mut self, code: &str, formatting: Formatting) -> Result<(), EditError> {
-        // CRLF inside a multi-line literal would reach the file as written (prettyplease
-        // prints literals as they are): work on LF, the file's ending is applied later.
-        let code = &code.replace("\r\n", "\n");
-        let (items, ranges) = parse_items(code).map_err(EditError::Syntax)?;
-        if items.is_empty() {
-            return Err(EditError::EmptyCode);
-        }
-        let line = |r: &Range<usize>| crate::source::line_col(code, r.start).0;
-        if self.module.indent.is_empty() {
-            // The file's majority decides, not counting the items this merge names:
-            // the text it writes must not tip the decision for the same merge again.
-            let keys: Vec<ItemKey> = items.iter().map(ItemKey::of_item).collect();
-            let named: Vec<Range<usize>> = self
-                .module
-                .items
-                .iter()
-                .filter(|e| keys.contains(&e.key))
-                .map(|e| e.range())
-                .collect();
-            self.tabs = tabs_majority(self.text, &named);
-        }
-        // Submitted impls with the same key are merged together, but a member twice is
-        // refused like other duplicates; a repeated `use` is added once.
-        let mut seen: HashMap<ItemKey, usize> = HashMap::new();
-        let mut seen_members: HashMap<(ItemKey, ItemKey), usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
-            let key = ItemKey::of_item(item);
-            if let syn::Item::Impl(imp) = item {
-                let owner = impl_name(imp);
-                for m in &imp.items {
-                    let mkey = ItemKey::of_member(&owner, m);
-                    let at = syn::spanned::Spanned::span(m).byte_range();
-                    if let Some(first) = seen_members.get(&(key.clone(), mkey.clone())) {
-                        return Err(EditError::DuplicateInCode {
-                            key: mkey.to_string(),
-                            first: line(&(*first..*first)),
-                            second: line(&at),
-                        });
-                    }
-                    seen_members.insert((key.clone(), mkey), at.start);
-                }
-                continue;
-            }
-            if key.kind == ItemKind::Use {
-                continue;
-            }
-            if let Some(&j) = seen.get(&key) {
-                return Err(EditError::DuplicateInCode {
-                    key: key.to_string(),
-                    first: line(&ranges[j]),
-                    second: line(&ranges[i]),
-                });
-            }
-            seen.insert(key, i);
-        }
-        let mut added: Vec<ItemKey> = Vec::new();
-        for (item, range) in items.iter().zip(&ranges) {
-            // What prettyplease cannot print, or prints as another item (a bare trait
-            // object gains a `dyn`: another key), is kept as written.
-            let formatting = if formatting == Formatting::Pretty && !pretty_is_same_item(item) {
-                Formatting::Verbatim
-            } else {
-                formatting
-            };
-            let new_text = |indent: &str, first: bool| {
-                let raw = match formatting {
-                    Formatting::Pretty => format::pretty_item(item),
-                    Formatting::Verbatim => format::verbatim(code, range.clone()),
-                };
-                format::indent(&self.styled(raw, formatting), indent, first)
-            };
-            let key = ItemKey::of_item(item);
-            if let syn::Item::Impl(imp) = item {
-                self.merge_impl(imp, &key, code, range, formatting)?;
-                continue;
-            }
-            let matches: Vec<usize> = self
-                .module
-                .items
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.key == key)
-                .map(|(i, _)| i)
-                .collect();
-            if key.kind == ItemKind::Use || key.kind.named_by_text() {
-                if matches.is_empty() && !added.contains(&key) {
-                    let text = new_text(&self.module.indent.clone(), false);
-                    self.add_item(&key, item, text);
-                    added.push(key);
-                } else {
-                    self.change(ChangeAction::Unchanged, &key);
-                }
-                continue;
-            }
-            match matches.as_slice() {
-                [] => {
-                    let text = new_text(&self.module.indent.clone(), false);
-                    self.add_item(&key, item, text);
-                }
-                [i] => {
-                    let entry = &self.module.items[*i];
-                    let (r, same) = entry.replacement(item, item_has_docs(item));
-                    let indent = self.item_indent(entry.range().start);
-                    let text = self.eol.apply(&new_text(&indent, false));
-                    // Formatting can change tokens (a trailing comma, a doc comment's
-                    // trailing space): text already as it would be written is unchanged.
-                    if same || self.text[r.clone()] == text {
-                        self.change(ChangeAction::Unchanged, &key);
-                    } else {
-                        self.splice(r, text);
-                        self.change(ChangeAction::Replaced, &key);
-                    }
-                }
-                many => {
-                    return Err(self.ambiguous(
-                        &key.to_string(),
-                        many.iter().map(|&i| {
-                            let e = &self.module.items[i];
-                            (e.key.to_string(), e.range().start)
-                        }),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn merge_impl(
-        &mut self,
-        imp: &syn::ItemImpl,
-        key: &ItemKey,
-        code: &str,
-        range: &Range<usize>,
-        formatting: Formatting,
-    ) -> Result<(), EditError> {
-        let targets: Vec<&'a syn::ItemImpl> = self
-            .module
-            .items
-            .iter()
-            .filter(|e| e.key == *key)
-            .filter_map(|e| match e.node {
-                Node::Item(syn::Item::Impl(i)) => Some(i),
-                _ => None,
-            })
-            .collect();
-        if targets.is_empty() {
-            let whole = syn::Item::Impl(imp.clone());
-            let raw = match formatting {
-                Formatting::Pretty => format::pretty_item(&whole),
-                Formatting::Verbatim => format::verbatim(code, range.clone()),
-            };
-            let text = format::indent(&self.styled(raw, formatting), &self.module.indent, false);
-            self.add_item(key, &whole, text);
-            return Ok(());
-        }
-        let owner = impl_name(imp);
-        let containers: Vec<Container<'a>> = targets
-            .iter()
-            .map(|t| self.impl_container(t, &owner))
-            .collect();
-        if imp.items.is_empty() {
-            self.change(ChangeAction::Unchanged, key);
-            return Ok(());
-        }
-        for member in &imp.items {
-            let mkey = ItemKey::of_member(&owner, member);
-            let found: Vec<(usize, usize)> = containers
-                .iter()
-                .enumerate()
-                .flat_map(|(ci, c)| {
-                    c.items
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, e)| e.key == mkey)
-                        .map(move |(ei, _)| (ci, ei))
-                })
-                .collect();
-            let member_text = |indent: &str| {
-                let raw = match formatting {
-                    Formatting::Pretty => format::pretty_member(imp, member),
-                    // Spans of submitted code are offsets into the code string.
-                    Formatting::Verbatim => {
-                        format::verbatim(code, syn::spanned::Spanned::span(member).byte_range())
-                    }
-                };
-                format::indent(&self.styled(raw, formatting), indent, false)
-            };
-            match found.as_slice() {
-                [] => {
-                    let c = containers.last().expect("at least one impl");
-                    let text = member_text(&c.indent);
-                    let anchor = c.items.iter().rev().find(|e| e.key.kind == mkey.kind);
-                    let (pos, ins, sep) = self.insertion(c, anchor, text, Spacing::Blank);
-                    self.splice_with(pos..pos, ins, sep);
-                    self.change(ChangeAction::Added, &mkey);
-                }
-                [(ci, ei)] => {
-                    let e = &containers[*ci].items[*ei];
-                    let (r, same) = e.replacement(member, has_docs(member_attrs(member)));
-                    let indent = self.item_indent(e.range().start);
-                    let text = self.eol.apply(&member_text(&indent));
-                    if same || mkey.kind.named_by_text() || self.text[r.clone()] == text {
-                        self.change(ChangeAction::Unchanged, &mkey);
-                    } else {
-                        self.splice(r, text);
-                        self.change(ChangeAction::Replaced, &mkey);
-                    }
-                }
-                many => {
-                    let cands: Vec<(String, usize)> = many
-                        .iter()
-                        .map(|&(ci, ei)| {
-                            let e = &containers[ci].items[ei];
-                            (e.key.to_string(), e.range().start)
-                        })
-                        .collect();
-                    return Err(self.ambiguous(&mkey.to_string(), cands.into_iter()));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn impl_container(&self, imp: &'a syn::ItemImpl, owner: &str) -> Container<'a> {
-        let open = self.file.range(imp.brace_token.span.open()).end;
-        let close = self.file.range(imp.brace_token.span.close()).start;
-        let items: Vec<Entry<'a>> = imp
-            .items
-            .iter()
-            .map(|m| Entry::new(self.file, ItemKey::of_member(owner, m), Node::Member(m)))
-            .collect();
-        let outer = line_indent(self.text, self.file.range_of(imp).start);
-        let indent = items
-            .first()
-            .and_then(|e| own_line_indent(self.text, e.range().start))
-            .unwrap_or_else(|| format!("{outer}{}", indent_unit(&outer)));
-        Container {
-            items,
-            body: open..close,
-            close: Some(close),
-            indent,
-        }
-    }
-
-    fn add_item(&mut self, key: &ItemKey, item: &syn::Item, text: String) {
-        let is_decl = |i: &syn::Item| matches!(i, syn::Item::Mod(m) if m.content.is_none());
-        let same = |e: &&Entry<'_>| e.key.kind == key.kind;
-        let (pos, ins, sep) = match key.kind {
-            // `use` and `extern crate` group together, first in the module when new.
-            ItemKind::Use | ItemKind::ExternCrate => {
-                match self.module.items.iter().rev().find(same) {
-                    Some(anchor) => {
-                        self.insertion(&self.module, Some(anchor), text, Spacing::Tight)
-                    }
-                    None => self.before_first_item(text),
-                }
-            }
-            // `mod x;` goes after the last `mod` declaration (one without `#[cfg]` when
-            // there is one), else after the `use`s.
-            ItemKind::Mod if is_decl(item) => {
-                let decls = || {
-                    self.module
-                        .items
-                        .iter()
-                        .rev()
-                        .filter(|e| matches!(e.node, Node::Item(i) if is_decl(i)))
-                };
-                let decl = decls()
-                    .find(|e| e.key.cfg.is_empty())
-                    .or_else(|| decls().next());
-                let header = self
-                    .module
-                    .items
-                    .iter()
-                    .rev()
-                    .find(|e| matches!(e.key.kind, ItemKind::Use | ItemKind::ExternCrate));
-                match decl.or(header) {
-                    Some(anchor) => {
-                        self.insertion(&self.module, Some(anchor), text, Spacing::Tight)
-                    }
-                    None => self.before_first_item(text),
-                }
-            }
-            _ => {
-                let anchor = self.module.items.iter().rev().find(same);
-                self.insertion(&self.module, anchor, text, Spacing::Blank)
-            }
-        };
-        self.splice_with(pos..pos, ins, sep);
-        self.change(ChangeAction::Added, key);
-    }
-
-    /// Where and what to insert for a new item in container `c`: after `anchor` (the
-    /// last item of the same kind), else at the end of the container. The bool says
-    /// whether the insertion needs a blank line before it when it follows another
-    /// insertion at the same point.
-    fn insertion(
-        &self,
-        c: &Container<'_>,
-        anchor: Option<&Entry<'_>>,
-        text: String,
-        spacing: Spacing,
-    ) -> (usize, String, bool) {
-        let eol = self.eol.as_str();
-        let text = self.eol.apply(&text);
-        match anchor {
-            Some(anchor) => {
-                let (pos, ins) = self.after(c, anchor.range().end, &c.indent, &text, spacing);
-                (pos, ins, spacing == Spacing::Blank)
-            }
-            None => {
-                let (pos, ins) = self.at_end(c, &text, eol);
-                (pos, ins, true)
-            }
-        }
-    }
-
-    /// Insert `text` (already indented but for its first line) after byte `end`.
-    fn after(
-        &self,
-        c: &Container<'_>,
-        end: usize,
-        indent: &str,
-        text: &str,
-        spacing: Spacing,
-    ) -> (usize, String) {
-        let eol = self.eol.as_str();
-        let t = self.text;
-        let line_end = t[end..].find('\n').map(|i| end + i);
-        let rest = &t[end..line_end.unwrap_or(t.len())];
-        // A `///` there is the doc comment of the next item: not trivia.
-        let rest_is_trivia = rest.trim().is_empty() || is_plain_line_comment(rest.trim_start());
-        match (line_end, spacing) {
-            (Some(nl), Spacing::Tight) if rest_is_trivia => {
-                (nl + 1, format!("{indent}{text}{eol}"))
-            }
-            (Some(nl), Spacing::Blank) if rest_is_trivia => {
-                // Keep a blank line before whatever follows, unless it is the end.
-                let next_start = nl + 1;
-                let next_end = t[next_start..]
-                    .find('\n')
-                    .map_or(t.len(), |i| next_start + i);
-                let next = t[next_start..next_end].trim();
-                let at_close = c
-                    .close
-                    .is_some_and(|cl| t[next_start..cl].trim().is_empty());
-                let after = if next.is_empty() || at_close { "" } else { eol };
-                (next_start, format!("{eol}{indent}{text}{eol}{after}"))
-            }
-            (None, _) if rest_is_trivia => {
-                let blank = if spacing == Spacing::Blank { eol } else { "" };
-                (t.len(), format!("{eol}{blank}{indent}{text}{eol}"))
-            }
-            _ => (end, format!("{eol}{eol}{indent}{text}")),
-        }
-    }
-
-    fn at_end(&self, c: &Container<'_>, text: &str, eol: &str) -> (usize, String) {
-        let indent = &c.indent;
-        match c.close {
-            None => {
-                let len = self.text.len();
-                let content = &self.text[c.body.clone()];
-                let mut ins = String::new();
-                if len > 0 && !self.text.ends_with('\n') {
-                    ins.push_str(eol);
-                }
-                if !content.trim().is_empty() {
-                    ins.push_str(eol);
-                }
-                ins.push_str(indent);
-                ins.push_str(text);
-                ins.push_str(eol);
-                (len, ins)
-            }
-            Some(close) => {
-                let line_start = self.text[..close].rfind('\n').map_or(0, |i| i + 1);
-                let before_brace = &self.text[line_start.max(c.body.start)..close];
-                if line_start > c.body.start && before_brace.trim().is_empty() {
-                    let has_content = !self.text[c.body.start..line_start].trim().is_empty();
-                    let blank = if has_content { eol } else { "" };
-                    (line_start, format!("{blank}{indent}{text}{eol}"))
-                } else {
-                    let has_content = !self.text[c.body.clone()].trim().is_empty();
-                    let blank = if has_content { eol } else { "" };
-                    let close_indent = line_indent(self.text, close);
-                    (
-                        close,
-                        format!("{eol}{blank}{indent}{text}{eol}{close_indent}"),
-                    )
-                }
-            }
-        }
-    }
-
-    /// Insert before the first item (and the `//` comment lines attached above it).
-    fn before_first_item(&self, text: String) -> (usize, String, bool) {
-        let (pos, ins) = self.before_first(text);
-        (pos, ins, false)
-    }
-
-    fn before_first(&self, text: String) -> (usize, String) {
-        let eol = self.eol.as_str();
-        let text = self.eol.apply(&text);
-        let Some(first) = self.module.items.first() else {
-            return self.at_end(&self.module, &text, eol);
-        };
-        let indent = &self.module.indent;
-        let start = first.range().start;
-        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        if !self.text[line_start..start].trim().is_empty() || line_start < self.module.body.start {
-            return (start, format!("{text}{eol}{eol}{indent}"));
-        }
-        let mut pos = line_start;
-        // Climb over `//` comment lines directly above (not `//!`, not blank, not a line
-        // of a block comment that happens to start with `//`).
-        let trivia = self.after_attrs.min(start);
-        let comments = line_comments(&self.text[trivia..start]);
-        while pos > trivia {
-            let prev_start = self.text[..pos - 1].rfind('\n').map_or(0, |i| i + 1);
-            if prev_start < trivia {
-                break;
-            }
-            let line = &self.text[prev_start..pos];
-            let content = prev_start + (line.len() - line.trim_start().len());
-            let line = line.trim();
-            if line.starts_with("//")
-                && !line.starts_with("//!")
-                && !line.starts_with("///")
-                && comments.contains(&(content - trivia))
-            {
-                pos = prev_start;
-            } else {
-                break;
-            }
-        }
-        (pos, format!("{indent}{text}{eol}{eol}"))
-    }
-
-    /// The indentation of the line an existing item starts on, when only whitespace
-    /// precedes it there; else the module's item indentation.
-    fn item_indent(&self, start: usize) -> String {
-        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let lead = &self.text[line_start..start];
-        if lead.trim().is_empty() {
-            lead.to_owned()
-        } else {
-            self.module.indent.clone()
-        }
     }
 
     fn ambiguous(&self, key: &str, candidates: impl Iterator<Item = (String, usize)>) -> EditError {
@@ -1082,18 +767,20 @@ impl<'a> Engine<'a> {
         let mut removed: Vec<Range<usize>> = Vec::new();
         for text in keys {
             let query = KeyQuery::parse(text)?;
-            // (key, range, the container's body and closing brace)
-            type Hit = (ItemKey, Range<usize>, Range<usize>, Option<usize>);
             let mut hits: Vec<Hit> = Vec::new();
+            let hit = |e: &Entry<'_>, body: Range<usize>, close: Option<usize>| Hit {
+                key: e.key.clone(),
+                shown: e.shown(),
+                occurrence: e.occurrence,
+                range: e.range(),
+                attrs: e.attrs().to_vec(),
+                body,
+                close,
+            };
             if query.key.owner.is_none() {
                 for e in &self.module.items {
                     if query.matches(&e.key) {
-                        hits.push((
-                            e.key.clone(),
-                            e.range(),
-                            self.module.body.clone(),
-                            self.module.close,
-                        ));
+                        hits.push(hit(e, self.module.body.clone(), self.module.close));
                     }
                 }
             } else {
@@ -1107,42 +794,77 @@ impl<'a> Engine<'a> {
                             || owner
                                 .strip_suffix(wanted)
                                 .is_some_and(|h| h.ends_with(" for "));
-                        let open = self.file.range(imp.brace_token.span.open()).end;
-                        let close = self.file.range(imp.brace_token.span.close()).start;
-                        for m in &imp.items {
-                            let mk = ItemKey::of_member(&owner, m);
+                        if !owner_matches {
+                            continue;
+                        }
+                        let c = self.impl_container(imp, &owner);
+                        for m in &c.items {
                             let mut q = query.clone();
-                            q.key.owner = mk.owner.clone();
-                            if owner_matches && q.matches(&mk) {
-                                hits.push((mk, self.file.range_of(m), open..close, Some(close)));
+                            q.key.owner = m.key.owner.clone();
+                            if q.matches(&m.key) {
+                                hits.push(hit(m, c.body.clone(), c.close));
                             }
                         }
                     }
                 }
             }
+            // `KEY#N`: the N-th of the items that share that key.
+            if let Some(n) = query.occurrence {
+                hits.retain(|h| h.occurrence == n);
+            }
             // Several loose matches: the one that matches exactly wins, so every item
             // can be named: `fn f` is the `f` without cfg beside a `#[cfg(test)] fn f`,
             // `Point::fmt` the inherent method beside `<Point as Display>::fmt`.
-            if hits.len() > 1 && !query.cfg_given && hits.iter().any(|h| h.0.cfg.is_empty()) {
-                hits.retain(|h| h.0.cfg.is_empty());
+            if hits.len() > 1 && !query.cfg_given && hits.iter().any(|h| h.key.cfg.is_empty()) {
+                hits.retain(|h| h.key.cfg.is_empty());
             }
-            if hits.len() > 1 && hits.iter().any(|h| h.0.owner == query.key.owner) {
-                hits.retain(|h| h.0.owner == query.key.owner);
+            if hits.len() > 1 && hits.iter().any(|h| h.key.owner == query.key.owner) {
+                hits.retain(|h| h.key.owner == query.key.owner);
+            }
+            // `#[cfg]` copies of one item, none named: the one the build compiles.
+            let copies = hits.len() > 1
+                && !query.cfg_given
+                && hits.iter().all(|h| {
+                    h.key.kind == hits[0].key.kind
+                        && h.key.name == hits[0].key.name
+                        && h.key.owner == hits[0].key.owner
+                        && !h.key.cfg.is_empty()
+                });
+            if copies && let Some(lookup) = self.cfg {
+                let set = lookup()?;
+                let attrs: Vec<&[syn::Attribute]> =
+                    hits.iter().map(|h| h.attrs.as_slice()).collect();
+                if let crate::cfg::Pick::One(i) = crate::cfg::pick(&set, &attrs) {
+                    let others: Vec<String> = hits
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, h)| format!("`{}`", h.shown))
+                        .collect();
+                    self.notes.push(format!(
+                        "`{text}`: removed `{}`, the copy the build compiles; other copies: {}",
+                        hits[i].shown,
+                        others.join(", ")
+                    ));
+                    hits = vec![hits.swap_remove(i)];
+                }
             }
             match hits.len() {
                 0 => {
                     return Err(EditError::NoSuchItem {
                         key: text.clone(),
-                        available: self
-                            .module
-                            .items
-                            .iter()
-                            .map(|e| e.key.to_string())
-                            .collect(),
+                        available: self.module.items.iter().map(Entry::shown).collect(),
                     });
                 }
                 1 => {
-                    let (key, range, body, close) = hits.remove(0);
+                    let Hit {
+                        shown,
+                        range,
+                        body,
+                        close,
+                        key,
+                        ..
+                    } = hits.remove(0);
                     if removed
                         .iter()
                         .any(|r| r.start <= range.start && range.end <= r.end)
@@ -1167,14 +889,12 @@ impl<'a> Engine<'a> {
                     }
                     removed.push(r.clone());
                     self.splice(r, String::new());
-                    self.change(ChangeAction::Removed, &key);
+                    self.change_shown(ChangeAction::Removed, &shown, key.kind);
                 }
                 _ => {
-                    return Err(self.ambiguous(
-                        text,
-                        hits.into_iter()
-                            .map(|(k, r, _, _)| (k.to_string(), r.start)),
-                    ));
+                    return Err(
+                        self.ambiguous(text, hits.into_iter().map(|h| (h.shown, h.range.start)))
+                    );
                 }
             }
         }
@@ -1267,6 +987,7 @@ impl<'a> Engine<'a> {
             text: out,
             changes: self.changes,
             splices: applied,
+            notes: self.notes,
         })
     }
 }

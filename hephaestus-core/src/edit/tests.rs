@@ -2,6 +2,7 @@
 //! splices is unchanged, the result parses) and snapshots the changes and the result.
 
 use super::*;
+use crate::cfg::{CfgOption, CfgSet};
 
 /// Apply, check the invariant, and render changes + result for a snapshot.
 fn run(text: &str, names: &[&str], edit: &Edit) -> String {
@@ -105,9 +106,13 @@ fn seed_example_replaces_one_fn_and_adds_another() {
 #[test]
 fn replacing_an_identical_item_changes_nothing() {
     let edit = Edit::merge("pub fn platform() -> &'static str { \"x\" }");
-    // No cfg: a different key from both cfg twins, so it is added.
-    let out = apply_to_text(AGENT, &[], &edit).expect("edit");
-    assert_eq!(out.changes[0].action, ChangeAction::Added);
+    // No cfg, and no build configuration to choose among the cfg twins: refused.
+    let e = err(AGENT, &[], &edit);
+    assert!(
+        e.contains("heph has no build configuration to choose with"),
+        "{e}"
+    );
+    assert!(e.contains("`#[cfg(unix)] fn platform` (line"), "{e}");
     let same = Edit::merge("#[cfg(unix)]\npub fn platform() -> &'static str { \"unix\" }");
     let out = apply_to_text(AGENT, &[], &same).expect("edit");
     assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
@@ -671,4 +676,206 @@ fn replace_with_code_that_starts_with_a_bom_keeps_one_bom_at_the_file_start() {
     assert_eq!(out.text, "#!/usr/bin/env x\npub fn f() {}\npub fn g() {}\n");
     let out = apply_to_text("\u{feff}fn a() {}\n", &[], &Edit::replace(code)).expect("edit");
     assert_eq!(out.text, "\u{feff}pub fn f() {}\npub fn g() {}\n");
+}
+
+/// Apply with a build configuration of these `rustc --print cfg` lines.
+fn apply_cfg(text: &str, edit: &Edit, cfg: &str) -> Result<EditOutcome, EditError> {
+    let file = SourceFile::parse(Origin::File("<input>".into()), text.to_owned()).expect("parses");
+    let set = Rc::new(CfgSet::from_rustc(cfg));
+    let lookup = || Ok(Rc::clone(&set));
+    let out = apply_within(&file, Within::Chain(&[]), edit, Some(&lookup))?;
+    assert_untouched(text, &out);
+    Ok(out)
+}
+
+#[test]
+fn cfg_copy_the_build_compiles_is_replaced_keeping_its_cfg() {
+    let edit = Edit::merge("pub fn platform() -> &'static str { \"edited\" }");
+    let out = apply_cfg(AGENT, &edit, "unix\n").expect("edit");
+    assert_eq!(out.changes[0].key, "#[cfg(unix)] fn platform");
+    assert_eq!(out.changes[0].action, ChangeAction::Replaced);
+    assert!(
+        out.text.contains(
+            "#[cfg(unix)]\npub fn platform() -> &'static str {\n    \"edited\"\n}\n#[cfg(not(unix))]"
+        ),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.notes[0].contains("replaced `#[cfg(unix)] fn platform` (line"),
+        "{:?}",
+        out.notes
+    );
+    // Elsewhere, the other copy.
+    let out = apply_cfg(AGENT, &edit, "windows\n").expect("edit");
+    assert_eq!(out.changes[0].key, "#[cfg(not(unix))] fn platform");
+    // Removing by the loose key: the compiled copy, said so.
+    let out = apply_cfg(AGENT, &Edit::remove(["fn platform"]), "unix\n").expect("edit");
+    assert_eq!(out.changes[0].key, "#[cfg(unix)] fn platform");
+    assert!(
+        out.notes[0].contains("the copy the build compiles"),
+        "{:?}",
+        out.notes
+    );
+    // Copies of which the build compiles none: refused, with the list.
+    let text = "#[cfg(feature = \"a\")]\nfn f() {}\n#[cfg(feature = \"b\")]\nfn f() {}\n";
+    let e = apply_cfg(text, &Edit::merge("fn f() { let _ = 1; }"), "unix\n")
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("the build compiles none of them"), "{e}");
+    assert!(e.contains("`#[cfg(feature = \"b\")] fn f` (line 3)"), "{e}");
+    // A given option picks it.
+    let set = CfgSet::from_rustc("unix\n")
+        .with_given(&[CfgOption::parse("feature = \"b\"").expect("cfg")]);
+    let file = SourceFile::parse(Origin::File("<input>".into()), text.to_owned()).expect("parses");
+    let lookup = || Ok(Rc::new(set.clone()));
+    let out = apply_within(
+        &file,
+        Within::Chain(&[]),
+        &Edit::merge("fn f() { let _ = 1; }"),
+        Some(&lookup),
+    )
+    .expect("edit");
+    assert_eq!(out.changes[0].key, "#[cfg(feature = \"b\")] fn f");
+}
+
+#[test]
+fn verbatim_compares_bytes_and_formatted_says_what_it_ignored() {
+    let text = "fn f() {\n    let x = 1;\n}\n";
+    let commented = "fn f() {\n    // Why x is one.\n    let x = 1;\n}";
+    let out = apply_to_text(text, &[], &Edit::merge(commented).verbatim()).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Replaced);
+    assert_eq!(out.text, format!("{commented}\n"));
+    // The same bytes: unchanged, in both modes, with nothing to note.
+    for edit in [Edit::merge(text).verbatim(), Edit::merge(text)] {
+        let out = apply_to_text(text, &[], &edit).expect("edit");
+        assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+        assert!(out.is_noop() && out.notes.is_empty(), "{:?}", out.notes);
+    }
+    // A whitespace-only change is a change too.
+    let spaced = "fn f() {\n    let x  = 1;\n}";
+    let out = apply_to_text(text, &[], &Edit::merge(spaced).verbatim()).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Replaced);
+    // But not the indentation of lines alone: heph indents items to their place (and
+    // where a comment before an item on its line hides it, can only guess it).
+    let shallow = "fn f() {\n  let x = 1;\n}";
+    let out = apply_to_text(text, &[], &Edit::merge(shallow).verbatim()).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert!(out.is_noop());
+    // Formatted: the same tokens are unchanged, and the note says why.
+    let out = apply_to_text(text, &[], &Edit::merge(commented)).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert!(out.notes[0].contains("pass --verbatim"), "{:?}", out.notes);
+    // Members of impls likewise.
+    let text = "struct S;\nimpl S {\n    fn g(&self) {}\n}\n";
+    let code = "impl S {\n    fn g(&self) {\n        // later\n    }\n}";
+    let out = apply_to_text(text, &[], &Edit::merge(code).verbatim()).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Replaced);
+    let out = apply_to_text(text, &[], &Edit::merge(code)).expect("edit");
+    assert_eq!(out.changes[0].action, ChangeAction::Unchanged);
+    assert_eq!(out.notes.len(), 1, "{:?}", out.notes);
+}
+
+#[test]
+fn raw_span_input_is_reindented_once() {
+    let text = "mod m {\n    fn f() {\n        let x = 1;\n        x;\n    }\n}\n";
+    // The byte span of `f`, with one more statement.
+    let code = "fn f() {\n        let x = 1;\n        x;\n        let _y = 2;\n    }";
+    let out = apply_to_text(text, &["m"], &Edit::merge(code).verbatim()).expect("edit");
+    assert_eq!(
+        out.text,
+        "mod m {\n    fn f() {\n        let x = 1;\n        x;\n        let _y = 2;\n    }\n}\n"
+    );
+    // The unchanged span is unchanged.
+    let span = "fn f() {\n        let x = 1;\n        x;\n    }";
+    let out = apply_to_text(text, &["m"], &Edit::merge(span).verbatim()).expect("edit");
+    assert!(out.is_noop(), "{}", out.text);
+}
+
+#[test]
+fn impl_headers_merge() {
+    let text = "struct W<T>(T);\n\n/// Doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {\n    fn get(&self) -> T {\n        self.0.clone()\n    }\n}\n";
+    // An attribute: it replaces the existing ones, the doc comment stays.
+    insta::assert_snapshot!(run(
+        text,
+        &[],
+        &Edit::merge("#[allow(unused)]\nimpl<T: Clone> W<T> {}")
+    ));
+    // A where clause instead of the bound; no attributes given: they are kept.
+    insta::assert_snapshot!(run(
+        text,
+        &[],
+        &Edit::merge(
+            "impl<T> W<T> where T: Clone + Default { fn get(&self) -> T { T::default() } }"
+        )
+    ));
+    // Verbatim: the submitted header as written.
+    let out = run(
+        text,
+        &[],
+        &Edit::merge("impl<T>   W<T>\nwhere\n    T: Clone,\n{\n}").verbatim(),
+    );
+    assert!(
+        out.contains("#[allow(dead_code)]\nimpl<T>   W<T>\nwhere\n    T: Clone,\n{\n    fn get"),
+        "{out}"
+    );
+    // The same header: nothing to change, with or without its attributes and docs.
+    for code in [
+        "impl<T: Clone> W<T> {}",
+        "#[allow(dead_code)]\nimpl<T: Clone> W<T> {}",
+        "/// Doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {}",
+    ] {
+        let same = apply_to_text(text, &[], &Edit::merge(code)).expect("edit");
+        assert!(same.is_noop(), "{code}: {}", same.text);
+        assert_eq!(same.changes[0].action, ChangeAction::Unchanged, "{code}");
+    }
+    // New docs replace the old ones.
+    let out = apply_to_text(
+        text,
+        &[],
+        &Edit::merge("/// New doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {}"),
+    )
+    .expect("edit");
+    assert!(
+        out.text
+            .contains("\n/// New doc.\n#[allow(dead_code)]\nimpl<T: Clone> W<T> {")
+            && !out.text.contains("/// Doc."),
+        "{}",
+        out.text
+    );
+    // Two blocks, a header that differs from both: which one is meant is unclear.
+    let two = "struct S;\nimpl S {\n    fn a(&self) {}\n}\nimpl S {\n    fn b(&self) {}\n}\n";
+    let e = err(two, &[], &Edit::merge("#[inline]\nimpl S {}"));
+    assert!(e.contains("its header differs from every block"), "{e}");
+    assert!(
+        e.contains("`impl S#1` (line 2), `impl S#2` (line 5)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn identical_items_are_numbered_and_addressable() {
+    let text = "mod a {\n    use super::*;\n    use super::*;\n\n    fn f() {}\n}\n";
+    let e = err(text, &["a"], &Edit::remove(["use super::*"]));
+    assert!(
+        e.contains("`use super::*#1` (line 2), `use super::*#2` (line 3)"),
+        "{e}"
+    );
+    let out = apply_to_text(text, &["a"], &Edit::remove(["use super::*#2"])).expect("edit");
+    assert_eq!(out.changes[0].key, "use super::*#2");
+    assert_eq!(out.text, "mod a {\n    use super::*;\n\n    fn f() {}\n}\n");
+    let e = err(text, &["a"], &Edit::remove(["use super::*#3"]));
+    assert!(
+        e.contains("it has: use super::*#1, use super::*#2, fn f"),
+        "{e}"
+    );
+    let e = err(text, &["a"], &Edit::remove(["use super::*#0"]));
+    assert!(e.contains("counts from 1"), "{e}");
+    // `#1` of a unique key is that item.
+    let out = apply_to_text(text, &["a"], &Edit::remove(["fn f#1"])).expect("edit");
+    assert_eq!(out.changes[0].key, "fn f");
+    // Two inherent impls of one type: each addressable.
+    let two = "struct S;\nimpl S {\n    fn a(&self) {}\n}\nimpl S {\n    fn b(&self) {}\n}\n";
+    let out = apply_to_text(two, &[], &Edit::remove(["impl S#2"])).expect("edit");
+    assert_eq!(out.text, "struct S;\nimpl S {\n    fn a(&self) {}\n}\n");
 }

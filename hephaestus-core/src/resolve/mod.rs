@@ -2,6 +2,13 @@
 //! declarations (`foo.rs` or `foo/mod.rs`, `#[path = ".."]`, inline `mod foo { .. }`)
 //! down to the module a path names. A module path never resolves outside the project
 //! root: absolute `#[path]`s and symlinks that leave it are refused.
+//!
+//! `mod` declarations inside item-position macro calls count too (see `resolve::decls`).
+//! When a module has several `#[cfg]` copies, the one the package's default build
+//! compiles is chosen ([`crate::cfg`]), and the choice is reported in
+//! [`Module::notes`].
+
+mod decls;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -10,6 +17,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
+use crate::cfg::{self, CfgError, CfgOption, CfgSet, Pick};
 use crate::modpath::{ModulePath, ModulePathError, file_stem};
 use crate::project::{Package, Project, Target, TargetKind};
 use crate::source::{Origin, SourceFile, SyntaxError, line_col};
@@ -54,13 +62,72 @@ pub struct Module {
     pub child_dir: PathBuf,
     /// The layout.
     pub layout: Layout,
+    /// The `#[cfg(..)]`s on the way from the crate root (declarations and the macro
+    /// expansions that declared them), as text, outermost first.
+    pub cfg: Vec<String>,
+    /// What heph decided or assumed on the way, for the user: which `#[cfg]` copy it
+    /// chose, which macro call declared the module.
+    pub notes: Vec<String>,
+    /// For an inline module declared inside a macro call: its item, from the
+    /// expansion (spans point into `file`).
+    expanded: Option<Expanded>,
+    /// The modules on the way from the crate root (for macro definitions in scope).
+    scope: Scope,
 }
+
+/// An inline module read from a macro expansion.
+#[derive(Clone)]
+struct Expanded(Rc<syn::ItemMod>);
+
+impl std::fmt::Debug for Expanded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expanded(mod {})", self.0.ident)
+    }
+}
+
+impl PartialEq for Expanded {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Expanded {}
+
+/// The ancestors of a module, outermost first. Not part of a module's identity.
+#[derive(Clone, Default)]
+struct Scope(Rc<Vec<Module>>);
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|m| &m.path))
+            .finish()
+    }
+}
+
+impl PartialEq for Scope {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Scope {}
 
 impl Module {
     /// The items of this module inside the parsed `file` (the file's items, or an
     /// inline module's content).
-    pub fn items<'f>(&self, file: &'f SourceFile) -> Option<&'f [syn::Item]> {
-        items_at(&file.syntax().items, &self.inline_index)
+    pub fn items<'f>(&'f self, file: &'f SourceFile) -> Option<&'f [syn::Item]> {
+        match &self.expanded {
+            Some(m) => m.0.content.as_ref().map(|(_, items)| items.as_slice()),
+            None => items_at(&file.syntax().items, &self.inline_index),
+        }
+    }
+
+    /// For an inline module declared inside a macro call: its item as the expansion
+    /// gives it (spans point into `file`); the edit engine works on it instead of
+    /// the file's item chain.
+    pub fn expanded_item(&self) -> Option<&syn::ItemMod> {
+        self.expanded.as_ref().map(|e| &*e.0)
     }
 
     /// The inline module item chain, outermost first (empty for file modules).
@@ -167,6 +234,30 @@ pub enum ResolveError {
         /// `file:line:col` of the declaration.
         declared: String,
     },
+    /// Several `#[cfg]` copies of a module, and the build configuration does not say
+    /// which one is compiled.
+    #[error("module `{path}` has several #[cfg] copies and {reason}: {}; pick one with --cfg (e.g. --cfg 'feature = \"name\"')", .candidates.join(", "))]
+    CfgAlternatives {
+        /// The module path.
+        path: String,
+        /// Why no copy could be chosen.
+        reason: String,
+        /// Each copy: its cfgs and where it is declared.
+        candidates: Vec<String>,
+    },
+    /// The module may be declared by macro calls heph cannot expand.
+    #[error("module `{path}` not found: {reason}; it may be declared by {}, which heph cannot expand (a procedural macro, a macro of another crate, or rules it cannot read): heph can only edit modules whose `mod` declaration it can read", .calls.join(", "))]
+    InOpaqueMacro {
+        /// The path as given.
+        path: String,
+        /// Which segment failed.
+        reason: String,
+        /// The macro calls (`name!` at `file:line:col`).
+        calls: Vec<String>,
+    },
+    /// The build configuration could not be read.
+    #[error(transparent)]
+    Cfg(#[from] CfgError),
     /// A module file does not parse.
     #[error("{0}")]
     Syntax(Box<SyntaxError>),
@@ -199,6 +290,7 @@ impl crate::Categorized for ResolveError {
     fn category(&self) -> crate::ErrorCategory {
         match self {
             ResolveError::Read { .. } => crate::ErrorCategory::Environment,
+            ResolveError::Cfg(e) => e.category(),
             _ => crate::ErrorCategory::BadInput,
         }
     }
@@ -208,6 +300,9 @@ impl crate::Categorized for ResolveError {
 pub struct Resolver<'p> {
     project: &'p Project,
     files: RefCell<HashMap<PathBuf, Rc<SourceFile>>>,
+    caches: RefCell<decls::Caches>,
+    given: Vec<CfgOption>,
+    cfg_sets: RefCell<HashMap<String, Rc<CfgSet>>>,
 }
 
 impl std::fmt::Debug for Resolver<'_> {
@@ -220,8 +315,9 @@ impl std::fmt::Debug for Resolver<'_> {
 
 /// The outcome of looking for one child of a module.
 enum Step {
-    Found(Module),
-    Missing,
+    Found(Box<Module>),
+    /// Not declared; the macro calls heph cannot expand that may declare it.
+    Missing(Vec<String>),
 }
 
 impl<'p> Resolver<'p> {
@@ -230,7 +326,35 @@ impl<'p> Resolver<'p> {
         Resolver {
             project,
             files: RefCell::new(HashMap::new()),
+            caches: RefCell::new(decls::Caches::default()),
+            given: Vec::new(),
+            cfg_sets: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Choose `#[cfg]` copies as a build with these options set too would
+    /// (`--cfg 'feature = "x"'`); among several active copies, one that names an
+    /// option given here wins.
+    pub fn with_cfg(mut self, given: &[CfgOption]) -> Self {
+        self.given = given.to_vec();
+        self
+    }
+
+    /// The cfg set of the default build of `package`, plus the options given to
+    /// [`Self::with_cfg`] (computed once; runs `rustc --print cfg` unless cached).
+    pub fn cfg_set(&self, package: &str) -> Result<Rc<CfgSet>, CfgError> {
+        if let Some(set) = self.cfg_sets.borrow().get(package) {
+            return Ok(Rc::clone(set));
+        }
+        let pkg = self
+            .project
+            .package(package)
+            .expect("module of a known package");
+        let set = Rc::new(cfg::active_set(self.project, pkg, &self.given)?);
+        self.cfg_sets
+            .borrow_mut()
+            .insert(package.to_owned(), Rc::clone(&set));
+        Ok(set)
     }
 
     /// The parsed file at `path` (cached).
@@ -273,6 +397,10 @@ impl<'p> Resolver<'p> {
             inline_index: Vec::new(),
             child_dir,
             layout: Layout::CrateRoot,
+            cfg: Vec::new(),
+            notes: Vec::new(),
+            expanded: None,
+            scope: Scope::default(),
         }
     }
 
@@ -353,7 +481,13 @@ impl<'p> Resolver<'p> {
             }
         }
         match found.len() {
-            1 => return Ok(found.remove(0)),
+            1 => {
+                let mut module = found.remove(0);
+                if let Some(note) = self.inactive_note(&module) {
+                    module.notes.push(note);
+                }
+                return Ok(module);
+            }
             0 => {}
             _ => {
                 return Err(ResolveError::Ambiguous {
@@ -373,6 +507,39 @@ impl<'p> Resolver<'p> {
         })
     }
 
+    /// A note when the build `cargo check --all-targets` runs (the default features,
+    /// with and without `test`; not the `--cfg`s, which cargo does not see) does not
+    /// compile `module`: such an edit is not checked by the default verification.
+    fn inactive_note(&self, module: &Module) -> Option<String> {
+        let preds: Vec<syn::Meta> = module
+            .cfg
+            .iter()
+            .filter_map(|c| syn::parse_str::<syn::Meta>(c).ok())
+            .filter_map(|m| m.require_list().ok()?.parse_args::<syn::Meta>().ok())
+            .collect();
+        // `#[cfg(test)]` modules are compiled by the test build: no need to ask rustc.
+        let only_test = |m: &syn::Meta| m.path().is_ident("test");
+        if preds.is_empty() || preds.iter().all(only_test) {
+            return None;
+        }
+        let set = self.cfg_set(&module.package).ok()?.base();
+        let test = CfgOption {
+            name: "test".to_owned(),
+            value: None,
+        };
+        let with_test = set.clone().with_given(std::slice::from_ref(&test));
+        let compiled = |s: &CfgSet| preds.iter().all(|p| s.eval(p) == Some(true));
+        if compiled(&set) || compiled(&with_test) {
+            return None;
+        }
+        let cfgs: Vec<String> = module.cfg.iter().map(|c| format!("#[{c}]")).collect();
+        Some(format!(
+            "`{}` is compiled only under {}, which the build `cargo check` runs does not enable: verification will not check this edit (verify with the features it needs, e.g. --verify 'cargo check --all-features')",
+            module.path,
+            cfgs.join(" ")
+        ))
+    }
+
     /// Walk `segments` from a target's root. `Ok(Err((depth, reason)))` when a segment
     /// is missing (depth = segments matched).
     #[allow(clippy::type_complexity)]
@@ -386,8 +553,8 @@ impl<'p> Resolver<'p> {
         let mut module = self.root_module(pkg, target);
         for (depth, seg) in segments.iter().enumerate() {
             match self.step(&module, seg, text)? {
-                Step::Found(m) => module = m,
-                Step::Missing => {
+                Step::Found(m) => module = *m,
+                Step::Missing(calls) => {
                     let here = if module.is_crate_root() {
                         format!("the crate root {}", self.project.relative(&module.file))
                     } else {
@@ -397,7 +564,15 @@ impl<'p> Resolver<'p> {
                             self.project.relative(&module.file)
                         )
                     };
-                    return Ok(Err((depth, format!("{here} declares no module `{seg}`"))));
+                    let reason = format!("{here} declares no module `{seg}`");
+                    if !calls.is_empty() {
+                        return Err(ResolveError::InOpaqueMacro {
+                            path: text.to_owned(),
+                            reason: format!("{here} declares no module `{seg}` that heph can read"),
+                            calls,
+                        });
+                    }
+                    return Ok(Err((depth, reason)));
                 }
             }
         }
@@ -415,8 +590,8 @@ impl<'p> Resolver<'p> {
         let mut module = self.root_module(pkg, target);
         for (depth, seg) in segments.iter().enumerate() {
             match self.step(&module, seg, &module.path.clone())? {
-                Step::Found(m) => module = m,
-                Step::Missing => return Ok((module, depth)),
+                Step::Found(m) => module = *m,
+                Step::Missing(_) => return Ok((module, depth)),
             }
         }
         Ok((module, segments.len()))
@@ -431,7 +606,7 @@ impl<'p> Resolver<'p> {
     fn step(&self, parent: &Module, name: &str, text: &str) -> Result<Step, ResolveError> {
         let file = self.file(&parent.file)?;
         let Some(items) = parent.items(&file) else {
-            return Ok(Step::Missing);
+            return Ok(Step::Missing(Vec::new()));
         };
         let mut segments = parent.segments.clone();
         segments.push(name.to_owned());
@@ -441,45 +616,124 @@ impl<'p> Resolver<'p> {
             .expect("module of a known package");
         let child_path = self.qualified(pkg, &segments);
         let want = file_stem(name);
-        let candidates: Vec<(usize, &syn::ItemMod)> = items
+        let decls = self.decls(parent, &file);
+        let candidates: Vec<(&decls::Decl, &syn::ItemMod)> = decls
+            .list
             .iter()
-            .enumerate()
-            .filter_map(|(i, it)| match it {
-                syn::Item::Mod(m) if file_stem(&m.ident.to_string()) == want => Some((i, m)),
-                _ => None,
-            })
+            .filter_map(|d| d.module(items).map(|m| (d, m)))
+            .filter(|(_, m)| file_stem(&m.ident.to_string()) == want)
             .collect();
         if candidates.is_empty() {
-            return Ok(Step::Missing);
+            let named: Vec<String> = decls
+                .opaque
+                .iter()
+                .filter(|o| crate::expand::declares_mod_named(&o.tokens, want))
+                .map(|o| o.call.clone())
+                .collect();
+            let calls = if named.is_empty() {
+                decls.opaque.iter().map(|o| o.call.clone()).collect()
+            } else {
+                named
+            };
+            return Ok(Step::Missing(calls));
         }
         let mut resolved = Vec::new();
         let mut errors = Vec::new();
-        for (index, m) in &candidates {
-            match self.child(parent, &file, *index, m, &segments, &child_path, text) {
-                Ok(module) => resolved.push(module),
+        for (decl, m) in &candidates {
+            match self.child(parent, &file, decl, m, &segments, &child_path, text) {
+                Ok(module) => {
+                    let (l, c) = line_col(file.text(), file.range_of(*m).start);
+                    let at = format!("{}:{l}:{c}", self.project.relative(&parent.file));
+                    resolved.push((module, m.attrs.as_slice(), *decl, at));
+                }
                 Err(e) => errors.push(e),
             }
         }
-        match resolved.len() {
-            0 => Err(errors.remove(0)),
-            1 => Ok(Step::Found(resolved.remove(0))),
-            _ => {
-                let files: HashSet<_> = resolved.iter().map(|m| (&m.file, &m.inline)).collect();
-                if files.len() == 1 {
-                    return Ok(Step::Found(resolved.remove(0)));
-                }
-                Err(ResolveError::Ambiguous {
-                    path: child_path.clone(),
-                    candidates: candidates
-                        .iter()
-                        .map(|(_, m)| {
-                            let cfg = crate::item::cfgs(&m.attrs);
-                            format!("{} under #[{}]", child_path, cfg.join(", "))
-                        })
-                        .collect(),
-                })
-            }
+        if resolved.is_empty() {
+            return Err(errors.remove(0));
         }
+        let distinct: HashSet<_> = resolved
+            .iter()
+            .map(|(m, _, _, _)| {
+                (
+                    &m.file,
+                    &m.inline_index,
+                    m.expanded.as_ref().map(|e| Rc::as_ptr(&e.0)),
+                )
+            })
+            .collect();
+        if resolved.len() == 1 || distinct.len() == 1 {
+            return Ok(Step::Found(Box::new(resolved.swap_remove(0).0)));
+        }
+        // Several `#[cfg]` copies: the one the default build compiles.
+        let declared = |(m, _, d, at): &(Module, &[syn::Attribute], &decls::Decl, String)| {
+            let cfg = if m.cfg.len() > parent.cfg.len() {
+                m.cfg[parent.cfg.len()..]
+                    .iter()
+                    .map(|c| format!("#[{c}]"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                "no #[cfg]".to_owned()
+            };
+            let file = self.project.relative(&m.file);
+            let inline = if m.layout == Layout::Inline {
+                "inline".to_owned()
+            } else {
+                file
+            };
+            match &d.via {
+                Some(via) => format!("{cfg} ({inline}, declared by {via})"),
+                None => format!("{cfg} ({inline}, declared at {at})"),
+            }
+        };
+        let set = self.cfg_set(&parent.package)?;
+        // A declaration's attributes include those its macro expansion added.
+        let refs: Vec<&[syn::Attribute]> = resolved.iter().map(|r| r.1).collect();
+        let reason = match cfg::pick(&set, &refs) {
+            Pick::One(i) => {
+                let others: Vec<String> = resolved
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, r)| declared(r))
+                    .collect();
+                let chosen = declared(&resolved[i]);
+                let mut module = resolved.swap_remove(i).0;
+                let by = if set.given().is_empty() {
+                    "the default build compiles it".to_owned()
+                } else {
+                    format!(
+                        "the build with --cfg {} compiles it",
+                        set.given()
+                            .iter()
+                            .map(|g| format!("'{g}'"))
+                            .collect::<Vec<_>>()
+                            .join(" --cfg ")
+                    )
+                };
+                module.notes.push(format!(
+                    "`{child_path}`: chose the copy {chosen}, since {by}; other copies: {} (pick one with --cfg)",
+                    others.join(", ")
+                ));
+                return Ok(Step::Found(Box::new(module)));
+            }
+            Pick::NoneActive => "the build compiles none of them".to_owned(),
+            Pick::Several(live) => {
+                resolved = resolved
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| live.contains(i))
+                    .map(|(_, r)| r)
+                    .collect();
+                "the build compiles more than one of them".to_owned()
+            }
+        };
+        Err(ResolveError::CfgAlternatives {
+            path: child_path.clone(),
+            reason,
+            candidates: resolved.iter().map(declared).collect(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -487,7 +741,7 @@ impl<'p> Resolver<'p> {
         &self,
         parent: &Module,
         file: &SourceFile,
-        index: usize,
+        decl: &decls::Decl,
         m: &syn::ItemMod,
         segments: &[String],
         child_path: &str,
@@ -507,6 +761,16 @@ impl<'p> Resolver<'p> {
         }
         let stem = file_stem(&m.ident.to_string()).to_owned();
         let base = |m: &Module| m.child_dir.clone();
+        let mut scope: Vec<Module> = parent.scope.0.as_ref().clone();
+        let mut bare = parent.clone();
+        bare.scope = Scope::default();
+        scope.push(bare);
+        let mut notes = parent.notes.clone();
+        if let Some(via) = decl.via.as_ref().filter(|_| decl.guessed) {
+            notes.push(format!(
+                "`{child_path}` is declared inside {via}, a macro heph cannot expand: it assumed the macro keeps the declaration as written"
+            ));
+        }
         let mut module = Module {
             path: child_path.to_owned(),
             package: parent.package.clone(),
@@ -518,10 +782,32 @@ impl<'p> Resolver<'p> {
             inline_index: parent.inline_index.clone(),
             child_dir: parent.child_dir.join(&stem),
             layout: Layout::Inline,
+            cfg: parent
+                .cfg
+                .iter()
+                .cloned()
+                .chain(crate::item::cfgs(&m.attrs))
+                .collect(),
+            notes,
+            expanded: parent.expanded.clone(),
+            scope: Scope(Rc::new(scope)),
         };
         if m.content.is_some() {
             module.inline.push(m.ident.to_string());
-            module.inline_index.push(index);
+            match &decl.item {
+                decls::DeclItem::Direct(index) if parent.expanded.is_none() => {
+                    module.inline_index.push(*index);
+                }
+                decls::DeclItem::Direct(index) => {
+                    let items = parent.items(file).unwrap_or_default();
+                    if let Some(syn::Item::Mod(inner)) = items.get(*index) {
+                        module.expanded = Some(Expanded(Rc::new(inner.clone())));
+                    }
+                }
+                decls::DeclItem::Expanded(inner) => {
+                    module.expanded = Some(Expanded(Rc::clone(inner)));
+                }
+            }
             if let Some(p) = &path_attr {
                 module.child_dir = parent.child_dir.join(p);
             }
@@ -578,6 +864,7 @@ impl<'p> Resolver<'p> {
         module.file = path;
         module.inline.clear();
         module.inline_index.clear();
+        module.expanded = None;
         module.layout = layout;
         Ok(module)
     }
@@ -631,16 +918,19 @@ impl<'p> Resolver<'p> {
                     if let Ok(file) = self.file(&m.file)
                         && let Some(items) = m.items(&file)
                     {
-                        let names: Vec<String> = items
-                            .iter()
-                            .filter_map(|i| match i {
-                                syn::Item::Mod(md) => Some(md.ident.to_string()),
-                                _ => None,
-                            })
-                            .collect();
+                        let decls = self.decls(&m, &file);
+                        let mut names: Vec<String> = Vec::new();
+                        for d in &decls.list {
+                            if let Some(md) = d.module(items) {
+                                let name = md.ident.to_string();
+                                if !names.contains(&name) {
+                                    names.push(name);
+                                }
+                            }
+                        }
                         for name in names.into_iter().rev() {
                             if let Ok(Step::Found(child)) = self.step(&m, &name, "") {
-                                stack.push(child);
+                                stack.push(*child);
                             }
                         }
                     }
