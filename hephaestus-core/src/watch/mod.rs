@@ -9,6 +9,7 @@
 
 pub mod control;
 mod files;
+mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,15 +22,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_editor_temp};
+use policy::{Coalescer, Pending};
 
-use crate::config::{Config, RuleAction};
+use crate::config::Config;
 use crate::evolution::{EvolutionKind, EvolutionMeta, VerifyOutcome, VerifyRecord};
 use crate::history::{History, HistoryError, HistoryOptions, PreparedSnapshot};
 use crate::project::{Project, TargetKind};
 use crate::source::{self, Origin, SourceFile};
 use crate::state::{StateDir, StateError};
 use crate::supervise::{
-    self, Listener, Program, Signal, SocketSpec, SuperviseError, SuperviseEvent, Supervisor,
+    self, Listener, Program, SocketSpec, SuperviseError, SuperviseEvent, Supervisor,
     SupervisorOptions,
 };
 use crate::verify::{self, VerifyError, VerifyOptions, VerifyProgress, VerifyReport};
@@ -142,15 +144,6 @@ pub struct WatchOptions {
     /// Start paused.
     pub paused: bool,
 }
-
-/// A batch of at least this many changed files is a burst (a branch switch, a code
-/// generator): it is built once the files have been quiet for [`BURST_QUIET`].
-const BURST_FILES: usize = 32;
-
-/// The quiet that ends a burst: long enough for the stalls of a tool writing many files
-/// on a busy machine (a burst of 2,000 files on two cores, a build running beside it,
-/// was seen split into five batches by such pauses), short beside a build.
-const BURST_QUIET: Duration = Duration::from_millis(100);
 
 impl WatchOptions {
     /// Defaults for `target`: 10 ms debounce, history on, control socket on.
@@ -443,22 +436,6 @@ pub enum WatchEvent {
     Process(SuperviseEvent),
 }
 
-#[derive(Debug, Default)]
-struct Pending {
-    first_change: Option<Instant>,
-    rebuild: bool,
-    restart: bool,
-    signals: Vec<Signal>,
-    packages: BTreeSet<String>,
-    all_packages: bool,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        !self.rebuild && !self.restart && self.signals.is_empty()
-    }
-}
-
 /// A watch session: see the module docs.
 pub struct Session {
     project: Project,
@@ -657,20 +634,14 @@ impl Session {
         if self.opts.history {
             self.record_pre_state(on_event);
         }
-        let mut pending = Pending {
-            first_change: Some(Instant::now()),
-            rebuild: true,
-            all_packages: true,
-            ..Pending::default()
-        };
+        let mut pending = Pending::initial(Instant::now());
         // The pause state last reported, so each change is reported once.
         let mut announced = self.shared.paused();
         if announced {
             on_event(&WatchEvent::Paused);
         }
         loop {
-            let paused = self.shared.paused();
-            if !pending.is_empty() && !paused && !self.cancel.load(Ordering::SeqCst) {
+            if pending.ready(self.shared.paused(), self.cancel.load(Ordering::SeqCst)) {
                 let p = std::mem::take(&mut pending);
                 self.process(p, on_event);
                 continue;
@@ -684,28 +655,10 @@ impl Session {
             );
             match self.rx.recv_timeout(Duration::from_millis(25)) {
                 Ok(Input::Files(batch)) => {
-                    let mut batch = batch;
-                    // Coalesce: a burst (a branch switch) becomes one build. The
-                    // debouncer sends a batch per tick (a quarter of the window) while
-                    // files keep changing: a single saved file waits one tick for
-                    // company, a few files a whole window without a batch, and a burst
-                    // of many (a tool writing them, which a busy machine may stall for
-                    // tens of milliseconds between two files) BURST_QUIET.
-                    let deadline = Instant::now() + Duration::from_secs(2);
-                    while Instant::now() < deadline {
-                        let gap = if batch.changes.len() >= BURST_FILES || batch.rescan {
-                            self.opts.debounce.max(BURST_QUIET)
-                        } else if batch.changes.len() > 1 {
-                            self.opts.debounce.max(Duration::from_millis(10))
-                        } else {
-                            (self.opts.debounce / 4).max(Duration::from_millis(2))
-                        };
+                    let mut coalescer = Coalescer::new(batch, self.opts.debounce, Instant::now());
+                    while let Some(gap) = coalescer.wait(Instant::now()) {
                         match self.rx.recv_timeout(gap) {
-                            Ok(Input::Files(more)) => {
-                                batch.changes.extend(more.changes);
-                                batch.rescan |= more.rescan;
-                                batch.errors.extend(more.errors);
-                            }
+                            Ok(Input::Files(more)) => coalescer.add(more),
                             Ok(other) => {
                                 let _ = self.tx.send(other);
                                 break;
@@ -713,14 +666,12 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    self.absorb(batch, &mut pending, on_event);
+                    self.absorb(coalescer.finish(), &mut pending, on_event);
                 }
                 Ok(Input::PauseChanged) => {}
                 Ok(Input::TogglePause) => self.shared.set_paused(!self.shared.paused()),
                 Ok(Input::Rebuild) => {
-                    pending.rebuild = true;
-                    pending.all_packages = true;
-                    pending.first_change.get_or_insert_with(Instant::now);
+                    pending.rebuild_all(Instant::now());
                     if self.shared.paused() {
                         // An explicit rebuild runs even while paused.
                         let p = std::mem::take(&mut pending);
@@ -787,50 +738,18 @@ impl Session {
                 message: format!("file watcher: {e}"),
             });
         }
-        let mut files: Vec<String> = Vec::new();
-        let mut seen = BTreeSet::new();
-        for c in batch.changes {
-            if !seen.insert(c.path.clone()) {
-                continue;
-            }
-            files.push(c.rel.clone());
-            match c.action {
-                RuleAction::Rebuild => {
-                    pending.rebuild = true;
-                    match &c.package {
-                        Some(p) => {
-                            pending.packages.insert(p.clone());
-                        }
-                        None => pending.all_packages = true,
-                    }
-                    if c.is_rust() {
-                        self.dirty_rs.insert(c.path.clone());
-                    }
-                    self.dirty_files.insert(c.rel.clone());
-                }
-                RuleAction::Restart => pending.restart = true,
-                RuleAction::Signal => {
-                    let sig = c.signal.unwrap_or(Signal::HUP);
-                    if !pending.signals.contains(&sig) {
-                        pending.signals.push(sig);
-                    }
-                }
-                RuleAction::Ignore => {}
-            }
-        }
-        if batch.rescan {
-            // Events were lost: recheck every source file and rebuild everything.
-            pending.rebuild = true;
-            pending.all_packages = true;
-            self.dirty_rs.extend(self.plan.rust_sources());
-        }
-        if files.is_empty() && !batch.rescan {
+        let rescan = batch.rescan;
+        let plan = &self.plan;
+        let absorbed = pending.absorb(batch, Instant::now(), || plan.rust_sources());
+        self.dirty_rs.extend(absorbed.rust);
+        self.dirty_files.extend(absorbed.rebuild_files);
+        if absorbed.files.is_empty() && !rescan {
             return;
         }
-        pending.first_change.get_or_insert_with(Instant::now);
+        let files = absorbed.files;
         on_event(&WatchEvent::Changed {
             files,
-            rescan: batch.rescan,
+            rescan,
             paused: self.shared.paused(),
         });
     }
