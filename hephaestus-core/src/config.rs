@@ -80,6 +80,9 @@ pub struct Config {
     /// `[api]` (read by the control API).
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[hot]` (read by `heph watch --hot`).
+    #[serde(default)]
+    pub hot: crate::hot::HotConfig,
 }
 
 /// `[api]`: the HTTP control API of `heph serve` and `heph watch --api`.

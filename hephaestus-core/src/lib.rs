@@ -53,6 +53,7 @@ pub mod evolution;
 pub mod evolve;
 pub mod fsio;
 pub mod history;
+pub mod hot;
 pub mod import;
 pub mod item;
 pub mod modpath;

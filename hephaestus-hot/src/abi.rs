@@ -110,8 +110,8 @@ macro_rules! __fingerprint {
     };
 }
 
-/// The interface digest heph computed from the hot crate's sources for this build
-/// (`HEPH_HOT_INTERFACE` at compile time; empty without heph).
+/// The interface digests heph computed from the hot crate's sources for this build
+/// (`HEPH_HOT_INTERFACE` at compile time, `name=digest,...`; empty without heph).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __interface {
@@ -121,6 +121,15 @@ macro_rules! __interface {
             None => "",
         }
     };
+}
+
+/// The digest of function `name` in `digests` (`name=digest,...`); empty when absent.
+pub fn interface_of(digests: &str, name: &str) -> String {
+    digests
+        .split(',')
+        .find_map(|entry| entry.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// The fingerprint text for a crate with these settings.
@@ -153,7 +162,8 @@ pub struct Meta {
     pub abi: u32,
     /// Compiler, target, profile, assertions, panic strategy.
     pub fingerprint: String,
-    /// heph's digest of the hot crate's interface (empty when built without heph).
+    /// heph's digest of the function's part of the hot crate's interface: its signature
+    /// and the definitions of the types it reaches (empty when built without heph).
     pub interface: String,
     /// The function's signature ([`signature`]).
     pub signature: String,
@@ -217,11 +227,11 @@ impl Meta {
 }
 
 /// The metadata text of an exported function (built once, kept for the library's life).
-pub fn meta_text<A, R>(name: &str, fingerprint: String, interface: &str) -> &'static str {
+pub fn meta_text<A, R>(name: &str, fingerprint: String, digests: &str) -> &'static str {
     let text = Meta {
         abi: ABI_VERSION,
         fingerprint,
-        interface: interface.to_owned(),
+        interface: interface_of(digests, name),
         signature: signature::<A, R>(name),
     }
     .to_text();
@@ -306,6 +316,16 @@ mod tests {
         };
         assert!(other.mismatch(&m).expect("differs").contains("fn f(u16)"));
         assert_eq!(Meta::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn each_function_has_its_own_digest() {
+        let d = "render=1a,greet=2b,render2=3c";
+        assert_eq!(interface_of(d, "render"), "1a");
+        assert_eq!(interface_of(d, "render2"), "3c");
+        assert_eq!(interface_of(d, "greet"), "2b");
+        assert_eq!(interface_of(d, "rend"), "");
+        assert_eq!(interface_of("", "render"), "");
     }
 
     #[test]

@@ -46,8 +46,9 @@
 //! # What the runtime checks before a generation serves
 //! The library's metadata for every imported function: the boundary version, the build
 //! fingerprint (compiler version, target, profile, `debug_assertions`, panic strategy:
-//! [`abi::fingerprint`]), the interface digest heph computed from the hot crate's
-//! sources (`HEPH_HOT_INTERFACE` at compile time), and the signature (argument and
+//! [`abi::fingerprint`]), the digest heph computed from the hot crate's sources of the
+//! function's signature and of every type it reaches (`HEPH_HOT_INTERFACE` at compile
+//! time), and the signature (argument and
 //! result types by `type_name`). Any difference refuses the library; the serving
 //! generation goes on.
 //!
@@ -171,7 +172,7 @@ pub struct LibrarySpec {
     pub name: &'static str,
     /// The host's fingerprint.
     pub fingerprint: fn() -> String,
-    /// The interface digest the host was built with.
+    /// The interface digests the host was built with (`name=digest,...`).
     pub interface: &'static str,
     /// The functions the host calls, checked at each load.
     pub imports: &'static [Import],
@@ -286,7 +287,7 @@ macro_rules! import {
                         expected: || $crate::abi::Meta {
                             abi: $crate::abi::ABI_VERSION,
                             fingerprint: $crate::__fingerprint!(),
-                            interface: $crate::__interface!().to_owned(),
+                            interface: $crate::abi::interface_of($crate::__interface!(), stringify!($name)),
                             signature: $crate::abi::signature::<($($ty,)*), $crate::__ret!($($ret)?)>(
                                 stringify!($name),
                             ),

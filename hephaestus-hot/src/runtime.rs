@@ -90,7 +90,7 @@ impl Generation {
         let expected = Meta {
             abi: abi::ABI_VERSION,
             fingerprint: (spec.fingerprint)(),
-            interface: spec.interface.to_owned(),
+            interface: abi::interface_of(spec.interface, name),
             signature: abi::signature::<A, R>(name),
         };
         self.check(name, &expected)
