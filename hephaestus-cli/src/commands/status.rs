@@ -51,6 +51,22 @@ fn render(s: &WatchStatus, out: &Output) {
         "reloads:    {}{last}; failed builds: {}; syntax errors: {}",
         s.reloads, s.failed_builds, s.syntax_errors
     ));
+    if s.mode == "hot" {
+        let generation = s
+            .hot_generation
+            .map_or_else(|| "none yet".to_owned(), |g| g.to_string());
+        let last = s
+            .last_hot_reload_ms
+            .map(|ms| format!(", last took {:.3}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        out.line(format!(
+            "hot:        generation {generation}; {} hot reloads{last}; {} rollbacks",
+            s.hot_reloads, s.hot_rollbacks
+        ));
+        if let Some(r) = &s.last_restart_reason {
+            out.line(format!("restarted:  {r}"));
+        }
+    }
     out.line(format!("watching:   {}", s.monitored_paths.join(", ")));
     for r in &s.rules {
         let sig = r

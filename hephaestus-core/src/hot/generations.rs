@@ -121,6 +121,13 @@ impl Generations {
         self.files.iter().rev().find(|f| !f.bad)
     }
 
+    /// Remove every file of this session (it ends).
+    pub fn remove_all(&mut self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
+
     /// Remove the files of generations other than the serving one and the last good
     /// one (a process that loaded them keeps its mapping), and those of heph processes
     /// that no longer run.

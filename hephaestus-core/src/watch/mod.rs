@@ -8,7 +8,9 @@
 //! [`WatchHandle`] (keys, Ctrl-C) or the control socket ([`control`]).
 
 pub mod control;
+mod events;
 mod files;
+mod hot;
 mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,10 +21,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+pub use events::{RuleStatus, SocketInfo, SyntaxProblem, WatchEvent, WatchStatus};
 pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_editor_temp};
-use policy::{Coalescer, Pending};
+use policy::{Coalescer, Pending, ReloadPath};
 
 use crate::config::Config;
 use crate::evolution::{EvolutionKind, EvolutionMeta, VerifyOutcome, VerifyRecord};
@@ -86,6 +87,14 @@ pub enum WatchError {
     /// The control socket failed.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// `--hot` needs a binary of the project to run.
+    #[error(
+        "--hot needs a binary of the project to load the hot crate into (--bin NAME), not --run or --check-only"
+    )]
+    HotNeedsBin,
+    /// The hot path could not start.
+    #[error(transparent)]
+    Hot(#[from] crate::hot::HotError),
 }
 
 impl crate::Categorized for WatchError {
@@ -94,7 +103,9 @@ impl crate::Categorized for WatchError {
             WatchError::Rule { .. }
             | WatchError::UnknownBin { .. }
             | WatchError::AmbiguousBin { .. }
-            | WatchError::NoBin => crate::ErrorCategory::BadInput,
+            | WatchError::NoBin
+            | WatchError::HotNeedsBin => crate::ErrorCategory::BadInput,
+            WatchError::Hot(e) => e.category(),
             WatchError::Supervise(e) => e.category(),
             WatchError::Control(e) => e.category(),
             _ => crate::ErrorCategory::Environment,
@@ -143,6 +154,9 @@ pub struct WatchOptions {
     pub control: bool,
     /// Start paused.
     pub paused: bool,
+    /// `--hot`: load changes of the hot crate into the running program when its
+    /// interface allows (see [`crate::hot`]).
+    pub hot: Option<crate::hot::HotOptions>,
 }
 
 impl WatchOptions {
@@ -160,62 +174,9 @@ impl WatchOptions {
             build_timeout: None,
             control: true,
             paused: false,
+            hot: None,
         }
     }
-}
-
-/// A rule as reported in the status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RuleStatus {
-    /// The patterns.
-    pub paths: Vec<String>,
-    /// `rebuild`, `restart`, `signal` or `ignore`.
-    pub action: String,
-    /// The signal of a `signal` rule (`SIGHUP`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub signal: Option<String>,
-}
-
-/// The state of a watch session, as `heph status --json` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct WatchStatus {
-    /// Changes are acted upon (not paused).
-    pub hot_reload_active: bool,
-    /// Paused through `p`, `heph watch --pause` or the control socket.
-    pub paused: bool,
-    /// What the loop is doing: `starting`, `idle`, `building`, `swapping`, `crashed`,
-    /// `stopping`.
-    pub state: String,
-    /// heph's own pid.
-    pub pid: u32,
-    /// The project root.
-    pub project: String,
-    /// What runs (`None` with `--check-only`).
-    pub program: Option<String>,
-    /// The sockets passed to the program (bound addresses).
-    pub sockets: Vec<String>,
-    /// What is watched (`src/**`, `./`).
-    pub monitored_paths: Vec<String>,
-    /// The `[[watch.rule]]`s.
-    pub rules: Vec<RuleStatus>,
-    /// The running generation (0: none yet).
-    pub generation: u64,
-    /// The running generation's pid.
-    pub child_pid: Option<u32>,
-    /// Successful swaps and restarts since the start (the first start excluded).
-    pub reloads: u64,
-    /// Builds that failed.
-    pub failed_builds: u64,
-    /// Batches stopped by the syntax gate.
-    pub syntax_errors: u64,
-    /// Time from the first change of the last reload to the new generation being ready.
-    pub last_reload_ms: Option<u64>,
-    /// Seconds since `heph watch` started.
-    pub uptime_s: u64,
-    /// The short id of the last `watch` evolution recorded.
-    pub last_evolution: Option<String>,
-    /// The last error (syntax, build, start), cleared by the next success.
-    pub last_error: Option<String>,
 }
 
 /// Status shared between the loop and the control socket.
@@ -265,6 +226,8 @@ pub(crate) enum Input {
     TogglePause,
     Rebuild,
     Quit,
+    /// A report of the program's hot-reload runtime.
+    Hot(crate::hot::Notice),
 }
 
 /// Steers a running session from other threads (keys, Ctrl-C handlers).
@@ -304,136 +267,15 @@ impl WatchHandle {
     }
 }
 
-/// A syntax error found by the gate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SyntaxProblem {
-    /// The file, relative to the root.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (characters).
-    pub column: usize,
-    /// The parser's message.
-    pub message: String,
-    /// The message with `file:line:col` and the source line, as shown to people.
-    pub rendered: String,
-}
-
-/// A socket as reported when watching starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SocketInfo {
-    /// The name in `LISTEN_FDNAMES`.
-    pub name: String,
-    /// The bound address.
-    pub addr: String,
-    /// The file descriptor in the program.
-    pub fd: i32,
-}
-
-/// What a watch session reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum WatchEvent {
-    /// Watching started.
-    Watching {
-        /// What is watched.
-        monitored_paths: Vec<String>,
-        /// The rules.
-        rules: Vec<RuleStatus>,
-        /// The passed sockets.
-        sockets: Vec<SocketInfo>,
-        /// The control socket, if any.
-        control: Option<PathBuf>,
-        /// What runs.
-        program: Option<String>,
-        /// The debounce window.
-        debounce_ms: u64,
-    },
-    /// Files changed (one debounced batch).
-    Changed {
-        /// The files, relative to the root.
-        files: Vec<String>,
-        /// The watcher lost events and everything is rechecked.
-        rescan: bool,
-        /// The session is paused: the change waits for `resume`.
-        paused: bool,
-    },
-    /// The syntax gate stopped the batch: nothing was built or restarted.
-    SyntaxError(SyntaxProblem),
-    /// A build started.
-    BuildStarted {
-        /// The cargo command.
-        command: String,
-        /// The packages built.
-        packages: Vec<String>,
-    },
-    /// A compilation unit finished.
-    BuildProgress {
-        /// Units finished.
-        done: usize,
-        /// Units of the previous build of the same command (None for the first).
-        total: Option<usize>,
-        /// The unit's crate.
-        unit: String,
-    },
-    /// A build ended.
-    BuildFinished {
-        /// It succeeded.
-        ok: bool,
-        /// The cargo command.
-        command: String,
-        /// Wall time.
-        duration_ms: u64,
-        /// Compiler errors, rendered as cargo renders them.
-        errors: Vec<String>,
-        /// Number of warnings.
-        warnings: usize,
-        /// The tail of cargo's output, when it failed without diagnostics.
-        output: String,
-    },
-    /// A new generation took over (or the program was restarted by a rule).
-    Reloaded {
-        /// The generation now serving.
-        generation: u64,
-        /// Its pid.
-        pid: Option<u32>,
-        /// From the first change of the batch to the new generation being ready.
-        reload_ms: u64,
-        /// The program's first start in this session (not a reload).
-        first: bool,
-    },
-    /// A build succeeded but the new generation did not start; the old one serves.
-    SwapFailed {
-        /// Why.
-        reason: String,
-    },
-    /// The successful build was recorded as a `watch` evolution.
-    Recorded {
-        /// The evolution's short id.
-        id: String,
-        /// Its subject.
-        message: String,
-    },
-    /// The sources at start differed from the last snapshot and were recorded first.
-    PreStateRecorded {
-        /// The `manual` evolution's short id.
-        id: String,
-    },
-    /// Paused.
-    Paused,
-    /// Resumed.
-    Resumed,
-    /// A problem that does not stop the session (history, watcher errors).
-    Warning {
-        /// What happened.
-        message: String,
-    },
-    /// The session ended; every child is gone.
-    Stopped,
-    /// Something the supervisor did (started, ready, stopped, exited, output ...).
-    #[serde(untagged)]
-    Process(SuperviseEvent),
+/// A cargo command to run for a batch.
+#[derive(Debug)]
+struct BuildSpec {
+    subcommand: &'static str,
+    packages: Vec<String>,
+    /// Target selection and other arguments, after the packages.
+    extra: Vec<String>,
+    /// Environment for cargo.
+    env: Vec<(String, String)>,
 }
 
 /// A watch session: see the module docs.
@@ -458,6 +300,7 @@ pub struct Session {
     last_units: BTreeMap<String, usize>,
     builds: u64,
     launched: bool,
+    hot: Option<hot::HotSession>,
 }
 
 impl std::fmt::Debug for Session {
@@ -483,7 +326,6 @@ impl Session {
             _ => None,
         };
         let plan = WatchPlan::new(&project, &config.watch)?;
-        let (tx, rx) = mpsc::channel();
         let monitored = plan.monitored_paths();
         let plan_rules: Vec<RuleStatus> = plan
             .rules()
@@ -494,6 +336,14 @@ impl Session {
                 signal: r.signal.map(|s| s.to_string()),
             })
             .collect();
+        let (tx, rx) = mpsc::channel();
+        let hot = match (&opts.hot, &bin) {
+            (None, _) => None,
+            (Some(h), Some((host, _))) => {
+                Some(hot::HotSession::new(&project, h, host, tx.clone())?)
+            }
+            (Some(_), None) => return Err(WatchError::HotNeedsBin),
+        };
         let supervisor = match opts.target {
             RunTarget::CheckOnly => None,
             _ => {
@@ -505,6 +355,9 @@ impl Session {
                 let mut sopts = opts.supervisor.clone();
                 sopts.cwd = project.root().to_path_buf();
                 sopts.cancel = Some(Arc::clone(&cancel));
+                if let Some(h) = &hot {
+                    sopts.env.push(h.socket_env());
+                }
                 Some(Supervisor::new(listeners, sopts))
             }
         };
@@ -524,6 +377,7 @@ impl Session {
                             .collect()
                     })
                     .unwrap_or_default(),
+                mode: if hot.is_some() { "hot" } else { "restart" }.into(),
                 ..WatchStatus::default()
             }),
             paused: AtomicBool::new(opts.paused),
@@ -566,6 +420,7 @@ impl Session {
             last_units: BTreeMap::new(),
             builds: 0,
             launched: false,
+            hot,
         })
     }
 
@@ -679,6 +534,7 @@ impl Session {
                     }
                 }
                 Ok(Input::Quit) => break,
+                Ok(Input::Hot(notice)) => self.hot_notice(notice, on_event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -702,6 +558,9 @@ impl Session {
             sup.shutdown(&mut |e| on_event(&WatchEvent::Process(e)));
         }
         self.control = None;
+        if let Some(h) = self.hot.take() {
+            h.finish();
+        }
         self.clean_binaries(None);
         on_event(&WatchEvent::Stopped);
         Ok(())
@@ -719,12 +578,19 @@ impl Session {
         let Some(sup) = self.supervisor.as_mut() else {
             return;
         };
-        sup.poll(&mut |e| on_event(&WatchEvent::Process(e)));
+        let mut exited = false;
+        sup.poll(&mut |e| {
+            exited |= matches!(e, SuperviseEvent::Exited { .. });
+            on_event(&WatchEvent::Process(e));
+        });
         let (generation, pid) = (sup.generation(), sup.child_pid());
         self.shared.update(|s| {
             s.generation = generation;
             s.child_pid = pid;
         });
+        if exited {
+            self.hot_exited(on_event);
+        }
     }
 
     fn absorb(
@@ -770,6 +636,8 @@ impl Session {
             if !self.syntax_gate(on_event) {
                 return;
             }
+            let path = self.reload_path(&pending, on_event);
+            let spec = self.build_spec(&pending, &path);
             // The snapshot of what is being built is taken while cargo builds (on
             // another thread, under the writer lock), and committed only if the build
             // succeeds on exactly these files: off the path from a save to the swap.
@@ -783,7 +651,7 @@ impl Session {
                             h.prepare_snapshot()
                         })
                     });
-                    let report = self.build(&pending, on_event);
+                    let report = self.build(spec, on_event);
                     let prepared = snapshotter
                         .join()
                         .unwrap_or_else(|_| Err("the snapshot thread panicked".to_owned()));
@@ -792,7 +660,7 @@ impl Session {
                 self.history = history;
                 (report, Some(prepared))
             } else {
-                (self.build(&pending, on_event), None)
+                (self.build(spec, on_event), None)
             };
             let Some(report) = report else {
                 return;
@@ -816,17 +684,24 @@ impl Session {
             // tree is no longer the one that built. When they changed during the build
             // the snapshot waits for the next build (which covers these files too).
             let unchanged = self.shared.file_batches.load(Ordering::SeqCst) == batches_before;
-            match prepared {
+            let evolution = match prepared {
                 Some(Ok(prepared)) if unchanged => {
                     let files = std::mem::take(&mut self.dirty_files);
-                    self.record(&report, files, prepared, on_event);
+                    self.record(&report, files, prepared, on_event)
                 }
-                Some(Err(message)) => on_event(&WatchEvent::Warning {
-                    message: format!("history: {message}"),
-                }),
-                _ => {}
+                Some(Err(message)) => {
+                    on_event(&WatchEvent::Warning {
+                        message: format!("history: {message}"),
+                    });
+                    None
+                }
+                _ => None,
+            };
+            if self.hot.is_some() {
+                self.hot_deliver(&path, evolution, started, &report, on_event);
+            } else {
+                self.swap(Some(&report), started, on_event);
             }
-            self.swap(Some(&report), started, on_event);
         } else if pending.restart {
             self.swap(None, started, on_event);
         }
@@ -870,19 +745,9 @@ impl Session {
         false
     }
 
-    fn build(
-        &mut self,
-        pending: &Pending,
-        on_event: &mut dyn FnMut(&WatchEvent),
-    ) -> Option<VerifyReport> {
-        self.set_state("building");
-        let manifest = self.project.root().join("Cargo.toml");
-        let format = if self.opts.color {
-            "--message-format=json-diagnostic-rendered-ansi"
-        } else {
-            "--message-format=json"
-        };
-        let mut cmd = Command::new("cargo");
+    /// The cargo command for `pending`: `cargo build -p PKG --bin BIN` for a binary,
+    /// `cargo build`/`check` of the changed packages otherwise (hot mode adjusts it).
+    fn build_spec(&self, pending: &Pending, path: &ReloadPath) -> BuildSpec {
         let (subcommand, packages, extra): (&str, Vec<String>, Vec<String>) =
             match (&self.opts.target, &self.bin) {
                 (RunTarget::Bin { .. }, Some((pkg, bin))) => (
@@ -908,6 +773,35 @@ impl Session {
                     (sub, pkgs, Vec::new())
                 }
             };
+        let mut spec = BuildSpec {
+            subcommand,
+            packages,
+            extra,
+            env: Vec::new(),
+        };
+        self.hot_build_spec(&mut spec, path);
+        spec
+    }
+
+    fn build(
+        &mut self,
+        spec: BuildSpec,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) -> Option<VerifyReport> {
+        self.set_state("building");
+        let manifest = self.project.root().join("Cargo.toml");
+        let format = if self.opts.color {
+            "--message-format=json-diagnostic-rendered-ansi"
+        } else {
+            "--message-format=json"
+        };
+        let mut cmd = Command::new("cargo");
+        let BuildSpec {
+            subcommand,
+            packages,
+            extra,
+            env,
+        } = spec;
         cmd.arg(subcommand)
             .arg(format)
             .arg("--manifest-path")
@@ -926,6 +820,7 @@ impl Session {
             shown.push(' ');
             shown.push_str(e);
         }
+        cmd.envs(env);
         cmd.current_dir(self.project.root());
         on_event(&WatchEvent::BuildStarted {
             command: shown.clone(),
@@ -981,15 +876,16 @@ impl Session {
         }
     }
 
-    /// Start a new generation (after a build, or for a restart rule).
+    /// Start a new generation (after a build, or for a restart rule); true when it
+    /// serves.
     fn swap(
         &mut self,
         report: Option<&VerifyReport>,
         started: Instant,
         on_event: &mut dyn FnMut(&WatchEvent),
-    ) {
+    ) -> bool {
         let program = match (&self.opts.target, &self.bin) {
-            (RunTarget::CheckOnly, _) => return,
+            (RunTarget::CheckOnly, _) => return false,
             (RunTarget::Command(c), _) => Program::Shell(c.clone()),
             (RunTarget::Bin { args, .. }, Some((_, bin))) => {
                 let built = report.and_then(|r| {
@@ -1020,15 +916,15 @@ impl Session {
                     },
                     None => match self.supervisor.as_ref().and_then(|s| s.program().cloned()) {
                         Some(p) => p,
-                        None => return,
+                        None => return false,
                     },
                 }
             }
-            (RunTarget::Bin { .. }, None) => return,
+            (RunTarget::Bin { .. }, None) => return false,
         };
         self.set_state("swapping");
         let Some(sup) = self.supervisor.as_mut() else {
-            return;
+            return false;
         };
         let staged = match &program {
             Program::Exec { program, .. } => Some(program.clone()),
@@ -1057,6 +953,7 @@ impl Session {
                     reload_ms: ms,
                     first,
                 });
+                true
             }
             Ok(false) => {
                 let reason =
@@ -1064,12 +961,14 @@ impl Session {
                         .to_owned();
                 self.shared.update(|s| s.last_error = Some(reason.clone()));
                 on_event(&WatchEvent::SwapFailed { reason });
+                false
             }
             Err(e) => {
                 self.shared.update(|s| s.last_error = Some(e.to_string()));
                 on_event(&WatchEvent::SwapFailed {
                     reason: e.to_string(),
                 });
+                false
             }
         }
     }
@@ -1134,7 +1033,7 @@ impl Session {
         files: BTreeSet<String>,
         prepared: PreparedSnapshot,
         on_event: &mut dyn FnMut(&WatchEvent),
-    ) {
+    ) -> Option<String> {
         let mut meta = EvolutionMeta::new(EvolutionKind::Watch, watch_message(&files));
         meta.files = files.iter().map(PathBuf::from).collect();
         meta.verify = Some(VerifyRecord {
@@ -1149,11 +1048,15 @@ impl Session {
                     id: e.short_id,
                     message: e.meta.message,
                 });
+                Some(e.id)
             }
-            Ok(None) => {}
-            Err(message) => on_event(&WatchEvent::Warning {
-                message: format!("history: {message}"),
-            }),
+            Ok(None) => None,
+            Err(message) => {
+                on_event(&WatchEvent::Warning {
+                    message: format!("history: {message}"),
+                });
+                None
+            }
         }
     }
 

@@ -102,7 +102,6 @@ pub(crate) struct Absorbed {
 }
 
 /// How a successful rebuild reaches the running program.
-#[allow(dead_code)] // wired by the hot path
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ReloadPath {
     /// Build the hot crate only and load it into the running process.
@@ -197,7 +196,6 @@ impl Pending {
         }
     }
 
-    #[allow(dead_code)] // wired by the hot path
     /// In hot mode with hot crate `hot`: can this rebuild be loaded in place? Only Rust
     /// sources of the hot crate may have changed, and a program must be running;
     /// `interface` then says whether the hot crate's interface is unchanged (None) or
