@@ -132,6 +132,15 @@ pub fn interface_of(digests: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// The prefix heph gives the digest of a function that uses no type defined in the hot
+/// crate (only std's and other crates' types, which host and library share).
+pub const OUTSIDE_TYPES_PREFIX: &str = "s:";
+
+/// Does this digest say its function uses no type of the hot crate?
+pub fn uses_only_outside_types(digest: &str) -> bool {
+    digest.starts_with(OUTSIDE_TYPES_PREFIX)
+}
+
 /// The fingerprint text for a crate with these settings.
 pub fn fingerprint(debug_assertions: bool, unwind: bool) -> String {
     format!(

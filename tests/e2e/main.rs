@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod evolve;
 mod history;
+mod hot;
 mod import;
 mod self_modify;
 mod watch;

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use quote::ToTokens;
 use syn::visit::Visit;
 
+use crate::source::{Origin, SyntaxError};
+
 /// A type the crate defines.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TypeDef {
@@ -352,17 +354,22 @@ impl Interface {
 
     /// Per exported function, a digest of its signature and of the definitions of the
     /// types it reaches (what the runtime compares at load time), as
-    /// `name=digest,name=digest` (the `HEPH_HOT_INTERFACE` a build gets).
+    /// `name=digest,name=digest` (the `HEPH_HOT_INTERFACE` a build gets); the digest of
+    /// a function that reaches no type of the crate starts with `s:`.
     pub fn digests(&self) -> String {
         let mut out = Vec::new();
         for (name, f) in &self.functions {
             let mut h = std::hash::DefaultHasher::new();
             f.signature.hash(&mut h);
-            for t in self.reachable(&f.uses) {
+            let types = self.reachable(&f.uses);
+            for t in &types {
                 t.hash(&mut h);
-                self.types.get(&t).hash(&mut h);
+                self.types.get(t).hash(&mut h);
             }
-            out.push(format!("{name}={:016x}", h.finish()));
+            // `s:` (the runtime's mark): only types defined outside the hot crate, so
+            // a program built before the function existed may call it.
+            let mark = if types.is_empty() { "s:" } else { "" };
+            out.push(format!("{name}={mark}{:016x}", h.finish()));
         }
         out.join(",")
     }
@@ -407,6 +414,37 @@ impl Interface {
         }
         None
     }
+}
+
+/// Parse the bodies of the `export!` and `thread_local!` invocations of a source file
+/// (the syntax gate parses a file but not the token trees inside macros): the first
+/// error, pointing into `text`.
+pub fn check_macro_bodies(origin: Origin, text: &str) -> Result<(), SyntaxError> {
+    fn walk(items: &[syn::Item], origin: &Origin, text: &str) -> Result<(), SyntaxError> {
+        for item in items {
+            match item {
+                syn::Item::Macro(m)
+                    if is_macro(&m.mac, "export") || is_macro(&m.mac, "thread_local") =>
+                {
+                    if let Err(e) = m.mac.parse_body::<syn::File>() {
+                        return Err(SyntaxError::from_syn(origin.clone(), &e, text, 0));
+                    }
+                }
+                syn::Item::Mod(m) => {
+                    if let Some((_, items)) = &m.content {
+                        walk(items, origin, text)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    let Ok(file) = syn::parse_file(text) else {
+        // The file's own syntax error is the gate's to report.
+        return Ok(());
+    };
+    walk(&file.items, &origin, text)
 }
 
 fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InterfaceError> {
@@ -637,9 +675,25 @@ mod tests {
         let new = iface(&added).digests();
         assert!(new.contains(&old), "{old} within {new}");
         assert!(new.starts_with("hello="), "{new}");
+        // `render` reaches the crate's types, `f` below does not.
+        assert!(!old.contains("=s:"), "{old}");
+        let plain =
+            iface("hephaestus_hot::export! { pub fn f(x: u8) -> String { String::new() } }");
+        assert!(plain.digests().starts_with("f=s:"), "{}", plain.digests());
         // A boundary change changes the digest of the function that reaches it.
         let changed = iface(&BASE.replace("B(u8)", "B(u16)")).digests();
         assert_ne!(changed, old);
+    }
+
+    #[test]
+    fn a_syntax_error_inside_export_is_found_with_its_position() {
+        let src = "//! x\nhephaestus_hot::export! {\n    pub fn f() -> u8 {\n        let x = ;\n        1\n    }\n}\n";
+        let e = check_macro_bodies(Origin::File("lib.rs".into()), src).expect_err("error");
+        assert_eq!((e.line, e.column), (4, 17), "{e}");
+        assert!(e.to_string().contains("let x = ;"), "{e}");
+        assert!(check_macro_bodies(Origin::File("lib.rs".into()), BASE).is_ok());
+        let nested = "mod m { thread_local! { static A: u8 = ; } }";
+        assert!(check_macro_bodies(Origin::File("m.rs".into()), nested).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! over the control channel or swapping the process with the new generation as its
 //! first library, and the program's reports (panics, rollbacks, crashes).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::Instant;
 
@@ -12,11 +12,13 @@ use super::policy::{Pending, ReloadPath};
 use super::{BuildSpec, Input, Session, WatchError, WatchEvent};
 use crate::evolution::{EvolutionKind, EvolutionMeta};
 use crate::history::RollbackTarget;
+use crate::hot::interface;
 use crate::hot::{
     Generations, Heal, HotCrate, HotOptions, HotServer, Interface, Notice, Report, Staged, channel,
     find_hot_package,
 };
 use crate::project::Project;
+use crate::source::{Origin, SyntaxError};
 use crate::state::StateDir;
 use crate::verify::VerifyReport;
 
@@ -129,6 +131,17 @@ impl Session {
             on_event(&WatchEvent::HotRestart { reason });
         }
         path
+    }
+
+    /// Hot mode: the syntax of the `export!` bodies of a hot crate's file (macro bodies
+    /// are token trees to the gate's parse).
+    pub(super) fn hot_syntax(&self, path: &Path, rel: &str) -> Option<SyntaxError> {
+        let hot = self.hot.as_ref()?;
+        if !path.starts_with(&hot.krate.src_dir) {
+            return None;
+        }
+        let text = std::fs::read_to_string(path).ok()?;
+        interface::check_macro_bodies(Origin::File(PathBuf::from(rel)), &text).err()
     }
 
     /// Hot mode: build only the hot crate for a hot reload, also the hot crate's
@@ -336,7 +349,14 @@ impl Session {
         );
         let (evolution, restored) = match (heal, target) {
             (Heal::RestoreSource, Some(target)) => {
-                match self.with_history(|h| h.rollback(&RollbackTarget::Id(target))) {
+                // `rollback` takes the writer lock itself.
+                let result = super::open_history(
+                    &mut self.history,
+                    self.project.root(),
+                    &self.opts.history_options,
+                    |h| h.rollback(&RollbackTarget::Id(target)),
+                );
+                match result {
                     Ok(r) => (
                         Some(r.evolution.short_id),
                         r.restored

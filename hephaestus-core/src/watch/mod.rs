@@ -715,7 +715,11 @@ impl Session {
                 continue; // removed: cargo will say if something still needs it
             };
             let rel = self.project.relative(path);
-            if let Err(e) = SourceFile::parse_bytes(Origin::File(PathBuf::from(&rel)), bytes) {
+            let found = match SourceFile::parse_bytes(Origin::File(PathBuf::from(&rel)), bytes) {
+                Ok(_) => self.hot_syntax(path, &rel),
+                Err(e) => Some(*e),
+            };
+            if let Some(e) = found {
                 problems.push(SyntaxProblem {
                     file: rel,
                     line: e.line,
@@ -1075,6 +1079,21 @@ impl Session {
     }
 }
 
+/// Run `f` on the history store (opened on first use into `history`) without taking
+/// the writer lock: for calls that take it themselves (`History::rollback`).
+fn open_history<T>(
+    history: &mut Option<History>,
+    root: &Path,
+    options: &HistoryOptions,
+    f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
+) -> Result<T, String> {
+    if history.is_none() {
+        *history = Some(History::open_with(root, options.clone()).map_err(|e| e.to_string())?);
+    }
+    let h = history.as_mut().ok_or("history store unavailable")?;
+    f(h).map_err(|e| e.to_string())
+}
+
 /// Run `f` on the history store (opened on first use into `history`) under the
 /// project's writer lock, held only for this call.
 fn locked_history<T>(
@@ -1087,11 +1106,7 @@ fn locked_history<T>(
     let _lock = StateDir::new(root)
         .lock("watch snapshot", timeout, |_| {})
         .map_err(|e: StateError| e.to_string())?;
-    if history.is_none() {
-        *history = Some(History::open_with(root, options.clone()).map_err(|e| e.to_string())?);
-    }
-    let h = history.as_mut().ok_or("history store unavailable")?;
-    f(h).map_err(|e| e.to_string())
+    open_history(history, root, options, f)
 }
 
 fn watch_message(files: &BTreeSet<String>) -> String {
