@@ -42,8 +42,11 @@ def get(port, path="/", timeout=5.0):
                     break
                 data += chunk
         head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body.decode()
-    except OSError:
+        parts = head.split()
+        if len(parts) < 2:
+            return None
+        return int(parts[1]), body.decode()
+    except (OSError, ValueError):
         return None
 
 
@@ -135,7 +138,7 @@ def heph_series(heph, repo, tmp, edits, restart):
     project = os.path.join(tmp, "restart" if restart else "hot")
     copy_fixture(repo, project)
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(project, "target"))
-    proc, port = run_heph(heph, project, ["--hot", "--socket", "127.0.0.1:0", "--no-history"], env)
+    proc, port = run_heph(heph, project, ["--hot", "--socket", "127.0.0.1:0"], env)
     lib = os.path.join(project, "render", "src", "lib.rs")
     old = "Hello from generation one"
     wait_text(port, old, time.monotonic())
@@ -251,8 +254,13 @@ def hlr_series(tmp, edits):
     subprocess.run(["cargo", "build", "-q"], cwd=project, env=env, check=True)
     subprocess.run(["cargo", "build", "-q", "-p", "lib"], cwd=project, env=env, check=True)
     port = free_port()
+    # Built as a dependency, the dylib links the toolchain's shared libstd: run the host
+    # with the toolchain's lib dir on the search path, as `cargo run` does.
+    sysroot = subprocess.run(["rustc", "--print", "sysroot"], capture_output=True, text=True,
+                             check=True).stdout.strip()
     proc = subprocess.Popen([os.path.join(project, "target", "debug", "hlr-host")], cwd=project,
-                            env=dict(env, ADDR=f"127.0.0.1:{port}"),
+                            env=dict(env, ADDR=f"127.0.0.1:{port}",
+                                     LD_LIBRARY_PATH=os.path.join(sysroot, "lib")),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     proc.stdout.readline()
     old = "Hello from generation one"
@@ -287,8 +295,11 @@ def main():
     tmp = tempfile.mkdtemp(prefix="heph-hot-bench-")
     try:
         hot, client, (rss0, rss1) = heph_series(a.heph, a.repo, tmp, a.edits, restart=False)
+        print(f"hot: {ms(hot)}", flush=True)
         restart, rclient, _ = heph_series(a.heph, a.repo, tmp, a.edits, restart=True)
+        print(f"restart: {ms(restart)}", flush=True)
         bare = bare_series(a.repo, tmp, a.edits)
+        print(f"bare: {ms(bare)}", flush=True)
         hlr = [] if a.no_hlr else hlr_series(tmp, a.edits)
         print(f"\nsave -> new text served, {a.edits} edits each (median, min, max):\n")
         print("| path | save -> served | ratio to hot |")

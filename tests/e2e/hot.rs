@@ -39,7 +39,7 @@ fn start(env: &TestEnv, extra: &[&str]) -> Watch {
 }
 
 /// One HTTP GET on a fresh connection: (status code, body), or the error as text.
-fn request(port: u16, path: &str) -> Result<(u16, String), String> {
+fn request(port: u16, path: &str) -> Answer {
     let mut stream =
         TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -81,10 +81,13 @@ fn count_of(body: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count in {body:?}"))
 }
 
+/// One answer: (status, body), or the connection error.
+type Answer = Result<(u16, String), String>;
+
 /// A client sending `GET /` every 10 ms until stopped.
 struct Client {
     stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<Result<(u16, String), String>>>>,
+    results: Arc<Mutex<Vec<Answer>>>,
     thread: JoinHandle<()>,
 }
 
@@ -109,7 +112,7 @@ impl Client {
         }
     }
 
-    fn finish(self) -> Vec<Result<(u16, String), String>> {
+    fn finish(self) -> Vec<Answer> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().expect("client thread");
         std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner))
@@ -361,6 +364,38 @@ fn heal_restore_source_restores_the_good_generation_file() {
         event_is(e, "hot-reloaded") && e["generation"] == 3
     });
     assert!(ok(w.port, "/").starts_with(&format!("{FIRST} ")));
+}
+
+#[test]
+fn a_program_that_aborts_in_hot_code_restarts_with_the_last_good_generation() {
+    let _serial = serial();
+    let env = hot_env();
+    let w = start(&env, &[]);
+    let pid = ok(w.port, "/pid");
+    let mark = w.mark();
+    edit_text(&env, FIRST, "unused");
+    let src = env.read(LIB);
+    // An abort cannot be caught: the process dies.
+    env.write(
+        LIB,
+        src.replace("\"unused\".to_owned()", "std::process::abort()"),
+    );
+    assert!(event_is(&outcome(&w, mark), "hot-reloaded"), "{}", w.dump());
+    let _ = request(w.port, "/");
+    let crash = w.wait_for("the crash", Duration::from_secs(60), mark, |e| {
+        event_is(e, "hot-crashed")
+    });
+    assert_eq!(
+        (crash["generation"].as_u64(), crash["next"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // The restarted program loads generation 1, not the broken one.
+    let body = w.wait_body("/", Duration::from_secs(60), |b| {
+        b.starts_with(&format!("{FIRST} "))
+    });
+    assert_eq!(count_of(&body), 1, "a new process counts from 1");
+    assert_ne!(ok(w.port, "/pid"), pid);
+    assert_eq!(ok(w.port, "/generation"), "1\n");
 }
 
 #[test]

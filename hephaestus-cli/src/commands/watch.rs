@@ -293,6 +293,7 @@ impl<'a> View<'a> {
                 control,
                 program,
                 debounce_ms,
+                hot,
             } => {
                 self.heph(format!(
                     "watching {} ({debounce_ms}ms debounce)",
@@ -311,6 +312,11 @@ impl<'a> View<'a> {
                 }
                 if let Some(p) = program {
                     self.heph(format!("program: {p}"));
+                }
+                if let Some(h) = hot {
+                    self.heph(format!(
+                        "hot crate: {h} (loaded into the running program while its interface is unchanged)"
+                    ));
                 }
                 if let Some(c) = control {
                     self.heph(format!(

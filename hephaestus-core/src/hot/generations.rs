@@ -128,11 +128,13 @@ impl Generations {
         }
     }
 
-    /// Remove the files of generations other than the serving one and the last good
-    /// one (a process that loaded them keeps its mapping), and those of heph processes
-    /// that no longer run.
+    /// Remove the files of generations other than the serving one, the good one before
+    /// it (what a restart after a crash loads) and the last good one (a process that
+    /// loaded the others keeps its mapping), and those of heph processes that no
+    /// longer run.
     pub fn clean(&mut self) {
-        let keep: Vec<u64> = [self.serving, self.last_good().map(|f| f.id)]
+        let before = self.serving.and_then(|s| self.good_before(s)).map(|f| f.id);
+        let keep: Vec<u64> = [self.serving, before, self.last_good().map(|f| f.id)]
             .into_iter()
             .flatten()
             .collect();
@@ -216,6 +218,18 @@ mod tests {
             left,
             [false, true, false, true],
             "serving (4) and last good (2) kept"
+        );
+        // Serving a good generation keeps the good one before it for a crash restart.
+        g.stage(&built).expect("stage");
+        g.serving(5);
+        g.clean();
+        let left: Vec<bool> = (1..=5)
+            .map(|id| g.get(id).expect("known").path.exists())
+            .collect();
+        assert_eq!(
+            left,
+            [false, true, false, false, true],
+            "5 serves, 2 before it"
         );
     }
 }

@@ -126,6 +126,9 @@ pub enum WatchEvent {
         program: Option<String>,
         /// The debounce window.
         debounce_ms: u64,
+        /// `--hot`: the hot crate's package.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hot: Option<String>,
     },
     /// Files changed (one debounced batch).
     Changed {

@@ -83,6 +83,11 @@ impl HotSession {
         })
     }
 
+    /// The hot crate's package.
+    pub(crate) fn package(&self) -> String {
+        self.krate.package.clone()
+    }
+
     /// `HEPH_HOT_SOCKET=…` for the program's environment.
     pub(crate) fn socket_env(&self) -> (std::ffi::OsString, std::ffi::OsString) {
         (

@@ -478,6 +478,7 @@ impl Session {
                 .map(|_| control::socket_path(self.project.root())),
             program: program_text,
             debounce_ms: u64::try_from(self.opts.debounce.as_millis()).unwrap_or(u64::MAX),
+            hot: self.hot.as_ref().map(hot::HotSession::package),
         });
         if let Some(e) = self.control_error.take() {
             on_event(&WatchEvent::Warning {
