@@ -422,6 +422,16 @@ impl Runtime {
     /// acknowledge; or refuse it, leaving the serving generation alone.
     pub fn reload(&self, id: u64, path: &Path) {
         let started = Instant::now();
+        let known = self
+            .generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id);
+        if known {
+            let reason = format!("generation {id} is already loaded (ids are never reused)");
+            self.send(&json!({"type": "refused", "generation": id, "reason": reason}));
+            return;
+        }
         match Generation::load(id, path, self.spec) {
             Ok(g) => {
                 let g = Arc::new(g);

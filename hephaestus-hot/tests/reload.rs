@@ -160,6 +160,16 @@ fn load_call_reload_refuse_and_roll_back() {
     assert_eq!(ack["callbacks"], 1);
     assert_eq!(hot::answer(40), Ok(42));
     assert_eq!(*seen.lock().expect("lock"), vec![2]);
+    // A generation id is never loaded twice.
+    let again = heph.load(2, &gen1);
+    assert_eq!(again["type"], "refused", "{again}");
+    assert!(
+        again["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("already loaded")
+    );
+    assert_eq!(hot::answer(40), Ok(42), "generation 2 still serves");
 
     // Its `boom` panics: caught at the boundary, reported, and the third panic in
     // the window goes back to generation 1 by itself.

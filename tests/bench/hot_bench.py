@@ -134,7 +134,7 @@ def run_heph(heph, project, args, env):
     return proc, port
 
 
-def heph_series(heph, repo, tmp, edits, restart):
+def heph_series(heph, repo, tmp, edits, restart, between=None):
     project = os.path.join(tmp, "restart" if restart else "hot")
     copy_fixture(repo, project)
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(project, "target"))
@@ -156,6 +156,8 @@ def heph_series(heph, repo, tmp, edits, restart):
         if i > 0:
             times.append(t)
         old = new
+        if between:
+            between(i)
         if i == 0:
             rss_before = rss_kib(pid) if not restart else 0
     time.sleep(0.3)
@@ -167,24 +169,28 @@ def heph_series(heph, repo, tmp, edits, restart):
     return times, client, (rss_before, rss_after)
 
 
-def bare_series(repo, tmp, edits):
-    project = os.path.join(tmp, "bare")
-    copy_fixture(repo, project)
-    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(project, "target"))
-    build = ["cargo", "build", "-q", "-p", "render", "--lib"]
-    subprocess.run(["cargo", "build", "-q"], cwd=project, env=env, check=True)
-    lib = os.path.join(project, "render", "src", "lib.rs")
-    old = "Hello from generation one"
-    times = []
-    for i in range(edits + 1):
+class Bare:
+    """A copy of the fixture where each edit is followed by a bare incremental
+    `cargo build -p render --lib`, timed."""
+
+    def __init__(self, repo, tmp):
+        self.project = os.path.join(tmp, "bare")
+        copy_fixture(repo, self.project)
+        self.env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(self.project, "target"))
+        subprocess.run(["cargo", "build", "-q"], cwd=self.project, env=self.env, check=True)
+        self.lib = os.path.join(self.project, "render", "src", "lib.rs")
+        self.old = "Hello from generation one"
+        self.times = []
+
+    def edit(self, i):
         new = f"Edit {i} bare"
-        write_text(lib, old, new)
+        write_text(self.lib, self.old, new)
         start = time.monotonic()
-        subprocess.run(build, cwd=project, env=env, check=True)
+        subprocess.run(["cargo", "build", "-q", "-p", "render", "--lib"], cwd=self.project,
+                       env=self.env, check=True)
         if i > 0:
-            times.append(time.monotonic() - start)
-        old = new
-    return times
+            self.times.append(time.monotonic() - start)
+        self.old = new
 
 
 HLR_HOST = r'''
@@ -256,29 +262,30 @@ def hlr_series(tmp, edits):
     port = free_port()
     # Built as a dependency, the dylib links the toolchain's shared libstd: run the host
     # with the toolchain's lib dir on the search path, as `cargo run` does.
-    sysroot = subprocess.run(["rustc", "--print", "sysroot"], capture_output=True, text=True,
-                             check=True).stdout.strip()
+    libdir = subprocess.run(["rustc", "--print", "target-libdir"], capture_output=True,
+                            text=True, check=True).stdout.strip()
     proc = subprocess.Popen([os.path.join(project, "target", "debug", "hlr-host")], cwd=project,
-                            env=dict(env, ADDR=f"127.0.0.1:{port}",
-                                     LD_LIBRARY_PATH=os.path.join(sysroot, "lib")),
+                            env=dict(env, ADDR=f"127.0.0.1:{port}", LD_LIBRARY_PATH=libdir),
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     proc.stdout.readline()
     old = "Hello from generation one"
     wait_text(port, old, time.monotonic())
-    times = []
+    times, after_build = [], []
     for i in range(edits + 1):
         new = f"Edit {i} hlr"
         time.sleep(0.3)
         start = time.monotonic()
         write_text(lib, old, new)
         subprocess.run(["cargo", "build", "-q", "-p", "lib"], cwd=project, env=env, check=True)
+        built = time.monotonic() - start
         t = wait_text(port, new + " ", start, timeout=60)
         if i > 0:
             times.append(t)
+            after_build.append(t - built)
         old = new
     proc.kill()
     proc.wait()
-    return times
+    return times, after_build
 
 
 def ms(xs):
@@ -294,13 +301,15 @@ def main():
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="heph-hot-bench-")
     try:
-        hot, client, (rss0, rss1) = heph_series(a.heph, a.repo, tmp, a.edits, restart=False)
-        print(f"hot: {ms(hot)}", flush=True)
+        # Hot edits and bare builds alternate, so both see the same load.
+        b = Bare(a.repo, tmp)
+        hot, client, (rss0, rss1) = heph_series(a.heph, a.repo, tmp, a.edits, restart=False,
+                                                between=b.edit)
+        bare = b.times
+        print(f"hot: {ms(hot)}; bare: {ms(bare)}", flush=True)
         restart, rclient, _ = heph_series(a.heph, a.repo, tmp, a.edits, restart=True)
         print(f"restart: {ms(restart)}", flush=True)
-        bare = bare_series(a.repo, tmp, a.edits)
-        print(f"bare: {ms(bare)}", flush=True)
-        hlr = [] if a.no_hlr else hlr_series(tmp, a.edits)
+        hlr, hlr_after = ([], []) if a.no_hlr else hlr_series(tmp, a.edits)
         print(f"\nsave -> new text served, {a.edits} edits each (median, min, max):\n")
         print("| path | save -> served | ratio to hot |")
         print("|---|---|---|")
@@ -310,7 +319,11 @@ def main():
         print(f"| bare `cargo build -p render --lib` | {ms(bare)} | {statistics.median(bare) / h:.2f} |")
         if hlr:
             print(f"| hot-lib-reloader 0.8 (debounce 20 ms) + `cargo build -p lib` | {ms(hlr)} | {statistics.median(hlr) / h:.2f} |")
-        print(f"\nhot path overhead over the bare build: {(h - statistics.median(bare)) * 1000:+.0f} ms (median - median)")
+        pairs = [x - y for x, y in zip(hot, bare)]
+        print(f"\nhot path overhead over the bare build: {(h - statistics.median(bare)) * 1000:+.0f} ms "
+              f"(median - median), {statistics.median(pairs) * 1000:+.0f} ms (median of paired differences)")
+        if hlr:
+            print(f"hot-lib-reloader, build end -> new text served: {ms(hlr_after)}")
         print(f"hot edits: {client.ok} requests served, {client.failed} failed, counter reset {client.reset} times")
         print(f"restart edits: {rclient.ok} requests served, {rclient.failed} failed")
         print(f"RSS of the server: {rss0} KiB -> {rss1} KiB over {a.edits} hot reloads "

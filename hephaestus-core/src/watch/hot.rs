@@ -14,7 +14,7 @@ use crate::evolution::{EvolutionKind, EvolutionMeta};
 use crate::history::RollbackTarget;
 use crate::hot::interface;
 use crate::hot::{
-    Generations, Heal, HotCrate, HotOptions, HotServer, Interface, Notice, Report, Staged, channel,
+    Generations, Heal, HotCrate, HotOptions, HotServer, Interface, Notice, Report, channel,
     find_hot_package,
 };
 use crate::project::Project;
@@ -36,8 +36,6 @@ pub(crate) struct HotSession {
     /// The first generation of the running host build (older ones belong to another
     /// host and cannot be loaded into it).
     host_first: u64,
-    /// How the last library was staged (for `-v` and the benchmark).
-    pub(crate) staged: Option<Staged>,
 }
 
 impl HotSession {
@@ -79,7 +77,6 @@ impl HotSession {
             baseline: None,
             building: None,
             host_first: 1,
-            staged: None,
         })
     }
 
@@ -191,10 +188,7 @@ impl Session {
             return;
         };
         let staged = match hot.generations.stage(&hot.lib_file) {
-            Ok((f, how)) => {
-                hot.staged = Some(how);
-                (f.id, f.path.clone())
-            }
+            Ok((f, _)) => (f.id, f.path.clone()),
             Err(e) => {
                 let message = format!("cannot stage {}: {e}", hot.lib_file.display());
                 self.shared.update(|s| s.last_error = Some(message.clone()));
