@@ -3,8 +3,6 @@
 //! server, and a real HTTP client. The counter lives in the host; the text comes from
 //! the hot crate.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -13,7 +11,7 @@ use std::time::{Duration, Instant};
 use hephaestus_tests::{TestEnv, workspace_root};
 use serde_json::{Value, json};
 
-use crate::watch::{BUILD_TIMEOUT, Watch, event_is, serial};
+use crate::watch::{Answer, BUILD_TIMEOUT, Watch, event_is, request, serial};
 
 const LIB: &str = "render/src/lib.rs";
 const FIRST: &str = "Hello from generation one";
@@ -38,31 +36,6 @@ fn start(env: &TestEnv, extra: &[&str]) -> Watch {
     Watch::start(env, &args, true)
 }
 
-/// One HTTP GET on a fresh connection: (status code, body), or the error as text.
-fn request(port: u16, path: &str) -> Answer {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP head in {response:?}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((code, body.to_owned()))
-}
-
 /// The body of a 200 answer.
 #[track_caller]
 fn ok(port: u16, path: &str) -> String {
@@ -80,9 +53,6 @@ fn count_of(body: &str) -> u64 {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no count in {body:?}"))
 }
-
-/// One answer: (status, body), or the connection error.
-type Answer = Result<(u16, String), String>;
 
 /// A client sending `GET /` every 10 ms until stopped.
 struct Client {
@@ -112,10 +82,21 @@ impl Client {
         }
     }
 
-    fn finish(self) -> Vec<Answer> {
+    /// Keep going a little past the last event, stop, and assert that every request
+    /// was answered 200; the answers.
+    #[track_caller]
+    fn finish_without_failures(self, w: &Watch) -> Vec<Answer> {
+        thread::sleep(Duration::from_millis(200));
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().expect("client thread");
-        std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner))
+        let results =
+            std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner));
+        let errors: Vec<_> = results
+            .iter()
+            .filter(|r| !matches!(r, Ok((200, _))))
+            .collect();
+        assert!(errors.is_empty(), "failed requests: {errors:?}\n{}", w.dump());
+        results
     }
 }
 
@@ -183,17 +164,7 @@ fn the_counter_survives_ten_hot_edits_with_zero_errors_and_callbacks_run_once_ea
         });
         text = new;
     }
-    thread::sleep(Duration::from_millis(200));
-    let results = client.finish();
-    let errors: Vec<_> = results
-        .iter()
-        .filter(|r| !matches!(r, Ok((200, _))))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "failed requests: {errors:?}\n{}",
-        w.dump()
-    );
+    let results = client.finish_without_failures(&w);
     assert!(
         results.len() > 50,
         "the client ran across the reloads: {}",
@@ -255,17 +226,7 @@ fn a_field_added_to_a_shared_struct_restarts_with_the_reason_and_no_failed_reque
         mark,
         |e| event_is(e, "stopped") && e["killed"] == false,
     );
-    thread::sleep(Duration::from_millis(200));
-    let results = client.finish();
-    let errors: Vec<_> = results
-        .iter()
-        .filter(|r| !matches!(r, Ok((200, _))))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "failed requests: {errors:?}\n{}",
-        w.dump()
-    );
+    client.finish_without_failures(&w);
     assert_ne!(ok(w.port, "/pid"), pid, "a new process");
     assert!(ok(w.port, "/").starts_with(FIRST));
     let s = env.run(["status", "--json"]).json();

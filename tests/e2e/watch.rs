@@ -254,8 +254,11 @@ pub(crate) fn alive(pid: u32) -> bool {
     }
 }
 
-/// One HTTP GET on a fresh connection; the body, or the error as text.
-pub(crate) fn get(port: u16, path: &str) -> Result<String, String> {
+/// One answer: (status code, body), or the connection error as text.
+pub(crate) type Answer = Result<(u16, String), String>;
+
+/// One HTTP GET on a fresh connection: the status code and body.
+pub(crate) fn request(port: u16, path: &str) -> Answer {
     let mut stream =
         TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -271,10 +274,20 @@ pub(crate) fn get(port: u16, path: &str) -> Result<String, String> {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("no HTTP head in {response:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("status: {head}"));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// One HTTP GET on a fresh connection; the body of a 200 answer, or the error as text.
+pub(crate) fn get(port: u16, path: &str) -> Result<String, String> {
+    match request(port, path)? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("status {code}: {body}")),
     }
-    Ok(body.to_owned())
 }
 
 pub(crate) fn event_is(e: &Value, name: &str) -> bool {
