@@ -95,7 +95,11 @@ impl Client {
             .iter()
             .filter(|r| !matches!(r, Ok((200, _))))
             .collect();
-        assert!(errors.is_empty(), "failed requests: {errors:?}\n{}", w.dump());
+        assert!(
+            errors.is_empty(),
+            "failed requests: {errors:?}\n{}",
+            w.dump()
+        );
         results
     }
 }
@@ -237,14 +241,17 @@ fn a_field_added_to_a_shared_struct_restarts_with_the_reason_and_no_failed_reque
     assert_eq!(s["reloads"], 1);
 }
 
+/// The hot crate with a `render` whose body is `body` (one write).
+fn replace_render_body(env: &TestEnv, body: &str) {
+    let src = env.read(LIB);
+    let old = format!("\"{FIRST}\".to_owned()");
+    assert!(src.contains(&old), "{src}");
+    env.write(LIB, src.replace(&old, body));
+}
+
 /// The hot crate with a `render` that panics.
 fn break_render(env: &TestEnv) {
-    edit_text(env, FIRST, "unused");
-    let src = env.read(LIB);
-    env.write(
-        LIB,
-        src.replace("\"unused\".to_owned()", "panic!(\"render is broken\")"),
-    );
+    replace_render_body(env, "panic!(\"render is broken\")");
 }
 
 #[test]
@@ -324,7 +331,9 @@ fn heal_restore_source_restores_the_good_generation_file() {
     w.wait_for("the restored source loaded", BUILD_TIMEOUT, mark, |e| {
         event_is(e, "hot-reloaded") && e["generation"] == 3
     });
-    assert!(ok(w.port, "/").starts_with(&format!("{FIRST} ")));
+    w.wait_body("/", Duration::from_secs(30), |b| {
+        b.starts_with(&format!("{FIRST} "))
+    });
 }
 
 #[test]
@@ -334,13 +343,8 @@ fn a_program_that_aborts_in_hot_code_restarts_with_the_last_good_generation() {
     let w = start(&env, &[]);
     let pid = ok(w.port, "/pid");
     let mark = w.mark();
-    edit_text(&env, FIRST, "unused");
-    let src = env.read(LIB);
     // An abort cannot be caught: the process dies.
-    env.write(
-        LIB,
-        src.replace("\"unused\".to_owned()", "std::process::abort()"),
-    );
+    replace_render_body(&env, "std::process::abort()");
     assert!(event_is(&outcome(&w, mark), "hot-reloaded"), "{}", w.dump());
     let _ = request(w.port, "/");
     let crash = w.wait_for("the crash", Duration::from_secs(60), mark, |e| {
