@@ -346,6 +346,28 @@ mod tests {
         assert!(m.len() <= PANIC_BUF && m.chars().all(|c| c == 'é'));
         b.set("short");
         assert_eq!(b.message(), "short");
+        // The cut falls inside a two-byte character: it moves back before it.
+        let odd = format!("a{}", "é".repeat(PANIC_BUF));
+        b.set(&odd);
+        assert_eq!(b.message().len(), PANIC_BUF - 1);
+        assert!(b.message().starts_with("aé"));
+    }
+
+    #[test]
+    fn only_digests_marked_outside_use_no_type_of_the_crate() {
+        assert!(uses_only_outside_types("s:0123abcd"));
+        assert!(!uses_only_outside_types("0123abcd"));
+        assert!(!uses_only_outside_types(""));
+    }
+
+    #[test]
+    fn meta_text_carries_the_functions_own_digest() {
+        let text = meta_text::<(u8,), String>("f", fingerprint(true, true), "g=1,f=s:2");
+        let m = Meta::parse(text).expect("parses");
+        assert_eq!(m.interface, "s:2");
+        assert_eq!(m.signature, "fn f(u8) -> alloc::string::String");
+        assert_eq!(m.fingerprint, fingerprint(true, true));
+        assert_eq!(m.abi, ABI_VERSION);
     }
 
     #[test]

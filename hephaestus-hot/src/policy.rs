@@ -150,6 +150,8 @@ mod tests {
         let mut h = Healer::new(PanicPolicy::default());
         h.loaded(1);
         h.loaded(2);
+        assert_eq!(h.current(), Some(2));
+        assert!(!h.is_bad(1) && !h.is_bad(2));
         for n in 1..=4 {
             assert_eq!(
                 h.panicked(2, at(t, n * 100)),
@@ -210,6 +212,22 @@ mod tests {
                 count: 1
             }
         );
+    }
+
+    #[test]
+    fn a_new_policy_applies_to_the_next_panic() {
+        let t = Instant::now();
+        let mut h = Healer::new(PanicPolicy::default());
+        assert_eq!(h.policy(), PanicPolicy::default());
+        let strict = PanicPolicy {
+            max_panics: 1,
+            window: Duration::from_secs(1),
+        };
+        h.set_policy(strict);
+        assert_eq!(h.policy(), strict);
+        h.loaded(1);
+        h.loaded(2);
+        assert!(matches!(h.panicked(2, t), Verdict::RollBack { to: 1, .. }));
     }
 
     #[test]
