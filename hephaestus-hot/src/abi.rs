@@ -1,5 +1,5 @@
 //! The boundary between a host and a hot library: the C-ABI shim each exported function
-//! gets ([`shim`]), the metadata symbol that describes it ([`meta`]), the panic buffer,
+//! gets ([`shim`]), the metadata symbol that describes it ([`Meta`], [`meta_text`]), the panic buffer,
 //! and the fingerprint both sides compare.
 //!
 //! Every exported function `NAME` of a hot library has two symbols:
