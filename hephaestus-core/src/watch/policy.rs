@@ -358,7 +358,15 @@ mod tests {
         assert!(p.ready(false, false));
         assert!(!p.ready(true, false));
         assert!(!p.ready(false, true));
-        assert!(Pending::initial(Instant::now()).ready(false, false));
+        let t = Instant::now();
+        let first = Pending::initial(t);
+        assert!(first.ready(false, false));
+        assert_eq!(
+            first.first_change,
+            Some(t),
+            "the first reload is timed from the start"
+        );
+        assert!(first.rebuild && first.all_packages);
     }
 
     #[test]
