@@ -85,6 +85,9 @@ pub struct Config {
     /// `[history]` (read by every command that snapshots).
     #[serde(default)]
     pub history: crate::history::HistoryConfig,
+    /// `[hot]` (read by `heph watch --hot`).
+    #[serde(default)]
+    pub hot: crate::hot::HotConfig,
 }
 
 /// `[api]`: the HTTP control API of `heph serve` and `heph watch --api`.

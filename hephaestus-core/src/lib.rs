@@ -55,6 +55,7 @@ pub mod evolve;
 pub mod expand;
 pub mod fsio;
 pub mod history;
+pub mod hot;
 pub mod import;
 pub mod item;
 pub mod modpath;

@@ -98,7 +98,7 @@ impl SyntaxError {
         }
     }
 
-    fn from_syn(origin: Origin, err: &syn::Error, text: &str, base_line: usize) -> Self {
+    pub(crate) fn from_syn(origin: Origin, err: &syn::Error, text: &str, base_line: usize) -> Self {
         let start = err.span().start();
         let mut message = err.to_string();
         if message == "cannot parse string into token stream" {

@@ -7,6 +7,7 @@ mod cli;
 mod edit_cases;
 mod evolve;
 mod history;
+mod hot;
 mod import;
 mod real_crates;
 mod self_modify;

@@ -22,12 +22,12 @@ use serde_json::Value;
 const OLD: &str = "Hello from generation one\n";
 const REPLY: &str = "src/reply.rs";
 /// Generous: the first build of the suite compiles the fixture's dependencies.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One watch test at a time (each builds and serves).
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -38,19 +38,30 @@ fn reply_source(text: &str) -> String {
 }
 
 /// A running `heph --json watch`, its events collected from stdout.
-struct Watch {
+pub(crate) struct Watch {
     child: Child,
     events: Arc<(Mutex<Vec<Value>>, Condvar)>,
     stderr: Arc<Mutex<String>>,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Watch {
     /// `heph --json watch ARGS` in the env's project; waits for the first generation
     /// (or, with `wait_serving = false`, only for the `watching` event).
-    fn start(env: &TestEnv, args: &[&str], wait_serving: bool) -> Watch {
+    pub(crate) fn start(env: &TestEnv, args: &[&str], wait_serving: bool) -> Watch {
+        Watch::start_with(env, args, wait_serving, &[])
+    }
+
+    /// [`Watch::start`] with extra environment variables for heph.
+    pub(crate) fn start_with(
+        env: &TestEnv,
+        args: &[&str],
+        wait_serving: bool,
+        vars: &[(&str, &str)],
+    ) -> Watch {
         let mut child = env
             .heph()
+            .envs(vars.iter().copied())
             .arg("--json")
             .arg("watch")
             .args(args)
@@ -111,7 +122,7 @@ impl Watch {
     }
 
     /// Number of events so far (to look only at later ones).
-    fn mark(&self) -> usize {
+    pub(crate) fn mark(&self) -> usize {
         self.events
             .0
             .lock()
@@ -119,13 +130,13 @@ impl Watch {
             .len()
     }
 
-    fn events_since(&self, from: usize) -> Vec<Value> {
+    pub(crate) fn events_since(&self, from: usize) -> Vec<Value> {
         self.events.0.lock().unwrap_or_else(PoisonError::into_inner)[from..].to_vec()
     }
 
     /// Wait for an event at index >= `from` matching `pred`.
     #[track_caller]
-    fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         what: &str,
         timeout: Duration,
@@ -156,7 +167,7 @@ impl Watch {
         }
     }
 
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         let events: Vec<String> = self.events_since(0).iter().map(Value::to_string).collect();
         format!(
             "--- events\n{}\n--- stderr\n{}",
@@ -167,7 +178,12 @@ impl Watch {
 
     /// GET `path` until the body satisfies `pred` (or panic after `timeout`).
     #[track_caller]
-    fn wait_body(&self, path: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_body(
+        &self,
+        path: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let body = get(self.port, path);
@@ -184,7 +200,7 @@ impl Watch {
     }
 
     /// SIGTERM heph and wait for it to exit.
-    fn terminate(&mut self) -> ExitStatus {
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
         signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -225,7 +241,7 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 /// Is `pid` a live (not zombie) process?
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let state = stat
@@ -238,8 +254,11 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// One HTTP GET on a fresh connection; the body, or the error as text.
-fn get(port: u16, path: &str) -> Result<String, String> {
+/// One answer: (status code, body), or the connection error as text.
+pub(crate) type Answer = Result<(u16, String), String>;
+
+/// One HTTP GET on a fresh connection: the status code and body.
+pub(crate) fn request(port: u16, path: &str) -> Answer {
     let mut stream =
         TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -255,13 +274,23 @@ fn get(port: u16, path: &str) -> Result<String, String> {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("no HTTP head in {response:?}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("status: {head}"));
-    }
-    Ok(body.to_owned())
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
 }
 
-fn event_is(e: &Value, name: &str) -> bool {
+/// One HTTP GET on a fresh connection; the body of a 200 answer, or the error as text.
+pub(crate) fn get(port: u16, path: &str) -> Result<String, String> {
+    match request(port, path)? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("status {code}: {body}")),
+    }
+}
+
+pub(crate) fn event_is(e: &Value, name: &str) -> bool {
     e["event"] == name
 }
 

@@ -43,14 +43,24 @@ fn render(s: &WatchStatus, out: &Output) {
     if !s.sockets.is_empty() {
         out.line(format!("sockets:    {}", s.sockets.join(", ")));
     }
-    let last = s
-        .last_reload_ms
-        .map(|ms| format!(", last took {:.2}s", ms as f64 / 1000.0))
-        .unwrap_or_default();
+    let last = took(s.last_reload_ms);
     out.line(format!(
         "reloads:    {}{last}; failed builds: {}; syntax errors: {}",
         s.reloads, s.failed_builds, s.syntax_errors
     ));
+    if s.mode == "hot" {
+        let generation = s
+            .hot_generation
+            .map_or_else(|| "none yet".to_owned(), |g| g.to_string());
+        let last = took(s.last_hot_reload_ms);
+        out.line(format!(
+            "hot:        generation {generation}; {} hot reloads{last}; {} rollbacks",
+            s.hot_reloads, s.hot_rollbacks
+        ));
+        if let Some(r) = &s.last_restart_reason {
+            out.line(format!("restarted:  {r}"));
+        }
+    }
     out.line(format!("watching:   {}", s.monitored_paths.join(", ")));
     for r in &s.rules {
         let sig = r
@@ -70,6 +80,12 @@ fn render(s: &WatchStatus, out: &Output) {
     if let Some(e) = &s.last_error {
         out.line(format!("last error: {e}"));
     }
+}
+
+/// `, last took 0.31s` (nothing without a time).
+fn took(ms: Option<u64>) -> String {
+    ms.map(|ms| format!(", last took {:.2}s", ms as f64 / 1000.0))
+        .unwrap_or_default()
 }
 
 fn human(secs: u64) -> String {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use hephaestus_core::Config;
 use hephaestus_core::config::parse_duration;
+use hephaestus_core::hot::{Heal, HotOptions};
 use hephaestus_core::supervise::{
     Readiness, SocketSpec, Stream, SuperviseEvent, SupervisorOptions,
 };
@@ -30,6 +31,7 @@ mod keys;
     heph watch --bin hello-server --socket 127.0.0.1:3000\n  \
     heph watch --run 'cargo test' \n  \
     heph watch --check-only\n  \
+    heph watch --hot --socket 127.0.0.1:3001   (reload the hot crate in place)\n  \
     heph watch --pause        (from another terminal)\n\n\
     Keys in a terminal: r rebuild now, p pause/resume, q quit.")]
 pub struct Args {
@@ -61,6 +63,24 @@ pub struct Args {
     /// Quiet time that ends a batch of changes (default 10ms, config `watch.debounce`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub debounce: Option<Duration>,
+    /// Load changes of the hot crate PACKAGE (default: the project's only cdylib library)
+    /// into the running program when its interface is unchanged; restart otherwise.
+    #[arg(long, value_name = "PACKAGE", num_args = 0..=1, default_missing_value = "",
+          conflicts_with_all = ["run", "check_only"])]
+    pub hot: Option<String>,
+    /// With --hot, when the runtime rolls a panicking generation back: `report` (record
+    /// it) or `restore-source` (also restore that generation's sources). Config
+    /// `hot.heal`.
+    #[arg(long, value_name = "MODE", requires = "hot")]
+    pub heal: Option<Heal>,
+    /// With --hot, panics of one generation within --panic-window that roll it back
+    /// (default 5; 0 never). Config `hot.max_panics`.
+    #[arg(long, value_name = "N", requires = "hot")]
+    pub max_panics: Option<u32>,
+    /// With --hot, the window panics are counted in (default 10s). Config
+    /// `hot.panic_window`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "hot")]
+    pub panic_window: Option<Duration>,
     /// Do not snapshot successful builds in the history.
     #[arg(long)]
     pub no_history: bool,
@@ -140,6 +160,22 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     opts.history = !args.no_history;
     opts.history_options = crate::project::history_options(out);
     opts.paused = args.start_paused;
+    if let Some(package) = &args.hot {
+        let mut hot = HotOptions::new(
+            Some(package.clone())
+                .filter(|p| !p.is_empty())
+                .or_else(|| config.hot.package.clone()),
+        );
+        hot.policy = config.hot.policy()?;
+        if let Some(n) = args.max_panics {
+            hot.policy.max_panics = n;
+        }
+        if let Some(w) = args.panic_window {
+            hot.policy.window = w;
+        }
+        hot.heal = args.heal.or(config.hot.heal).unwrap_or_default();
+        opts.hot = Some(hot);
+    }
     let session = Session::new(project.clone(), &config, opts)?;
     let handle = session.handle();
     // `--api`: the control API, whose enable/disable resume/pause this session.
@@ -257,6 +293,7 @@ impl<'a> View<'a> {
                 control,
                 program,
                 debounce_ms,
+                hot,
             } => {
                 self.heph(format!(
                     "watching {} ({debounce_ms}ms debounce)",
@@ -275,6 +312,11 @@ impl<'a> View<'a> {
                 }
                 if let Some(p) = program {
                     self.heph(format!("program: {p}"));
+                }
+                if let Some(h) = hot {
+                    self.heph(format!(
+                        "hot crate: {h} (loaded into the running program while its interface is unchanged)"
+                    ));
                 }
                 if let Some(c) = control {
                     self.heph(format!(
@@ -406,6 +448,55 @@ impl<'a> View<'a> {
             }
             WatchEvent::Resumed => self.heph("resumed"),
             WatchEvent::Warning { message } => self.out.warn(message),
+            WatchEvent::HotRestart { reason } => self.heph(format!("{reason}: restarting")),
+            WatchEvent::HotReloaded {
+                generation,
+                pid,
+                reload_ms,
+                load_us,
+                callbacks,
+            } => self.heph(format!(
+                "hot reload: generation {generation} serving in pid {pid} ({:.3}s after the change; loaded and checked in {:.2} ms; {callbacks} reload callback{})",
+                *reload_ms as f64 / 1000.0,
+                *load_us as f64 / 1000.0,
+                if *callbacks == 1 { "" } else { "s" }
+            )),
+            WatchEvent::HotRefused { generation, reason } => self.error(format!(
+                "the program refused generation {generation}: {reason}; the running generation keeps serving"
+            )),
+            WatchEvent::HotPanic {
+                generation,
+                function,
+                message,
+                count,
+            } => self.out.warn(format!(
+                "hot fn {function} panicked in generation {generation} ({count} in the window): {message}"
+            )),
+            WatchEvent::HotRollback {
+                from,
+                to,
+                panics,
+                evolution,
+                restored,
+                ..
+            } => {
+                let ev = evolution
+                    .as_ref()
+                    .map(|e| format!(" (recorded as {e})"))
+                    .unwrap_or_default();
+                self.heph(format!(
+                    "self-healing: generation {from} panicked {panics} times; generation {to} serves again{ev}"
+                ));
+                if !restored.is_empty() {
+                    self.heph(format!("restored the sources of generation {to}: {}", restored.join(", ")));
+                }
+            }
+            WatchEvent::HotCrashed { generation, next } => self.error(match next {
+                Some(n) => format!(
+                    "the program died while generation {generation} served; it restarts with generation {n}"
+                ),
+                None => format!("the program died while generation {generation} served"),
+            }),
             WatchEvent::Stopped => self.heph("stopped; no child process left"),
             WatchEvent::Process(p) => self.process(p),
             _ => {}

@@ -8,7 +8,10 @@
 //! [`WatchHandle`] (keys, Ctrl-C) or the control socket ([`control`]).
 
 pub mod control;
+mod events;
 mod files;
+mod hot;
+mod policy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,18 +21,18 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+pub use events::{RuleStatus, SocketInfo, SyntaxProblem, WatchEvent, WatchStatus};
 pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_editor_temp};
+use policy::{Coalescer, Pending, ReloadPath};
 
-use crate::config::{Config, RuleAction};
+use crate::config::Config;
 use crate::evolution::{EvolutionKind, EvolutionMeta, VerifyOutcome, VerifyRecord};
 use crate::history::{History, HistoryError, HistoryOptions, PreparedSnapshot};
 use crate::project::{Project, TargetKind};
 use crate::source::{self, Origin, SourceFile};
 use crate::state::{StateDir, StateError};
 use crate::supervise::{
-    self, Listener, Program, Signal, SocketSpec, SuperviseError, SuperviseEvent, Supervisor,
+    self, Listener, Program, SocketSpec, SuperviseError, SuperviseEvent, Supervisor,
     SupervisorOptions,
 };
 use crate::verify::{self, VerifyError, VerifyOptions, VerifyProgress, VerifyReport};
@@ -84,6 +87,14 @@ pub enum WatchError {
     /// The control socket failed.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// `--hot` needs a binary of the project to run.
+    #[error(
+        "--hot needs a binary of the project to load the hot crate into (--bin NAME), not --run or --check-only"
+    )]
+    HotNeedsBin,
+    /// The hot path could not start.
+    #[error(transparent)]
+    Hot(#[from] crate::hot::HotError),
 }
 
 impl crate::Categorized for WatchError {
@@ -92,7 +103,9 @@ impl crate::Categorized for WatchError {
             WatchError::Rule { .. }
             | WatchError::UnknownBin { .. }
             | WatchError::AmbiguousBin { .. }
-            | WatchError::NoBin => crate::ErrorCategory::BadInput,
+            | WatchError::NoBin
+            | WatchError::HotNeedsBin => crate::ErrorCategory::BadInput,
+            WatchError::Hot(e) => e.category(),
             WatchError::Supervise(e) => e.category(),
             WatchError::Control(e) => e.category(),
             _ => crate::ErrorCategory::Environment,
@@ -141,16 +154,10 @@ pub struct WatchOptions {
     pub control: bool,
     /// Start paused.
     pub paused: bool,
+    /// `--hot`: load changes of the hot crate into the running program when its
+    /// interface allows (see [`crate::hot`]).
+    pub hot: Option<crate::hot::HotOptions>,
 }
-
-/// A batch of at least this many changed files is a burst (a branch switch, a code
-/// generator): it is built once the files have been quiet for [`BURST_QUIET`].
-const BURST_FILES: usize = 32;
-
-/// The quiet that ends a burst: long enough for the stalls of a tool writing many files
-/// on a busy machine (a burst of 2,000 files on two cores, a build running beside it,
-/// was seen split into five batches by such pauses), short beside a build.
-const BURST_QUIET: Duration = Duration::from_millis(100);
 
 impl WatchOptions {
     /// Defaults for `target`: 10 ms debounce, history on, control socket on.
@@ -167,62 +174,9 @@ impl WatchOptions {
             build_timeout: None,
             control: true,
             paused: false,
+            hot: None,
         }
     }
-}
-
-/// A rule as reported in the status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RuleStatus {
-    /// The patterns.
-    pub paths: Vec<String>,
-    /// `rebuild`, `restart`, `signal` or `ignore`.
-    pub action: String,
-    /// The signal of a `signal` rule (`SIGHUP`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub signal: Option<String>,
-}
-
-/// The state of a watch session, as `heph status --json` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct WatchStatus {
-    /// Changes are acted upon (not paused).
-    pub hot_reload_active: bool,
-    /// Paused through `p`, `heph watch --pause` or the control socket.
-    pub paused: bool,
-    /// What the loop is doing: `starting`, `idle`, `building`, `swapping`, `crashed`,
-    /// `stopping`.
-    pub state: String,
-    /// heph's own pid.
-    pub pid: u32,
-    /// The project root.
-    pub project: String,
-    /// What runs (`None` with `--check-only`).
-    pub program: Option<String>,
-    /// The sockets passed to the program (bound addresses).
-    pub sockets: Vec<String>,
-    /// What is watched (`src/**`, `./`).
-    pub monitored_paths: Vec<String>,
-    /// The `[[watch.rule]]`s.
-    pub rules: Vec<RuleStatus>,
-    /// The running generation (0: none yet).
-    pub generation: u64,
-    /// The running generation's pid.
-    pub child_pid: Option<u32>,
-    /// Successful swaps and restarts since the start (the first start excluded).
-    pub reloads: u64,
-    /// Builds that failed.
-    pub failed_builds: u64,
-    /// Batches stopped by the syntax gate.
-    pub syntax_errors: u64,
-    /// Time from the first change of the last reload to the new generation being ready.
-    pub last_reload_ms: Option<u64>,
-    /// Seconds since `heph watch` started.
-    pub uptime_s: u64,
-    /// The short id of the last `watch` evolution recorded.
-    pub last_evolution: Option<String>,
-    /// The last error (syntax, build, start), cleared by the next success.
-    pub last_error: Option<String>,
 }
 
 /// Status shared between the loop and the control socket.
@@ -272,6 +226,8 @@ pub(crate) enum Input {
     TogglePause,
     Rebuild,
     Quit,
+    /// A report of the program's hot-reload runtime.
+    Hot(crate::hot::Notice),
 }
 
 /// Steers a running session from other threads (keys, Ctrl-C handlers).
@@ -311,152 +267,15 @@ impl WatchHandle {
     }
 }
 
-/// A syntax error found by the gate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SyntaxProblem {
-    /// The file, relative to the root.
-    pub file: String,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (characters).
-    pub column: usize,
-    /// The parser's message.
-    pub message: String,
-    /// The message with `file:line:col` and the source line, as shown to people.
-    pub rendered: String,
-}
-
-/// A socket as reported when watching starts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SocketInfo {
-    /// The name in `LISTEN_FDNAMES`.
-    pub name: String,
-    /// The bound address.
-    pub addr: String,
-    /// The file descriptor in the program.
-    pub fd: i32,
-}
-
-/// What a watch session reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum WatchEvent {
-    /// Watching started.
-    Watching {
-        /// What is watched.
-        monitored_paths: Vec<String>,
-        /// The rules.
-        rules: Vec<RuleStatus>,
-        /// The passed sockets.
-        sockets: Vec<SocketInfo>,
-        /// The control socket, if any.
-        control: Option<PathBuf>,
-        /// What runs.
-        program: Option<String>,
-        /// The debounce window.
-        debounce_ms: u64,
-    },
-    /// Files changed (one debounced batch).
-    Changed {
-        /// The files, relative to the root.
-        files: Vec<String>,
-        /// The watcher lost events and everything is rechecked.
-        rescan: bool,
-        /// The session is paused: the change waits for `resume`.
-        paused: bool,
-    },
-    /// The syntax gate stopped the batch: nothing was built or restarted.
-    SyntaxError(SyntaxProblem),
-    /// A build started.
-    BuildStarted {
-        /// The cargo command.
-        command: String,
-        /// The packages built.
-        packages: Vec<String>,
-    },
-    /// A compilation unit finished.
-    BuildProgress {
-        /// Units finished.
-        done: usize,
-        /// Units of the previous build of the same command (None for the first).
-        total: Option<usize>,
-        /// The unit's crate.
-        unit: String,
-    },
-    /// A build ended.
-    BuildFinished {
-        /// It succeeded.
-        ok: bool,
-        /// The cargo command.
-        command: String,
-        /// Wall time.
-        duration_ms: u64,
-        /// Compiler errors, rendered as cargo renders them.
-        errors: Vec<String>,
-        /// Number of warnings.
-        warnings: usize,
-        /// The tail of cargo's output, when it failed without diagnostics.
-        output: String,
-    },
-    /// A new generation took over (or the program was restarted by a rule).
-    Reloaded {
-        /// The generation now serving.
-        generation: u64,
-        /// Its pid.
-        pid: Option<u32>,
-        /// From the first change of the batch to the new generation being ready.
-        reload_ms: u64,
-        /// The program's first start in this session (not a reload).
-        first: bool,
-    },
-    /// A build succeeded but the new generation did not start; the old one serves.
-    SwapFailed {
-        /// Why.
-        reason: String,
-    },
-    /// The successful build was recorded as a `watch` evolution.
-    Recorded {
-        /// The evolution's short id.
-        id: String,
-        /// Its subject.
-        message: String,
-    },
-    /// The sources at start differed from the last snapshot and were recorded first.
-    PreStateRecorded {
-        /// The `manual` evolution's short id.
-        id: String,
-    },
-    /// Paused.
-    Paused,
-    /// Resumed.
-    Resumed,
-    /// A problem that does not stop the session (history, watcher errors).
-    Warning {
-        /// What happened.
-        message: String,
-    },
-    /// The session ended; every child is gone.
-    Stopped,
-    /// Something the supervisor did (started, ready, stopped, exited, output ...).
-    #[serde(untagged)]
-    Process(SuperviseEvent),
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    first_change: Option<Instant>,
-    rebuild: bool,
-    restart: bool,
-    signals: Vec<Signal>,
-    packages: BTreeSet<String>,
-    all_packages: bool,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        !self.rebuild && !self.restart && self.signals.is_empty()
-    }
+/// A cargo command to run for a batch.
+#[derive(Debug)]
+struct BuildSpec {
+    subcommand: &'static str,
+    packages: Vec<String>,
+    /// Target selection and other arguments, after the packages.
+    extra: Vec<String>,
+    /// Environment for cargo.
+    env: Vec<(String, String)>,
 }
 
 /// A watch session: see the module docs.
@@ -481,6 +300,7 @@ pub struct Session {
     last_units: BTreeMap<String, usize>,
     builds: u64,
     launched: bool,
+    hot: Option<hot::HotSession>,
 }
 
 impl std::fmt::Debug for Session {
@@ -506,7 +326,6 @@ impl Session {
             _ => None,
         };
         let plan = WatchPlan::new(&project, &config.watch)?;
-        let (tx, rx) = mpsc::channel();
         let monitored = plan.monitored_paths();
         let plan_rules: Vec<RuleStatus> = plan
             .rules()
@@ -517,6 +336,14 @@ impl Session {
                 signal: r.signal.map(|s| s.to_string()),
             })
             .collect();
+        let (tx, rx) = mpsc::channel();
+        let hot = match (&opts.hot, &bin) {
+            (None, _) => None,
+            (Some(h), Some((host, _))) => {
+                Some(hot::HotSession::new(&project, h, host, tx.clone())?)
+            }
+            (Some(_), None) => return Err(WatchError::HotNeedsBin),
+        };
         let supervisor = match opts.target {
             RunTarget::CheckOnly => None,
             _ => {
@@ -528,6 +355,9 @@ impl Session {
                 let mut sopts = opts.supervisor.clone();
                 sopts.cwd = project.root().to_path_buf();
                 sopts.cancel = Some(Arc::clone(&cancel));
+                if let Some(h) = &hot {
+                    sopts.env.push(h.socket_env());
+                }
                 Some(Supervisor::new(listeners, sopts))
             }
         };
@@ -547,6 +377,7 @@ impl Session {
                             .collect()
                     })
                     .unwrap_or_default(),
+                mode: if hot.is_some() { "hot" } else { "restart" }.into(),
                 ..WatchStatus::default()
             }),
             paused: AtomicBool::new(opts.paused),
@@ -589,6 +420,7 @@ impl Session {
             last_units: BTreeMap::new(),
             builds: 0,
             launched: false,
+            hot,
         })
     }
 
@@ -646,6 +478,7 @@ impl Session {
                 .map(|_| control::socket_path(self.project.root())),
             program: program_text,
             debounce_ms: u64::try_from(self.opts.debounce.as_millis()).unwrap_or(u64::MAX),
+            hot: self.hot.as_ref().map(hot::HotSession::package),
         });
         if let Some(e) = self.control_error.take() {
             on_event(&WatchEvent::Warning {
@@ -657,20 +490,14 @@ impl Session {
         if self.opts.history {
             self.record_pre_state(on_event);
         }
-        let mut pending = Pending {
-            first_change: Some(Instant::now()),
-            rebuild: true,
-            all_packages: true,
-            ..Pending::default()
-        };
+        let mut pending = Pending::initial(Instant::now());
         // The pause state last reported, so each change is reported once.
         let mut announced = self.shared.paused();
         if announced {
             on_event(&WatchEvent::Paused);
         }
         loop {
-            let paused = self.shared.paused();
-            if !pending.is_empty() && !paused && !self.cancel.load(Ordering::SeqCst) {
+            if pending.ready(self.shared.paused(), self.cancel.load(Ordering::SeqCst)) {
                 let p = std::mem::take(&mut pending);
                 self.process(p, on_event);
                 continue;
@@ -684,28 +511,10 @@ impl Session {
             );
             match self.rx.recv_timeout(Duration::from_millis(25)) {
                 Ok(Input::Files(batch)) => {
-                    let mut batch = batch;
-                    // Coalesce: a burst (a branch switch) becomes one build. The
-                    // debouncer sends a batch per tick (a quarter of the window) while
-                    // files keep changing: a single saved file waits one tick for
-                    // company, a few files a whole window without a batch, and a burst
-                    // of many (a tool writing them, which a busy machine may stall for
-                    // tens of milliseconds between two files) BURST_QUIET.
-                    let deadline = Instant::now() + Duration::from_secs(2);
-                    while Instant::now() < deadline {
-                        let gap = if batch.changes.len() >= BURST_FILES || batch.rescan {
-                            self.opts.debounce.max(BURST_QUIET)
-                        } else if batch.changes.len() > 1 {
-                            self.opts.debounce.max(Duration::from_millis(10))
-                        } else {
-                            (self.opts.debounce / 4).max(Duration::from_millis(2))
-                        };
+                    let mut coalescer = Coalescer::new(batch, self.opts.debounce, Instant::now());
+                    while let Some(gap) = coalescer.wait(Instant::now()) {
                         match self.rx.recv_timeout(gap) {
-                            Ok(Input::Files(more)) => {
-                                batch.changes.extend(more.changes);
-                                batch.rescan |= more.rescan;
-                                batch.errors.extend(more.errors);
-                            }
+                            Ok(Input::Files(more)) => coalescer.add(more),
                             Ok(other) => {
                                 let _ = self.tx.send(other);
                                 break;
@@ -713,14 +522,12 @@ impl Session {
                             Err(_) => break,
                         }
                     }
-                    self.absorb(batch, &mut pending, on_event);
+                    self.absorb(coalescer.finish(), &mut pending, on_event);
                 }
                 Ok(Input::PauseChanged) => {}
                 Ok(Input::TogglePause) => self.shared.set_paused(!self.shared.paused()),
                 Ok(Input::Rebuild) => {
-                    pending.rebuild = true;
-                    pending.all_packages = true;
-                    pending.first_change.get_or_insert_with(Instant::now);
+                    pending.rebuild_all(Instant::now());
                     if self.shared.paused() {
                         // An explicit rebuild runs even while paused.
                         let p = std::mem::take(&mut pending);
@@ -728,6 +535,7 @@ impl Session {
                     }
                 }
                 Ok(Input::Quit) => break,
+                Ok(Input::Hot(notice)) => self.hot_notice(notice, on_event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -751,6 +559,9 @@ impl Session {
             sup.shutdown(&mut |e| on_event(&WatchEvent::Process(e)));
         }
         self.control = None;
+        if let Some(h) = self.hot.take() {
+            h.finish();
+        }
         self.clean_binaries(None);
         on_event(&WatchEvent::Stopped);
         Ok(())
@@ -768,12 +579,19 @@ impl Session {
         let Some(sup) = self.supervisor.as_mut() else {
             return;
         };
-        sup.poll(&mut |e| on_event(&WatchEvent::Process(e)));
+        let mut exited = false;
+        sup.poll(&mut |e| {
+            exited |= matches!(e, SuperviseEvent::Exited { .. });
+            on_event(&WatchEvent::Process(e));
+        });
         let (generation, pid) = (sup.generation(), sup.child_pid());
         self.shared.update(|s| {
             s.generation = generation;
             s.child_pid = pid;
         });
+        if exited {
+            self.hot_exited(on_event);
+        }
     }
 
     fn absorb(
@@ -787,50 +605,18 @@ impl Session {
                 message: format!("file watcher: {e}"),
             });
         }
-        let mut files: Vec<String> = Vec::new();
-        let mut seen = BTreeSet::new();
-        for c in batch.changes {
-            if !seen.insert(c.path.clone()) {
-                continue;
-            }
-            files.push(c.rel.clone());
-            match c.action {
-                RuleAction::Rebuild => {
-                    pending.rebuild = true;
-                    match &c.package {
-                        Some(p) => {
-                            pending.packages.insert(p.clone());
-                        }
-                        None => pending.all_packages = true,
-                    }
-                    if c.is_rust() {
-                        self.dirty_rs.insert(c.path.clone());
-                    }
-                    self.dirty_files.insert(c.rel.clone());
-                }
-                RuleAction::Restart => pending.restart = true,
-                RuleAction::Signal => {
-                    let sig = c.signal.unwrap_or(Signal::HUP);
-                    if !pending.signals.contains(&sig) {
-                        pending.signals.push(sig);
-                    }
-                }
-                RuleAction::Ignore => {}
-            }
-        }
-        if batch.rescan {
-            // Events were lost: recheck every source file and rebuild everything.
-            pending.rebuild = true;
-            pending.all_packages = true;
-            self.dirty_rs.extend(self.plan.rust_sources());
-        }
-        if files.is_empty() && !batch.rescan {
+        let rescan = batch.rescan;
+        let plan = &self.plan;
+        let absorbed = pending.absorb(batch, Instant::now(), || plan.rust_sources());
+        self.dirty_rs.extend(absorbed.rust);
+        self.dirty_files.extend(absorbed.rebuild_files);
+        if absorbed.files.is_empty() && !rescan {
             return;
         }
-        pending.first_change.get_or_insert_with(Instant::now);
+        let files = absorbed.files;
         on_event(&WatchEvent::Changed {
             files,
-            rescan: batch.rescan,
+            rescan,
             paused: self.shared.paused(),
         });
     }
@@ -851,6 +637,8 @@ impl Session {
             if !self.syntax_gate(on_event) {
                 return;
             }
+            let path = self.reload_path(&pending, on_event);
+            let spec = self.build_spec(&pending, &path);
             // The snapshot of what is being built is taken while cargo builds (on
             // another thread, under the writer lock), and committed only if the build
             // succeeds on exactly these files: off the path from a save to the swap.
@@ -864,7 +652,7 @@ impl Session {
                             h.prepare_snapshot()
                         })
                     });
-                    let report = self.build(&pending, on_event);
+                    let report = self.build(spec, on_event);
                     let prepared = snapshotter
                         .join()
                         .unwrap_or_else(|_| Err("the snapshot thread panicked".to_owned()));
@@ -873,7 +661,7 @@ impl Session {
                 self.history = history;
                 (report, Some(prepared))
             } else {
-                (self.build(&pending, on_event), None)
+                (self.build(spec, on_event), None)
             };
             let Some(report) = report else {
                 return;
@@ -897,17 +685,24 @@ impl Session {
             // tree is no longer the one that built. When they changed during the build
             // the snapshot waits for the next build (which covers these files too).
             let unchanged = self.shared.file_batches.load(Ordering::SeqCst) == batches_before;
-            match prepared {
+            let evolution = match prepared {
                 Some(Ok(prepared)) if unchanged => {
                     let files = std::mem::take(&mut self.dirty_files);
-                    self.record(&report, files, prepared, on_event);
+                    self.record(&report, files, prepared, on_event)
                 }
-                Some(Err(message)) => on_event(&WatchEvent::Warning {
-                    message: format!("history: {message}"),
-                }),
-                _ => {}
+                Some(Err(message)) => {
+                    on_event(&WatchEvent::Warning {
+                        message: format!("history: {message}"),
+                    });
+                    None
+                }
+                _ => None,
+            };
+            if self.hot.is_some() {
+                self.hot_deliver(&path, evolution, started, &report, on_event);
+            } else {
+                self.swap(Some(&report), started, on_event);
             }
-            self.swap(Some(&report), started, on_event);
         } else if pending.restart {
             self.swap(None, started, on_event);
         }
@@ -921,7 +716,11 @@ impl Session {
                 continue; // removed: cargo will say if something still needs it
             };
             let rel = self.project.relative(path);
-            if let Err(e) = SourceFile::parse_bytes(Origin::File(PathBuf::from(&rel)), bytes) {
+            let found = match SourceFile::parse_bytes(Origin::File(PathBuf::from(&rel)), bytes) {
+                Ok(_) => self.hot_syntax(path, &rel),
+                Err(e) => Some(*e),
+            };
+            if let Some(e) = found {
                 problems.push(SyntaxProblem {
                     file: rel,
                     line: e.line,
@@ -951,19 +750,9 @@ impl Session {
         false
     }
 
-    fn build(
-        &mut self,
-        pending: &Pending,
-        on_event: &mut dyn FnMut(&WatchEvent),
-    ) -> Option<VerifyReport> {
-        self.set_state("building");
-        let manifest = self.project.root().join("Cargo.toml");
-        let format = if self.opts.color {
-            "--message-format=json-diagnostic-rendered-ansi"
-        } else {
-            "--message-format=json"
-        };
-        let mut cmd = Command::new("cargo");
+    /// The cargo command for `pending`: `cargo build -p PKG --bin BIN` for a binary,
+    /// `cargo build`/`check` of the changed packages otherwise (hot mode adjusts it).
+    fn build_spec(&self, pending: &Pending, path: &ReloadPath) -> BuildSpec {
         let (subcommand, packages, extra): (&str, Vec<String>, Vec<String>) =
             match (&self.opts.target, &self.bin) {
                 (RunTarget::Bin { .. }, Some((pkg, bin))) => (
@@ -989,6 +778,35 @@ impl Session {
                     (sub, pkgs, Vec::new())
                 }
             };
+        let mut spec = BuildSpec {
+            subcommand,
+            packages,
+            extra,
+            env: Vec::new(),
+        };
+        self.hot_build_spec(&mut spec, path);
+        spec
+    }
+
+    fn build(
+        &mut self,
+        spec: BuildSpec,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) -> Option<VerifyReport> {
+        self.set_state("building");
+        let manifest = self.project.root().join("Cargo.toml");
+        let format = if self.opts.color {
+            "--message-format=json-diagnostic-rendered-ansi"
+        } else {
+            "--message-format=json"
+        };
+        let mut cmd = Command::new("cargo");
+        let BuildSpec {
+            subcommand,
+            packages,
+            extra,
+            env,
+        } = spec;
         cmd.arg(subcommand)
             .arg(format)
             .arg("--manifest-path")
@@ -1007,6 +825,7 @@ impl Session {
             shown.push(' ');
             shown.push_str(e);
         }
+        cmd.envs(env);
         cmd.current_dir(self.project.root());
         on_event(&WatchEvent::BuildStarted {
             command: shown.clone(),
@@ -1062,15 +881,16 @@ impl Session {
         }
     }
 
-    /// Start a new generation (after a build, or for a restart rule).
+    /// Start a new generation (after a build, or for a restart rule); true when it
+    /// serves.
     fn swap(
         &mut self,
         report: Option<&VerifyReport>,
         started: Instant,
         on_event: &mut dyn FnMut(&WatchEvent),
-    ) {
+    ) -> bool {
         let program = match (&self.opts.target, &self.bin) {
-            (RunTarget::CheckOnly, _) => return,
+            (RunTarget::CheckOnly, _) => return false,
             (RunTarget::Command(c), _) => Program::Shell(c.clone()),
             (RunTarget::Bin { args, .. }, Some((_, bin))) => {
                 let built = report.and_then(|r| {
@@ -1101,15 +921,15 @@ impl Session {
                     },
                     None => match self.supervisor.as_ref().and_then(|s| s.program().cloned()) {
                         Some(p) => p,
-                        None => return,
+                        None => return false,
                     },
                 }
             }
-            (RunTarget::Bin { .. }, None) => return,
+            (RunTarget::Bin { .. }, None) => return false,
         };
         self.set_state("swapping");
         let Some(sup) = self.supervisor.as_mut() else {
-            return;
+            return false;
         };
         let staged = match &program {
             Program::Exec { program, .. } => Some(program.clone()),
@@ -1138,6 +958,7 @@ impl Session {
                     reload_ms: ms,
                     first,
                 });
+                true
             }
             Ok(false) => {
                 let reason =
@@ -1145,12 +966,14 @@ impl Session {
                         .to_owned();
                 self.shared.update(|s| s.last_error = Some(reason.clone()));
                 on_event(&WatchEvent::SwapFailed { reason });
+                false
             }
             Err(e) => {
                 self.shared.update(|s| s.last_error = Some(e.to_string()));
                 on_event(&WatchEvent::SwapFailed {
                     reason: e.to_string(),
                 });
+                false
             }
         }
     }
@@ -1215,7 +1038,7 @@ impl Session {
         files: BTreeSet<String>,
         prepared: PreparedSnapshot,
         on_event: &mut dyn FnMut(&WatchEvent),
-    ) {
+    ) -> Option<String> {
         let mut meta = EvolutionMeta::new(EvolutionKind::Watch, watch_message(&files));
         meta.files = files.iter().map(PathBuf::from).collect();
         meta.verify = Some(VerifyRecord {
@@ -1230,11 +1053,15 @@ impl Session {
                     id: e.short_id,
                     message: e.meta.message,
                 });
+                Some(e.id)
             }
-            Ok(None) => {}
-            Err(message) => on_event(&WatchEvent::Warning {
-                message: format!("history: {message}"),
-            }),
+            Ok(None) => None,
+            Err(message) => {
+                on_event(&WatchEvent::Warning {
+                    message: format!("history: {message}"),
+                });
+                None
+            }
         }
     }
 
@@ -1253,6 +1080,21 @@ impl Session {
     }
 }
 
+/// Run `f` on the history store (opened on first use into `history`) without taking
+/// the writer lock: for calls that take it themselves (`History::rollback`).
+fn open_history<T>(
+    history: &mut Option<History>,
+    root: &Path,
+    options: &HistoryOptions,
+    f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
+) -> Result<T, String> {
+    if history.is_none() {
+        *history = Some(History::open_with(root, options.clone()).map_err(|e| e.to_string())?);
+    }
+    let h = history.as_mut().ok_or("history store unavailable")?;
+    f(h).map_err(|e| e.to_string())
+}
+
 /// Run `f` on the history store (opened on first use into `history`) under the
 /// project's writer lock, held only for this call.
 fn locked_history<T>(
@@ -1265,11 +1107,7 @@ fn locked_history<T>(
     let _lock = StateDir::new(root)
         .lock("watch snapshot", timeout, |_| {})
         .map_err(|e: StateError| e.to_string())?;
-    if history.is_none() {
-        *history = Some(History::open_with(root, options.clone()).map_err(|e| e.to_string())?);
-    }
-    let h = history.as_mut().ok_or("history store unavailable")?;
-    f(h).map_err(|e| e.to_string())
+    open_history(history, root, options, f)
 }
 
 fn watch_message(files: &BTreeSet<String>) -> String {
