@@ -58,7 +58,10 @@ pub mod history;
 pub mod hot;
 pub mod import;
 pub mod item;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 pub mod modpath;
+pub mod outline;
 pub mod project;
 pub mod project_root;
 pub mod resolve;

@@ -5,6 +5,7 @@ pub mod change;
 pub mod evolve;
 pub mod history;
 pub mod import;
+pub mod mcp;
 pub mod rollback;
 pub mod self_modify;
 pub mod serve;
@@ -47,6 +48,8 @@ pub enum Command {
     /// Make the project faster: try rewrite rules and proposals in isolated copies, keep
     /// what passes the tests and measurably improves the fitness.
     Evolve(Box<evolve::Args>),
+    /// Serve this project to a coding agent over the Model Context Protocol (stdio).
+    Mcp(mcp::Args),
     /// Serve the HTTP control API (self-modify, dynamic-import, history, evolution).
     Serve(serve::Args),
 }
@@ -64,6 +67,7 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
         Command::Evolve(args) => evolve::run(*args, global, out),
+        Command::Mcp(args) => mcp::run(args, global, out),
         Command::Serve(args) => serve::run(args, global, out),
     }
 }

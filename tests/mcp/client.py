@@ -1,0 +1,291 @@
+"""Drive heph's MCP server with the official Python MCP SDK (`mcp` on PyPI).
+
+Run by tests/e2e/mcp.rs:
+
+    client.py stdio HEPH PROJECT        the agent's round trip over stdio
+    client.py protocol HEPH PROJECT     bad requests get protocol errors; the server lives on
+    client.py concurrent HEPH PROJECT   two clients change one module at once
+    client.py http URL TOKEN PROJECT    streamable HTTP with the token; 401 without it
+
+Each scenario checks what it expects (a failed check exits 1 with the reason on
+stderr) and prints a JSON report on stdout for the Rust test to check again.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+
+MODULE = "agent::test_hot_reload"
+MODULE_FILE = os.path.join("src", "agent", "test_hot_reload.rs")
+
+
+def check(cond, what):
+    if not cond:
+        print(f"check failed: {what}", file=sys.stderr)
+        sys.exit(1)
+
+
+def text_of(result):
+    return "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+def params(heph, project):
+    # The SDK passes a default environment; keep what cargo and git need from ours.
+    env = {k: v for k, v in os.environ.items()}
+    return StdioServerParameters(command=heph, args=["mcp", "--project", project], env=env)
+
+
+def read_bytes(project, rel):
+    with open(os.path.join(project, rel), "rb") as f:
+        return f.read()
+
+
+async def protocol_error(coro):
+    """The MCPError a call raises (a JSON-RPC error), or fail."""
+    try:
+        await coro
+    except MCPError as e:
+        return {"code": e.error.code, "message": e.error.message}
+    check(False, "expected a protocol error")
+
+
+async def stdio(heph, project):
+    report = {}
+    original = read_bytes(project, MODULE_FILE)
+    async with stdio_client(params(heph, project)) as (read, write):
+        async with ClientSession(read, write) as s:
+            init = await s.initialize()
+            report["server"] = init.server_info.name
+            check(init.capabilities.tools is not None, "the server offers tools")
+
+            tools = (await s.list_tools()).tools
+            report["tools"] = sorted(t.name for t in tools)
+            for t in tools:
+                check(t.input_schema.get("type") == "object", f"{t.name} has an object schema")
+                check(bool(t.description), f"{t.name} is described")
+            sm = next(t for t in tools if t.name == "self_modify")
+            report["self_modify_properties"] = sorted(sm.input_schema["properties"])
+            check("module" in sm.input_schema.get("required", []), "self_modify requires module")
+
+            r = await s.call_tool("read_module", {"module": "agent.test_hot_reload"})
+            check(not r.is_error, f"read_module works: {text_of(r)}")
+            doc = r.structured_content
+            report["read_module"] = {
+                "module": doc["module"],
+                "file": doc["file"],
+                "items": [[i["key"], i["start_line"], i["end_line"]] for i in doc["items"]],
+            }
+            check(doc["source"].encode() == original, "read_module returns the file's source")
+
+            r = await s.call_tool("read_module", {"module": "agent::test_hot_reloaded"})
+            check(r.is_error, "an unknown module is a tool error")
+            report["unknown_module"] = r.structured_content["error"]
+
+            # A change that does not compile: a tool error, the file byte-identical.
+            progress = []
+
+            async def on_progress(p, total, message):
+                progress.append(message)
+
+            r = await s.call_tool(
+                "self_modify",
+                {"module": MODULE, "code": "pub fn test_function() -> &'static str { 42 }"},
+                progress_callback=on_progress,
+            )
+            check(r.is_error, "a type error is a tool error")
+            report["type_error"] = {
+                "text": text_of(r),
+                "accepted": r.structured_content["accepted"],
+                "rolled_back": r.structured_content["rolled_back"],
+                "verify_errors": r.structured_content["verify"]["errors"],
+                "identical": read_bytes(project, MODULE_FILE) == original,
+                "progress": progress,
+            }
+            check(read_bytes(project, MODULE_FILE) == original, "the file is byte-identical")
+
+            # A good change, verified.
+            good = 'pub fn test_function() -> &\'static str {\n    "version 3 - from MCP"\n}'
+            r = await s.call_tool("self_modify", {"module": MODULE, "code": good})
+            check(not r.is_error, f"a good change is accepted: {text_of(r)}")
+            doc = r.structured_content
+            report["good"] = {
+                "changes": doc["changes"],
+                "verify": doc["verify"]["outcome"],
+                "evolution_id": doc["evolution_id"],
+                "diff_has_change": '+    "version 3 - from MCP"' in (doc["diff"] or ""),
+            }
+            check("version 3 - from MCP" in read_bytes(project, MODULE_FILE).decode(), "written")
+            good_id = doc["evolution_id"]
+
+            r = await s.call_tool("history", {"limit": 10, "kind": "self-modify"})
+            check(not r.is_error, "history works")
+            evolutions = r.structured_content["evolutions"]
+            report["history"] = [[e["short_id"], e["kind"], e.get("module")] for e in evolutions]
+            check(evolutions and evolutions[0]["short_id"] == good_id, "history shows it first")
+
+            r = await s.call_tool("show", {"id": good_id})
+            check(not r.is_error, "show works")
+            report["show_has_diff"] = "version 3 - from MCP" in (r.structured_content.get("patch") or "")
+
+            # Back to the evolution before the change: the original bytes.
+            parent = evolutions[0]["parent"]
+            r = await s.call_tool("rollback", {"id": parent})
+            check(not r.is_error, f"rollback works: {text_of(r)}")
+            report["rollback"] = {
+                "restored": r.structured_content["restored"],
+                "identical": read_bytes(project, MODULE_FILE) == original,
+            }
+            check(read_bytes(project, MODULE_FILE) == original, "rollback restores the file")
+
+            r = await s.call_tool("find_item", {"name": "ReloadCounter::bump"})
+            report["find_item"] = [[i["module"], i["key"]] for i in r.structured_content["items"]]
+    print(json.dumps(report))
+
+
+async def protocol(heph, project):
+    report = {}
+    original = read_bytes(project, MODULE_FILE)
+    async with stdio_client(params(heph, project)) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            report["unknown_tool"] = await protocol_error(s.call_tool("no_such_tool", {}))
+            report["wrong_type"] = await protocol_error(
+                s.call_tool("read_module", {"module": 42})
+            )
+            report["missing_argument"] = await protocol_error(s.call_tool("self_modify", {}))
+            huge = "pub fn f() {}\n" + "// padding\n" * (900 * 1024)
+            report["huge_bytes"] = len(huge)
+            report["huge"] = await protocol_error(
+                s.call_tool("self_modify", {"module": MODULE, "code": huge})
+            )
+            # Still answering.
+            r = await s.call_tool("read_module", {"module": MODULE})
+            report["after"] = not r.is_error
+    check(read_bytes(project, MODULE_FILE) == original, "nothing was written")
+
+    # Malformed JSON-RPC, written by hand on the server's stdin.
+    p = subprocess.Popen(
+        [heph, "mcp", "--project", project],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def send(line):
+        p.stdin.write(line.encode() + b"\n")
+        p.stdin.flush()
+
+    def answer():
+        line = p.stdout.readline()
+        check(line, "the server answered")
+        return json.loads(line)
+
+    send(json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}},
+    }))
+    report["raw_initialize"] = "result" in answer()
+    send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    send("{this is not json")
+    report["malformed"] = answer().get("error")
+    send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "no/such/method"}))
+    report["unknown_method"] = answer().get("error")
+    send(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+    report["raw_after"] = len(answer()["result"]["tools"])
+    p.stdin.close()
+    report["exit"] = p.wait(timeout=30)
+    print(json.dumps(report))
+
+
+async def one_client(heph, project, name, start):
+    async with stdio_client(params(heph, project)) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            await start.wait()
+            r = await s.call_tool(
+                "self_modify",
+                {"module": MODULE, "code": f'pub fn {name}() -> u32 {{ 7 }}', "skip_verify": True},
+            )
+            doc = r.structured_content
+            return {
+                "is_error": bool(r.is_error),
+                "text": text_of(r),
+                "evolution_id": doc.get("evolution_id"),
+            }
+
+
+async def concurrent(heph, project):
+    start = asyncio.Event()
+    tasks = [
+        asyncio.create_task(one_client(heph, project, "added_by_first", start)),
+        asyncio.create_task(one_client(heph, project, "added_by_second", start)),
+    ]
+    await asyncio.sleep(1.0)
+    start.set()
+    results = await asyncio.gather(*tasks)
+    text = read_bytes(project, MODULE_FILE).decode()
+    report = {
+        "results": results,
+        "has_first": "fn added_by_first" in text,
+        "has_second": "fn added_by_second" in text,
+    }
+    print(json.dumps(report))
+
+
+async def http(url, token, project):
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    report = {}
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=120) as client:
+        async with streamable_http_client(url, http_client=client) as streams:
+            read, write = streams[0], streams[1]
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                tools = (await s.list_tools()).tools
+                report["tools"] = sorted(t.name for t in tools)
+                r = await s.call_tool("read_module", {"module": MODULE})
+                report["read_module"] = r.structured_content["file"]
+                r = await s.call_tool(
+                    "self_modify",
+                    {"module": MODULE, "code": "pub fn over_http() -> u32 { 1 }", "skip_verify": True},
+                )
+                report["self_modify"] = {"is_error": bool(r.is_error), "text": text_of(r)}
+    check("fn over_http" in read_bytes(project, MODULE_FILE).decode(), "written over HTTP")
+
+    body = json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}},
+    }).encode()
+    for name, auth in [("no_token", None), ("wrong_token", "Bearer wrong")]:
+        req = urllib.request.Request(url, data=body, method="POST")
+        req.add_header("Content-Type", "application/json")
+        req.add_header("Accept", "application/json, text/event-stream")
+        if auth:
+            req.add_header("Authorization", auth)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                report[name] = resp.status
+        except urllib.error.HTTPError as e:
+            report[name] = e.code
+    print(json.dumps(report))
+
+
+def main():
+    scenario, args = sys.argv[1], sys.argv[2:]
+    run = {"stdio": stdio, "protocol": protocol, "concurrent": concurrent, "http": http}[scenario]
+    asyncio.run(run(*args))
+
+
+if __name__ == "__main__":
+    main()
