@@ -156,10 +156,17 @@ async def protocol(heph, project):
         async with ClientSession(read, write) as s:
             await s.initialize()
             report["unknown_tool"] = await protocol_error(s.call_tool("no_such_tool", {}))
-            report["wrong_type"] = await protocol_error(
-                s.call_tool("read_module", {"module": 42})
-            )
-            report["missing_argument"] = await protocol_error(s.call_tool("self_modify", {}))
+            # Arguments that do not fit the schema: a tool error the model can read
+            # and correct (the MCP specification's rule since 2025-11-25, which the
+            # SDK applies), not a protocol error.
+            for name, tool, args in [
+                ("wrong_type", "read_module", {"module": 42}),
+                ("missing_argument", "self_modify", {}),
+                ("unknown_argument", "read_module", {"module": MODULE, "modul": "x"}),
+            ]:
+                r = await s.call_tool(tool, args)
+                check(r.is_error, f"{name} is a tool error")
+                report[name] = text_of(r)
             huge = "pub fn f() {}\n" + "// padding\n" * (900 * 1024)
             report["huge_bytes"] = len(huge)
             report["huge"] = await protocol_error(
@@ -198,6 +205,8 @@ async def protocol(heph, project):
     report["malformed"] = answer().get("error")
     send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "no/such/method"}))
     report["unknown_method"] = answer().get("error")
+    send("x" * (17 * 1024 * 1024))
+    report["oversized"] = answer().get("error")
     send(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
     report["raw_after"] = len(answer()["result"]["tools"])
     p.stdin.close()

@@ -16,12 +16,14 @@
 //! both changes land, one after the other, each planned on the files the other left.
 
 mod http;
+mod stdio;
 mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use http::{MCP_PATH, router as http_router};
+pub use stdio::MAX_MESSAGE_BYTES;
 pub use tools::Heph;
 
 use crate::apply::{ApplyOptions, DEFAULT_MAX_CODE_BYTES};
@@ -92,7 +94,6 @@ impl crate::Categorized for McpError {
 /// Serve MCP over this process's stdin and stdout until the client closes stdin.
 /// Nothing else may write to stdout meanwhile.
 pub fn serve_stdio(project: Project, opts: McpOptions) -> Result<(), McpError> {
-    use rmcp::ServiceExt;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("heph-mcp")
@@ -101,15 +102,8 @@ pub fn serve_stdio(project: Project, opts: McpOptions) -> Result<(), McpError> {
         .build()
         .map_err(McpError::Runtime)?;
     let server = Heph::new(Arc::new(project), opts);
-    runtime.block_on(async move {
-        let running = server
-            .serve(rmcp::transport::stdio())
-            .await
-            .map_err(|e| McpError::Initialize(e.to_string()))?;
-        running
-            .waiting()
-            .await
-            .map_err(|e| McpError::Session(e.to_string()))?;
-        Ok(())
-    })
+    let result = runtime.block_on(stdio::serve(server));
+    // A read of stdin may still be parked on a blocking thread: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
