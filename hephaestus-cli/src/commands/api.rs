@@ -11,6 +11,7 @@ use hephaestus_core::api::evolve::{EvolveCommand, ProcessLauncher};
 use hephaestus_core::api::{
     self, ApiEvent, ApiOptions, ApiServer, DEFAULT_ADDR, HotReload, TokenSource,
 };
+use hephaestus_core::mcp::{Heph, MCP_PATH, McpOptions};
 use hephaestus_core::verify::VerifyOptions;
 use hephaestus_core::{ApplyOptions, Config, Project, Verify};
 use serde_json::json;
@@ -32,6 +33,10 @@ pub struct ApiArgs {
     /// travels in clear text over the network.
     #[arg(long)]
     pub api_public: bool,
+    /// Also serve MCP (the Model Context Protocol, for coding agents) over streamable
+    /// HTTP at /mcp on the same address, behind the same token.
+    #[arg(long)]
+    pub mcp: bool,
 }
 
 /// How `trigger-evolution` runs `heph evolve`: this very binary, `heph evolve --project
@@ -62,6 +67,9 @@ pub fn start(
         (None, _) if !always => {
             if args.api_public {
                 return Err(UsageError("--api-public needs --api ADDR".into()).into());
+            }
+            if args.mcp {
+                return Err(UsageError("--mcp needs --api ADDR".into()).into());
             }
             return Ok(None);
         }
@@ -99,6 +107,10 @@ pub fn start(
         ..ApplyOptions::default()
     };
     opts.evolve = Box::new(ProcessLauncher::new(evolve_command()));
+    if args.mcp {
+        let mcp_opts = McpOptions::from_config(config, crate::project::history_options(out));
+        opts.mcp = Some(Heph::new(Arc::new(project.clone()), mcp_opts));
+    }
     let view = EventView {
         json: out.json,
         quiet: out.quiet,
@@ -119,10 +131,14 @@ pub fn start(
             "url": url,
             "public": server.is_public(),
             "token": server.token_source(),
+            "mcp": args.mcp.then(|| format!("http://{addr}{MCP_PATH}")),
             "project": project.root(),
         }));
     } else {
         out.line(format!("control API on {url}"));
+        if args.mcp {
+            out.line(format!("MCP on http://{addr}{MCP_PATH}"));
+        }
         out.line(match server.token_source() {
             TokenSource::Given => format!("token: from {TOKEN_VAR}"),
             TokenSource::File { path, generated } => format!(

@@ -248,6 +248,10 @@ pub struct ApiOptions {
     pub apply: ApplyOptions,
     /// What `trigger-evolution` starts runs with.
     pub evolve: Box<dyn EvolveLauncher>,
+    /// Also serve MCP over streamable HTTP at [`crate::mcp::MCP_PATH`], behind the
+    /// same token (`heph serve --mcp`).
+    #[cfg(feature = "mcp")]
+    pub mcp: Option<crate::mcp::Heph>,
 }
 
 impl std::fmt::Debug for ApiOptions {
@@ -275,6 +279,8 @@ impl ApiOptions {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             apply: ApplyOptions::default(),
             evolve: Box::new(ProcessLauncher::new(None)),
+            #[cfg(feature = "mcp")]
+            mcp: None,
         }
     }
 }
@@ -342,7 +348,17 @@ impl ApiServer {
             public: !addr.ip().is_loopback(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = routes::router(Arc::clone(&state));
+        // MCP sessions hold event streams open: ended when the server stops.
+        #[cfg(feature = "mcp")]
+        let (app, mcp_sessions) = {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let mcp = opts
+                .mcp
+                .map(|server| crate::mcp::http_router(server, !addr.ip().is_loopback(), cancel.clone()));
+            (routes::router(Arc::clone(&state), mcp), cancel)
+        };
+        #[cfg(not(feature = "mcp"))]
+        let app = routes::router(Arc::clone(&state), None);
         let reaper = Arc::clone(&state);
         let thread = thread::Builder::new()
             .name("heph-api".into())
@@ -353,8 +369,10 @@ impl ApiServer {
                     };
                     tokio::spawn(routes::reap_runs(reaper));
                     let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
+                        .with_graceful_shutdown(async move {
                             let _ = rx.await;
+                            #[cfg(feature = "mcp")]
+                            mcp_sessions.cancel();
                         })
                         .await;
                 });

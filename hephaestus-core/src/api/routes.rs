@@ -51,9 +51,11 @@ pub(crate) struct AppState {
 
 type Shared = State<Arc<AppState>>;
 
-/// The router: every route, unknown routes and wrong methods behind the token check.
-pub(crate) fn router(state: Arc<AppState>) -> Router {
+/// The router: every route, unknown routes and wrong methods behind the token check;
+/// `extra` (the MCP endpoint) is mounted behind it too.
+pub(crate) fn router(state: Arc<AppState>, extra: Option<Router<Arc<AppState>>>) -> Router {
     Router::new()
+        .merge(extra.unwrap_or_default())
         .route("/hot-reload/enable", post(enable))
         .route("/hot-reload/disable", post(disable))
         .route("/hot-reload/status", get(status))

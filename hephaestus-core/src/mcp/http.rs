@@ -14,7 +14,11 @@ pub const MCP_PATH: &str = "/mcp";
 /// of all sessions share one queue). `public`: accept any `Host` header (the address
 /// is not loopback; the token still guards every request), else loopback hosts only.
 /// Cancelling `cancel` ends every session.
-pub fn router(server: Heph, public: bool, cancel: CancellationToken) -> axum::Router {
+pub fn router<S: Clone + Send + Sync + 'static>(
+    server: Heph,
+    public: bool,
+    cancel: CancellationToken,
+) -> axum::Router<S> {
     let mut config = StreamableHttpServerConfig::default().with_cancellation_token(cancel);
     if public {
         config = config.disable_allowed_hosts();
