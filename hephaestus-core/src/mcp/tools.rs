@@ -809,9 +809,20 @@ fn outcome_result(mut outcome: ApplyOutcome, diff: Option<String>) -> CallToolRe
     let rejected = !outcome.accepted || run_failed;
     let mut text = String::new();
     if rejected {
+        // The headline a person would see first.
         let category = serde_json::to_value(ErrorCategory::Rejected).unwrap_or_default();
+        let why = match &outcome.run {
+            Some(run) if outcome.accepted => {
+                format!("{} failed; the imported module was kept", run.function)
+            }
+            _ => format!(
+                "verification failed ({}{}); the change was rolled back and every file is byte-identical to before",
+                outcome.verify.command,
+                if outcome.verify.timed_out { ", timed out" } else { "" }
+            ),
+        };
         text.push_str(&format!(
-            "error ({}): ",
+            "error ({}): {why}\n",
             category.as_str().unwrap_or("rejected")
         ));
     }
@@ -838,11 +849,7 @@ fn outcome_result(mut outcome: ApplyOutcome, diff: Option<String>) -> CallToolRe
             )),
             VerifyOutcome::Skipped => text.push_str("verification skipped\n"),
             VerifyOutcome::Failed => {
-                text.push_str(&format!(
-                    "verification failed ({}{}); the change was rolled back and every file is byte-identical to before\n",
-                    v.command,
-                    if v.timed_out { ", timed out" } else { "" }
-                ));
+                text.push_str(&format!("verification failed: {}\n", v.command));
                 for e in &v.errors {
                     text.push_str(e.trim_end());
                     text.push('\n');
