@@ -148,10 +148,7 @@ impl Project {
                     continue;
                 };
                 for (item, range) in items_of(&m, &file) {
-                    let qualified = item
-                        .owner
-                        .as_ref()
-                        .map(|o| format!("{o}::{}", item.name));
+                    let qualified = item.owner.as_ref().map(|o| format!("{o}::{}", item.name));
                     let hit = |n: &str| {
                         if substring {
                             n.contains(name)

@@ -138,7 +138,9 @@ fn an_agent_reads_changes_and_undoes_through_mcp_over_stdio() {
         .filter_map(Value::as_str)
         .collect();
     assert!(
-        progress.iter().any(|p| p.starts_with("verifying: cargo check")),
+        progress
+            .iter()
+            .any(|p| p.starts_with("verifying: cargo check")),
         "progress notifications during verification: {progress:?}"
     );
 
@@ -182,7 +184,10 @@ fn bad_requests_get_errors_and_the_mcp_server_keeps_answering() {
     assert_eq!(r["oversized"]["code"], -32600);
     // Arguments that do not fit the schema: tool errors naming the problem.
     for (name, want) in [
-        ("wrong_type", "invalid type: integer `42`, expected a string"),
+        (
+            "wrong_type",
+            "invalid type: integer `42`, expected a string",
+        ),
         ("missing_argument", "missing field `module`"),
         ("unknown_argument", "unknown field `modul`"),
     ] {

@@ -352,9 +352,9 @@ impl ApiServer {
         #[cfg(feature = "mcp")]
         let (app, mcp_sessions) = {
             let cancel = tokio_util::sync::CancellationToken::new();
-            let mcp = opts
-                .mcp
-                .map(|server| crate::mcp::http_router(server, !addr.ip().is_loopback(), cancel.clone()));
+            let mcp = opts.mcp.map(|server| {
+                crate::mcp::http_router(server, !addr.ip().is_loopback(), cancel.clone())
+            });
             (routes::router(Arc::clone(&state), mcp), cancel)
         };
         #[cfg(not(feature = "mcp"))]

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{
-    CallToolResult, ContentBlock, ProgressNotificationParam,
-};
+use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
@@ -437,10 +435,9 @@ impl Heph {
         self.check_size(args.code.as_deref())?;
         let edit = match (args.mode, args.code) {
             (Mode::Remove, Some(_)) => {
-                return Ok(Failure::bad_input(
-                    "mode `remove` takes `items` (keys), not `code`",
-                )
-                .result());
+                return Ok(
+                    Failure::bad_input("mode `remove` takes `items` (keys), not `code`").result(),
+                );
             }
             (Mode::Remove, None) if args.items.is_empty() => {
                 return Ok(Failure::bad_input(
@@ -671,16 +668,14 @@ impl Heph {
     /// Code over the limit is a protocol error: the request itself is unacceptable.
     fn check_size(&self, code: Option<&str>) -> Result<(), ErrorData> {
         match code {
-            Some(c) if c.len() as u64 > self.opts.max_code_bytes => {
-                Err(ErrorData::invalid_params(
-                    format!(
-                        "`code` is {} bytes, over the limit of {} bytes; split the change",
-                        c.len(),
-                        self.opts.max_code_bytes
-                    ),
-                    Some(serde_json::json!({ "category": ErrorCategory::BadInput })),
-                ))
-            }
+            Some(c) if c.len() as u64 > self.opts.max_code_bytes => Err(ErrorData::invalid_params(
+                format!(
+                    "`code` is {} bytes, over the limit of {} bytes; split the change",
+                    c.len(),
+                    self.opts.max_code_bytes
+                ),
+                Some(serde_json::json!({ "category": ErrorCategory::BadInput })),
+            )),
             _ => Ok(()),
         }
     }
@@ -818,7 +813,11 @@ fn outcome_result(mut outcome: ApplyOutcome, diff: Option<String>) -> CallToolRe
             _ => format!(
                 "verification failed ({}{}); the change was rolled back and every file is byte-identical to before",
                 outcome.verify.command,
-                if outcome.verify.timed_out { ", timed out" } else { "" }
+                if outcome.verify.timed_out {
+                    ", timed out"
+                } else {
+                    ""
+                }
             ),
         };
         text.push_str(&format!(
