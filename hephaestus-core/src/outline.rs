@@ -217,3 +217,116 @@ fn items_of(m: &Module, file: &SourceFile) -> Vec<(ItemOutline, std::ops::Range<
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> (tempfile::TempDir, Project) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src")).expect("mkdir");
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[package]\nname = \"demo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+        )
+        .expect("write");
+        std::fs::write(
+            root.join("src/lib.rs"),
+            "pub mod shapes;\nmod inner {\n    pub fn norm() {}\n}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            root.join("src/shapes.rs"),
+            "use std::fmt;\nuse std::fmt;\n\n/// A point.\npub struct Point {\n    x: f64,\n}\n\nimpl Point {\n    /// Its norm.\n    pub fn norm(&self) -> f64 {\n        self.x.abs()\n    }\n}\n\nimpl fmt::Display for Point {\n    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {\n        write!(f, \"{}\", self.x)\n    }\n}\n",
+        )
+        .expect("write");
+        let p = Project::open(root).expect("open");
+        (dir, p)
+    }
+
+    #[test]
+    fn outline_lists_items_and_members_with_their_lines() {
+        let (_dir, p) = project();
+        let o = p.outline("shapes", &[]).expect("outline");
+        assert_eq!(o.module, "crate::shapes");
+        assert_eq!(o.file, "src/shapes.rs");
+        let items: Vec<(&str, usize, usize)> = o
+            .items
+            .iter()
+            .map(|i| (i.key.as_str(), i.start_line, i.end_line))
+            .collect();
+        assert_eq!(
+            items,
+            [
+                ("use std::fmt", 1, 1),
+                ("use std::fmt#2", 2, 2),
+                ("struct Point", 4, 7),
+                ("impl Point", 9, 14),
+                ("fn Point::norm", 10, 13),
+                ("impl fmt::Display for Point", 16, 20),
+                ("fn <Point as fmt::Display>::fmt", 17, 19),
+            ]
+        );
+        assert_eq!(o.items[4].owner.as_deref(), Some("Point"));
+        assert!(o.source.starts_with("use std::fmt;\n"));
+        // Each listed key is one `self-modify --item` understands, and designates the
+        // item it was listed for.
+        for i in &o.items {
+            let q = crate::item::KeyQuery::parse(&i.key).expect("a valid key");
+            assert_eq!(q.key.name, i.name, "{}", i.key);
+            assert_eq!(q.key.owner, i.owner, "{}", i.key);
+        }
+    }
+
+    #[test]
+    fn an_unknown_module_is_an_error_with_suggestions() {
+        let (_dir, p) = project();
+        let err = p.outline("shape", &[]).expect_err("unknown");
+        assert!(err.to_string().contains("crate::shapes"), "{err}");
+    }
+
+    #[test]
+    fn items_are_found_by_name_across_modules() {
+        let (_dir, p) = project();
+        let found: Vec<(String, String)> = p
+            .find_items("norm", false, false, 10)
+            .into_iter()
+            .map(|m| (m.module, m.item.key))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("crate::shapes".to_owned(), "fn Point::norm".to_owned()),
+                ("crate::inner".to_owned(), "fn norm".to_owned()),
+            ]
+        );
+        let qualified = p.find_items("Point::norm", false, true, 10);
+        assert_eq!(qualified.len(), 1);
+        assert_eq!(
+            qualified[0].body.as_deref(),
+            Some("/// Its norm.\n    pub fn norm(&self) -> f64 {\n        self.x.abs()\n    }")
+        );
+        assert_eq!(p.find_items("orm", true, false, 10).len(), 2);
+        assert_eq!(p.find_items("orm", false, false, 10).len(), 0);
+        assert_eq!(p.find_items("norm", false, false, 1).len(), 1);
+    }
+
+    #[test]
+    fn modules_lists_every_module_once() {
+        let (_dir, p) = project();
+        let list: Vec<(String, bool)> = p
+            .modules()
+            .into_iter()
+            .map(|m| (m.module, m.inline))
+            .collect();
+        assert_eq!(
+            list,
+            [
+                ("crate".to_owned(), false),
+                ("crate::shapes".to_owned(), false),
+                ("crate::inner".to_owned(), true),
+            ]
+        );
+    }
+}

@@ -4,7 +4,7 @@
 //!
 //! Every tool calls what the CLI calls: [`Project::outline`], [`Project::modules`] and
 //! [`Project::find_items`] to read; [`Project::apply`] for `self_modify` and `import`
-//! (the same lock, pre-state, verification and rollback); [`History`] for `history`,
+//! (the same lock, pre-state, verification and rollback); [`crate::history::History`] for `history`,
 //! `show` and `rollback`; the watch control socket for `watch_*`. A tool's result is
 //! structured (`structuredContent`: the same document `--json` prints) and readable as
 //! text; a failure is a tool error (`isError`) carrying heph's error category and the
