@@ -69,6 +69,8 @@ fn an_agent_reads_changes_and_undoes_through_mcp_over_stdio() {
     assert_eq!(
         tools,
         [
+            "evolve_start",
+            "evolve_status",
             "find_item",
             "history",
             "import",
@@ -197,7 +199,7 @@ fn bad_requests_get_errors_and_the_mcp_server_keeps_answering() {
     // Still answering after each.
     assert_eq!(r["after"], true);
     assert_eq!(r["raw_initialize"], true);
-    assert_eq!(r["raw_after"], 11);
+    assert_eq!(r["raw_after"], 13);
     assert_eq!(r["exit"], 0);
     assert_eq!(env.snapshot(), before, "nothing was written");
 }
@@ -251,8 +253,44 @@ fn mcp_over_http_needs_the_token() {
     let _ = child.wait();
     assert_eq!(r["read_module"], MODULE_FILE);
     assert_eq!(r["self_modify"]["is_error"], false);
-    assert_eq!(r["tools"].as_array().expect("tools").len(), 11);
+    assert_eq!(r["tools"].as_array().expect("tools").len(), 13);
     assert_eq!(r["no_token"], 401);
     assert_eq!(r["wrong_token"], 401);
     assert!(env.read(MODULE_FILE).contains("pub fn over_http() -> u32"));
+}
+
+#[test]
+fn an_agent_starts_and_follows_an_evolution_run() {
+    let env = TestEnv::new("slow-crate");
+    let before = env.snapshot();
+    let r = scenario(&env, &["evolve", &heph(), &project(&env)]);
+    // Waited for: ended, the baseline measured and reported as progress.
+    assert_eq!(r["waited"]["running"], false, "{r}");
+    assert!(r["waited"]["stop"].is_string(), "{r}");
+    assert_eq!(r["waited"]["baseline"], true, "{r}");
+    let progress: Vec<&str> = r["progress"]
+        .as_array()
+        .expect("progress")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        progress.iter().any(|p| p.starts_with("baseline fitness ")),
+        "{progress:?}"
+    );
+    // Looked up again by its id.
+    assert_eq!(r["status"]["run_id"], r["waited"]["run_id"]);
+    assert_eq!(r["status"]["running"], false);
+    assert_eq!(r["unknown"]["category"], "bad-input");
+    // Started without waiting: the id at once; a second start is refused meanwhile.
+    assert_eq!(
+        r["started"],
+        serde_json::json!(["command", "log", "run_id"])
+    );
+    let refused = r["second_while_running"]["message"]
+        .as_str()
+        .expect("refused");
+    assert!(refused.contains("is still going"), "{refused}");
+    // No candidate was accepted: the project's files are as they were.
+    assert_eq!(env.snapshot(), before);
 }

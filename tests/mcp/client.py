@@ -6,6 +6,7 @@ Run by tests/e2e/mcp.rs:
     client.py protocol HEPH PROJECT     bad requests get protocol errors; the server lives on
     client.py concurrent HEPH PROJECT   two clients change one module at once
     client.py http URL TOKEN PROJECT    streamable HTTP with the token; 401 without it
+    client.py evolve HEPH PROJECT       an evolution run started, followed and looked up
 
 Each scenario checks what it expects (a failed check exits 1 with the reason on
 stderr) and prints a JSON report on stdout for the Rust test to check again.
@@ -249,6 +250,60 @@ async def concurrent(heph, project):
     print(json.dumps(report))
 
 
+async def evolve(heph, project):
+    report = {}
+    async with stdio_client(params(heph, project)) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            progress = []
+
+            async def on_progress(p, total, message):
+                progress.append(message)
+
+            r = await s.call_tool(
+                "evolve_start",
+                {
+                    "fitness": "true",
+                    "targets": ["crate::dedup"],
+                    "max_candidates": 1,
+                    "budget": "5m",
+                    "wait": True,
+                },
+                read_timeout_seconds=900,
+                progress_callback=on_progress,
+            )
+            check(not r.is_error, f"evolve_start works: {text_of(r)}")
+            doc = r.structured_content
+            report["waited"] = {
+                "run_id": doc["run_id"],
+                "running": doc["running"],
+                "stop": doc["stop"],
+                "candidates": len(doc["candidates"]),
+                "baseline": doc["baseline_median"] is not None,
+                "text": text_of(r),
+            }
+            report["progress"] = progress
+            run_id = doc["run_id"]
+            r = await s.call_tool("evolve_status", {"id": run_id})
+            check(not r.is_error, "evolve_status works")
+            report["status"] = {"run_id": r.structured_content["run_id"],
+                                "running": r.structured_content["running"],
+                                "stop": r.structured_content["stop"]}
+            r = await s.call_tool("evolve_status", {"id": "no-such-run"})
+            check(r.is_error, "an unknown run is a tool error")
+            report["unknown"] = r.structured_content["error"]
+            # Without waiting: the id at once.
+            r = await s.call_tool(
+                "evolve_start",
+                {"fitness": "true", "targets": ["crate::dedup"], "max_candidates": 1},
+            )
+            check(not r.is_error, f"evolve_start without wait: {text_of(r)}")
+            report["started"] = sorted(r.structured_content)
+            r = await s.call_tool("evolve_start", {"fitness": "true"})
+            report["second_while_running"] = r.structured_content.get("error")
+    print(json.dumps(report))
+
+
 async def http(url, token, project):
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
@@ -292,7 +347,13 @@ async def http(url, token, project):
 
 def main():
     scenario, args = sys.argv[1], sys.argv[2:]
-    run = {"stdio": stdio, "protocol": protocol, "concurrent": concurrent, "http": http}[scenario]
+    run = {
+        "stdio": stdio,
+        "protocol": protocol,
+        "concurrent": concurrent,
+        "http": http,
+        "evolve": evolve,
+    }[scenario]
     asyncio.run(run(*args))
 
 

@@ -43,7 +43,7 @@ pub struct ApiArgs {
 /// ROOT`, which reads `[evolve]` of heph.toml and names its run after `HEPH_EVOLVE_RUN`.
 /// None only when the path of this executable cannot be found (then such triggers
 /// answer 501, and `[api] evolve_command` still works).
-fn evolve_command() -> Option<EvolveCommand> {
+pub fn evolve_command() -> Option<EvolveCommand> {
     let program = std::env::current_exe().ok()?;
     Some(EvolveCommand {
         program,
@@ -108,7 +108,8 @@ pub fn start(
     };
     opts.evolve = Box::new(ProcessLauncher::new(evolve_command()));
     if args.mcp {
-        let mcp_opts = McpOptions::from_config(config, crate::project::history_options(out));
+        let mut mcp_opts = McpOptions::from_config(config, crate::project::history_options(out));
+        mcp_opts.evolve = evolve_command();
         opts.mcp = Some(Heph::new(Arc::new(project.clone()), mcp_opts));
     }
     let view = EventView {

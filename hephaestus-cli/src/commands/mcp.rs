@@ -12,7 +12,7 @@ use crate::project::history_options;
 
 /// Serve this project to a coding agent over MCP on stdin/stdout: read_module,
 /// list_modules, find_item, self_modify, import, history, show, rollback, watch_status,
-/// watch_pause, watch_resume. Every change is verified, rolled back when it fails, and
+/// watch_pause, watch_resume, evolve_start, evolve_status. Every change is verified, rolled back when it fails, and
 /// recorded, as with the CLI.
 #[derive(Debug, ClapArgs)]
 #[command(after_help = "Register it with an MCP client, e.g.:\n  \
@@ -26,7 +26,8 @@ pub fn run(_args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let project = open_project(global)?;
     let config = Config::load(project.root())?;
     // Stdout carries the protocol: notes only on stderr (quiet, never JSON documents).
-    let opts = McpOptions::from_config(&config, history_options(out));
+    let mut opts = McpOptions::from_config(&config, history_options(out));
+    opts.evolve = super::api::evolve_command();
     mcp::serve_stdio(project, opts)?;
     Ok(0)
 }

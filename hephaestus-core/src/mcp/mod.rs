@@ -15,6 +15,7 @@
 //! (two agents, each with its own `heph mcp`) are serialized by the project lock, so
 //! both changes land, one after the other, each planned on the files the other left.
 
+mod evolve;
 mod http;
 mod stdio;
 mod tools;
@@ -42,12 +43,15 @@ pub struct McpOptions {
     pub lock_timeout: Duration,
     /// Larger submitted code is refused (a protocol error).
     pub max_code_bytes: u64,
+    /// How `evolve_start` runs `heph evolve` (the CLI passes its own executable and
+    /// `["evolve"]`); None: `evolve_start` answers that it cannot.
+    pub evolve: Option<crate::api::evolve::EvolveCommand>,
 }
 
 impl McpOptions {
     /// The project's defaults: `[verify] command` of heph.toml or `cargo check`, its
     /// `[verify] timeout` or 30 minutes; 5 minutes of waiting for the lock; 8 MiB of
-    /// code at most.
+    /// code at most; no `heph evolve`.
     pub fn from_config(config: &Config, history: HistoryOptions) -> Self {
         let verify = config
             .verify
@@ -66,6 +70,7 @@ impl McpOptions {
             apply,
             lock_timeout: Duration::from_secs(300),
             max_code_bytes: DEFAULT_MAX_CODE_BYTES,
+            evolve: None,
         }
     }
 }

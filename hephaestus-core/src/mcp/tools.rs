@@ -13,6 +13,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, t
 use serde::{Deserialize, Serialize};
 
 use super::McpOptions;
+use super::evolve::{self, Refused, StartRequest};
 use crate::apply::{ApplyOutcome, Event, Operation};
 use crate::cfg::CfgOption;
 use crate::edit::{ChangeAction, Edit};
@@ -32,6 +33,8 @@ pub struct Heph {
     opts: Arc<McpOptions>,
     /// Held (FIFO) by the write in progress of this server.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// The `heph evolve` run this server started.
+    evolve: Arc<evolve::Runs>,
     tool_router: ToolRouter<Heph>,
 }
 
@@ -225,6 +228,44 @@ pub struct RollbackArgs {
     pub last: bool,
 }
 
+/// Arguments of `evolve_start`.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvolveStartArgs {
+    /// The fitness command (shell), run in each candidate's copy of the project
+    /// (default: `[evolve] fitness` of heph.toml).
+    #[serde(default)]
+    pub fitness: Option<String>,
+    /// Take the fitness from the command's output: the first capture group of this
+    /// regex (default: the command's wall time).
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Higher fitness is better (default: lower is better).
+    #[serde(default)]
+    pub maximize: bool,
+    /// Stop starting candidates after this long (`10m`, `90s`; default 10m).
+    #[serde(default)]
+    pub budget: Option<String>,
+    /// Modules to work on (default: every library module).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Stop after this many candidates.
+    #[serde(default)]
+    pub max_candidates: Option<usize>,
+    /// Wait for the run to end, reporting each candidate as a progress notification,
+    /// and return its status (default: return at once with the run id).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Arguments of `evolve_status`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvolveStatusArgs {
+    /// The run id `evolve_start` answered (or any run in `.heph/evolve/`).
+    pub id: String,
+}
+
 /// Arguments of the watch tools (none).
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -303,8 +344,9 @@ impl Heph {
     pub fn new(project: Arc<Project>, opts: McpOptions) -> Self {
         Heph {
             project,
-            opts: Arc::new(opts),
             writes: Arc::new(tokio::sync::Mutex::new(())),
+            evolve: Arc::new(evolve::Runs::new(opts.evolve.clone())),
+            opts: Arc::new(opts),
             tool_router: Self::tool_router(),
         }
     }
@@ -627,6 +669,92 @@ impl Heph {
     }
 
     #[tool(
+        description = "Start `heph evolve`: rewrite rules (and a proposer's candidates) tried in isolated copies of the project, each kept only when the tests pass and the fitness is measurably better, recorded as an evolution. Returns the run id at once (follow it with evolve_status), or with `wait` the final status, reporting each candidate as a progress notification."
+    )]
+    async fn evolve_start(
+        &self,
+        Parameters(args): Parameters<EvolveStartArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let runs = Arc::clone(&self.evolve);
+        let root = self.project.root().to_path_buf();
+        let req = StartRequest {
+            fitness: args.fitness,
+            metric: args.metric,
+            maximize: args.maximize,
+            budget: args.budget,
+            targets: args.targets,
+            max_candidates: args.max_candidates,
+        };
+        let r = blocking(move || runs.start(&root, &req).map_err(Failure::from)).await?;
+        let started = match r {
+            Ok(s) => s,
+            Err(f) => return Ok(f.result()),
+        };
+        if !args.wait {
+            let text = format!(
+                "evolution run {} started: {} (output in {})",
+                started.run_id, started.command, started.log
+            );
+            return Ok(done(text, &started, false));
+        }
+        let token = ctx.meta.get_progress_token();
+        let mut baseline_reported = false;
+        let mut candidates_reported: usize = 0;
+        let mut sent = 0.0;
+        loop {
+            let runs = Arc::clone(&self.evolve);
+            let root = self.project.root().to_path_buf();
+            let id = started.run_id.clone();
+            let status =
+                match blocking(move || runs.status(&root, &id).map_err(Failure::from)).await? {
+                    Ok(s) => s,
+                    Err(f) => return Ok(f.result()),
+                };
+            if let Some(token) = &token {
+                let mut lines: Vec<String> = Vec::new();
+                if !baseline_reported && let Some(m) = status.baseline_median {
+                    lines.push(format!("baseline fitness {m}"));
+                    baseline_reported = true;
+                }
+                for c in status.candidates.iter().skip(candidates_reported) {
+                    lines.push(format!(
+                        "candidate {}: {} ({})",
+                        c.id, c.verdict, c.description
+                    ));
+                    candidates_reported += 1;
+                }
+                for line in lines {
+                    sent += 1.0;
+                    let p = ProgressNotificationParam::new(token.clone(), sent).with_message(line);
+                    let _ = ctx.peer.notify_progress(p).await;
+                }
+            }
+            if !status.running {
+                return Ok(evolve_result(status));
+            }
+            tokio::select! {
+                _ = ctx.ct.cancelled() => return Ok(evolve_result(status)),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    #[tool(
+        description = "The status of an evolution run: running or not, the baseline fitness, each candidate's verdict, the accepted ones' evolution ids, and the end of its output.",
+        annotations(read_only_hint = true)
+    )]
+    async fn evolve_status(&self, Parameters(args): Parameters<EvolveStatusArgs>) -> ToolResult {
+        let runs = Arc::clone(&self.evolve);
+        let root = self.project.root().to_path_buf();
+        let r = blocking(move || runs.status(&root, &args.id).map_err(Failure::from)).await?;
+        Ok(match r {
+            Ok(s) => evolve_result(s),
+            Err(f) => f.result(),
+        })
+    }
+
+    #[tool(
         description = "The state of the `heph watch` running for this project: generation, pid, reloads, failed builds, paused or not.",
         annotations(read_only_hint = true)
     )]
@@ -647,6 +775,47 @@ impl Heph {
     async fn watch_resume(&self, Parameters(_): Parameters<NoArgs>) -> ToolResult {
         self.watch(Request::Resume).await
     }
+}
+
+impl From<Refused> for Failure {
+    fn from(Refused(category, message): Refused) -> Self {
+        Failure { category, message }
+    }
+}
+
+fn evolve_result(s: evolve::Status) -> CallToolResult {
+    let state = if s.running {
+        "running".to_owned()
+    } else {
+        match (&s.stop, s.exit_code) {
+            (Some(stop), _) => format!("ended ({stop})"),
+            (None, Some(code)) => format!("exited with code {code}"),
+            (None, None) => "ended".to_owned(),
+        }
+    };
+    let mut text = format!(
+        "evolution run {}: {state}; {} candidates, {} accepted",
+        s.run_id,
+        s.candidates.len(),
+        s.accepted
+    );
+    if let Some(m) = s.baseline_median {
+        text.push_str(&format!("; baseline fitness {m}"));
+    }
+    for c in &s.candidates {
+        text.push_str(&format!("\n  {} {}: {}", c.id, c.verdict, c.description));
+        if let Some(e) = &c.evolution {
+            text.push_str(&format!(" (evolution {e})"));
+        }
+        if let Some(r) = &c.reason {
+            text.push_str(&format!(" ({r})"));
+        }
+    }
+    let failed = !s.running && s.stop.is_none() && s.exit_code.is_some_and(|c| c != 0);
+    if failed && !s.output.trim().is_empty() {
+        text.push_str(&format!("\n{}", s.output.trim_end()));
+    }
+    done(text, &s, failed)
 }
 
 /// The per-call write settings.

@@ -1,0 +1,292 @@
+//! `evolve_start` and `evolve_status`: `heph evolve` runs started by the MCP server, as
+//! the control API's `trigger-evolution` starts them (a child process in its own group,
+//! its output in `.heph/evolve/RUN.log`, its run log in `.heph/evolve/RUN.jsonl`), one
+//! at a time per server, stopped when the server ends.
+
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::ErrorCategory;
+use crate::api::evolve::{EvolveCommand, RUN_ID_VAR};
+use crate::evolve::log::{LOG_DIR, LogRecord, read};
+
+/// How long a run gets to stop after SIGTERM when the server ends.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How much of the run's output a status shows.
+const OUTPUT_TAIL: u64 = 4000;
+
+/// What `evolve_start` passes on to `heph evolve`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct StartRequest {
+    pub fitness: Option<String>,
+    pub metric: Option<String>,
+    pub maximize: bool,
+    pub budget: Option<String>,
+    pub targets: Vec<String>,
+    pub max_candidates: Option<usize>,
+}
+
+/// A started run.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Started {
+    pub run_id: String,
+    pub command: String,
+    /// Its output, relative to the project root.
+    pub log: String,
+}
+
+/// One candidate, as the status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct CandidateLine {
+    pub id: usize,
+    pub description: String,
+    pub module: Option<String>,
+    pub verdict: String,
+    pub reason: Option<String>,
+    pub evolution: Option<String>,
+    pub gain: Option<f64>,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Status {
+    pub run_id: String,
+    /// Still running (known for runs this server started; else from the log's end).
+    pub running: bool,
+    /// Its exit code, once a run this server started has exited.
+    pub exit_code: Option<i32>,
+    /// The baseline's median fitness, once measured.
+    pub baseline_median: Option<f64>,
+    pub candidates: Vec<CandidateLine>,
+    pub accepted: usize,
+    /// Why it stopped (`exhausted`, `budget`, `max-candidates`, `cancelled`).
+    pub stop: Option<String>,
+    /// The end of its output (errors before the run log was written show here).
+    pub output: String,
+}
+
+/// The server's runs: the current one's process.
+pub(super) struct Runs {
+    command: Option<EvolveCommand>,
+    slot: Mutex<Option<(String, Child)>>,
+}
+
+impl std::fmt::Debug for Runs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runs")
+            .field("command", &self.command)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal, with heph's category.
+pub(super) struct Refused(pub ErrorCategory, pub String);
+
+impl Runs {
+    pub fn new(command: Option<EvolveCommand>) -> Self {
+        Runs {
+            command,
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// Start `heph evolve --project ROOT` with the request's flags.
+    pub fn start(&self, root: &Path, req: &StartRequest) -> Result<Started, Refused> {
+        let Some(evolve) = &self.command else {
+            return Err(Refused(
+                ErrorCategory::Environment,
+                "this server cannot start `heph evolve` (its executable was not found)".into(),
+            ));
+        };
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((id, child)) = slot.as_mut()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            return Err(Refused(
+                ErrorCategory::BadInput,
+                format!(
+                    "the evolution run {id} is still going; follow it with evolve_status, or wait for it to end"
+                ),
+            ));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let run_id = format!("mcp-{}-{:04x}", now.as_secs(), now.subsec_nanos() & 0xffff);
+        let rel_log = format!("{LOG_DIR}/{run_id}.log");
+        let log_path = root.join(&rel_log);
+        let io = |e: std::io::Error| {
+            Refused(
+                ErrorCategory::Environment,
+                format!("cannot write {}: {e}", log_path.display()),
+            )
+        };
+        if let Some(dir) = log_path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let log = File::create(&log_path).map_err(io)?;
+        let log2 = log.try_clone().map_err(io)?;
+        let mut args: Vec<String> = Vec::new();
+        let mut flag = |name: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                args.push(format!("--{name}"));
+                args.push(v.clone());
+            }
+        };
+        flag("fitness", &req.fitness);
+        flag("metric", &req.metric);
+        flag("budget", &req.budget);
+        flag("max-candidates", &req.max_candidates.map(|n| n.to_string()));
+        for t in &req.targets {
+            args.push("--target".into());
+            args.push(t.clone());
+        }
+        if req.maximize {
+            args.push("--maximize".into());
+        }
+        let mut cmd = Command::new(&evolve.program);
+        cmd.args(&evolve.args)
+            .arg("--project")
+            .arg(root)
+            .args(&args)
+            .current_dir(root)
+            .env(RUN_ID_VAR, &run_id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        let mut shown = evolve.program.display().to_string();
+        for a in &evolve.args {
+            shown.push(' ');
+            shown.push_str(&a.to_string_lossy());
+        }
+        shown.push_str(&format!(" --project {}", root.display()));
+        for a in &args {
+            shown.push(' ');
+            shown.push_str(&shell_word(a));
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Refused(
+                ErrorCategory::Environment,
+                format!("cannot start {shown}: {e}"),
+            )
+        })?;
+        *slot = Some((run_id.clone(), child));
+        Ok(Started {
+            run_id,
+            command: shown,
+            log: rel_log,
+        })
+    }
+
+    /// The status of run `id` (this server's or any other in `.heph/evolve/`).
+    pub fn status(&self, root: &Path, id: &str) -> Result<Status, Refused> {
+        let mine = {
+            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            match slot.as_mut() {
+                Some((run, child)) if run == id => Some(match child.try_wait() {
+                    Ok(Some(status)) => {
+                        crate::verify::kill_group(child.id());
+                        Some(status.code())
+                    }
+                    _ => None,
+                }),
+                _ => None,
+            }
+        };
+        let log_path: PathBuf = root.join(LOG_DIR).join(format!("{id}.log"));
+        let records = match read(root, id) {
+            Ok(r) => r,
+            Err(e) if mine.is_none() && !log_path.exists() => {
+                return Err(Refused(ErrorCategory::BadInput, e.to_string()));
+            }
+            Err(_) => Vec::new(),
+        };
+        let mut status = Status {
+            run_id: id.to_owned(),
+            running: false,
+            exit_code: None,
+            baseline_median: None,
+            candidates: Vec::new(),
+            accepted: 0,
+            stop: None,
+            output: tail(&log_path),
+        };
+        for r in records {
+            match r {
+                LogRecord::Baseline { median, .. } => status.baseline_median = Some(median),
+                LogRecord::Candidate(c) => {
+                    status.candidates.push(CandidateLine {
+                        id: c.id,
+                        description: c.description.clone(),
+                        module: c.module.clone(),
+                        verdict: c.verdict.as_str().to_owned(),
+                        reason: c.reason.clone(),
+                        evolution: c.evolution.clone(),
+                        gain: c.fitness.as_ref().map(|f| f.gain),
+                    });
+                }
+                LogRecord::End { stop, accepted, .. } => {
+                    status.stop = Some(stop);
+                    status.accepted = accepted;
+                }
+                _ => {}
+            }
+        }
+        if status.stop.is_none() {
+            status.accepted = status
+                .candidates
+                .iter()
+                .filter(|c| c.verdict == "accepted")
+                .count();
+        }
+        match mine {
+            Some(None) => status.running = true,
+            Some(Some(code)) => status.exit_code = code,
+            // Another server's run: running until its log says it ended.
+            None => status.running = status.stop.is_none(),
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for Runs {
+    fn drop(&mut self) {
+        let slot = self.slot.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, child)) = slot.as_mut() {
+            crate::verify::terminate_group(child, STOP_GRACE);
+        }
+    }
+}
+
+/// The last [`OUTPUT_TAIL`] bytes of a file (empty when absent).
+fn tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `word`, quoted for a shell when it needs to be (for the command shown).
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,".contains(c))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
