@@ -294,3 +294,58 @@ fn an_agent_starts_and_follows_an_evolution_run() {
     // No candidate was accepted: the project's files are as they were.
     assert_eq!(env.snapshot(), before);
 }
+
+#[test]
+fn listings_dry_runs_removals_imports_and_their_errors_through_mcp() {
+    let env = TestEnv::new("agent-lib");
+    let r = scenario(&env, &["tools", &heph(), &project(&env)]);
+    let modules: Vec<&str> = r["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for m in [
+        "crate",
+        "crate::agent::test_hot_reload",
+        "crate::tools::math",
+        "crate::inline_tools::nested",
+    ] {
+        assert!(modules.contains(&m), "{m} in {modules:?}");
+    }
+    assert_eq!(r["unknown_package"]["category"], "bad-input");
+    assert_eq!(
+        r["dry_run"],
+        serde_json::json!({"dry_run": true, "diff_has_it": true, "unchanged": true})
+    );
+    assert_eq!(
+        r["remove"],
+        serde_json::json!({
+            "changes": [{"action": "removed", "key": "fn ReloadCounter::reset", "kind": "fn"}],
+            "verify_command": "cargo check --lib",
+            "gone": true
+        })
+    );
+    assert_eq!(r["remove_with_code"]["category"], "bad-input");
+    let unknown = r["remove_unknown_item"]["message"]
+        .as_str()
+        .expect("message");
+    assert!(
+        unknown.contains("has no item `fn no_such_item`; it has: const RELOAD_GENERATION"),
+        "{unknown}"
+    );
+    assert_eq!(
+        r["import"],
+        serde_json::json!({
+            "created": ["src/dynamic_module.rs"],
+            "value": "\"Hello from dynamic code!\"",
+            "text_has_value": true
+        })
+    );
+    assert!(env.read("src/lib.rs").contains("pub mod dynamic_module;"));
+    let exists = r["import_existing"]["message"].as_str().expect("message");
+    assert!(exists.contains("already exists"), "{exists}");
+    assert_eq!(r["watch_status"], "environment");
+    assert_eq!(r["rollback_both"]["category"], "bad-input");
+    assert_eq!(r["show_unknown"], "bad-input");
+}

@@ -7,6 +7,7 @@ Run by tests/e2e/mcp.rs:
     client.py concurrent HEPH PROJECT   two clients change one module at once
     client.py http URL TOKEN PROJECT    streamable HTTP with the token; 401 without it
     client.py evolve HEPH PROJECT       an evolution run started, followed and looked up
+    client.py tools HEPH PROJECT        the other tools: import, remove, dry runs, listings, watch
 
 Each scenario checks what it expects (a failed check exits 1 with the reason on
 stderr) and prints a JSON report on stdout for the Rust test to check again.
@@ -250,6 +251,85 @@ async def concurrent(heph, project):
     print(json.dumps(report))
 
 
+async def tools(heph, project):
+    report = {}
+    async with stdio_client(params(heph, project)) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            r = await s.call_tool("list_modules", {})
+            check(not r.is_error, "list_modules works")
+            report["modules"] = [m["module"] for m in r.structured_content["modules"]]
+            r = await s.call_tool("list_modules", {"package": "nope"})
+            report["unknown_package"] = r.structured_content["error"]
+
+            # A dry run: the diff, nothing written.
+            before = read_bytes(project, MODULE_FILE)
+            r = await s.call_tool(
+                "self_modify",
+                {"module": MODULE, "code": "pub fn planned() -> u8 { 1 }", "dry_run": True},
+            )
+            check(not r.is_error, f"dry run works: {text_of(r)}")
+            report["dry_run"] = {
+                "dry_run": r.structured_content["dry_run"],
+                "diff_has_it": "+pub fn planned() -> u8 {" in r.structured_content["diff"],
+                "unchanged": read_bytes(project, MODULE_FILE) == before,
+            }
+
+            # Remove an item by the key read_module lists, with a custom verify command.
+            r = await s.call_tool(
+                "self_modify",
+                {"module": MODULE, "code": "impl ReloadCounter { pub fn reset(&mut self) { self.count = 0; } }",
+                 "skip_verify": True},
+            )
+            check(not r.is_error, f"merging into an impl works: {text_of(r)}")
+            r = await s.call_tool(
+                "self_modify",
+                {"module": MODULE, "mode": "remove", "items": ["fn ReloadCounter::reset"],
+                 "verify": "cargo check --lib"},
+            )
+            check(not r.is_error, f"remove works: {text_of(r)}")
+            report["remove"] = {
+                "changes": r.structured_content["changes"],
+                "verify_command": r.structured_content["verify"]["command"],
+                "gone": "fn reset(" not in read_bytes(project, MODULE_FILE).decode(),
+            }
+            r = await s.call_tool(
+                "self_modify", {"module": MODULE, "mode": "remove", "code": "fn x() {}"}
+            )
+            report["remove_with_code"] = r.structured_content["error"]
+            r = await s.call_tool(
+                "self_modify", {"module": MODULE, "mode": "remove", "items": ["fn no_such_item"]}
+            )
+            report["remove_unknown_item"] = r.structured_content["error"]
+
+            # A new module, built and called.
+            r = await s.call_tool(
+                "import",
+                {"name": "dynamic_module",
+                 "code": "pub fn hello() -> &'static str { \"Hello from dynamic code!\" }",
+                 "run": "hello"},
+            )
+            check(not r.is_error, f"import works: {text_of(r)}")
+            report["import"] = {
+                "created": r.structured_content["created"],
+                "value": r.structured_content["run"]["value"],
+                "text_has_value": "returned \"Hello from dynamic code!\"" in text_of(r),
+            }
+            r = await s.call_tool("import", {"name": "dynamic_module", "code": "pub fn again() {}"})
+            report["import_existing"] = r.structured_content["error"]
+
+            # No `heph watch` running: an environment error.
+            r = await s.call_tool("watch_status", {})
+            check(r.is_error, "watch_status without a watch is a tool error")
+            report["watch_status"] = r.structured_content["error"]["category"]
+
+            r = await s.call_tool("rollback", {"id": "0000000", "last": True})
+            report["rollback_both"] = r.structured_content["error"]
+            r = await s.call_tool("show", {"id": "ffffffff"})
+            report["show_unknown"] = r.structured_content["error"]["category"]
+    print(json.dumps(report))
+
+
 async def evolve(heph, project):
     report = {}
     async with stdio_client(params(heph, project)) as (read, write):
@@ -353,6 +433,7 @@ def main():
         "concurrent": concurrent,
         "http": http,
         "evolve": evolve,
+        "tools": tools,
     }[scenario]
     asyncio.run(run(*args))
 
