@@ -349,3 +349,33 @@ fn listings_dry_runs_removals_imports_and_their_errors_through_mcp() {
     assert_eq!(r["rollback_both"]["category"], "bad-input");
     assert_eq!(r["show_unknown"], "bad-input");
 }
+
+#[test]
+fn an_agent_pauses_and_resumes_a_running_watch() {
+    let env = TestEnv::new("agent-lib");
+    let mut child = env
+        .heph()
+        .args(["--json", "watch", "--check-only"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting heph watch");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("heph watch said it watches")
+            .expect("a line");
+        let event: Value = serde_json::from_str(&line).expect("a JSON line");
+        if event["event"] == "watching" {
+            break;
+        }
+    }
+    let r = scenario(&env, &["watch", &heph(), &project(&env)]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r["paused"], serde_json::json!([false, true, true, false]));
+    let text = r["text"].as_str().expect("text");
+    assert!(text.starts_with("heph watch: active"), "{text}");
+}

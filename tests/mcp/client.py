@@ -8,6 +8,7 @@ Run by tests/e2e/mcp.rs:
     client.py http URL TOKEN PROJECT    streamable HTTP with the token; 401 without it
     client.py evolve HEPH PROJECT       an evolution run started, followed and looked up
     client.py tools HEPH PROJECT        the other tools: import, remove, dry runs, listings, watch
+    client.py watch HEPH PROJECT        pause and resume a running `heph watch`
 
 Each scenario checks what it expects (a failed check exits 1 with the reason on
 stderr) and prints a JSON report on stdout for the Rust test to check again.
@@ -330,6 +331,19 @@ async def tools(heph, project):
     print(json.dumps(report))
 
 
+async def watch(heph, project):
+    report = {}
+    async with stdio_client(params(heph, project)) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            for tool in ["watch_status", "watch_pause", "watch_status", "watch_resume"]:
+                r = await s.call_tool(tool, {})
+                check(not r.is_error, f"{tool} works: {text_of(r)}")
+                report.setdefault("paused", []).append(r.structured_content["paused"])
+            report["text"] = text_of(r)
+    print(json.dumps(report))
+
+
 async def evolve(heph, project):
     report = {}
     async with stdio_client(params(heph, project)) as (read, write):
@@ -434,6 +448,7 @@ def main():
         "http": http,
         "evolve": evolve,
         "tools": tools,
+        "watch": watch,
     }[scenario]
     asyncio.run(run(*args))
 
