@@ -858,9 +858,11 @@ fn history_lists_filters_and_documents_its_json() {
     assert_eq!(e["files"], serde_json::json!(["src/lib.rs"]));
     let text = env.run(["history", "-n", "2"]);
     text.expect_code(0);
-    assert_eq!(text.stdout.lines().count(), 2);
+    // A header, then one line per evolution.
+    assert_eq!(text.stdout.lines().count(), 3);
+    assert!(text.stdout.starts_with("ID "), "{}", text.stdout);
     assert!(
-        text.stdout.lines().all(|l| l.contains("manual")),
+        text.stdout.lines().skip(1).all(|l| l.contains("manual")),
         "{}",
         text.stdout
     );

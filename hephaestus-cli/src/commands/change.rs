@@ -16,7 +16,7 @@ use hephaestus_core::verify::{VerifyOptions, VerifyProgress};
 use hephaestus_core::{
     ApplyOptions, ApplyOutcome, ChangeAction, Config, Event, Operation, Project, Verify,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::output::{GlobalArgs, Output, UsageError};
 
@@ -167,10 +167,7 @@ pub fn apply(
 ) -> Result<ApplyOutcome> {
     let bar = if out.interactive && !out.quiet && !out.json {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        bar.set_style(out.progress_style("{spinner:.green} {msg} [{elapsed}]"));
         bar.enable_steady_tick(Duration::from_millis(100));
         Some(bar)
     } else {
@@ -186,9 +183,12 @@ pub fn apply(
             }
         }
         Event::PreStateRecorded { id } => {
-            out.note(format!(
-                "recorded hand edits as evolution {id} before writing"
-            ));
+            let msg = format!("recorded hand edits as evolution {id} before writing");
+            // Above the spinner, never through it (a stray line would stay on screen).
+            match &bar {
+                Some(b) => b.suspend(|| out.note(msg)),
+                None => out.note(msg),
+            }
         }
         Event::VerifyStarted { command: c } => {
             command = c.clone();

@@ -49,9 +49,10 @@ pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
     if evolutions.is_empty() {
         out.note("no evolutions recorded yet (`heph snapshot` records the current files)");
     }
-    let now = render::now();
-    for e in &evolutions {
-        out.line(render::line(e, now));
+    if !evolutions.is_empty() {
+        for line in render::table(&evolutions, render::now()) {
+            out.line(line);
+        }
     }
     Ok(0)
 }

@@ -16,7 +16,7 @@ use hephaestus_core::supervise::{
 };
 use hephaestus_core::watch::control::{self, Request};
 use hephaestus_core::watch::{RunTarget, Session, WatchEvent, WatchOptions};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::api::{self as control_api, ApiArgs};
 use super::change::open_project;
@@ -360,10 +360,7 @@ impl<'a> View<'a> {
                 self.command = command.clone();
                 if self.out.interactive && !self.out.quiet {
                     let bar = ProgressBar::new_spinner();
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
+                    bar.set_style(self.out.progress_style("{spinner:.green} {msg} [{elapsed}]"));
                     bar.set_message(format!("building: {command}"));
                     bar.enable_steady_tick(Duration::from_millis(100));
                     self.bar = Some(bar);
@@ -376,11 +373,11 @@ impl<'a> View<'a> {
                     match total {
                         Some(t) => {
                             b.set_style(
-                                ProgressStyle::with_template(
-                                    "{spinner:.green} {msg} [{bar:25}] {pos}/{len} [{elapsed}]",
-                                )
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
+                                self.out
+                                    .progress_style(
+                                        "{spinner:.green} {msg} [{bar:25}] {pos}/{len} [{elapsed}]",
+                                    )
+                                    .progress_chars("=> "),
                             );
                             b.set_length(*t as u64);
                             b.set_position(*done as u64);
