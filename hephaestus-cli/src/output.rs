@@ -144,6 +144,17 @@ impl Output {
         ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_spinner())
     }
 
+    /// A failure of the command's work that is not an error of heph (a rejected change,
+    /// stderr, shown even with -q): `error: ...`.
+    pub fn failure(&self, text: impl AsRef<str>) {
+        let prefix = if self.color {
+            "\x1b[1;31merror\x1b[0m"
+        } else {
+            "error"
+        };
+        eprintln!("{prefix}: {}", text.as_ref());
+    }
+
     /// A warning (stderr), shown even with -q.
     pub fn warn(&self, text: impl AsRef<str>) {
         let prefix = if self.color {

@@ -238,7 +238,12 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
     }
     for c in &outcome.changes {
         if c.action != ChangeAction::Unchanged || out.verbose > 0 {
-            out.line(format!("{} {}", c.action.as_str(), c.key));
+            if outcome.rolled_back {
+                // Not on stdout: nothing of it stands.
+                out.note(format!("rolled back: {} {}", c.action.as_str(), c.key));
+            } else {
+                out.line(format!("{} {}", c.action.as_str(), c.key));
+            }
         }
     }
     if outcome.dry_run {
@@ -286,7 +291,7 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
                     if v.errors.len() == 1 { "" } else { "s" }
                 )
             };
-            out.warn(format!(
+            out.failure(format!(
                 "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
                 v.command,
                 secs(v.duration)
