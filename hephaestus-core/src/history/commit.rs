@@ -16,7 +16,7 @@ use super::{
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 
 impl History {
-    fn signature(
+    pub(super) fn signature(
         &self,
         repo: &Repository,
         who: &Identity,

@@ -50,7 +50,7 @@ use refs::HistoryRef;
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};
 pub use snapshot::SkippedFile;
-pub use sync::{SyncOutcome, SyncReport, SyncTransport};
+pub use sync::{SyncOutcome, SyncReport, SyncResolve, SyncSide, SyncTransport};
 
 /// The reference of the project at the root of a repository's main work tree (and of
 /// a project in no repository). Other projects have their own (see [`History::reference`]).
