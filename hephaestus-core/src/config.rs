@@ -468,7 +468,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             return Err(format!("`{text}` is not a duration ({examples})"));
         }
     }
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(format!("`{text}` is not a valid duration"));
     }
     Ok(Duration::from_secs_f64(secs))
