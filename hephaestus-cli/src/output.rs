@@ -31,6 +31,10 @@ pub struct GlobalArgs {
     /// When to use colors.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
+    /// Never page the output of `show` and `history` (default on a terminal: `$PAGER`,
+    /// or `less`).
+    #[arg(long, global = true)]
+    pub no_pager: bool,
 }
 
 /// `--color` values.
@@ -55,6 +59,10 @@ pub struct Output {
     pub verbose: u8,
     /// Colors on stderr.
     pub color: bool,
+    /// Colors on stdout (diffs).
+    pub color_stdout: bool,
+    /// Long output (`show`, `history`) goes through a pager.
+    pub pager: bool,
     /// stderr is a terminal (progress bars allowed).
     #[allow(dead_code)] // read by the commands that draw progress bars
     pub interactive: bool,
@@ -110,11 +118,19 @@ impl Output {
             ColorChoice::Never => false,
             ColorChoice::Auto => interactive && !no_color_env(),
         };
+        let stdout_terminal = io::stdout().is_terminal();
+        let color_stdout = match global.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stdout_terminal && !no_color_env(),
+        };
         Output {
             json: global.json,
             quiet: global.quiet,
             verbose: global.verbose,
             color,
+            color_stdout,
+            pager: stdout_terminal && !global.no_pager && !global.json,
             interactive,
         }
     }
@@ -123,6 +139,38 @@ impl Output {
     pub fn line(&self, text: impl AsRef<str>) {
         if !self.json {
             write_stdout(&format!("{}\n", text.as_ref()));
+        }
+    }
+
+    /// Long text for people on stdout, through the pager when stdout is a terminal (as
+    /// git does: `$PAGER`, else `less` with `LESS=FRX` unless set; an empty `PAGER` or
+    /// `cat` means none); nothing in JSON mode.
+    pub fn page(&self, text: impl AsRef<str>) {
+        if self.json {
+            return;
+        }
+        let text = format!("{}\n", text.as_ref());
+        let pager = std::env::var("PAGER").unwrap_or_else(|_| "less".to_owned());
+        if !self.pager || pager.trim().is_empty() || pager.trim() == "cat" {
+            write_stdout(&text);
+            return;
+        }
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&pager)
+            .stdin(std::process::Stdio::piped());
+        if std::env::var_os("LESS").is_none() {
+            cmd.env("LESS", "FRX");
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                if let Some(mut stdin) = child.stdin.take() {
+                    // The pager may quit before reading everything (`q`): not an error.
+                    let _ = stdin.write_all(text.as_bytes());
+                }
+                let _ = child.wait();
+            }
+            Err(_) => write_stdout(&text),
         }
     }
 

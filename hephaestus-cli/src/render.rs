@@ -168,6 +168,30 @@ fn cut(text: &str, max: usize) -> String {
     s
 }
 
+/// A unified diff with git's colors (bold headers, green additions, red deletions, cyan
+/// hunks) when `color`; without its trailing newline.
+pub fn colorize_diff(diff: &str, color: bool) -> String {
+    if !color {
+        return diff.trim_end().to_owned();
+    }
+    diff.lines()
+        .map(|l| {
+            if l.starts_with("+++") || l.starts_with("---") || l.starts_with("diff ") {
+                format!("\x1b[1m{l}\x1b[0m")
+            } else if l.starts_with('+') {
+                format!("\x1b[32m{l}\x1b[0m")
+            } else if l.starts_with('-') {
+                format!("\x1b[31m{l}\x1b[0m")
+            } else if l.starts_with("@@") {
+                format!("\x1b[36m{l}\x1b[0m")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

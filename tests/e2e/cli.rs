@@ -122,7 +122,18 @@ fn the_man_page_renders_and_one_page_per_command_is_written() {
 /// stderr of `heph ARGS` run on a pseudo-terminal (util-linux `script`), so that
 /// `--color auto` sees a terminal; NO_COLOR as given (None: unset).
 fn on_terminal(env: &TestEnv, args: &str, no_color: Option<&str>) -> String {
+    on_terminal_with(env, args, no_color, &[])
+}
+
+/// [`on_terminal`] with more environment variables.
+fn on_terminal_with(
+    env: &TestEnv,
+    args: &str,
+    no_color: Option<&str>,
+    vars: &[(&str, &str)],
+) -> String {
     let mut cmd = env.heph();
+    cmd.envs(vars.iter().copied());
     cmd.env_remove("NO_COLOR").env("TERM", "xterm");
     if let Some(v) = no_color {
         cmd.env("NO_COLOR", v);
@@ -177,4 +188,39 @@ fn durations_may_combine_units() {
     let run = env.run(["evolve", "--fitness", "true", "--lock-timeout", "30s1m"]);
     run.expect_code(2);
     assert!(run.stderr.contains("largest first"), "{}", run.stderr);
+}
+
+#[test]
+fn show_and_history_page_on_a_terminal_and_show_colors_its_diff() {
+    let env = TestEnv::new("agent-lib");
+    env.run(["snapshot"]).expect_code(0);
+    env.write(
+        "src/lib.rs",
+        format!("{}\n// one more line\n", env.read("src/lib.rs")),
+    );
+    let id = env.run(["--json", "snapshot"]).json()["evolution"]["short_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let pager = [("PAGER", "sed 's/^/paged: /'")];
+    let shown = on_terminal_with(&env, &format!("show {id}"), None, &pager);
+    assert!(shown.contains("paged: evolution "), "{shown}");
+    assert!(
+        shown.contains("paged: \u{1b}[32m+// one more line"),
+        "an added line is green: {shown}"
+    );
+    let listed = on_terminal_with(&env, "history", None, &pager);
+    assert!(listed.contains("paged: ID "), "{listed}");
+    // --no-pager, NO_COLOR, or no terminal: plain text straight to stdout.
+    let plain = on_terminal_with(&env, &format!("--no-pager show {id}"), Some("1"), &pager);
+    assert!(!plain.contains("paged:"), "{plain}");
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    assert!(plain.contains("+// one more line"), "{plain}");
+    let run = env
+        .heph()
+        .args(["show", &id])
+        .env("PAGER", "false")
+        .output()
+        .expect("heph");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("+// one more line"));
 }

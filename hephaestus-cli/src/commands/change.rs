@@ -231,7 +231,7 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
         return code;
     }
     if let Some(diff) = &outcome.diff {
-        out.line(colorize_diff(diff, out.color));
+        out.line(crate::render::colorize_diff(diff, out.color_stdout));
     }
     for note in &outcome.notes {
         out.note(format!("note: {note}"));
@@ -348,26 +348,4 @@ pub fn exit_code(outcome: &ApplyOutcome) -> u8 {
 
 fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
-}
-
-fn colorize_diff(diff: &str, color: bool) -> String {
-    if !color {
-        return diff.trim_end().to_owned();
-    }
-    diff.lines()
-        .map(|l| {
-            if l.starts_with("+++") || l.starts_with("---") {
-                format!("\x1b[1m{l}\x1b[0m")
-            } else if l.starts_with('+') {
-                format!("\x1b[32m{l}\x1b[0m")
-            } else if l.starts_with('-') {
-                format!("\x1b[31m{l}\x1b[0m")
-            } else if l.starts_with("@@") {
-                format!("\x1b[36m{l}\x1b[0m")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -50,9 +50,7 @@ pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
         out.note("no evolutions recorded yet (`heph snapshot` records the current files)");
     }
     if !evolutions.is_empty() {
-        for line in render::table(&evolutions, render::now()) {
-            out.line(line);
-        }
+        out.page(render::table(&evolutions, render::now()).join("\n"));
     }
     Ok(0)
 }
