@@ -34,11 +34,13 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 /// The keeper: ignore what heph sends the group (a `--signal HUP` reload, the SIGTERM of
-/// a graceful stop), wait for end-of-file on stdin (heph's end closed), then kill the
-/// group. `command trap` keeps a signal name this shell lacks from ending the script.
+/// a graceful stop), say so on stdout (heph waits for that line, so no signal can
+/// arrive before the traps are set), wait for end-of-file on stdin (heph's end
+/// closed), then kill the group. `command trap` keeps a signal name this shell lacks
+/// from ending the script.
 const KEEPER: &str = "for s in HUP INT QUIT TRAP ABRT USR1 USR2 PIPE ALRM TERM TSTP TTIN TTOU \
                       XCPU XFSZ VTALRM PROF IO PWR SYS; do command trap '' $s 2>/dev/null; done; \
-                      while read -r _; do :; done; kill -KILL 0";
+                      echo ready; exec >/dev/null; while read -r _; do :; done; kill -KILL 0";
 
 /// A process group whose processes die with this process (see the module docs).
 #[derive(Debug)]
@@ -50,7 +52,8 @@ pub struct Group {
 }
 
 impl Group {
-    /// Start a keeper in a new process group.
+    /// Start a keeper in a new process group; returns once it guards (about a
+    /// millisecond: one `/bin/sh` start).
     pub fn new() -> io::Result<Group> {
         // Both ends are close-on-exec: the read end reaches the keeper as its stdin
         // (dup2 clears the flag there), the write end reaches no process at all.
@@ -60,16 +63,29 @@ impl Group {
             .arg(KEEPER)
             .arg("heph-keeper")
             .stdin(Stdio::from(read))
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()?;
         let pgid = keeper.id();
-        Ok(Group {
+        let mut group = Group {
             keeper,
             pipe: Some(write),
             pgid,
-        })
+        };
+        let mut ready = [0u8; 6];
+        let said = group
+            .keeper
+            .stdout
+            .take()
+            .map(|mut out| io::Read::read_exact(&mut out, &mut ready));
+        if !matches!(said, Some(Ok(()))) || &ready != b"ready\n" {
+            // Dropping the group reaps the keeper.
+            return Err(io::Error::other(
+                "the process keeper (/bin/sh) did not start",
+            ));
+        }
+        Ok(group)
     }
 
     /// The process group id (the keeper's pid) to signal with `killpg`.
