@@ -9,6 +9,7 @@ mod evolve;
 mod history;
 mod hot;
 mod import;
+mod processes;
 mod real_crates;
 mod self_modify;
 mod watch;
