@@ -7,6 +7,7 @@ mod cli;
 mod edit_cases;
 mod evolve;
 mod history;
+mod hostile;
 mod hot;
 mod import;
 mod processes;
