@@ -23,6 +23,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use git2::Oid;
@@ -113,7 +114,11 @@ pub(crate) struct Reader {
 impl Reader {
     /// The index at `path`; None when it is missing or not an index.
     pub fn open(path: &Path) -> Option<Reader> {
-        let mut file = File::open(path).ok()?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
         let mut magic = [0u8; 8];
         file.read_exact(&mut magic).ok()?;
         if &magic != MAGIC {
@@ -202,6 +207,7 @@ fn lock(path: &Path) -> io::Result<Option<File>> {
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path.with_file_name(format!("{INDEX_FILE}.lock")))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
     loop {
@@ -223,6 +229,7 @@ fn open_index(path: &Path) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
 }
 
