@@ -66,7 +66,13 @@ impl Group {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start the process keeper /bin/sh: {e}"),
+                )
+            })?;
         let pgid = keeper.id();
         let mut group = Group {
             keeper,
