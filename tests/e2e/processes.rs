@@ -212,3 +212,67 @@ fn sigkill_of_heph_watch_stops_a_run_program_and_its_children() {
     let pid = u32::try_from(started["pid"].as_u64().expect("pid")).expect("pid");
     kill_watch_and_check(&env, w, pid);
 }
+
+#[test]
+fn sigkill_of_heph_evolve_during_a_stage_leaves_no_process_behind() {
+    let env = TestEnv::new("slow-crate");
+    let marker = env.temp().join("measuring");
+    let fitness = format!("touch '{}'; sleep 300", marker.display());
+    let sandbox = env.temp().join("sandbox");
+    let heph = env
+        .heph()
+        .arg("evolve")
+        .arg("--fitness")
+        .arg(&fitness)
+        .arg("--sandbox-dir")
+        .arg(&sandbox)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start heph evolve");
+    kill_when_marked(&env, heph, &marker, "the fitness stage");
+}
+
+#[test]
+fn sigkill_of_heph_serve_stops_the_run_it_launched() {
+    use std::io::BufRead;
+    const TOKEN: &str = "processes-test-token-0123456789";
+    let env = TestEnv::new("agent-lib");
+    let marker = env.temp().join("evolving");
+    env.write(
+        "heph.toml",
+        format!(
+            "[api]\nevolve_command = \"sleep 300 & touch '{}'; sleep 300\"\n",
+            marker.display()
+        ),
+    );
+    let mut heph = env
+        .heph()
+        .env("HEPH_TOKEN", TOKEN)
+        .args(["--json", "serve", "--api", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start heph serve");
+    let stdout = heph.stdout.take().expect("stdout");
+    let addr = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| v["event"] == "api-listening")
+        .and_then(|v| v["addr"].as_str().map(str::to_owned))
+        .expect("heph serve listens");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let answer = agent
+        .post(format!("http://{addr}/hot-reload/trigger-evolution"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send_empty()
+        .expect("trigger");
+    assert_eq!(answer.status().as_u16(), 200, "the run starts");
+    kill_when_marked(&env, heph, &marker, "the run the API launched");
+}
