@@ -98,8 +98,8 @@ impl StateDir {
     /// must be a directory when it exists), every entry in it, and every entry of the
     /// directories in it down to three levels (`.heph/history.git/objects/ab`), but not
     /// the contents of `tmp/` (emptied without following links, see
-    /// [`StateDir::clean_tmp`]) nor inside the evolve sandboxes' project copies. A missing
-    /// `.heph` is fine. Costs one `lstat` and a few directory listings.
+    /// [`StateDir::clean_tmp`]). A missing `.heph` is fine. Costs one `lstat` and a few
+    /// directory listings (tens of microseconds).
     pub fn check(&self) -> Result<(), StateError> {
         match fs::symlink_metadata(&self.path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -175,8 +175,8 @@ impl StateDir {
 
     /// Open the state file `.heph/NAME` (a relative path of plain names, e.g.
     /// `journal/current`) with `options`, never through a symbolic link: the
-    /// directories on the way must be real directories (missing ones are created when
-    /// `options` may create the file) and the file itself is opened with `O_NOFOLLOW`.
+    /// directories on the way must be real directories (missing ones are created, as
+    /// `.heph` itself) and the file itself is opened with `O_NOFOLLOW`.
     /// A link anywhere is [`StateError::Symlink`]. Add `create_new(true)` to `options`
     /// for an exclusive create (`O_EXCL`).
     pub fn open_file(
@@ -187,8 +187,9 @@ impl StateDir {
         let name = name.as_ref();
         let parts = plain_parts(name)?;
         let Some((file, dirs)) = parts.split_last() else {
-            return Err(StateError::NotDirectory {
-                path: self.path.clone(),
+            return Err(StateError::Io {
+                path: self.path.join(name),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "no file name given"),
             });
         };
         let dir = if dirs.is_empty() {
