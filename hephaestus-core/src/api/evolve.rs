@@ -23,7 +23,8 @@
 //! `.heph/evolve/RUN.jsonl` matches the `run_id` the API answered.
 
 use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -190,7 +191,14 @@ impl EvolveLauncher for ProcessLauncher {
         if let Some(dir) = req.log.parent() {
             fs::create_dir_all(dir).map_err(log_err)?;
         }
-        let log = File::create(req.log).map_err(log_err)?;
+        // Never through a link planted in `.heph/evolve/`.
+        let log = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(req.log)
+            .map_err(log_err)?;
         let log2 = log.try_clone().map_err(log_err)?;
         cmd.current_dir(req.root)
             .env(RUN_ID_VAR, req.run_id)
