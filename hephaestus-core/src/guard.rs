@@ -129,8 +129,13 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        // End-of-file for the keeper: it kills what is left and itself.
+        // End-of-file for the keeper: it kills what is left and itself. A keeper
+        // stopped by a SIGSTOP sent to the group is woken first (it is not reaped yet,
+        // so its pid cannot belong to another process).
         drop(self.pipe.take());
+        if let Ok(pid) = pid_i32(self.keeper.id()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
         let _ = self.keeper.wait();
     }
 }
@@ -242,6 +247,14 @@ mod tests {
         assert!(group.alive());
         drop(group);
         assert!(second.wait().expect("wait").code().is_none());
+    }
+
+    #[test]
+    fn a_stopped_group_is_still_killed_on_drop() {
+        let (mut child, group) = spawn(Command::new("sleep").arg("60")).expect("spawn");
+        group.signal(Signal::SIGSTOP).expect("stop");
+        drop(group);
+        assert!(child.wait().expect("wait").code().is_none(), "killed");
     }
 
     #[test]
