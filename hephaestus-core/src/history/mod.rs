@@ -580,6 +580,8 @@ impl History {
         })?;
         let root = canonical.as_path();
         let state = StateDir::new(root);
+        // A `.heph` (or `.heph/history.git`, ...) that is a link is refused before use.
+        state.check()?;
         let mut options = options;
         if options.max_file_size.is_none() {
             let config = HistoryConfig::of_project(root)?;
