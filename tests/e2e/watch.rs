@@ -199,6 +199,16 @@ impl Watch {
         }
     }
 
+    /// heph's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for heph to exit (after a signal the test sent).
+    pub(crate) fn reap(&mut self) {
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM heph and wait for it to exit.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
         signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
