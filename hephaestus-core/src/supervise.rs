@@ -376,6 +376,17 @@ pub enum Stream {
     Stderr,
 }
 
+/// Why a new generation did not become the running one.
+enum NotReady {
+    /// It exited with code 0 before it was ready: it finished.
+    Finished {
+        /// Its pid.
+        pid: u32,
+    },
+    /// It failed (exited otherwise, timed out, was cancelled): why.
+    Failed(String),
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ExitInfo {
@@ -386,6 +397,11 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
+    /// Exit code 0: the program finished by itself, successfully.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
     fn of(status: Option<ExitStatus>) -> ExitInfo {
         ExitInfo {
             code: status.and_then(|s| s.code()),
@@ -453,6 +469,15 @@ pub enum SuperviseEvent {
         pid: u32,
         /// How it ended.
         status: ExitInfo,
+    },
+    /// A generation exited with code 0 by itself: the program finished (a command-line
+    /// tool, a job). It is not a crash and is not restarted; the next build starts it
+    /// again.
+    Finished {
+        /// The generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
     },
     /// A crashed program will be restarted after a delay.
     Restarting {
@@ -624,6 +649,16 @@ impl Supervisor {
             started,
         };
         match self.wait_ready(new, on_event) {
+            Err(NotReady::Finished { pid }) => {
+                // It ran and finished successfully: the new code's run is over, and the
+                // previous generation (if any) gives way to it all the same.
+                self.crashes = 0;
+                on_event(SuperviseEvent::Finished { generation, pid });
+                if let Some(old) = self.current.take() {
+                    self.stop_background(old);
+                }
+                Ok(true)
+            }
             Ok(new) => {
                 on_event(SuperviseEvent::Ready {
                     generation,
@@ -635,7 +670,7 @@ impl Supervisor {
                 }
                 Ok(true)
             }
-            Err(reason) => {
+            Err(NotReady::Failed(reason)) => {
                 on_event(SuperviseEvent::StartFailed { generation, reason });
                 if self.current.is_none() {
                     // Nothing else runs: treat it as a crash so it is retried with backoff.
@@ -696,12 +731,21 @@ impl Supervisor {
             // Whatever it left in its group goes with it.
             g.group.kill();
             self.drain(on_event);
+            let info = ExitInfo::of(Some(status));
             on_event(SuperviseEvent::Exited {
                 generation: g.number,
                 pid: g.pid,
-                status: ExitInfo::of(Some(status)),
+                status: info,
             });
-            self.schedule_restart(g.number, g.started, on_event);
+            if info.success() {
+                self.crashes = 0;
+                on_event(SuperviseEvent::Finished {
+                    generation: g.number,
+                    pid: g.pid,
+                });
+            } else {
+                self.schedule_restart(g.number, g.started, on_event);
+            }
         }
         if let Some(c) = &self.crash
             && Instant::now() >= c.restart_at
@@ -844,7 +888,7 @@ impl Supervisor {
         &mut self,
         mut new: Generation,
         on_event: &mut dyn FnMut(SuperviseEvent),
-    ) -> Result<Generation, String> {
+    ) -> Result<Generation, NotReady> {
         let deadline = match &self.opts.readiness {
             Readiness::Delay(d) => new.started + *d,
             Readiness::Line(_) => new.started + self.opts.ready_timeout,
@@ -861,7 +905,12 @@ impl Supervisor {
                     pid: new.pid,
                     status: info,
                 });
-                return Err(format!("it exited before it was ready ({info})"));
+                if info.success() {
+                    return Err(NotReady::Finished { pid: new.pid });
+                }
+                return Err(NotReady::Failed(format!(
+                    "it exited before it was ready ({info})"
+                )));
             }
             if self
                 .opts
@@ -870,7 +919,7 @@ impl Supervisor {
                 .is_some_and(|c| c.load(Ordering::SeqCst))
             {
                 self.stop_blocking(new, on_event);
-                return Err("cancelled".into());
+                return Err(NotReady::Failed("cancelled".into()));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -882,7 +931,7 @@ impl Supervisor {
                             self.opts.ready_timeout
                         );
                         self.stop_blocking(new, on_event);
-                        Err(reason)
+                        Err(NotReady::Failed(reason))
                     }
                 };
             }
@@ -1118,6 +1167,80 @@ mod tests {
             [20, 40, 80].map(Duration::from_millis).to_vec(),
             "doubling backoff"
         );
+    }
+
+    #[test]
+    fn a_program_that_exits_0_has_finished_and_is_not_restarted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = SupervisorOptions::new(dir.path().to_owned());
+        opts.readiness = Readiness::Delay(Duration::ZERO);
+        opts.backoff_initial = Duration::from_millis(10);
+        let mut sup = Supervisor::new(Vec::new(), opts);
+        let events = std::cell::RefCell::new(Vec::new());
+        let mut on_event = |e: SuperviseEvent| events.borrow_mut().push(e);
+        assert!(
+            sup.launch(sh("sleep 0.1; exit 0"), &mut on_event)
+                .expect("launch")
+        );
+        let deadline = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < deadline {
+            sup.poll(&mut on_event);
+            thread::sleep(Duration::from_millis(5));
+        }
+        let events = events.into_inner();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, SuperviseEvent::Finished { generation: 1, .. })),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(
+                e,
+                SuperviseEvent::Restarting { .. } | SuperviseEvent::Started { generation: 2, .. }
+            )),
+            "an exit code 0 is no crash: {events:?}"
+        );
+        assert!(!sup.crashed());
+        assert_eq!(sup.child_pid(), None);
+        // A failure is still a crash.
+        let failed = std::cell::RefCell::new(Vec::new());
+        let mut on_failed = |e: SuperviseEvent| failed.borrow_mut().push(e);
+        sup.launch(sh("sleep 0.1; exit 1"), &mut on_failed)
+            .expect("launch");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sup.crashed() && Instant::now() < deadline {
+            sup.poll(&mut on_failed);
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sup.crashed(), "{:?}", failed.into_inner());
+        sup.shutdown(&mut |_| {});
+    }
+
+    #[test]
+    fn a_new_generation_that_finishes_before_ready_replaces_the_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = SupervisorOptions::new(dir.path().to_owned());
+        opts.readiness = Readiness::Delay(Duration::from_millis(300));
+        opts.backoff_initial = Duration::from_millis(10);
+        let mut sup = Supervisor::new(Vec::new(), opts);
+        assert!(sup.launch(sh("sleep 30"), &mut |_| {}).expect("first"));
+        let old_group = sup.child_pgid().expect("old group");
+        let mut finished = false;
+        let mut start_failed = false;
+        assert!(
+            sup.launch(sh("echo done"), &mut |e| match e {
+                SuperviseEvent::Finished { generation: 2, .. } => finished = true,
+                SuperviseEvent::StartFailed { .. } => start_failed = true,
+                _ => {}
+            })
+            .expect("second")
+        );
+        assert!(finished && !start_failed);
+        assert_eq!(sup.child_pid(), None);
+        assert!(!sup.crashed());
+        sup.shutdown(&mut |_| {});
+        assert!(!group_alive(old_group));
     }
 
     #[test]

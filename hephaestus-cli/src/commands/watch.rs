@@ -425,8 +425,15 @@ impl<'a> View<'a> {
                 reload_ms,
                 first,
             } => {
-                let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
                 let secs = *reload_ms as f64 / 1000.0;
+                let Some(pid) = pid else {
+                    // It finished already (exit code 0): nothing serves.
+                    self.heph(format!(
+                        "generation {generation} ran ({secs:.2}s after the change)"
+                    ));
+                    return;
+                };
+                let pid = format!(", pid {pid}");
                 self.heph(if *first {
                     format!("generation {generation} serving{pid} (started in {secs:.2}s)")
                 } else {
@@ -523,7 +530,12 @@ impl<'a> View<'a> {
             }
             SuperviseEvent::Exited {
                 generation, status, ..
-            } => self.error(format!("generation {generation} exited ({status})")),
+            } if !status.success() => {
+                self.error(format!("generation {generation} exited ({status})"))
+            }
+            SuperviseEvent::Finished { generation, .. } => self.heph(format!(
+                "generation {generation} finished (exit code 0); waiting for the next change"
+            )),
             SuperviseEvent::Restarting { delay, attempt, .. } => self.heph(format!(
                 "restarting in {:.2}s (crash #{attempt} in a row)",
                 delay.as_secs_f64()
