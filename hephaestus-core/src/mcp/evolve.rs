@@ -1,10 +1,10 @@
 //! `evolve_start` and `evolve_status`: `heph evolve` runs started by the MCP server, as
-//! the control API's `trigger-evolution` starts them (a child process in its own group,
-//! its output in `.heph/evolve/RUN.log`, its run log in `.heph/evolve/RUN.jsonl`), one
-//! at a time per server, stopped when the server ends.
+//! the control API's `trigger-evolution` starts them (a child in a guarded process
+//! group that dies with heph, its output in `.heph/evolve/RUN.log`, its run log in
+//! `.heph/evolve/RUN.jsonl`), one at a time per server, stopped when the server ends.
 
 use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -74,7 +74,14 @@ pub(super) struct Status {
 /// The server's runs: the current one's process.
 pub(super) struct Runs {
     command: Option<EvolveCommand>,
-    slot: Mutex<Option<(String, Child)>>,
+    slot: Mutex<Option<Run>>,
+}
+
+/// A run this server started.
+struct Run {
+    id: String,
+    child: Child,
+    group: crate::guard::Group,
 }
 
 impl std::fmt::Debug for Runs {
@@ -105,7 +112,7 @@ impl Runs {
             ));
         };
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((id, child)) = slot.as_mut()
+        if let Some(Run { id, child, .. }) = slot.as_mut()
             && matches!(child.try_wait(), Ok(None))
         {
             return Err(Refused(
@@ -130,7 +137,14 @@ impl Runs {
         if let Some(dir) = log_path.parent() {
             fs::create_dir_all(dir).map_err(io)?;
         }
-        let log = File::create(&log_path).map_err(io)?;
+        // Never through a link planted in `.heph/evolve/`.
+        let log = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&log_path)
+            .map_err(io)?;
         let log2 = log.try_clone().map_err(io)?;
         let mut args: Vec<String> = Vec::new();
         let mut flag = |name: &str, value: &Option<String>| {
@@ -159,8 +173,7 @@ impl Runs {
             .env(RUN_ID_VAR, &run_id)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .process_group(0);
+            .stderr(log2);
         let mut shown = evolve.program.display().to_string();
         for a in &evolve.args {
             shown.push(' ');
@@ -171,13 +184,18 @@ impl Runs {
             shown.push(' ');
             shown.push_str(&shell_word(a));
         }
-        let child = cmd.spawn().map_err(|e| {
+        // Guarded: the run dies with heph (see crate::guard).
+        let (child, group) = crate::guard::spawn(&mut cmd).map_err(|e| {
             Refused(
                 ErrorCategory::Environment,
                 format!("cannot start {shown}: {e}"),
             )
         })?;
-        *slot = Some((run_id.clone(), child));
+        *slot = Some(Run {
+            id: run_id.clone(),
+            child,
+            group,
+        });
         Ok(Started {
             run_id,
             command: shown,
@@ -190,9 +208,10 @@ impl Runs {
         let mine = {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
             match slot.as_mut() {
-                Some((run, child)) if run == id => Some(match child.try_wait() {
+                Some(run) if run.id == id => Some(match run.child.try_wait() {
                     Ok(Some(status)) => {
-                        crate::verify::kill_group(child.id());
+                        // The leader is gone: take what it left in its group with it.
+                        run.group.kill();
                         Some(status.code())
                     }
                     _ => None,
@@ -259,8 +278,8 @@ impl Runs {
 impl Drop for Runs {
     fn drop(&mut self) {
         let slot = self.slot.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, child)) = slot.as_mut() {
-            crate::verify::terminate_group(child, STOP_GRACE);
+        if let Some(run) = slot.as_mut() {
+            crate::verify::terminate_group(&mut run.child, &run.group, STOP_GRACE);
         }
     }
 }
