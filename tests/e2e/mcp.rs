@@ -379,3 +379,18 @@ fn an_agent_pauses_and_resumes_a_running_watch() {
     let text = r["text"].as_str().expect("text");
     assert!(text.starts_with("heph watch: active"), "{text}");
 }
+
+/// The client goes away (stdin closed), or heph gets SIGTERM, during a verification:
+/// the verification is cancelled and the file restored before heph exits.
+#[test]
+fn a_server_stopped_during_a_verification_restores_the_files() {
+    for how in ["eof", "sigterm"] {
+        let env = TestEnv::new("agent-lib");
+        let before = env.snapshot();
+        let r = scenario(&env, &["interrupt", &heph(), &project(&env), how]);
+        assert_eq!(r["written_meanwhile"], true, "{how}: {r}");
+        assert_eq!(r["restored"], true, "{how}: {r}");
+        assert_eq!(r["exit"], 0, "{how}: {r}");
+        assert_eq!(env.snapshot(), before, "{how}");
+    }
+}

@@ -9,6 +9,8 @@ Run by tests/e2e/mcp.rs:
     client.py evolve HEPH PROJECT       an evolution run started, followed and looked up
     client.py tools HEPH PROJECT        the other tools: import, remove, dry runs, listings, watch
     client.py watch HEPH PROJECT        pause and resume a running `heph watch`
+    client.py interrupt HEPH PROJECT HOW  stop the server (HOW: eof, sigterm) during a
+                                        verification: the files are restored
 
 Each scenario checks what it expects (a failed check exits 1 with the reason on
 stderr) and prints a JSON report on stdout for the Rust test to check again.
@@ -344,6 +346,53 @@ async def watch(heph, project):
     print(json.dumps(report))
 
 
+async def interrupt(heph, project, how):
+    import signal
+    import time
+
+    original = read_bytes(project, MODULE_FILE)
+    p = subprocess.Popen(
+        [heph, "mcp", "--project", project],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def send(msg):
+        p.stdin.write(json.dumps(msg).encode() + b"\n")
+        p.stdin.flush()
+
+    send({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "raw", "version": "0"}},
+    })
+    check("result" in json.loads(p.stdout.readline()), "initialized")
+    send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    send({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "self_modify", "arguments": {
+            "module": MODULE, "code": "pub fn interrupted() -> u32 { 1 }",
+            "verify": "sleep 120"}},
+    })
+    # Wait (bounded) until the change is written and the verification runs.
+    deadline = time.monotonic() + 60
+    while read_bytes(project, MODULE_FILE) == original:
+        check(time.monotonic() < deadline, "the change was written")
+        time.sleep(0.05)
+    written = b"fn interrupted" in read_bytes(project, MODULE_FILE)
+    if how == "eof":
+        p.stdin.close()
+    else:
+        p.send_signal(signal.SIGTERM)
+    code = p.wait(timeout=100)
+    print(json.dumps({
+        "written_meanwhile": written,
+        "exit": code,
+        "restored": read_bytes(project, MODULE_FILE) == original,
+    }))
+
+
 async def evolve(heph, project):
     report = {}
     async with stdio_client(params(heph, project)) as (read, write):
@@ -449,6 +498,7 @@ def main():
         "evolve": evolve,
         "tools": tools,
         "watch": watch,
+        "interrupt": interrupt,
     }[scenario]
     asyncio.run(run(*args))
 

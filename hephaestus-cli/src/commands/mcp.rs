@@ -4,7 +4,9 @@
 use anyhow::Result;
 use clap::Args as ClapArgs;
 use hephaestus_core::Config;
-use hephaestus_core::mcp::{self, McpOptions};
+use std::sync::Arc;
+
+use hephaestus_core::mcp::{self, Heph, McpOptions};
 
 use super::change::open_project;
 use crate::output::{GlobalArgs, Output};
@@ -21,13 +23,23 @@ use crate::project::history_options;
     own notes to stderr only.")]
 pub struct Args {}
 
-/// Run the command: serve until the client closes stdin.
+/// Run the command: serve until the client closes stdin (or a signal).
 pub fn run(_args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let project = open_project(global)?;
     let config = Config::load(project.root())?;
     // Stdout carries the protocol: notes only on stderr (quiet, never JSON documents).
     let mut opts = McpOptions::from_config(&config, history_options(out));
     opts.evolve = super::api::evolve_command();
-    mcp::serve_stdio(project, opts)?;
+    let server = Heph::new(Arc::new(project), opts);
+    // SIGINT/SIGTERM: stop taking requests; a verification in progress is cancelled and
+    // its files restored before heph exits. A second signal exits at once.
+    let stop = server.stop_token();
+    let _ = ctrlc::set_handler(move || {
+        if stop.is_cancelled() {
+            std::process::exit(130);
+        }
+        stop.cancel();
+    });
+    mcp::serve_stdio(server)?;
     Ok(0)
 }

@@ -350,12 +350,12 @@ impl ApiServer {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // MCP sessions hold event streams open: ended when the server stops.
         #[cfg(feature = "mcp")]
-        let (app, mcp_sessions) = {
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let mcp = opts.mcp.map(|server| {
-                crate::mcp::http_router(server, !addr.ip().is_loopback(), cancel.clone())
-            });
-            (routes::router(Arc::clone(&state), mcp), cancel)
+        let (app, mcp_server) = {
+            let server = opts.mcp;
+            let mcp = server
+                .clone()
+                .map(|s| crate::mcp::http_router(s, !addr.ip().is_loopback()));
+            (routes::router(Arc::clone(&state), mcp), server)
         };
         #[cfg(not(feature = "mcp"))]
         let app = routes::router(Arc::clone(&state), None);
@@ -371,8 +371,12 @@ impl ApiServer {
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(async move {
                             let _ = rx.await;
+                            // MCP: sessions end, a write in progress is cancelled
+                            // and restores its files before the runtime stops.
                             #[cfg(feature = "mcp")]
-                            mcp_sessions.cancel();
+                            if let Some(server) = &mcp_server {
+                                server.finish().await;
+                            }
                         })
                         .await;
                 });

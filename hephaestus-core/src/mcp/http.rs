@@ -3,7 +3,6 @@
 
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use tokio_util::sync::CancellationToken;
 
 use super::Heph;
 
@@ -13,13 +12,10 @@ pub const MCP_PATH: &str = "/mcp";
 /// The MCP endpoint at [`MCP_PATH`]: every session is a clone of `server` (so writes
 /// of all sessions share one queue). `public`: accept any `Host` header (the address
 /// is not loopback; the token still guards every request), else loopback hosts only.
-/// Cancelling `cancel` ends every session.
-pub fn router<S: Clone + Send + Sync + 'static>(
-    server: Heph,
-    public: bool,
-    cancel: CancellationToken,
-) -> axum::Router<S> {
-    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(cancel);
+/// [`Heph::stop_token`] ends every session.
+pub fn router<S: Clone + Send + Sync + 'static>(server: Heph, public: bool) -> axum::Router<S> {
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(server.stop_token().child_token());
     if public {
         config = config.disable_allowed_hosts();
     }

@@ -2,8 +2,8 @@
 //! (streamable HTTP), on the official Rust SDK (`rmcp`): a front door beside the CLI
 //! and the HTTP control API, with no logic of its own.
 //!
-//! Every tool calls what the CLI calls: [`Project::outline`], [`Project::modules`] and
-//! [`Project::find_items`] to read; [`Project::apply`] for `self_modify` and `import`
+//! Every tool calls what the CLI calls: [`Project::outline`](crate::Project::outline), [`Project::modules`](crate::Project::modules) and
+//! [`Project::find_items`](crate::Project::find_items) to read; [`Project::apply`](crate::Project::apply) for `self_modify` and `import`
 //! (the same lock, pre-state, verification and rollback); [`crate::history::History`] for `history`,
 //! `show` and `rollback`; the watch control socket for `watch_*`. A tool's result is
 //! structured (`structuredContent`: the same document `--json` prints) and readable as
@@ -20,7 +20,6 @@ mod http;
 mod stdio;
 mod tools;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use http::{MCP_PATH, router as http_router};
@@ -30,7 +29,6 @@ pub use tools::Heph;
 use crate::apply::{ApplyOptions, DEFAULT_MAX_CODE_BYTES};
 use crate::config::Config;
 use crate::history::HistoryOptions;
-use crate::project::Project;
 use crate::verify::Verify;
 
 /// How the MCP server applies changes.
@@ -96,9 +94,11 @@ impl crate::Categorized for McpError {
     }
 }
 
-/// Serve MCP over this process's stdin and stdout until the client closes stdin.
-/// Nothing else may write to stdout meanwhile.
-pub fn serve_stdio(project: Project, opts: McpOptions) -> Result<(), McpError> {
+/// Serve MCP with `server` over this process's stdin and stdout until the client
+/// closes stdin or [`Heph::stop_token`] is cancelled (a signal handler may do it); a
+/// write in progress then has its verification cancelled and its files restored
+/// before this returns. Nothing else may write to stdout meanwhile.
+pub fn serve_stdio(server: Heph) -> Result<(), McpError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("heph-mcp")
@@ -106,7 +106,6 @@ pub fn serve_stdio(project: Project, opts: McpOptions) -> Result<(), McpError> {
         .enable_time()
         .build()
         .map_err(McpError::Runtime)?;
-    let server = Heph::new(Arc::new(project), opts);
     let result = runtime.block_on(stdio::serve(server));
     // A read of stdin may still be parked on a blocking thread: do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));

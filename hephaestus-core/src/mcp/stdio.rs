@@ -68,8 +68,11 @@ async fn next_line(r: &mut BufReader<tokio::io::Stdin>) -> std::io::Result<Optio
     }
 }
 
-/// Serve `server` on this process's stdin and stdout until stdin closes.
+/// Serve `server` on this process's stdin and stdout until stdin closes or
+/// [`Heph::stop_token`] is cancelled; then wait for the write in progress to finish.
 pub(super) async fn serve(server: Heph) -> Result<(), McpError> {
+    let keeper = server.clone();
+    let stop = server.stop_token();
     use rmcp::ServiceExt;
     // stdin → (checked) → the SDK; the SDK → stdout; both merged by one writer.
     let (mut to_sdk, sdk_in) = duplex(1 << 16);
@@ -96,7 +99,12 @@ pub(super) async fn serve(server: Heph) -> Result<(), McpError> {
     let reader = tokio::spawn(async move {
         let mut stdin = BufReader::new(tokio::io::stdin());
         loop {
-            let answer = match next_line(&mut stdin).await {
+            let line = tokio::select! {
+                line = next_line(&mut stdin) => line,
+                // Stopping: no more requests (dropping `to_sdk` ends the session).
+                _ = stop.cancelled() => break,
+            };
+            let answer = match line {
                 Ok(Some(Line::Text(line))) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
@@ -134,6 +142,9 @@ pub(super) async fn serve(server: Heph) -> Result<(), McpError> {
             .map_err(|e| McpError::Session(e.to_string())),
         Err(e) => Err(McpError::Initialize(e.to_string())),
     };
+    // The session is over (the client closed stdin, or heph was told to stop): a
+    // write still running is cancelled and restores its files before heph exits.
+    keeper.finish().await;
     // The SDK's side is closed: let its last answers reach stdout.
     let _ = forward.await;
     reader.abort();

@@ -11,6 +11,7 @@ use rmcp::model::{CallToolResult, ContentBlock, ProgressNotificationParam};
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::McpOptions;
 use super::evolve::{self, Refused, StartRequest};
@@ -35,6 +36,9 @@ pub struct Heph {
     writes: Arc<tokio::sync::Mutex<()>>,
     /// The `heph evolve` run this server started.
     evolve: Arc<evolve::Runs>,
+    /// Cancelled when the server stops: a verification in progress is cancelled (its
+    /// files restored) and the HTTP sessions end.
+    stop: CancellationToken,
     tool_router: ToolRouter<Heph>,
 }
 
@@ -346,6 +350,7 @@ impl Heph {
             project,
             writes: Arc::new(tokio::sync::Mutex::new(())),
             evolve: Arc::new(evolve::Runs::new(opts.evolve.clone())),
+            stop: CancellationToken::new(),
             opts: Arc::new(opts),
             tool_router: Self::tool_router(),
         }
@@ -354,6 +359,20 @@ impl Heph {
     /// The project root.
     pub fn root(&self) -> &Path {
         self.project.root()
+    }
+
+    /// The token that stops this server (and its clones): cancelling it cancels a
+    /// verification in progress, whose files are then restored, and ends the HTTP
+    /// sessions. Safe to cancel from any thread (a signal handler's).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stop, and wait until the write in progress, if any, has finished (its
+    /// verification cancelled and its files restored): then nothing is half-done.
+    pub async fn finish(&self) {
+        self.stop.cancel();
+        let _ = self.writes.lock().await;
     }
 
     #[tool(
@@ -637,11 +656,13 @@ impl Heph {
                 );
             }
         };
-        let _guard = self.writes.lock().await;
+        let guard = Arc::clone(&self.writes).lock_owned().await;
         let root = self.project.root().to_path_buf();
         let mut options = self.opts.apply.history_options.clone();
         options.lock_timeout = self.opts.lock_timeout;
         let r = blocking(move || {
+            // Held until the rollback is done, even if the call is abandoned.
+            let _guard = guard;
             History::open_with(&root, options)
                 .and_then(|mut h| h.rollback(&target))
                 .map_err(|e| Failure::of(&e))
@@ -890,8 +911,12 @@ impl Heph {
         let cancel = Arc::new(AtomicBool::new(false));
         opts.verify_options.cancel = Some(Arc::clone(&cancel));
         let ct = ctx.ct.clone();
+        let stop = self.stop.clone();
         let watcher = tokio::spawn(async move {
-            ct.cancelled().await;
+            tokio::select! {
+                _ = ct.cancelled() => {}
+                _ = stop.cancelled() => {}
+            }
             cancel.store(true, Ordering::SeqCst);
         });
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
