@@ -26,11 +26,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let out = Output::new(&cli.global);
-    let code = match commands::run(cli.command, &cli.global, &out) {
-        Ok(code) => code,
-        Err(err) => out.error(&err),
-    };
+    // Parsing (and everything that walks syn's trees) runs on a thread whose stack is
+    // sized for the nesting limits of `hephaestus_core::nesting`.
+    let code = hephaestus_core::nesting::with_parse_stack(move || {
+        let out = Output::new(&cli.global);
+        match commands::run(cli.command, &cli.global, &out) {
+            Ok(code) => code,
+            Err(err) => out.error(&err),
+        }
+    });
     ExitCode::from(code)
 }
 

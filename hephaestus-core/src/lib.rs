@@ -59,6 +59,7 @@ pub mod hot;
 pub mod import;
 pub mod item;
 pub mod modpath;
+pub mod nesting;
 pub mod project;
 pub mod project_root;
 pub mod resolve;

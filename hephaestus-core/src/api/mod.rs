@@ -318,6 +318,8 @@ impl ApiServer {
         listener.set_nonblocking(true).map_err(ApiError::Runtime)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("heph-api")
+            // Requests are parsed on these threads (and their blocking pool).
+            .thread_stack_size(crate::nesting::PARSE_STACK_SIZE)
             .enable_io()
             .enable_time()
             .build()

@@ -1743,7 +1743,13 @@ impl<'a, 'p> Run<'a, 'p> {
                         dirty: HashMap::new(),
                     };
                     let (s, b, t) = (Arc::clone(&settings), Arc::clone(base), tx.clone());
-                    handles.push(scope.spawn(move || worker(st, s, b, jrx, t)));
+                    // Workers parse candidates: the stack the nesting limits assume.
+                    let handle = std::thread::Builder::new()
+                        .stack_size(crate::nesting::PARSE_STACK_SIZE)
+                        .spawn_scoped(scope, move || worker(st, s, b, jrx, t))
+                        // What `scope.spawn` does when no thread can be created.
+                        .expect("failed to spawn an evolve worker thread");
+                    handles.push(handle);
                 }
                 idle.reverse();
                 // The proposer's first round runs while the rules' candidates are evaluated.
