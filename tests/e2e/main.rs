@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod edit_cases;
 mod evolve;
+mod hardening_api;
 mod history;
 mod hot;
 mod import;

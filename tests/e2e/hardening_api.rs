@@ -1,0 +1,168 @@
+//! Hardening against hostile input (issue 19): nesting that would overflow syn's stack,
+//! through the CLI, the API and a watched file; the API's timeouts, connection and
+//! parse limits; strict request parsing.
+
+use std::time::Duration;
+
+use hephaestus_tests::TestEnv;
+use serde_json::json;
+
+use crate::api::{Server, TOKEN};
+use crate::watch::{OLD, REPLY, Watch, event_is, get, reply_source, serial};
+
+/// `levels` nested parentheses inside a function body (balanced when `close`).
+fn nested(levels: usize, close: bool) -> String {
+    let closing = if close {
+        ")".repeat(levels)
+    } else {
+        String::new()
+    };
+    format!(
+        "fn deep() {{\n    let x = {}1{closing};\n}}\n",
+        "(".repeat(levels)
+    )
+}
+
+#[test]
+fn nesting_of_100000_levels_through_the_cli_is_a_syntax_error_at_its_position() {
+    let env = TestEnv::new("agent-lib");
+    let before = env.snapshot();
+    // One argument may hold 128 KiB: the opening parentheses alone.
+    let run = env.run([
+        "self-modify",
+        "agent::example_module",
+        "--code",
+        &nested(100_000, false),
+    ]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("nesting deeper than 256 levels at 2:"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("<submitted code>:2:"), "{}", run.stderr);
+    assert!(run.stderr.len() < 2000, "a short message: {}", run.stderr);
+
+    // Balanced, from a file; and a 100,000-long operator chain.
+    env.write("deep.rs.txt", nested(100_000, true));
+    env.write(
+        "chain.rs.txt",
+        format!("fn chain() -> bool {{ {}true }}", "!".repeat(100_000)),
+    );
+    for (file, needle) in [
+        ("deep.rs.txt", "nesting deeper than 256 levels"),
+        ("chain.rs.txt", "nested too deeply"),
+    ] {
+        let run = env.run([
+            "self-modify",
+            "agent::example_module",
+            "--code-file",
+            &env.path(file).display().to_string(),
+        ]);
+        run.expect_code(2);
+        assert!(run.stderr.contains(needle), "{}", run.stderr);
+        assert!(run.stderr.len() < 2000, "{}", run.stderr);
+    }
+    std::fs::remove_file(env.path("deep.rs.txt")).expect("rm");
+    std::fs::remove_file(env.path("chain.rs.txt")).expect("rm");
+    assert_eq!(env.snapshot(), before, "nothing written");
+
+    // A project file nested that deep: the same error, naming the file.
+    env.write("src/agent/example_module.rs", nested(100_000, true));
+    let run = env.run([
+        "self-modify",
+        "agent::example_module",
+        "--code",
+        "fn f() {}",
+    ]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("src/agent/example_module.rs:2:"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("nesting deeper than 256 levels"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn nesting_of_100000_levels_through_the_api_is_a_400_and_the_server_stays_up() {
+    let env = TestEnv::new("agent-lib");
+    let before = env.snapshot();
+    let server = Server::serve(&env, Some(TOKEN));
+    for code in [
+        nested(100_000, true),
+        format!("fn chain() -> u32 {{ 1{} }}", " + 1".repeat(100_000)),
+    ] {
+        let body = json!({ "module_name": "agent.example_module", "new_code": code });
+        let a = server.post("/hot-reload/self-modify", &body.to_string());
+        assert_eq!(a.status, 400, "{:?}", a.body);
+        assert_eq!(a.body["error"]["field"], "new_code", "{:?}", a.body);
+        let message = a.body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains("nesting deeper than 256 levels at 2:")
+                || message.contains("nested too deeply at 1:"),
+            "{message}"
+        );
+        assert!(message.len() < 2000, "{message}");
+        let body = json!({ "module_name": "deep_module", "code": code });
+        let a = server.post("/hot-reload/dynamic-import", &body.to_string());
+        assert_eq!(a.status, 400, "{:?}", a.body);
+    }
+    // Still serving.
+    let status = server.get("/hot-reload/status");
+    assert_eq!(status.status, 200, "{:?}", status.body);
+    assert_eq!(status.body["state"], "serving");
+    assert_eq!(env.snapshot(), before, "nothing written");
+}
+
+#[test]
+fn a_watched_file_nested_100000_levels_is_a_syntax_error_and_the_watch_keeps_serving() {
+    let _serial = serial();
+    let env = TestEnv::new("hello-server");
+    let w = Watch::start(
+        &env,
+        &["--bin", "hello-server", "--socket", "127.0.0.1:0"],
+        true,
+    );
+    let pid = get(w.port, "/pid").expect("pid");
+
+    let mark = w.mark();
+    env.write(
+        REPLY,
+        format!(
+            "pub fn message() -> &'static str {{\n    {}\"x\"{}\n}}\n",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        ),
+    );
+    let err = w.wait_for("the syntax error", Duration::from_secs(60), mark, |e| {
+        event_is(e, "syntax-error")
+    });
+    assert_eq!(err["file"], "src/reply.rs");
+    assert_eq!(err["line"], 2);
+    let message = err["message"].as_str().expect("message");
+    assert!(
+        message.contains("nesting deeper than 256 levels at 2:"),
+        "{message}"
+    );
+    let rendered = err["rendered"].as_str().expect("rendered");
+    assert!(rendered.len() < 2000, "{rendered}");
+    // The old program still answers, and the watch goes on: a fix is built and served.
+    assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
+    assert_eq!(get(w.port, "/pid"), Ok(pid));
+    let mark = w.mark();
+    env.write(REPLY, reply_source("Hello after the deep file"));
+    w.wait_for(
+        "the swap after the fix",
+        crate::watch::BUILD_TIMEOUT,
+        mark,
+        |e| event_is(e, "reloaded"),
+    );
+    w.wait_body("/", Duration::from_secs(30), |b| {
+        b == "Hello after the deep file\n"
+    });
+}
