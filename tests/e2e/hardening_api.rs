@@ -166,3 +166,93 @@ fn a_watched_file_nested_100000_levels_is_a_syntax_error_and_the_watch_keeps_ser
         b == "Hello after the deep file\n"
     });
 }
+
+#[test]
+fn a_short_heph_token_is_refused_with_the_minimum() {
+    let env = TestEnv::new("agent-lib");
+    let output = env
+        .heph()
+        .env("HEPH_TOKEN", "x")
+        .args(["serve", "--api", "127.0.0.1:0"])
+        .output()
+        .expect("running heph");
+    let run = hephaestus_tests::Run::from_output(output, env.temp());
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("1 character long; use at least 8"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_api_refuses_null_booleans_duplicate_keys_and_bad_module_names_at_once() {
+    let env = TestEnv::new("agent-lib");
+    let before = env.snapshot();
+    let server = Server::serve(&env, Some(TOKEN));
+    let field_of = |a: &crate::api::Answer| a.body["error"]["field"].clone();
+    for (body, field) in [
+        (
+            r#"{"module_name": "agent.example_module", "new_code": "fn f() {}", "verify": null}"#
+                .to_owned(),
+            json!("verify"),
+        ),
+        (
+            r#"{"module_name": "agent.example_module", "new_code": "fn f() {}", "backup_enabled": null}"#
+                .to_owned(),
+            json!("backup_enabled"),
+        ),
+        (
+            r#"{"module_name": "agent.example_module", "new_code": "fn f() {}", "new_code": "fn g() {}"}"#
+                .to_owned(),
+            serde_json::Value::Null,
+        ),
+        (
+            json!({ "module_name": "agent.example_module\n", "new_code": "fn f() {}" })
+                .to_string(),
+            json!("module_name"),
+        ),
+        (
+            json!({ "module_name": "a".repeat(900_000), "new_code": "fn f() {}" }).to_string(),
+            json!("module_name"),
+        ),
+    ] {
+        let a = server.post("/hot-reload/self-modify", &body);
+        assert_eq!(a.status, 400, "{:?}", a.body);
+        assert_eq!(field_of(&a), field, "{:?}", a.body);
+        let message = a.body["error"]["message"].as_str().expect("message");
+        assert!(message.len() < 300, "a short answer: {message}");
+    }
+    assert_eq!(env.snapshot(), before, "nothing written");
+}
+
+#[test]
+fn a_syntax_error_in_a_cr_only_file_shows_one_short_line() {
+    let env = TestEnv::new("agent-lib");
+    let mut text = "pub fn ok() -> u32 {\r    1\r}\r".repeat(2000);
+    text.push_str("pub fn broken( -> u32 {\r    2\r}\r");
+    text.push_str(&"pub fn more() {}\r".repeat(2000));
+    env.write("src/agent/example_module.rs", &text);
+    let run = env.run([
+        "self-modify",
+        "agent::example_module",
+        "--code",
+        "fn f() {}",
+    ]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("src/agent/example_module.rs:1:"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("pub fn broken( -> u32 {"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.len() < 1500,
+        "not the whole file: {}",
+        run.stderr
+    );
+}

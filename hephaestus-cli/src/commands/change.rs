@@ -179,7 +179,12 @@ pub fn apply(
     let mut command = String::new();
     let mut on_event = |e: &Event| match e {
         Event::WaitingForLock { holder } => {
-            let msg = format!("waiting for another heph to finish ({holder})");
+            // The holder writes its description just after taking the lock: it can
+            // still be empty (or blank) when we look.
+            let msg = match holder.trim() {
+                "" => "waiting for another heph to finish".to_owned(),
+                holder => format!("waiting for another heph to finish ({holder})"),
+            };
             match &bar {
                 Some(b) => b.set_message(msg),
                 None => out.note(msg),
