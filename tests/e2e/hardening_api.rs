@@ -256,3 +256,110 @@ fn a_syntax_error_in_a_cr_only_file_shows_one_short_line() {
         run.stderr
     );
 }
+
+/// Raise this process's soft limit on open files to hold `n` client sockets.
+fn allow_open_files(n: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < n {
+        assert!(
+            hard >= n,
+            "this test needs {n} open files; the hard limit is {hard}"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, n, hard).expect("setrlimit");
+    }
+}
+
+/// `heph --json serve` under `prlimit --nofile=1024:1024` (1,024 open files at most).
+fn serve_with_1024_files(env: &TestEnv) -> Server {
+    let heph = env.heph();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.env_clear();
+    for (key, value) in heph.get_envs() {
+        if let Some(v) = value {
+            cmd.env(key, v);
+        }
+    }
+    cmd.current_dir(env.project())
+        .arg("--nofile=1024:1024")
+        .arg(heph.get_program())
+        .args(["--json", "serve", "--api", "127.0.0.1:0"]);
+    Server::spawn_command(cmd, Some(TOKEN))
+}
+
+#[test]
+fn two_thousand_idle_connections_under_1024_files_do_not_lock_out_status() {
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpStream};
+
+    allow_open_files(4096);
+    let env = TestEnv::new("agent-lib");
+    env.write("heph.toml", "[api]\nheader_timeout = \"2s\"\n");
+    let server = serve_with_1024_files(&env);
+    let addr: SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("addr");
+    // 2,000 connections that never send a byte.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() >= 1900, "only {} connected", idle.len());
+    // Past the header timeout every one of them has been closed by the server (those
+    // over the connection cap at once, with a 503)...
+    let mut refused = 0;
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        match s.read_to_end(&mut answer) {
+            Ok(_) => {
+                if answer.starts_with(b"HTTP/1.1 503") {
+                    refused += 1;
+                }
+            }
+            Err(e) => assert_ne!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock,
+                "an idle connection stayed open for a minute"
+            ),
+        }
+    }
+    assert!(refused > 0, "the connection cap answered 503");
+    assert!(refused < idle.len(), "some connections were accepted");
+    // ...and the API answers again, while all 2,000 sockets are still open on our side.
+    let status = server.get("/hot-reload/status");
+    assert_eq!(status.status, 200, "{:?}", status.body);
+    drop(idle);
+    let status = server.get("/hot-reload/status");
+    assert_eq!(status.status, 200, "{:?}", status.body);
+}
+
+#[test]
+fn a_body_that_stops_arriving_gets_408() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let env = TestEnv::new("agent-lib");
+    env.write("heph.toml", "[api]\nbody_timeout = \"1s\"\n");
+    let server = Server::serve(&env, Some(TOKEN));
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /hot-reload/self-modify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"module_name\""
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1s"), "{answer}");
+    let status = server.get("/hot-reload/status");
+    assert_eq!(status.status, 200);
+}
