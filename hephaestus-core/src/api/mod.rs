@@ -60,6 +60,10 @@ pub fn default_max_parses() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
+/// Request bodies read or waiting, per parse permit: bodies in memory at once are at
+/// most `max_parses` × this × `body_limit`.
+const BODIES_PER_PARSE: usize = 8;
+
 /// `evolution-history` without `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// The largest `limit` of `evolution-history`.
@@ -265,6 +269,7 @@ pub struct ApiOptions {
     pub max_connections: usize,
     /// Request bodies parsed (JSON, and the Rust code of a change) at once; the others
     /// wait their turn (bounding memory: each parse of a 1 MiB body takes tens of MiB).
+    /// At most 8 times as many bodies are read or wait in memory at once.
     pub max_parses: usize,
     /// The options of every write: `verify` is used when a request asks for
     /// verification (the default), `backup`, `dry_run` and `lock_timeout` are set per
@@ -373,6 +378,11 @@ impl ApiServer {
             body_timeout: opts.body_timeout,
             parses: Arc::new(tokio::sync::Semaphore::new(
                 opts.max_parses
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            bodies: Arc::new(tokio::sync::Semaphore::new(
+                opts.max_parses
+                    .saturating_mul(BODIES_PER_PARSE)
                     .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             writes: Arc::new(tokio::sync::Mutex::new(())),

@@ -31,7 +31,7 @@ pub(crate) struct WriteRequest {
 /// `POST /hot-reload/self-modify`: `{module_name, new_code, backup_enabled = true,
 /// mode = "merge", items, verify = true, verbatim = false, dry_run = false}`.
 pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
-    let f = Fields::parse(
+    let mut f = Fields::parse(
         body,
         &[
             "module_name",
@@ -45,8 +45,8 @@ pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
         ],
     )?;
     let module = f.module_name()?;
-    let mode = f.opt_str("mode")?.unwrap_or("merge");
-    let edit = match mode {
+    let mode = f.opt_str("mode")?.unwrap_or("merge").to_owned();
+    let edit = match mode.as_str() {
         "merge" | "replace" => {
             if f.has("items") {
                 return Err(Failure::field(
@@ -55,7 +55,7 @@ pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
                     "`items` is only used with \"mode\": \"remove\"",
                 ));
             }
-            let code = f.req_str("new_code")?.to_owned();
+            let code = f.take_str("new_code")?;
             let edit = if mode == "merge" {
                 Edit::merge(code)
             } else {
@@ -104,7 +104,7 @@ pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
 /// `POST /hot-reload/dynamic-import`: `{code, module_name, run, private = false,
 /// backup_enabled = true, verify = true, dry_run = false}`.
 pub(crate) fn dynamic_import(body: &[u8]) -> Result<WriteRequest, Failure> {
-    let f = Fields::parse(
+    let mut f = Fields::parse(
         body,
         &[
             "code",
@@ -117,7 +117,7 @@ pub(crate) fn dynamic_import(body: &[u8]) -> Result<WriteRequest, Failure> {
         ],
     )?;
     let module = f.module_name()?;
-    let code = f.req_str("code")?.to_owned();
+    let code = f.take_str("code")?;
     let run = f.opt_str("run")?.map(str::to_owned);
     let dry_run = f.opt_bool("dry_run")?.unwrap_or(false);
     Ok(WriteRequest {
@@ -268,6 +268,14 @@ impl Fields {
             )),
             Some(Value::String(s)) => Ok(s),
             Some(other) => Err(wrong_type(name, "a string", other)),
+        }
+    }
+
+    /// [`Self::req_str`], moving the string out (a code field can be 1 MiB: no copy).
+    fn take_str(&mut self, name: &str) -> Result<String, Failure> {
+        match self.map.get_mut(name) {
+            Some(Value::String(s)) => Ok(std::mem::take(s)),
+            _ => self.req_str(name).map(str::to_owned),
         }
     }
 

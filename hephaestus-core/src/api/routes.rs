@@ -44,6 +44,9 @@ pub(crate) struct AppState {
     pub body_timeout: Duration,
     /// One permit per request body being parsed (JSON, then the change's Rust code).
     pub parses: Arc<tokio::sync::Semaphore>,
+    /// One permit per request body being read or waiting to be parsed: bodies held in
+    /// memory at once (8 per parse permit).
+    pub bodies: Arc<tokio::sync::Semaphore>,
     /// Held (owned, FIFO) by the write in progress.
     pub writes: Arc<tokio::sync::Mutex<()>>,
     pub runs: Runs,
@@ -334,6 +337,23 @@ async fn write_route(
     parse: fn(&[u8]) -> Result<WriteRequest, Failure>,
     code_field: &'static str,
 ) -> Response {
+    let Ok(Ok(body_permit)) = tokio::time::timeout(
+        state.body_timeout,
+        Arc::clone(&state.bodies).acquire_owned(),
+    )
+    .await
+    else {
+        return Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            ErrorCategory::Environment,
+            format!(
+                "too many request bodies were still waiting to be parsed after {:?}; retry later",
+                state.body_timeout
+            ),
+        )
+        .into_response();
+    };
     let bytes = match read_body(&headers, body, state.body_limit, state.body_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -347,10 +367,13 @@ async fn write_route(
         drop(bytes);
         parsed
     };
-    match parsed {
+    let response = match parsed {
         Ok(req) => write(state, req, code_field).await,
         Err(f) => f.into_response(),
-    }
+    };
+    // Held until here: a write waiting for the lock keeps its code in memory.
+    drop(body_permit);
+    response
 }
 
 /// Apply a write: wait for the writes before it (up to the lock timeout, else 409),
