@@ -562,10 +562,26 @@ mod tests {
             Config::load(dir.path()).expect("load").api_body_limit(),
             Some(4096)
         );
+        fs::write(
+            &file,
+            "[api]\nheader_timeout = \"2s\"\nbody_timeout = \"1m\"\nmax_connections = 10\nmax_parses = 1\n",
+        )
+        .expect("write");
+        let config = Config::load(dir.path()).expect("load");
+        assert_eq!(config.api_header_timeout(), Some(Duration::from_secs(2)));
+        assert_eq!(config.api_body_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(
+            (config.api.max_connections, config.api.max_parses),
+            (Some(10), Some(1))
+        );
         for (text, needle) in [
             ("[api]\nbody_limit = \"huge\"\n", "api.body_limit"),
             ("[api]\nbody_limit = 0\n", "api.body_limit"),
             ("[api]\nlock_timeout = \"soon\"\n", "api.lock_timeout"),
+            ("[api]\nheader_timeout = \"0s\"\n", "api.header_timeout"),
+            ("[api]\nbody_timeout = \"later\"\n", "api.body_timeout"),
+            ("[api]\nmax_connections = 0\n", "api.max_connections"),
+            ("[api]\nmax_parses = 0\n", "api.max_parses"),
             ("[api]\nport = 80\n", "port"),
         ] {
             fs::write(&file, text).expect("write");

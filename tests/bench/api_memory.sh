@@ -56,7 +56,7 @@ EOF
 bodies="$work/bodies"
 mkdir -p "$bodies"
 for i in $(seq 32); do
-  gen_functions 1000000 "f$i" | python3 -c '
+  gen_functions 980000 "f$i" | python3 -c '
 import json, sys
 code = sys.stdin.read()
 print(json.dumps({"module_name": "agent.example_module", "new_code": code,
@@ -66,27 +66,28 @@ done
 echo "request body: $(stat -c %s "$bodies/dry1.json") bytes, $(grep -o 'pub fn' "$bodies/dry1.json" | wc -l) functions"
 
 proj="$work/agent-lib"
-rm -rf "$proj"
-cp -r "$here/fixtures/agent-lib" "$proj"
-rm -rf "$proj/target"
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
+hwm() { awk '/^VmHWM/ {print $2}' "/proc/$server/status"; }
 
-"$HEPH" --json serve --project "$proj" --api 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  grep -q api-listening "$work/serve.out" 2>/dev/null && break
-  sleep 0.1
-done
-addr=$(python3 -c 'import json,sys
+# One round on a fresh server (so that its peak is this round's): 32 requests at once.
+round() { # kind
+  local start end codes addr pids=()
+  rm -rf "$proj"
+  cp -r "$here/fixtures/agent-lib" "$proj"
+  rm -rf "$proj/target"
+  "$HEPH" --json serve --project "$proj" --api 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do
+    grep -q api-listening "$work/serve.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  addr=$(python3 -c 'import json,sys
 for l in open(sys.argv[1]):
     v = json.loads(l)
     if v.get("event") == "api-listening": print(v["addr"]); break' "$work/serve.out")
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
-hwm() { awk '/^VmHWM/ {print $2}' "/proc/$server/status"; }
-echo "server idle: RSS $(rss) KiB"
-
-round() { # kind
-  local start end codes pids=()
+  local idle
+  idle=$(rss)
   start=$(date +%s%N)
   for i in $(seq 32); do
     curl -s -o /dev/null -w '%{http_code}\n' -X POST \
@@ -98,16 +99,17 @@ round() { # kind
   wait "${pids[@]}"
   end=$(date +%s%N)
   codes=$(cat "$work"/code."$1".* | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
-  printf '| 32 × 1 MiB, %s | peak RSS %s KiB | RSS after %s KiB | wall %d ms | answers %s|\n' \
-    "$1" "$(hwm)" "$(rss)" "$(( (end - start) / 1000000 ))" "$codes"
+  printf '| 32 × 1 MiB, %s | idle RSS %s KiB | peak RSS %s KiB | RSS after %s KiB | wall %d ms | answers %s|\n' \
+    "$1" "$idle" "$(hwm)" "$(rss)" "$(( (end - start) / 1000000 ))" "$codes"
+  kill "$server"
+  wait "$server" 2>/dev/null || true
+  trap - EXIT
 }
 round dry
 round write
-kill "$server"
-wait "$server" 2>/dev/null || true
-trap - EXIT
 
-# The CLI on an 8 MiB module.
+# The CLI on an 8 MiB module (CLI=0 skips it).
+[ "${CLI:-1}" = 0 ] && exit 0
 gen_functions 8388000 big > "$work/big.rs"
 echo "module: $(stat -c %s "$work/big.rs") bytes, $(grep -c '^pub fn' "$work/big.rs") functions"
 rm -rf "$proj" && cp -r "$here/fixtures/agent-lib" "$proj" && rm -rf "$proj/target"
