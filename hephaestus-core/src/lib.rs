@@ -58,6 +58,7 @@ pub mod history;
 pub mod hot;
 pub mod import;
 pub mod item;
+pub mod journal;
 pub mod modpath;
 pub mod project;
 pub mod project_root;

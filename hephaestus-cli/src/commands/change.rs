@@ -286,11 +286,25 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
                     if v.errors.len() == 1 { "" } else { "s" }
                 )
             };
-            out.warn(format!(
-                "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
-                v.command,
-                secs(v.duration)
-            ));
+            if outcome.kept.is_empty() {
+                out.warn(format!(
+                    "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
+                    v.command,
+                    secs(v.duration)
+                ));
+            } else {
+                let recorded = outcome
+                    .hand_edits
+                    .as_ref()
+                    .map(|e| format!(", recorded as manual evolution {}", e.short_id))
+                    .unwrap_or_default();
+                out.warn(format!(
+                    "verification failed ({}: {why}, {}); the change was rolled back, but {} changed during the verification by someone else: kept as it is{recorded}",
+                    v.command,
+                    secs(v.duration),
+                    outcome.kept.join(", ")
+                ));
+            }
         }
     }
     if let Some(e) = &outcome.evolution {
