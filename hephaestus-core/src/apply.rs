@@ -414,7 +414,9 @@ fn not_recorded(source: &HistoryError, restored: &[String], kept: &[String]) -> 
             kept.join(", ")
         ));
     }
-    s.push_str("; nothing unverified was left behind, run the command again once the history is writable");
+    s.push_str(
+        "; nothing unverified was left behind, run the command again once the history is writable",
+    );
     s
 }
 

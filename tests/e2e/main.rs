@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod cli;
+mod crash;
 mod edit_cases;
 mod evolve;
 mod history;

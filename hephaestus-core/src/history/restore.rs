@@ -181,12 +181,17 @@ pub(super) fn plan_trees(
             }
         } else if let Some(p) = new.path() {
             // A symlink replacing a file, or a file replacing a symlink, is a write too.
-            let before = (delta.status() != Delta::Added).then(|| (old.id(), u32::from(old.mode())));
+            let before =
+                (delta.status() != Delta::Added).then(|| (old.id(), u32::from(old.mode())));
             writes.push((p.to_path_buf(), before, new.id(), u32::from(new.mode())));
         }
     }
     // A history fetched from elsewhere could name paths heph must never write.
-    for rel in deleted.iter().map(|d| &d.0).chain(writes.iter().map(|w| &w.0)) {
+    for rel in deleted
+        .iter()
+        .map(|d| &d.0)
+        .chain(writes.iter().map(|w| &w.0))
+    {
         check_path(rel)?;
     }
     // A file left out of the current snapshot for its size is not in the history:

@@ -33,8 +33,8 @@ use crate::evolution::{Evolution, EvolutionMeta};
 use crate::fsio;
 use crate::state::{ProjectLock, STATE_DIR};
 
-pub use recover::{recover, recover_project};
 pub(crate) use recover::{Direction, settle};
+pub use recover::{recover, recover_project};
 
 /// The journal's directory inside `.heph/`.
 pub const JOURNAL_DIR: &str = "journal";
@@ -324,7 +324,9 @@ impl Recovery {
                 "; recorded as {} evolution {}",
                 e.meta.kind, e.short_id
             )),
-            (None, Some(err)) => s.push_str(&format!("; recording it in the history failed: {err}")),
+            (None, Some(err)) => {
+                s.push_str(&format!("; recording it in the history failed: {err}"))
+            }
             (None, None) => {}
         }
         s
@@ -529,11 +531,10 @@ pub(crate) fn read_pending(root: &Path) -> Result<Option<Record>, JournalError> 
         }
         Err(e) => return Err(io_err("read", &path)(e)),
     };
-    let record: Record =
-        serde_json::from_slice(&text).map_err(|e| JournalError::Unreadable {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+    let record: Record = serde_json::from_slice(&text).map_err(|e| JournalError::Unreadable {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
     if record.version != VERSION {
         return Err(JournalError::Unreadable {
             path,

@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Content, JournalError, Phase, Record, Recovery, RecoveryAction, Settled, TxKind,
-    checked_path, dir_of, read_pending, remove,
+    Content, JournalError, Phase, Record, Recovery, RecoveryAction, Settled, TxKind, checked_path,
+    dir_of, read_pending, remove,
 };
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 use crate::fsio;
@@ -135,11 +135,13 @@ pub(crate) fn settle(
     history: Option<&History>,
 ) -> Result<Settled, JournalError> {
     let dir = dir_of(root);
-    let tmp = StateDir::new(root).tmp_dir().map_err(|e| JournalError::Io {
-        what: "create",
-        path: root.join(".heph/tmp"),
-        source: io::Error::other(e),
-    })?;
+    let tmp = StateDir::new(root)
+        .tmp_dir()
+        .map_err(|e| JournalError::Io {
+            what: "create",
+            path: root.join(".heph/tmp"),
+            source: io::Error::other(e),
+        })?;
     let mut settled = Settled::default();
     let mut order: Vec<(&super::Entry, &Content, &Content)> = record
         .entries
@@ -250,10 +252,9 @@ pub fn recover(
     };
     let direction = direction_of(&record);
     let needs_history = record.history
-        || record
-            .entries
-            .iter()
-            .any(|e| matches!(e.before, Content::Blob { .. }) || matches!(e.after, Content::Blob { .. }));
+        || record.entries.iter().any(|e| {
+            matches!(e.before, Content::Blob { .. }) || matches!(e.after, Content::Blob { .. })
+        });
     let mut history = if needs_history {
         Some(History::open_with(root, options.clone()).map_err(Box::new)?)
     } else {
