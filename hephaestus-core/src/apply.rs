@@ -343,7 +343,7 @@ pub enum ApplyError {
     NotRecorded {
         /// The history error.
         #[source]
-        source: HistoryError,
+        source: Box<HistoryError>,
         /// Files put back as they were before the change, relative.
         restored: Vec<String>,
         /// Files changed by someone else meanwhile, kept as they are.
@@ -695,7 +695,7 @@ impl Project {
                         // Never leave a change the history does not hold: put the files back.
                         let settled = self.undo(journal)?;
                         return Err(ApplyError::NotRecorded {
-                            source,
+                            source: Box::new(source),
                             restored: settled.restored,
                             kept: settled.kept,
                         });
@@ -738,7 +738,7 @@ impl Project {
                     Err(source) => {
                         journal.finish()?;
                         return Err(ApplyError::NotRecorded {
-                            source,
+                            source: Box::new(source),
                             restored: settled.restored,
                             kept: outcome.kept,
                         });
@@ -758,7 +758,7 @@ impl Project {
                 Err(source) => {
                     let settled = self.undo(journal)?;
                     return Err(ApplyError::NotRecorded {
-                        source,
+                        source: Box::new(source),
                         restored: settled.restored,
                         kept: settled.kept,
                     });
@@ -783,7 +783,7 @@ impl Project {
                 Err(source) => {
                     journal.finish()?;
                     return Err(ApplyError::NotRecorded {
-                        source,
+                        source: Box::new(source),
                         restored: settled.restored,
                         kept: outcome.kept,
                     });

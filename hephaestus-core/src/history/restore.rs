@@ -146,11 +146,19 @@ fn check_path(rel: &Path) -> Result<(), HistoryError> {
     Ok(())
 }
 
+/// A file a rollback writes: its path, its blob and mode now (when it exists), the
+/// blob and mode it gets.
+type TreeWrite = (PathBuf, Option<(Oid, u32)>, Oid, u32);
+
+/// A file of a rollback as the journal describes it: path, blob and mode before
+/// (None: absent), after.
+type Described = (String, Option<(String, u32)>, Option<(String, u32)>);
+
 /// What a rollback writes: deletions (path, old blob, old mode) and writes (path, old
 /// blob and mode when the file exists, new blob, new mode).
 pub(super) struct TreeChange {
     deleted: Vec<(PathBuf, Oid, u32)>,
-    writes: Vec<(PathBuf, Option<(Oid, u32)>, Oid, u32)>,
+    writes: Vec<TreeWrite>,
 }
 
 /// What turning the files from tree `from` (the current state) into tree `to` writes,
@@ -215,7 +223,7 @@ pub(super) fn plan_trees(
 
 impl TreeChange {
     /// The journal's description of these writes (blob ids as hex strings).
-    fn pending(&self) -> Vec<(String, Option<(String, u32)>, Option<(String, u32)>)> {
+    fn pending(&self) -> Vec<Described> {
         let rel = |p: &Path| p.to_string_lossy().into_owned();
         self.deleted
             .iter()

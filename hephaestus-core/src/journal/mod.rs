@@ -364,7 +364,7 @@ pub(crate) fn checked_path(root: &Path, rel: &str) -> Option<PathBuf> {
     for (i, c) in p.components().enumerate() {
         match c {
             Component::Normal(name)
-                if !name.eq_ignore_ascii_case(".git") && !(i == 0 && name == STATE_DIR) => {}
+                if !(name.eq_ignore_ascii_case(".git") || (i == 0 && name == STATE_DIR)) => {}
             _ => return None,
         }
     }

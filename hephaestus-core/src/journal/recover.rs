@@ -295,6 +295,10 @@ pub fn recover_project(
     options: &HistoryOptions,
 ) -> Result<Option<Recovery>, JournalError> {
     let state = StateDir::new(root);
+    if fs::symlink_metadata(state.path()).is_err() {
+        // No state directory: heph never wrote here, so nothing can be unfinished.
+        return Ok(None);
+    }
     let on_wait = options.on_lock_wait.clone();
     let lock = state
         .lock("recover", options.lock_timeout, move |holder| {
