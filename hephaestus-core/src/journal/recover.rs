@@ -251,22 +251,33 @@ pub fn recover(
         return Ok(None);
     };
     let direction = direction_of(&record);
-    let needs_history = record.history
-        || record.entries.iter().any(|e| {
-            matches!(e.before, Content::Blob { .. }) || matches!(e.after, Content::Blob { .. })
-        });
-    let mut history = if needs_history {
-        Some(History::open_with(root, options.clone()).map_err(Box::new)?)
+    let needs_blobs = record.entries.iter().any(|e| {
+        matches!(e.before, Content::Blob { .. }) || matches!(e.after, Content::Blob { .. })
+    });
+    let mut record_error = None;
+    let mut history = if record.history || needs_blobs {
+        match History::open_with(root, options.clone()) {
+            Ok(h) => Some(h),
+            // The files of a change are in the journal itself: settle them all the same.
+            Err(e) if !needs_blobs => {
+                record_error = Some(e.to_string());
+                None
+            }
+            Err(e) => return Err(Box::new(e).into()),
+        }
     } else {
         None
     };
     let files = settle(root, &record, direction, history.as_ref())?;
-    let (evolution, record_error) = match history.as_mut() {
+    let evolution = match history.as_mut() {
         Some(h) if record.history => match record_result(h, &record, direction) {
-            Ok(e) => (e, None),
-            Err(e) => (None, Some(e.to_string())),
+            Ok(e) => e,
+            Err(e) => {
+                record_error = Some(e.to_string());
+                None
+            }
         },
-        _ => (None, None),
+        _ => None,
     };
     remove(&dir_of(root))?;
     let recovery = Recovery {
