@@ -163,6 +163,15 @@ pub(crate) fn settle(
             path: path.clone(),
             source,
         };
+        if !resolves_inside(root, &path) {
+            return Err(JournalError::Unreadable {
+                path: dir.join(super::RECORD_FILE),
+                detail: format!(
+                    "`{}` leads outside the project through a symlink",
+                    entry.path
+                ),
+            });
+        }
         let target = load(&dir, target, history, &record.operation)?;
         if holds(&path, &target).map_err(restore_err)? {
             settled.unchanged.push(entry.path.clone());
@@ -184,6 +193,17 @@ pub(crate) fn settle(
         }
     }
     Ok(settled)
+}
+
+/// Whether `path` (and the nearest ancestor that exists, for a missing file) is inside
+/// the project once symlinks are followed.
+fn resolves_inside(root: &Path, path: &Path) -> bool {
+    let Ok(root) = root.canonicalize() else {
+        return false;
+    };
+    path.ancestors()
+        .find_map(|p| p.canonicalize().ok())
+        .is_some_and(|real| real.starts_with(&root))
 }
 
 /// How a kind of transaction stopped in a phase is settled.

@@ -224,3 +224,34 @@ fn an_unreadable_record_is_an_error_that_names_it() {
     assert!(matches!(err, JournalError::Unreadable { .. }), "{err}");
     assert!(err.to_string().contains("tx.json"), "{err}");
 }
+
+#[test]
+fn a_record_leading_outside_through_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("p");
+    fs::create_dir_all(&root).expect("mkdir");
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).expect("mkdir");
+    fs::write(outside.join("f"), "theirs").expect("write");
+    std::os::unix::fs::symlink(&outside, root.join("link")).expect("symlink");
+    let lock = lock(&root);
+    drop(
+        Journal::begin(
+            &root,
+            &lock,
+            start(false),
+            &[PendingFile {
+                path: "link/f",
+                before: Side::Bytes(b"attacker"),
+                after: Side::Bytes(b"theirs"),
+            }],
+        )
+        .expect("begin"),
+    );
+    let err = recover(&root, &lock, &HistoryOptions::default()).expect_err("refused");
+    assert!(err.to_string().contains("through a symlink"), "{err}");
+    assert_eq!(
+        fs::read_to_string(outside.join("f")).expect("read"),
+        "theirs"
+    );
+}
