@@ -25,6 +25,6 @@ status=0
 HEPH_CRASH_ROUNDS="$rounds" cargo test --quiet --manifest-path "$here/Cargo.toml" \
   -p hephaestus-tests --test e2e -- crash::sigkill_ --nocapture --test-threads=1 \
   >"$log" 2>&1 || status=$?
-grep -E '^crash loop|^test result|panicked|round [0-9]+' "$log" || true
+grep -oE 'crash loop .*|test result.*|panicked.*|round [0-9]+.*' "$log" || true
 echo "elapsed: $(( $(date +%s) - start )) s; full log: $log"
 exit "$status"
