@@ -401,3 +401,38 @@ fn recover_says_what_it_did_and_every_writer_recovers_first() {
     assert_eq!(files(&env), before);
     assert!(run.stdout.contains("nothing changed"), "{}", run.stdout);
 }
+
+#[test]
+fn a_rollback_whose_record_fails_is_recorded_by_the_next_command() {
+    let env = TestEnv::empty("rollback-unrecorded");
+    tiny_project(&env);
+    let a = snapshot_id(&env, "state A");
+    env.write("src/agent/extra.rs", "pub const X: u8 = 1;\n");
+    env.write(
+        "src/agent/mod.rs",
+        "pub mod extra;\n\npub fn act() -> &'static str {\n    \"v2\"\n}\n",
+    );
+    snapshot_id(&env, "state B");
+    let lock = env.path(".heph/history.git/refs/heph/history.lock");
+    std::fs::write(&lock, "0123456789012345678901234567890123456789\n").expect("lock");
+    let run = env.run(["rollback", &a]);
+    run.expect_code(3);
+    assert!(
+        run.stderr.contains(
+            "the files were rolled back, but recording the rollback in the history failed"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.path("src/agent/extra.rs").exists());
+    assert!(env.path(".heph/journal/tx.json").exists());
+    std::fs::remove_file(&lock).expect("rm lock");
+    let run = env.run(["--json", "recover"]);
+    run.expect_code(0);
+    let doc = run.json();
+    assert_eq!(doc["recovered"]["action"], "finished");
+    assert_eq!(doc["recovered"]["evolution"]["kind"], "rollback");
+    assert!(!env.path("src/agent/extra.rs").exists());
+    let history = env.run(["--json", "history"]);
+    assert_eq!(history.json()["evolutions"][0]["kind"], "rollback");
+}
