@@ -103,7 +103,7 @@ fn recover(env: &TestEnv) -> bool {
     let run = env.run(["--json", "recover"]);
     run.expect_code(0);
     assert!(
-        !env.path(".heph/journal").exists(),
+        !env.path(".heph/journal/tx.json").exists(),
         "the journal is gone after recovery"
     );
     !run.json()["recovered"].is_null()
@@ -284,7 +284,7 @@ fn a_history_write_failing_after_the_files_were_written_restores_them() {
         before,
         "no unverified or unrecorded change stays"
     );
-    assert!(!env.path(".heph/journal").exists());
+    assert!(!env.path(".heph/journal/tx.json").exists());
     // Once the lock is gone the same command works and is recorded.
     std::fs::remove_file(&lock).expect("rm lock");
     env.run([

@@ -350,6 +350,7 @@ pub fn dir_of(root: &Path) -> PathBuf {
 }
 
 /// Whether the project at `root` has an unfinished transaction (cheap: one stat).
+/// The directory itself stays between transactions; only its `tx.json` says one is open.
 pub fn pending(root: &Path) -> bool {
     fs::symlink_metadata(dir_of(root).join(RECORD_FILE)).is_ok()
 }
@@ -389,10 +390,7 @@ impl Journal {
         files: &[PendingFile<'_>],
     ) -> Result<Journal, JournalError> {
         let dir = dir_of(root);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io_err("clear", &dir))?;
-        }
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let created = prepare_dir(&dir)?;
         let mut entries = Vec::with_capacity(files.len());
         let mut created_dirs: Vec<String> = Vec::new();
         for (i, f) in files.iter().enumerate() {
@@ -447,8 +445,8 @@ impl Journal {
             meta: start.meta,
         };
         let journal = Journal { dir, record };
-        journal.save()?;
-        if let Some(state) = journal.dir.parent() {
+        journal.save(true)?;
+        if created && let Some(state) = journal.dir.parent() {
             fsio::sync_dir(state);
         }
         Ok(journal)
@@ -464,7 +462,10 @@ impl Journal {
         &self.dir
     }
 
-    /// Move to `phase` (durably), with what to record when finishing, if given.
+    /// Move to `phase`, with what to record when finishing, if given. The record is
+    /// replaced by a fsynced file; the rename is made durable (directory fsync) for
+    /// `passed` and `failed`, which change how the transaction is settled; losing the
+    /// move to `verifying` to a power cut leaves `writing`, settled the same way.
     pub fn set_phase(
         &mut self,
         phase: Phase,
@@ -474,22 +475,71 @@ impl Journal {
         if meta.is_some() {
             self.record.meta = meta;
         }
-        self.save()
+        self.save(phase != Phase::Verifying)
     }
 
-    /// The transaction is over: remove the journal (the record first, durably).
+    /// The transaction is over: remove the record, then the contents. Not fsynced: a
+    /// record that a power cut brings back is settled again, which changes nothing
+    /// (every file already holds the side it settles on, or is kept), and the next
+    /// transaction's durable record replaces it anyway.
     pub fn finish(self) -> Result<(), JournalError> {
         remove(&self.dir)
     }
 
-    fn save(&self) -> Result<(), JournalError> {
+    /// Write the record: a temp file in the journal directory, fsynced, renamed over
+    /// `tx.json`; the directory fsynced when `durable`.
+    fn save(&self, durable: bool) -> Result<(), JournalError> {
+        use std::io::Write;
         let path = self.dir.join(RECORD_FILE);
         let json = serde_json::to_vec_pretty(&self.record).map_err(|e| JournalError::Io {
             what: "encode",
             path: path.clone(),
             source: io::Error::other(e),
         })?;
-        fsio::replace_file(&path, &json, Some(0o600), None).map_err(io_err("write", &path))
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tx-")
+            .tempfile_in(&self.dir)
+            .map_err(io_err("write", &path))?;
+        tmp.write_all(&json).map_err(io_err("write", &path))?;
+        tmp.as_file().sync_all().map_err(io_err("fsync", &path))?;
+        tmp.persist(&path)
+            .map_err(|e| io_err("write", &path)(e.error))?;
+        if durable {
+            fsio::sync_dir(&self.dir);
+        }
+        Ok(())
+    }
+}
+
+/// Make the journal directory an empty directory (it is kept between transactions, so
+/// its own entry in `.heph/` needs no fsync each time); true when it was created now.
+/// Anything else in its place (a symlink, a file) is removed, never followed.
+fn prepare_dir(dir: &Path) -> Result<bool, JournalError> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            clear(dir);
+            Ok(false)
+        }
+        Ok(_) => {
+            fs::remove_file(dir).map_err(io_err("remove", dir))?;
+            fs::create_dir(dir).map_err(io_err("create", dir))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            Ok(true)
+        }
+        Err(e) => Err(io_err("open", dir)(e)),
+    }
+}
+
+/// Remove the files of the journal directory (best effort: leftovers are removed by
+/// the next transaction).
+fn clear(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 
@@ -501,31 +551,28 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
     f.sync_all().map_err(io_err("fsync", path))
 }
 
-/// Remove a journal directory: the record first (fsynced), then the rest.
+/// Close a journal: the record first, then the contents; the directory stays.
 fn remove(dir: &Path) -> Result<(), JournalError> {
     let record = dir.join(RECORD_FILE);
     match fs::remove_file(&record) {
-        Ok(()) => fsio::sync_dir(dir),
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("remove", &record)(e)),
     }
-    let _ = fs::remove_dir_all(dir);
-    if let Some(state) = dir.parent() {
-        fsio::sync_dir(state);
-    }
+    clear(dir);
     Ok(())
 }
 
-/// Read the pending record, if any; a journal directory without one (its writer died
-/// before the record was durable, so no file was touched) is removed.
+/// Read the pending record, if any; the contents of a journal without one (its writer
+/// died before the record was durable, so no file was touched) are removed.
 pub(crate) fn read_pending(root: &Path) -> Result<Option<Record>, JournalError> {
     let dir = dir_of(root);
     let path = dir.join(RECORD_FILE);
     let text = match fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if fs::symlink_metadata(&dir).is_ok() {
-                let _ = fs::remove_dir_all(&dir);
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                clear(&dir);
             }
             return Ok(None);
         }

@@ -54,7 +54,11 @@ fn the_record_is_written_after_the_contents_and_removed_when_finished() {
     );
     j.finish().expect("finish");
     assert!(!pending(root));
-    assert!(!jdir.exists());
+    assert_eq!(
+        fs::read_dir(&jdir).expect("ls").count(),
+        0,
+        "contents removed"
+    );
 }
 
 #[test]
@@ -67,7 +71,11 @@ fn a_journal_without_its_record_was_never_started_and_is_removed() {
     let lock = lock(root);
     let r = recover(root, &lock, &HistoryOptions::default()).expect("recover");
     assert!(r.is_none());
-    assert!(!jdir.exists());
+    assert_eq!(
+        fs::read_dir(&jdir).expect("ls").count(),
+        0,
+        "leftovers removed"
+    );
 }
 
 #[test]
