@@ -5,11 +5,11 @@
 //!
 //! The journal holds one transaction at a time (writers hold the project lock):
 //! `tx.json` (the [`Record`]: the operation, the history's tip before the first write,
-//! the phase, and for every file its content before and after, either inline in a file
-//! beside it or as a blob id of the history) and the inline contents `N.before`,
-//! `N.after`. The contents are written and fsynced first, `tx.json` last (temp file,
-//! fsync, rename, directory fsync), so a journal without `tx.json` was never started
-//! and is simply removed.
+//! the phase, and for every file its content before and after: the text itself, a
+//! file beside it for bytes that are not UTF-8 (`N.before`, `N.after`), or a blob id of
+//! the history). Content files are written and fsynced first, `tx.json` last (temp
+//! file, fsync, rename, directory fsync), so a journal without `tx.json` was never
+//! started and its leftovers are simply removed.
 //!
 //! Whoever takes the lock next ([`recover`]: every writer, and `heph recover`) settles
 //! a transaction it finds: an unverified change (killed while writing, verifying or
@@ -147,8 +147,14 @@ impl Phase {
 pub enum Content {
     /// The file does not exist.
     Absent,
-    /// The bytes are in this file of the journal directory (written through a
-    /// symlink, keeping the file's permissions).
+    /// This text, in the record itself (written through a symlink, keeping the file's
+    /// permissions): one fsync for the whole journal of a change of source files.
+    Text {
+        /// The file's whole content.
+        text: String,
+    },
+    /// The bytes (not UTF-8) are in this file of the journal directory (written
+    /// through a symlink, keeping the file's permissions).
     Inline {
         /// The file name inside `.heph/journal/`.
         file: String,
@@ -397,11 +403,16 @@ impl Journal {
             let side = |s: Side<'_>, name: &str| -> Result<Content, JournalError> {
                 Ok(match s {
                     Side::Absent => Content::Absent,
-                    Side::Bytes(bytes) => {
-                        let file = format!("{i}.{name}");
-                        write_synced(&dir.join(&file), bytes)?;
-                        Content::Inline { file }
-                    }
+                    Side::Bytes(bytes) => match std::str::from_utf8(bytes) {
+                        Ok(text) => Content::Text {
+                            text: text.to_owned(),
+                        },
+                        Err(_) => {
+                            let file = format!("{i}.{name}");
+                            write_synced(&dir.join(&file), bytes)?;
+                            Content::Inline { file }
+                        }
+                    },
                     Side::Blob { id, mode } => Content::Blob {
                         id: id.to_owned(),
                         mode,

@@ -44,6 +44,7 @@ fn load(
 ) -> Result<Want, JournalError> {
     Ok(match content {
         Content::Absent => Want::Absent,
+        Content::Text { text } => Want::Inline(text.clone().into_bytes()),
         Content::Inline { file } => {
             if file.contains('/') || file.starts_with('.') {
                 return Err(JournalError::Unreadable {

@@ -41,9 +41,12 @@ fn the_record_is_written_after_the_contents_and_removed_when_finished() {
     )
     .expect("begin");
     let jdir = dir_of(root);
-    assert_eq!(fs::read(jdir.join("0.before")).expect("before"), b"old");
-    assert_eq!(fs::read(jdir.join("0.after")).expect("after"), b"new");
     let on_disk = read_pending(root).expect("read").expect("pending");
+    // Text is kept in the record itself: one fsync.
+    assert_eq!(
+        on_disk.entries[0].before,
+        Content::Text { text: "old".into() }
+    );
     assert_eq!(on_disk.phase, Phase::Writing);
     assert_eq!(on_disk.entries.len(), 1);
     assert!(pending(root));
@@ -261,5 +264,37 @@ fn a_record_leading_outside_through_a_symlink_is_refused() {
     assert_eq!(
         fs::read_to_string(outside.join("f")).expect("read"),
         "theirs"
+    );
+}
+
+#[test]
+fn bytes_that_are_not_text_go_to_a_file_beside_the_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let lock = lock(root);
+    let j = Journal::begin(
+        root,
+        &lock,
+        start(false),
+        &[PendingFile {
+            path: "data.bin",
+            before: Side::Bytes(b"\xff\x00old"),
+            after: Side::Bytes(b"\xff\x00new"),
+        }],
+    )
+    .expect("begin");
+    assert_eq!(
+        fs::read(dir_of(root).join("0.before")).expect("before"),
+        b"\xff\x00old"
+    );
+    fs::write(root.join("data.bin"), b"\xff\x00new").expect("write");
+    drop(j);
+    let r = recover(root, &lock, &HistoryOptions::default())
+        .expect("recover")
+        .expect("pending");
+    assert_eq!(r.files.restored, vec!["data.bin".to_owned()]);
+    assert_eq!(
+        fs::read(root.join("data.bin")).expect("read"),
+        b"\xff\x00old"
     );
 }
