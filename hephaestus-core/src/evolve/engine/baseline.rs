@@ -74,12 +74,16 @@ impl Drop for CancelBridge {
     }
 }
 
-/// The baseline's stages, its fitness samples, and whether candidates' tests may run
-/// directly from their test build.
-/// The baseline's stages and fitness samples, and how candidates are tested: directly
-/// from their harnesses or not, and which targets their test build may be limited to
-/// (see [`Settings::tested_targets`]).
-pub(super) type BaselineResult = (Vec<StageRecord>, Vec<f64>, bool, Option<Vec<String>>);
+/// The baseline's stages, its fitness samples (the A/A runs, in order) and their wall
+/// times, and how candidates are tested: directly from their harnesses or not, and
+/// which targets their test build may be limited to (see [`Settings::tested_targets`]).
+pub(super) struct BaselineResult {
+    pub(super) stages: Vec<StageRecord>,
+    pub(super) samples: Vec<f64>,
+    pub(super) times: Vec<Duration>,
+    pub(super) direct: bool,
+    pub(super) only: Option<Vec<String>>,
+}
 
 /// Build (the compile gate), test and measure the project as it is, in the baseline
 /// copy.
@@ -182,9 +186,14 @@ pub(super) fn baseline(
     };
     // The first run builds what the command needs: not a sample.
     measure_once(s, dir, s.build_timeout).map_err(fail)?;
+    // The A/A comparison: `runs` pairs of the baseline against itself (see
+    // [`compare::noise_estimate`]).
     let mut samples = Vec::new();
-    for _ in 0..s.runs {
-        samples.push(measure_once(s, dir, s.build_timeout).map_err(fail)?.0);
+    let mut times = Vec::new();
+    for _ in 0..2 * s.runs {
+        let (v, took) = measure_once(s, dir, s.build_timeout).map_err(fail)?;
+        samples.push(v);
+        times.push(took);
     }
     let rec = StageRecord {
         stage: Stage::Fitness,
@@ -199,5 +208,11 @@ pub(super) fn baseline(
         record: rec.clone(),
     });
     stages.push(rec);
-    Ok((stages, samples, direct, only))
+    Ok(BaselineResult {
+        stages,
+        samples,
+        times,
+        direct,
+        only,
+    })
 }

@@ -16,6 +16,7 @@ use crate::apply::{ApplyError, Operation, PatchFile};
 use crate::edit::{ChangeAction, Edit, EditError, EditMode, ItemChange, Splice};
 use crate::evolve::log::LogRecord;
 use crate::evolve::proposer::{self, HistoryEntry, Proposal, TargetSource};
+use crate::evolve::{CandidateRecord, FitnessRecord};
 use crate::evolve::{EvolveError, EvolveEvent, Source, Stage};
 use crate::item::ItemKind;
 use crate::resolve::Resolver;
@@ -30,6 +31,19 @@ pub(super) struct Cand {
     pub(super) module: Option<String>,
     pub(super) recipe: Recipe,
     pub(super) requeued: u32,
+    /// Set when it is revisited after an inconclusive comparison.
+    pub(super) revisit: Option<Box<Revisit>>,
+}
+
+/// What a revisited candidate brings back from its first evaluation.
+#[derive(Debug, Clone)]
+pub(super) struct Revisit {
+    /// Its record then (verdict rejected, inconclusive).
+    pub(super) earlier: CandidateRecord,
+    /// The comparison to continue: None when the baseline changed since.
+    pub(super) resume: Option<FitnessRecord>,
+    /// The baseline version that comparison was measured on.
+    pub(super) version: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +164,7 @@ impl<'a, 'p> Run<'a, 'p> {
                     occurrence: mt.occurrence,
                 },
                 requeued: 0,
+                revisit: None,
             });
         }
         let (pending, total) = (self.queue.len(), self.next_id - 1);
@@ -376,6 +391,7 @@ impl<'a, 'p> Run<'a, 'p> {
                     edit: Edit::merge(""),
                 },
                 requeued: 0,
+                revisit: None,
             };
             self.next_id += 1;
             return self.rejected_early(&c, Stage::Proposal, reason);
@@ -405,6 +421,7 @@ impl<'a, 'p> Run<'a, 'p> {
                             edit: Edit::merge(""),
                         },
                         requeued: 0,
+                        revisit: None,
                     };
                     self.rejected_early(&c, Stage::Proposal, reason)?;
                     new += 1;
@@ -436,6 +453,7 @@ impl<'a, 'p> Run<'a, 'p> {
                         module: Some(module.clone()),
                         recipe: Recipe::Edit { module, edit },
                         requeued: 0,
+                        revisit: None,
                     });
                 }
             }

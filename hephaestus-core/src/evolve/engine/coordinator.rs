@@ -23,6 +23,7 @@ use crate::evolve::{
     AcceptedStep, CandidateRecord, EvolveError, EvolveEvent, RunSummary, Stage, StageOutcome,
     StageRecord, StopReason, Verdict,
 };
+use crate::evolve::{BudgetSplit, FitnessRecord, NoiseEstimate, TooNoisy};
 use crate::history::History;
 use crate::project::Project;
 use crate::resolve::Module;
@@ -49,6 +50,15 @@ pub(super) struct Run<'a, 'p> {
     pub(super) proposer_round: usize,
     pub(super) proposer_running: bool,
     pub(super) proposer_dry: bool,
+    /// The baseline's own stages (for the budget split).
+    pub(super) baseline_stages: Vec<StageRecord>,
+    /// The A/A comparison's noise estimate.
+    pub(super) noise: NoiseEstimate,
+    /// Candidates whose comparison its share of the budget cut short, still promising:
+    /// revisited at the end if budget remains, recorded as they are otherwise.
+    pub(super) inconclusive: Vec<(Cand, CandidateRecord)>,
+    /// Wall time of the final comparison, in milliseconds.
+    pub(super) overall_ms: u64,
 }
 
 impl<'a, 'p> Run<'a, 'p> {
@@ -142,15 +152,16 @@ impl<'a, 'p> Run<'a, 'p> {
             resumed,
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let max_runs = ev.opts.max_runs.unwrap_or(2 * ev.opts.runs);
         let mut settings = Settings {
             fitness: ev.opts.fitness.clone(),
             metric: ev.metric.clone(),
             maximize: ev.opts.maximize,
             runs: ev.opts.runs,
-            max_runs,
+            max_runs: ev.opts.max_runs,
             min_gain: ev.opts.min_gain,
             alpha: ev.opts.alpha,
+            noise: 0.0,
+            run_secs: 0.0,
             build_timeout: ev.opts.build_timeout,
             test_timeout: ev.opts.test_timeout.unwrap_or(ev.opts.build_timeout),
             fitness_timeout: ev.opts.fitness_timeout.unwrap_or(ev.opts.build_timeout),
@@ -160,36 +171,49 @@ impl<'a, 'p> Run<'a, 'p> {
             tested_targets: None,
             stop: Arc::clone(&stop),
         };
-        let design = settings.design(true);
-        if !design.can_accept() {
-            on_event(&EvolveEvent::Warning {
-                message: format!(
-                    "no candidate can be accepted: {max_runs} runs per side (--max-runs) give p-values of at least {}, not below the level {} (--alpha {} over {} looks); use more --runs or --max-runs",
-                    fmt_level(smallest_p(max_runs)),
-                    fmt_level(design.level()),
-                    settings.alpha,
-                    design.looks()
-                ),
-            });
+        if let Some(max_runs) = settings.max_runs {
+            let design = settings.design(max_runs, None, None);
+            if !design.can_accept() {
+                on_event(&EvolveEvent::Warning {
+                    message: format!(
+                        "no candidate can be accepted: {max_runs} runs per side (--max-runs) give p-values of at least {}, not below the level {} (--alpha {} spent over {} looks); use more --runs or --max-runs",
+                        fmt_level(smallest_p(max_runs)),
+                        fmt_level(design.best_level()),
+                        settings.alpha,
+                        design.looks()
+                    ),
+                });
+            }
         }
         // The baseline: it must build and pass its tests.
         let cancel = ev.opts.cancel.clone();
         let watcher_stop = Arc::clone(&stop);
-        let (baseline_stages, samples, direct_tests, tested_targets) = {
+        let BaselineResult {
+            stages: baseline_stages,
+            samples,
+            times,
+            direct,
+            only,
+        } = {
             let _cancel_guard = CancelBridge::new(cancel.clone(), watcher_stop);
             baseline(&settings, base_slot.dir(), on_event)?
         };
-        settings.direct_tests = direct_tests;
-        settings.tested_targets = tested_targets;
+        settings.direct_tests = direct;
+        settings.tested_targets = only;
         let baseline_median = median(&samples);
         on_event(&EvolveEvent::Baseline {
             samples: samples.clone(),
             median: baseline_median,
         });
+        let noise = noise_estimate(&settings, &samples, &times, settings.horizon(None));
+        settings.noise = noise.noise;
+        settings.run_secs = noise.run_ms as f64 / 1000.0;
+        on_event(&EvolveEvent::Noise(noise.clone()));
         log.append(&LogRecord::Baseline {
             stages: baseline_stages.clone(),
             samples: samples.clone(),
             median: baseline_median,
+            noise: Some(noise.clone()),
         })?;
         let test_ms = baseline_stages
             .iter()
@@ -232,6 +256,10 @@ impl<'a, 'p> Run<'a, 'p> {
             initial: HashMap::new(),
             baseline_median,
             current: baseline_median,
+            baseline_stages,
+            noise,
+            inconclusive: Vec::new(),
+            overall_ms: 0,
             evaluated: 0,
             proposer_round: 0,
             proposer_running: false,
@@ -294,6 +322,7 @@ impl<'a, 'p> Run<'a, 'p> {
             reason: Some(reason),
             evolution: None,
             duration_ms: 0,
+            requeued: 0,
         };
         self.record(rec)
     }
@@ -359,6 +388,7 @@ impl<'a, 'p> Run<'a, 'p> {
                             && self.queue.is_empty()
                             && in_flight.is_empty()
                             && !self.start_proposer(scope, &tx, base)
+                            && !self.revisit_inconclusive()
                         {
                             stop_reason = Some(StopReason::Exhausted);
                         }
@@ -398,11 +428,26 @@ impl<'a, 'p> Run<'a, 'p> {
                                         source: c.source.clone(),
                                         description: c.description.clone(),
                                     });
+                                    // The candidate's share of what is left of the budget:
+                                    // an equal part for it and every candidate waiting or
+                                    // being evaluated.
+                                    let share = self.ev.opts.budget.map(|b| {
+                                        let undecided = self.queue.len() + in_flight.len() + 1;
+                                        b.saturating_sub(self.start.elapsed()) / undecided as u32
+                                    });
+                                    let resume = c
+                                        .revisit
+                                        .as_ref()
+                                        .filter(|r| r.version == version)
+                                        .and_then(|r| r.resume.clone());
                                     if let Some(Some(jtx)) = job_txs.get(w) {
                                         let _ = jtx.send(Job {
                                             cand: c.id,
                                             files,
                                             version,
+                                            share,
+                                            resume,
+                                            reference: Some((self.current, self.noise.runs)),
                                         });
                                     }
                                     in_flight.insert(c.id, (c, p, w, version));
@@ -457,6 +502,14 @@ impl<'a, 'p> Run<'a, 'p> {
                                         let mut c = c;
                                         c.requeued += 1;
                                         if c.requeued <= 3 {
+                                            self.emit(EvolveEvent::Requeued {
+                                                id: c.id,
+                                                reason: format!(
+                                                    "stale: built on baseline version \
+                                                     {built_on}, which an accepted candidate \
+                                                     has replaced"
+                                                ),
+                                            });
                                             self.queue.push_front(c);
                                         }
                                     }
@@ -469,7 +522,9 @@ impl<'a, 'p> Run<'a, 'p> {
                                         verified,
                                         duration,
                                     } => {
-                                        self.evaluated += 1;
+                                        if c.revisit.is_none() {
+                                            self.evaluated += 1;
+                                        }
                                         let version = lock(base).version;
                                         let diff = planned
                                             .files
@@ -504,7 +559,34 @@ impl<'a, 'p> Run<'a, 'p> {
                                             reason,
                                             evolution: None,
                                             duration_ms: ms(duration),
+                                            requeued: c.requeued,
                                         };
+                                        if let Some(r) = &c.revisit {
+                                            // One record for both evaluations.
+                                            let mut stages = r.earlier.stages.clone();
+                                            stages.append(&mut rec.stages);
+                                            rec.stages = stages;
+                                            rec.duration_ms += r.earlier.duration_ms;
+                                        }
+                                        let undecided =
+                                            rec.fitness.as_ref().is_some_and(|f| f.inconclusive);
+                                        if undecided
+                                            && verdict == Verdict::Rejected
+                                            && c.revisit.is_none()
+                                        {
+                                            self.inconclusive.push((
+                                                Cand {
+                                                    revisit: Some(Box::new(Revisit {
+                                                        earlier: rec.clone(),
+                                                        resume: rec.fitness.clone(),
+                                                        version: built_on,
+                                                    })),
+                                                    ..c
+                                                },
+                                                rec,
+                                            ));
+                                            continue;
+                                        }
                                         if verdict == Verdict::Accepted {
                                             match self
                                                 .accept(&c, &planned, &mut rec, verified, base)
@@ -527,6 +609,10 @@ impl<'a, 'p> Run<'a, 'p> {
                                 }
                             }
                         }
+                    }
+                    // Inconclusive candidates the budget left no time to revisit.
+                    for (_, rec) in std::mem::take(&mut self.inconclusive) {
+                        self.record(rec)?;
                     }
                     Ok(())
                 })();
@@ -553,6 +639,34 @@ impl<'a, 'p> Run<'a, 'p> {
                 Ok((stop_reason.unwrap_or(StopReason::Exhausted), states))
             },
         )
+    }
+
+    /// Put the inconclusive candidates back in the queue, once each, to continue their
+    /// comparisons (from where they stopped, when the baseline is the same) with what
+    /// is left of the budget; false when there are none.
+    fn revisit_inconclusive(&mut self) -> bool {
+        if self.inconclusive.is_empty() {
+            return false;
+        }
+        for (c, _) in std::mem::take(&mut self.inconclusive) {
+            let mut c = c;
+            c.requeued += 1;
+            let runs = c
+                .revisit
+                .as_ref()
+                .and_then(|r| r.resume.as_ref())
+                .map_or(0, |f| f.baseline.len());
+            self.emit(EvolveEvent::Requeued {
+                id: c.id,
+                reason: format!(
+                    "revisit: its comparison was inconclusive after {runs} runs per side when its share of the budget ran out"
+                ),
+            });
+            self.queue.push_back(c);
+        }
+        let (pending, total) = (self.queue.len(), self.next_id - 1);
+        self.emit(EvolveEvent::Queued { pending, total });
+        true
     }
 
     pub(super) fn accept(
@@ -698,12 +812,15 @@ impl<'a, 'p> Run<'a, 'p> {
                 test_command: None,
                 ..*self.clone_settings()
             };
+            let t = Instant::now();
             let result = {
                 let b = lock(base);
+                let d = settings.single_look();
                 measure_once(&settings, w.slot.dir(), settings.build_timeout)
                     .and_then(|_| measure_once(&settings, b.slot.dir(), settings.build_timeout))
-                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir(), false, |_| {}))
+                    .and_then(|_| compare(&settings, w.slot.dir(), b.slot.dir(), &d, None, |_| {}))
             };
+            self.overall_ms = ms(t.elapsed());
             match result {
                 Ok(f) => overall = Some(f),
                 Err((_, m)) => {
@@ -745,10 +862,14 @@ impl<'a, 'p> Run<'a, 'p> {
                 None
             }
         };
+        let budget = self.budget_split();
+        let too_noisy = self.too_noisy();
         self.log.append(&LogRecord::End {
             stop: stop.as_str().into(),
             accepted: self.accepted.len(),
             overall: overall.clone(),
+            budget: Some(budget.clone()),
+            too_noisy: too_noisy.clone(),
         })?;
         Ok(RunSummary {
             run_id: self.ev.run_id.clone(),
@@ -762,6 +883,61 @@ impl<'a, 'p> Run<'a, 'p> {
             candidates: self.records,
             stop,
             duration_ms: ms(self.start.elapsed()),
+            noise: Some(self.noise),
+            budget,
+            too_noisy,
+        })
+    }
+
+    /// Where the time went: the stages of the baseline and of this invocation's
+    /// candidates, and the final comparison.
+    fn budget_split(&self) -> BudgetSplit {
+        let (mut building, mut testing, mut measuring) = (0u64, 0u64, self.overall_ms);
+        let stages = self
+            .baseline_stages
+            .iter()
+            .chain(self.records.iter().flat_map(|r| &r.stages));
+        for st in stages {
+            match st.stage {
+                Stage::Check | Stage::Build => building += st.duration_ms,
+                Stage::Test => testing += st.duration_ms,
+                Stage::Fitness => measuring += st.duration_ms,
+                Stage::Syntax | Stage::Proposal => {}
+            }
+        }
+        let wall = ms(self.start.elapsed());
+        BudgetSplit {
+            budget_ms: self.ev.opts.budget.map(ms),
+            wall_ms: wall,
+            building_ms: building,
+            testing_ms: testing,
+            measuring_ms: measuring,
+            other_ms: wall.saturating_sub(building + testing + measuring),
+        }
+    }
+
+    /// When nothing was accepted and comparisons ended undecided (promising, not
+    /// significant: cut short by their share of the budget or at their horizon): the
+    /// noise, and the gain the longest of them could have detected.
+    fn too_noisy(&self) -> Option<TooNoisy> {
+        if !self.accepted.is_empty() {
+            return None;
+        }
+        let s = &self.settings;
+        let undecided: Vec<&FitnessRecord> = self
+            .records
+            .iter()
+            .filter(|r| r.verdict == Verdict::Rejected && r.stage == Some(Stage::Fitness))
+            .filter_map(|r| r.fitness.as_ref())
+            .filter(|f| f.inconclusive || (f.gain > 0.0 && f.gain >= s.min_gain && f.p_value < 0.5))
+            .collect();
+        let runs = undecided.iter().map(|f| f.baseline.len()).max()?;
+        Some(TooNoisy {
+            noise: self.noise.noise,
+            runs,
+            detectable_gain: detectable_gain(self.noise.noise, runs, s.alpha),
+            min_gain: s.min_gain,
+            undecided: undecided.len(),
         })
     }
 
@@ -775,6 +951,8 @@ impl<'a, 'p> Run<'a, 'p> {
             max_runs: s.max_runs,
             min_gain: s.min_gain,
             alpha: s.alpha,
+            noise: s.noise,
+            run_secs: s.run_secs,
             build_timeout: s.build_timeout,
             test_timeout: s.test_timeout,
             fitness_timeout: s.fitness_timeout,

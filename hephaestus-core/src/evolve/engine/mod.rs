@@ -169,10 +169,15 @@ struct Settings {
     metric: Option<Regex>,
     maximize: bool,
     runs: usize,
-    /// Runs per side a comparison may grow to (see [`EvolveOptions::max_runs`]).
-    max_runs: usize,
+    /// Runs per side a comparison may grow to (see [`EvolveOptions::max_runs`]; None:
+    /// the candidate's share of the budget decides).
+    max_runs: Option<usize>,
     min_gain: f64,
     alpha: f64,
+    /// The relative noise of one fitness run, from the A/A comparison.
+    noise: f64,
+    /// The median wall time of one fitness run, from the A/A comparison, in seconds.
+    run_secs: f64,
     build_timeout: Duration,
     test_timeout: Duration,
     fitness_timeout: Duration,
@@ -203,16 +208,48 @@ impl Settings {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// The design of a comparison: sequential (up to `max_runs` per side) for a
-    /// candidate's verdict, one look of `runs` for a comparison that decides nothing.
-    fn design(&self, sequential: bool) -> Design {
+    /// A comparison's horizon (runs per side at most): `max_runs` when set, otherwise
+    /// what `share` (the candidate's share of the budget, None: no budget) allows at
+    /// the baseline's speed, two runs per pair, between `runs` and
+    /// [`MAX_RUNS_FACTOR`](crate::evolve::MAX_RUNS_FACTOR) times `runs`.
+    fn horizon(&self, share: Option<Duration>) -> usize {
+        if let Some(m) = self.max_runs {
+            return m.max(1);
+        }
+        let cap = crate::evolve::MAX_RUNS_FACTOR * self.runs.max(1);
+        match share {
+            Some(share) if self.run_secs > 0.0 => {
+                let pairs = share.as_secs_f64() / (2.0 * self.run_secs);
+                (pairs.floor() as usize).clamp(self.runs.max(1), cap)
+            }
+            _ => cap,
+        }
+    }
+
+    /// The design of a candidate's comparison: its horizon, the first look sized from
+    /// the noise, the baseline level for the drift check, its deadline.
+    fn design(
+        &self,
+        max_runs: usize,
+        reference: Option<(f64, usize)>,
+        deadline: Option<std::time::Instant>,
+    ) -> Design {
         Design {
-            runs: self.runs,
-            max_runs: if sequential { self.max_runs } else { self.runs },
+            first: compare::first_look(self.runs, max_runs, self.alpha, self.min_gain, self.noise),
+            max_runs,
             min_gain: self.min_gain,
             alpha: self.alpha,
             maximize: self.maximize,
+            noise: self.noise,
+            reference,
+            deadline,
         }
+    }
+
+    /// One look of `runs` per side: a comparison that decides nothing (the A/A one,
+    /// the final one).
+    fn single_look(&self) -> Design {
+        Design::single(self.runs, self.alpha, self.min_gain, self.maximize)
     }
 }
 

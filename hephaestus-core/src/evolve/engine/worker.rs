@@ -22,8 +22,16 @@ pub(super) struct Job {
     pub(super) cand: usize,
     pub(super) files: Vec<(String, String, String)>,
     pub(super) version: u64,
+    /// Its share of the budget, from the start of its evaluation (None: no budget).
+    pub(super) share: Option<Duration>,
+    /// An inconclusive comparison of it on this baseline version, to continue.
+    pub(super) resume: Option<FitnessRecord>,
+    /// The baseline's level and how many runs it is the median of, for the drift check.
+    pub(super) reference: Option<(f64, usize)>,
 }
 
+// Sent boxed (see `Msg::Done`): the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Outcome {
     Evaluated {
         stages: Vec<StageRecord>,
@@ -257,6 +265,7 @@ pub(super) fn evaluate(
         },
     );
     let t = Instant::now();
+    let mut design = None;
     let result = measure_once(s, &dir, s.build_timeout).and_then(|_| {
         let mut b = lock(base);
         if b.version != job.version {
@@ -267,7 +276,17 @@ pub(super) fn evaluate(
                 .map_err(|(o, m)| (o, format!("baseline: {m}")))?;
             b.warm = true;
         }
-        compare(s, b.slot.dir(), &dir, true, |l| {
+        // The horizon: what is left of the candidate's share once it holds the
+        // baseline (a continued comparison keeps its own, and so its levels).
+        let left = job.share.map(|sh| sh.saturating_sub(start.elapsed()));
+        let horizon = job
+            .resume
+            .as_ref()
+            .and_then(|f| f.max_runs)
+            .unwrap_or_else(|| s.horizon(left));
+        let d = s.design(horizon, job.reference, left.map(|l| Instant::now() + l));
+        design = Some(d);
+        compare(s, b.slot.dir(), &dir, &d, job.resume.as_ref(), |l| {
             send(
                 tx,
                 EvolveEvent::FitnessLook {
@@ -276,6 +295,7 @@ pub(super) fn evaluate(
                     look: l.look,
                     looks: l.looks,
                     runs: l.runs,
+                    drift: l.drift,
                 },
             );
         })
@@ -301,15 +321,28 @@ pub(super) fn evaluate(
             None,
         ),
         Ok(f) => {
-            let accept = s.design(true).accepts(&f);
-            let reason = format!(
-                "{:+.1}% (needs at least {:+.1}%), p = {:.4} (needs < {}) over {} runs per side",
+            let accept = design.is_some_and(|d| d.accepts(&f));
+            let mut reason = format!(
+                "{:+.1}% (needs at least {:+.1}%), p = {:.4} (needs < {}) over {} runs per side in {} look{}",
                 f.gain * 100.0,
                 s.min_gain * 100.0,
                 f.p_value,
                 fmt_level(f.level),
-                f.baseline.len()
+                f.baseline.len(),
+                f.looks.len(),
+                if f.looks.len() == 1 { "" } else { "s" }
             );
+            if f.inconclusive {
+                reason.push_str(": inconclusive, its share of the budget ran out");
+            } else if !accept && f.gain >= s.min_gain && f.gain > 0.0 && f.p_value < 0.5 {
+                reason.push_str(": not significant at its horizon");
+            }
+            if let Some(drift) = f.drift {
+                reason.push_str(&format!(
+                    " (the baseline drifted by {:.1}% between looks; looks compared within themselves)",
+                    drift * 100.0
+                ));
+            }
             (
                 StageRecord {
                     stage: Stage::Fitness,
