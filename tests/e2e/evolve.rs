@@ -802,3 +802,81 @@ EOF
         history.stdout
     );
 }
+
+/// A comparison whose share of the budget runs out while it is still promising is
+/// inconclusive; once the other candidate is decided, it is revisited with what is left
+/// of the budget and goes on from its samples (one record, both evaluations' stages).
+#[test]
+fn an_inconclusive_comparison_is_revisited_when_budget_remains() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    let script = r#"cat >/dev/null
+cat <<'EOF'
+[{"module":"crate::workload","code":"pub fn run(inp: &Inputs) -> u64 { let _ = \"FASTER\"; inp.scale as u64 }","description":"promising, never clear"},
+ {"module":"crate::text","code":"pub fn count_prefixed(names: &[String], prefix: &str) -> usize { let _ = \"SLOWER\"; names.iter().cloned().filter(|n| n.starts_with(prefix)).count() }","description":"clearly worse"}]
+EOF
+"#;
+    env.write("../proposer.sh", script);
+    let proposer = format!("sh {}", env.temp().join("proposer.sh").display());
+    // Runs of 0.2 s or more alternating between 1000 and 1100 (by their number in
+    // their copy); the first candidate takes 5 off the 1100s: ahead, never clearly;
+    // the second is 2000.
+    let counts = env.temp().join("counts");
+    std::fs::create_dir_all(&counts).expect("counts dir");
+    let fitness = format!(
+        r#"c="{}/$(pwd | cksum | cut -d' ' -f1)"; n=$(cat "$c" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$c"; v=$((1000 + 100 * (n % 2))); grep -q FASTER src/workload.rs && [ $((n % 2)) = 1 ] && v=$((v - 5)); grep -q SLOWER src/text.rs && v=2000; sleep 0.2; echo v=$v"#,
+        counts.display()
+    );
+    let run = env.run([
+        "evolve",
+        "--json",
+        "--no-rules",
+        "--fitness",
+        &fitness,
+        "--metric",
+        r"v=(\d+)",
+        "--proposer",
+        &proposer,
+        "--proposer-rounds",
+        "1",
+        "--runs",
+        "4",
+        "--max-runs",
+        "100",
+        "--min-gain",
+        "0.1",
+        "--budget",
+        "60s",
+    ]);
+    let summary = run.json();
+    let cands = candidates(&summary);
+    assert_eq!(cands.len(), 2, "{summary:#}");
+    let by = |d: &str| {
+        cands
+            .iter()
+            .find(|c| c["description"] == d)
+            .unwrap_or_else(|| panic!("no {d}: {summary:#}"))
+    };
+    let worse = by("clearly worse");
+    assert_eq!(worse["verdict"], "rejected", "{worse:#}");
+    assert_eq!(worse["requeued"], 0, "{worse:#}");
+    let revisited = by("promising, never clear");
+    assert_eq!(revisited["requeued"], 1, "{revisited:#}");
+    let fitness_stages = revisited["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter(|s| s["stage"] == "fitness")
+        .count();
+    assert_eq!(fitness_stages, 2, "{revisited:#}");
+    // The revisit went on from the first evaluation's looks.
+    let looks = revisited["fitness"]["looks"].as_array().expect("looks");
+    assert!(looks.len() >= 2, "{revisited:#}");
+    assert_eq!(revisited["fitness"]["max_runs"], 100, "{revisited:#}");
+    assert!(
+        summary["budget"]["measuring_ms"]
+            .as_u64()
+            .expect("measuring")
+            > 0
+    );
+}
