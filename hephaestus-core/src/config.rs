@@ -201,10 +201,12 @@ pub struct EvolveConfig {
     pub metric: Option<String>,
     /// Higher fitness is better (default: lower is better).
     pub maximize: Option<bool>,
-    /// Fitness samples per side (baseline and candidate) for each comparison.
+    /// Fitness samples per side of the A/A noise measurement, and the fewest of a
+    /// comparison's first look.
     pub runs: Option<usize>,
-    /// Fitness samples per side a comparison may grow to, in steps of `runs`, while a
-    /// candidate looks better but is not yet significant (default: twice `runs`).
+    /// Fitness samples per side a comparison may grow to, in looks, while a candidate
+    /// looks better but is not yet significant (default: what the candidate's share of
+    /// the budget allows; see `EvolveOptions::max_runs`).
     pub max_runs: Option<usize>,
     /// Wall-time budget of a run, such as `10m`.
     pub budget: Option<String>,

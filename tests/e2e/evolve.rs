@@ -3,7 +3,9 @@
 //! user's files never change while a run evaluates candidates; a misbehaving proposer
 //! (invalid JSON, unparsable code, a `..` module, candidates that do not compile, fail a
 //! test, hang or crash, a proposer that hangs) has each candidate rejected with its
-//! reason while the run completes.
+//! reason while the run completes; a seeded noisy fitness has a real gain accepted and
+//! no gain rejected, with the A/A noise and the time split reported; two workers
+//! requeue a stale candidate; an inconclusive comparison is revisited.
 //!
 //! The tests share the sandbox slots under the e2e target directory (warm builds), so
 //! they take turns.
@@ -89,8 +91,9 @@ fn rules_make_slow_crate_faster_with_tests_passing_and_history_lists_each_step()
     // seconds at a time) makes the baseline's and the candidates' runs overlap, and
     // real improvements are rejected as not significant: 1.30x and 1.40x were seen where
     // a quiet machine gives 1.9-2.5x, and once (in CI) no candidate at all. Comparisons
-    // that stay inconclusive take a second look (heph's `--max-runs`, twice `--runs` by
-    // default), which absorbs most of it. So this asserts that the accepted changes are
+    // that stay inconclusive take more looks, as far as each candidate's share of the
+    // budget allows (the first one sized from the A/A noise), which absorbs most of it.
+    // So this asserts that the accepted changes are
     // a real speed-up, well above noise (1.25x), with a second run on a fresh copy
     // before failing; the speed itself is measured by tests/bench/evolve.sh into
     // BENCHMARKS.md, not here.
