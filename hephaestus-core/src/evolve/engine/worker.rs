@@ -265,6 +265,7 @@ pub(super) fn evaluate(
         },
     );
     let t = Instant::now();
+    let before_fitness = start.elapsed();
     let mut design = None;
     let result = measure_once(s, &dir, s.build_timeout).and_then(|_| {
         let mut b = lock(base);
@@ -277,8 +278,10 @@ pub(super) fn evaluate(
             b.warm = true;
         }
         // The horizon: what is left of the candidate's share once it holds the
-        // baseline (a continued comparison keeps its own, and so its levels).
-        let left = job.share.map(|sh| sh.saturating_sub(start.elapsed()));
+        // baseline, not counting the wait for it (measurements take turns: the shares
+        // of the candidates measured one after the other add up to the budget); a
+        // continued comparison keeps its own horizon, and so its levels.
+        let left = job.share.map(|sh| sh.saturating_sub(before_fitness));
         let horizon = job
             .resume
             .as_ref()
