@@ -13,8 +13,10 @@ use crate::verify::{self, CommandOutput, TestExecutable, VerifyReport};
 
 /// A command in a slot: its directory, its own target directory, and debug and test
 /// builds without debug info (they are only checked and tested, never debugged: less
-/// to generate and link per candidate). Release builds are left as configured.
-pub(super) fn slot_command(program: &str, dir: &Path) -> Command {
+/// to generate and link per candidate). Release builds are left as configured. Every
+/// command a stage runs (cargo, the test harnesses, the test and fitness commands) is
+/// built here: the one place that decides how they are spawned.
+pub(super) fn slot_command(program: impl AsRef<std::ffi::OsStr>, dir: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(dir)
         .env("CARGO_TARGET_DIR", dir.join("target"))
@@ -273,9 +275,8 @@ pub(super) fn direct_test_stage(
             .file_name()
             .map_or_else(|| exe.target.clone(), |n| n.to_string_lossy().into_owned());
         let pkg_dir = exe.manifest_path.parent().unwrap_or(dir);
-        let mut cmd = Command::new(&exe.path);
+        let mut cmd = slot_command(&exe.path, dir);
         cmd.current_dir(pkg_dir)
-            .env("CARGO_TARGET_DIR", dir.join("target"))
             .env("CARGO_MANIFEST_DIR", pkg_dir)
             .env("CARGO_MANIFEST_PATH", &exe.manifest_path);
         let left = s.test_timeout.saturating_sub(start.elapsed());
