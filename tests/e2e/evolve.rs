@@ -882,4 +882,12 @@ EOF
             .expect("measuring")
             > 0
     );
+    // Never significant: the summary says the noise was too high for a decision, with
+    // the noise and the gain its runs could have detected (above the 0.24 % at stake).
+    assert_eq!(revisited["verdict"], "rejected", "{revisited:#}");
+    let noisy = &summary["too_noisy"];
+    assert_eq!(noisy["undecided"], 1, "{summary:#}");
+    assert_eq!(noisy["noise"], summary["noise"]["noise"], "{summary:#}");
+    let detectable = noisy["detectable_gain"].as_f64().expect("detectable gain");
+    assert!(detectable > 0.0024, "{summary:#}");
 }
