@@ -12,8 +12,9 @@
 #
 # LOAD=1 (default) starts two busy loops pinned to cores 0 and 1 (taskset) for the
 # whole benchmark; LOAD=0 runs on the machine as it is. BUDGET (3m) is each run's
-# --budget. Prints one line per comparison and a summary; record them in BENCHMARKS.md
-# with the date and the load.
+# --budget. HEPH=path uses that heph binary instead of building the release one. Prints
+# one line per comparison and a summary; record them in BENCHMARKS.md with the date and
+# the load.
 #
 # Needs: python3, taskset (util-linux), awk.
 # Usage: tests/bench/evolve_errors.sh [WORKDIR]
@@ -23,8 +24,10 @@ ROOT=$PWD
 WORK=${1:-$(mktemp -d -t heph-evolve-errors.XXXXXX)}
 mkdir -p "$WORK"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release -q -p hephaestus-cli
-HEPH=$TARGET/release/heph
+if [ -z "${HEPH:-}" ]; then
+  cargo build --release -q -p hephaestus-cli
+  HEPH=$TARGET/release/heph
+fi
 NULL_RUNS=${NULL_RUNS:-50}
 POWER_RUNS=${POWER_RUNS:-10}
 BUDGET=${BUDGET:-3m}
