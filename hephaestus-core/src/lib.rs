@@ -54,6 +54,7 @@ pub mod evolution;
 pub mod evolve;
 pub mod expand;
 pub mod fsio;
+pub mod guard;
 pub mod history;
 pub mod hot;
 pub mod import;

@@ -25,7 +25,6 @@
 //! [`History::sync`] take it themselves.
 
 mod commit;
-mod index;
 mod list;
 pub mod message;
 mod refs;
@@ -50,7 +49,7 @@ use refs::HistoryRef;
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};
 pub use snapshot::SkippedFile;
-pub use sync::{SyncOutcome, SyncReport, SyncTransport};
+pub use sync::{SyncOutcome, SyncReport, SyncResolve, SyncSide, SyncTransport};
 
 /// The reference of the project at the root of a repository's main work tree (and of
 /// a project in no repository). Other projects have their own (see [`History::reference`]).
@@ -600,6 +599,8 @@ impl History {
         })?;
         let root = canonical.as_path();
         let state = StateDir::new(root);
+        // A `.heph` (or `.heph/history.git`, ...) that is a link is refused before use.
+        state.check()?;
         let mut options = options;
         if options.max_file_size.is_none() {
             let config = HistoryConfig::of_project(root)?;
@@ -901,11 +902,6 @@ impl History {
             })
             .collect())
     }
-
-    /// The evolution index's file.
-    fn index_path(&self) -> PathBuf {
-        self.state.path().join(index::INDEX_FILE)
-    }
 }
 
 /// Git's name of the linked work tree `repo` is opened in (`.git/worktrees/NAME`).
@@ -931,34 +927,14 @@ fn plural_files(n: usize) -> String {
 
 /// The typed evolution of a commit.
 pub(crate) fn evolution_of(commit: &Commit<'_>) -> Evolution {
-    evolution_from(
-        commit.id(),
-        commit.committer().when().seconds(),
-        commit.parent_id(0).ok(),
-        commit.message_bytes(),
-    )
-}
-
-/// An evolution from its commit's id, time, first parent and message.
-fn evolution_from(id: Oid, time: i64, parent: Option<Oid>, message: &[u8]) -> Evolution {
-    let id = id.to_string();
-    let msg = String::from_utf8_lossy(message);
+    let id = commit.id().to_string();
+    let msg = String::from_utf8_lossy(commit.message_bytes());
     Evolution {
         short_id: id[..SHORT_ID_LEN].to_owned(),
         id,
-        timestamp: time,
-        parent: parent.map(|p| p.to_string()),
+        timestamp: commit.committer().when().seconds(),
+        parent: commit.parent_id(0).ok().map(|p| p.to_string()),
         meta: message::parse(&msg),
-    }
-}
-
-/// What the evolution index keeps of a commit.
-fn index_record(commit: &Commit<'_>) -> index::Record {
-    index::Record {
-        id: commit.id(),
-        parent: commit.parent_id(0).ok(),
-        time: commit.committer().when().seconds(),
-        message: commit.message_bytes().to_vec(),
     }
 }
 

@@ -581,7 +581,8 @@ impl Session {
         };
         let mut exited = false;
         sup.poll(&mut |e| {
-            exited |= matches!(e, SuperviseEvent::Exited { .. });
+            // A program that finished (exit code 0) did not crash.
+            exited |= matches!(e, SuperviseEvent::Exited { status, .. } if !status.success());
             on_event(&WatchEvent::Process(e));
         });
         let (generation, pid) = (sup.generation(), sup.child_pid());
