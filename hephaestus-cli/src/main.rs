@@ -8,16 +8,21 @@ mod render;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::commands::Command;
 use crate::output::Output;
 
 /// Evolve a running Rust project safely: surgical AST edits, verified and reversible,
 /// with every change recorded in git.
-#[derive(Debug, Parser)]
-#[command(name = "heph", version, about, max_term_width = 100)]
-struct Cli {
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "heph",
+    version,
+    about = "Evolve a running Rust project safely",
+    max_term_width = 100
+)]
+pub(crate) struct Cli {
     #[command(flatten)]
     global: output::GlobalArgs,
     #[command(subcommand)]
@@ -25,7 +30,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--color` and `NO_COLOR` reach clap's own messages too (usage errors, help).
+    let color = output::ColorChoice::from_raw_args(std::env::args_os());
+    let matches = Cli::command().color(color.for_clap()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Parsing (and everything that walks syn's trees) runs on a thread whose stack is
     // sized for the nesting limits of `hephaestus_core::nesting`.
     let code = hephaestus_core::nesting::with_parse_stack(move || {

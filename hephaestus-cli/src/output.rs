@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use hephaestus_core::{Categorized, ErrorCategory};
+use indicatif::ProgressStyle;
 use serde::Serialize;
 
 /// Flags every command takes.
@@ -30,6 +31,10 @@ pub struct GlobalArgs {
     /// When to use colors.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
+    /// Never page the output of `show` and `history` (default on a terminal: `$PAGER`,
+    /// or `less`).
+    #[arg(long, global = true)]
+    pub no_pager: bool,
 }
 
 /// `--color` values.
@@ -54,9 +59,54 @@ pub struct Output {
     pub verbose: u8,
     /// Colors on stderr.
     pub color: bool,
+    /// Colors on stdout (diffs).
+    pub color_stdout: bool,
+    /// Long output (`show`, `history`) goes through a pager.
+    pub pager: bool,
     /// stderr is a terminal (progress bars allowed).
     #[allow(dead_code)] // read by the commands that draw progress bars
     pub interactive: bool,
+}
+
+/// `NO_COLOR` asks for no colors only when it is set to a non-empty value
+/// (<https://no-color.org>): `NO_COLOR=` leaves colors on.
+pub fn no_color_env() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+impl ColorChoice {
+    /// The `--color` value among the raw arguments (the last one wins, as clap reads
+    /// it), before clap parses them: clap's own messages (usage errors, `--help`) must
+    /// follow it too. `auto` when absent or unreadable (clap then reports it).
+    pub fn from_raw_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Self {
+        let mut choice = ColorChoice::Auto;
+        let mut args = args.into_iter().skip(1);
+        while let Some(arg) = args.next() {
+            let value = if arg == "--color" {
+                args.next()
+            } else if arg == "--" {
+                break;
+            } else {
+                arg.to_str()
+                    .and_then(|a| a.strip_prefix("--color="))
+                    .map(std::ffi::OsString::from)
+            };
+            if let Some(v) = value.as_ref().and_then(|v| v.to_str()) {
+                choice = ColorChoice::from_str(v, true).unwrap_or(choice);
+            }
+        }
+        choice
+    }
+
+    /// clap's setting for its own messages.
+    pub fn for_clap(self) -> clap::ColorChoice {
+        match self {
+            ColorChoice::Always => clap::ColorChoice::Always,
+            ColorChoice::Never => clap::ColorChoice::Never,
+            ColorChoice::Auto if no_color_env() => clap::ColorChoice::Never,
+            ColorChoice::Auto => clap::ColorChoice::Auto,
+        }
+    }
 }
 
 impl Output {
@@ -66,13 +116,21 @@ impl Output {
         let color = match global.color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => interactive && std::env::var_os("NO_COLOR").is_none(),
+            ColorChoice::Auto => interactive && !no_color_env(),
+        };
+        let stdout_terminal = io::stdout().is_terminal();
+        let color_stdout = match global.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stdout_terminal && !no_color_env(),
         };
         Output {
             json: global.json,
             quiet: global.quiet,
             verbose: global.verbose,
             color,
+            color_stdout,
+            pager: stdout_terminal && !global.no_pager && !global.json,
             interactive,
         }
     }
@@ -84,11 +142,65 @@ impl Output {
         }
     }
 
+    /// Long text for people on stdout, through the pager when stdout is a terminal (as
+    /// git does: `$PAGER`, else `less` with `LESS=FRX` unless set; an empty `PAGER` or
+    /// `cat` means none); nothing in JSON mode.
+    pub fn page(&self, text: impl AsRef<str>) {
+        if self.json {
+            return;
+        }
+        let text = format!("{}\n", text.as_ref());
+        let pager = std::env::var("PAGER").unwrap_or_else(|_| "less".to_owned());
+        if !self.pager || pager.trim().is_empty() || pager.trim() == "cat" {
+            write_stdout(&text);
+            return;
+        }
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&pager)
+            .stdin(std::process::Stdio::piped());
+        if std::env::var_os("LESS").is_none() {
+            cmd.env("LESS", "FRX");
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                if let Some(mut stdin) = child.stdin.take() {
+                    // The pager may quit before reading everything (`q`): not an error.
+                    let _ = stdin.write_all(text.as_bytes());
+                }
+                let _ = child.wait();
+            }
+            Err(_) => write_stdout(&text),
+        }
+    }
+
     /// A note about progress or context (stderr); nothing with -q or in JSON mode.
     pub fn note(&self, text: impl AsRef<str>) {
         if !self.quiet && !self.json {
             eprintln!("{}", text.as_ref());
         }
+    }
+
+    /// An indicatif style from a template; its color specs (`{spinner:.green}`,
+    /// `{bar:30.cyan/blue}`) are dropped when colors are off.
+    pub fn progress_style(&self, template: &str) -> ProgressStyle {
+        let template = if self.color {
+            template.to_owned()
+        } else {
+            strip_progress_colors(template)
+        };
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_spinner())
+    }
+
+    /// A failure of the command's work that is not an error of heph (a rejected change,
+    /// stderr, shown even with -q): `error: ...`.
+    pub fn failure(&self, text: impl AsRef<str>) {
+        let prefix = if self.color {
+            "\x1b[1;31merror\x1b[0m"
+        } else {
+            "error"
+        };
+        eprintln!("{prefix}: {}", text.as_ref());
     }
 
     /// A warning (stderr), shown even with -q.
@@ -187,6 +299,7 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
         core::fsio::WriteError,
         core::history::HistoryError,
         core::import::ImportError,
+        core::journal::JournalError,
         core::modpath::ModulePathError,
         core::project::ProjectError,
         core::project_root::ProjectRootError,
@@ -216,5 +329,75 @@ impl std::error::Error for UsageError {}
 impl Categorized for UsageError {
     fn category(&self) -> ErrorCategory {
         ErrorCategory::BadInput
+    }
+}
+
+/// An indicatif template without its styles: `{spinner:.green}` → `{spinner}`,
+/// `{bar:30.cyan/blue}` → `{bar:30}`, `{prefix:>9}` kept.
+fn strip_progress_colors(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let field = &rest[open + 1..open + close];
+        let field = match field.split_once(':') {
+            Some((key, spec)) => {
+                let spec = spec.split_once('.').map_or(spec, |(before, _)| before);
+                if spec.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}:{spec}")
+                }
+            }
+            None => field.to_owned(),
+        };
+        out.push('{');
+        out.push_str(&field);
+        out.push('}');
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_templates_lose_only_their_styles() {
+        assert_eq!(
+            strip_progress_colors("{spinner:.green} {msg} [{elapsed}]"),
+            "{spinner} {msg} [{elapsed}]"
+        );
+        assert_eq!(
+            strip_progress_colors("{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len}"),
+            "{prefix} [{bar:30}] {pos}/{len}"
+        );
+        assert_eq!(
+            strip_progress_colors("  {spinner:.green} {prefix:>9} {msg}"),
+            "  {spinner} {prefix:>9} {msg}"
+        );
+    }
+
+    fn raw(args: &[&str]) -> ColorChoice {
+        ColorChoice::from_raw_args(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn the_color_flag_is_read_before_clap() {
+        assert_eq!(raw(&["heph", "history"]), ColorChoice::Auto);
+        assert_eq!(raw(&["heph", "--color", "never", "x"]), ColorChoice::Never);
+        assert_eq!(raw(&["heph", "x", "--color=always"]), ColorChoice::Always);
+        assert_eq!(
+            raw(&["heph", "--color=never", "--color", "always"]),
+            ColorChoice::Always
+        );
+        // After `--`, an argument is a value, not a flag; a bad value is clap's to report.
+        assert_eq!(raw(&["heph", "--", "--color=never"]), ColorChoice::Auto);
+        assert_eq!(raw(&["heph", "--color", "sometimes"]), ColorChoice::Auto);
     }
 }

@@ -214,10 +214,12 @@ pub struct EvolveConfig {
     pub metric: Option<String>,
     /// Higher fitness is better (default: lower is better).
     pub maximize: Option<bool>,
-    /// Fitness samples per side (baseline and candidate) for each comparison.
+    /// Fitness samples per side of the A/A noise measurement, and the fewest of a
+    /// comparison's first look.
     pub runs: Option<usize>,
-    /// Fitness samples per side a comparison may grow to, in steps of `runs`, while a
-    /// candidate looks better but is not yet significant (default: twice `runs`).
+    /// Fitness samples per side a comparison may grow to, in looks, while a candidate
+    /// looks better but is not yet significant (default: what the candidate's share of
+    /// the budget allows; see `EvolveOptions::max_runs`).
     pub max_runs: Option<usize>,
     /// Wall-time budget of a run, such as `10m`.
     pub budget: Option<String>,
@@ -465,28 +467,56 @@ impl Config {
     }
 }
 
-/// Parse `500ms`, `90s`, `10m`, `1h` or a plain number of seconds.
+/// Parse `500ms`, `90s`, `10m`, `1h`, a sum of them (`1m30s`, `1h 15m`), or a plain
+/// number of seconds; each number may have a fraction (`1.5s`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let examples = "examples: 500ms, 90s, 1m30s, 10m, 1h";
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (examples: 500ms, 90s, 10m, 1h)"))?;
-    let secs = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
+    if t.is_empty() {
+        return Err(format!("an empty duration is not a duration ({examples})"));
+    }
+    let mut rest = t;
+    let mut secs = 0.0_f64;
+    let mut last_unit: Option<f64> = None;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(split);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration ({examples})"))?;
+        let after = after.trim_start();
+        let unit_len = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 0.001,
+            "" | "s" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+                ));
+            }
+        };
+        // Largest unit first, each once (`1m30s`, not `30s1m` or `1m1m`); a bare number
+        // only alone.
+        if last_unit.is_some_and(|l| scale >= l) || (unit.is_empty() && last_unit.is_some()) {
             return Err(format!(
-                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+                "`{text}` is not a duration: give each unit once, largest first ({examples})"
             ));
         }
-    };
-    if !secs.is_finite() || secs < 0.0 {
+        last_unit = Some(scale);
+        secs += value * scale;
+        rest = after.trim_start();
+        if unit.is_empty() && !rest.is_empty() {
+            return Err(format!("`{text}` is not a duration ({examples})"));
+        }
+    }
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(format!("`{text}` is not a valid duration"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -531,6 +561,19 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("ten").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 15m"), Ok(Duration::from_secs(4500)));
+        assert_eq!(
+            parse_duration("2m 500ms"),
+            Ok(Duration::from_millis(120_500))
+        );
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 45 s "), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("30s1m").is_err(), "largest unit first");
+        assert!(parse_duration("1m1m").is_err(), "each unit once");
+        assert!(parse_duration("1m 30").is_err(), "a bare number only alone");
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1e400").is_err());
         assert!(parse_duration("5y").is_err());
     }
 

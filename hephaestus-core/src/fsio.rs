@@ -137,12 +137,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result
 /// 0, then cut to length. Not atomic, so only for files whose readers accept any
 /// content (heph's lock note and pack state). Unlike `fs::write`, the file is never
 /// truncated to zero first, which on ext4 (`auto_da_alloc`) makes closing it write its
-/// blocks out at once: a few tenths of a millisecond on every heph command.
+/// blocks out at once: a few tenths of a millisecond on every heph command. The path
+/// is not followed (`O_NOFOLLOW`): a symbolic link there is an error (`ELOOP`).
 pub fn overwrite_small(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
     overwrite_open(&file, bytes)
 }

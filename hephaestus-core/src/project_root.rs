@@ -32,6 +32,9 @@ pub enum ProjectRootError {
         #[source]
         source: io::Error,
     },
+    /// The project's state directory `.heph/` is unsafe to use (a symbolic link in it).
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 impl crate::Categorized for ProjectRootError {
@@ -48,19 +51,25 @@ fn canonical(path: &Path) -> Result<PathBuf, ProjectRootError> {
 }
 
 /// The nearest ancestor of `start` (or `start` itself) holding a `Cargo.toml`, canonical.
+/// Its state directory is checked ([`crate::state::StateDir::check`]): a project whose
+/// `.heph` is or holds a symbolic link is refused.
 pub fn discover(start: &Path) -> Result<PathBuf, ProjectRootError> {
     let start = canonical(start)?;
-    start
+    let root = start
         .ancestors()
         .find(|dir| dir.join("Cargo.toml").is_file())
         .map(Path::to_path_buf)
-        .ok_or(ProjectRootError::NotFound { start })
+        .ok_or(ProjectRootError::NotFound { start })?;
+    crate::state::StateDir::new(&root).check()?;
+    Ok(root)
 }
 
 /// The project named explicitly (`--project DIR`): `dir` itself must hold a `Cargo.toml`.
+/// Its state directory is checked as in [`discover`].
 pub fn at(dir: &Path) -> Result<PathBuf, ProjectRootError> {
     let dir = canonical(dir)?;
     if dir.join("Cargo.toml").is_file() {
+        crate::state::StateDir::new(&dir).check()?;
         Ok(dir)
     } else {
         Err(ProjectRootError::NoManifest { dir })

@@ -28,7 +28,7 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
@@ -39,9 +39,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
-use nix::errno::Errno;
-use nix::sys::signal::{self as nsig, Signal as NixSignal};
-use nix::unistd::Pid;
+
+use crate::guard::{self, Group};
+use nix::sys::signal::Signal as NixSignal;
 use serde::Serialize;
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -376,6 +376,17 @@ pub enum Stream {
     Stderr,
 }
 
+/// Why a new generation did not become the running one.
+enum NotReady {
+    /// It exited with code 0 before it was ready: it finished.
+    Finished {
+        /// Its pid.
+        pid: u32,
+    },
+    /// It failed (exited otherwise, timed out, was cancelled): why.
+    Failed(String),
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ExitInfo {
@@ -386,6 +397,11 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
+    /// Exit code 0: the program finished by itself, successfully.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
     fn of(status: Option<ExitStatus>) -> ExitInfo {
         ExitInfo {
             code: status.and_then(|s| s.code()),
@@ -454,6 +470,15 @@ pub enum SuperviseEvent {
         /// How it ended.
         status: ExitInfo,
     },
+    /// A generation exited with code 0 by itself: the program finished (a command-line
+    /// tool, a job). It is not a crash and is not restarted; the next build starts it
+    /// again.
+    Finished {
+        /// The generation.
+        generation: u64,
+        /// Its pid.
+        pid: u32,
+    },
     /// A crashed program will be restarted after a delay.
     Restarting {
         /// The generation that crashed.
@@ -499,6 +524,8 @@ struct Generation {
     number: u64,
     child: Child,
     pid: u32,
+    /// The guarded process group the program runs in: it dies with heph.
+    group: Group,
     started: Instant,
 }
 
@@ -573,6 +600,12 @@ impl Supervisor {
         self.current.as_ref().map(|g| g.pid)
     }
 
+    /// The running generation's process group (led by its keeper, see
+    /// [`crate::guard`]; not the program's pid).
+    pub fn child_pgid(&self) -> Option<u32> {
+        self.current.as_ref().map(|g| g.group.pgid())
+    }
+
     /// The program of the last launch.
     pub fn program(&self) -> Option<&Program> {
         self.program.as_ref()
@@ -604,7 +637,7 @@ impl Supervisor {
         }
         let generation = self.last_generation + 1;
         self.last_generation = generation;
-        let child = self.spawn(&program, generation)?;
+        let (child, group) = self.spawn(&program, generation)?;
         let pid = child.id();
         let started = Instant::now();
         on_event(SuperviseEvent::Started { generation, pid });
@@ -612,9 +645,20 @@ impl Supervisor {
             number: generation,
             child,
             pid,
+            group,
             started,
         };
         match self.wait_ready(new, on_event) {
+            Err(NotReady::Finished { pid }) => {
+                // It ran and finished successfully: the new code's run is over, and the
+                // previous generation (if any) gives way to it all the same.
+                self.crashes = 0;
+                on_event(SuperviseEvent::Finished { generation, pid });
+                if let Some(old) = self.current.take() {
+                    self.stop_background(old);
+                }
+                Ok(true)
+            }
             Ok(new) => {
                 on_event(SuperviseEvent::Ready {
                     generation,
@@ -626,7 +670,7 @@ impl Supervisor {
                 }
                 Ok(true)
             }
-            Err(reason) => {
+            Err(NotReady::Failed(reason)) => {
                 on_event(SuperviseEvent::StartFailed { generation, reason });
                 if self.current.is_none() {
                     // Nothing else runs: treat it as a crash so it is retried with backoff.
@@ -660,11 +704,13 @@ impl Supervisor {
         let Some(g) = &self.current else {
             return Ok(None);
         };
-        killpg(g.pid, Some(signal.0)).map_err(|e| SuperviseError::Signal {
-            signal,
-            pid: g.pid,
-            source: e.into(),
-        })?;
+        g.group
+            .signal(signal.0)
+            .map_err(|e| SuperviseError::Signal {
+                signal,
+                pid: g.pid,
+                source: e.into(),
+            })?;
         on_event(SuperviseEvent::Signalled {
             generation: g.number,
             pid: g.pid,
@@ -683,14 +729,23 @@ impl Supervisor {
         {
             let g = self.current.take().expect("checked above");
             // Whatever it left in its group goes with it.
-            let _ = killpg(g.pid, Some(NixSignal::SIGKILL));
+            g.group.kill();
             self.drain(on_event);
+            let info = ExitInfo::of(Some(status));
             on_event(SuperviseEvent::Exited {
                 generation: g.number,
                 pid: g.pid,
-                status: ExitInfo::of(Some(status)),
+                status: info,
             });
-            self.schedule_restart(g.number, g.started, on_event);
+            if info.success() {
+                self.crashes = 0;
+                on_event(SuperviseEvent::Finished {
+                    generation: g.number,
+                    pid: g.pid,
+                });
+            } else {
+                self.schedule_restart(g.number, g.started, on_event);
+            }
         }
         if let Some(c) = &self.crash
             && Instant::now() >= c.restart_at
@@ -754,7 +809,7 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&self, program: &Program, generation: u64) -> Result<Child, SuperviseError> {
+    fn spawn(&self, program: &Program, generation: u64) -> Result<(Child, Group), SuperviseError> {
         let mut cmd = match program {
             Program::Exec { program, args } if !self.listeners.is_empty() => {
                 let mut c = Command::new("sh");
@@ -787,8 +842,7 @@ impl Supervisor {
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
         if !self.listeners.is_empty() {
             let mut mappings = Vec::new();
             for (i, l) in self.listeners.iter().enumerate() {
@@ -804,7 +858,8 @@ impl Supervisor {
             cmd.env("LISTEN_FDS", self.listeners.len().to_string())
                 .env("LISTEN_FDNAMES", names.join(":"));
         }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // In a guarded group: the program dies with heph, even by SIGKILL.
+        let (mut child, group) = guard::spawn(&mut cmd).map_err(spawn_err)?;
         for (stream, reader) in [
             (
                 Stream::Stdout,
@@ -826,21 +881,21 @@ impl Supervisor {
                 thread::spawn(move || forward_lines(reader, generation, stream, &tx));
             }
         }
-        Ok(child)
+        Ok((child, group))
     }
 
     fn wait_ready(
         &mut self,
         mut new: Generation,
         on_event: &mut dyn FnMut(SuperviseEvent),
-    ) -> Result<Generation, String> {
+    ) -> Result<Generation, NotReady> {
         let deadline = match &self.opts.readiness {
             Readiness::Delay(d) => new.started + *d,
             Readiness::Line(_) => new.started + self.opts.ready_timeout,
         };
         loop {
             if let Ok(Some(status)) = new.child.try_wait() {
-                let _ = killpg(new.pid, Some(NixSignal::SIGKILL));
+                new.group.kill();
                 // Let the reader threads deliver its last words.
                 thread::sleep(Duration::from_millis(20));
                 self.drain(on_event);
@@ -850,7 +905,12 @@ impl Supervisor {
                     pid: new.pid,
                     status: info,
                 });
-                return Err(format!("it exited before it was ready ({info})"));
+                if info.success() {
+                    return Err(NotReady::Finished { pid: new.pid });
+                }
+                return Err(NotReady::Failed(format!(
+                    "it exited before it was ready ({info})"
+                )));
             }
             if self
                 .opts
@@ -859,7 +919,7 @@ impl Supervisor {
                 .is_some_and(|c| c.load(Ordering::SeqCst))
             {
                 self.stop_blocking(new, on_event);
-                return Err("cancelled".into());
+                return Err(NotReady::Failed("cancelled".into()));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -871,7 +931,7 @@ impl Supervisor {
                             self.opts.ready_timeout
                         );
                         self.stop_blocking(new, on_event);
-                        Err(reason)
+                        Err(NotReady::Failed(reason))
                     }
                 };
             }
@@ -953,47 +1013,18 @@ fn forward_lines(
     }
 }
 
-fn killpg(pid: u32, signal: Option<NixSignal>) -> Result<(), Errno> {
-    let pid = i32::try_from(pid).map_err(|_| Errno::EINVAL)?;
-    nsig::killpg(Pid::from_raw(pid), signal)
-}
-
 /// Is any live (not zombie) process left in group `pgid`? Reads `/proc` where it
-/// exists (a zombie still counts for `kill(0)` until its new parent reaps it).
+/// exists (a zombie still counts for `kill(0)` until its new parent reaps it). A
+/// group's keeper counts (see [`crate::guard::Group::alive`] for the group without it).
 pub fn group_alive(pgid: u32) -> bool {
-    if killpg(pgid, None).is_err() {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("");
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
-        if pgrp == Some(pgid) && state != "Z" && state != "X" {
-            return true;
-        }
-    }
-    false
+    crate::guard::members_alive(pgid, None)
 }
 
 /// SIGTERM the generation's group, wait up to `grace` for the group to empty, then
 /// SIGKILL what is left. Reaps the leader.
 fn terminate(mut g: Generation, grace: Duration) -> SuperviseEvent {
     let start = Instant::now();
-    let _ = killpg(g.pid, Some(NixSignal::SIGTERM));
+    let _ = g.group.signal(NixSignal::SIGTERM);
     let mut status = None;
     let mut killed = false;
     loop {
@@ -1002,23 +1033,25 @@ fn terminate(mut g: Generation, grace: Duration) -> SuperviseEvent {
         {
             status = Some(s);
         }
-        if status.is_some() && !group_alive(g.pid) {
+        if status.is_some() && !g.group.alive() {
             break;
         }
         if start.elapsed() >= grace {
-            let _ = killpg(g.pid, Some(NixSignal::SIGKILL));
+            g.group.kill();
             killed = true;
             if status.is_none() {
                 status = g.child.wait().ok();
             }
             let deadline = Instant::now() + Duration::from_secs(1);
-            while group_alive(g.pid) && Instant::now() < deadline {
+            while g.group.alive() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(5));
             }
             break;
         }
         thread::sleep(Duration::from_millis(5));
     }
+    // Closing the group stops its keeper (and anything that appeared meanwhile).
+    drop(g.group);
     SuperviseEvent::Stopped {
         generation: g.number,
         pid: g.pid,
@@ -1091,7 +1124,7 @@ mod tests {
             })
             .expect("launch");
         assert!(swapped);
-        let pid = sup.child_pid().expect("running");
+        let pgid = sup.child_pgid().expect("running");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !lines.iter().any(|l| l == "fd3=open") && Instant::now() < deadline {
             sup.poll(&mut |e| {
@@ -1107,7 +1140,7 @@ mod tests {
         );
         assert!(lines.contains(&"fd3=open".to_owned()), "{lines:?}");
         sup.shutdown(&mut |_| {});
-        assert!(!group_alive(pid), "the group is gone after shutdown");
+        assert!(!group_alive(pgid), "the group is gone after shutdown");
     }
 
     #[test]
@@ -1137,6 +1170,80 @@ mod tests {
     }
 
     #[test]
+    fn a_program_that_exits_0_has_finished_and_is_not_restarted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = SupervisorOptions::new(dir.path().to_owned());
+        opts.readiness = Readiness::Delay(Duration::ZERO);
+        opts.backoff_initial = Duration::from_millis(10);
+        let mut sup = Supervisor::new(Vec::new(), opts);
+        let events = std::cell::RefCell::new(Vec::new());
+        let mut on_event = |e: SuperviseEvent| events.borrow_mut().push(e);
+        assert!(
+            sup.launch(sh("sleep 0.1; exit 0"), &mut on_event)
+                .expect("launch")
+        );
+        let deadline = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < deadline {
+            sup.poll(&mut on_event);
+            thread::sleep(Duration::from_millis(5));
+        }
+        let events = events.into_inner();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, SuperviseEvent::Finished { generation: 1, .. })),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(
+                e,
+                SuperviseEvent::Restarting { .. } | SuperviseEvent::Started { generation: 2, .. }
+            )),
+            "an exit code 0 is no crash: {events:?}"
+        );
+        assert!(!sup.crashed());
+        assert_eq!(sup.child_pid(), None);
+        // A failure is still a crash.
+        let failed = std::cell::RefCell::new(Vec::new());
+        let mut on_failed = |e: SuperviseEvent| failed.borrow_mut().push(e);
+        sup.launch(sh("sleep 0.1; exit 1"), &mut on_failed)
+            .expect("launch");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sup.crashed() && Instant::now() < deadline {
+            sup.poll(&mut on_failed);
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sup.crashed(), "{:?}", failed.into_inner());
+        sup.shutdown(&mut |_| {});
+    }
+
+    #[test]
+    fn a_new_generation_that_finishes_before_ready_replaces_the_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = SupervisorOptions::new(dir.path().to_owned());
+        opts.readiness = Readiness::Delay(Duration::from_millis(300));
+        opts.backoff_initial = Duration::from_millis(10);
+        let mut sup = Supervisor::new(Vec::new(), opts);
+        assert!(sup.launch(sh("sleep 30"), &mut |_| {}).expect("first"));
+        let old_group = sup.child_pgid().expect("old group");
+        let mut finished = false;
+        let mut start_failed = false;
+        assert!(
+            sup.launch(sh("echo done"), &mut |e| match e {
+                SuperviseEvent::Finished { generation: 2, .. } => finished = true,
+                SuperviseEvent::StartFailed { .. } => start_failed = true,
+                _ => {}
+            })
+            .expect("second")
+        );
+        assert!(finished && !start_failed);
+        assert_eq!(sup.child_pid(), None);
+        assert!(!sup.crashed());
+        sup.shutdown(&mut |_| {});
+        assert!(!group_alive(old_group));
+    }
+
+    #[test]
     fn a_new_generation_that_dies_before_ready_keeps_the_old_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = bind(&"127.0.0.1:0".parse().expect("spec")).expect("bind");
@@ -1145,11 +1252,12 @@ mod tests {
         let mut sup = Supervisor::new(vec![listener], opts);
         assert!(sup.launch(sh("sleep 30"), &mut |_| {}).expect("first"));
         let old = sup.child_pid().expect("old");
+        let old_group = sup.child_pgid().expect("old group");
         assert!(!sup.launch(sh("exit 1"), &mut |_| {}).expect("second"));
         assert_eq!(sup.child_pid(), Some(old));
         assert!(!sup.crashed());
         sup.shutdown(&mut |_| {});
-        assert!(!group_alive(old));
+        assert!(!group_alive(old_group));
     }
 
     #[test]
@@ -1164,7 +1272,7 @@ mod tests {
             &mut |_| {},
         )
         .expect("launch");
-        let pid = sup.child_pid().expect("pid");
+        let pgid = sup.child_pgid().expect("pgid");
         let mut killed = None;
         sup.shutdown(&mut |e| {
             if let SuperviseEvent::Stopped { killed: k, .. } = e {
@@ -1172,6 +1280,6 @@ mod tests {
             }
         });
         assert_eq!(killed, Some(true));
-        assert!(!group_alive(pid));
+        assert!(!group_alive(pgid));
     }
 }

@@ -3,7 +3,6 @@
 //! timeout, and cancellation.
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use cargo_metadata::Message;
 use serde::Serialize;
 
 use crate::evolution::VerifyOutcome;
+use crate::guard;
 
 /// What verifies a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,8 +220,10 @@ fn tail(s: &str, max: usize) -> String {
     format!("[… {} earlier bytes not shown]\n{}", cut, &s[cut..])
 }
 
-/// Run `cmd` in its own process group; with `cargo_json`, parse cargo's JSON messages
-/// from its stdout. The report's `output` holds stdout (plus stderr on failure).
+/// Run `cmd` in its own process group, guarded so that it dies with heph (see
+/// [`crate::guard`]); with `cargo_json`, parse cargo's JSON messages from its stdout.
+/// The report's `output` holds stdout (plus stderr on failure). Whatever the command
+/// leaves running in its group when it exits is killed.
 pub fn run_command(
     mut cmd: Command,
     shown: String,
@@ -232,13 +234,11 @@ pub fn run_command(
     let start = Instant::now();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|source| VerifyError::Spawn {
+        .stderr(Stdio::piped());
+    let (mut child, group) = guard::spawn(&mut cmd).map_err(|source| VerifyError::Spawn {
         command: shown.clone(),
         source,
     })?;
-    let pid = child.id();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let err_thread = thread::spawn(move || {
@@ -336,7 +336,7 @@ pub fn run_command(
             timed_out = true;
         }
         if cancelled || timed_out {
-            kill_group(pid);
+            group.kill();
             let _ = child.wait();
             break None;
         }
@@ -344,6 +344,8 @@ pub fn run_command(
         // build on average); a `try_wait` every 2 ms costs nothing measurable.
         thread::sleep(Duration::from_millis(2));
     };
+    // What the command left in its group could hold the pipes open: stop it first.
+    drop(group);
     let _ = out_thread.join();
     for line in rx.try_iter() {
         match line {
@@ -400,43 +402,29 @@ enum Line {
     Text(String),
 }
 
-/// SIGKILL a process group (the command and everything it started).
-pub fn kill_group(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Stop a command started in its own process group (`process_group(0)`): SIGTERM to
-/// the group, up to `grace` for the leader to exit, then SIGKILL to the group. Reaps
-/// the leader and returns its exit status.
+/// Stop `child`, started in `group` ([`guard::spawn`]): SIGTERM to the group, up to
+/// `grace` for the child to exit, then SIGKILL to the group. Reaps the child and
+/// returns its exit status.
 pub fn terminate_group(
     child: &mut std::process::Child,
+    group: &guard::Group,
     grace: Duration,
 ) -> Option<std::process::ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
-        // The leader is gone; take whatever it left in its group with it.
-        kill_group(child.id());
+        // The child is gone; take whatever it left in its group with it.
+        group.kill();
         return Some(status);
     }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
+    let _ = group.signal(nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
     while start.elapsed() < grace {
         if let Ok(Some(status)) = child.try_wait() {
-            kill_group(child.id());
+            group.kill();
             return Some(status);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    kill_group(child.id());
+    group.kill();
     child.wait().ok()
 }
 
@@ -471,7 +459,7 @@ impl CommandOutput {
     }
 }
 
-/// Run `cmd` in its own process group with `input` on its stdin (closed after it), and
+/// Run `cmd` in its own guarded process group ([`crate::guard`]) with `input` on its stdin (closed after it), and
 /// capture stdout (up to `max_stdout` bytes) and the tail of stderr. The whole group is
 /// killed after `opts.timeout` or when `opts.cancel` is set (then the error is
 /// [`VerifyError::Cancelled`]).
@@ -491,13 +479,11 @@ pub fn run_with_input(
         Stdio::null()
     })
     .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    let mut child = cmd.spawn().map_err(|source| VerifyError::Spawn {
+    .stderr(Stdio::piped());
+    let (mut child, group) = guard::spawn(&mut cmd).map_err(|source| VerifyError::Spawn {
         command: shown.to_owned(),
         source,
     })?;
-    let pid = child.id();
     let stdin_thread = match (child.stdin.take(), input) {
         (Some(mut stdin), Some(bytes)) => Some(thread::spawn(move || {
             // A program that does not read its input gets EPIPE: not an error here.
@@ -548,7 +534,7 @@ pub fn run_with_input(
             .is_some_and(|c| c.load(Ordering::SeqCst));
         timed_out = opts.timeout.is_some_and(|t| start.elapsed() > t);
         if cancelled || timed_out {
-            kill_group(pid);
+            group.kill();
             let _ = child.wait();
             break None;
         }
@@ -556,7 +542,7 @@ pub fn run_with_input(
     };
     let duration = start.elapsed();
     // The group may hold the pipes open (a grandchild): stop it before joining readers.
-    kill_group(pid);
+    drop(group);
     let (stdout, stdout_truncated) = out_thread.join().unwrap_or_default();
     let stderr = err_thread.join().unwrap_or_default();
     if let Some(t) = stdin_thread {

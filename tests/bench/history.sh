@@ -7,13 +7,14 @@
 #  2. end to end on a small project: two `heph self-modify --no-verify` (each one
 #     commit, durable) and two `heph rollback` (each a pre-state check, the files
 #     written, one commit), beside `git stash create` on the same project
-#  3. listing the last 50 of 100,000 evolutions:
-#     `heph history --limit 50 --json` vs `git log -50 --format=...`
+#  3. listing the last 50 of 100,000 evolutions, and a filter over all of them:
+#     `heph history --limit 50 --json` vs `git log -50 --format=...`;
+#     `heph history --kind import --limit 0 --json` vs `git log --grep`
 #
 # HEPH_BEFORE=/path/to/an/older/heph puts that binary beside this tree's in every table
 # (each on its own copy of the projects: their caches differ), and HEPH_EXTRA (named
 # HEPH_EXTRA_NAME) a third one, e.g. a build with fsync turned off to tell the cost of
-# durability from the rest. SKIP_LIST=1 skips 3.
+# durability from the rest. SKIP_LIST=1 skips 3; ONLY_LIST=1 runs only 3.
 #
 # Usage: tests/bench/history.sh [WORKDIR]   (needs hyperfine: apt-get install -y hyperfine)
 set -euo pipefail
@@ -59,6 +60,7 @@ print()
 PY
 }
 
+if [ -z "${ONLY_LIST:-}" ]; then
 # --- 1. snapshot of a 10,000-file tree, one file changed ----------------------------
 make_tree() {
   local tree="$1"
@@ -167,6 +169,8 @@ for r in $(seq 1 "$rounds"); do
 done
 summarize e2e "heph self-modify --no-verify ×2" > "$work/e2e.md"
 
+fi
+
 # --- 3. history listing over 100,000 evolutions --------------------------------------
 if [ -z "${SKIP_LIST:-}" ]; then
 long="$work/long"
@@ -196,17 +200,27 @@ for i in range(1, n + 1):
     out.write("\n")
 PY
 echo "evolutions: $(git rev-list --count refs/heph/history)"
+list_cmds=(-n 'heph history --limit 50 --json' "$heph history --limit 50 --json"
+  -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history")
+filter_cmds=(-n 'heph history --kind import --limit 0 --json' "$heph history --kind import --limit 0 --json"
+  -n 'git log --grep=Heph-Kind: import' "git log --format=%H%x00%ct%x00%B --grep=^Heph-Kind:\ import$ refs/heph/history")
+if [ -n "$before" ]; then
+  # The older binary on its own copy (it may keep caches in .heph/).
+  rm -rf "$work/long-before" && cp -a "$long" "$work/long-before"
+  list_cmds+=(-n 'heph history --limit 50 --json (before)' "sh -c 'cd $work/long-before && exec $before history --limit 50 --json'")
+  filter_cmds+=(-n 'heph history --kind import --limit 0 --json (before)' "sh -c 'cd $work/long-before && exec $before history --kind import --limit 0 --json'")
+  (cd "$work/long-before" && "$before" history --limit 0 --json >/dev/null)
+fi
 hyperfine -N --warmup 5 --runs 5 "$heph history --limit 50 --json" >/dev/null
 for r in $(seq 1 "$rounds"); do
-  hyperfine -N --runs 25 --style none --export-json "$work/history-$r.json" \
-    -n 'heph history --limit 50 --json' "$heph history --limit 50 --json" \
-    -n 'git log -50 --format=...' "git log -50 --format=%H%x00%h%x00%ct%x00%P%x00%B refs/heph/history" \
-    >/dev/null
+  hyperfine -N --runs 25 --style none --export-json "$work/history-$r.json" "${list_cmds[@]}" >/dev/null
+  hyperfine -N --runs 3 --style none --export-json "$work/filter-$r.json" "${filter_cmds[@]}" >/dev/null
 done
 summarize history "heph history --limit 50 --json" > "$work/history.md"
+summarize filter "heph history --kind import --limit 0 --json" >> "$work/history.md"
 fi
 
 echo
-cat "$work/snapshot.md" "$work/e2e.md"
+[ -z "${ONLY_LIST:-}" ] && cat "$work/snapshot.md" "$work/e2e.md"
 [ -z "${SKIP_LIST:-}" ] && cat "$work/history.md"
 exit 0

@@ -813,6 +813,61 @@ fn sync_shares_the_history_through_a_bare_remote() {
     assert_eq!(git_at(&remote, &["rev-parse", HISTORY_REF]).trim(), a2);
     // The remote's evolution can be inspected on B.
     b.run(["show", &a2[..12]]).expect_code(0);
+    // The way out it offers: keep B's files, join the histories, push.
+    let text = b.run(["sync", &url]);
+    text.expect_code(1);
+    assert!(text.stderr.contains("--keep local"), "{}", text.stderr);
+    let b_files = b.snapshot();
+    let merged = json(&b, &["sync", &url, "--keep", "local"]);
+    assert_eq!(merged["status"], "merged");
+    assert_eq!(merged["kept"], "local");
+    assert_eq!(merged["push_rejected"], serde_json::Value::Null);
+    let merge = merged["evolution"].as_str().expect("id").to_owned();
+    assert_eq!(b.snapshot(), b_files, "no file written");
+    assert_eq!(git_at(&remote, &["rev-parse", HISTORY_REF]).trim(), merge);
+    // Both sides stay in the history: first parent B's, second the remote's.
+    let b_git = b.path(".heph/history.git");
+    let parents = git_at(
+        &b_git,
+        &["rev-parse", &format!("{merge}^1"), &format!("{merge}^2")],
+    );
+    assert_eq!(
+        parents.lines().collect::<Vec<_>>(),
+        vec![b2.as_str(), a2.as_str()]
+    );
+    assert_eq!(
+        git_at(&b_git, &["rev-parse", &format!("{merge}^{{tree}}")]),
+        git_at(&b_git, &["rev-parse", &format!("{b2}^{{tree}}")])
+    );
+    assert_eq!(history_ids(&b)[..2], [merge.clone(), b2.clone()]);
+    // A fast-forwards to it; then both diverge again and A keeps the remote's files.
+    assert_eq!(json(&env, &["sync", "origin"])["status"], "fast-forwarded");
+    env.write(
+        "src/lib.rs",
+        "pub mod agent;\npub fn version() -> u32 { 5 }\n",
+    );
+    let a3 = snapshot(&env, "a3");
+    b.write(
+        "src/lib.rs",
+        "pub mod agent;\npub fn version() -> u32 { 6 }\n",
+    );
+    let b3 = snapshot(&b, "b3");
+    assert_eq!(json(&b, &["sync", &url])["status"], "pushed");
+    let a_files = env.snapshot();
+    let run = env.run(["sync", "origin", "--keep", "remote"]);
+    run.expect_code(0);
+    assert!(run.stderr.contains("heph rollback"), "{}", run.stderr);
+    assert_eq!(env.snapshot(), a_files, "no file written");
+    let tip = history_ids(&env)[0].clone();
+    assert_eq!(
+        env.git_ok(["rev-parse", &format!("{tip}^1"), &format!("{tip}^2")])
+            .lines()
+            .collect::<Vec<_>>(),
+        vec![b3.as_str(), a3.as_str()]
+    );
+    // Rolling back to the merge applies the remote's files.
+    env.run(["rollback", &tip[..12]]).expect_code(0);
+    assert!(env.read("src/lib.rs").contains("{ 6 }"));
     // A's repository: no FETCH_HEAD, no remote-tracking branches.
     assert!(!env.path(".git/FETCH_HEAD").exists());
     assert_eq!(env.git_ok(["branch", "-r"]), "");
@@ -858,9 +913,11 @@ fn history_lists_filters_and_documents_its_json() {
     assert_eq!(e["files"], serde_json::json!(["src/lib.rs"]));
     let text = env.run(["history", "-n", "2"]);
     text.expect_code(0);
-    assert_eq!(text.stdout.lines().count(), 2);
+    // A header, then one line per evolution.
+    assert_eq!(text.stdout.lines().count(), 3);
+    assert!(text.stdout.starts_with("ID "), "{}", text.stdout);
     assert!(
-        text.stdout.lines().all(|l| l.contains("manual")),
+        text.stdout.lines().skip(1).all(|l| l.contains("manual")),
         "{}",
         text.stdout
     );
@@ -980,6 +1037,8 @@ fn self_modify_killed_at_random_moments_leaves_whole_files() {
         }
         let _ = child.kill();
         let _ = child.wait();
+        // The next heph command settles a change killed before it was recorded (undone).
+        env.run(["recover"]).expect_code(0);
         // The module is whole: its state before this run, or after it.
         let now = env.read(file);
         if now == text(run) {

@@ -4,12 +4,15 @@
 mod api;
 mod bad_input;
 mod cli;
+mod crash;
 mod edit_cases;
 mod evolve;
 mod hardening_api;
 mod history;
+mod hostile;
 mod hot;
 mod import;
+mod processes;
 mod real_crates;
 mod self_modify;
 mod watch;

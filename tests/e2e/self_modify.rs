@@ -105,6 +105,23 @@ fn type_error_is_rejected_and_every_file_restored() {
     );
     assert!(run.stderr.contains("mismatched types"), "{}", run.stderr);
     assert!(run.stderr.contains("rolled back"), "{}", run.stderr);
+    // A rejected change is an error, and stdout claims no change that does not stand.
+    assert!(
+        run.stderr.contains("error: verification failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("warning: verification"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("added fn broken"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("rolled back: added fn broken"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(env.snapshot(), before, "files must be byte-identical");
 }
 

@@ -199,6 +199,16 @@ impl Watch {
         }
     }
 
+    /// heph's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for heph to exit (after a signal the test sent).
+    pub(crate) fn reap(&mut self) {
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM heph and wait for it to exit.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
         signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
@@ -701,4 +711,39 @@ fn status_pause_and_resume_through_the_control_socket() {
         run.stderr
     );
     assert!(!Path::new(&env.path(".heph/watch.sock")).exists());
+}
+
+#[test]
+fn a_program_that_exits_0_has_finished_and_runs_again_at_the_next_change() {
+    let _serial = serial();
+    let env = TestEnv::new("hello-server");
+    let mut w = Watch::start(&env, &["--run", "echo ran-to-completion; exit 0"], false);
+    let first = w.wait_for("the program finishing", BUILD_TIMEOUT, 0, |e| {
+        event_is(e, "finished")
+    });
+    assert_eq!(first["generation"], 1, "{}", w.dump());
+    // The next change runs it again (the build takes far longer than the first
+    // restart delay a crash would have had, 250 ms).
+    let mark = w.mark();
+    env.write(REPLY, reply_source("changed"));
+    w.wait_for("the second run finishing", BUILD_TIMEOUT, mark, |e| {
+        event_is(e, "finished") && e["generation"] == 2
+    });
+    let events = w.events_since(0);
+    assert!(
+        !events
+            .iter()
+            .any(|e| event_is(e, "restarting") || event_is(e, "start-failed")),
+        "an exit code 0 is no crash: {}",
+        w.dump()
+    );
+    let status = env.run(["status", "--json"]).json();
+    assert_eq!(status["child_pid"], Value::Null, "{status}");
+    assert_eq!(w.terminate().code(), Some(0));
+    let stderr = w
+        .stderr
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert!(!stderr.contains("keeps running"), "{stderr}");
 }

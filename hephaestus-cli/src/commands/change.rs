@@ -16,7 +16,7 @@ use hephaestus_core::verify::{VerifyOptions, VerifyProgress};
 use hephaestus_core::{
     ApplyOptions, ApplyOutcome, ChangeAction, Config, Event, Operation, Project, Verify,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::output::{GlobalArgs, Output, UsageError};
 
@@ -167,10 +167,7 @@ pub fn apply(
 ) -> Result<ApplyOutcome> {
     let bar = if out.interactive && !out.quiet && !out.json {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        bar.set_style(out.progress_style("{spinner:.green} {msg} [{elapsed}]"));
         bar.enable_steady_tick(Duration::from_millis(100));
         Some(bar)
     } else {
@@ -191,9 +188,12 @@ pub fn apply(
             }
         }
         Event::PreStateRecorded { id } => {
-            out.note(format!(
-                "recorded hand edits as evolution {id} before writing"
-            ));
+            let msg = format!("recorded hand edits as evolution {id} before writing");
+            // Above the spinner, never through it (a stray line would stay on screen).
+            match &bar {
+                Some(b) => b.suspend(|| out.note(msg)),
+                None => out.note(msg),
+            }
         }
         Event::VerifyStarted { command: c } => {
             command = c.clone();
@@ -236,14 +236,19 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
         return code;
     }
     if let Some(diff) = &outcome.diff {
-        out.line(colorize_diff(diff, out.color));
+        out.line(crate::render::colorize_diff(diff, out.color_stdout));
     }
     for note in &outcome.notes {
         out.note(format!("note: {note}"));
     }
     for c in &outcome.changes {
         if c.action != ChangeAction::Unchanged || out.verbose > 0 {
-            out.line(format!("{} {}", c.action.as_str(), c.key));
+            if outcome.rolled_back {
+                // Not on stdout: nothing of it stands.
+                out.note(format!("rolled back: {} {}", c.action.as_str(), c.key));
+            } else {
+                out.line(format!("{} {}", c.action.as_str(), c.key));
+            }
         }
     }
     if outcome.dry_run {
@@ -291,11 +296,25 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
                     if v.errors.len() == 1 { "" } else { "s" }
                 )
             };
-            out.warn(format!(
-                "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
-                v.command,
-                secs(v.duration)
-            ));
+            if outcome.kept.is_empty() {
+                out.failure(format!(
+                    "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
+                    v.command,
+                    secs(v.duration)
+                ));
+            } else {
+                let recorded = outcome
+                    .hand_edits
+                    .as_ref()
+                    .map(|e| format!(", recorded as manual evolution {}", e.short_id))
+                    .unwrap_or_default();
+                out.failure(format!(
+                    "verification failed ({}: {why}, {}); the change was rolled back, but {} changed during the verification by someone else: kept as it is{recorded}",
+                    v.command,
+                    secs(v.duration),
+                    outcome.kept.join(", ")
+                ));
+            }
         }
     }
     if let Some(e) = &outcome.evolution {
@@ -348,26 +367,4 @@ pub fn exit_code(outcome: &ApplyOutcome) -> u8 {
 
 fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
-}
-
-fn colorize_diff(diff: &str, color: bool) -> String {
-    if !color {
-        return diff.trim_end().to_owned();
-    }
-    diff.lines()
-        .map(|l| {
-            if l.starts_with("+++") || l.starts_with("---") {
-                format!("\x1b[1m{l}\x1b[0m")
-            } else if l.starts_with('+') {
-                format!("\x1b[32m{l}\x1b[0m")
-            } else if l.starts_with('-') {
-                format!("\x1b[31m{l}\x1b[0m")
-            } else if l.starts_with("@@") {
-                format!("\x1b[36m{l}\x1b[0m")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

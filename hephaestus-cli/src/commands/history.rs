@@ -49,9 +49,8 @@ pub fn run(args: HistoryArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
     if evolutions.is_empty() {
         out.note("no evolutions recorded yet (`heph snapshot` records the current files)");
     }
-    let now = render::now();
-    for e in &evolutions {
-        out.line(render::line(e, now));
+    if !evolutions.is_empty() {
+        out.page(render::table(&evolutions, render::now()).join("\n"));
     }
     Ok(0)
 }

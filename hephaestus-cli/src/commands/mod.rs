@@ -2,9 +2,11 @@
 
 pub mod api;
 pub mod change;
+pub mod completions;
 pub mod evolve;
 pub mod history;
 pub mod import;
+pub mod recover;
 pub mod rollback;
 pub mod self_modify;
 pub mod serve;
@@ -35,6 +37,9 @@ pub enum Command {
     Show(show::ShowArgs),
     /// Restore the files of an evolution (undoable).
     Rollback(rollback::RollbackArgs),
+    /// Finish or undo a change a killed heph left unfinished (every command that
+    /// writes does it first too).
+    Recover(recover::Args),
     /// Share the history with a git remote (fetch, fast-forward, push).
     Sync(sync::SyncArgs),
     /// Record the current files as a `manual` evolution.
@@ -49,6 +54,10 @@ pub enum Command {
     Evolve(Box<evolve::Args>),
     /// Serve the HTTP control API (self-modify, dynamic-import, history, evolution).
     Serve(serve::Args),
+    /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per command with --out-dir.
+    Man(completions::ManArgs),
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -59,11 +68,14 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::History(args) => history::run(args, global, out),
         Command::Show(args) => show::run(args, global, out),
         Command::Rollback(args) => rollback::run(args, global, out),
+        Command::Recover(args) => recover::run(args, global, out),
         Command::Sync(args) => sync::run(args, global, out),
         Command::Snapshot(args) => snapshot::run(args, global, out),
         Command::Watch(args) => watch::run(args, global, out),
         Command::Status(args) => status::run(args, global, out),
         Command::Evolve(args) => evolve::run(*args, global, out),
         Command::Serve(args) => serve::run(args, global, out),
+        Command::Completions(args) => completions::run_completions(args),
+        Command::Man(args) => completions::run_man(args, out),
     }
 }

@@ -23,12 +23,12 @@ pub fn run(args: ShowArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let shown = history.show(&args.id, !args.stat)?;
     out.json(&shown);
     if !out.json {
-        out.line(render_text(&shown, args.stat));
+        out.page(render_text(&shown, args.stat, out.color_stdout));
     }
     Ok(0)
 }
 
-fn render_text(shown: &EvolutionDiff, stat: bool) -> String {
+fn render_text(shown: &EvolutionDiff, stat: bool, color: bool) -> String {
     let e = &shown.evolution;
     let mut s = format!("evolution {}\n", e.id);
     let mut field = |name: &str, value: &str| {
@@ -105,7 +105,7 @@ fn render_text(shown: &EvolutionDiff, stat: bool) -> String {
             if shown.deletions == 1 { "" } else { "s" },
         ));
     } else if let Some(patch) = &shown.patch {
-        s.push_str(patch.trim_end());
+        s.push_str(&render::colorize_diff(patch, color));
     }
     s
 }

@@ -2,13 +2,13 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use hephaestus_core::history::{SHORT_ID_LEN, SyncOutcome, SyncTransport};
+use hephaestus_core::history::{SHORT_ID_LEN, SyncOutcome, SyncResolve, SyncSide, SyncTransport};
 
 use crate::output::{GlobalArgs, Output};
 use crate::project;
 
 /// Fetch the remote's history, then fast-forward the local one or push it; diverged
-/// histories are reported and left alone (exit code 1).
+/// histories are reported and left alone (exit code 1), or joined with `--keep`.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// A git remote of the project's repository, or a URL or path.
@@ -18,6 +18,21 @@ pub struct SyncArgs {
     /// and the git CLI for the others.
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     pub transport: Transport,
+    /// When the histories diverged: join them with a merge evolution that holds this
+    /// side's files (`local`: this project's, `remote`: the remote's), then push. The
+    /// other side's evolutions stay in the history; files are never written (after
+    /// `--keep remote`, `heph rollback` of the merge applies the remote's files).
+    #[arg(long, value_enum, value_name = "SIDE")]
+    pub keep: Option<Side>,
+}
+
+/// `--keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Side {
+    /// This project's files.
+    Local,
+    /// The remote's files.
+    Remote,
 }
 
 /// `--transport`.
@@ -49,7 +64,12 @@ fn short(id: &Option<String>) -> &str {
 /// Run `heph sync`.
 pub fn run(args: SyncArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let mut history = project::open_history(global, out)?;
-    let report = history.sync_with(&args.remote, args.transport.into())?;
+    let resolve = match args.keep {
+        None => SyncResolve::Report,
+        Some(Side::Local) => SyncResolve::Keep(SyncSide::Local),
+        Some(Side::Remote) => SyncResolve::Keep(SyncSide::Remote),
+    };
+    let report = history.sync_resolving(&args.remote, args.transport.into(), resolve)?;
     out.json(&report);
     let r = &args.remote;
     match &report.outcome {
@@ -85,7 +105,42 @@ pub fn run(args: SyncArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
                 report.tracking_ref,
                 short(&report.remote_tip),
             ));
+            out.note(format!(
+                "to go on: `heph sync {r} --keep local` keeps this project's files, \
+                 `--keep remote` the remote's; either records a merge that keeps both \
+                 histories, and pushes it"
+            ));
             return Ok(1);
+        }
+        SyncOutcome::Merged {
+            kept,
+            ahead,
+            behind,
+            evolution,
+            push_rejected,
+            ..
+        } => {
+            let id = &evolution[..SHORT_ID_LEN.min(evolution.len())];
+            let side = match kept {
+                SyncSide::Local => "this project's files".to_owned(),
+                SyncSide::Remote => format!("`{r}`'s files"),
+            };
+            out.line(format!(
+                "merged the diverged histories ({ahead} local, {behind} remote evolution(s)) \
+                 as evolution {id}, keeping {side}"
+            ));
+            if *kept == SyncSide::Remote {
+                out.note(format!(
+                    "the project's files were not changed: `heph rollback {id}` applies the merge's files"
+                ));
+            }
+            if let Some(reason) = push_rejected {
+                out.warn(format!(
+                    "`{r}` refused the push: {reason}; the merge is recorded here only, sync again"
+                ));
+                return Ok(1);
+            }
+            out.line(format!("pushed to `{r}`; both at {id}"));
         }
         SyncOutcome::PushRejected { reason } => {
             out.warn(format!(

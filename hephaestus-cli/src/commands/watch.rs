@@ -16,7 +16,7 @@ use hephaestus_core::supervise::{
 };
 use hephaestus_core::watch::control::{self, Request};
 use hephaestus_core::watch::{RunTarget, Session, WatchEvent, WatchOptions};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::api::{self as control_api, ApiArgs};
 use super::change::open_project;
@@ -360,10 +360,7 @@ impl<'a> View<'a> {
                 self.command = command.clone();
                 if self.out.interactive && !self.out.quiet {
                     let bar = ProgressBar::new_spinner();
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner:.green} {msg} [{elapsed}]")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
+                    bar.set_style(self.out.progress_style("{spinner:.green} {msg} [{elapsed}]"));
                     bar.set_message(format!("building: {command}"));
                     bar.enable_steady_tick(Duration::from_millis(100));
                     self.bar = Some(bar);
@@ -376,11 +373,11 @@ impl<'a> View<'a> {
                     match total {
                         Some(t) => {
                             b.set_style(
-                                ProgressStyle::with_template(
-                                    "{spinner:.green} {msg} [{bar:25}] {pos}/{len} [{elapsed}]",
-                                )
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
+                                self.out
+                                    .progress_style(
+                                        "{spinner:.green} {msg} [{bar:25}] {pos}/{len} [{elapsed}]",
+                                    )
+                                    .progress_chars("=> "),
                             );
                             b.set_length(*t as u64);
                             b.set_position(*done as u64);
@@ -428,8 +425,15 @@ impl<'a> View<'a> {
                 reload_ms,
                 first,
             } => {
-                let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
                 let secs = *reload_ms as f64 / 1000.0;
+                let Some(pid) = pid else {
+                    // It finished already (exit code 0): nothing serves.
+                    self.heph(format!(
+                        "generation {generation} ran ({secs:.2}s after the change)"
+                    ));
+                    return;
+                };
+                let pid = format!(", pid {pid}");
                 self.heph(if *first {
                     format!("generation {generation} serving{pid} (started in {secs:.2}s)")
                 } else {
@@ -526,7 +530,12 @@ impl<'a> View<'a> {
             }
             SuperviseEvent::Exited {
                 generation, status, ..
-            } => self.error(format!("generation {generation} exited ({status})")),
+            } if !status.success() => {
+                self.error(format!("generation {generation} exited ({status})"))
+            }
+            SuperviseEvent::Finished { generation, .. } => self.heph(format!(
+                "generation {generation} finished (exit code 0); waiting for the next change"
+            )),
             SuperviseEvent::Restarting { delay, attempt, .. } => self.heph(format!(
                 "restarting in {:.2}s (crash #{attempt} in a row)",
                 delay.as_secs_f64()

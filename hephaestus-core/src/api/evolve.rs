@@ -23,8 +23,8 @@
 //! `.heph/evolve/RUN.jsonl` matches the `run_id` the API answered.
 
 use std::ffi::OsString;
-use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
@@ -191,20 +191,29 @@ impl EvolveLauncher for ProcessLauncher {
         if let Some(dir) = req.log.parent() {
             fs::create_dir_all(dir).map_err(log_err)?;
         }
-        let log = File::create(req.log).map_err(log_err)?;
+        // Never through a link planted in `.heph/evolve/`.
+        let log = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(req.log)
+            .map_err(log_err)?;
         let log2 = log.try_clone().map_err(log_err)?;
         cmd.current_dir(req.root)
             .env(RUN_ID_VAR, req.run_id)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2)
-            .process_group(0);
-        let child = cmd.spawn().map_err(|source| EvolveError::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
+            .stderr(log2);
+        // Guarded: the run dies with heph (see crate::guard).
+        let (child, group) =
+            crate::guard::spawn(&mut cmd).map_err(|source| EvolveError::Spawn {
+                command: shown.clone(),
+                source,
+            })?;
         Ok(Box::new(ProcessRun {
             child,
+            group,
             command: shown,
             end: None,
         }))
@@ -215,6 +224,7 @@ impl EvolveLauncher for ProcessLauncher {
 #[derive(Debug)]
 struct ProcessRun {
     child: Child,
+    group: crate::guard::Group,
     command: String,
     end: Option<RunEnd>,
 }
@@ -238,7 +248,7 @@ impl EvolveRun for ProcessRun {
             && let Ok(Some(status)) = self.child.try_wait()
         {
             // The leader is gone: take what it left in its group with it.
-            crate::verify::kill_group(self.child.id());
+            self.group.kill();
             self.end = Some(Self::ended(status));
         }
         self.end
@@ -248,7 +258,7 @@ impl EvolveRun for ProcessRun {
         if let Some(end) = self.poll() {
             return end;
         }
-        let end = crate::verify::terminate_group(&mut self.child, STOP_GRACE).map_or(
+        let end = crate::verify::terminate_group(&mut self.child, &self.group, STOP_GRACE).map_or(
             RunEnd {
                 success: false,
                 exit_code: None,

@@ -10,13 +10,13 @@ use git2::{Commit, ErrorCode, ObjectType, Oid, Repository, Signature, Time};
 
 use super::{
     CAS_ATTEMPTS, History, HistoryError, Identity, MAX_LISTED_FILES, Meta, PACK_STATE,
-    PreparedSnapshot, SCOPE_TRAILER, SKIPPED_TRAILER, SkippedFile, evolution_of, index,
-    index_record, message, plural_files, refs, snapshot,
+    PreparedSnapshot, SCOPE_TRAILER, SKIPPED_TRAILER, SkippedFile, evolution_of, message,
+    plural_files, refs, snapshot,
 };
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 
 impl History {
-    fn signature(
+    pub(super) fn signature(
         &self,
         repo: &Repository,
         who: &Identity,
@@ -171,8 +171,6 @@ impl History {
                         .map_err(HistoryError::git("reading the new evolution"))?;
                     let evolution = evolution_of(&commit);
                     snap.save_cache(oid);
-                    // Best effort: a listing reads what the index lacks from git.
-                    let _ = index::append_child(&self.index_path(), &index_record(&commit));
                     self.maybe_repack(repo, oid);
                     return Ok(Some(evolution));
                 }

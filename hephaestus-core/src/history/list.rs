@@ -1,21 +1,16 @@
-//! Reading the history: listing evolutions (through the evolution index), finding one
-//! by id (also among the evolutions fetched from remotes), the last that passed.
+//! Reading the history: listing evolutions, finding one by id (also among the
+//! evolutions fetched from remotes), the last that passed.
 
-use git2::{ErrorCode, Oid, Repository};
+use git2::{ErrorCode, Oid};
 
-use super::{
-    History, HistoryError, ListFilter, SHORT_ID_LEN, evolution_from, evolution_of, index,
-    index_record, normalize_module,
-};
+use super::{History, HistoryError, ListFilter, SHORT_ID_LEN, evolution_of, normalize_module};
 use crate::evolution::{Evolution, VerifyOutcome};
 
 impl History {
     /// Evolutions, newest first, following the first parents from the tip.
     ///
-    /// What the evolution index (`.heph/history-index`) holds is read from it, the rest
-    /// from git; the index is then completed where it can be: commits newer than all of
-    /// it are appended, and a walk that went down to the first evolution rewrites it
-    /// whole when it was short (best effort: a listing never fails for the index).
+    /// Each listed evolution is one commit read through libgit2 (its header and message);
+    /// a filter reads every commit of the chain until `limit` evolutions matched.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<Evolution>, HistoryError> {
         let mut out = Vec::new();
         let Some(tip) = self.tip()? else {
@@ -24,55 +19,17 @@ impl History {
         let repo = self.repo_ref()?;
         let module = filter.module.as_deref().map(normalize_module);
         let limit = filter.limit.unwrap_or(usize::MAX);
-        let index_path = self.index_path();
-        let mut reader = index::Reader::open(&index_path);
-        // Where the listing found the index ending (a file that is no index counts too:
-        // a listing may start it over).
-        let index_end = reader.as_ref().map_or_else(
-            || std::fs::metadata(&index_path).map_or(0, |m| m.len()),
-            index::Reader::end,
-        );
-        let mut indexed = reader.as_mut().and_then(index::Reader::prev);
-        // The index's last record: what commits newer than all of it must descend from.
-        let index_last = indexed.as_ref().map(|r| r.id);
-        let mut foreign = false;
-        // Every commit walked, as the index keeps it, newest first; how many came first
-        // from git (before any the index has: newer than all of it), and from git in all.
-        let mut walked: Vec<index::Record> = Vec::new();
-        let mut fresh = 0;
-        let mut from_git = 0;
         let mut next = Some(tip);
         while let Some(oid) = next {
             if out.len() >= limit {
                 break;
             }
-            let record = match indexed.take_if(|r| r.id == oid) {
-                Some(r) => {
-                    indexed = reader.as_mut().and_then(index::Reader::prev);
-                    r
-                }
-                None => {
-                    let commit = repo.find_commit(oid).map_err(|source| HistoryError::Git {
-                        what: format!("reading evolution {oid} of {}", self.reference.name()),
-                        source,
-                    })?;
-                    from_git += 1;
-                    if from_git == walked.len() + 1 {
-                        // Every commit so far came from git: newer than all of the index.
-                        fresh = from_git;
-                        if fresh > 64 && indexed.is_some() {
-                            // So many commits without a match: not this history's index.
-                            reader = None;
-                            indexed = None;
-                            foreign = true;
-                        }
-                    }
-                    index_record(&commit)
-                }
-            };
-            next = record.parent;
-            let evolution = evolution_from(record.id, record.time, record.parent, &record.message);
-            walked.push(record);
+            let commit = repo.find_commit(oid).map_err(|source| HistoryError::Git {
+                what: format!("reading evolution {oid} of {}", self.reference.name()),
+                source,
+            })?;
+            next = commit.parent_id(0).ok();
+            let evolution = evolution_of(&commit);
             if filter.kind.is_some_and(|k| k != evolution.meta.kind) {
                 continue;
             }
@@ -86,56 +43,7 @@ impl History {
             }
             out.push(evolution);
         }
-        if from_git > 0 && self.state.ensure().is_ok() {
-            if next.is_none() {
-                // The whole chain, down to the first evolution: the index, complete.
-                walked.reverse();
-                let _ = index::rewrite(&index_path, &walked, index_end);
-            } else if fresh > 0 {
-                let matched = fresh < walked.len();
-                walked.truncate(fresh);
-                let mut after = index_last.filter(|_| matched);
-                if !matched
-                    && !foreign
-                    && let Some(last) = index_last
-                {
-                    // The walk stopped above the index: bridge the gap from git (a little
-                    // way) so the index stays one unbroken stretch, or start it over.
-                    let bridge = self.bridge(repo, next, last);
-                    if let Some(bridge) = bridge {
-                        walked.extend(bridge);
-                        after = Some(last);
-                    }
-                }
-                walked.reverse();
-                let _ = index::fill(&index_path, &walked, index_end, after);
-            }
-        }
         Ok(out)
-    }
-
-    /// The commits from `from` down to, not including, `last`, newest first, read from
-    /// git: at most 256 of them; None when `last` is not reached by then.
-    fn bridge(
-        &self,
-        repo: &Repository,
-        from: Option<Oid>,
-        last: Oid,
-    ) -> Option<Vec<index::Record>> {
-        let mut out = Vec::new();
-        let mut at = from;
-        while let Some(oid) = at {
-            if oid == last {
-                return Some(out);
-            }
-            if out.len() >= 256 {
-                return None;
-            }
-            let commit = repo.find_commit(oid).ok()?;
-            at = commit.parent_id(0).ok();
-            out.push(index_record(&commit));
-        }
-        None
     }
 
     /// The evolution with this id: full, or a prefix that only one evolution has.

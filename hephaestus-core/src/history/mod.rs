@@ -25,11 +25,10 @@
 //! [`History::sync`] take it themselves.
 
 mod commit;
-mod index;
 mod list;
 pub mod message;
 mod refs;
-mod restore;
+pub(crate) mod restore;
 mod show;
 mod snapshot;
 mod sync;
@@ -50,7 +49,7 @@ use refs::HistoryRef;
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};
 pub use snapshot::SkippedFile;
-pub use sync::{SyncOutcome, SyncReport, SyncTransport};
+pub use sync::{SyncOutcome, SyncReport, SyncResolve, SyncSide, SyncTransport};
 
 /// The reference of the project at the root of a repository's main work tree (and of
 /// a project in no repository). Other projects have their own (see [`History::reference`]).
@@ -240,6 +239,18 @@ pub enum HistoryError {
     /// The writer lock could not be taken.
     #[error(transparent)]
     Lock(#[from] StateError),
+    /// A rollback wrote the files but recording it failed.
+    #[error(
+        "the files were rolled back, but recording the rollback in the history failed ({source}); the next heph command that takes the lock records it"
+    )]
+    RollbackNotRecorded {
+        /// The history error.
+        #[source]
+        source: Box<HistoryError>,
+    },
+    /// An unfinished transaction found under the lock could not be settled.
+    #[error(transparent)]
+    Journal(Box<crate::journal::JournalError>),
 }
 
 fn known_remotes(known: &[String]) -> String {
@@ -281,7 +292,9 @@ impl crate::Categorized for HistoryError {
             | HistoryError::RefContention { .. }
             | HistoryError::RefLocked { .. }
             | HistoryError::RestoreBlocked { .. }
-            | HistoryError::Lock(_) => Environment,
+            | HistoryError::Lock(_)
+            | HistoryError::Journal(_)
+            | HistoryError::RollbackNotRecorded { .. } => Environment,
         }
     }
 }
@@ -356,6 +369,9 @@ pub struct HistoryOptions {
     /// moves (on each attempt), so that a test can move the reference in between. None
     /// in normal use.
     pub before_ref_update: Option<RefUpdateHook>,
+    /// Called with what was done when taking the writer lock found a transaction a
+    /// killed heph left unfinished (see [`crate::journal`]); None: not reported.
+    pub on_recover: Option<crate::journal::RecoverFn>,
 }
 
 impl Default for HistoryOptions {
@@ -369,6 +385,7 @@ impl Default for HistoryOptions {
             max_file_size: None,
             step_delay: None,
             before_ref_update: None,
+            on_recover: None,
         }
     }
 }
@@ -384,6 +401,7 @@ impl fmt::Debug for HistoryOptions {
             .field("max_file_size", &self.max_file_size)
             .field("step_delay", &self.step_delay)
             .field("before_ref_update", &self.before_ref_update.is_some())
+            .field("on_recover", &self.on_recover.is_some())
             .finish()
     }
 }
@@ -581,6 +599,8 @@ impl History {
         })?;
         let root = canonical.as_path();
         let state = StateDir::new(root);
+        // A `.heph` (or `.heph/history.git`, ...) that is a link is refused before use.
+        state.check()?;
         let mut options = options;
         if options.max_file_size.is_none() {
             let config = HistoryConfig::of_project(root)?;
@@ -716,7 +736,8 @@ impl History {
         self.repo_ref()
     }
 
-    /// Take the writer lock as the high-level operations do.
+    /// Take the writer lock as the high-level operations do, and settle a transaction
+    /// a killed heph left unfinished (reported through [`HistoryOptions::on_recover`]).
     pub fn lock(&self, who: &str) -> Result<ProjectLock, HistoryError> {
         let on_wait = self.options.on_lock_wait.clone();
         let lock = self
@@ -727,7 +748,19 @@ impl History {
                 }
             })?;
         self.state.clean_tmp();
+        crate::journal::recover(&self.root, &lock, &self.options)
+            .map_err(|e| HistoryError::Journal(Box::new(e)))?;
         Ok(lock)
+    }
+
+    /// The bytes of a blob of the store (a file of a snapshot).
+    pub(crate) fn blob(&self, id: &str) -> Result<Vec<u8>, HistoryError> {
+        let repo = self.repo_ref()?;
+        let oid = Oid::from_str(id).map_err(HistoryError::git("reading a blob id"))?;
+        let blob = repo
+            .find_blob(oid)
+            .map_err(HistoryError::git("reading a file of a snapshot"))?;
+        Ok(blob.content().to_vec())
     }
 
     fn pause(&self) {
@@ -869,11 +902,6 @@ impl History {
             })
             .collect())
     }
-
-    /// The evolution index's file.
-    fn index_path(&self) -> PathBuf {
-        self.state.path().join(index::INDEX_FILE)
-    }
 }
 
 /// Git's name of the linked work tree `repo` is opened in (`.git/worktrees/NAME`).
@@ -899,34 +927,14 @@ fn plural_files(n: usize) -> String {
 
 /// The typed evolution of a commit.
 pub(crate) fn evolution_of(commit: &Commit<'_>) -> Evolution {
-    evolution_from(
-        commit.id(),
-        commit.committer().when().seconds(),
-        commit.parent_id(0).ok(),
-        commit.message_bytes(),
-    )
-}
-
-/// An evolution from its commit's id, time, first parent and message.
-fn evolution_from(id: Oid, time: i64, parent: Option<Oid>, message: &[u8]) -> Evolution {
-    let id = id.to_string();
-    let msg = String::from_utf8_lossy(message);
+    let id = commit.id().to_string();
+    let msg = String::from_utf8_lossy(commit.message_bytes());
     Evolution {
         short_id: id[..SHORT_ID_LEN].to_owned(),
         id,
-        timestamp: time,
-        parent: parent.map(|p| p.to_string()),
+        timestamp: commit.committer().when().seconds(),
+        parent: commit.parent_id(0).ok().map(|p| p.to_string()),
         meta: message::parse(&msg),
-    }
-}
-
-/// What the evolution index keeps of a commit.
-fn index_record(commit: &Commit<'_>) -> index::Record {
-    index::Record {
-        id: commit.id(),
-        parent: commit.parent_id(0).ok(),
-        time: commit.committer().when().seconds(),
-        message: commit.message_bytes().to_vec(),
     }
 }
 

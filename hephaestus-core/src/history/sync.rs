@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use super::refs::read_ref;
 use super::{History, HistoryError};
+use crate::evolution::{EvolutionKind, EvolutionMeta};
 
 /// How a sync ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +58,23 @@ pub enum SyncOutcome {
         /// The last evolution both share, if any.
         merge_base: Option<String>,
     },
+    /// The histories diverged and were joined as asked ([`SyncResolve`]): a merge
+    /// evolution whose first parent is the side kept (its files are the merge's) and
+    /// whose second is the other (kept reachable: nothing is lost), then pushed.
+    Merged {
+        /// Which side's files the merge holds: `local` or `remote`.
+        kept: SyncSide,
+        /// Local evolutions the remote lacked.
+        ahead: usize,
+        /// Remote evolutions the local history lacked.
+        behind: usize,
+        /// The last evolution both shared, if any.
+        merge_base: Option<String>,
+        /// The merge evolution's id (the local history's new tip).
+        evolution: String,
+        /// The remote's refusal of the push, if it refused (the merge stays local).
+        push_rejected: Option<String>,
+    },
     /// The remote refused the push (e.g. someone pushed in between); nothing was changed.
     PushRejected {
         /// The server's reason.
@@ -73,8 +91,36 @@ impl SyncOutcome {
                 | SyncOutcome::UpToDate
                 | SyncOutcome::FastForwarded { .. }
                 | SyncOutcome::Pushed { .. }
+        ) || matches!(
+            self,
+            SyncOutcome::Merged {
+                push_rejected: None,
+                ..
+            }
         )
     }
+}
+
+/// One side of a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncSide {
+    /// This project's history.
+    Local,
+    /// The remote's history.
+    Remote,
+}
+
+/// What `heph sync` does when the two histories diverged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncResolve {
+    /// Report the divergence and change nothing.
+    #[default]
+    Report,
+    /// Join the histories with a merge evolution holding this side's files (the other
+    /// side's evolutions stay in the history, reachable through the merge's second
+    /// parent, and any of them can be restored with `heph rollback`), then push.
+    Keep(SyncSide),
 }
 
 /// What `heph sync` did.
@@ -405,6 +451,18 @@ impl History {
         remote: &str,
         transport: SyncTransport,
     ) -> Result<SyncReport, HistoryError> {
+        self.sync_resolving(remote, transport, SyncResolve::Report)
+    }
+
+    /// [`History::sync_with`], settling a divergence as `resolve` says. The project's
+    /// files are never written: after keeping the remote's side, `heph rollback` of the
+    /// merge evolution applies its files.
+    pub fn sync_resolving(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+        resolve: SyncResolve,
+    ) -> Result<SyncReport, HistoryError> {
         let _lock = self.lock("sync")?;
         self.repo_for_write()?;
         let repo = self.repo_ref()?;
@@ -503,15 +561,92 @@ impl History {
                 let (ahead, behind) = repo
                     .graph_ahead_behind(l, r)
                     .map_err(HistoryError::git("comparing the histories"))?;
-                SyncOutcome::Diverged {
-                    ahead,
-                    behind,
-                    merge_base: repo.merge_base(l, r).ok().map(|b| b.to_string()),
+                let merge_base = repo.merge_base(l, r).ok().map(|b| b.to_string());
+                match resolve {
+                    SyncResolve::Report => SyncOutcome::Diverged {
+                        ahead,
+                        behind,
+                        merge_base,
+                    },
+                    SyncResolve::Keep(kept) => {
+                        let merge = self.merge_diverged(repo, &name, l, r, kept, remote)?;
+                        report.local_after = hex(Some(merge));
+                        let rejected = if cli {
+                            push_cli(repo, &handle, &name)?
+                        } else {
+                            push_libgit2(repo, &handle, &name)?
+                        };
+                        if rejected.is_none() {
+                            self.update_ref(&tracking_ref, merge, || {
+                                repo.reference(&tracking_ref, merge, true, "heph sync: pushed")
+                            })?;
+                        }
+                        SyncOutcome::Merged {
+                            kept,
+                            ahead,
+                            behind,
+                            merge_base,
+                            evolution: merge.to_string(),
+                            push_rejected: rejected,
+                        }
+                    }
                 }
             }
             (Some(_), None) => SyncOutcome::UpToDate, // unreachable: handled by the push arm
         };
         Ok(report)
+    }
+}
+
+impl History {
+    /// Commit the merge of diverged `local` and `remote` tips keeping `kept`'s files
+    /// (first parent: the kept side, so listings follow it), durably, and move the
+    /// history's reference to it from `local` (compare-and-swap); its id.
+    fn merge_diverged(
+        &self,
+        repo: &Repository,
+        name: &str,
+        local: Oid,
+        remote: Oid,
+        kept: SyncSide,
+        remote_name: &str,
+    ) -> Result<Oid, HistoryError> {
+        let (first, second) = match kept {
+            SyncSide::Local => (local, remote),
+            SyncSide::Remote => (remote, local),
+        };
+        let find = |oid: Oid| {
+            repo.find_commit(oid)
+                .map_err(HistoryError::git("reading a diverged evolution"))
+        };
+        let (first, second) = (find(first)?, find(second)?);
+        let tree = first
+            .tree()
+            .map_err(HistoryError::git("reading the kept evolution's tree"))?;
+        let subject = match kept {
+            SyncSide::Local => format!(
+                "sync: kept this project's files over `{remote_name}`'s diverged evolutions"
+            ),
+            SyncSide::Remote => format!(
+                "sync: kept `{remote_name}`'s files over this project's diverged evolutions"
+            ),
+        };
+        let meta = EvolutionMeta::new(EvolutionKind::Manual, subject);
+        let msg = super::message::format(&meta);
+        let author = self.signature(repo, &self.options.author)?;
+        let committer = self.signature(repo, &self.options.committer)?;
+        let buffer = repo
+            .commit_create_buffer(&author, &committer, &msg, &tree, &[&first, &second])
+            .map_err(HistoryError::git("formatting the merge"))?;
+        let oid = repo
+            .odb()
+            .and_then(|odb| odb.write(git2::ObjectType::Commit, &buffer))
+            .map_err(HistoryError::git("writing the merge"))?;
+        super::refs::sync_objects(repo, &[oid])?;
+        self.update_ref(name, oid, || {
+            repo.reference_matching(name, oid, true, local, "heph sync: merge")
+        })?;
+        Ok(oid)
     }
 }
 

@@ -730,7 +730,7 @@ fn listing_from_git(h: &History) -> Vec<Evolution> {
 }
 
 #[test]
-fn listing_reads_the_index_and_git_for_what_it_lacks() {
+fn listing_follows_first_parents_and_reads_commits_by_other_tools() {
     let (_dir, root) = project(true);
     let mut h = open(&root);
     for i in 0..5 {
@@ -742,140 +742,43 @@ fn listing_reads_the_index_and_git_for_what_it_lacks() {
         h.record(&meta(EvolutionKind::SelfModify, None))
             .expect("record");
     }
-    let index = root.join(".heph").join(index::INDEX_FILE);
     let all = ListFilter::default();
-    // Every writer appended its evolution: the listing equals git's.
-    assert_eq!(
-        index::Reader::open(&index).map(|mut r| std::iter::from_fn(move || r.prev()).count()),
-        Some(5)
-    );
     assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
-    // An evolution committed by something else (here git itself) is read from git and
-    // added to the index.
+    assert_eq!(h.list(&all).expect("list").len(), 5);
+    // An evolution committed by something else (here git itself) is listed too.
     let by_git = commit_by_git(&root, &h, "by git");
     let listed = h.list(&all).expect("list");
     assert_eq!(listed, listing_from_git(&h));
+    assert_eq!(listed[0].id, by_git);
     assert_eq!(listed[0].meta.message, "by git");
-    let mut reader = index::Reader::open(&index).expect("index");
-    assert_eq!(reader.prev().expect("newest").id.to_string(), by_git);
-    // A damaged, missing or foreign index never changes what is listed.
-    let bytes = fs::read(&index).expect("read");
-    fs::write(&index, &bytes[..bytes.len() - 7]).expect("tear");
-    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
-    fs::remove_file(&index).expect("rm");
-    // A writer does not start an index that would not reach back to the first evolution;
-    // a listing of everything rebuilds it whole.
-    write(&root, "src/lib.rs", "pub fn a() -> u32 { 99 }\n");
-    h.record(&meta(EvolutionKind::SelfModify, None))
-        .expect("record");
-    let count = |path: &Path| {
-        index::Reader::open(path).map_or(0, |mut r| std::iter::from_fn(move || r.prev()).count())
-    };
-    assert_eq!(count(&index), 0);
-    let listed = h.list(&all).expect("list");
-    assert_eq!(listed, listing_from_git(&h));
-    assert_eq!(count(&index), listed.len(), "the listing rebuilt the index");
-    // A limited listing of a history without an index starts one with what it read,
-    // and writers continue it.
-    fs::remove_file(&index).expect("rm");
-    h.list(&ListFilter {
-        limit: Some(3),
-        ..Default::default()
-    })
-    .expect("list");
-    assert_eq!(count(&index), 3);
-    write(&root, "src/lib.rs", "pub fn a() -> u32 { 100 }\n");
-    h.record(&meta(EvolutionKind::SelfModify, None))
-        .expect("record");
-    assert_eq!(count(&index), 4);
-    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
-    let (_other_dir, other_root) = project(true);
-    let mut other = open(&other_root);
-    other
-        .record(&meta(EvolutionKind::Import, None))
-        .expect("other history");
-    fs::copy(other_root.join(".heph").join(index::INDEX_FILE), &index).expect("foreign");
-    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
-    fs::write(&index, "not an index").expect("garbage");
-    assert_eq!(h.list(&all).expect("list"), listing_from_git(&h));
-    assert_eq!(
-        count(&index),
-        listing_from_git(&h).len(),
-        "garbage replaced"
-    );
-    // And what the index says is what is shown (it is read, not just checked).
-    let tip = h.tip().expect("tip").expect("some");
-    fs::remove_file(&index).expect("rm");
-    let commit = h
-        .repo_ref()
-        .expect("repo")
-        .find_commit(tip)
-        .expect("tip commit");
-    let mut record = index_record(&commit);
-    record.message = b"from the index\n\nHeph-Kind: manual\n".to_vec();
-    index::rewrite(&index, &[record], 0).expect("rewrite");
-    let listed = h
+    // A limit keeps the newest; a kind filter walks past what does not match.
+    let two = h
         .list(&ListFilter {
             limit: Some(2),
             ..Default::default()
         })
         .expect("list");
-    assert_eq!(listed[0].meta.message, "from the index");
-    assert_eq!(listed[1], listing_from_git(&h)[1]);
-}
-
-/// The ids in the index, newest first.
-fn index_ids(root: &Path) -> Vec<String> {
-    let Some(mut r) = index::Reader::open(&root.join(".heph").join(index::INDEX_FILE)) else {
-        return Vec::new();
-    };
-    std::iter::from_fn(move || r.prev())
-        .map(|rec| rec.id.to_string())
-        .collect()
-}
-
-#[test]
-fn listings_keep_the_index_one_unbroken_stretch() {
-    let (_dir, root) = project(true);
-    let mut h = open(&root);
-    for i in 0..3 {
-        write(
-            &root,
-            "src/lib.rs",
-            &format!("pub fn a() -> u32 {{ {i} }}\n"),
-        );
-        h.record(&meta(EvolutionKind::SelfModify, None))
-            .expect("record");
-    }
-    let chain =
-        |h: &History| -> Vec<String> { listing_from_git(h).into_iter().map(|e| e.id).collect() };
-    assert_eq!(index_ids(&root), chain(&h));
-    // Twelve evolutions committed by git itself: the index lags behind.
-    for i in 0..12 {
-        commit_by_git(&root, &h, &format!("by git {i}"));
-    }
-    // A listing of two bridges the gap below them from git: the index is whole again.
-    let two = ListFilter {
-        limit: Some(2),
-        ..Default::default()
-    };
-    h.list(&two).expect("list");
-    assert_eq!(index_ids(&root), chain(&h));
-    // And writers continue it.
-    write(&root, "src/lib.rs", "pub fn a() -> u32 { 42 }\n");
-    h.record(&meta(EvolutionKind::SelfModify, None))
-        .expect("record");
-    assert_eq!(index_ids(&root), chain(&h));
-    // An index of another history (valid, intact) is started over, not appended to.
-    let (_other_dir, other_root) = project(true);
-    let mut other = open(&other_root);
-    other
-        .record(&meta(EvolutionKind::Import, None))
-        .expect("other");
-    let index = root.join(".heph").join(index::INDEX_FILE);
-    fs::copy(other_root.join(".heph").join(index::INDEX_FILE), &index).expect("foreign");
-    assert_eq!(h.list(&two).expect("list"), listing_from_git(&h)[..2]);
-    assert_eq!(index_ids(&root), chain(&h)[..2]);
+    assert_eq!(two, listing_from_git(&h)[..2]);
+    let manual = h
+        .list(&ListFilter {
+            kind: Some(EvolutionKind::Manual),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(manual.len(), 1);
+    assert_eq!(manual[0].id, by_git);
+    let modified = h
+        .list(&ListFilter {
+            kind: Some(EvolutionKind::SelfModify),
+            limit: Some(3),
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(modified, listing_from_git(&h)[1..4]);
+    // Nothing in `.heph/` is a listing's cache: removing it changes nothing listed.
+    let before = h.list(&all).expect("list");
+    fs::remove_dir_all(root.join(".heph")).expect("rm .heph");
+    assert_eq!(open(&root).list(&all).expect("list"), before);
 }
 
 #[test]

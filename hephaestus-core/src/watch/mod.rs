@@ -581,7 +581,8 @@ impl Session {
         };
         let mut exited = false;
         sup.poll(&mut |e| {
-            exited |= matches!(e, SuperviseEvent::Exited { .. });
+            // A program that finished (exit code 0) did not crash.
+            exited |= matches!(e, SuperviseEvent::Exited { status, .. } if !status.success());
             on_event(&WatchEvent::Process(e));
         });
         let (generation, pid) = (sup.generation(), sup.child_pid());
@@ -1104,9 +1105,11 @@ fn locked_history<T>(
     timeout: Duration,
     f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
 ) -> Result<T, String> {
-    let _lock = StateDir::new(root)
+    let lock = StateDir::new(root)
         .lock("watch snapshot", timeout, |_| {})
         .map_err(|e: StateError| e.to_string())?;
+    // A change a killed heph left unfinished is settled before it could be recorded.
+    crate::journal::recover(root, &lock, options).map_err(|e| e.to_string())?;
     open_history(history, root, options, f)
 }
 
