@@ -34,11 +34,15 @@ fn main() -> ExitCode {
     let color = output::ColorChoice::from_raw_args(std::env::args_os());
     let matches = Cli::command().color(color.for_clap()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let out = Output::new(&cli.global);
-    let code = match commands::run(cli.command, &cli.global, &out) {
-        Ok(code) => code,
-        Err(err) => out.error(&err),
-    };
+    // Parsing (and everything that walks syn's trees) runs on a thread whose stack is
+    // sized for the nesting limits of `hephaestus_core::nesting`.
+    let code = hephaestus_core::nesting::with_parse_stack(move || {
+        let out = Output::new(&cli.global);
+        match commands::run(cli.command, &cli.global, &out) {
+            Ok(code) => code,
+            Err(err) => out.error(&err),
+        }
+    });
     ExitCode::from(code)
 }
 

@@ -299,6 +299,7 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
         core::fsio::WriteError,
         core::history::HistoryError,
         core::import::ImportError,
+        core::journal::JournalError,
         core::modpath::ModulePathError,
         core::project::ProjectError,
         core::project_root::ProjectRootError,

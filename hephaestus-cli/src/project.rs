@@ -57,7 +57,19 @@ pub fn history_options(out: &Output) -> HistoryOptions {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis),
         before_ref_update: None,
+        on_recover: Some(recovery_note(out)),
     }
+}
+
+/// Says what was done with a transaction a killed heph left unfinished, when a command
+/// taking the project lock settled it (stderr, even in JSON mode; not with -q).
+pub fn recovery_note(out: &Output) -> hephaestus_core::journal::RecoverFn {
+    let quiet = out.quiet;
+    Arc::new(move |r: &hephaestus_core::journal::Recovery| {
+        if !quiet {
+            eprintln!("{}", r.summary());
+        }
+    })
 }
 
 /// Open the project's history with [`history_options`].

@@ -20,6 +20,10 @@ use crate::evolution::{
 use crate::fsio::{FileWrite, Transaction, WriteError};
 use crate::history::{History, HistoryError, HistoryOptions};
 use crate::import::{self, ImportError, ImportSpec};
+use crate::journal::{
+    self, Direction, Journal, JournalError, PendingFile, Phase, Recovery, Settled, Side, TxKind,
+    TxStart,
+};
 use crate::modpath::ModulePath;
 use crate::project::Project;
 use crate::resolve::{ResolveError, Resolver};
@@ -290,6 +294,14 @@ pub struct ApplyOutcome {
     pub rollback: Option<Evolution>,
     /// The result of `--run`.
     pub run: Option<RunReport>,
+    /// Files changed by someone else while heph verified (relative): kept as they
+    /// are, not restored.
+    pub kept: Vec<String>,
+    /// The `manual` evolution recording the files kept (instead of the failed attempt).
+    pub hand_edits: Option<Evolution>,
+    /// What was done with a transaction a killed heph had left unfinished, found when
+    /// taking the lock.
+    pub recovered: Option<Recovery>,
     /// What heph decided or ignored on the way (see [`Plan::notes`]).
     pub notes: Vec<String>,
 }
@@ -322,6 +334,21 @@ pub enum ApplyError {
     /// The `--run` harness failed to start.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The write-ahead journal could not be written or settled.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Recording in the history failed after the files were written: they were put
+    /// back (a file someone else changed meanwhile is kept).
+    #[error("{}", not_recorded(.source, .restored, .kept))]
+    NotRecorded {
+        /// The history error.
+        #[source]
+        source: Box<HistoryError>,
+        /// Files put back as they were before the change, relative.
+        restored: Vec<String>,
+        /// Files changed by someone else meanwhile, kept as they are.
+        kept: Vec<String>,
+    },
     /// A patch's file no longer holds the text the patch was computed on.
     #[error(
         "{path} changed since the change was computed (edited by hand meanwhile?); nothing was written"
@@ -336,14 +363,15 @@ pub enum ApplyError {
         /// The path as given.
         path: String,
     },
-    /// Restoring the files after a failed verification failed: say exactly what to do.
+    /// Restoring the files after a failed or interrupted verification failed: the
+    /// journal stays, so the next heph command (or `heph recover`) finishes the restore.
     #[error(
-        "verification failed and restoring the files failed too ({source}); the state before the change is in the history: run `heph rollback --last`"
+        "the change could not be undone ({source}); the state before it is in the history and the next heph command (or `heph recover`) puts it back"
     )]
     Restore {
         /// The restore error.
         #[source]
-        source: WriteError,
+        source: JournalError,
     },
 }
 
@@ -358,12 +386,38 @@ impl crate::Categorized for ApplyError {
             ApplyError::History(e) => e.category(),
             ApplyError::Verify(e) => e.category(),
             ApplyError::Run(e) => e.category(),
+            ApplyError::Journal(e) => e.category(),
+            ApplyError::NotRecorded { source, .. } => source.category(),
             ApplyError::Restore { .. } | ApplyError::Stale { .. } => {
                 crate::ErrorCategory::Environment
             }
             ApplyError::PatchPath { .. } => crate::ErrorCategory::BadInput,
         }
     }
+}
+
+fn not_recorded(source: &HistoryError, restored: &[String], kept: &[String]) -> String {
+    let mut s = format!(
+        "recording the change in the history failed after the files were written ({source}); "
+    );
+    if restored.is_empty() {
+        s.push_str("no file held the change any more");
+    } else {
+        s.push_str(&format!(
+            "the files were put back as they were before the change ({})",
+            restored.join(", ")
+        ));
+    }
+    if !kept.is_empty() {
+        s.push_str(&format!(
+            "; kept {}, changed by someone else meanwhile",
+            kept.join(", ")
+        ));
+    }
+    s.push_str(
+        "; nothing unverified was left behind, run the command again once the history is writable",
+    );
+    s
 }
 
 /// Errors of reading submitted code.
@@ -530,15 +584,18 @@ impl Project {
         }
         let state = StateDir::new(self.root());
         let who = format!("{} {}", op.kind(), op.module());
-        let _lock = state.lock(&who, opts.lock_timeout, |holder| {
+        let lock = state.lock(&who, opts.lock_timeout, |holder| {
             on_event(&Event::WaitingForLock {
                 holder: holder.to_owned(),
             })
         })?;
         state.clean_tmp();
+        // A transaction a killed heph left is settled before anything else is read.
+        let recovered = journal::recover(self.root(), &lock, &opts.history_options)?;
         // Plan under the lock, so concurrent heph processes see each other's writes.
         let plan = self.plan(op)?;
         let mut outcome = self.outcome(&plan, false, None);
+        outcome.recovered = recovered;
         if plan.is_noop() {
             outcome.noop = true;
             return Ok(outcome);
@@ -551,6 +608,7 @@ impl Project {
         } else {
             None
         };
+        let mut pre_tip = None;
         if let Some(h) = history.as_mut() {
             outcome.pre_state = h.record_manual_if_changed()?;
             if let Some(e) = &outcome.pre_state {
@@ -558,13 +616,42 @@ impl Project {
                     id: e.short_id.clone(),
                 });
             }
+            pre_tip = h.tip()?.map(|t| t.to_string());
         }
+        // The write-ahead record, durable before the first file changes.
+        let pending: Vec<PendingFile<'_>> = plan
+            .files
+            .iter()
+            .zip(&outcome.files)
+            .map(|(f, rel)| PendingFile {
+                path: rel,
+                before: f.before.as_deref().map_or(Side::Absent, Side::Bytes),
+                after: Side::Bytes(&f.after),
+            })
+            .collect();
+        let mut journal = Journal::begin(
+            self.root(),
+            &lock,
+            TxStart {
+                kind: TxKind::Apply,
+                operation: who.clone(),
+                pre_state: pre_tip,
+                history: opts.history,
+                meta: None,
+            },
+            &pending,
+        )?;
         let mut tx = Transaction::new(plan.files.clone()).with_tmp_dir(state.tmp_dir()?);
-        tx.commit()?;
+        if let Err(e) = tx.commit() {
+            // The transaction put back what it wrote; the journal checks and goes.
+            self.undo(journal)?;
+            return Err(e.into());
+        }
         // Test hook (crash tests): a pause between the write and the verification.
         if let Some(d) = opts.history_options.step_delay {
             std::thread::sleep(d);
         }
+        journal.set_phase(Phase::Verifying, None)?;
         on_event(&Event::Written {
             files: outcome.files.clone(),
         });
@@ -573,8 +660,8 @@ impl Project {
             Ok(r) => r,
             Err(e) => {
                 // Interrupted or could not start: never leave an unverified change.
-                tx.restore()
-                    .map_err(|source| ApplyError::Restore { source })?;
+                let settled = self.undo(journal)?;
+                outcome.kept = settled.kept;
                 on_event(&Event::RolledBack);
                 return Err(e.into());
             }
@@ -600,8 +687,22 @@ impl Project {
             if opts.backup
                 && let Some(h) = history.as_mut()
             {
-                outcome.evolution = Some(h.record(&meta(record))?);
+                let meta = meta(record);
+                journal.set_phase(Phase::Passed, Some(meta.clone()))?;
+                match h.record(&meta) {
+                    Ok(e) => outcome.evolution = Some(e),
+                    Err(source) => {
+                        // Never leave a change the history does not hold: put the files back.
+                        let settled = self.undo(journal)?;
+                        return Err(ApplyError::NotRecorded {
+                            source: Box::new(source),
+                            restored: settled.restored,
+                            kept: settled.kept,
+                        });
+                    }
+                }
             }
+            journal.finish()?;
             if let Some(function) = &plan.run {
                 let pkg = self
                     .package(&plan.package)
@@ -619,15 +720,53 @@ impl Project {
             }
             return Ok(outcome);
         }
-        // Verification failed: record the attempt, restore byte for byte, record that.
         outcome.accepted = false;
+        // Files that no longer hold heph's bytes were saved by someone else during the
+        // verification: they are kept, and recorded as a hand edit instead of the attempt.
+        let edited_meanwhile = plan
+            .files
+            .iter()
+            .any(|f| std::fs::read(&f.path).ok().as_deref() != Some(f.after.as_slice()));
+        if edited_meanwhile {
+            let settled = self.settle_undo(&journal)?;
+            outcome.kept = settled.kept;
+            outcome.rolled_back = true;
+            on_event(&Event::RolledBack);
+            if let Some(h) = history.as_mut() {
+                match h.record_manual_if_changed() {
+                    Ok(e) => outcome.hand_edits = e,
+                    Err(source) => {
+                        journal.finish()?;
+                        return Err(ApplyError::NotRecorded {
+                            source: Box::new(source),
+                            restored: settled.restored,
+                            kept: outcome.kept,
+                        });
+                    }
+                }
+            }
+            journal.finish()?;
+            return Ok(outcome);
+        }
+        // Verification failed: record the attempt, restore byte for byte, record that.
+        journal.set_phase(Phase::Failed, None)?;
         if opts.backup
             && let Some(h) = history.as_mut()
         {
-            outcome.evolution = Some(h.record(&meta(record))?);
+            match h.record(&meta(record)) {
+                Ok(e) => outcome.evolution = Some(e),
+                Err(source) => {
+                    let settled = self.undo(journal)?;
+                    return Err(ApplyError::NotRecorded {
+                        source: Box::new(source),
+                        restored: settled.restored,
+                        kept: settled.kept,
+                    });
+                }
+            }
         }
-        tx.restore()
-            .map_err(|source| ApplyError::Restore { source })?;
+        let settled = self.settle_undo(&journal)?;
+        outcome.kept = settled.kept;
         outcome.rolled_back = true;
         on_event(&Event::RolledBack);
         if opts.backup
@@ -639,9 +778,34 @@ impl Project {
             );
             m.module = Some(plan.module.clone());
             m.files = outcome.files.iter().map(PathBuf::from).collect();
-            outcome.rollback = Some(h.record(&m)?);
+            match h.record(&m) {
+                Ok(e) => outcome.rollback = Some(e),
+                Err(source) => {
+                    journal.finish()?;
+                    return Err(ApplyError::NotRecorded {
+                        source: Box::new(source),
+                        restored: settled.restored,
+                        kept: outcome.kept,
+                    });
+                }
+            }
         }
+        journal.finish()?;
         Ok(outcome)
+    }
+
+    /// Put the files of an open transaction back as they were (comparing first: a file
+    /// someone else changed is kept), then close it. When a file cannot be written, the
+    /// journal stays, so the next command finishes the job.
+    fn undo(&self, journal: Journal) -> Result<Settled, ApplyError> {
+        let settled = self.settle_undo(&journal)?;
+        journal.finish()?;
+        Ok(settled)
+    }
+
+    fn settle_undo(&self, journal: &Journal) -> Result<Settled, ApplyError> {
+        journal::settle(self.root(), journal.record(), Direction::Undo, None)
+            .map_err(|source| ApplyError::Restore { source })
     }
 
     fn verify(
@@ -694,6 +858,9 @@ impl Project {
             pre_state: None,
             rollback: None,
             run: None,
+            kept: Vec::new(),
+            hand_edits: None,
+            recovered: None,
             notes: plan.notes.clone(),
         }
     }

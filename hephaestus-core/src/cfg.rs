@@ -34,6 +34,7 @@ impl CfgOption {
         let bad = || CfgError::Spec {
             text: text.to_owned(),
         };
+        crate::nesting::check(&crate::source::Origin::Submitted, text).map_err(|_| bad())?;
         let meta: syn::Meta = syn::parse_str(text.trim()).map_err(|_| bad())?;
         match &meta {
             syn::Meta::Path(p) => Ok(CfgOption {
@@ -465,6 +466,7 @@ mod tests {
         assert!(CfgOption::parse("all(unix)").is_err());
         assert!(CfgOption::parse("a = 1").is_err());
         assert!(CfgOption::parse("").is_err());
+        assert!(CfgOption::parse(&format!("a = {}\"x\"", "(".repeat(100_000))).is_err());
     }
 
     #[test]

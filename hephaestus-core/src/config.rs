@@ -22,6 +22,10 @@
 //! addr = "127.0.0.1:8000"
 //! body_limit = "1MiB"      # larger requests get 413
 //! lock_timeout = "30s"     # a write waiting longer for another one gets 409
+//! header_timeout = "10s"   # a request header (or an idle kept-alive connection) later is closed
+//! body_timeout = "60s"     # a body arriving later gets 408
+//! max_connections = 256    # one more gets 503 and is closed
+//! max_parses = 4           # request bodies parsed at once (default: the cores, at most 4)
 //! evolve_command = "..."   # what trigger-evolution runs instead of `heph evolve`
 //! [history]
 //! max_file_size = "100MiB" # larger files are left out of snapshots (default)
@@ -102,6 +106,15 @@ pub struct ApiConfig {
     /// How long a write request waits for another write before answering 409, such as
     /// `30s` (default 30s).
     pub lock_timeout: Option<String>,
+    /// How long a client gets to send a request header, and how long a kept-alive
+    /// connection may stay idle, such as `10s` (default 10s).
+    pub header_timeout: Option<String>,
+    /// How long a client gets to send a request body, such as `60s` (default 60s).
+    pub body_timeout: Option<String>,
+    /// Open connections at most (default 256).
+    pub max_connections: Option<usize>,
+    /// Request bodies parsed at once (default: the available cores, at most 4).
+    pub max_parses: Option<usize>,
     /// A shell command `POST /hot-reload/trigger-evolution` runs (at the project root, in
     /// its own process group) instead of `heph evolve`: a hook for scripts and tests.
     pub evolve_command: Option<String>,
@@ -201,10 +214,12 @@ pub struct EvolveConfig {
     pub metric: Option<String>,
     /// Higher fitness is better (default: lower is better).
     pub maximize: Option<bool>,
-    /// Fitness samples per side (baseline and candidate) for each comparison.
+    /// Fitness samples per side of the A/A noise measurement, and the fewest of a
+    /// comparison's first look.
     pub runs: Option<usize>,
-    /// Fitness samples per side a comparison may grow to, in steps of `runs`, while a
-    /// candidate looks better but is not yet significant (default: twice `runs`).
+    /// Fitness samples per side a comparison may grow to, in looks, while a candidate
+    /// looks better but is not yet significant (default: what the candidate's share of
+    /// the budget allows; see `EvolveOptions::max_runs`).
     pub max_runs: Option<usize>,
     /// Wall-time budget of a run, such as `10m`.
     pub budget: Option<String>,
@@ -341,8 +356,25 @@ impl Config {
                 return Err("api.body_limit: must be at least 1 byte".into());
             }
         }
-        if let Some(t) = &self.api.lock_timeout {
-            parse_duration(t).map_err(|m| format!("api.lock_timeout: {m}"))?;
+        for (key, value) in [
+            ("lock_timeout", &self.api.lock_timeout),
+            ("header_timeout", &self.api.header_timeout),
+            ("body_timeout", &self.api.body_timeout),
+        ] {
+            if let Some(t) = value {
+                let d = parse_duration(t).map_err(|m| format!("api.{key}: {m}"))?;
+                if key != "lock_timeout" && d.is_zero() {
+                    return Err(format!("api.{key}: must be more than 0"));
+                }
+            }
+        }
+        for (key, value) in [
+            ("max_connections", self.api.max_connections),
+            ("max_parses", self.api.max_parses),
+        ] {
+            if value == Some(0) {
+                return Err(format!("api.{key}: must be at least 1"));
+            }
         }
         if self
             .api
@@ -358,6 +390,22 @@ impl Config {
     /// `api.body_limit` in bytes.
     pub fn api_body_limit(&self) -> Option<u64> {
         self.api.body_limit.as_ref().and_then(|s| s.bytes().ok())
+    }
+
+    /// `api.header_timeout` as a duration.
+    pub fn api_header_timeout(&self) -> Option<Duration> {
+        self.api
+            .header_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+    }
+
+    /// `api.body_timeout` as a duration.
+    pub fn api_body_timeout(&self) -> Option<Duration> {
+        self.api
+            .body_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
     }
 
     /// `api.lock_timeout` as a duration.
@@ -557,10 +605,26 @@ mod tests {
             Config::load(dir.path()).expect("load").api_body_limit(),
             Some(4096)
         );
+        fs::write(
+            &file,
+            "[api]\nheader_timeout = \"2s\"\nbody_timeout = \"1m\"\nmax_connections = 10\nmax_parses = 1\n",
+        )
+        .expect("write");
+        let config = Config::load(dir.path()).expect("load");
+        assert_eq!(config.api_header_timeout(), Some(Duration::from_secs(2)));
+        assert_eq!(config.api_body_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(
+            (config.api.max_connections, config.api.max_parses),
+            (Some(10), Some(1))
+        );
         for (text, needle) in [
             ("[api]\nbody_limit = \"huge\"\n", "api.body_limit"),
             ("[api]\nbody_limit = 0\n", "api.body_limit"),
             ("[api]\nlock_timeout = \"soon\"\n", "api.lock_timeout"),
+            ("[api]\nheader_timeout = \"0s\"\n", "api.header_timeout"),
+            ("[api]\nbody_timeout = \"later\"\n", "api.body_timeout"),
+            ("[api]\nmax_connections = 0\n", "api.max_connections"),
+            ("[api]\nmax_parses = 0\n", "api.max_parses"),
             ("[api]\nport = 80\n", "port"),
         ] {
             fs::write(&file, text).expect("write");

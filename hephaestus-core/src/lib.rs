@@ -59,9 +59,11 @@ pub mod history;
 pub mod hot;
 pub mod import;
 pub mod item;
+pub mod journal;
 #[cfg(feature = "mcp")]
 pub mod mcp;
 pub mod modpath;
+pub mod nesting;
 pub mod outline;
 pub mod project;
 pub mod project_root;

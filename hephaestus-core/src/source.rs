@@ -81,20 +81,65 @@ pub struct SyntaxError {
     pub line: usize,
     /// 1-based column, counted in characters.
     pub column: usize,
-    /// The text of the offending line (without its line break).
+    /// The text of the offending line (without its line break); of a long line, only
+    /// the part around the column (at most [`EXCERPT_CHARS`] characters, and a lone
+    /// `\r` ends it as a line break would), starting at character `line_text_start`.
     pub line_text: String,
+    /// The 0-based character offset in the line where `line_text` starts (0 unless the
+    /// line was cut).
+    pub line_text_start: usize,
+}
+
+/// The most characters of the offending line a [`SyntaxError`] keeps.
+pub const EXCERPT_CHARS: usize = 120;
+
+/// The part of `line` shown for an error at 1-based character `column`: the lone-CR
+/// separated segment holding the column, cut to [`EXCERPT_CHARS`] characters around
+/// it. Returns the excerpt and the character offset where it starts.
+fn excerpt(line: &str, column: usize) -> (String, usize) {
+    let at = column.saturating_sub(1);
+    let short = line.len() <= EXCERPT_CHARS && !line.contains('\r');
+    if short {
+        return (line.to_owned(), 0);
+    }
+    // The segment between lone CRs that holds the column.
+    let (mut seg_start, mut seg_end) = (0usize, 0usize);
+    for (i, c) in line.chars().enumerate() {
+        seg_end = i + 1;
+        if c == '\r' {
+            if i >= at {
+                seg_end = i;
+                break;
+            }
+            seg_start = i + 1;
+        }
+    }
+    let seg_len = seg_end.saturating_sub(seg_start);
+    let (start, len) = if seg_len <= EXCERPT_CHARS {
+        (seg_start, seg_len)
+    } else {
+        let before = EXCERPT_CHARS / 2;
+        let start = at
+            .saturating_sub(before)
+            .max(seg_start)
+            .min(seg_end - EXCERPT_CHARS);
+        (start, EXCERPT_CHARS)
+    };
+    (line.chars().skip(start).take(len).collect(), start)
 }
 
 impl SyntaxError {
     /// An error at byte `offset` of `text`.
     pub fn at(origin: Origin, message: impl Into<String>, text: &str, offset: usize) -> Self {
         let (line, column) = line_col(text, offset);
+        let (line_text, line_text_start) = excerpt(line_text(text, line), column);
         SyntaxError {
             origin,
             message: message.into(),
             line,
             column,
-            line_text: line_text(text, line).to_owned(),
+            line_text,
+            line_text_start,
         }
     }
 
@@ -112,13 +157,15 @@ impl SyntaxError {
             return SyntaxError::at(origin, message, text, text.len());
         }
         let line = start.line + base_line;
-        let lt = line_text(text, line);
+        let column = start.column + 1;
+        let (line_text, line_text_start) = excerpt(line_text(text, line), column);
         SyntaxError {
             origin,
             message,
             line,
-            column: start.column + 1,
-            line_text: lt.to_owned(),
+            column,
+            line_text,
+            line_text_start,
         }
     }
 }
@@ -130,15 +177,18 @@ impl fmt::Display for SyntaxError {
         writeln!(f, "{}", self.message)?;
         writeln!(f, "{pad}--> {}:{}:{}", self.origin, self.line, self.column)?;
         writeln!(f, "{pad} |")?;
+        let cut_before = self.line_text_start > 0;
+        let lead = if cut_before { "…" } else { "" };
         let shown: String = self.line_text.replace('\t', "    ");
-        writeln!(f, "{num} | {shown}")?;
+        writeln!(f, "{num} | {lead}{shown}")?;
         let before: String = self
             .line_text
             .chars()
-            .take(self.column.saturating_sub(1))
+            .take(self.column.saturating_sub(1 + self.line_text_start))
             .map(|c| if c == '\t' { "    " } else { " " })
             .collect();
-        write!(f, "{pad} | {before}^")
+        let lead = if cut_before { " " } else { "" };
+        write!(f, "{pad} | {lead}{before}^")
     }
 }
 
@@ -264,6 +314,7 @@ impl SourceFile {
     /// Parse `text` as a whole Rust file.
     pub fn parse(origin: Origin, text: String) -> Result<SourceFile, Box<SyntaxError>> {
         let prefix = prefix_len(&text);
+        crate::nesting::check_from(&origin, &text, prefix)?;
         let body = &text[prefix..];
         let syntax: syn::File = syn::parse_str(body)
             .map_err(|e| Box::new(SyntaxError::from_syn(origin.clone(), &e, &text, 0)))?;
@@ -348,6 +399,7 @@ pub type ParsedItems = (Vec<syn::Item>, Vec<Range<usize>>);
 /// Parse submitted code as a sequence of items (inner attributes and a shebang are
 /// not allowed in submitted code).
 pub fn parse_items(code: &str) -> Result<ParsedItems, Box<SyntaxError>> {
+    crate::nesting::check(&Origin::Submitted, code)?;
     let file: syn::File = syn::parse_str(code)
         .map_err(|e| Box::new(SyntaxError::from_syn(Origin::Submitted, &e, code, 0)))?;
     if let Some(attr) = file.attrs.first() {
@@ -371,6 +423,7 @@ pub fn parse_items(code: &str) -> Result<ParsedItems, Box<SyntaxError>> {
 /// Check that `text` parses as a Rust file; used on the result of every edit.
 pub fn check_file(path: &Path, text: &str) -> Result<(), Box<SyntaxError>> {
     let prefix = prefix_len(text);
+    crate::nesting::check_from(&Origin::Result(path.to_owned()), text, prefix)?;
     syn::parse_str::<syn::File>(&text[prefix..])
         .map(|_| ())
         .map_err(|e| {
@@ -441,6 +494,48 @@ mod tests {
         let err = decode(Origin::Submitted, b"fn f() {}\n\xff".to_vec()).expect_err("invalid");
         assert_eq!(err.line, 2);
         assert!(err.message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn long_and_cr_only_lines_show_a_short_excerpt() {
+        // A file with lone CRs for line breaks is one line to the parser: the error
+        // shows the CR-separated segment with the column, not the whole file.
+        let text = format!(
+            "{}fn bad( {{}}\r{}",
+            "fn ok() {}\r".repeat(10_000),
+            "fn more() {}\r".repeat(10_000)
+        );
+        let err = SourceFile::parse(Origin::File("cr.rs".into()), text).expect_err("fails");
+        assert_eq!(err.line_text, "fn bad( {}", "{err:?}");
+        let shown = err.to_string();
+        assert!(shown.len() < 400, "{shown}");
+        assert!(shown.contains("| …fn bad( {}"), "{shown}");
+        // The caret is under the `(` (counting characters: `…` is one).
+        let col = |l: &str, pat: &str| l.find(pat).map(|b| l[..b].chars().count());
+        let caret = shown.lines().last().expect("caret line");
+        assert_eq!(
+            col(caret, "^"),
+            shown.lines().nth(3).and_then(|l| col(l, "( {}"))
+        );
+        // A long line is cut around the column.
+        let long = format!(
+            "const A: [u8; 3] = [{}];\nfn bad( {{}}",
+            "1, ".repeat(100_000)
+        );
+        let err = parse_items(&long).expect_err("fails");
+        assert_eq!(err.line, 2);
+        let long = format!("fn f() {{ let x = [{}, ]]; }}", "1".repeat(100_000));
+        let err = parse_items(&long).expect_err("fails");
+        assert!(err.line_text.chars().count() <= EXCERPT_CHARS, "{err:?}");
+        assert!(err.to_string().len() < 600, "{err}");
+    }
+
+    #[test]
+    fn a_nul_byte_is_named_not_an_unclosed_delimiter() {
+        let err = parse_items("fn f() {}\nfn g() { \0 }").expect_err("fails");
+        assert_eq!((err.line, err.column), (2, 10));
+        assert!(err.message.contains("NUL byte"), "{err}");
+        assert!(!err.message.contains("delimiter"), "{err}");
     }
 
     #[test]

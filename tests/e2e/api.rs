@@ -17,7 +17,7 @@ use ureq::http;
 
 const MODULE_FILE: &str = "src/agent/test_hot_reload.rs";
 /// A token long enough not to draw the short-token warning.
-const TOKEN: &str = "e2e-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "e2e-token-0123456789abcdef";
 
 /// The original system's self-modification test, with Rust code in place of Python:
 /// the body exactly as the README's curl example sends it.
@@ -40,11 +40,11 @@ const SEED_DYNAMIC_IMPORT: &str = r#"{
   }"#;
 
 /// A running `heph --json serve` (or `watch --api`) and a client for it.
-struct Server {
-    child: Child,
-    base: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     token: String,
-    start: Value,
+    pub(crate) start: Value,
     lines: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     agent: ureq::Agent,
@@ -52,23 +52,28 @@ struct Server {
 
 /// A response: status, parsed JSON body, and the headers that matter.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
     www_authenticate: Option<String>,
 }
 
 impl Server {
     /// `heph --json serve --api 127.0.0.1:0`, with `HEPH_TOKEN` when `token` is given.
-    fn serve(env: &TestEnv, token: Option<&str>) -> Server {
+    pub(crate) fn serve(env: &TestEnv, token: Option<&str>) -> Server {
         Server::spawn(env, &["serve", "--api", "127.0.0.1:0"], token)
     }
 
     fn spawn(env: &TestEnv, args: &[&str], token: Option<&str>) -> Server {
         let mut cmd = env.heph();
-        cmd.arg("--json")
-            .args(args)
-            .stdin(Stdio::null())
+        cmd.arg("--json").args(args);
+        Server::spawn_command(cmd, token)
+    }
+
+    /// Start `cmd` (a `heph --json serve` or `watch --api`, possibly under a wrapper
+    /// such as `prlimit`) and wait for its API.
+    pub(crate) fn spawn_command(mut cmd: std::process::Command, token: Option<&str>) -> Server {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(t) = token {
@@ -131,12 +136,18 @@ impl Server {
         }
     }
 
-    fn auth(&self) -> String {
+    pub(crate) fn auth(&self) -> String {
         format!("Bearer {}", self.token)
     }
 
     /// One request; `auth` is the whole `Authorization` header (None: no header).
-    fn request(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&[u8]>) -> Answer {
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Answer {
         let mut b = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -175,11 +186,11 @@ impl Server {
         }
     }
 
-    fn get(&self, path: &str) -> Answer {
+    pub(crate) fn get(&self, path: &str) -> Answer {
         self.request("GET", path, Some(&self.auth()), None)
     }
 
-    fn post(&self, path: &str, body: &str) -> Answer {
+    pub(crate) fn post(&self, path: &str, body: &str) -> Answer {
         self.request("POST", path, Some(&self.auth()), Some(body.as_bytes()))
     }
 
@@ -188,7 +199,7 @@ impl Server {
         self.request("POST", path, Some(&self.auth()), None)
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -234,7 +245,7 @@ impl Server {
     }
 
     /// SIGTERM and wait; returns the exit code.
-    fn stop(&mut self) -> Option<i32> {
+    pub(crate) fn stop(&mut self) -> Option<i32> {
         signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

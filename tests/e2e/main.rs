@@ -4,8 +4,10 @@
 mod api;
 mod bad_input;
 mod cli;
+mod crash;
 mod edit_cases;
 mod evolve;
+mod hardening_api;
 mod history;
 mod hostile;
 mod hot;

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use hephaestus_tests::TestEnv;
 use serde_json::Value;
 
-const OLD: &str = "Hello from generation one\n";
-const REPLY: &str = "src/reply.rs";
+pub(crate) const OLD: &str = "Hello from generation one\n";
+pub(crate) const REPLY: &str = "src/reply.rs";
 /// Generous: the first build of the suite compiles the fixture's dependencies.
 pub(crate) const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -31,7 +31,7 @@ pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn reply_source(text: &str) -> String {
+pub(crate) fn reply_source(text: &str) -> String {
     format!(
         "//! The text the server answers on `/`.\n\n/// The response body of `/`.\npub fn message() -> &'static str {{\n    \"{text}\"\n}}\n"
     )

@@ -94,6 +94,20 @@ pub fn start(
     opts.lock_timeout = config
         .api_lock_timeout()
         .unwrap_or(api::DEFAULT_LOCK_TIMEOUT);
+    opts.header_timeout = config
+        .api_header_timeout()
+        .unwrap_or(api::DEFAULT_HEADER_TIMEOUT);
+    opts.body_timeout = config
+        .api_body_timeout()
+        .unwrap_or(api::DEFAULT_BODY_TIMEOUT);
+    opts.max_connections = config
+        .api
+        .max_connections
+        .unwrap_or(api::DEFAULT_MAX_CONNECTIONS);
+    opts.max_parses = config
+        .api
+        .max_parses
+        .unwrap_or_else(api::default_max_parses);
     opts.apply = ApplyOptions {
         verify,
         history_options: crate::project::history_options(out),

@@ -176,7 +176,12 @@ pub fn apply(
     let mut command = String::new();
     let mut on_event = |e: &Event| match e {
         Event::WaitingForLock { holder } => {
-            let msg = format!("waiting for another heph to finish ({holder})");
+            // The holder writes its description just after taking the lock: it can
+            // still be empty (or blank) when we look.
+            let msg = match holder.trim() {
+                "" => "waiting for another heph to finish".to_owned(),
+                holder => format!("waiting for another heph to finish ({holder})"),
+            };
             match &bar {
                 Some(b) => b.set_message(msg),
                 None => out.note(msg),
@@ -291,11 +296,25 @@ pub fn render(outcome: &ApplyOutcome, out: &Output) -> u8 {
                     if v.errors.len() == 1 { "" } else { "s" }
                 )
             };
-            out.failure(format!(
-                "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
-                v.command,
-                secs(v.duration)
-            ));
+            if outcome.kept.is_empty() {
+                out.failure(format!(
+                    "verification failed ({}: {why}, {}); the change was rolled back and every file is byte-identical to before",
+                    v.command,
+                    secs(v.duration)
+                ));
+            } else {
+                let recorded = outcome
+                    .hand_edits
+                    .as_ref()
+                    .map(|e| format!(", recorded as manual evolution {}", e.short_id))
+                    .unwrap_or_default();
+                out.failure(format!(
+                    "verification failed ({}: {why}, {}); the change was rolled back, but {} changed during the verification by someone else: kept as it is{recorded}",
+                    v.command,
+                    secs(v.duration),
+                    outcome.kept.join(", ")
+                ));
+            }
         }
     }
     if let Some(e) = &outcome.evolution {

@@ -45,12 +45,14 @@ pub struct Args {
     /// Higher fitness is better (default: lower is better).
     #[arg(long)]
     pub maximize: bool,
-    /// Fitness runs per side (baseline and candidate, interleaved) per comparison [default: 10].
+    /// Fitness runs per side of the A/A noise measurement at the start, and the fewest
+    /// of a comparison's first look (the measured noise may make it larger) [default: 10].
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
-    /// Runs per side a comparison may grow to, --runs more at a time, while the
-    /// candidate looks better but is not yet significant; the significance level is
-    /// divided among the looks [default: twice --runs].
+    /// Runs per side a comparison may grow to, in looks, while the candidate looks
+    /// better but is not yet significant; the significance level is spent across the
+    /// looks [default: what the candidate's share of the budget allows, at most 50 times
+    /// --runs].
     #[arg(long, value_name = "N")]
     pub max_runs: Option<usize>,
     /// Stop starting candidates after this long (e.g. 10m) [default: 10m].
@@ -312,13 +314,33 @@ impl<'o> View<'o> {
                 look,
                 looks,
                 runs,
+                drift,
             } => {
                 self.status(
                     *runner,
                     format!(
-                        "#{candidate}: fitness, inconclusive: look {look} of {looks} ({runs} runs per side)"
+                        "#{candidate}: fitness, inconclusive: look {look} of at most {looks} ({runs} runs per side)"
                     ),
                 );
+                if let Some(d) = drift {
+                    self.note(format!(
+                        "  #{candidate}: the baseline's level moved by {:.1}% between looks (more than its noise): the machine drifted; each look is compared within itself",
+                        d * 100.0
+                    ));
+                }
+            }
+            EvolveEvent::Noise(n) => self.note(format!(
+                "noise (A/A, baseline against itself, {} runs per side): ±{:.1}% per run, apparent gain {:+.1}% (p={:.3}), {} per run; first look {} runs per side, which detects gains from {:.1}%",
+                n.runs,
+                n.noise * 100.0,
+                n.aa_gain * 100.0,
+                n.aa_p_value,
+                secs(n.run_ms),
+                n.first_look,
+                n.detectable_gain * 100.0
+            )),
+            EvolveEvent::Requeued { id, reason } => {
+                self.note(format!("#{id} queued again: {reason}"));
             }
             EvolveEvent::StageFinished {
                 runner,
@@ -502,6 +524,28 @@ fn print_table(s: &RunSummary, out: &Output) {
             s.stop.as_str()
         )),
     }
+    if let Some(n) = &s.too_noisy {
+        out.line(format!(
+            "the fitness is too noisy for a decision within the budget: its runs scatter by ±{:.1}% (A/A); {} comparison{} stayed undecided, and with {} runs per side the smallest detectable gain is {:.1}% (--min-gain {:.1}%): give more --budget, a steadier fitness, or a quieter machine",
+            n.noise * 100.0,
+            n.undecided,
+            if n.undecided == 1 { "" } else { "s" },
+            n.runs,
+            n.detectable_gain * 100.0,
+            n.min_gain * 100.0
+        ));
+    }
+    let b = &s.budget;
+    out.line(format!(
+        "time: {}{}: building {}, testing {}, measuring {}, other {} (workers' times add up)",
+        secs(b.wall_ms),
+        b.budget_ms
+            .map_or(String::new(), |m| format!(" of the {} budget", secs(m))),
+        secs(b.building_ms),
+        secs(b.testing_ms),
+        secs(b.measuring_ms),
+        secs(b.other_ms)
+    ));
     for a in &s.accepted {
         out.line(format!(
             "  evolution {}: {} -> {}  {}",

@@ -7,6 +7,7 @@ pub mod evolve;
 pub mod history;
 pub mod import;
 pub mod mcp;
+pub mod recover;
 pub mod rollback;
 pub mod self_modify;
 pub mod serve;
@@ -37,6 +38,9 @@ pub enum Command {
     Show(show::ShowArgs),
     /// Restore the files of an evolution (undoable).
     Rollback(rollback::RollbackArgs),
+    /// Finish or undo a change a killed heph left unfinished (every command that
+    /// writes does it first too).
+    Recover(recover::Args),
     /// Share the history with a git remote (fetch, fast-forward, push).
     Sync(sync::SyncArgs),
     /// Record the current files as a `manual` evolution.
@@ -67,6 +71,7 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::History(args) => history::run(args, global, out),
         Command::Show(args) => show::run(args, global, out),
         Command::Rollback(args) => rollback::run(args, global, out),
+        Command::Recover(args) => recover::run(args, global, out),
         Command::Sync(args) => sync::run(args, global, out),
         Command::Snapshot(args) => snapshot::run(args, global, out),
         Command::Watch(args) => watch::run(args, global, out),

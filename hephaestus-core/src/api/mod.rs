@@ -21,6 +21,7 @@ pub mod evolve;
 mod failure;
 mod request;
 mod routes;
+mod serve;
 pub mod token;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -45,6 +46,24 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALH
 pub const DEFAULT_BODY_LIMIT: u64 = 1 << 20;
 /// How long a write waits for the one before it by default.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client gets to send a request's header (and how long a kept-alive
+/// connection may stay idle) by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client gets to send a request's body by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Open connections at most, by default: well under the usual limit of 1,024 open
+/// files, leaving room for the files, pipes and git objects a change needs.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Requests parsed (JSON, then Rust) at once by default: the available cores, at most 4.
+pub fn default_max_parses() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Request bodies read or waiting, per parse permit: bodies in memory at once are at
+/// most `max_parses` × this × `body_limit`.
+const BODIES_PER_PARSE: usize = 8;
+
 /// `evolution-history` without `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// The largest `limit` of `evolution-history`.
@@ -241,6 +260,17 @@ pub struct ApiOptions {
     pub body_limit: u64,
     /// How long a write waits for the one before it before answering 409.
     pub lock_timeout: Duration,
+    /// A request's header must arrive within this time, and a kept-alive connection is
+    /// closed after being idle this long.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this time (else 408).
+    pub body_timeout: Duration,
+    /// Open connections at most; one more gets 503 at once and is closed.
+    pub max_connections: usize,
+    /// Request bodies parsed (JSON, and the Rust code of a change) at once; the others
+    /// wait their turn (bounding memory: each parse of a 1 MiB body takes tens of MiB).
+    /// At most 8 times as many bodies are read or wait in memory at once.
+    pub max_parses: usize,
     /// The options of every write: `verify` is used when a request asks for
     /// verification (the default), `backup`, `dry_run` and `lock_timeout` are set per
     /// request. Its cancel flag is set when the server stops, so a verification in
@@ -262,6 +292,10 @@ impl std::fmt::Debug for ApiOptions {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("body_limit", &self.body_limit)
             .field("lock_timeout", &self.lock_timeout)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_parses", &self.max_parses)
             .field("apply", &self.apply)
             .finish_non_exhaustive()
     }
@@ -269,6 +303,7 @@ impl std::fmt::Debug for ApiOptions {
 
 impl ApiOptions {
     /// Defaults for `addr`: the token in `.heph/token`, 1 MiB bodies, 30s lock timeout,
+    /// 10s header and 60s body timeouts, 256 connections, [`default_max_parses`],
     /// `cargo check` verification, and no `heph evolve` (only `[api] evolve_command`).
     pub fn new(addr: SocketAddr) -> Self {
         ApiOptions {
@@ -277,6 +312,10 @@ impl ApiOptions {
             token: None,
             body_limit: DEFAULT_BODY_LIMIT,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_parses: default_max_parses(),
             apply: ApplyOptions::default(),
             evolve: Box::new(ProcessLauncher::new(None)),
             #[cfg(feature = "mcp")]
@@ -324,6 +363,8 @@ impl ApiServer {
         listener.set_nonblocking(true).map_err(ApiError::Runtime)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("heph-api")
+            // Requests are parsed on these threads (and their blocking pool).
+            .thread_stack_size(crate::nesting::PARSE_STACK_SIZE)
             .enable_io()
             .enable_time()
             .build()
@@ -340,6 +381,16 @@ impl ApiServer {
             apply,
             body_limit: usize::try_from(opts.body_limit).unwrap_or(usize::MAX),
             lock_timeout: opts.lock_timeout,
+            body_timeout: opts.body_timeout,
+            parses: Arc::new(tokio::sync::Semaphore::new(
+                opts.max_parses
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            bodies: Arc::new(tokio::sync::Semaphore::new(
+                opts.max_parses
+                    .saturating_mul(BODIES_PER_PARSE)
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             writes: Arc::new(tokio::sync::Mutex::new(())),
             runs: evolve::Runs::new(opts.evolve),
             on_event,
@@ -360,6 +411,10 @@ impl ApiServer {
         #[cfg(not(feature = "mcp"))]
         let app = routes::router(Arc::clone(&state), None);
         let reaper = Arc::clone(&state);
+        let limits = serve::ConnLimits {
+            header_timeout: opts.header_timeout,
+            max_connections: opts.max_connections,
+        };
         let thread = thread::Builder::new()
             .name("heph-api".into())
             .spawn(move || {
@@ -368,17 +423,19 @@ impl ApiServer {
                         return;
                     };
                     tokio::spawn(routes::reap_runs(reaper));
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = rx.await;
-                            // MCP: sessions end, a write in progress is cancelled
-                            // and restores its files before the runtime stops.
-                            #[cfg(feature = "mcp")]
-                            if let Some(server) = &mcp_server {
-                                server.finish().await;
-                            }
-                        })
-                        .await;
+                    // On stop: MCP sessions end first (a write in progress is cancelled
+                    // and restores its files), so their open event streams do not hold
+                    // the server's wait for its connections.
+                    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                    tokio::spawn(async move {
+                        let _ = rx.await;
+                        #[cfg(feature = "mcp")]
+                        if let Some(server) = &mcp_server {
+                            server.finish().await;
+                        }
+                        let _ = stop_tx.send(());
+                    });
+                    serve::serve(listener, app, limits, stop_rx).await;
                 });
                 // Requests still running (a verification) have been cancelled: do not
                 // wait for stragglers longer than it takes them to restore files.

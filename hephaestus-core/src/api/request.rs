@@ -12,6 +12,10 @@ use crate::import::ImportSpec;
 use crate::modpath::ModulePath;
 use crate::{Operation, Project};
 
+/// The longest `module_name` (and `module` query parameter) accepted, in bytes: far
+/// beyond any real module path, refused before it is parsed or echoed.
+pub(crate) const MAX_MODULE_NAME: usize = 512;
+
 /// How a write request wants to be applied.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WriteRequest {
@@ -27,7 +31,7 @@ pub(crate) struct WriteRequest {
 /// `POST /hot-reload/self-modify`: `{module_name, new_code, backup_enabled = true,
 /// mode = "merge", items, verify = true, verbatim = false, dry_run = false}`.
 pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
-    let f = Fields::parse(
+    let mut f = Fields::parse(
         body,
         &[
             "module_name",
@@ -41,8 +45,8 @@ pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
         ],
     )?;
     let module = f.module_name()?;
-    let mode = f.opt_str("mode")?.unwrap_or("merge");
-    let edit = match mode {
+    let mode = f.opt_str("mode")?.unwrap_or("merge").to_owned();
+    let edit = match mode.as_str() {
         "merge" | "replace" => {
             if f.has("items") {
                 return Err(Failure::field(
@@ -51,7 +55,7 @@ pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
                     "`items` is only used with \"mode\": \"remove\"",
                 ));
             }
-            let code = f.req_str("new_code")?.to_owned();
+            let code = f.take_str("new_code")?;
             let edit = if mode == "merge" {
                 Edit::merge(code)
             } else {
@@ -100,7 +104,7 @@ pub(crate) fn self_modify(body: &[u8]) -> Result<WriteRequest, Failure> {
 /// `POST /hot-reload/dynamic-import`: `{code, module_name, run, private = false,
 /// backup_enabled = true, verify = true, dry_run = false}`.
 pub(crate) fn dynamic_import(body: &[u8]) -> Result<WriteRequest, Failure> {
-    let f = Fields::parse(
+    let mut f = Fields::parse(
         body,
         &[
             "code",
@@ -113,7 +117,7 @@ pub(crate) fn dynamic_import(body: &[u8]) -> Result<WriteRequest, Failure> {
         ],
     )?;
     let module = f.module_name()?;
-    let code = f.req_str("code")?.to_owned();
+    let code = f.take_str("code")?;
     let run = f.opt_str("run")?.map(str::to_owned);
     let dry_run = f.opt_bool("dry_run")?.unwrap_or(false);
     Ok(WriteRequest {
@@ -172,6 +176,7 @@ pub(crate) fn history(pairs: &[(String, String)]) -> Result<ListFilter, Failure>
                 filter.kind = Some(kind);
             }
             "module" => {
+                check_module_text("module", value)?;
                 Project::parse_module_path(value)
                     .map_err(|e| Failure::field("invalid-module", "module", e.to_string()))?;
                 filter.module = Some(value.clone());
@@ -209,7 +214,7 @@ impl Fields {
                 ),
             ));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let invalid_json = |e: serde_json::Error| {
             let mut f = Failure::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "invalid-json",
@@ -219,7 +224,12 @@ impl Fields {
             f.line = Some(e.line());
             f.column = Some(e.column());
             f
-        })?;
+        };
+        let value: Value = serde_json::from_slice(body).map_err(invalid_json)?;
+        if value.is_object() {
+            // A `Value` keeps the last of duplicate keys: look at the keys once more.
+            serde_json::from_slice::<UniqueKeys>(body).map_err(invalid_json)?;
+        }
         let Value::Object(map) = value else {
             return Err(Failure::new(
                 axum::http::StatusCode::BAD_REQUEST,
@@ -261,6 +271,14 @@ impl Fields {
         }
     }
 
+    /// [`Self::req_str`], moving the string out (a code field can be 1 MiB: no copy).
+    fn take_str(&mut self, name: &str) -> Result<String, Failure> {
+        match self.map.get_mut(name) {
+            Some(Value::String(s)) => Ok(std::mem::take(s)),
+            _ => self.req_str(name).map(str::to_owned),
+        }
+    }
+
     fn opt_str(&self, name: &str) -> Result<Option<&str>, Failure> {
         match self.map.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -269,9 +287,11 @@ impl Fields {
         }
     }
 
+    /// Absent, or `true`/`false` (`null` is refused: it would silently mean the
+    /// default).
     fn opt_bool(&self, name: &str) -> Result<Option<bool>, Failure> {
         match self.map.get(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
             Some(other) => Err(wrong_type(name, "true or false", other)),
         }
@@ -299,9 +319,71 @@ impl Fields {
     /// before any lock is taken).
     fn module_name(&self) -> Result<String, Failure> {
         let text = self.req_str("module_name")?;
+        check_module_text("module_name", text)?;
         ModulePath::parse(text)
             .map_err(|e| Failure::field("invalid-module", "module_name", e.to_string()))?;
         Ok(text.to_owned())
+    }
+}
+
+/// A module path's text, before it is parsed (or shown in a message): at most
+/// [`MAX_MODULE_NAME`] bytes, no control characters (a trailing newline included).
+fn check_module_text(field: &str, text: &str) -> Result<(), Failure> {
+    if text.len() > MAX_MODULE_NAME {
+        return Err(Failure::field(
+            "invalid-module",
+            field,
+            format!(
+                "`{field}` is {} bytes long; a module path has at most {MAX_MODULE_NAME}",
+                text.len()
+            ),
+        ));
+    }
+    if let Some((i, c)) = text.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return Err(Failure::field(
+            "invalid-module",
+            field,
+            format!(
+                "`{field}` contains the control character U+{:04X} at character {}; send the module path alone, such as \"agent.tools\"",
+                u32::from(c),
+                i + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The keys of a JSON object, refusing one given twice (anything else is ignored:
+/// [`Fields`] reads the values).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if !seen.insert(key.clone().into_owned()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "the field `{key}` is given twice"
+                        )));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(UniqueKeys)
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -432,6 +514,41 @@ mod tests {
                 "invalid-field",
                 Some("items"),
             ),
+            (
+                br#"{"module_name": "a", "new_code": "", "verify": null}"#,
+                "invalid-field",
+                Some("verify"),
+            ),
+            (
+                br#"{"module_name": "a", "new_code": "", "backup_enabled": null}"#,
+                "invalid-field",
+                Some("backup_enabled"),
+            ),
+            (
+                br#"{"module_name": "a", "new_code": "", "dry_run": null}"#,
+                "invalid-field",
+                Some("dry_run"),
+            ),
+            (
+                b"{\"module_name\": \"agent\\n\", \"new_code\": \"\"}",
+                "invalid-module",
+                Some("module_name"),
+            ),
+            (
+                b"{\"module_name\": \"ag\\u0000ent\", \"new_code\": \"\"}",
+                "invalid-module",
+                Some("module_name"),
+            ),
+            (
+                br#"{"module_name": "a", "new_code": "fn f() {}", "new_code": "fn g() {}"}"#,
+                "invalid-json",
+                None,
+            ),
+            (
+                br#"{"module_name": "a", "module_name": "b", "new_code": ""}"#,
+                "invalid-json",
+                None,
+            ),
             (br#"["module_name"]"#, "invalid-json", None),
             (br#""#, "invalid-json", None),
         ] {
@@ -456,6 +573,41 @@ mod tests {
             (f.kind, f.line, f.column),
             ("invalid-json", Some(2), Some(15))
         );
+    }
+
+    #[test]
+    fn strict_parsing_says_what_is_wrong_in_few_words() {
+        let f = err(self_modify(
+            br#"{"module_name": "a", "new_code": "x", "new_code": "y"}"#,
+        ));
+        assert!(
+            f.message.contains("`new_code` is given twice"),
+            "{}",
+            f.message
+        );
+        let f = err(self_modify(
+            br#"{"module_name": "a", "new_code": "", "verify": null}"#,
+        ));
+        assert!(
+            f.message.contains("true or false, not null"),
+            "{}",
+            f.message
+        );
+        let f = err(self_modify(
+            b"{\"module_name\": \"agent\\n\", \"new_code\": \"\"}",
+        ));
+        assert!(f.message.contains("U+000A at character 6"), "{}", f.message);
+        // A huge module name: refused by its length, not echoed.
+        let body = serde_json::json!({ "module_name": "a".repeat(900_000), "new_code": "" });
+        let f = err(self_modify(body.to_string().as_bytes()));
+        assert_eq!(f.field.as_deref(), Some("module_name"));
+        assert!(f.message.contains("900000 bytes long"), "{}", f.message);
+        assert!(f.message.len() < 200, "{}", f.message);
+        // Duplicate keys in nested values are not the top level's business.
+        assert!(dynamic_import(br#"{"code": "fn f() {}", "module_name": "m"}"#).is_ok());
+        let long = "a".repeat(MAX_MODULE_NAME + 1);
+        let f = history(&[("module".to_owned(), long)]).expect_err("too long");
+        assert_eq!(f.field.as_deref(), Some("module"));
     }
 
     #[test]

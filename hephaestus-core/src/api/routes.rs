@@ -40,6 +40,13 @@ pub(crate) struct AppState {
     pub apply: ApplyOptions,
     pub body_limit: usize,
     pub lock_timeout: Duration,
+    /// The time a client gets to send its body.
+    pub body_timeout: Duration,
+    /// One permit per request body being parsed (JSON, then the change's Rust code).
+    pub parses: Arc<tokio::sync::Semaphore>,
+    /// One permit per request body being read or waiting to be parsed: bodies held in
+    /// memory at once (8 per parse permit).
+    pub bodies: Arc<tokio::sync::Semaphore>,
     /// Held (owned, FIFO) by the write in progress.
     pub writes: Arc<tokio::sync::Mutex<()>>,
     pub runs: Runs,
@@ -204,11 +211,14 @@ async fn disable(State(state): Shared) -> Response {
 /// the client, which may send its whole body before reading the answer, gets the 413
 /// instead of a reset connection; past it the connection is closed.
 const DRAIN_LIMIT: u64 = 64 << 20;
-/// The time a client gets to send its body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Read a request body of at most `limit` bytes; else the 413 (or 400, 408) to answer.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, Response> {
+/// Read a request body of at most `limit` bytes within `timeout`; else the 413 (or
+/// 400, 408) to answer.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, Response> {
     let limit = u64::try_from(limit).unwrap_or(u64::MAX);
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -226,7 +236,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     }
     let read = async {
         let mut body = body;
-        let mut buf = Vec::new();
+        // One allocation of the declared size (bounded by the limit), not a doubling
+        // series of copies.
+        let mut buf =
+            Vec::with_capacity(usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0));
         let mut seen: u64 = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
@@ -257,14 +270,14 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
             Ok(buf)
         }
     };
-    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+    match tokio::time::timeout(timeout, read).await {
         Ok(result) => result,
         Err(_) => {
             let mut r = Failure::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "timeout",
                 ErrorCategory::BadInput,
-                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+                format!("the request body did not arrive within {timeout:?}"),
             )
             .into_response();
             r.headers_mut()
@@ -292,25 +305,77 @@ fn too_large(limit: u64, close: bool) -> Response {
 }
 
 async fn self_modify(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match read_body(&headers, body, state.body_limit).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    match request::self_modify(&bytes) {
-        Ok(req) => write(state, req, "new_code").await,
-        Err(f) => f.into_response(),
-    }
+    write_route(state, headers, body, request::self_modify, "new_code").await
 }
 
 async fn dynamic_import(State(state): Shared, headers: HeaderMap, body: Body) -> Response {
-    let bytes = match read_body(&headers, body, state.body_limit).await {
+    write_route(state, headers, body, request::dynamic_import, "code").await
+}
+
+/// Wait for a parse permit, at most `timeout` (else 503).
+async fn parse_permit(
+    state: &AppState,
+    timeout: Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    match tokio::time::timeout(timeout, Arc::clone(&state.parses).acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            ErrorCategory::Environment,
+            format!(
+                "other requests were still being parsed after {timeout:?}; retry later, or raise `max_parses` in the [api] section of heph.toml"
+            ),
+        )
+        .into_response()),
+    }
+}
+
+/// Read the body, parse it as JSON (one parse permit), and apply it.
+async fn write_route(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    parse: fn(&[u8]) -> Result<WriteRequest, Failure>,
+    code_field: &'static str,
+) -> Response {
+    let Ok(Ok(body_permit)) = tokio::time::timeout(
+        state.body_timeout,
+        Arc::clone(&state.bodies).acquire_owned(),
+    )
+    .await
+    else {
+        return Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            ErrorCategory::Environment,
+            format!(
+                "too many request bodies were still waiting to be parsed after {:?}; retry later",
+                state.body_timeout
+            ),
+        )
+        .into_response();
+    };
+    let bytes = match read_body(&headers, body, state.body_limit, state.body_timeout).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match request::dynamic_import(&bytes) {
-        Ok(req) => write(state, req, "code").await,
+    let parsed = {
+        let _permit = match parse_permit(&state, state.lock_timeout).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let parsed = parse(&bytes);
+        drop(bytes);
+        parsed
+    };
+    let response = match parsed {
+        Ok(req) => write(state, req, code_field).await,
         Err(f) => f.into_response(),
-    }
+    };
+    // Held until here: a write waiting for the lock keeps its code in memory.
+    drop(body_permit);
+    response
 }
 
 /// Apply a write: wait for the writes before it (up to the lock timeout, else 409),
@@ -334,6 +399,19 @@ async fn write(state: Arc<AppState>, req: WriteRequest, code_field: &'static str
             }
         }
     };
+    // After the write lock (always in this order): the change's code is parsed next.
+    let permit = match parse_permit(
+        &state,
+        state
+            .lock_timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1)),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let mut opts = state.apply.clone();
     if !req.verify {
         opts.verify = Verify::Skip;
@@ -349,6 +427,7 @@ async fn write(state: Arc<AppState>, req: WriteRequest, code_field: &'static str
     let result = tokio::task::spawn_blocking(move || {
         // The guard lives until the change is done, even if the client went away.
         let _guard = guard;
+        let _permit = permit;
         let result = project.apply(&op, &opts, &mut |_| {});
         source::reset_span_table();
         result

@@ -22,6 +22,10 @@ const TOKEN_BYTES: usize = 32;
 /// The longest token accepted.
 const MAX_TOKEN_LEN: usize = 4096;
 
+/// The shortest token accepted: 8 characters, which the original system's examples
+/// (`test_token`) meet; under 16 front ends still warn ([`Token::is_short`]).
+pub const MIN_TOKEN_LEN: usize = 8;
+
 /// Errors of preparing the token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -93,13 +97,22 @@ impl fmt::Debug for Token {
 }
 
 impl Token {
-    /// Wrap a token, checking it can travel in a header: 1 to 4096 visible ASCII
-    /// characters, no spaces.
+    /// Wrap a token, checking it can travel in a header and is not trivially guessed:
+    /// [`MIN_TOKEN_LEN`] to 4096 visible ASCII characters, no spaces.
     pub fn new(text: impl Into<String>) -> Result<Token, TokenError> {
         let text = text.into();
         if text.is_empty() {
             return Err(TokenError::Invalid {
                 reason: "it is empty".into(),
+            });
+        }
+        if text.chars().count() < MIN_TOKEN_LEN {
+            return Err(TokenError::Invalid {
+                reason: format!(
+                    "it is {} character{} long; use at least {MIN_TOKEN_LEN} (a long random one, such as the 64 hex digits heph generates when HEPH_TOKEN is not set)",
+                    text.chars().count(),
+                    if text.chars().count() == 1 { "" } else { "s" }
+                ),
             });
         }
         if text.len() > MAX_TOKEN_LEN {
@@ -322,8 +335,19 @@ mod tests {
         assert!(!token.matches(b"test_tokeN"));
         assert!(!token.matches(b"test_toke"));
         assert!(!token.matches(b""));
-        for bad in ["", "with space", "tab\there", "é"] {
+        for bad in [
+            "",
+            "with space",
+            "tab\there",
+            "é",
+            "x",
+            "1234567",
+            "éééééééé",
+        ] {
             assert!(Token::new(bad).is_err(), "{bad:?}");
         }
+        let err = Token::new("x").expect_err("too short").to_string();
+        assert!(err.contains("1 character long; use at least 8"), "{err}");
+        assert!(Token::new("12345678").is_ok());
     }
 }

@@ -173,11 +173,16 @@ mod tests {
                 gain: (before - after) / before,
                 p_value: 0.004,
                 level: 0.005,
+                looks: vec![1],
+                max_runs: Some(1),
+                drift: None,
+                inconclusive: false,
             }),
             verdict,
             stage: None,
             reason: None,
             evolution: None,
+            requeued: 0,
             duration_ms: 1,
         }
     }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CandidateRecord, EvolveError, FitnessRecord, StageRecord};
+use super::{
+    BudgetSplit, CandidateRecord, EvolveError, FitnessRecord, NoiseEstimate, StageRecord, TooNoisy,
+};
 use crate::config::EvolveConfig;
 
 /// Where the run logs live, relative to the project root.
@@ -41,6 +43,9 @@ pub enum LogRecord {
         samples: Vec<f64>,
         /// Their median.
         median: f64,
+        /// The A/A comparison's noise estimate (absent in older logs).
+        #[serde(default)]
+        noise: Option<NoiseEstimate>,
     },
     /// One call of the proposer.
     Proposer {
@@ -70,6 +75,12 @@ pub enum LogRecord {
         accepted: usize,
         /// The first baseline against the final state, measured side by side.
         overall: Option<FitnessRecord>,
+        /// Where the time went (absent in older logs).
+        #[serde(default)]
+        budget: Option<BudgetSplit>,
+        /// Set when the noise was too high for a decision within the budget.
+        #[serde(default)]
+        too_noisy: Option<TooNoisy>,
     },
 }
 

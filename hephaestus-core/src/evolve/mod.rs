@@ -2,9 +2,22 @@
 //! proposals of an external command) are evaluated in isolated copies of the project,
 //! cheapest stage first (syntax, the test build as the compile gate, tests, fitness);
 //! one that is faster by at least the minimum gain, with a significant Mann-Whitney U
-//! test over interleaved runs against the baseline (measured again, up to a limit, while
-//! it looks better but is not yet significant), is applied to the project as an
+//! test over interleaved runs against the baseline, is applied to the project as an
 //! `evolve` evolution, and later candidates build on it (hill climbing).
+//!
+//! How fitness is compared (see `engine/compare.rs`): the run starts with an A/A
+//! comparison of the baseline against itself, which measures the noise of the machine
+//! ([`NoiseEstimate`]) and sizes the first look of every comparison. A comparison that
+//! is promising but not yet significant keeps taking interleaved looks until it is
+//! decided, reaches its horizon (`max_runs`, by default what the candidate's share of
+//! the budget allows) or spends its share of the budget; each look is tested at the
+//! increment of a Lan-DeMets spending function of the Pocock type, `alpha · ln(1 + (e −
+//! 1)·t)` with `t` the fraction of the horizon sampled, so that however many looks a
+//! comparison takes (and a revisit at the end of the run for those its share cut
+//! short), a candidate no better than the baseline is accepted with a probability of at
+//! most `alpha` (the union bound over the looks). Each look's samples are compared
+//! relative to that look's median, so a drift of the machine between looks (shown as
+//! it happens) does not count as a difference.
 //!
 //! One call runs it all, for the CLI and the control API alike:
 //!
@@ -55,6 +68,8 @@ pub const DEFAULT_RUNS: usize = 10;
 pub const DEFAULT_MIN_GAIN: f64 = 0.02;
 /// The default significance level.
 pub const DEFAULT_ALPHA: f64 = 0.01;
+/// Without `max_runs`, a comparison's horizon is at most this many times `runs`.
+pub const MAX_RUNS_FACTOR: usize = 50;
 
 /// Everything a run needs. Plain data: build it from `[evolve]` with
 /// [`EvolveOptions::from_config`], override what the caller wants, and hand it to
@@ -68,15 +83,17 @@ pub struct EvolveOptions {
     pub metric: Option<String>,
     /// Higher is better.
     pub maximize: bool,
-    /// Fitness runs per side for each look of a comparison (at least 2; 5 or more can
-    /// reach p < 0.005, the level of each of the two looks `max_runs` allows by
-    /// default).
+    /// Fitness runs per side of the A/A comparison at the start, and the fewest of a
+    /// comparison's first look (at least 2; the A/A noise may make the first look
+    /// larger).
     pub runs: usize,
-    /// Fitness runs per side a comparison may grow to, in steps of `runs`, while the
-    /// candidate looks better by the minimum gain but is not yet significant (None:
-    /// twice `runs`; `runs`: one look). The significance level is divided among the
-    /// looks this allows, so a candidate no better than the baseline is still accepted
-    /// with a probability of at most `alpha`.
+    /// The horizon of a comparison: fitness runs per side it may grow to, in looks,
+    /// while the candidate looks better by the minimum gain but is not yet significant
+    /// (None: what the candidate's share of the remaining budget allows at the
+    /// baseline's speed, at most [`MAX_RUNS_FACTOR`] times `runs`; `runs`: one look).
+    /// The significance level is spent across the looks (see the [module docs](self)),
+    /// so a candidate no better than the baseline is still accepted with a probability
+    /// of at most `alpha`.
     pub max_runs: Option<usize>,
     /// Stop starting candidates after this long.
     pub budget: Option<Duration>,
@@ -317,6 +334,24 @@ pub struct FitnessRecord {
     /// logs written before it existed read as the default significance level.
     #[serde(default = "default_level")]
     pub level: f64,
+    /// Runs per side at each look, in order (empty in logs written before looks were
+    /// recorded).
+    #[serde(default)]
+    pub looks: Vec<usize>,
+    /// The comparison's horizon: runs per side it could grow to (the spending
+    /// function's `t` is runs over this).
+    #[serde(default)]
+    pub max_runs: Option<usize>,
+    /// The largest relative move of the baseline's median between consecutive looks
+    /// (and from the level the run measured before the first look), when it exceeded
+    /// what the noise explains: the machine drifted. Each look is compared relative to
+    /// its own median, so the drift does not count as a difference.
+    #[serde(default)]
+    pub drift: Option<f64>,
+    /// The comparison was still promising when its share of the budget ran out: no
+    /// decision (the candidate may be revisited at the end of the run).
+    #[serde(default)]
+    pub inconclusive: bool,
 }
 
 /// The level of records written before comparisons could take more than one look.
@@ -384,6 +419,69 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// The noise of the fitness, measured at the start by an A/A comparison: the baseline
+/// against itself, in interleaved runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoiseEstimate {
+    /// Runs per side of the A/A comparison.
+    pub runs: usize,
+    /// The median of every A/A run.
+    pub median: f64,
+    /// The relative noise of one run: 1.4826 × the median absolute deviation over the
+    /// median (0.15: runs scatter by about ±15 %).
+    pub noise: f64,
+    /// The A/A comparison's apparent gain (the noise's own "improvement").
+    pub aa_gain: f64,
+    /// Its one-sided Mann-Whitney U p-value (small values mean the machine drifted
+    /// during the A/A runs).
+    pub aa_p_value: f64,
+    /// The median wall time of one fitness run, in milliseconds (with the
+    /// candidates' share of the budget, it sets each comparison's horizon).
+    pub run_ms: u64,
+    /// Runs per side of a comparison's first look, sized from the noise (at the
+    /// horizon the budget allowed at the start).
+    pub first_look: usize,
+    /// The smallest gain a comparison of `first_look` runs per side detects with 80 %
+    /// power at its level, given the noise.
+    pub detectable_gain: f64,
+}
+
+/// Where the run's time went. Times of the workers add up: with several jobs, the
+/// parts may exceed the wall time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetSplit {
+    /// The budget, in milliseconds (None: none).
+    pub budget_ms: Option<u64>,
+    /// The run's wall time.
+    pub wall_ms: u64,
+    /// Building: test builds (the compile gate), the baseline's included.
+    pub building_ms: u64,
+    /// Running the tests.
+    pub testing_ms: u64,
+    /// Fitness runs: the A/A comparison, candidates' comparisons (warm-up runs
+    /// included), the final comparison.
+    pub measuring_ms: u64,
+    /// The rest of the wall time: copying, planning, applying, waiting.
+    pub other_ms: u64,
+}
+
+/// Why no decision was possible: the fitness is too noisy for the gains at stake within
+/// the budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TooNoisy {
+    /// The measured relative noise of one run (A/A).
+    pub noise: f64,
+    /// The most runs per side a comparison reached.
+    pub runs: usize,
+    /// The smallest gain a comparison of `runs` runs per side detects with 80 % power
+    /// at the significance level, given the noise.
+    pub detectable_gain: f64,
+    /// The minimum gain asked for.
+    pub min_gain: f64,
+    /// Candidates whose comparison ended undecided (promising, not significant).
+    pub undecided: usize,
+}
+
 /// Everything about one candidate: a line of the run log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateRecord {
@@ -419,6 +517,11 @@ pub struct CandidateRecord {
     pub evolution: Option<String>,
     /// Wall time of its evaluation in milliseconds.
     pub duration_ms: u64,
+    /// How often it went back to the queue: measured better against a baseline that
+    /// another accepted candidate had replaced meanwhile (stale), or revisited at the
+    /// end of the run after an inconclusive comparison.
+    #[serde(default)]
+    pub requeued: u32,
 }
 
 /// Who runs a stage.
@@ -486,6 +589,19 @@ pub enum EvolveEvent {
         looks: usize,
         /// Runs per side once this look is done.
         runs: usize,
+        /// The baseline's level moved between the previous looks by this fraction,
+        /// more than the noise explains (the machine drifted; looks are compared
+        /// relative to their own medians).
+        drift: Option<f64>,
+    },
+    /// The A/A comparison measured the noise.
+    Noise(NoiseEstimate),
+    /// A candidate goes back to the queue.
+    Requeued {
+        /// The candidate.
+        id: usize,
+        /// Why: stale (the baseline changed) or a revisit.
+        reason: String,
     },
     /// The baseline was measured.
     Baseline {
@@ -613,6 +729,13 @@ pub struct RunSummary {
     pub stop: StopReason,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// The noise measured at the start (A/A).
+    pub noise: Option<NoiseEstimate>,
+    /// Where the time went.
+    pub budget: BudgetSplit,
+    /// Set when nothing was accepted and comparisons ended undecided: the noise was too
+    /// high for a decision within the budget.
+    pub too_noisy: Option<TooNoisy>,
 }
 
 /// Errors that stop a run.

@@ -196,6 +196,9 @@ fn entry(i: usize, v: Value) -> Proposal {
     let Some(code) = get("code") else {
         return invalid("no \"code\" (a string of Rust items)".into());
     };
+    if let Err(e) = crate::nesting::check(&crate::source::Origin::Submitted, &code) {
+        return invalid(format!("the code: {}", e.message));
+    }
     let mode = match get("mode").as_deref() {
         None | Some("merge") => EditMode::Merge,
         Some("replace") => EditMode::Replace,
@@ -248,6 +251,25 @@ mod tests {
         assert!(parse("not json").is_err_and(|e| e.contains("not valid JSON")));
         assert!(parse("{\"x\":1}").is_err_and(|e| e.contains("array")));
         assert_eq!(parse("{\"candidates\":[]}").expect("empty"), vec![]);
+    }
+
+    #[test]
+    fn deeply_nested_code_is_an_invalid_proposal() {
+        let code = format!(
+            "fn f() {{ {}{} }}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let answer = serde_json::json!([{ "module": "crate::a", "code": code }]).to_string();
+        match &parse(&answer).expect("a list")[..] {
+            [Proposal::Invalid { reason, .. }] => {
+                assert!(
+                    reason.contains("nesting deeper than 256 levels at 1:"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -304,6 +304,16 @@ impl Rule {
             metavars: file.metavars,
             origin: origin.to_owned(),
         };
+        for (what, text) in [
+            ("pattern", &rule.pattern),
+            ("replacement", &rule.replacement),
+        ]
+        .into_iter()
+        .chain(rule.uses.iter().map(|u| ("uses", u)))
+        {
+            crate::nesting::check(&crate::source::Origin::Submitted, text)
+                .map_err(|e| invalid(format!("the {what}: {}", e.message)))?;
+        }
         let (_, pattern_names) = preprocess(&rule.pattern);
         let (_, replacement_names) = preprocess(&rule.replacement);
         for name in &replacement_names {

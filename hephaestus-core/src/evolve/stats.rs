@@ -1,6 +1,7 @@
 //! Statistics of fitness samples: medians and the Mann-Whitney U test (exact without
 //! ties for small samples, normal approximation with tie and continuity correction
 //! otherwise), one-sided: is the candidate's distribution shifted towards better?
+//! Also the normal quantile and a robust estimate of relative noise.
 
 /// The median of `xs` (NaN for an empty slice).
 pub fn median(xs: &[f64]) -> f64 {
@@ -133,6 +134,39 @@ pub fn normal_cdf(z: f64) -> f64 {
     0.5 * erfc(-z / std::f64::consts::SQRT_2)
 }
 
+/// The standard normal quantile: the z with `normal_cdf(z) == p` (bisection on
+/// [`normal_cdf`], to ~1e-9; infinite for p outside (0, 1)).
+pub fn normal_quantile(p: f64) -> f64 {
+    if p <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if p >= 1.0 {
+        return f64::INFINITY;
+    }
+    let (mut lo, mut hi) = (-40.0_f64, 40.0_f64);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if normal_cdf(mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// The relative noise of samples: 1.4826 × their median absolute deviation over their
+/// median (for normal noise, the standard deviation over the mean), robust to the
+/// outliers of a busy machine. 0 for fewer than two samples or a zero median.
+pub fn relative_noise(xs: &[f64]) -> f64 {
+    let m = median(xs);
+    if xs.len() < 2 || m == 0.0 || !m.is_finite() {
+        return 0.0;
+    }
+    let dev: Vec<f64> = xs.iter().map(|x| (x - m).abs()).collect();
+    1.4826 * median(&dev) / m.abs()
+}
+
 /// The complementary error function (Numerical Recipes' Chebyshev fit, relative error
 /// below 1.2e-7 everywhere).
 fn erfc(x: f64) -> f64 {
@@ -198,6 +232,19 @@ mod tests {
             }
         }
         hits as f64 / total as f64
+    }
+
+    #[test]
+    fn quantiles_invert_the_normal_cdf_and_noise_is_robust() {
+        assert!((normal_quantile(0.99) - 2.326_347_874).abs() < 1e-5);
+        assert!((normal_quantile(0.5)).abs() < 1e-6);
+        assert!(normal_quantile(0.0).is_infinite());
+        // 1.4826 MAD / median; one wild outlier does not move it.
+        let xs = [100.0, 90.0, 110.0, 95.0, 105.0, 1000.0];
+        let n = relative_noise(&xs);
+        assert!(n > 0.05 && n < 0.15, "{n}");
+        assert_eq!(relative_noise(&[5.0]), 0.0);
+        assert_eq!(relative_noise(&[3.0, 3.0, 3.0]), 0.0);
     }
 
     #[test]

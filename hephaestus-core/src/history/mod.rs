@@ -28,7 +28,7 @@ mod commit;
 mod list;
 pub mod message;
 mod refs;
-mod restore;
+pub(crate) mod restore;
 mod show;
 mod snapshot;
 mod sync;
@@ -239,6 +239,18 @@ pub enum HistoryError {
     /// The writer lock could not be taken.
     #[error(transparent)]
     Lock(#[from] StateError),
+    /// A rollback wrote the files but recording it failed.
+    #[error(
+        "the files were rolled back, but recording the rollback in the history failed ({source}); the next heph command that takes the lock records it"
+    )]
+    RollbackNotRecorded {
+        /// The history error.
+        #[source]
+        source: Box<HistoryError>,
+    },
+    /// An unfinished transaction found under the lock could not be settled.
+    #[error(transparent)]
+    Journal(Box<crate::journal::JournalError>),
 }
 
 fn known_remotes(known: &[String]) -> String {
@@ -280,7 +292,9 @@ impl crate::Categorized for HistoryError {
             | HistoryError::RefContention { .. }
             | HistoryError::RefLocked { .. }
             | HistoryError::RestoreBlocked { .. }
-            | HistoryError::Lock(_) => Environment,
+            | HistoryError::Lock(_)
+            | HistoryError::Journal(_)
+            | HistoryError::RollbackNotRecorded { .. } => Environment,
         }
     }
 }
@@ -355,6 +369,9 @@ pub struct HistoryOptions {
     /// moves (on each attempt), so that a test can move the reference in between. None
     /// in normal use.
     pub before_ref_update: Option<RefUpdateHook>,
+    /// Called with what was done when taking the writer lock found a transaction a
+    /// killed heph left unfinished (see [`crate::journal`]); None: not reported.
+    pub on_recover: Option<crate::journal::RecoverFn>,
 }
 
 impl Default for HistoryOptions {
@@ -368,6 +385,7 @@ impl Default for HistoryOptions {
             max_file_size: None,
             step_delay: None,
             before_ref_update: None,
+            on_recover: None,
         }
     }
 }
@@ -383,6 +401,7 @@ impl fmt::Debug for HistoryOptions {
             .field("max_file_size", &self.max_file_size)
             .field("step_delay", &self.step_delay)
             .field("before_ref_update", &self.before_ref_update.is_some())
+            .field("on_recover", &self.on_recover.is_some())
             .finish()
     }
 }
@@ -717,7 +736,8 @@ impl History {
         self.repo_ref()
     }
 
-    /// Take the writer lock as the high-level operations do.
+    /// Take the writer lock as the high-level operations do, and settle a transaction
+    /// a killed heph left unfinished (reported through [`HistoryOptions::on_recover`]).
     pub fn lock(&self, who: &str) -> Result<ProjectLock, HistoryError> {
         let on_wait = self.options.on_lock_wait.clone();
         let lock = self
@@ -728,7 +748,19 @@ impl History {
                 }
             })?;
         self.state.clean_tmp();
+        crate::journal::recover(&self.root, &lock, &self.options)
+            .map_err(|e| HistoryError::Journal(Box::new(e)))?;
         Ok(lock)
+    }
+
+    /// The bytes of a blob of the store (a file of a snapshot).
+    pub(crate) fn blob(&self, id: &str) -> Result<Vec<u8>, HistoryError> {
+        let repo = self.repo_ref()?;
+        let oid = Oid::from_str(id).map_err(HistoryError::git("reading a blob id"))?;
+        let blob = repo
+            .find_blob(oid)
+            .map_err(HistoryError::git("reading a file of a snapshot"))?;
+        Ok(blob.content().to_vec())
     }
 
     fn pause(&self) {

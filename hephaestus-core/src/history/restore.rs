@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use git2::{Delta, Oid, Repository};
 use serde::Serialize;
 
-use super::snapshot::{MODE_EXEC, MODE_LINK};
+pub(crate) use super::snapshot::{MODE_EXEC, MODE_LINK};
 use super::{History, HistoryError, MAX_LISTED_FILES, RollbackTarget, plural_files};
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 use crate::fsio;
+use crate::journal::{self, Direction, Journal, PendingFile, Side, TxKind, TxStart};
 use crate::state::ProjectLock;
 
 /// What a rollback did.
@@ -41,7 +42,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
 }
 
 /// Write `data` to `path` atomically with git mode `mode` (a symlink's data is its target).
-fn write_atomic(path: &Path, data: &[u8], mode: u32, tmp_dir: &Path) -> Result<(), HistoryError> {
+pub(crate) fn write_atomic(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    tmp_dir: &Path,
+) -> Result<(), HistoryError> {
     if mode == MODE_LINK {
         let target = std::ffi::OsStr::from_bytes(data);
         return fsio::replace_with_symlink(path, target, Some(tmp_dir)).map_err(io_err(path));
@@ -73,7 +79,7 @@ fn permissions_for(path: &Path, exec: bool) -> u32 {
 }
 
 /// Delete `path`, then its parent directories up to `root` while they are empty.
-fn delete_file(root: &Path, path: &Path) -> Result<(), HistoryError> {
+pub(crate) fn delete_file(root: &Path, path: &Path) -> Result<(), HistoryError> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -94,7 +100,7 @@ fn delete_file(root: &Path, path: &Path) -> Result<(), HistoryError> {
 
 /// Make every directory between `root` and `path` a directory (a file in the way is a
 /// file of the current snapshot the target does not have: it was deleted already).
-fn ensure_parent(root: &Path, rel: &Path) -> Result<(), HistoryError> {
+pub(crate) fn ensure_parent(root: &Path, rel: &Path) -> Result<(), HistoryError> {
     let Some(parent) = rel.parent() else {
         return Ok(());
     };
@@ -140,14 +146,30 @@ fn check_path(rel: &Path) -> Result<(), HistoryError> {
     Ok(())
 }
 
-/// Turn the files from tree `from` (the current state) into tree `to`, returning the
-/// paths written and deleted. Deletions go first, so a file can become a directory.
-pub(super) fn restore_trees(
+/// A file a rollback writes: its path, its blob and mode now (when it exists), the
+/// blob and mode it gets.
+type TreeWrite = (PathBuf, Option<(Oid, u32)>, Oid, u32);
+
+/// A file of a rollback as the journal describes it: path, blob and mode before
+/// (None: absent), after.
+type Described = (String, Option<(String, u32)>, Option<(String, u32)>);
+
+/// What a rollback writes: deletions (path, old blob, old mode) and writes (path, old
+/// blob and mode when the file exists, new blob, new mode).
+pub(super) struct TreeChange {
+    deleted: Vec<(PathBuf, Oid, u32)>,
+    writes: Vec<TreeWrite>,
+}
+
+/// What turning the files from tree `from` (the current state) into tree `to` writes,
+/// refused when it names a path heph must not write or overwrites a file left out of
+/// the history for its size.
+pub(super) fn plan_trees(
     history: &History,
     repo: &Repository,
     from: Oid,
     to: Oid,
-) -> Result<(Vec<PathBuf>, Vec<PathBuf>), HistoryError> {
+) -> Result<TreeChange, HistoryError> {
     let find = |oid| {
         repo.find_tree(oid)
             .map_err(HistoryError::git("reading a snapshot tree"))
@@ -156,25 +178,28 @@ pub(super) fn restore_trees(
     let diff = repo
         .diff_tree_to_tree(Some(&from_tree), Some(&to_tree), None)
         .map_err(HistoryError::git("comparing the snapshots"))?;
-    let root = history.root();
     let mut deleted = Vec::new();
     let mut writes = Vec::new();
     for delta in diff.deltas() {
+        let old = delta.old_file();
+        let new = delta.new_file();
         if delta.status() == Delta::Deleted {
-            if let Some(p) = delta.old_file().path() {
-                deleted.push(p.to_path_buf());
+            if let Some(p) = old.path() {
+                deleted.push((p.to_path_buf(), old.id(), u32::from(old.mode())));
             }
-        } else if let Some(p) = delta.new_file().path() {
+        } else if let Some(p) = new.path() {
             // A symlink replacing a file, or a file replacing a symlink, is a write too.
-            writes.push((
-                p.to_path_buf(),
-                delta.new_file().id(),
-                u32::from(delta.new_file().mode()),
-            ));
+            let before =
+                (delta.status() != Delta::Added).then(|| (old.id(), u32::from(old.mode())));
+            writes.push((p.to_path_buf(), before, new.id(), u32::from(new.mode())));
         }
     }
     // A history fetched from elsewhere could name paths heph must never write.
-    for rel in deleted.iter().chain(writes.iter().map(|w| &w.0)) {
+    for rel in deleted
+        .iter()
+        .map(|d| &d.0)
+        .chain(writes.iter().map(|w| &w.0))
+    {
         check_path(rel)?;
     }
     // A file left out of the current snapshot for its size is not in the history:
@@ -193,12 +218,48 @@ pub(super) fn restore_trees(
             ),
         });
     }
-    for rel in &deleted {
+    Ok(TreeChange { deleted, writes })
+}
+
+impl TreeChange {
+    /// The journal's description of these writes (blob ids as hex strings).
+    fn pending(&self) -> Vec<Described> {
+        let rel = |p: &Path| p.to_string_lossy().into_owned();
+        self.deleted
+            .iter()
+            .map(|(p, old, mode)| (rel(p), Some((old.to_string(), *mode)), None))
+            .chain(self.writes.iter().map(|(p, before, new, mode)| {
+                (
+                    rel(p),
+                    before.map(|(o, m)| (o.to_string(), m)),
+                    Some((new.to_string(), *mode)),
+                )
+            }))
+            .collect()
+    }
+
+    /// Relative paths written and deleted.
+    fn paths(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        (
+            self.writes.iter().map(|w| w.0.clone()).collect(),
+            self.deleted.iter().map(|d| d.0.clone()).collect(),
+        )
+    }
+}
+
+/// Make the writes of `change`. Deletions go first, so a file can become a directory.
+pub(super) fn apply_trees(
+    history: &History,
+    repo: &Repository,
+    change: &TreeChange,
+) -> Result<(), HistoryError> {
+    let root = history.root();
+    for (rel, _, _) in &change.deleted {
         delete_file(root, &root.join(rel))?;
         history.pause();
     }
     let tmp_dir = history.state.tmp_dir()?;
-    for (rel, oid, mode) in &writes {
+    for (rel, _, oid, mode) in &change.writes {
         let blob = repo
             .find_blob(*oid)
             .map_err(HistoryError::git("reading a file of the snapshot"))?;
@@ -213,7 +274,7 @@ pub(super) fn restore_trees(
         write_atomic(&path, blob.content(), *mode, &tmp_dir)?;
         history.pause();
     }
-    Ok((writes.into_iter().map(|w| w.0).collect(), deleted))
+    Ok(())
 }
 
 impl History {
@@ -232,7 +293,7 @@ impl History {
     /// [`History::rollback`] for a caller that already holds the writer lock.
     pub fn rollback_locked(
         &mut self,
-        _lock: &ProjectLock,
+        lock: &ProjectLock,
         target: &RollbackTarget,
     ) -> Result<RollbackReport, HistoryError> {
         let target = match target {
@@ -256,7 +317,8 @@ impl History {
         let target_oid = Oid::from_str(&target.id).map_err(HistoryError::git("reading an id"))?;
         let (from, to) = (self.tree_of(current)?, self.tree_of(target_oid)?);
         let repo = self.repo_ref()?;
-        let (restored, deleted) = restore_trees(self, repo, from, to)?;
+        let change = plan_trees(self, repo, from, to)?;
+        let (restored, deleted) = change.paths();
         let mut meta = EvolutionMeta::new(
             EvolutionKind::Rollback,
             format!(
@@ -272,7 +334,55 @@ impl History {
             meta.message
                 .push_str(&format!(", {}", plural_files(changed)));
         }
-        let evolution = self.record(&meta)?;
+        // The write-ahead record: a rollback killed half-way is finished by the next
+        // command that takes the lock.
+        let described = change.pending();
+        fn side(s: &Option<(String, u32)>) -> Side<'_> {
+            match s {
+                Some((id, mode)) => Side::Blob { id, mode: *mode },
+                None => Side::Absent,
+            }
+        }
+        let pending: Vec<PendingFile<'_>> = described
+            .iter()
+            .map(|(path, before, after)| PendingFile {
+                path,
+                before: side(before),
+                after: side(after),
+            })
+            .collect();
+        let journal_err = |e| HistoryError::Journal(Box::new(e));
+        let journal = Journal::begin(
+            &self.root,
+            lock,
+            TxStart {
+                kind: TxKind::Rollback,
+                operation: format!("rollback to {}", target.short_id),
+                pre_state: Some(current.to_string()),
+                history: true,
+                meta: Some(meta.clone()),
+            },
+            &pending,
+        )
+        .map_err(journal_err)?;
+        if let Err(e) = apply_trees(self, repo, &change) {
+            // Put back what was written (the files are recorded as they were).
+            journal::settle(&self.root, journal.record(), Direction::Undo, Some(self))
+                .map_err(journal_err)?;
+            journal.finish().map_err(journal_err)?;
+            return Err(e);
+        }
+        let evolution = match self.record(&meta) {
+            Ok(e) => e,
+            // The files are rolled back: the journal stays, and the next command that
+            // takes the lock records it.
+            Err(e) => {
+                return Err(HistoryError::RollbackNotRecorded {
+                    source: Box::new(e),
+                });
+            }
+        };
+        journal.finish().map_err(journal_err)?;
         Ok(RollbackReport {
             target,
             pre_state,

@@ -177,6 +177,7 @@ impl Interface {
 
     /// Add the items of one file's source.
     pub fn add_source(&mut self, source: &str) -> Result<(), String> {
+        crate::nesting::check(&crate::source::Origin::Submitted, source).map_err(|e| e.message)?;
         let file = syn::parse_file(source).map_err(|e| e.to_string())?;
         self.add_items(&file.items)
     }
@@ -440,8 +441,11 @@ pub fn check_macro_bodies(origin: Origin, text: &str) -> Result<(), SyntaxError>
         }
         Ok(())
     }
-    let Ok(file) = syn::parse_file(text) else {
-        // The file's own syntax error is the gate's to report.
+    let parsed = crate::nesting::check(&crate::source::Origin::Submitted, text)
+        .ok()
+        .and_then(|()| syn::parse_file(text).ok());
+    let Some(file) = parsed else {
+        // The file's own syntax error (or nesting) is the gate's to report.
         return Ok(());
     };
     walk(&file.items, &origin, text)

@@ -1105,9 +1105,11 @@ fn locked_history<T>(
     timeout: Duration,
     f: impl FnOnce(&mut History) -> Result<T, HistoryError>,
 ) -> Result<T, String> {
-    let _lock = StateDir::new(root)
+    let lock = StateDir::new(root)
         .lock("watch snapshot", timeout, |_| {})
         .map_err(|e: StateError| e.to_string())?;
+    // A change a killed heph left unfinished is settled before it could be recorded.
+    crate::journal::recover(root, &lock, options).map_err(|e| e.to_string())?;
     open_history(history, root, options, f)
 }
 

@@ -367,6 +367,26 @@ fn invalid_rules_are_refused_with_their_reason() {
 }
 
 #[test]
+fn deeply_nested_templates_are_refused_before_parsing() {
+    let deep = format!("{}$x{}", "(".repeat(100_000), ")".repeat(100_000));
+    for (pattern, replacement, part) in [
+        (deep.as_str(), "$x", "the pattern"),
+        ("$x", deep.as_str(), "the replacement"),
+    ] {
+        let text = format!(
+            "description = \"d\"\nrisk = \"low\"\npattern = \"{pattern}\"\nreplacement = \"{replacement}\"\n"
+        );
+        let err = Rule::parse("deep", &text, "test").expect_err("refused");
+        let shown = err.to_string();
+        assert!(shown.contains(part), "{shown}");
+        assert!(
+            shown.contains("nesting deeper than 256 levels at 1:"),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
 fn rules_load_from_a_directory_and_replace_builtins_by_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
