@@ -102,6 +102,9 @@ pub fn serve_stdio(server: Heph) -> Result<(), McpError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("heph-mcp")
+        // Tools parse code on these threads (and their blocking pool): the stack the
+        // nesting limits of `crate::nesting` assume, as the HTTP API's runtime has.
+        .thread_stack_size(crate::nesting::PARSE_STACK_SIZE)
         .enable_io()
         .enable_time()
         .build()
