@@ -43,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "api")]
 pub mod api;
 pub mod apply;
 pub mod cfg;

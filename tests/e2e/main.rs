@@ -16,4 +16,5 @@ mod mcp;
 mod processes;
 mod real_crates;
 mod self_modify;
+mod tidy;
 mod watch;

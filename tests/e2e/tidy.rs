@@ -1,0 +1,227 @@
+//! Tidy checks that keep ARCHITECTURE.md's dependency invariants true: each external
+//! crate is used only by the modules the map below names (and ARCHITECTURE lists), the
+//! CLI never touches git2, and the library without features pulls in no async runtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hephaestus_tests::workspace_root;
+
+/// External crate (as it is named in code) → the top-level modules of
+/// `hephaestus-core/src` allowed to name it. Keep in step with ARCHITECTURE.md
+/// ("each external crate lives in one module").
+const CORE_MAP: &[(&str, &[&str])] = &[
+    // The parsing and editing layer.
+    (
+        "syn",
+        &[
+            "cfg", "edit", "evolve", "expand", "hot", "import", "item", "modpath", "nesting",
+            "outline", "resolve", "source",
+        ],
+    ),
+    (
+        "proc_macro2",
+        &[
+            "edit", "evolve", "expand", "item", "modpath", "nesting", "resolve", "source",
+        ],
+    ),
+    (
+        "quote",
+        &["edit", "evolve", "expand", "hot", "item", "nesting"],
+    ),
+    ("prettyplease", &["edit", "nesting"]),
+    ("strsim", &["resolve"]),
+    ("similar", &["apply"]),
+    // Cargo and processes.
+    ("cargo_metadata", &["project", "verify"]),
+    ("socket2", &["supervise"]),
+    ("command_fds", &["supervise"]),
+    // The history store.
+    ("git2", &["history"]),
+    ("ignore", &["history", "watch"]),
+    // Watching.
+    ("notify", &["watch"]),
+    ("notify_debouncer_full", &["watch"]),
+    ("globset", &["config", "watch"]),
+    // The HTTP API and the MCP server (cargo features `api` and `mcp`).
+    ("axum", &["api", "mcp"]),
+    ("hyper", &["api"]),
+    ("hyper_util", &["api"]),
+    ("http_body_util", &["api"]),
+    ("tokio", &["api", "mcp"]),
+    ("constant_time_eq", &["api"]),
+    ("getrandom", &["api"]),
+    ("rmcp", &["mcp"]),
+    ("schemars", &["mcp"]),
+    ("tokio_util", &["mcp"]),
+    ("futures", &["mcp"]),
+];
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Does this line of code (comments and string contents aside) name `krate` as a path
+/// root (`krate::`, `use krate`, `krate::{`)?
+fn names(line: &str, krate: &str) -> bool {
+    let code = line.trim_start();
+    if code.starts_with("//") {
+        return false;
+    }
+    // Cut a trailing comment and whatever is inside string literals, roughly: enough for
+    // this code base, where crate paths never hide in strings that matter.
+    let mut clean = String::with_capacity(code.len());
+    let mut in_str = false;
+    let mut prev = ' ';
+    let mut chars = code.chars().peekable();
+    while let Some(c) = chars.next() {
+        if !in_str && c == '/' && chars.peek() == Some(&'/') {
+            break;
+        }
+        if c == '"' && prev != '\\' {
+            in_str = !in_str;
+        } else if !in_str {
+            clean.push(c);
+        }
+        prev = c;
+    }
+    let bytes = clean.as_bytes();
+    let mut from = 0;
+    while let Some(at) = clean[from..].find(krate) {
+        let start = from + at;
+        let end = start + krate.len();
+        let before_ok =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let after = &clean[end..];
+        let after_ok = after.starts_with("::")
+            || (clean[..start].trim_end().ends_with("use") && {
+                after.is_empty() || after.starts_with(';') || after.starts_with(' ')
+            });
+        if before_ok && after_ok && !clean[..start].ends_with("::") {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
+#[test]
+fn each_external_crate_lives_where_architecture_says() {
+    let src = workspace_root().join("hephaestus-core/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 50, "found the sources");
+    let mut wrong: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let module = rel
+            .components()
+            .next()
+            .map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_owned()
+            })
+            .expect("a module");
+        let text = fs::read_to_string(file).expect("read");
+        for (krate, allowed) in CORE_MAP {
+            if allowed.contains(&module.as_str()) {
+                continue;
+            }
+            if text.lines().any(|l| names(l, krate)) {
+                wrong
+                    .entry(krate)
+                    .or_default()
+                    .insert(rel.display().to_string());
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "crates used outside the modules ARCHITECTURE.md gives them (move the code, or \
+         change the map here and ARCHITECTURE.md together): {wrong:#?}"
+    );
+}
+
+#[test]
+fn the_cli_never_touches_git2_and_uses_nix_only_for_the_terminal() {
+    let src = workspace_root().join("hephaestus-cli/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for file in &files {
+        let text = fs::read_to_string(file).expect("read");
+        let rel = file
+            .strip_prefix(&src)
+            .expect("under src")
+            .display()
+            .to_string();
+        assert!(
+            !text.lines().any(|l| names(l, "git2")),
+            "{rel} uses git2: the history belongs to hephaestus-core"
+        );
+        if rel != "commands/watch/keys.rs" {
+            assert!(
+                !text.lines().any(|l| names(l, "nix")),
+                "{rel} uses nix: only the terminal mode of commands/watch/keys.rs may"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_tidy_scan_sees_paths_and_not_comments() {
+    assert!(names("use syn::File;", "syn"));
+    assert!(names("    let f: syn::File = x;", "syn"));
+    assert!(names("use git2;", "git2"));
+    assert!(!names("// syn::File in a comment", "syn"));
+    assert!(!names("/// `#[tokio::test]` in a doc comment", "tokio"));
+    assert!(!names("let s = \"tokio::spawn\";", "tokio"));
+    assert!(!names("crate::nesting::x(); // a syn::File", "syn"));
+    assert!(!names("hyper_util::rt::TokioIo", "hyper"));
+    assert!(!names("my_syn::x", "syn"));
+    assert!(!names("crate::tokio::x", "tokio"));
+}
+
+#[test]
+fn the_library_without_features_pulls_in_no_async_runtime() {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args([
+            "tree",
+            "-p",
+            "hephaestus-core",
+            "--no-default-features",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+            "--locked",
+        ])
+        .output()
+        .expect("cargo tree");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.contains("git2 "), "a real tree: {tree}");
+    for heavy in ["tokio ", "axum ", "hyper ", "hyper-util ", "rmcp "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(heavy)),
+            "{heavy}in the library without features:\n{tree}"
+        );
+    }
+}
