@@ -234,10 +234,13 @@ pub enum Event {
         /// Who holds it, as it said.
         holder: String,
     },
-    /// Edits by hand were found and recorded before writing.
+    /// Edits by hand were found and recorded before writing (or, in a project without a
+    /// history yet, its current files, as the history's first evolution).
     PreStateRecorded {
         /// The `manual` evolution's short id.
         id: String,
+        /// It is the first evolution of the history: the initial state, not hand edits.
+        first: bool,
     },
     /// The files were written.
     Written {
@@ -614,6 +617,7 @@ impl Project {
             if let Some(e) = &outcome.pre_state {
                 on_event(&Event::PreStateRecorded {
                     id: e.short_id.clone(),
+                    first: e.parent.is_none(),
                 });
             }
             pre_tip = h.tip()?.map(|t| t.to_string());

@@ -448,3 +448,41 @@ fn workspace_paths_are_package_qualified() {
     run.expect_code(0);
     assert_eq!(run.json()["files"][0], "app/src/handlers/greet.rs");
 }
+
+#[test]
+fn rollback_to_the_last_passed_evolution_when_already_there_records_nothing() {
+    let env = TestEnv::new("agent-lib");
+    env.run([
+        "self-modify",
+        "agent::test_hot_reload",
+        "--code",
+        "pub const RELOAD_GENERATION: u32 = 3;",
+    ])
+    .expect_code(0);
+    let count = |env: &TestEnv| {
+        env.run(["history", "--json", "--limit", "0"]).json()["evolutions"]
+            .as_array()
+            .expect("evolutions")
+            .len()
+    };
+    let before = count(&env);
+    let files = env.snapshot();
+    let run = env.run(["rollback", "--last"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("nothing to restore"), "{}", run.stdout);
+    assert_eq!(count(&env), before, "no empty rollback evolution");
+    assert_eq!(env.snapshot(), files);
+    let doc = env.run(["rollback", "--last", "--json"]).json();
+    assert_eq!(doc["unchanged"], true);
+    // After a hand edit the same command restores the file, and records it.
+    env.write("src/agent/test_hot_reload.rs", "// edited by hand\n");
+    let run = env.run(["rollback", "--last"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("restored src/agent/test_hot_reload.rs"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.snapshot(), files);
+    assert_eq!(count(&env), before + 2, "the hand edit, then the rollback");
+}

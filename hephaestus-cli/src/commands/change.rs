@@ -187,8 +187,12 @@ pub fn apply(
                 None => out.note(msg),
             }
         }
-        Event::PreStateRecorded { id } => {
-            let msg = format!("recorded hand edits as evolution {id} before writing");
+        Event::PreStateRecorded { id, first } => {
+            let msg = if *first {
+                format!("recorded the project's files as evolution {id}, the first of its history")
+            } else {
+                format!("recorded hand edits as evolution {id} before writing")
+            };
             // Above the spinner, never through it (a stray line would stay on screen).
             match &bar {
                 Some(b) => b.suspend(|| out.note(msg)),

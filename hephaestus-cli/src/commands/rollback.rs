@@ -36,6 +36,20 @@ pub fn run(args: RollbackArgs, global: &GlobalArgs, out: &Output) -> Result<u8> 
             pre.short_id, pre.meta.message
         ));
     }
+    if report.unchanged {
+        out.line(format!(
+            "the files already are those of {} ({}): nothing to restore, nothing recorded",
+            report.target.short_id,
+            report
+                .target
+                .meta
+                .message
+                .lines()
+                .next()
+                .unwrap_or_default()
+        ));
+        return Ok(0);
+    }
     for p in &report.restored {
         out.line(format!("restored {}", p.display()));
     }

@@ -32,6 +32,9 @@ pub struct RollbackReport {
     pub restored: Vec<PathBuf>,
     /// Files deleted because they did not exist in the target, relative to the root.
     pub deleted: Vec<PathBuf>,
+    /// The files already were the target's (e.g. `rollback --last` at an evolution that
+    /// passed): nothing was written or recorded, and `evolution` is the current one.
+    pub unchanged: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
@@ -316,6 +319,18 @@ impl History {
         })?;
         let target_oid = Oid::from_str(&target.id).map_err(HistoryError::git("reading an id"))?;
         let (from, to) = (self.tree_of(current)?, self.tree_of(target_oid)?);
+        if from == to {
+            // Nothing to restore: an empty `rollback` evolution would only be noise.
+            let evolution = self.get(&current.to_string())?;
+            return Ok(RollbackReport {
+                target,
+                pre_state,
+                evolution,
+                restored: Vec::new(),
+                deleted: Vec::new(),
+                unchanged: true,
+            });
+        }
         let repo = self.repo_ref()?;
         let change = plan_trees(self, repo, from, to)?;
         let (restored, deleted) = change.paths();
@@ -389,6 +404,7 @@ impl History {
             evolution,
             restored,
             deleted,
+            unchanged: false,
         })
     }
 }

@@ -941,9 +941,12 @@ impl Heph {
                     Event::WaitingForLock { holder } => {
                         Some(format!("waiting for another heph to finish ({holder})"))
                     }
-                    Event::PreStateRecorded { id } => {
+                    Event::PreStateRecorded { id, first: false } => {
                         Some(format!("recorded hand edits as evolution {id}"))
                     }
+                    Event::PreStateRecorded { id, first: true } => Some(format!(
+                        "recorded the project's files as evolution {id}, the first of its history"
+                    )),
                     Event::Written { files } => Some(format!("written: {}", files.join(", "))),
                     Event::VerifyStarted { command } => Some(format!("verifying: {command}")),
                     Event::VerifyProgress(VerifyProgress::Unit { done, name }) => {
