@@ -669,6 +669,13 @@ impl Heph {
         })
         .await?;
         Ok(match r {
+            Ok(report) if report.unchanged => {
+                let text = format!(
+                    "the files already are those of {}: nothing to restore, nothing recorded",
+                    report.target.short_id
+                );
+                done(text, &report, false)
+            }
             Ok(report) => {
                 let mut text = format!(
                     "rolled back to {}: {} restored, {} deleted; recorded as evolution {}",
