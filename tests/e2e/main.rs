@@ -14,6 +14,7 @@ mod hot;
 mod import;
 mod mcp;
 mod processes;
+mod readme;
 mod real_crates;
 mod self_modify;
 mod tidy;
