@@ -621,6 +621,14 @@ impl Project {
                 });
             }
             pre_tip = h.tip()?.map(|t| t.to_string());
+            for skipped in h.skipped() {
+                outcome.notes.push(format!(
+                    "{} ({} bytes) is left out of the history: it is larger than \
+                     `[history] max_file_size` in heph.toml",
+                    skipped.path.display(),
+                    skipped.size
+                ));
+            }
         }
         // The write-ahead record, durable before the first file changes.
         let pending: Vec<PendingFile<'_>> = plan

@@ -486,3 +486,42 @@ fn rollback_to_the_last_passed_evolution_when_already_there_records_nothing() {
     assert_eq!(env.snapshot(), files);
     assert_eq!(count(&env), before + 2, "the hand edit, then the rollback");
 }
+
+#[test]
+fn a_file_over_the_history_size_limit_is_named_by_self_modify() {
+    let env = TestEnv::new("agent-lib");
+    env.write("heph.toml", "[history]\nmax_file_size = \"1KiB\"\n");
+    env.write("assets/big.bin", vec![7u8; 4096]);
+    let run = env.run([
+        "self-modify",
+        "agent::test_hot_reload",
+        "--no-verify",
+        "--code",
+        "pub const RELOAD_GENERATION: u32 = 3;",
+    ]);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("note: assets/big.bin (4096 bytes) is left out of the history"),
+        "{}",
+        run.stderr
+    );
+    let doc = env
+        .run([
+            "--json",
+            "self-modify",
+            "agent::test_hot_reload",
+            "--no-verify",
+            "--code",
+            "pub const RELOAD_GENERATION: u32 = 4;",
+        ])
+        .json();
+    assert!(
+        doc["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("assets/big.bin"))),
+        "{doc}"
+    );
+}
