@@ -810,6 +810,7 @@ EOF
 /// inconclusive; once the other candidate is decided, it is revisited with what is left
 /// of the budget and goes on from its samples (one record, both evaluations' stages).
 #[test]
+#[ignore = "shares a 60 s budget between builds and 0.2 s runs: run alone, as .ci/run does"]
 fn an_inconclusive_comparison_is_revisited_when_budget_remains() {
     let _serial = serial();
     let env = TestEnv::new("slow-crate");
@@ -873,7 +874,9 @@ EOF
         .count();
     assert_eq!(fitness_stages, 2, "{revisited:#}");
     // The revisit went on from the first evaluation's looks.
-    let looks = revisited["fitness"]["looks"].as_array().expect("looks");
+    let looks = revisited["fitness"]["looks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no looks: {revisited:#}"));
     assert!(looks.len() >= 2, "{revisited:#}");
     assert_eq!(revisited["fitness"]["max_runs"], 100, "{revisited:#}");
     assert!(

@@ -539,6 +539,7 @@ fn crashing_child_is_restarted_with_backoff_and_sigterm_leaves_no_process() {
 }
 
 #[test]
+#[ignore = "a burst is a burst only if writing it is not slowed by other tests: run alone, as .ci/run does"]
 fn burst_of_two_thousand_files_builds_at_most_twice() {
     let _serial = serial();
     let env = TestEnv::new("hello-server");
