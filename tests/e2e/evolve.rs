@@ -721,6 +721,16 @@ fn a_seeded_noisy_fitness_accepts_a_twenty_percent_gain_and_not_a_null_one() {
         "{}",
         run.stdout
     );
+    // The final table fits 80 columns (stdout is no terminal here), header included.
+    assert!(run.stdout.contains("   #  verdict"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#') || l.trim_start().starts_with("1 "))
+            .all(|l| l.chars().count() <= 80),
+        "{}",
+        run.stdout
+    );
     // The same seed draws the same baseline: the runs are reproducible.
     let again = TestEnv::new("slow-crate");
     let (_, lines2) = fake_fitness_run(&again, 7, "0", true);

@@ -205,6 +205,8 @@ struct View<'o> {
     run: Option<ProgressBar>,
     lines: HashMap<String, ProgressBar>,
     accepted: usize,
+    /// Evolutions of accepted candidates whose `CandidateFinished` has not come yet.
+    applied: HashMap<usize, String>,
     done: usize,
     total: usize,
 }
@@ -220,6 +222,7 @@ impl<'o> View<'o> {
             run: None,
             lines: HashMap::new(),
             accepted: 0,
+            applied: HashMap::new(),
             done: 0,
             total: 0,
         }
@@ -397,11 +400,16 @@ impl<'o> View<'o> {
                 if !self.out.quiet {
                     self.note(candidate_line(rec, self.maximize));
                 }
+                // The engine applies a winner before it reports the candidate done: its
+                // line goes under the candidate's.
+                if let Some(evolution) = self.applied.remove(&rec.id) {
+                    self.note(format!("  applied to the project as evolution {evolution}"));
+                }
             }
-            EvolveEvent::Accepted { evolution, .. } => {
+            EvolveEvent::Accepted { id, evolution, .. } => {
                 self.accepted += 1;
                 self.update_run();
-                self.note(format!("  applied to the project as evolution {evolution}"));
+                self.applied.insert(*id, evolution.clone());
             }
             EvolveEvent::Warning { message } => self.out.warn(message),
             _ => {}
@@ -473,36 +481,7 @@ fn candidate_line(r: &CandidateRecord, maximize: bool) -> String {
 
 fn print_table(s: &RunSummary, out: &Output) {
     if !s.candidates.is_empty() {
-        out.line(format!(
-            "{:>4}  {:<9}  {:<22}  {:<8}  {:>23}  {:>7}  {:>7}  description",
-            "#", "verdict", "source", "stage", "fitness (median)", "gain", "p"
-        ));
-        for r in &s.candidates {
-            let (fit, gain, p) = match &r.fitness {
-                Some(f) => (
-                    format!(
-                        "{} -> {}",
-                        fmt_num(f.baseline_median),
-                        fmt_num(f.candidate_median)
-                    ),
-                    format!("{:+.1}%", f.gain * 100.0),
-                    format!("{:.4}", f.p_value),
-                ),
-                None => ("-".into(), "-".into(), "-".into()),
-            };
-            let stage = r.stage.map_or("-".to_owned(), |st| st.to_string());
-            out.line(format!(
-                "{:>4}  {:<9}  {:<22}  {:<8}  {:>23}  {:>7}  {:>7}  {}",
-                r.id,
-                r.verdict.as_str(),
-                shorten(&r.source.to_string(), 22),
-                stage,
-                fit,
-                gain,
-                p,
-                shorten(&r.description, 70)
-            ));
-        }
+        print_candidates(s, out);
     }
     let unit = if s.unit == "s" { " s" } else { "" };
     match &s.overall {
@@ -558,5 +537,72 @@ fn print_table(s: &RunSummary, out: &Output) {
     out.note(format!("log: {}", s.log.display()));
     if let Some(c) = &s.chart {
         out.note(format!("chart: {}", c.display()));
+    }
+}
+
+/// The table of candidates, fitted to the terminal.
+fn print_candidates(s: &RunSummary, out: &Output) {
+    // Fit the terminal (80 columns when stdout is not one): the description takes what
+    // the other columns leave (at least 16 characters), and the source column (also in
+    // each candidate's line above) shows only from 100 columns on.
+    let width = terminal_size::terminal_size_of(std::io::stdout())
+        .map_or(80, |(w, _)| usize::from(w.0))
+        .max(60);
+    let with_source = width >= 100;
+    let fixed =
+        4 + 2 + 8 + 2 + 7 + 2 + 17 + 2 + 6 + 2 + 6 + 2 + if with_source { 14 + 2 } else { 0 };
+    let desc = width.saturating_sub(fixed).max(16);
+    let row = |cells: [&str; 8]| {
+        let [id, verdict, source, stage, fit, gain, p, description] = cells;
+        let source = if with_source {
+            format!("{:<14}  ", shorten(source, 14))
+        } else {
+            String::new()
+        };
+        format!(
+            "{id:>4}  {:<8}  {source}{:<7}  {:>17}  {gain:>6}  {:>6}  {}",
+            shorten(verdict, 8),
+            shorten(stage, 7),
+            shorten(fit, 17),
+            shorten(p, 6),
+            shorten(description, desc)
+        )
+        .trim_end()
+        .to_owned()
+    };
+    out.line(row([
+        "#",
+        "verdict",
+        "source",
+        "stage",
+        "fitness",
+        "gain",
+        "p",
+        "description",
+    ]));
+    for r in &s.candidates {
+        let (fit, gain, p) = match &r.fitness {
+            Some(f) => (
+                format!(
+                    "{} -> {}",
+                    fmt_num(f.baseline_median),
+                    fmt_num(f.candidate_median)
+                ),
+                format!("{:+.1}%", f.gain * 100.0),
+                format!("{:.4}", f.p_value),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let stage = r.stage.map_or("-".to_owned(), |st| st.to_string());
+        out.line(row([
+            &r.id.to_string(),
+            r.verdict.as_str(),
+            &r.source.to_string(),
+            &stage,
+            &fit,
+            &gain,
+            &p,
+            &r.description,
+        ]));
     }
 }
