@@ -57,7 +57,7 @@ pub fn run(args: FleetArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
         .unwrap_or(8)
         .max(8);
     out.line(format!(
-        "{:<width$}  {:<9}  {:<12}  SINCE",
+        "{:<width$}  {:<12}  {:<12}  SINCE",
         "INSTANCE", "EVOLUTION", "STATE"
     ));
     for s in &list {
@@ -66,7 +66,7 @@ pub fn run(args: FleetArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
             .as_deref()
             .map_or("-", |e| &e[..SHORT_ID_LEN.min(e.len())]);
         let mut line = format!(
-            "{:<width$}  {:<9}  {:<12}  {}",
+            "{:<width$}  {:<12}  {:<12}  {}",
             s.instance,
             ev,
             s.state.as_str(),

@@ -230,11 +230,19 @@ impl History {
                              they were recorded as evolution {} and nothing was overwritten",
                             e.short_id
                         ),
-                        None => format!(
-                            "this project's history has evolutions the remote's lacks \
-                             (its tip {short} is not in the remote's history); \
-                             nothing was overwritten"
-                        ),
+                        None => {
+                            let subject = repo
+                                .find_commit(l)
+                                .ok()
+                                .and_then(|c| c.summary().map(str::to_owned))
+                                .unwrap_or_default();
+                            format!(
+                                "the files were changed here: local evolution {short} \
+                                 ({subject}) is not in the remote's history; nothing was \
+                                 overwritten (`heph history` lists it, `heph rollback` \
+                                 or `heph sync --keep` settles it)"
+                            )
+                        }
                     };
                     return Ok(FollowStep::Refused {
                         local: local.map(|o| o.to_string()),

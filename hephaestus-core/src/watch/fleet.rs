@@ -460,6 +460,7 @@ impl Session {
                 deleted,
                 ..
             }) => {
+                let changed = restored.len() + deleted.len();
                 let list = |v: Vec<PathBuf>| {
                     v.into_iter()
                         .map(|p| p.to_string_lossy().into_owned())
@@ -470,6 +471,23 @@ impl Session {
                     restored: list(restored),
                     deleted: list(deleted),
                 });
+                if changed == 0 {
+                    // The same files under another evolution (an instance set up from a
+                    // copy): what runs, or is being built, is this evolution.
+                    match self.follow.awaiting.as_mut() {
+                        Some((awaited, _)) => *awaited = to,
+                        None => self.fleet_report(FleetStatus::now(
+                            &self.opts.fleet.instance,
+                            Some(to),
+                            if self.launched {
+                                FleetState::Applied
+                            } else {
+                                FleetState::Applying
+                            },
+                        )),
+                    }
+                    return;
+                }
                 self.fleet_report(FleetStatus::now(
                     &self.opts.fleet.instance,
                     Some(to.clone()),
