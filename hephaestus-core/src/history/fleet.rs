@@ -234,7 +234,7 @@ impl History {
                             let subject = repo
                                 .find_commit(l)
                                 .ok()
-                                .and_then(|c| c.summary().ok().map(|s| s.to_string()))
+                                .and_then(|c| c.summary().ok().flatten().map(str::to_owned))
                                 .unwrap_or_default();
                             format!(
                                 "the files were changed here: local evolution {short} \
