@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod edit_cases;
 mod evolve;
+mod fleet;
 mod history;
 mod hostile;
 mod hot;
