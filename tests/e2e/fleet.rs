@@ -103,7 +103,12 @@ fn follow(env: &TestEnv, remote: &str, instance: &str, vars: &[(&str, &str)]) ->
 /// `heph --json fleet status REMOTE` as seen from `env`, by instance.
 fn fleet_status(env: &TestEnv, remote: &str) -> Vec<Value> {
     let run = env.run(["--json", "fleet", "status", remote]);
-    assert!(run.code == 0 || run.code == 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.code == 0 || run.code == 1,
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
     run.json()["instances"]
         .as_array()
         .expect("instances")
@@ -142,7 +147,9 @@ impl Client {
         let thread = thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let answer = get(port, "/");
-                r.lock().unwrap_or_else(PoisonError::into_inner).push(answer);
+                r.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(answer);
                 thread::sleep(Duration::from_millis(10));
             }
         });
@@ -194,7 +201,12 @@ fn a_self_modify_on_the_publisher_is_served_by_every_follower() {
             let env = TestEnv::new("hello-server");
             let target = env.temp().join("target");
             let target = target.to_str().expect("utf-8").to_owned();
-            let w = follow(&env, remote, &format!("follower-{i}"), &[("CARGO_TARGET_DIR", &target)]);
+            let w = follow(
+                &env,
+                remote,
+                &format!("follower-{i}"),
+                &[("CARGO_TARGET_DIR", &target)],
+            );
             (env, w)
         })
         .collect();
@@ -204,7 +216,10 @@ fn a_self_modify_on_the_publisher_is_served_by_every_follower() {
         });
         assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
     }
-    let clients: Vec<Client> = followers.iter().map(|(_, w)| Client::start(w.port)).collect();
+    let clients: Vec<Client> = followers
+        .iter()
+        .map(|(_, w)| Client::start(w.port))
+        .collect();
 
     let run = publisher_env.run([
         "--json",
@@ -228,9 +243,14 @@ fn a_self_modify_on_the_publisher_is_served_by_every_follower() {
     for (i, c) in clients.into_iter().enumerate() {
         let answers = c.finish();
         let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
-        assert!(failed.is_empty(), "follower {i}: failed requests {failed:?}");
         assert!(
-            answers.iter().all(|a| matches!(a.as_deref(), Ok(OLD | "Hello from the fleet\n"))),
+            failed.is_empty(),
+            "follower {i}: failed requests {failed:?}"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a.as_deref(), Ok(OLD | "Hello from the fleet\n"))),
             "follower {i}: unexpected answers"
         );
     }
@@ -256,7 +276,10 @@ fn a_change_that_fails_to_build_leaves_the_follower_serving_and_is_reported() {
     let broken = origin.publish("42", "reply: a number");
     wait_reported(&w, "web-1", "build-failed", &broken);
     assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
-    assert!(env.read(REPLY).contains("42"), "the evolution's files were written");
+    assert!(
+        env.read(REPLY).contains("42"),
+        "the evolution's files were written"
+    );
 
     let status = fleet_status(&origin.env, origin.remote());
     assert_eq!(status.len(), 1, "{status:?}");
@@ -264,12 +287,18 @@ fn a_change_that_fails_to_build_leaves_the_follower_serving_and_is_reported() {
     assert_eq!(status[0]["state"], "build-failed");
     assert_eq!(status[0]["evolution"], broken.as_str());
     assert!(
-        status[0]["detail"].as_str().is_some_and(|d| d.contains("build failed")),
+        status[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("build failed")),
         "{status:?}"
     );
     let text = origin.env.run(["fleet", "status", origin.remote()]);
     text.expect_code(1);
-    assert!(text.stdout.contains("web-1") && text.stdout.contains("build-failed"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("web-1") && text.stdout.contains("build-failed"),
+        "{}",
+        text.stdout
+    );
 
     // The fix arrives the same way and is served.
     let fixed = origin.publish("\"Hello again\"", "reply: fixed");
@@ -334,7 +363,10 @@ fn followers_keep_serving_while_the_remote_is_away_and_catch_up() {
 
     // The origin records while the remote is away, then it comes back.
     origin.env.write(REPLY, reply_source("\"caught up\""));
-    origin.env.run(["snapshot", "-m", "while away"]).expect_code(0);
+    origin
+        .env
+        .run(["snapshot", "-m", "while away"])
+        .expect_code(0);
     std::fs::rename(&away, &origin.remote).expect("rename the remote back");
     origin.sync();
     w.wait_for("the remote to be reachable", EVENT_TIMEOUT, mark, |e| {

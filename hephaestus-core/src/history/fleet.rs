@@ -50,7 +50,7 @@ pub enum FollowStep {
         /// The local tip (after recording the hand edits).
         local: Option<String>,
         /// The `manual` evolution recording the hand edits, when the files had changed.
-        pre_state: Option<Evolution>,
+        pre_state: Option<Box<Evolution>>,
         /// Why, in words.
         reason: String,
     },
@@ -246,7 +246,7 @@ impl History {
                     };
                     return Ok(FollowStep::Refused {
                         local: local.map(|o| o.to_string()),
-                        pre_state,
+                        pre_state: pre_state.map(Box::new),
                         reason,
                     });
                 }
@@ -367,7 +367,7 @@ mod tests {
     fn instance_names_become_one_reference_part() {
         assert_eq!(instance_component("web 1/a"), "web_1_a");
         assert_eq!(instance_component(".."), "_");
-        assert_eq!(instance_component("a..b.lock"), "a_.b");
+        assert_eq!(instance_component("a..b.lock"), "a_b");
         assert_eq!(instance_component(""), "_");
     }
 }
