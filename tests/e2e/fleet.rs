@@ -375,3 +375,69 @@ fn followers_keep_serving_while_the_remote_is_away_and_catch_up() {
     w.wait_body("/", BUILD_TIMEOUT, |b| b == "caught up\n");
     assert!(Path::new(&origin.remote).exists());
 }
+
+/// `git ARGS` in `dir` with an isolated configuration; its stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Someone")
+        .env("GIT_AUTHOR_EMAIL", "someone@example.com")
+        .env("GIT_COMMITTER_NAME", "Someone")
+        .env("GIT_COMMITTER_EMAIL", "someone@example.com")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_commit_pushed_by_plain_git_is_not_applied() {
+    let _serial = serial();
+    let origin = Origin::new();
+    let env = TestEnv::new("hello-server");
+    let w = follow(&env, origin.remote(), "careful", &[]);
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+
+    // Someone commits to the history reference with plain git: no heph trailers.
+    let work = origin.env.temp().join("plain");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "--quiet"]);
+    git(
+        &work,
+        &[
+            "fetch",
+            "--quiet",
+            origin.remote(),
+            "refs/heph/history:refs/heads/h",
+        ],
+    );
+    git(&work, &["checkout", "--quiet", "h"]);
+    std::fs::write(work.join(REPLY), reply_source("\"sneaked in\"")).expect("write");
+    git(&work, &["commit", "--quiet", "-am", "sneak a change in"]);
+    let mark = w.mark();
+    git(
+        &work,
+        &["push", "--quiet", origin.remote(), "HEAD:refs/heph/history"],
+    );
+
+    let stopped = w.wait_for("following to stop", EVENT_TIMEOUT, mark, |e| {
+        event_is(e, "follow-stopped")
+    });
+    let reason = stopped["reason"].as_str().expect("reason");
+    assert!(reason.contains("was not recorded by heph"), "{reason}");
+    assert!(reason.contains("sneak a change in"), "{reason}");
+    assert!(
+        !env.read(REPLY).contains("sneaked in"),
+        "nothing was written"
+    );
+    assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
+}

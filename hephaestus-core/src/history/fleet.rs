@@ -215,6 +215,19 @@ impl History {
         {
             return Ok(FollowStep::Ahead);
         }
+        if let Some((foreign, subject)) = foreign_evolution(repo, target, local) {
+            return Ok(FollowStep::Refused {
+                local: local.map(|o| o.to_string()),
+                pre_state: pre_state.map(Box::new),
+                reason: format!(
+                    "commit {} ({subject}) of the remote's history was not recorded by heph \
+                     (it has no `{}` trailer); only heph's evolutions are applied, nothing \
+                     was written",
+                    &foreign.to_string()[..7],
+                    super::message::keys::KIND
+                ),
+            });
+        }
         let target_tree = self.tree_of(target)?;
         let from_tree = match local {
             None => empty_tree(repo)?,
@@ -324,6 +337,29 @@ impl History {
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok(out)
     }
+}
+
+/// The first commit between `local` (excluded) and `target` whose message lacks heph's
+/// trailers, with its subject.
+fn foreign_evolution(repo: &Repository, target: Oid, local: Option<Oid>) -> Option<(Oid, String)> {
+    let mut walk = repo.revwalk().ok()?;
+    walk.push(target).ok()?;
+    if let Some(l) = local {
+        // Unrelated histories: only the target's own evolutions are looked at then.
+        let _ = walk.hide(l);
+    }
+    walk.flatten().take(BASE_SEARCH).find_map(|oid| {
+        let commit = repo.find_commit(oid).ok()?;
+        let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();
+        let (_, trailers) = super::message::split(&message);
+        let heph = trailers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(super::message::keys::KIND));
+        (!heph).then(|| {
+            let subject = message.lines().next().unwrap_or_default().to_owned();
+            (oid, subject)
+        })
+    })
 }
 
 fn empty_tree(repo: &Repository) -> Result<Oid, HistoryError> {
