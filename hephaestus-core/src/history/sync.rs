@@ -816,11 +816,30 @@ impl History {
                 .update_fetchhead(false)
                 .download_tags(AutotagOption::None)
                 .remote_callbacks(callbacks(&mut attempts));
-            h.fetch(&[spec.as_str()], Some(&mut fetch), None)
+            // `download` and the refs set here: libgit2's `fetch` rewrites FETCH_HEAD.
+            h.download(&[spec.as_str()], Some(&mut fetch))
                 .map_err(|source| HistoryError::Git {
                     what: format!("fetching {pattern} from `{remote}`"),
                     source,
                 })?;
+            let from = pattern.trim_end_matches('*');
+            let advertised: Vec<(String, Oid)> = h
+                .list()
+                .map(|heads| {
+                    heads
+                        .iter()
+                        .filter_map(|head| {
+                            let rest = head.name().strip_prefix(from)?;
+                            Some((format!("{into_prefix}{rest}"), head.oid()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = h.disconnect();
+            for (name, oid) in advertised {
+                repo.reference(&name, oid, true, "heph fleet: fetch")
+                    .map_err(HistoryError::git("writing a fetched fleet reference"))?;
+            }
         }
         Ok(())
     }
