@@ -399,6 +399,129 @@ mod tests {
         assert_eq!(back.evolution, s.evolution);
     }
 
+    use crate::history::tests::{project, write};
+
+    fn bare_remote(dir: &std::path::Path) -> String {
+        let path = dir.join("fleet.git");
+        Repository::init_bare(&path).expect("bare remote");
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_follower_applies_published_evolutions_and_never_overwrites_hand_edits() {
+        let (dir_a, a_root) = project(false);
+        let (_dir_b, b_root) = project(false);
+        let remote = bare_remote(dir_a.path());
+        let auto = SyncTransport::Auto;
+        let mut a = History::open(&a_root).expect("open a");
+        a.snapshot(Some("start")).expect("snapshot a");
+        let pushed = a.publish(&remote, auto).expect("publish");
+        assert!(matches!(
+            pushed.outcome,
+            super::super::SyncOutcome::Pushed { .. }
+        ));
+
+        // B holds a copy of the same files: it adopts the remote's history.
+        let mut b = History::open(&b_root).expect("open b");
+        let tip = b
+            .fetch_remote(&remote, auto)
+            .expect("fetch")
+            .expect("a tip");
+        let step = b.follow_apply(&tip).expect("apply");
+        assert!(
+            matches!(&step, FollowStep::Applied { restored, deleted, .. } if restored.is_empty() && deleted.is_empty()),
+            "{step:?}"
+        );
+
+        // A change published by A is written into B.
+        write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+        a.snapshot(Some("two")).expect("snapshot");
+        a.publish(&remote, auto).expect("publish");
+        let tip = b
+            .fetch_remote(&remote, auto)
+            .expect("fetch")
+            .expect("a tip");
+        let step = b.follow_apply(&tip).expect("apply");
+        assert!(matches!(step, FollowStep::Applied { .. }), "{step:?}");
+        assert_eq!(
+            std::fs::read_to_string(b_root.join("src/lib.rs")).expect("read"),
+            "pub fn a() -> u32 { 2 }\n"
+        );
+        assert!(matches!(
+            b.follow_apply(&tip).expect("again"),
+            FollowStep::UpToDate
+        ));
+
+        // A hand edit in B: recorded, and the next evolution is refused.
+        write(&b_root, "src/lib.rs", "pub fn a() -> u32 { 99 }\n");
+        write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 3 }\n");
+        a.snapshot(Some("three")).expect("snapshot");
+        a.publish(&remote, auto).expect("publish");
+        let tip = b
+            .fetch_remote(&remote, auto)
+            .expect("fetch")
+            .expect("a tip");
+        match b.follow_apply(&tip).expect("apply") {
+            FollowStep::Refused {
+                pre_state, reason, ..
+            } => {
+                assert!(pre_state.is_some(), "the hand edit is recorded");
+                assert!(reason.contains("hand edits"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(b_root.join("src/lib.rs")).expect("read"),
+            "pub fn a() -> u32 { 99 }\n"
+        );
+
+        // B's own evolution is not a fast-forward of the remote: refused, not forced.
+        let before = b.fetch_remote(&remote, auto).expect("fetch");
+        let refused = b.publish(&remote, auto).expect("publish b");
+        assert!(
+            matches!(
+                refused.outcome,
+                super::super::SyncOutcome::Diverged {
+                    ahead: 1,
+                    behind: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            refused.outcome
+        );
+        assert_eq!(b.fetch_remote(&remote, auto).expect("fetch"), before);
+    }
+
+    #[test]
+    fn fleet_status_round_trips_through_the_remote() {
+        let (dir, root) = project(false);
+        let remote = bare_remote(dir.path());
+        let mut h = History::open(&root).expect("open");
+        h.snapshot(None).expect("snapshot");
+        assert!(
+            h.fleet_status(&remote, SyncTransport::Auto)
+                .expect("empty")
+                .is_empty()
+        );
+        let mut s = FleetStatus::now("web 1", Some("abc".into()), FleetState::Applying);
+        assert_eq!(
+            h.report_fleet_status(&remote, SyncTransport::Auto, &s)
+                .expect("report"),
+            None
+        );
+        s.state = FleetState::Applied;
+        h.report_fleet_status(&remote, SyncTransport::Git, &s)
+            .expect("replaced");
+        let other = FleetStatus::now("web-2", None, FleetState::Stopped);
+        h.report_fleet_status(&remote, SyncTransport::Auto, &other)
+            .expect("report");
+        for transport in [SyncTransport::Libgit2, SyncTransport::Git] {
+            let list = h.fleet_status(&remote, transport).expect("list");
+            assert_eq!(list, vec![s.clone(), other.clone()], "{transport:?}");
+        }
+    }
+
     #[test]
     fn instance_names_become_one_reference_part() {
         assert_eq!(instance_component("web 1/a"), "web_1_a");

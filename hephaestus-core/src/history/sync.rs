@@ -685,7 +685,8 @@ impl History {
     /// `remote` when that is a fast-forward there. Never forced, never fetched into the
     /// local history: when the remote has evolutions this history lacks (another
     /// instance published first) the outcome is [`SyncOutcome::Diverged`] and nothing
-    /// changes; a refusal by the server is [`SyncOutcome::PushRejected`].
+    /// changes (behind only, with nothing to publish: [`SyncOutcome::UpToDate`]); a
+    /// refusal by the server is [`SyncOutcome::PushRejected`].
     pub fn publish(
         &mut self,
         remote: &str,
@@ -721,10 +722,15 @@ impl History {
                 let (ahead, behind) = repo
                     .graph_ahead_behind(l, r)
                     .map_err(HistoryError::git("comparing the histories"))?;
-                SyncOutcome::Diverged {
-                    ahead,
-                    behind,
-                    merge_base: repo.merge_base(l, r).ok().map(|b| b.to_string()),
+                if ahead == 0 {
+                    // Behind only: nothing of ours to publish (a follower catches up).
+                    SyncOutcome::UpToDate
+                } else {
+                    SyncOutcome::Diverged {
+                        ahead,
+                        behind,
+                        merge_base: repo.merge_base(l, r).ok().map(|b| b.to_string()),
+                    }
                 }
             }
             (Some(_), None) => SyncOutcome::UpToDate, // unreachable: the push arm
