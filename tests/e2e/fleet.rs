@@ -441,3 +441,69 @@ fn a_commit_pushed_by_plain_git_is_not_applied() {
     );
     assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
 }
+
+#[test]
+fn serve_publish_pushes_every_evolution_recorded() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
+    let env = TestEnv::new("hello-server");
+    let remote = bare_remote(&env);
+    let remote = remote.to_str().expect("utf-8");
+    let mut child = env
+        .heph()
+        .env("HEPH_TOKEN", "fleet-test-token")
+        .args([
+            "--json",
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--publish",
+            remote,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("heph serve");
+    let (tx, rx) = mpsc::channel::<Value>();
+    let out = child.stdout.take().expect("stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let wait_published = |id: &str| loop {
+        let v = rx
+            .recv_timeout(EVENT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no `published` event for {id}: {e}"));
+        if event_is(&v, "published") && v["evolution"] == id {
+            return v;
+        }
+    };
+    // Evolutions recorded by another process (here `heph snapshot`) are published too.
+    for text in ["\"one\"", "\"two\""] {
+        env.write(REPLY, reply_source(text));
+        let run = env.run(["--json", "snapshot", "-m", text]);
+        run.expect_code(0);
+        let id = run.json()["evolution"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let published = wait_published(&id);
+        assert_eq!(published["remote"], remote);
+        let on_remote = Command::new("git")
+            .args(["--git-dir", remote, "rev-parse", "refs/heph/history"])
+            .output()
+            .expect("git rev-parse");
+        assert_eq!(String::from_utf8_lossy(&on_remote.stdout).trim(), id);
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
