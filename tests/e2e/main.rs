@@ -8,6 +8,7 @@ mod crash;
 mod edit_cases;
 mod evolve;
 mod hardening_api;
+mod fleet;
 mod history;
 mod hostile;
 mod hot;

@@ -4,6 +4,7 @@ pub mod api;
 pub mod change;
 pub mod completions;
 pub mod evolve;
+pub mod fleet;
 pub mod history;
 pub mod import;
 pub mod mcp;
@@ -57,6 +58,8 @@ pub enum Command {
     Mcp(mcp::Args),
     /// Serve the HTTP control API (self-modify, dynamic-import, history, evolution).
     Serve(serve::Args),
+    /// The fleet of instances following one history (`heph fleet status REMOTE`).
+    Fleet(fleet::FleetArgs),
     /// Print the completion script of a shell (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Print the manual page (roff), or write one page per command with --out-dir.
@@ -79,6 +82,7 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Evolve(args) => evolve::run(*args, global, out),
         Command::Mcp(args) => mcp::run(args, global, out),
         Command::Serve(args) => serve::run(args, global, out),
+        Command::Fleet(args) => fleet::run(args, global, out),
         Command::Completions(args) => completions::run_completions(args),
         Command::Man(args) => completions::run_man(args, out),
     }

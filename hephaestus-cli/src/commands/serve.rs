@@ -7,9 +7,11 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use hephaestus_core::Config;
 use hephaestus_core::api::ServeState;
+use hephaestus_core::watch::{Publisher, WatchEvent};
 
 use super::api::{self, ApiArgs};
 use super::change::open_project;
+use super::sync::Transport;
 use crate::output::{GlobalArgs, Output};
 
 /// Serve the HTTP control API (`/hot-reload/...`): self-modify, dynamic-import,
@@ -23,6 +25,13 @@ use crate::output::{GlobalArgs, Output};
 pub struct Args {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// Push every evolution recorded (through the API or otherwise) to REMOTE; never
+    /// forced: a push that is not a fast-forward is reported and left alone.
+    #[arg(long, value_name = "REMOTE")]
+    pub publish: Option<String>,
+    /// How --publish reaches the remote (see `heph sync --transport`).
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    pub transport: Transport,
 }
 
 /// Run the command: serve until Ctrl-C or SIGTERM.
@@ -38,8 +47,54 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     let Some(server) = api::start(&project, &config, &args.api, state, out, true)? else {
         return Ok(0);
     };
+    let publisher = args.publish.clone().map(|remote| {
+        let (json, quiet) = (out.json, out.quiet);
+        Publisher::start(
+            project.root(),
+            crate::project::history_options(out),
+            remote,
+            args.transport.into(),
+            move |event| {
+                if json {
+                    if let Ok(line) = serde_json::to_string(&event) {
+                        println!("{line}");
+                    }
+                } else if !quiet {
+                    eprintln!("{}", describe(&event));
+                }
+            },
+        )
+    });
     let _ = rx.recv();
+    drop(publisher);
     server.shutdown();
     out.note("control API stopped");
     Ok(0)
+}
+
+/// A line for a publisher event.
+fn describe(event: &WatchEvent) -> String {
+    match event {
+        WatchEvent::Published {
+            remote,
+            evolution,
+            evolutions,
+        } => format!(
+            "[heph] published {evolutions} evolution(s) to {remote} (at {})",
+            &evolution[..evolution.len().min(7)]
+        ),
+        WatchEvent::PublishRefused { remote, reason, .. } => {
+            format!("warning: not published to {remote}: {reason}")
+        }
+        WatchEvent::FleetUnreachable {
+            remote,
+            message,
+            retry_ms,
+        } => format!(
+            "warning: {remote} is unreachable ({message}); retrying in {:.1}s",
+            *retry_ms as f64 / 1000.0
+        ),
+        WatchEvent::FleetReachable { remote } => format!("[heph] {remote} is reachable again"),
+        other => format!("{other:?}"),
+    }
 }

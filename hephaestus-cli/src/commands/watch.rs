@@ -15,11 +15,14 @@ use hephaestus_core::supervise::{
     Readiness, SocketSpec, Stream, SuperviseEvent, SupervisorOptions,
 };
 use hephaestus_core::watch::control::{self, Request};
-use hephaestus_core::watch::{RunTarget, Session, WatchEvent, WatchOptions};
+use hephaestus_core::watch::{
+    FleetOptions, RunTarget, Session, WatchEvent, WatchOptions, default_instance,
+};
 use indicatif::ProgressBar;
 
 use super::api::{self as control_api, ApiArgs};
 use super::change::open_project;
+use super::sync::Transport;
 use crate::output::{GlobalArgs, Output, UsageError};
 
 mod keys;
@@ -93,6 +96,26 @@ pub struct Args {
     /// Resume the `heph watch` running for this project, then exit.
     #[arg(long, conflicts_with_all = ["api", "api_public"])]
     pub resume: bool,
+    /// Push every evolution this instance records to REMOTE (a git remote of the
+    /// project's repository, a URL or a path); never forced: a push that is not a
+    /// fast-forward is reported and left alone.
+    #[arg(long, value_name = "REMOTE")]
+    pub publish: Option<String>,
+    /// Follow REMOTE's history: apply each new evolution (syntax gate, build, swap as
+    /// for an edit). Hand edits are never overwritten: they are recorded and following
+    /// stops. An unreachable remote is retried with backoff while the program serves.
+    #[arg(long, value_name = "REMOTE")]
+    pub follow: Option<String>,
+    /// Time between two fetches of the --follow remote.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s",
+          requires = "follow")]
+    pub follow_interval: Duration,
+    /// This instance's name in `heph fleet status` (default: HOST-HASH of the project path).
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// How --publish and --follow reach the remote (see `heph sync --transport`).
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    pub transport: Transport,
     #[command(flatten)]
     pub api: ApiArgs,
     /// Arguments for the binary (after `--`).
@@ -160,6 +183,25 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     opts.history = !args.no_history;
     opts.history_options = crate::project::history_options(out);
     opts.paused = args.start_paused;
+    if (args.publish.is_some() || args.follow.is_some()) && args.no_history {
+        return Err(UsageError(
+            "--publish and --follow share the history: they cannot go with --no-history".into(),
+        )
+        .into());
+    }
+    if args.follow_interval.is_zero() {
+        return Err(UsageError("--follow-interval must be longer than 0".into()).into());
+    }
+    opts.fleet = FleetOptions {
+        publish: args.publish.clone(),
+        follow: args.follow.clone(),
+        follow_interval: args.follow_interval,
+        instance: args
+            .instance
+            .clone()
+            .unwrap_or_else(|| default_instance(project.root())),
+        transport: args.transport.into(),
+    };
     if let Some(package) = &args.hot {
         let mut hot = HotOptions::new(
             Some(package.clone())
@@ -501,6 +543,48 @@ impl<'a> View<'a> {
                 ),
                 None => format!("the program died while generation {generation} served"),
             }),
+            WatchEvent::Published {
+                remote,
+                evolution,
+                evolutions,
+            } => self.heph(format!(
+                "published {evolutions} evolution(s) to {remote} (at {})",
+                &evolution[..evolution.len().min(7)]
+            )),
+            WatchEvent::PublishRefused { remote, reason, .. } => {
+                self.out.warn(format!("not published to {remote}: {reason}"))
+            }
+            WatchEvent::FleetUnreachable {
+                remote,
+                message,
+                retry_ms,
+            } => self.out.warn(format!(
+                "{remote} is unreachable ({message}); the program keeps serving, retrying in {:.1}s",
+                *retry_ms as f64 / 1000.0
+            )),
+            WatchEvent::FleetReachable { remote } => self.heph(format!("{remote} is reachable again")),
+            WatchEvent::FollowApplied {
+                evolution,
+                restored,
+                deleted,
+            } => {
+                let mut files: Vec<&str> = restored.iter().map(String::as_str).collect();
+                files.extend(deleted.iter().map(String::as_str));
+                self.heph(format!(
+                    "following: applying evolution {} ({})",
+                    &evolution[..evolution.len().min(7)],
+                    files.join(", ")
+                ));
+            }
+            WatchEvent::FollowStopped { remote, reason, .. } => self.error(format!(
+                "stopped following {remote}: {reason}; the running program is unchanged"
+            )),
+            WatchEvent::FleetReported { state, evolution, .. } if self.out.verbose > 0 => {
+                self.heph(format!(
+                    "fleet status: {state} {}",
+                    evolution.as_deref().map_or("-", |e| &e[..e.len().min(7)])
+                ))
+            }
             WatchEvent::Stopped => self.heph("stopped; no child process left"),
             WatchEvent::Process(p) => self.process(p),
             _ => {}

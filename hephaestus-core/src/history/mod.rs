@@ -25,6 +25,7 @@
 //! [`History::sync`] take it themselves.
 
 mod commit;
+mod fleet;
 mod list;
 pub mod message;
 mod refs;
@@ -45,6 +46,7 @@ use serde::Serialize;
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 use crate::state::{ProjectLock, StateDir, StateError};
 
+pub use fleet::{FleetState, FleetStatus, FollowStep, instance_component};
 use refs::HistoryRef;
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};

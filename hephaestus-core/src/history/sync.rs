@@ -324,11 +324,20 @@ fn fetch_cli(
 
 /// Push the local history (never forced); `Ok(Some(reason))` when the remote refused.
 fn push_cli(repo: &Repository, remote: &str, name: &str) -> Result<Option<String>, HistoryError> {
-    let what = format!("pushing {name} to");
+    push_spec_cli(repo, remote, &format!("{name}:{name}"))
+}
+
+/// Push the refspec `spec`; `Ok(Some(reason))` when the remote refused.
+fn push_spec_cli(
+    repo: &Repository,
+    remote: &str,
+    spec: &str,
+) -> Result<Option<String>, HistoryError> {
+    let what = format!("pushing {spec} to");
     let mut cmd = git_command(repo);
     cmd.args(["push", "--porcelain", "--no-verify", "--quiet", "--"])
         .arg(remote)
-        .arg(format!("{name}:{name}"));
+        .arg(spec);
     let run = run_git(cmd, &what, remote)?;
     // `--porcelain`: one line per ref, `!` in front of a rejected one, with the reason
     // (`[rejected] (fetch first)`, `[remote rejected] (...)`) after the second tab.
@@ -395,6 +404,15 @@ fn push_libgit2(
     remote: &str,
     name: &str,
 ) -> Result<Option<String>, HistoryError> {
+    push_spec_libgit2(repo, remote, &format!("{name}:{name}"))
+}
+
+/// Push the refspec `spec` through libgit2; `Ok(Some(reason))` when the remote refused.
+fn push_spec_libgit2(
+    repo: &Repository,
+    remote: &str,
+    spec: &str,
+) -> Result<Option<String>, HistoryError> {
     let mut handle = libgit2_remote(repo, remote)?;
     let mut attempts = 0;
     let mut rejected: Option<String> = None;
@@ -408,11 +426,10 @@ fn push_libgit2(
         });
         let mut push = PushOptions::new();
         push.remote_callbacks(cb);
-        let spec = format!("{name}:{name}");
         handle
-            .push(&[spec.as_str()], Some(&mut push))
+            .push(&[spec], Some(&mut push))
             .map_err(|source| HistoryError::Git {
-                what: format!("pushing {name} to `{remote}`"),
+                what: format!("pushing {spec} to `{remote}`"),
                 source,
             })?;
     }
@@ -464,46 +481,15 @@ impl History {
         resolve: SyncResolve,
     ) -> Result<SyncReport, HistoryError> {
         let _lock = self.lock("sync")?;
-        self.repo_for_write()?;
+        let Fetched {
+            handle,
+            cli,
+            name,
+            tracking_ref,
+            local,
+            theirs,
+        } = self.fetch_locked(remote, transport)?;
         let repo = self.repo_ref()?;
-        let (handle, component, url) = open_remote(repo, remote)?;
-        let name = self.reference.name();
-        let tracking_ref = self.reference.tracking(&component);
-        let reach = libgit2_reaches(&url);
-        let cli = match (transport, reach) {
-            (SyncTransport::Git, _) | (SyncTransport::Auto, Err(_)) => true,
-            (SyncTransport::Libgit2, Err((protocol, feature))) => {
-                return Err(HistoryError::UnsupportedTransport {
-                    remote: remote.to_owned(),
-                    protocol,
-                    feature,
-                });
-            }
-            _ => false,
-        };
-        super::refs::recover_stale_lock(self.state.path(), repo);
-        self.settle_legacy(repo)?;
-        let local = self.tip()?;
-
-        let advertised = if cli {
-            fetch_cli(repo, &handle, &name, &tracking_ref)?
-        } else {
-            fetch_libgit2(self, repo, &handle, &name, &tracking_ref)?
-        };
-        if !advertised {
-            // The remote has no history (any more): drop a stale tracking ref.
-            if let Ok(mut r) = repo.find_reference(&tracking_ref) {
-                let _ = r.delete();
-            }
-        }
-        // A remote history recorded for another folder by an earlier version (its
-        // `Heph-Scope` is not this project's) is not this project's history.
-        let theirs = if advertised {
-            read_ref(repo, &tracking_ref)?
-                .filter(|&r| super::refs::scope_of(repo, r) == self.scope_prefix)
-        } else {
-            None
-        };
         let hex = |o: Option<Oid>| o.map(|o| o.to_string());
         let mut report = SyncReport {
             remote: remote.to_owned(),
@@ -595,6 +581,273 @@ impl History {
             (Some(_), None) => SyncOutcome::UpToDate, // unreachable: handled by the push arm
         };
         Ok(report)
+    }
+}
+
+/// The remote's history as fetched under the writer lock.
+pub(super) struct Fetched {
+    /// The remote as git is told.
+    pub(super) handle: String,
+    /// Through the git CLI (else libgit2).
+    pub(super) cli: bool,
+    /// The history reference's name (the same on both sides).
+    pub(super) name: String,
+    /// The local reference holding the remote's history.
+    pub(super) tracking_ref: String,
+    /// The local history's tip.
+    pub(super) local: Option<Oid>,
+    /// The remote history's tip (None: the remote has none for this project).
+    pub(super) theirs: Option<Oid>,
+}
+
+impl History {
+    /// Fetch `remote`'s history into its tracking reference; the caller holds the
+    /// writer lock.
+    pub(super) fn fetch_locked(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+    ) -> Result<Fetched, HistoryError> {
+        self.repo_for_write()?;
+        let repo = self.repo_ref()?;
+        let (handle, component, url) = open_remote(repo, remote)?;
+        let name = self.reference.name();
+        let tracking_ref = self.reference.tracking(&component);
+        let cli = self.use_cli(remote, &url, transport)?;
+        super::refs::recover_stale_lock(self.state.path(), repo);
+        self.settle_legacy(repo)?;
+        let local = self.tip()?;
+        let advertised = if cli {
+            fetch_cli(repo, &handle, &name, &tracking_ref)?
+        } else {
+            fetch_libgit2(self, repo, &handle, &name, &tracking_ref)?
+        };
+        if !advertised {
+            // The remote has no history (any more): drop a stale tracking ref.
+            if let Ok(mut r) = repo.find_reference(&tracking_ref) {
+                let _ = r.delete();
+            }
+        }
+        // A remote history recorded for another folder by an earlier version (its
+        // `Heph-Scope` is not this project's) is not this project's history.
+        let theirs = if advertised {
+            read_ref(repo, &tracking_ref)?
+                .filter(|&r| super::refs::scope_of(repo, r) == self.scope_prefix)
+        } else {
+            None
+        };
+        Ok(Fetched {
+            handle,
+            cli,
+            name,
+            tracking_ref,
+            local,
+            theirs,
+        })
+    }
+
+    /// Whether `remote` (URL `url`) is reached through the git CLI.
+    fn use_cli(
+        &self,
+        remote: &str,
+        url: &str,
+        transport: SyncTransport,
+    ) -> Result<bool, HistoryError> {
+        match (transport, libgit2_reaches(url)) {
+            (SyncTransport::Git, _) | (SyncTransport::Auto, Err(_)) => Ok(true),
+            (SyncTransport::Libgit2, Err((protocol, feature))) => {
+                Err(HistoryError::UnsupportedTransport {
+                    remote: remote.to_owned(),
+                    protocol,
+                    feature,
+                })
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `heph watch --follow`: under the writer lock, fetch `remote`'s history into its
+    /// tracking reference (the local history and the files are not changed); the
+    /// remote's tip, None when it has no history for this project.
+    pub fn fetch_remote(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+    ) -> Result<Option<String>, HistoryError> {
+        let _lock = self.lock("follow")?;
+        Ok(self
+            .fetch_locked(remote, transport)?
+            .theirs
+            .map(|o| o.to_string()))
+    }
+
+    /// `heph watch --publish`: under the writer lock, push the local history to
+    /// `remote` when that is a fast-forward there. Never forced, never fetched into the
+    /// local history: when the remote has evolutions this history lacks (another
+    /// instance published first) the outcome is [`SyncOutcome::Diverged`] and nothing
+    /// changes (behind only, with nothing to publish: [`SyncOutcome::UpToDate`]); a
+    /// refusal by the server is [`SyncOutcome::PushRejected`].
+    pub fn publish(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+    ) -> Result<SyncReport, HistoryError> {
+        let _lock = self.lock("publish")?;
+        let f = self.fetch_locked(remote, transport)?;
+        let repo = self.repo_ref()?;
+        let hex = |o: Option<Oid>| o.map(|o| o.to_string());
+        let outcome = match (f.local, f.theirs) {
+            (None, None) => SyncOutcome::Empty,
+            (None, Some(_)) => SyncOutcome::UpToDate,
+            (Some(l), Some(r)) if l == r => SyncOutcome::UpToDate,
+            (Some(l), r) if r.is_none_or(|r| repo.graph_descendant_of(l, r).unwrap_or(false)) => {
+                let rejected = if f.cli {
+                    push_cli(repo, &f.handle, &f.name)?
+                } else {
+                    push_libgit2(repo, &f.handle, &f.name)?
+                };
+                match rejected {
+                    Some(reason) => SyncOutcome::PushRejected { reason },
+                    None => {
+                        self.update_ref(&f.tracking_ref, l, || {
+                            repo.reference(&f.tracking_ref, l, true, "heph publish: pushed")
+                        })?;
+                        SyncOutcome::Pushed {
+                            evolutions: count(repo, l, r)?,
+                        }
+                    }
+                }
+            }
+            (Some(l), Some(r)) => {
+                let (ahead, behind) = repo
+                    .graph_ahead_behind(l, r)
+                    .map_err(HistoryError::git("comparing the histories"))?;
+                if ahead == 0 {
+                    // Behind only: nothing of ours to publish (a follower catches up).
+                    SyncOutcome::UpToDate
+                } else {
+                    SyncOutcome::Diverged {
+                        ahead,
+                        behind,
+                        merge_base: repo.merge_base(l, r).ok().map(|b| b.to_string()),
+                    }
+                }
+            }
+            (Some(_), None) => SyncOutcome::UpToDate, // unreachable: the push arm
+        };
+        Ok(SyncReport {
+            remote: remote.to_owned(),
+            tracking_ref: f.tracking_ref.clone(),
+            local_before: hex(f.local),
+            remote_tip: hex(f.theirs),
+            local_after: hex(f.local),
+            transport: if f.cli {
+                SyncTransport::Git
+            } else {
+                SyncTransport::Libgit2
+            },
+            outcome,
+        })
+    }
+
+    /// Push `local_ref` to `remote_ref` on `remote`, replacing what is there (for refs
+    /// an instance owns alone, such as its fleet status); the server's refusal, if any.
+    pub(super) fn push_owned_ref(
+        &self,
+        remote: &str,
+        transport: SyncTransport,
+        local_ref: &str,
+        remote_ref: &str,
+    ) -> Result<Option<String>, HistoryError> {
+        let repo = self.repo_ref()?;
+        let (handle, _, url) = open_remote(repo, remote)?;
+        let spec = format!("+{local_ref}:{remote_ref}");
+        if self.use_cli(remote, &url, transport)? {
+            push_spec_cli(repo, &handle, &spec)
+        } else {
+            push_spec_libgit2(repo, &handle, &spec)
+        }
+    }
+
+    /// Fetch every remote ref matching `pattern` (a glob such as `refs/heph/fleet/*`)
+    /// into `into` (the same glob under another prefix), after deleting the local refs
+    /// under `into` (refs gone from the remote go here too).
+    pub(super) fn fetch_glob(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+        pattern: &str,
+        into_prefix: &str,
+    ) -> Result<(), HistoryError> {
+        self.repo_for_write()?;
+        let repo = self.repo_ref()?;
+        let (handle, _, url) = open_remote(repo, remote)?;
+        if let Ok(refs) = repo.references_glob(&format!("{into_prefix}*")) {
+            let names: Vec<String> = refs
+                .flatten()
+                .filter_map(|r| r.name().ok().map(str::to_owned))
+                .collect();
+            for n in names {
+                if let Ok(mut r) = repo.find_reference(&n) {
+                    let _ = r.delete();
+                }
+            }
+        }
+        let spec = format!("+{pattern}:{into_prefix}*");
+        let what = format!("fetching {pattern} from");
+        if self.use_cli(remote, &url, transport)? {
+            let mut cmd = git_command(repo);
+            cmd.args([
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+            ])
+            .arg(&handle)
+            .arg(&spec);
+            let run = run_git(cmd, &what, remote)?;
+            if !run.success {
+                return Err(HistoryError::Transport {
+                    what,
+                    remote: remote.to_owned(),
+                    message: git_message(&run.stderr),
+                });
+            }
+        } else {
+            let mut h = libgit2_remote(repo, &handle)?;
+            let mut attempts = 0;
+            let mut fetch = FetchOptions::new();
+            fetch
+                .update_fetchhead(false)
+                .download_tags(AutotagOption::None)
+                .remote_callbacks(callbacks(&mut attempts));
+            // `download` and the refs set here: libgit2's `fetch` rewrites FETCH_HEAD.
+            h.download(&[spec.as_str()], Some(&mut fetch))
+                .map_err(|source| HistoryError::Git {
+                    what: format!("fetching {pattern} from `{remote}`"),
+                    source,
+                })?;
+            let from = pattern.trim_end_matches('*');
+            let advertised: Vec<(String, Oid)> = h
+                .list()
+                .map(|heads| {
+                    heads
+                        .iter()
+                        .filter_map(|head| {
+                            let rest = head.name().strip_prefix(from)?;
+                            Some((format!("{into_prefix}{rest}"), head.oid()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = h.disconnect();
+            for (name, oid) in advertised {
+                repo.reference(&name, oid, true, "heph fleet: fetch")
+                    .map_err(HistoryError::git("writing a fetched fleet reference"))?;
+            }
+        }
+        Ok(())
     }
 }
 

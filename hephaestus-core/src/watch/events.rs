@@ -269,6 +269,68 @@ pub enum WatchEvent {
         /// The generation the restarted program loads.
         next: Option<u64>,
     },
+    /// `--publish`: evolutions were pushed to the remote.
+    Published {
+        /// The remote.
+        remote: String,
+        /// The history's tip, now the remote's.
+        evolution: String,
+        /// How many evolutions were sent.
+        evolutions: usize,
+    },
+    /// `--publish`: the remote was not updated (not a fast-forward, or refused); nothing
+    /// was forced.
+    PublishRefused {
+        /// The remote.
+        remote: String,
+        /// The history's tip that was not published.
+        evolution: String,
+        /// Why.
+        reason: String,
+    },
+    /// `--follow`/`--publish`: the remote could not be reached; the program keeps
+    /// serving and heph tries again.
+    FleetUnreachable {
+        /// The remote.
+        remote: String,
+        /// git's or libgit2's message.
+        message: String,
+        /// The wait before the next attempt.
+        retry_ms: u64,
+    },
+    /// The remote is reachable again after failures.
+    FleetReachable {
+        /// The remote.
+        remote: String,
+    },
+    /// `--follow`: the files of a new evolution of the remote were written; the build
+    /// and swap follow as for any edit.
+    FollowApplied {
+        /// The evolution applied.
+        evolution: String,
+        /// Files written.
+        restored: Vec<String>,
+        /// Files deleted.
+        deleted: Vec<String>,
+    },
+    /// `--follow`: following stopped; nothing was overwritten.
+    FollowStopped {
+        /// The remote.
+        remote: String,
+        /// The remote's evolution that was not applied.
+        evolution: String,
+        /// Why (hand edits, local evolutions the remote lacks).
+        reason: String,
+    },
+    /// `--follow`: this instance's state was published on its fleet status reference.
+    FleetReported {
+        /// The remote.
+        remote: String,
+        /// `applying`, `applied`, `build-failed`, `unhealthy`, `stopped`.
+        state: String,
+        /// The evolution.
+        evolution: Option<String>,
+    },
     /// The session ended; every child is gone.
     Stopped,
     /// Something the supervisor did (started, ready, stopped, exited, output ...).

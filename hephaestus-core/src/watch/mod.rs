@@ -10,6 +10,7 @@
 pub mod control;
 mod events;
 mod files;
+mod fleet;
 mod hot;
 mod policy;
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use events::{RuleStatus, SocketInfo, SyntaxProblem, WatchEvent, WatchStatus};
 pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_editor_temp};
+pub use fleet::{DEFAULT_FOLLOW_INTERVAL, FleetNotice, FleetOptions, Publisher, default_instance};
 use policy::{Coalescer, Pending, ReloadPath};
 
 use crate::config::Config;
@@ -157,6 +159,8 @@ pub struct WatchOptions {
     /// `--hot`: load changes of the hot crate into the running program when its
     /// interface allows (see [`crate::hot`]).
     pub hot: Option<crate::hot::HotOptions>,
+    /// `--publish` and `--follow`: a fleet following one history through a remote.
+    pub fleet: FleetOptions,
 }
 
 impl WatchOptions {
@@ -175,6 +179,7 @@ impl WatchOptions {
             control: true,
             paused: false,
             hot: None,
+            fleet: FleetOptions::default(),
         }
     }
 }
@@ -228,6 +233,8 @@ pub(crate) enum Input {
     Quit,
     /// A report of the program's hot-reload runtime.
     Hot(crate::hot::Notice),
+    /// A report of the fleet threads (`--publish`, `--follow`).
+    Fleet(FleetNotice),
 }
 
 /// Steers a running session from other threads (keys, Ctrl-C handlers).
@@ -301,6 +308,9 @@ pub struct Session {
     builds: u64,
     launched: bool,
     hot: Option<hot::HotSession>,
+    publisher: Option<Publisher>,
+    follower: Option<fleet::Follower>,
+    follow: fleet::FollowState,
 }
 
 impl std::fmt::Debug for Session {
@@ -421,6 +431,9 @@ impl Session {
             builds: 0,
             launched: false,
             hot,
+            publisher: None,
+            follower: None,
+            follow: fleet::FollowState::default(),
         })
     }
 
@@ -490,6 +503,7 @@ impl Session {
         if self.opts.history {
             self.record_pre_state(on_event);
         }
+        self.fleet_start();
         let mut pending = Pending::initial(Instant::now());
         // The pause state last reported, so each change is reported once.
         let mut announced = self.shared.paused();
@@ -500,6 +514,8 @@ impl Session {
             if pending.ready(self.shared.paused(), self.cancel.load(Ordering::SeqCst)) {
                 let p = std::mem::take(&mut pending);
                 self.process(p, on_event);
+                self.fleet_after_process();
+                self.follow_pending(on_event);
                 continue;
             }
             self.set_state(
@@ -536,6 +552,7 @@ impl Session {
                 }
                 Ok(Input::Quit) => break,
                 Ok(Input::Hot(notice)) => self.hot_notice(notice, on_event),
+                Ok(Input::Fleet(notice)) => self.fleet_notice(notice, on_event),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -554,6 +571,7 @@ impl Session {
             self.poll_supervisor(on_event);
         }
         self.set_state("stopping");
+        self.fleet_stop();
         self.watcher = None;
         if let Some(mut sup) = self.supervisor.take() {
             sup.shutdown(&mut |e| on_event(&WatchEvent::Process(e)));
@@ -592,6 +610,7 @@ impl Session {
         });
         if exited {
             self.hot_exited(on_event);
+            self.fleet_crashed();
         }
     }
 

@@ -1,0 +1,582 @@
+//! `heph watch --publish REMOTE` and `--follow REMOTE`: a fleet of instances following
+//! one history through a git remote (see [`crate::history`]'s fleet functions).
+//!
+//! - A [`Publisher`] thread watches the history's tip and pushes every new evolution
+//!   (whatever recorded it: a watch snapshot, the API, a rollback ...). A push that is
+//!   not a fast-forward is reported and never forced. `heph serve --publish` runs one too.
+//! - A follower thread fetches the remote's history every `follow_interval` (backing off
+//!   while the remote is unreachable) and hands each new tip to the watch loop, which
+//!   writes its files through [`History::follow_apply`]; the file watcher then sees them
+//!   like any edit: syntax gate → build → swap. The loop reports the outcome of each
+//!   applied evolution (`applied`, `build-failed`, `unhealthy`) on the instance's status
+//!   reference in the remote, through the same thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::{Input, Session, WatchEvent, open_history};
+use crate::history::{
+    FleetState, FleetStatus, FollowStep, History, HistoryOptions, SyncOutcome, SyncTransport,
+};
+
+/// The default time between two fetches of the followed remote.
+pub const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest wait between two attempts at an unreachable remote.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the publisher looks at the history's tip.
+const PUBLISH_POLL: Duration = Duration::from_millis(200);
+
+/// Fleet settings of a watch session.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Push every evolution recorded to this remote.
+    pub publish: Option<String>,
+    /// Follow this remote's history.
+    pub follow: Option<String>,
+    /// Time between fetches of the followed remote.
+    pub follow_interval: Duration,
+    /// This instance's name in the fleet status.
+    pub instance: String,
+    /// How the remote is reached.
+    pub transport: SyncTransport,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            publish: None,
+            follow: None,
+            follow_interval: DEFAULT_FOLLOW_INTERVAL,
+            instance: default_instance(Path::new(".")),
+            transport: SyncTransport::Auto,
+        }
+    }
+}
+
+/// `HOST-XXXXXXXX`: the host name and a hash of the project's path.
+pub fn default_instance(root: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    // FNV-1a: stable across runs and builds (std's hasher is not).
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in root.to_string_lossy().bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    crate::history::instance_component(&format!("{host}-{hash:08x}"))
+}
+
+/// What the fleet threads tell their owner.
+#[derive(Debug, Clone)]
+pub enum FleetNotice {
+    /// The remote's history tip (follower).
+    RemoteTip(String),
+    /// Something to show.
+    Event(WatchEvent),
+}
+
+/// Exponential backoff from `base` to [`MAX_BACKOFF`].
+fn backoff(base: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1 << failures.min(6)).min(MAX_BACKOFF)
+}
+
+/// A thread pushing every new evolution of a project's history to a remote.
+#[derive(Debug)]
+pub struct Publisher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Publisher {
+    /// Start publishing `root`'s history to `remote`; `notify` receives what happens.
+    pub fn start(
+        root: &Path,
+        options: HistoryOptions,
+        remote: String,
+        transport: SyncTransport,
+        notify: impl Fn(WatchEvent) + Send + 'static,
+    ) -> Publisher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let root = root.to_path_buf();
+        let thread = thread::spawn(move || {
+            publish_loop(&root, &options, &remote, transport, &flag, &notify)
+        });
+        Publisher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn publish_loop(
+    root: &Path,
+    options: &HistoryOptions,
+    remote: &str,
+    transport: SyncTransport,
+    stop: &AtomicBool,
+    notify: &dyn Fn(WatchEvent),
+) {
+    let mut history: Option<History> = None;
+    // The tip last published (or refused: refused again only once it moves).
+    let mut done: Option<String> = None;
+    let mut failures = 0u32;
+    let mut next = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(PUBLISH_POLL);
+        if Instant::now() < next {
+            continue;
+        }
+        let tip = open_history(&mut history, root, options, |h| {
+            Ok(h.tip()?.map(|o| o.to_string()))
+        });
+        let tip = match tip {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                history = None; // the store may not exist yet: open it again next time
+                continue;
+            }
+            Err(_) => {
+                history = None;
+                continue;
+            }
+        };
+        if done.as_deref() == Some(tip.as_str()) {
+            continue;
+        }
+        match open_history(&mut history, root, options, |h| {
+            h.publish(remote, transport)
+        }) {
+            Ok(report) => {
+                if failures > 0 {
+                    notify(WatchEvent::FleetReachable {
+                        remote: remote.to_owned(),
+                    });
+                }
+                failures = 0;
+                done = Some(tip.clone());
+                match report.outcome {
+                    SyncOutcome::Pushed { evolutions } => notify(WatchEvent::Published {
+                        remote: remote.to_owned(),
+                        evolution: tip,
+                        evolutions,
+                    }),
+                    SyncOutcome::PushRejected { reason } => notify(WatchEvent::PublishRefused {
+                        remote: remote.to_owned(),
+                        evolution: tip,
+                        reason: format!("the remote refused the push: {reason}"),
+                    }),
+                    SyncOutcome::Diverged { behind, .. } => notify(WatchEvent::PublishRefused {
+                        remote: remote.to_owned(),
+                        evolution: tip,
+                        reason: format!(
+                            "not a fast-forward: the remote has {behind} evolution{} this \
+                             history lacks (another instance published first); nothing was \
+                             forced — `heph sync {remote}` shows and settles it",
+                            if behind == 1 { "" } else { "s" }
+                        ),
+                    }),
+                    _ => {}
+                }
+            }
+            Err(message) => {
+                history = None;
+                let wait = backoff(Duration::from_secs(1), failures);
+                failures += 1;
+                next = Instant::now() + wait;
+                notify(WatchEvent::FleetUnreachable {
+                    remote: remote.to_owned(),
+                    message,
+                    retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+        }
+    }
+}
+
+/// The follower thread: fetches `remote`, sends new tips, pushes status reports.
+pub(super) struct Follower {
+    stop: Arc<AtomicBool>,
+    statuses: Sender<FleetStatus>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Follower {
+    pub(super) fn start(
+        root: &Path,
+        options: HistoryOptions,
+        fleet: &FleetOptions,
+        remote: String,
+        tx: Sender<Input>,
+    ) -> Follower {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (statuses, rx) = mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let root = root.to_path_buf();
+        let (interval, transport) = (fleet.follow_interval, fleet.transport);
+        let thread = thread::spawn(move || {
+            follow_loop(
+                &root, &options, &remote, interval, transport, &flag, &rx, &tx,
+            );
+        });
+        Follower {
+            stop,
+            statuses,
+            thread: Some(thread),
+        }
+    }
+
+    pub(super) fn report(&self, status: FleetStatus) {
+        let _ = self.statuses.send(status);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn follow_loop(
+    root: &Path,
+    options: &HistoryOptions,
+    remote: &str,
+    interval: Duration,
+    transport: SyncTransport,
+    stop: &AtomicBool,
+    statuses: &Receiver<FleetStatus>,
+    tx: &Sender<Input>,
+) {
+    let mut history: Option<History> = None;
+    let mut sent: Option<String> = None;
+    let mut unsent: Option<FleetStatus> = None;
+    let mut failures = 0u32;
+    let mut next_fetch = Instant::now();
+    let notify = |e: WatchEvent| {
+        let _ = tx.send(Input::Fleet(FleetNotice::Event(e)));
+    };
+    while !stop.load(Ordering::SeqCst) {
+        match statuses.recv_timeout(Duration::from_millis(50)) {
+            Ok(s) => unsent = Some(s),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while let Ok(s) = statuses.try_recv() {
+            unsent = Some(s); // only the latest state matters
+        }
+        if Instant::now() < next_fetch {
+            continue;
+        }
+        let mut failed = None;
+        if let Some(status) = unsent.clone() {
+            match open_history(&mut history, root, options, |h| {
+                h.report_fleet_status(remote, transport, &status)
+            }) {
+                Ok(None) => {
+                    unsent = None;
+                    notify(WatchEvent::FleetReported {
+                        remote: remote.to_owned(),
+                        state: status.state.as_str().to_owned(),
+                        evolution: status.evolution.clone(),
+                    });
+                }
+                Ok(Some(reason)) => {
+                    unsent = None;
+                    notify(WatchEvent::Warning {
+                        message: format!("fleet status: {remote} refused it: {reason}"),
+                    });
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if failed.is_none() {
+            match open_history(&mut history, root, options, |h| {
+                h.fetch_remote(remote, transport)
+            }) {
+                Ok(Some(tip)) => {
+                    if sent.as_deref() != Some(tip.as_str()) {
+                        sent = Some(tip.clone());
+                        let _ = tx.send(Input::Fleet(FleetNotice::RemoteTip(tip)));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            None => {
+                if failures > 0 {
+                    notify(WatchEvent::FleetReachable {
+                        remote: remote.to_owned(),
+                    });
+                }
+                failures = 0;
+                next_fetch = Instant::now() + interval;
+            }
+            Some(message) => {
+                history = None;
+                let wait = backoff(interval, failures);
+                failures += 1;
+                next_fetch = Instant::now() + wait;
+                notify(WatchEvent::FleetUnreachable {
+                    remote: remote.to_owned(),
+                    message,
+                    retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+        }
+    }
+}
+
+/// The follower's side of the session: what it applied and is waiting to see built.
+#[derive(Debug, Default)]
+pub(super) struct FollowState {
+    /// Following stopped (hand edits); new tips are ignored.
+    pub(super) stopped: bool,
+    /// The evolution whose build and swap are awaited, with the counters before.
+    pub(super) awaiting: Option<(String, Counters)>,
+    /// The remote tip not applied yet (a build was running).
+    pub(super) pending: Option<String>,
+}
+
+/// The session's counters that tell how a build ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Counters {
+    last_error: Option<String>,
+    failed_builds: u64,
+    syntax_errors: u64,
+    reloads: u64,
+    hot_reloads: u64,
+    generation: u64,
+}
+
+impl Session {
+    fn counters(&self) -> Counters {
+        let s = self.shared.status();
+        Counters {
+            last_error: s.last_error,
+            failed_builds: s.failed_builds,
+            syntax_errors: s.syntax_errors,
+            reloads: s.reloads,
+            hot_reloads: s.hot_reloads,
+            generation: s.generation,
+        }
+    }
+
+    /// Start the publisher and follower threads the options ask for.
+    pub(super) fn fleet_start(&mut self) {
+        let root = self.project.root().to_path_buf();
+        if let Some(remote) = self.opts.fleet.publish.clone() {
+            let tx = self.tx.clone();
+            self.publisher = Some(Publisher::start(
+                &root,
+                self.opts.history_options.clone(),
+                remote,
+                self.opts.fleet.transport,
+                move |e| {
+                    let _ = tx.send(Input::Fleet(FleetNotice::Event(e)));
+                },
+            ));
+        }
+        if let Some(remote) = self.opts.fleet.follow.clone() {
+            self.follower = Some(Follower::start(
+                &root,
+                self.opts.history_options.clone(),
+                &self.opts.fleet,
+                remote,
+                self.tx.clone(),
+            ));
+            // The first build reports the evolution the instance starts from.
+            let tip = open_history(&mut self.history, &root, &self.opts.history_options, |h| {
+                Ok(h.tip()?.map(|o| o.to_string()))
+            })
+            .ok()
+            .flatten();
+            if let Some(tip) = tip {
+                self.follow.awaiting = Some((tip, self.counters()));
+            }
+        }
+    }
+
+    /// Stop the fleet threads (a status report still queued is dropped).
+    pub(super) fn fleet_stop(&mut self) {
+        self.publisher = None;
+        self.follower = None;
+    }
+
+    /// A notice of a fleet thread.
+    pub(super) fn fleet_notice(
+        &mut self,
+        notice: FleetNotice,
+        on_event: &mut dyn FnMut(&WatchEvent),
+    ) {
+        match notice {
+            FleetNotice::Event(e) => on_event(&e),
+            FleetNotice::RemoteTip(tip) => {
+                self.follow.pending = Some(tip);
+                self.follow_pending(on_event);
+            }
+        }
+    }
+
+    /// Apply the remote tip waiting, if any (not while a change of ours awaits its build).
+    pub(super) fn follow_pending(&mut self, on_event: &mut dyn FnMut(&WatchEvent)) {
+        if self.follow.stopped || self.follower.is_none() {
+            self.follow.pending = None;
+            return;
+        }
+        let Some(tip) = self.follow.pending.take() else {
+            return;
+        };
+        let root = self.project.root().to_path_buf();
+        let step = open_history(&mut self.history, &root, &self.opts.history_options, |h| {
+            h.follow_apply(&tip)
+        });
+        match step {
+            Ok(FollowStep::Applied {
+                to,
+                restored,
+                deleted,
+                ..
+            }) => {
+                let changed = restored.len() + deleted.len();
+                let list = |v: Vec<PathBuf>| {
+                    v.into_iter()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect()
+                };
+                on_event(&WatchEvent::FollowApplied {
+                    evolution: to.clone(),
+                    restored: list(restored),
+                    deleted: list(deleted),
+                });
+                if changed == 0 {
+                    // The same files under another evolution (an instance set up from a
+                    // copy): what runs, or is being built, is this evolution.
+                    match self.follow.awaiting.as_mut() {
+                        Some((awaited, _)) => *awaited = to,
+                        None => self.fleet_report(FleetStatus::now(
+                            &self.opts.fleet.instance,
+                            Some(to),
+                            if self.launched {
+                                FleetState::Applied
+                            } else {
+                                FleetState::Applying
+                            },
+                        )),
+                    }
+                    return;
+                }
+                self.fleet_report(FleetStatus::now(
+                    &self.opts.fleet.instance,
+                    Some(to.clone()),
+                    FleetState::Applying,
+                ));
+                self.follow.awaiting = Some((to, self.counters()));
+            }
+            Ok(FollowStep::UpToDate | FollowStep::Ahead) => {}
+            Ok(FollowStep::Refused {
+                local,
+                pre_state,
+                reason,
+            }) => {
+                self.follow.stopped = true;
+                if let Some(e) = &pre_state {
+                    on_event(&WatchEvent::PreStateRecorded {
+                        id: e.short_id.clone(),
+                    });
+                }
+                on_event(&WatchEvent::FollowStopped {
+                    remote: self.opts.fleet.follow.clone().unwrap_or_default(),
+                    evolution: tip,
+                    reason: reason.clone(),
+                });
+                let mut status =
+                    FleetStatus::now(&self.opts.fleet.instance, local, FleetState::Stopped);
+                status.detail = Some(reason);
+                self.fleet_report(status);
+            }
+            Err(message) => {
+                on_event(&WatchEvent::Warning {
+                    message: format!(
+                        "follow: cannot apply {}: {message}",
+                        &tip[..tip.len().min(7)]
+                    ),
+                });
+            }
+        }
+    }
+
+    /// After a batch was processed: report how the awaited evolution ended.
+    pub(super) fn fleet_after_process(&mut self) {
+        let Some((evolution, before)) = self.follow.awaiting.clone() else {
+            return;
+        };
+        let now = self.counters();
+        let state = if now.failed_builds > before.failed_builds
+            || now.syntax_errors > before.syntax_errors
+        {
+            FleetState::BuildFailed
+        } else if now.reloads > before.reloads
+            || now.hot_reloads > before.hot_reloads
+            || (before.generation == 0 && now.generation > 0)
+        {
+            FleetState::Applied
+        } else if now.last_error.is_some() && now.last_error != before.last_error {
+            FleetState::Unhealthy
+        } else {
+            return; // nothing built yet (e.g. the files arrive in the next batch)
+        };
+        self.follow.awaiting = None;
+        let mut report = FleetStatus::now(&self.opts.fleet.instance, Some(evolution), state);
+        if state != FleetState::Applied {
+            report.detail = now.last_error;
+        }
+        self.fleet_report(report);
+    }
+
+    /// A crash after the swap of the awaited evolution's generation makes it unhealthy.
+    pub(super) fn fleet_crashed(&mut self) {
+        if self.follower.is_none() {
+            return;
+        }
+        let tip = open_history(
+            &mut self.history,
+            self.project.root(),
+            &self.opts.history_options,
+            |h| Ok(h.tip()?.map(|o| o.to_string())),
+        )
+        .ok()
+        .flatten();
+        let mut report = FleetStatus::now(&self.opts.fleet.instance, tip, FleetState::Unhealthy);
+        report.detail = Some("the program crashed after the swap".to_owned());
+        self.fleet_report(report);
+    }
+
+    fn fleet_report(&self, status: FleetStatus) {
+        if let Some(f) = &self.follower {
+            f.report(status);
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! A fleet of `heph watch` instances following one history through a bare git
+//! repository on disk (issue 15): `--publish`, `--follow`, `heph fleet status`.
+//!
+//! Like the watch tests, these run one at a time and wait for conditions with generous
+//! timeouts; nothing asserts a duration.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use hephaestus_tests::TestEnv;
+use serde_json::Value;
+
+use crate::watch::{BUILD_TIMEOUT, Watch, event_is, get, serial};
+
+const OLD: &str = "Hello from generation one\n";
+const REPLY: &str = "src/reply.rs";
+const EVENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn reply_source(body: &str) -> String {
+    format!(
+        "//! The text the server answers on `/`.\n\n/// The response body of `/`.\npub fn message() -> &'static str {{\n    {body}\n}}\n"
+    )
+}
+
+/// A bare repository in `env`'s temp dir: the fleet's remote.
+fn bare_remote(env: &TestEnv) -> PathBuf {
+    let path = env.temp().join("fleet.git");
+    let ok = Command::new("git")
+        .args(["init", "--quiet", "--bare"])
+        .arg(&path)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .expect("git init")
+        .success();
+    assert!(ok, "git init --bare failed");
+    path
+}
+
+/// A copy of the fixture that publishes by hand (`heph snapshot` + `heph sync`): the
+/// source of the history the followers follow, without a server of its own.
+struct Origin {
+    env: TestEnv,
+    remote: PathBuf,
+}
+
+impl Origin {
+    fn new() -> Origin {
+        let env = TestEnv::new("hello-server");
+        let remote = bare_remote(&env);
+        let o = Origin { env, remote };
+        o.env.run(["snapshot", "-m", "the fixture"]).expect_code(0);
+        o.sync();
+        o
+    }
+
+    fn remote(&self) -> &str {
+        self.remote.to_str().expect("utf-8 path")
+    }
+
+    fn sync(&self) {
+        self.env.run(["sync", self.remote()]).expect_code(0);
+    }
+
+    /// Record `body` as the reply's body and push it; the evolution's id.
+    fn publish(&self, body: &str, message: &str) -> String {
+        self.env.write(REPLY, reply_source(body));
+        let run = self.env.run(["--json", "snapshot", "-m", message]);
+        run.expect_code(0);
+        let id = run.json()["evolution"]["id"]
+            .as_str()
+            .expect("an evolution id")
+            .to_owned();
+        self.sync();
+        id
+    }
+}
+
+fn follow(env: &TestEnv, remote: &str, instance: &str, vars: &[(&str, &str)]) -> Watch {
+    Watch::start_with(
+        env,
+        &[
+            "--bin",
+            "hello-server",
+            "--socket",
+            "127.0.0.1:0",
+            "--follow",
+            remote,
+            "--follow-interval",
+            "200ms",
+            "--instance",
+            instance,
+        ],
+        true,
+        vars,
+    )
+}
+
+/// `heph --json fleet status REMOTE` as seen from `env`, by instance.
+fn fleet_status(env: &TestEnv, remote: &str) -> Vec<Value> {
+    let run = env.run(["--json", "fleet", "status", remote]);
+    assert!(
+        run.code == 0 || run.code == 1,
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    run.json()["instances"]
+        .as_array()
+        .expect("instances")
+        .clone()
+}
+
+/// Wait until `instance` reports `state` for an evolution starting with `evolution`.
+#[track_caller]
+fn wait_reported(w: &Watch, instance: &str, state: &str, evolution: &str) {
+    w.wait_for(
+        &format!("{instance} to report {state} {evolution}"),
+        EVENT_TIMEOUT,
+        0,
+        |e| {
+            event_is(e, "fleet-reported")
+                && e["state"] == state
+                && e["evolution"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(evolution))
+        },
+    );
+}
+
+/// Requests every 10 ms to `port` until stopped; the failures.
+struct Client {
+    stop: Arc<AtomicBool>,
+    results: Arc<Mutex<Vec<Result<String, String>>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(port: u16) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let results: Arc<Mutex<Vec<Result<String, String>>>> = Arc::default();
+        let (s, r) = (Arc::clone(&stop), Arc::clone(&results));
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let answer = get(port, "/");
+                r.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(answer);
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Client {
+            stop,
+            results,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop; every answer.
+    fn finish(mut self) -> Vec<Result<String, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.results.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[test]
+fn a_self_modify_on_the_publisher_is_served_by_every_follower() {
+    let _serial = serial();
+    let publisher_env = TestEnv::new("hello-server");
+    let remote = bare_remote(&publisher_env);
+    let remote = remote.to_str().expect("utf-8");
+    let publisher = Watch::start(
+        &publisher_env,
+        &[
+            "--bin",
+            "hello-server",
+            "--socket",
+            "127.0.0.1:0",
+            "--publish",
+            remote,
+            "--instance",
+            "publisher",
+        ],
+        true,
+    );
+    publisher.wait_for("the first publication", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "published")
+    });
+
+    // Two followers, each with its own target dir: they build at the same time, and
+    // cargo's uplifted `target/debug/hello-server` must not be shared.
+    let followers: Vec<(TestEnv, Watch)> = (1..=2)
+        .map(|i| {
+            let env = TestEnv::new("hello-server");
+            let target = env.temp().join("target");
+            let target = target.to_str().expect("utf-8").to_owned();
+            let w = follow(
+                &env,
+                remote,
+                &format!("follower-{i}"),
+                &[("CARGO_TARGET_DIR", &target)],
+            );
+            (env, w)
+        })
+        .collect();
+    for (_, w) in &followers {
+        w.wait_for("the follower to report", EVENT_TIMEOUT, 0, |e| {
+            event_is(e, "fleet-reported") && e["state"] == "applied"
+        });
+        assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
+    }
+    let clients: Vec<Client> = followers
+        .iter()
+        .map(|(_, w)| Client::start(w.port))
+        .collect();
+
+    let run = publisher_env.run([
+        "--json",
+        "self-modify",
+        "crate::reply",
+        "--code",
+        "pub fn message() -> &'static str { \"Hello from the fleet\" }",
+    ]);
+    run.expect_code(0);
+    let evolution = run.json()["evolution"]["id"]
+        .as_str()
+        .expect("evolution id")
+        .to_owned();
+    publisher.wait_for("the self-modify to be published", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "published") && e["evolution"] == evolution.as_str()
+    });
+    for (_, w) in &followers {
+        w.wait_body("/", BUILD_TIMEOUT, |b| b == "Hello from the fleet\n");
+        wait_reported(w, "follower", "applied", &evolution);
+    }
+    for (i, c) in clients.into_iter().enumerate() {
+        let answers = c.finish();
+        let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "follower {i}: failed requests {failed:?}"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a.as_deref(), Ok(OLD | "Hello from the fleet\n"))),
+            "follower {i}: unexpected answers"
+        );
+    }
+    let status = fleet_status(&publisher_env, remote);
+    assert_eq!(status.len(), 2, "{status:?}");
+    for s in &status {
+        assert_eq!(s["state"], "applied", "{status:?}");
+        assert_eq!(s["evolution"], evolution.as_str(), "{status:?}");
+    }
+}
+
+#[test]
+fn a_change_that_fails_to_build_leaves_the_follower_serving_and_is_reported() {
+    let _serial = serial();
+    let origin = Origin::new();
+    let env = TestEnv::new("hello-server");
+    let w = follow(&env, origin.remote(), "web-1", &[]);
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+
+    // Parses, but does not type-check: the syntax gate passes it, cargo refuses it.
+    let broken = origin.publish("42", "reply: a number");
+    wait_reported(&w, "web-1", "build-failed", &broken);
+    assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
+    assert!(
+        env.read(REPLY).contains("42"),
+        "the evolution's files were written"
+    );
+
+    let status = fleet_status(&origin.env, origin.remote());
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0]["instance"], "web-1");
+    assert_eq!(status[0]["state"], "build-failed");
+    assert_eq!(status[0]["evolution"], broken.as_str());
+    assert!(
+        status[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("build failed")),
+        "{status:?}"
+    );
+    let text = origin.env.run(["fleet", "status", origin.remote()]);
+    text.expect_code(1);
+    assert!(
+        text.stdout.contains("web-1") && text.stdout.contains("build-failed"),
+        "{}",
+        text.stdout
+    );
+
+    // The fix arrives the same way and is served.
+    let fixed = origin.publish("\"Hello again\"", "reply: fixed");
+    w.wait_body("/", BUILD_TIMEOUT, |b| b == "Hello again\n");
+    wait_reported(&w, "web-1", "applied", &fixed);
+}
+
+#[test]
+fn a_follower_with_hand_edits_refuses_and_says_why() {
+    let _serial = serial();
+    let origin = Origin::new();
+    let env = TestEnv::new("hello-server");
+    let w = follow(&env, origin.remote(), "edited", &[]);
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+
+    let hand = reply_source("\"edited by hand\"");
+    env.write(REPLY, &hand);
+    w.wait_body("/", BUILD_TIMEOUT, |b| b == "edited by hand\n");
+    let mark = w.mark();
+    let remote_change = origin.publish("\"from the remote\"", "reply: remote");
+    let stopped = w.wait_for("following to stop", EVENT_TIMEOUT, mark, |e| {
+        event_is(e, "follow-stopped")
+    });
+    assert_eq!(stopped["evolution"], remote_change.as_str());
+    let reason = stopped["reason"].as_str().expect("reason");
+    assert!(reason.contains("nothing was overwritten"), "{reason}");
+    assert!(reason.contains("not in the remote's history"), "{reason}");
+    // Nothing lost: the hand edit is in the files and in the history.
+    assert_eq!(env.read(REPLY), hand);
+    assert_eq!(get(w.port, "/").as_deref(), Ok("edited by hand\n"));
+    let history = env.run(["--json", "history"]);
+    history.expect_code(0);
+    assert!(
+        history.stdout.contains("src/reply.rs"),
+        "the hand edit is recorded: {}",
+        history.stdout
+    );
+    wait_reported(&w, "edited", "stopped", "");
+    let status = fleet_status(&origin.env, origin.remote());
+    assert_eq!(status[0]["state"], "stopped", "{status:?}");
+}
+
+#[test]
+fn followers_keep_serving_while_the_remote_is_away_and_catch_up() {
+    let _serial = serial();
+    let origin = Origin::new();
+    let env = TestEnv::new("hello-server");
+    let w = follow(&env, origin.remote(), "steady", &[]);
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+
+    let away: PathBuf = origin.remote.with_extension("away");
+    std::fs::rename(&origin.remote, &away).expect("rename the remote away");
+    let mark = w.mark();
+    w.wait_for("the remote to be unreachable", EVENT_TIMEOUT, mark, |e| {
+        event_is(e, "fleet-unreachable")
+    });
+    assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
+
+    // The origin records while the remote is away, then it comes back.
+    origin.env.write(REPLY, reply_source("\"caught up\""));
+    origin
+        .env
+        .run(["snapshot", "-m", "while away"])
+        .expect_code(0);
+    std::fs::rename(&away, &origin.remote).expect("rename the remote back");
+    origin.sync();
+    w.wait_for("the remote to be reachable", EVENT_TIMEOUT, mark, |e| {
+        event_is(e, "fleet-reachable")
+    });
+    w.wait_body("/", BUILD_TIMEOUT, |b| b == "caught up\n");
+    assert!(Path::new(&origin.remote).exists());
+}
+
+/// `git ARGS` in `dir` with an isolated configuration; its stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Someone")
+        .env("GIT_AUTHOR_EMAIL", "someone@example.com")
+        .env("GIT_COMMITTER_NAME", "Someone")
+        .env("GIT_COMMITTER_EMAIL", "someone@example.com")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_commit_pushed_by_plain_git_is_not_applied() {
+    let _serial = serial();
+    let origin = Origin::new();
+    let env = TestEnv::new("hello-server");
+    let w = follow(&env, origin.remote(), "careful", &[]);
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+
+    // Someone commits to the history reference with plain git: no heph trailers.
+    let work = origin.env.temp().join("plain");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "--quiet"]);
+    git(
+        &work,
+        &[
+            "fetch",
+            "--quiet",
+            origin.remote(),
+            "refs/heph/history:refs/heads/h",
+        ],
+    );
+    git(&work, &["checkout", "--quiet", "h"]);
+    std::fs::write(work.join(REPLY), reply_source("\"sneaked in\"")).expect("write");
+    git(&work, &["commit", "--quiet", "-am", "sneak a change in"]);
+    let mark = w.mark();
+    git(
+        &work,
+        &["push", "--quiet", origin.remote(), "HEAD:refs/heph/history"],
+    );
+
+    let stopped = w.wait_for("following to stop", EVENT_TIMEOUT, mark, |e| {
+        event_is(e, "follow-stopped")
+    });
+    let reason = stopped["reason"].as_str().expect("reason");
+    assert!(reason.contains("was not recorded by heph"), "{reason}");
+    assert!(reason.contains("sneak a change in"), "{reason}");
+    assert!(
+        !env.read(REPLY).contains("sneaked in"),
+        "nothing was written"
+    );
+    assert_eq!(get(w.port, "/").as_deref(), Ok(OLD));
+}
+
+#[test]
+fn serve_publish_pushes_every_evolution_recorded() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
+    let env = TestEnv::new("hello-server");
+    let remote = bare_remote(&env);
+    let remote = remote.to_str().expect("utf-8");
+    let mut child = env
+        .heph()
+        .env("HEPH_TOKEN", "fleet-test-token")
+        .args([
+            "--json",
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--publish",
+            remote,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("heph serve");
+    let (tx, rx) = mpsc::channel::<Value>();
+    let out = child.stdout.take().expect("stdout");
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let wait_published = |id: &str| loop {
+        let v = rx
+            .recv_timeout(EVENT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no `published` event for {id}: {e}"));
+        if event_is(&v, "published") && v["evolution"] == id {
+            return v;
+        }
+    };
+    // Evolutions recorded by another process (here `heph snapshot`) are published too.
+    for text in ["\"one\"", "\"two\""] {
+        env.write(REPLY, reply_source(text));
+        let run = env.run(["--json", "snapshot", "-m", text]);
+        run.expect_code(0);
+        let id = run.json()["evolution"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let published = wait_published(&id);
+        assert_eq!(published["remote"], remote);
+        let on_remote = Command::new("git")
+            .args(["--git-dir", remote, "rev-parse", "refs/heph/history"])
+            .output()
+            .expect("git rev-parse");
+        assert_eq!(String::from_utf8_lossy(&on_remote.stdout).trim(), id);
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
