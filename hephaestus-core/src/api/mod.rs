@@ -17,11 +17,14 @@
 //! it up to the lock timeout, then answers 409. The server itself never prints: it
 //! reports [`ApiEvent`]s.
 
+mod dashboard;
+mod events;
 pub mod evolve;
 mod failure;
 mod request;
 mod routes;
 mod serve;
+pub mod session;
 pub mod token;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -242,6 +245,15 @@ pub enum ApiEvent {
         /// Its exit code (null: killed by a signal).
         exit_code: Option<i32>,
     },
+    /// The files were rolled back to an evolution (`POST /hot-reload/rollback`).
+    RolledBack {
+        /// The evolution restored (short id).
+        target: String,
+        /// The `rollback` evolution recorded (short id).
+        evolution: String,
+        /// The files written back.
+        restored: Vec<String>,
+    },
 }
 
 /// Called with each [`ApiEvent`], from the server's threads.
@@ -373,6 +385,14 @@ impl ApiServer {
         if apply.verify_options.cancel.is_none() {
             apply.verify_options.cancel = Some(Arc::new(AtomicBool::new(false)));
         }
+        let hub = Arc::new(events::Hub::new());
+        let on_event: EventFn = {
+            let hub = Arc::clone(&hub);
+            Arc::new(move |e: &ApiEvent| {
+                hub.api(e);
+                on_event(e);
+            })
+        };
         let state = Arc::new(routes::AppState {
             root: project.root().to_path_buf(),
             project: Arc::new(project),
@@ -397,6 +417,8 @@ impl ApiServer {
             requests: AtomicU64::new(0),
             addr,
             public: !addr.ip().is_loopback(),
+            sessions: session::Sessions::new(),
+            hub,
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // MCP sessions hold event streams open: ended when the server stops.
@@ -467,6 +489,12 @@ impl ApiServer {
         &self.token
     }
 
+    /// Publish a watch session's event to the live stream (`GET /hot-reload/events`)
+    /// and the dashboard: `heph watch --api` calls it with every event it shows.
+    pub fn publish(&self, event: &crate::watch::WatchEvent) {
+        self.state.hub.watch(event);
+    }
+
     /// Listening on an address other machines can reach.
     pub fn is_public(&self) -> bool {
         !self.addr.ip().is_loopback()
@@ -482,6 +510,9 @@ impl ApiServer {
         if let Some(flag) = &self.state.apply.verify_options.cancel {
             flag.store(true, Ordering::SeqCst);
         }
+        // Event streams never end by themselves: they would hold the wait for the
+        // connections.
+        self.state.hub.close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
