@@ -374,9 +374,9 @@ impl Browser {
             "/element",
             &json!({"using": "css selector", "value": css}),
         );
-        v["element-6066-11e4-a52f-4a7f9c8ad8f0"]
+        v["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
-            .expect("element id")
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
             .to_owned()
     }
 
@@ -422,7 +422,7 @@ impl Browser {
     /// Poll `script` until it returns true.
     #[track_caller]
     fn wait(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + BUILD_TIMEOUT;
+        let deadline = Instant::now() + BUILD_TIMEOUT / 3;
         while self.js(script) != json!(true) {
             assert!(
                 Instant::now() < deadline,
@@ -500,7 +500,8 @@ fn the_dashboard_in_a_real_browser_logs_in_follows_the_watch_shows_diffs_and_rol
     });
     let base = format!("http://{}", listening["addr"].as_str().expect("addr"));
     let profile = tempfile::tempdir().expect("profile dir");
-    let out = env.temp().join("dashboard-output");
+    // Kept after the test (the fixture's temp dir is not): target/e2e-output/.
+    let out = hephaestus_tests::shared_target_dir().join("e2e-output");
     std::fs::create_dir_all(&out).expect("output dir");
     let browser = Browser::start(profile.path());
 

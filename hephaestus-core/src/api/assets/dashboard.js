@@ -169,7 +169,7 @@
     const body = $("timeline").querySelector("tbody");
     body.replaceChildren();
     for (const ev of data.evolutions) {
-      const m = ev.meta;
+      const m = ev; // the metadata is flattened into the evolution
       const tr = document.createElement("tr");
       tr.dataset.id = ev.id;
       cell(tr, ev.short_id);
@@ -196,7 +196,7 @@
     try { d = await api("GET", "/hot-reload/evolution/" + encodeURIComponent(id)); }
     catch (e) { $("detail-summary").textContent = e.message; show($("detail"), true); return; }
     $("detail-id").textContent = d.evolution.short_id;
-    $("detail-summary").textContent = d.files.length + " file(s), +" + d.insertions + " −" + d.deletions + " · " + (d.evolution.meta.message || "").split("\n")[0];
+    $("detail-summary").textContent = d.files.length + " file(s), +" + d.insertions + " −" + d.deletions + " · " + (d.evolution.message || "").split("\n")[0];
     const pre = $("diff");
     pre.replaceChildren();
     for (const line of (d.patch || "(no textual changes)").split("\n")) {
