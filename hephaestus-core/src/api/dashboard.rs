@@ -42,36 +42,36 @@ fn is_public(method: &Method, path: &str) -> bool {
         || (method == Method::POST && path == "/session")
 }
 
-/// How a request may go on: the bearer token, or a browser session (plus the CSRF
-/// token for anything but GET/HEAD, and never from another origin). The MCP endpoint
-/// takes the bearer token only. `Err` is the answer to send instead.
-pub(crate) fn authorize(state: &AppState, req: &Request, bearer_ok: bool) -> Result<(), Response> {
+/// Why a request may not go on, as the answer to send; None when it may: it has the
+/// bearer token, or a browser session (plus the CSRF token for anything but GET/HEAD,
+/// and never from another origin). The MCP endpoint takes the bearer token only.
+pub(crate) fn refusal(state: &AppState, req: &Request, bearer_ok: bool) -> Option<Response> {
     if bearer_ok {
-        return Ok(());
+        return None;
     }
     let path = req.uri().path();
     if is_public(req.method(), path) {
-        return Ok(());
+        return None;
     }
     let session_route = path == "/session" || path.starts_with("/hot-reload/");
     let live = session::cookie(req.headers()).and_then(|id| state.sessions.csrf(&id));
     let Some(csrf) = live.filter(|_| session_route) else {
-        return Err(Failure::unauthorized().into_response());
+        return Some(Failure::unauthorized().into_response());
     };
     if req.method() == Method::GET || req.method() == Method::HEAD {
-        return Ok(());
+        return None;
     }
     if session::cross_origin(req.headers()) {
-        return Err(forbidden(
+        return Some(forbidden(
             "cross-origin request refused: state-changing requests must come from the dashboard's own page",
         ));
     }
     if !session::csrf_matches(req.headers(), &csrf) {
-        return Err(forbidden(
+        return Some(forbidden(
             "missing or wrong CSRF token: send the session's token in the X-Heph-CSRF header (or use `Authorization: Bearer TOKEN`)",
         ));
     }
-    Ok(())
+    None
 }
 
 fn forbidden(message: &str) -> Response {

@@ -9,10 +9,17 @@
 //! | `POST /hot-reload/dynamic-import` | the same for an [`crate::Operation::Import`] |
 //! | `GET /hot-reload/evolution-history?limit=N` | [`crate::history::History::list`] |
 //! | `POST /hot-reload/trigger-evolution` | start an evolution run ([`evolve`]) |
+//! | `GET /hot-reload/evolution/{id}` | an evolution and its diff |
+//! | `POST /hot-reload/rollback` | `{"to": "ID"}`: roll the files back to an evolution |
+//! | `GET /hot-reload/events` | server-sent events: watch and API events, alerts |
+//! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard page |
+//! | `POST /session`, `GET /session`, `DELETE /session` | the page's login ([`session`]) |
 //!
 //! Every request is authenticated first, whatever its route (unknown routes answer 401
 //! without a valid token, 404 with one): `Authorization: Bearer TOKEN`, compared in
-//! constant time ([`token`]). Bodies are limited in size (413), parsed field by field
+//! constant time ([`token`]), or, under `/hot-reload/` only, the dashboard's session
+//! cookie, plus its CSRF token for every request but GET, never from another origin
+//! ([`session`]). Only the page's static files and the login itself need neither. Bodies are limited in size (413), parsed field by field
 //! (400 naming the field), and writes are serialized: a write waits for the one before
 //! it up to the lock timeout, then answers 409. The server itself never prints: it
 //! reports [`ApiEvent`]s.

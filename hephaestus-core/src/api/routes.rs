@@ -101,9 +101,9 @@ async fn authenticate(State(state): Shared, req: Request, next: Next) -> Respons
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let bearer = authorized(&state.token, &req);
-    let response = match dashboard::authorize(&state, &req, bearer) {
-        Ok(()) => next.run(req).await,
-        Err(refused) => refused,
+    let response = match dashboard::refusal(&state, &req, bearer) {
+        None => next.run(req).await,
+        Some(refused) => refused,
     };
     state.requests.fetch_add(1, Ordering::Relaxed);
     (state.on_event)(&ApiEvent::Request {
