@@ -254,6 +254,15 @@ fn a_session_cookie_is_httponly_strict_and_expiring_and_writes_need_its_csrf_tok
     );
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(server.get("/hot-reload/status").body["paused"], true);
+    // heph serve has nothing to rebuild.
+    let a = send(
+        &base,
+        "POST",
+        "/hot-reload/rebuild",
+        &[cookie_h, ("X-Heph-CSRF", csrf.as_str())],
+        None,
+    );
+    assert_eq!(a.status, 409, "{}", a.text);
     // The bearer header works as before, without any cookie.
     assert_eq!(server.post("/hot-reload/enable", "").status, 200);
     // The MCP endpoint (and anything outside /hot-reload/) takes the bearer token only.
@@ -667,6 +676,24 @@ fn the_dashboard_in_a_real_browser_logs_in_follows_the_watch_shows_diffs_and_rol
         "return document.getElementById('generation').textContent === '3';",
     );
 
+    // Rebuild now, from the page: a new generation without a change.
+    let mark = w.mark();
+    browser.click("#rebuild");
+    w.wait_for("the rebuild", BUILD_TIMEOUT, mark, |e| {
+        e["event"] == "reloaded"
+    });
+    browser.wait(
+        "generation 4 on the page",
+        "return document.getElementById('generation').textContent === '4';",
+    );
+
+    // Trigger evolution, from the page: hello-server configures none, and says so.
+    browser.click("#trigger");
+    browser.wait(
+        "the evolution's answer",
+        "return document.getElementById('action-result').textContent.startsWith('evolution: ');",
+    );
+
     // A cross-origin form post (same site, other port, so the cookie goes along) is
     // refused, and changes nothing.
     let (evil, handle) = attacker_page(&base);
@@ -690,7 +717,7 @@ fn the_dashboard_in_a_real_browser_logs_in_follows_the_watch_shows_diffs_and_rol
     browser.goto(&format!("{base}/"));
     browser.wait(
         "the dashboard again",
-        "return document.getElementById('generation').textContent === '3';",
+        "return document.getElementById('generation').textContent === '4';",
     );
     let shot = out.join("dashboard.png");
     browser.screenshot(&shot);

@@ -11,6 +11,7 @@
 //! | `DELETE /session` | log out |
 //! | `GET /hot-reload/evolution/{id}` | [`crate::history::History::show`] with the patch |
 //! | `POST /hot-reload/rollback` | `{"to": "ID"}`: [`crate::history::History::rollback`] |
+//! | `POST /hot-reload/rebuild` | build and swap now (`heph watch --api` only; 409 in `heph serve`) |
 //! | `GET /hot-reload/events` | server-sent events ([`super::events`]) |
 
 use std::sync::Arc;
@@ -295,5 +296,21 @@ pub(crate) async fn rollback(State(state): State<Arc<AppState>>, body: Body) -> 
         }
         Ok(Err(e)) => history_failure(&e),
         Err(e) => Failure::internal(format!("the rollback was interrupted: {e}")).into_response(),
+    }
+}
+
+/// `POST /hot-reload/rebuild`: the status, once the rebuild is asked for (its progress
+/// comes as events).
+pub(crate) async fn rebuild(State(state): State<Arc<AppState>>) -> Response {
+    if state.hot_reload.rebuild() {
+        json_response(StatusCode::OK, &super::routes::status_body(&state))
+    } else {
+        Failure::new(
+            StatusCode::CONFLICT,
+            "nothing-to-rebuild",
+            ErrorCategory::BadInput,
+            "heph serve supervises no program: there is nothing to rebuild (use heph watch --api)",
+        )
+        .into_response()
     }
 }

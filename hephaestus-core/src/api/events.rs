@@ -97,10 +97,13 @@ impl Hub {
                 generation, status, ..
             }) => self.alert(
                 "crash",
-                &format!(
-                    "generation {generation} exited: {}",
-                    serde_json::to_string(status).unwrap_or_default()
-                ),
+                &match (status.code, status.signal) {
+                    (_, Some(sig)) => format!("generation {generation} was killed by {sig}"),
+                    (Some(code), None) => {
+                        format!("generation {generation} exited with code {code}")
+                    }
+                    (None, None) => format!("generation {generation} exited"),
+                },
             ),
             WatchEvent::Process(SuperviseEvent::StartFailed { generation, reason }) => {
                 self.alert(

@@ -11,6 +11,7 @@
 //! | `POST /hot-reload/trigger-evolution` | start an evolution run ([`evolve`]) |
 //! | `GET /hot-reload/evolution/{id}` | an evolution and its diff |
 //! | `POST /hot-reload/rollback` | `{"to": "ID"}`: roll the files back to an evolution |
+//! | `POST /hot-reload/rebuild` | build and swap now ([`HotReload::rebuild`]) |
 //! | `GET /hot-reload/events` | server-sent events: watch and API events, alerts |
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard page |
 //! | `POST /session`, `GET /session`, `DELETE /session` | the page's login ([`session`]) |
@@ -159,6 +160,11 @@ pub trait HotReload: Send + Sync {
     fn status(&self) -> WatchStatus;
     /// `watch` (a `heph watch` session) or `serve` (no supervised program).
     fn mode(&self) -> &'static str;
+    /// Build and swap now, without a change (the dashboard's "rebuild now"); false when
+    /// there is nothing to rebuild (`heph serve` supervises no program).
+    fn rebuild(&self) -> bool {
+        false
+    }
 }
 
 impl HotReload for WatchHandle {
@@ -172,6 +178,11 @@ impl HotReload for WatchHandle {
 
     fn mode(&self) -> &'static str {
         "watch"
+    }
+
+    fn rebuild(&self) -> bool {
+        WatchHandle::rebuild(self);
+        true
     }
 }
 

@@ -76,6 +76,7 @@ pub(crate) fn router(state: Arc<AppState>, extra: Option<Router<Arc<AppState>>>)
         .route("/hot-reload/trigger-evolution", post(trigger_evolution))
         .route("/hot-reload/evolution/{id}", get(dashboard::show))
         .route("/hot-reload/rollback", post(dashboard::rollback))
+        .route("/hot-reload/rebuild", post(dashboard::rebuild))
         .route("/hot-reload/events", get(events::stream))
         .route("/", get(dashboard::index))
         .route("/dashboard.js", get(dashboard::script))
@@ -134,7 +135,7 @@ async fn not_found(req: Request) -> Response {
         "not-found",
         ErrorCategory::BadInput,
         format!(
-            "no route {} {}; the routes are POST /hot-reload/enable, POST /hot-reload/disable, GET /hot-reload/status, POST /hot-reload/self-modify, POST /hot-reload/dynamic-import, GET /hot-reload/evolution-history, GET /hot-reload/evolution/ID, POST /hot-reload/rollback, POST /hot-reload/trigger-evolution, GET /hot-reload/events, and the dashboard at GET /",
+            "no route {} {}; the routes are POST /hot-reload/enable, POST /hot-reload/disable, GET /hot-reload/status, POST /hot-reload/self-modify, POST /hot-reload/dynamic-import, GET /hot-reload/evolution-history, GET /hot-reload/evolution/ID, POST /hot-reload/rollback, POST /hot-reload/rebuild, POST /hot-reload/trigger-evolution, GET /hot-reload/events, and the dashboard at GET /",
             req.method(),
             req.uri().path()
         ),
@@ -170,7 +171,7 @@ async fn method_not_allowed(req: Request) -> Response {
 
 /// The status document: the watch status, and what the API adds.
 #[derive(Debug, Serialize)]
-struct StatusBody {
+pub(crate) struct StatusBody {
     #[serde(flatten)]
     status: WatchStatus,
     /// `watch` or `serve`.
@@ -190,7 +191,7 @@ struct ApiInfo {
     requests: u64,
 }
 
-fn status_body(state: &AppState) -> StatusBody {
+pub(crate) fn status_body(state: &AppState) -> StatusBody {
     let (evolution, ended) = state.runs.current();
     if let (Some(info), Some(end)) = (&evolution, ended) {
         (state.on_event)(&ApiEvent::EvolveFinished {

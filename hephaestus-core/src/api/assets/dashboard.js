@@ -72,7 +72,11 @@
     if (source) source.close();
     source = new EventSource("/hot-reload/events", { withCredentials: true });
     source.onopen = () => { $("conn").textContent = "live"; };
-    source.onerror = () => { $("conn").textContent = "reconnecting…"; };
+    source.onerror = () => {
+      // A refused stream (the session expired) is not retried by the browser.
+      if (source && source.readyState === EventSource.CLOSED) start();
+      else $("conn").textContent = "reconnecting…";
+    };
     source.onmessage = (m) => {
       let e;
       try { e = JSON.parse(m.data); } catch (_) { return; }
@@ -135,10 +139,11 @@
     $("child-pid").textContent = status.child_pid == null ? "–" : String(status.child_pid);
     $("last-reload").textContent = status.last_reload_ms == null ? "–" : status.last_reload_ms + " ms (" + status.reloads + " reloads)";
     $("failed-builds").textContent = String(status.failed_builds);
-    $("crashes").textContent = String(crashes + (status.hot_rollbacks || 0));
+    $("crashes").textContent = String(crashes);
     $("last-error").textContent = status.last_error || "none";
     show($("pause"), status.hot_reload_active);
     show($("resume"), !status.hot_reload_active);
+    show($("rebuild"), status.mode === "watch");
     tick();
     title();
   }
@@ -160,6 +165,13 @@
   }
   $("pause").addEventListener("click", () => action("/hot-reload/disable"));
   $("resume").addEventListener("click", () => action("/hot-reload/enable"));
+  $("rebuild").addEventListener("click", () => action("/hot-reload/rebuild"));
+  $("trigger").addEventListener("click", async () => {
+    try {
+      const r = await api("POST", "/hot-reload/trigger-evolution");
+      $("action-result").textContent = "evolution run " + r.run_id + " started (log: " + r.log + ")";
+    } catch (e) { $("action-result").textContent = "evolution: " + e.message; }
+  });
 
   function cell(tr, text) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
 
