@@ -254,6 +254,26 @@ fn a_session_cookie_is_httponly_strict_and_expiring_and_writes_need_its_csrf_tok
     );
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(server.get("/hot-reload/status").body["paused"], true);
+    // Rollback and show: bad input is named, an unknown evolution is not found.
+    let a = server.post("/hot-reload/rollback", r#"{"target": "abc"}"#);
+    assert_eq!(
+        (a.status, a.body["error"]["field"].as_str()),
+        (400, Some("to"))
+    );
+    let a = server.post("/hot-reload/rollback", r#"{"to": "abcdef123456"}"#);
+    assert!(
+        (400..500).contains(&a.status) && a.status != 401,
+        "{}: {:?}",
+        a.status,
+        a.body
+    );
+    let a = server.get("/hot-reload/evolution/abcdef123456");
+    assert!(
+        (400..500).contains(&a.status) && a.status != 401,
+        "{}: {:?}",
+        a.status,
+        a.body
+    );
     // heph serve has nothing to rebuild.
     let a = send(
         &base,

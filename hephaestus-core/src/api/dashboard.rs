@@ -121,8 +121,16 @@ pub(crate) async fn style() -> Response {
     asset("text/css; charset=utf-8", DASHBOARD_CSS)
 }
 
-/// The largest login body.
-const LOGIN_LIMIT: usize = 8 << 10;
+/// The largest login or rollback body.
+const SMALL_LIMIT: usize = 8 << 10;
+
+/// A small body, read within the body timeout.
+async fn small_body(state: &AppState, body: Body) -> Option<axum::body::Bytes> {
+    tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, SMALL_LIMIT))
+        .await
+        .ok()?
+        .ok()
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,11 +171,11 @@ pub(crate) async fn login(
         )
         .into_response();
     }
-    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_LIMIT).await else {
+    let Some(bytes) = small_body(&state, body).await else {
         return Failure::field(
             "bad-input",
             "token",
-            "the login body is too large or unreadable",
+            "the login body is too large, unreadable or late",
         )
         .into_response();
     };
@@ -243,9 +251,13 @@ struct Rollback {
 /// `POST /hot-reload/rollback` `{"to": "ID"}`: after the writes before it, restore the
 /// files of that evolution (recorded as a `rollback` evolution).
 pub(crate) async fn rollback(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    let Ok(bytes) = axum::body::to_bytes(body, LOGIN_LIMIT).await else {
-        return Failure::field("bad-input", "to", "the body is too large or unreadable")
-            .into_response();
+    let Some(bytes) = small_body(&state, body).await else {
+        return Failure::field(
+            "bad-input",
+            "to",
+            "the body is too large, unreadable or late",
+        )
+        .into_response();
     };
     let req = match serde_json::from_slice::<Rollback>(&bytes) {
         Ok(r) if !r.to.trim().is_empty() => r,
