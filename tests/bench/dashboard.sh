@@ -107,3 +107,63 @@ lat.sort()
 p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
 print(f"{len(lat)} events: median {p(0.5):.2f} ms, p95 {p(0.95):.2f} ms, max {lat[-1]:.2f} ms")
 PY
+
+echo "== page: event arrival -> state drawn (headless Chromium, performance marks)"
+if command -v chromedriver >/dev/null && command -v chromium >/dev/null; then
+python3 - "$base" "$work" <<'PY'
+import json, os, subprocess, socket, sys, time, urllib.request
+base, work = sys.argv[1], sys.argv[2]
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+drv = subprocess.Popen(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+wd = f"http://127.0.0.1:{port}"
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(wd + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(req))["value"]
+try:
+    for _ in range(100):
+        try:
+            call("GET", "/status"); break
+        except Exception:
+            time.sleep(0.05)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={work}/chromium-profile"]
+    sid = call("POST", "/session", {"capabilities": {"alwaysMatch": {"browserName": "chrome",
+          "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": flags}}}})["sessionId"]
+    S = f"/session/{sid}"
+    js = lambda script: call("POST", S + "/execute/sync", {"script": script, "args": []})
+    t = time.perf_counter()
+    call("POST", S + "/url", {"url": base + "/"})
+    token = os.environ["HEPH_TOKEN"]
+    el = call("POST", S + "/element", {"using": "css selector", "value": "#token"})
+    eid = list(el.values())[0]
+    call("POST", S + f"/element/{eid}/value", {"text": token})
+    js("document.getElementById('login-btn').click(); return null;")
+    while js("return document.getElementById('conn').textContent") != "live":
+        time.sleep(0.02)
+    print(f"page load + login until live: {(time.perf_counter() - t) * 1000:.0f} ms")
+    auth = {"Authorization": "Bearer " + token}
+    lat = []
+    for i in range(20):
+        for path, active in (("/hot-reload/disable", "false"), ("/hot-reload/enable", "true")):
+            js("performance.clearMarks(); return null;")
+            urllib.request.urlopen(urllib.request.Request(base + path, method="POST", headers=auth)).read()
+            event = "paused" if active == "false" else "resumed"
+            for _ in range(500):
+                v = js(f"""const e = performance.getEntriesByName('heph-event:{event}')[0];
+                  if (!e) return null;
+                  const r = performance.getEntriesByType('mark').find(m => m.name.startsWith('heph-render:') && m.name.endsWith(':{active}') && m.startTime >= e.startTime);
+                  return r ? r.startTime - e.startTime : null;""")
+                if v is not None:
+                    lat.append(v); break
+                time.sleep(0.01)
+    lat.sort()
+    print(f"{len(lat)} events: event -> state drawn median {lat[len(lat)//2]:.1f} ms, max {lat[-1]:.1f} ms")
+    call("DELETE", S)
+finally:
+    drv.kill()
+PY
+else
+  echo "(chromium/chromedriver missing: skipped)"
+fi

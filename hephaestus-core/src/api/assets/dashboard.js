@@ -86,6 +86,8 @@
 
   function onEvent(e) {
     const kind = e.event || "event";
+    // For tests/bench/dashboard.sh: when events arrive and the state is drawn.
+    performance.mark("heph-event:" + kind);
     if (kind === "connected") { crashes = e.crashes || 0; refreshStatus(); return; }
     logEvent(e);
     if (kind === "alert") { if (e.kind === "crash") crashes += 1; addAlert(e); }
@@ -146,6 +148,7 @@
     show($("rebuild"), status.mode === "watch");
     tick();
     title();
+    performance.mark("heph-render:" + status.generation + ":" + status.hot_reload_active);
   }
 
   function tick() {
