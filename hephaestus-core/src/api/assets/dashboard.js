@@ -9,6 +9,7 @@
   let crashes = 0;
   let alertText = null;
   let statusAt = 0;
+  let lastReloadAt = null; // seen by this page (the status has no wall-clock time)
 
   function show(el, on) { el.hidden = !on; }
 
@@ -92,6 +93,7 @@
     logEvent(e);
     if (kind === "alert") { if (e.kind === "crash") crashes += 1; addAlert(e); }
     if (kind === "reloaded" || kind === "hot-reloaded") {
+      lastReloadAt = new Date();
       if (status) { status.generation = e.generation; status.child_pid = e.pid || status.child_pid; render(); }
     }
     if (["recorded", "pre-state-recorded", "rolled-back", "hot-rollback"].includes(kind)) refreshHistory();
@@ -139,7 +141,7 @@
     $("mode").textContent = status.mode + (status.program ? " · " + status.program : "");
     $("generation").textContent = String(status.generation);
     $("child-pid").textContent = status.child_pid == null ? "–" : String(status.child_pid);
-    $("last-reload").textContent = status.last_reload_ms == null ? "–" : status.last_reload_ms + " ms (" + status.reloads + " reloads)";
+    $("last-reload").textContent = status.last_reload_ms == null ? "–" : status.last_reload_ms + " ms (" + status.reloads + " reloads)" + (lastReloadAt ? " at " + lastReloadAt.toLocaleTimeString() : "");
     $("failed-builds").textContent = String(status.failed_builds);
     $("crashes").textContent = String(crashes);
     $("last-error").textContent = status.last_error || "none";
