@@ -487,7 +487,13 @@ fn every_route_answers_401_without_the_exact_token() {
         ("POST", "/hot-reload/trigger-evolution"),
         ("GET", "/hot-reload/nope"),
         ("DELETE", "/hot-reload/status"),
-        ("GET", "/"),
+        ("GET", "/nope"),
+        // The dashboard's routes (its page and login are public: tests/e2e/dashboard.rs).
+        ("GET", "/hot-reload/events"),
+        ("GET", "/hot-reload/evolution/HEAD"),
+        ("POST", "/hot-reload/rollback"),
+        ("GET", "/session"),
+        ("DELETE", "/session"),
     ];
     let body: Option<&[u8]> = Some(SEED_SELF_MODIFY.as_bytes());
     for (method, route) in routes {
@@ -734,7 +740,7 @@ fn bad_requests_answer_400_413_404_and_the_server_keeps_serving() {
         (a.status, a.body["error"]["kind"].as_str()),
         (404, Some("not-found"))
     );
-    let a = server.get("/");
+    let a = server.get("/nope");
     assert_eq!(a.status, 404);
     let a = server.get("/hot-reload/self-modify");
     assert_eq!(

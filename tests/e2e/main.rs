@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod cli;
 mod crash;
+mod dashboard;
 mod edit_cases;
 mod evolve;
 mod hardening_api;

@@ -144,6 +144,7 @@ pub fn start(
             "event": "api-listening",
             "addr": addr.to_string(),
             "url": url,
+            "dashboard": format!("http://{addr}/"),
             "public": server.is_public(),
             "token": server.token_source(),
             "mcp": args.mcp.then(|| format!("http://{addr}{MCP_PATH}")),
@@ -151,6 +152,9 @@ pub fn start(
         }));
     } else {
         out.line(format!("control API on {url}"));
+        out.line(format!(
+            "dashboard on http://{addr}/ (log in with the token)"
+        ));
         if args.mcp {
             out.line(format!("MCP on http://{addr}{MCP_PATH}"));
         }

@@ -240,7 +240,13 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
     };
 
     let mut view = View::new(out);
-    let result = session.run(&mut |event| view.show(event));
+    // `--api`: every event also goes to the API's live stream (the dashboard).
+    let result = session.run(&mut |event| {
+        if let Some(server) = &api {
+            server.publish(event);
+        }
+        view.show(event);
+    });
     if let Some(server) = api {
         server.shutdown();
     }

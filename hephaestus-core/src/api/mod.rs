@@ -9,19 +9,30 @@
 //! | `POST /hot-reload/dynamic-import` | the same for an [`crate::Operation::Import`] |
 //! | `GET /hot-reload/evolution-history?limit=N` | [`crate::history::History::list`] |
 //! | `POST /hot-reload/trigger-evolution` | start an evolution run ([`evolve`]) |
+//! | `GET /hot-reload/evolution/{id}` | an evolution and its diff |
+//! | `POST /hot-reload/rollback` | `{"to": "ID"}`: roll the files back to an evolution |
+//! | `POST /hot-reload/rebuild` | build and swap now ([`HotReload::rebuild`]) |
+//! | `GET /hot-reload/events` | server-sent events: watch and API events, alerts |
+//! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard page |
+//! | `POST /session`, `GET /session`, `DELETE /session` | the page's login ([`session`]) |
 //!
 //! Every request is authenticated first, whatever its route (unknown routes answer 401
 //! without a valid token, 404 with one): `Authorization: Bearer TOKEN`, compared in
-//! constant time ([`token`]). Bodies are limited in size (413), parsed field by field
+//! constant time ([`token`]), or, under `/hot-reload/` only, the dashboard's session
+//! cookie, plus its CSRF token for every request but GET, never from another origin
+//! ([`session`]). Only the page's static files and the login itself need neither. Bodies are limited in size (413), parsed field by field
 //! (400 naming the field), and writes are serialized: a write waits for the one before
 //! it up to the lock timeout, then answers 409. The server itself never prints: it
 //! reports [`ApiEvent`]s.
 
+mod dashboard;
+mod events;
 pub mod evolve;
 mod failure;
 mod request;
 mod routes;
 mod serve;
+pub mod session;
 pub mod token;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -149,6 +160,11 @@ pub trait HotReload: Send + Sync {
     fn status(&self) -> WatchStatus;
     /// `watch` (a `heph watch` session) or `serve` (no supervised program).
     fn mode(&self) -> &'static str;
+    /// Build and swap now, without a change (the dashboard's "rebuild now"); false when
+    /// there is nothing to rebuild (`heph serve` supervises no program).
+    fn rebuild(&self) -> bool {
+        false
+    }
 }
 
 impl HotReload for WatchHandle {
@@ -162,6 +178,11 @@ impl HotReload for WatchHandle {
 
     fn mode(&self) -> &'static str {
         "watch"
+    }
+
+    fn rebuild(&self) -> bool {
+        WatchHandle::rebuild(self);
+        true
     }
 }
 
@@ -241,6 +262,15 @@ pub enum ApiEvent {
         success: bool,
         /// Its exit code (null: killed by a signal).
         exit_code: Option<i32>,
+    },
+    /// The files were rolled back to an evolution (`POST /hot-reload/rollback`).
+    RolledBack {
+        /// The evolution restored (short id).
+        target: String,
+        /// The `rollback` evolution recorded (short id).
+        evolution: String,
+        /// The files written back.
+        restored: Vec<String>,
     },
 }
 
@@ -373,6 +403,14 @@ impl ApiServer {
         if apply.verify_options.cancel.is_none() {
             apply.verify_options.cancel = Some(Arc::new(AtomicBool::new(false)));
         }
+        let hub = Arc::new(events::Hub::new());
+        let on_event: EventFn = {
+            let hub = Arc::clone(&hub);
+            Arc::new(move |e: &ApiEvent| {
+                hub.api(e);
+                on_event(e);
+            })
+        };
         let state = Arc::new(routes::AppState {
             root: project.root().to_path_buf(),
             project: Arc::new(project),
@@ -397,6 +435,8 @@ impl ApiServer {
             requests: AtomicU64::new(0),
             addr,
             public: !addr.ip().is_loopback(),
+            sessions: session::Sessions::new(),
+            hub,
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         // MCP sessions hold event streams open: ended when the server stops.
@@ -467,6 +507,12 @@ impl ApiServer {
         &self.token
     }
 
+    /// Publish a watch session's event to the live stream (`GET /hot-reload/events`)
+    /// and the dashboard: `heph watch --api` calls it with every event it shows.
+    pub fn publish(&self, event: &crate::watch::WatchEvent) {
+        self.state.hub.watch(event);
+    }
+
     /// Listening on an address other machines can reach.
     pub fn is_public(&self) -> bool {
         !self.addr.ip().is_loopback()
@@ -482,6 +528,9 @@ impl ApiServer {
         if let Some(flag) = &self.state.apply.verify_options.cancel {
             flag.store(true, Ordering::SeqCst);
         }
+        // Event streams never end by themselves: they would hold the wait for the
+        // connections.
+        self.state.hub.close();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

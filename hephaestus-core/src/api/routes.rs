@@ -23,7 +23,7 @@ use super::evolve::{RunInfo, Runs};
 use super::failure::{Failure, json_response};
 use super::request::{self, WriteRequest};
 use super::token::Token;
-use super::{ApiEvent, EventFn, HotReload};
+use super::{ApiEvent, EventFn, HotReload, dashboard, events};
 use crate::apply::ApplyOptions;
 use crate::history::History;
 use crate::project::Project;
@@ -54,6 +54,10 @@ pub(crate) struct AppState {
     pub requests: AtomicU64,
     pub addr: SocketAddr,
     pub public: bool,
+    /// The dashboard's browser sessions.
+    pub sessions: super::session::Sessions,
+    /// The live event stream's channel.
+    pub hub: Arc<super::events::Hub>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -70,6 +74,19 @@ pub(crate) fn router(state: Arc<AppState>, extra: Option<Router<Arc<AppState>>>)
         .route("/hot-reload/dynamic-import", post(dynamic_import))
         .route("/hot-reload/evolution-history", get(history))
         .route("/hot-reload/trigger-evolution", post(trigger_evolution))
+        .route("/hot-reload/evolution/{id}", get(dashboard::show))
+        .route("/hot-reload/rollback", post(dashboard::rollback))
+        .route("/hot-reload/rebuild", post(dashboard::rebuild))
+        .route("/hot-reload/events", get(events::stream))
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route(
+            "/session",
+            post(dashboard::login)
+                .get(dashboard::current)
+                .delete(dashboard::logout),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -84,10 +101,10 @@ async fn authenticate(State(state): Shared, req: Request, next: Next) -> Respons
     let start = Instant::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
-    let response = if authorized(&state.token, &req) {
-        next.run(req).await
-    } else {
-        Failure::unauthorized().into_response()
+    let bearer = authorized(&state.token, &req);
+    let response = match dashboard::refusal(&state, &req, bearer) {
+        None => next.run(req).await,
+        Some(refused) => refused,
     };
     state.requests.fetch_add(1, Ordering::Relaxed);
     (state.on_event)(&ApiEvent::Request {
@@ -118,7 +135,7 @@ async fn not_found(req: Request) -> Response {
         "not-found",
         ErrorCategory::BadInput,
         format!(
-            "no route {} {}; the routes are POST /hot-reload/enable, POST /hot-reload/disable, GET /hot-reload/status, POST /hot-reload/self-modify, POST /hot-reload/dynamic-import, GET /hot-reload/evolution-history, POST /hot-reload/trigger-evolution",
+            "no route {} {}; the routes are POST /hot-reload/enable, POST /hot-reload/disable, GET /hot-reload/status, POST /hot-reload/self-modify, POST /hot-reload/dynamic-import, GET /hot-reload/evolution-history, GET /hot-reload/evolution/ID, POST /hot-reload/rollback, POST /hot-reload/rebuild, POST /hot-reload/trigger-evolution, GET /hot-reload/events, and the dashboard at GET /",
             req.method(),
             req.uri().path()
         ),
@@ -128,7 +145,11 @@ async fn not_found(req: Request) -> Response {
 
 async fn method_not_allowed(req: Request) -> Response {
     let expected = match req.uri().path() {
-        "/hot-reload/status" | "/hot-reload/evolution-history" => "GET",
+        "/hot-reload/status" | "/hot-reload/evolution-history" | "/hot-reload/events" | "/" => {
+            "GET"
+        }
+        "/session" => "GET, POST, DELETE",
+        p if p.starts_with("/hot-reload/evolution/") => "GET",
         _ => "POST",
     };
     let mut r = Failure::new(
@@ -150,7 +171,7 @@ async fn method_not_allowed(req: Request) -> Response {
 
 /// The status document: the watch status, and what the API adds.
 #[derive(Debug, Serialize)]
-struct StatusBody {
+pub(crate) struct StatusBody {
     #[serde(flatten)]
     status: WatchStatus,
     /// `watch` or `serve`.
@@ -170,7 +191,7 @@ struct ApiInfo {
     requests: u64,
 }
 
-fn status_body(state: &AppState) -> StatusBody {
+pub(crate) fn status_body(state: &AppState) -> StatusBody {
     let (evolution, ended) = state.runs.current();
     if let (Some(info), Some(end)) = (&evolution, ended) {
         (state.on_event)(&ApiEvent::EvolveFinished {
