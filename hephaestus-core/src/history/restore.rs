@@ -250,6 +250,21 @@ impl TreeChange {
     }
 }
 
+/// Plan and make the writes that turn the files of tree `from` into tree `to` (for a
+/// follower taking a published evolution: no journal of its own yet, so a follower
+/// killed half-way finds the files partly written and records them as a hand edit);
+/// the relative paths written and deleted.
+pub(super) fn restore_trees(
+    history: &History,
+    repo: &Repository,
+    from: Oid,
+    to: Oid,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), HistoryError> {
+    let change = plan_trees(history, repo, from, to)?;
+    apply_trees(history, repo, &change)?;
+    Ok(change.paths())
+}
+
 /// Make the writes of `change`. Deletions go first, so a file can become a directory.
 pub(super) fn apply_trees(
     history: &History,
