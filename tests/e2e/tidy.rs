@@ -56,7 +56,7 @@ const CORE_MAP: &[(&str, &[&str])] = &[
     ("rmcp", &["mcp"]),
     ("schemars", &["mcp"]),
     ("tokio_util", &["mcp"]),
-    ("futures", &["mcp"]),
+    ("futures", &["api", "mcp"]),
 ];
 
 /// Every `.rs` file under `dir`.
