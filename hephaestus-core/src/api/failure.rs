@@ -227,6 +227,11 @@ impl IntoResponse for Failure {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"heph\""),
             );
+            // Refused before its body was read: the connection cannot carry another
+            // request, and a client must not reuse it (it would find it closed).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
