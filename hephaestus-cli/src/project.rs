@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hephaestus_core::civil::days_from_civil;
 use hephaestus_core::history::{History, HistoryOptions, Identity, SkippedFile, Store};
 use hephaestus_core::project_root;
 
@@ -132,75 +131,7 @@ fn identity(who: &str) -> Identity {
     Identity {
         name: var(&format!("GIT_{who}_NAME")),
         email: var(&format!("GIT_{who}_EMAIL")),
-        time: var(&format!("GIT_{who}_DATE")).and_then(|d| parse_git_date(&d)),
-    }
-}
-
-/// The date formats of `GIT_AUTHOR_DATE` that matter in practice: `@SECONDS [+HHMM]`,
-/// `SECONDS +HHMM` and ISO 8601 `YYYY-MM-DD[T ]HH:MM:SS[Z|+HH:MM|+HHMM]`. Returns
-/// seconds since the epoch and the offset in minutes.
-pub fn parse_git_date(s: &str) -> Option<(i64, i32)> {
-    let s = s.trim();
-    let raw = s.strip_prefix('@').unwrap_or(s);
-    let mut words = raw.split_whitespace();
-    if let Some(Ok(secs)) = words.next().map(str::parse::<i64>) {
-        let offset = words.next().and_then(parse_offset).unwrap_or(0);
-        return Some((secs, offset));
-    }
-    let (date, rest) = s.split_at_checked(10)?;
-    let mut d = date.split('-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let rest = rest.strip_prefix(['T', ' '])?;
-    let (time, zone) = rest.split_at_checked(8)?;
-    let mut t = time.split(':').map(str::parse::<i64>);
-    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let zone = zone.trim();
-    let offset = if zone.is_empty() || zone == "Z" {
-        0
-    } else {
-        parse_offset(zone)?
-    };
-    let local = days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some((local - i64::from(offset) * 60, offset))
-}
-
-fn parse_offset(z: &str) -> Option<i32> {
-    let (sign, digits) = match z.as_bytes().first()? {
-        b'+' => (1, &z[1..]),
-        b'-' => (-1, &z[1..]),
-        _ => return None,
-    };
-    let digits: String = digits.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 4 {
-        return None;
-    }
-    let h: i32 = digits[..2].parse().ok()?;
-    let m: i32 = digits[2..].parse().ok()?;
-    Some(sign * (h * 60 + m))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_the_git_date_formats() {
-        assert_eq!(
-            parse_git_date("2026-01-01T00:00:00Z"),
-            Some((1_767_225_600, 0))
-        );
-        assert_eq!(
-            parse_git_date("@1767225600 +0100"),
-            Some((1_767_225_600, 60))
-        );
-        assert_eq!(
-            parse_git_date("1767225600 -0230"),
-            Some((1_767_225_600, -150))
-        );
-        assert_eq!(
-            parse_git_date("2026-01-01 01:00:00 +01:00"),
-            Some((1_767_225_600, 60))
-        );
-        assert_eq!(parse_git_date("yesterday"), None);
+        time: var(&format!("GIT_{who}_DATE"))
+            .and_then(|d| hephaestus_core::evolution::parse_git_date(&d)),
     }
 }

@@ -4,8 +4,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use hephaestus_core::{Evolution, EvolutionKind, VerifyOutcome, VerifyRecord};
 
-use hephaestus_core::civil::civil_from_days;
-
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {
     SystemTime::now()
@@ -15,14 +13,7 @@ pub fn now() -> i64 {
 
 /// `2026-01-01 12:00:00 UTC`.
 pub fn date(ts: i64) -> String {
-    let (y, m, d) = civil_from_days(ts.div_euclid(86_400));
-    let s = ts.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    hephaestus_core::evolution::format_utc(ts)
 }
 
 /// `just now`, `5 minutes ago`, `3 days ago`; the date beyond a year.

@@ -202,7 +202,7 @@ impl RuleAction {
     }
 }
 
-/// `[evolve]`: the settings of a `heph evolve` run (see the README). Every key is
+/// `[evolve]`: the settings of a `heph evolve` run (see docs/evolve.md). Every key is
 /// optional; command-line flags override them.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]

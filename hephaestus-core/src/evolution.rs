@@ -1,5 +1,7 @@
 //! The record of one change: [`Evolution`] and the metadata every writer hands to the history store.
 
+/// Dates of evolutions: display, and git's date formats (`GIT_AUTHOR_DATE`).
+pub use crate::civil::{format_utc, parse_git_date};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;

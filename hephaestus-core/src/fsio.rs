@@ -133,24 +133,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], tmp_dir: Option<&Path>) -> Result
     replace_file(&real, bytes, None, tmp_dir).map_err(io_err(&real))
 }
 
-/// Overwrite a small bookkeeping file in place (created when missing): write at offset
-/// 0, then cut to length. Not atomic, so only for files whose readers accept any
-/// content (heph's lock note and pack state). Unlike `fs::write`, the file is never
-/// truncated to zero first, which on ext4 (`auto_da_alloc`) makes closing it write its
-/// blocks out at once: a few tenths of a millisecond on every heph command. The path
-/// is not followed (`O_NOFOLLOW`): a symbolic link there is an error (`ELOOP`).
-pub fn overwrite_small(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)?;
-    overwrite_open(&file, bytes)
-}
-
-/// [`overwrite_small`] on a file already open for writing.
+/// Overwrite a small bookkeeping file already open for writing, in place: write at
+/// offset 0, then cut to length. Not atomic, so only for files whose readers accept any
+/// content (heph's lock note and pack state); unlike truncating first, closing it does
+/// not make ext4 (`auto_da_alloc`) write its blocks out at once.
 pub fn overwrite_open(file: &fs::File, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     file.write_all_at(bytes, 0)?;
@@ -201,11 +187,6 @@ impl Transaction {
     pub fn with_tmp_dir(mut self, dir: PathBuf) -> Self {
         self.tmp_dir = Some(dir);
         self
-    }
-
-    /// The writes.
-    pub fn files(&self) -> &[FileWrite] {
-        &self.files
     }
 
     /// Check that every file can be written and still holds what was read.

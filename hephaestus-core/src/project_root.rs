@@ -51,7 +51,7 @@ fn canonical(path: &Path) -> Result<PathBuf, ProjectRootError> {
 }
 
 /// The nearest ancestor of `start` (or `start` itself) holding a `Cargo.toml`, canonical.
-/// Its state directory is checked ([`crate::state::StateDir::check`]): a project whose
+/// Its state directory is checked (`StateDir::check`): a project whose
 /// `.heph` is or holds a symbolic link is refused.
 pub fn discover(start: &Path) -> Result<PathBuf, ProjectRootError> {
     let start = canonical(start)?;

@@ -84,12 +84,5 @@ pub fn run(args: FleetArgs, global: &GlobalArgs, out: &Output) -> Result<u8> {
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(secs: i64) -> String {
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = hephaestus_core::civil::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    hephaestus_core::evolution::format_utc(secs)
 }

@@ -20,7 +20,7 @@
 //! take from the history.
 //!
 //! [`History::open`] and the `record*`, [`History::list`], [`History::get`] calls do not
-//! lock: callers that write hold the writer lock ([`crate::state::StateDir::lock`]). The
+//! lock: callers that write hold the writer lock (`StateDir::lock` of `.heph/`, a [`crate::ProjectLock`]). The
 //! high-level operations [`History::snapshot`], [`History::rollback`] and
 //! [`History::sync`] take it themselves.
 
