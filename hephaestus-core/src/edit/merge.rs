@@ -438,7 +438,11 @@ impl<'a> Engine<'a> {
             } else if keep_docs && own {
                 h.attrs.retain(|a| !a.path().is_ident("doc"));
             }
-            token_text(&h.to_token_stream())
+            // Doc comments compare by their text, line by line without the spaces
+            // around it: `/** Doc. */` and the `/// Doc.` it is printed as are one doc.
+            let docs = doc_text(&h.attrs);
+            h.attrs.retain(|a| !a.path().is_ident("doc"));
+            format!("{docs}\u{0}{}", token_text(&h.to_token_stream()))
         };
         let submitted = header(imp, false);
         let differs: Vec<&(usize, &'a syn::ItemImpl)> = targets
@@ -559,4 +563,30 @@ fn effective_mode(
     effective: &dyn Fn() -> Formatting,
 ) -> Formatting {
     if same { requested } else { effective() }
+}
+
+/// The doc comment of these attributes as text: every `#[doc = "..."]` joined, each
+/// line trimmed, blank lines dropped (how `/** */`, `///` and `#[doc]` spell one doc).
+fn doc_text(attrs: &[syn::Attribute]) -> String {
+    let joined: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(nv) => match &nv.value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s),
+                    ..
+                }) => Some(s.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    joined
+        .join("\n")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
