@@ -15,6 +15,16 @@ use serde_json::Value;
 const MODULE_FILE: &str = "src/agent/test_hot_reload.rs";
 const TOKEN: &str = "e2e-token-0123456789abcdef";
 
+/// A child process killed and reaped when the test ends, a failing assertion included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The Python that has the MCP SDK.
 fn python() -> PathBuf {
     let python = std::env::var_os("HEPH_TEST_PYTHON")
@@ -232,25 +242,25 @@ fn two_mcp_clients_changing_one_module_both_land() {
 #[test]
 fn mcp_over_http_needs_the_token() {
     let env = TestEnv::new("agent-lib");
-    let mut child = env
-        .heph()
-        .args(["--json", "serve", "--api", "127.0.0.1:0", "--mcp"])
-        .env("HEPH_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting heph serve");
+    let mut child = KillOnDrop(
+        env.heph()
+            .args(["--json", "serve", "--api", "127.0.0.1:0", "--mcp"])
+            .env("HEPH_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting heph serve"),
+    );
     let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
+    BufReader::new(child.0.stdout.take().expect("stdout"))
         .read_line(&mut first)
         .expect("the listening line");
     let start: Value = serde_json::from_str(&first).expect("a JSON line");
     let url = start["mcp"].as_str().expect("the MCP url").to_owned();
     assert!(url.ends_with("/mcp"), "{url}");
     let r = scenario(&env, &["http", &url, TOKEN, &project(&env)]);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(r["read_module"], MODULE_FILE);
     assert_eq!(r["self_modify"]["is_error"], false);
     assert_eq!(r["tools"].as_array().expect("tools").len(), 13);
@@ -353,15 +363,16 @@ fn listings_dry_runs_removals_imports_and_their_errors_through_mcp() {
 #[test]
 fn an_agent_pauses_and_resumes_a_running_watch() {
     let env = TestEnv::new("agent-lib");
-    let mut child = env
-        .heph()
-        .args(["--json", "watch", "--check-only"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting heph watch");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut child = KillOnDrop(
+        env.heph()
+            .args(["--json", "watch", "--check-only"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting heph watch"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
     loop {
         let line = lines
             .next()
@@ -373,8 +384,7 @@ fn an_agent_pauses_and_resumes_a_running_watch() {
         }
     }
     let r = scenario(&env, &["watch", &heph(), &project(&env)]);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(r["paused"], serde_json::json!([false, true, true, false]));
     let text = r["text"].as_str().expect("text");
     assert!(text.starts_with("heph watch: active"), "{text}");
