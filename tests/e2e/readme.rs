@@ -91,6 +91,8 @@ fn the_quick_start_runs_as_the_readme_says() {
             "unexpected command in the quick start: {}",
             step.command
         );
+        // Not `TestEnv::heph_shell`: its isolated environment pins the git dates, and the
+        // README shows ages as a user sees them (`just now`).
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(format!("{} 2>&1", step.command))
