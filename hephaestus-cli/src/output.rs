@@ -302,7 +302,7 @@ fn categorize(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorCategory
         core::journal::JournalError,
         core::modpath::ModulePathError,
         core::project::ProjectError,
-        core::project_root::ProjectRootError,
+        core::ProjectRootError,
         core::resolve::ResolveError,
         core::run::RunError,
         core::StateError,

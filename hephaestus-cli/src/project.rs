@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hephaestus_core::Project;
 use hephaestus_core::history::{History, HistoryOptions, Identity, SkippedFile, Store};
-use hephaestus_core::project_root;
 
 use crate::output::{GlobalArgs, Output};
 
@@ -20,10 +20,10 @@ pub const TEST_DELAY_VAR: &str = "HEPH_TEST_DELAY_MS";
 /// holding a Cargo.toml.
 pub fn root(global: &GlobalArgs) -> Result<PathBuf> {
     Ok(match &global.project {
-        Some(dir) => project_root::at(dir)?,
+        Some(dir) => Project::root_at(dir)?,
         None => {
             let cwd = env::current_dir().context("cannot read the current directory")?;
-            project_root::discover(&cwd)?
+            Project::find_root(&cwd)?
         }
     })
 }

@@ -485,11 +485,7 @@ impl Project {
                 let m = resolver.resolve(module)?;
                 let file = resolver.file(&m.file)?;
                 let lookup = || resolver.cfg_set(&m.package);
-                let within = match m.expanded_item() {
-                    Some(item) => edit::Within::Module(item),
-                    None => edit::Within::Chain(m.inline_index()),
-                };
-                let outcome = edit::apply_within(&file, within, edit, Some(&lookup))?;
+                let outcome = edit::apply_to_module(&file, &m, edit, Some(&lookup))?;
                 let mut notes = m.notes.clone();
                 notes.extend(outcome.notes);
                 Ok(Plan {

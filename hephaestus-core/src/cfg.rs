@@ -155,7 +155,7 @@ impl CfgSet {
 
     /// The value of a cfg predicate (the inside of `cfg(..)`), or `None` when it is
     /// malformed.
-    pub fn eval(&self, pred: &syn::Meta) -> Option<bool> {
+    pub(crate) fn eval(&self, pred: &syn::Meta) -> Option<bool> {
         match pred {
             syn::Meta::Path(p) => Some(self.has(&CfgOption {
                 name: p.get_ident()?.to_string(),
@@ -189,7 +189,7 @@ impl CfgSet {
 
     /// Are all the `#[cfg(..)]` attributes among `attrs` true? `None` when one is
     /// malformed.
-    pub fn eval_attrs(&self, attrs: &[syn::Attribute]) -> Option<bool> {
+    pub(crate) fn eval_attrs(&self, attrs: &[syn::Attribute]) -> Option<bool> {
         let mut all = true;
         for pred in cfg_predicates(attrs) {
             all &= self.eval(&pred?)?;
@@ -241,7 +241,7 @@ pub enum Pick {
 
 /// Pick the copy `set` compiles among candidates given by their attributes. When
 /// several are active, the one whose cfg mentions an option the user gave wins.
-pub fn pick(set: &CfgSet, candidates: &[&[syn::Attribute]]) -> Pick {
+pub(crate) fn pick(set: &CfgSet, candidates: &[&[syn::Attribute]]) -> Pick {
     let values: Vec<Option<bool>> = candidates.iter().map(|a| set.eval_attrs(a)).collect();
     let mut live: Vec<usize> = (0..candidates.len())
         .filter(|&i| values[i] != Some(false))
@@ -383,20 +383,6 @@ pub fn active_set(
     Ok(CfgSet::from_rustc(&target)
         .with_features(default_features(&package.features))
         .with_given(given))
-}
-
-/// The `#[cfg(..)]` attributes of `attrs` as text (`cfg(unix)`), joined for messages;
-/// `no #[cfg]` when there is none.
-pub fn describe(attrs: &[syn::Attribute]) -> String {
-    let cfgs = crate::item::cfgs(attrs);
-    if cfgs.is_empty() {
-        "no #[cfg]".to_owned()
-    } else {
-        cfgs.iter()
-            .map(|c| format!("#[{c}]"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 }
 
 #[cfg(test)]

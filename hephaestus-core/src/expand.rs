@@ -21,11 +21,11 @@ use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
 
 /// The most tokens one expansion may produce.
-pub const MAX_TOKENS: usize = 1 << 18;
+pub(crate) const MAX_TOKENS: usize = 1 << 18;
 
 /// The rules of one `macro_rules!` definition.
 #[derive(Debug, Clone)]
-pub struct Rules {
+pub(crate) struct Rules {
     rules: Vec<(Vec<Matcher>, Vec<Part>)>,
 }
 
@@ -71,7 +71,7 @@ enum Binding {
 impl Rules {
     /// The rules of a `macro_rules! name { .. }` item, or `None` when they are not
     /// `(matcher) => {transcriber}` pairs this expander reads.
-    pub fn of(def: &syn::ItemMacro) -> Option<Rules> {
+    pub(crate) fn of(def: &syn::ItemMacro) -> Option<Rules> {
         if !def.mac.path.is_ident("macro_rules") || def.ident.is_none() {
             return None;
         }
@@ -100,7 +100,7 @@ impl Rules {
     }
 
     /// Does a transcriber of these rules write a `mod` token?
-    pub fn writes_mod(&self) -> bool {
+    pub(crate) fn writes_mod(&self) -> bool {
         fn any_mod(parts: &[Part]) -> bool {
             parts.iter().any(|p| match p {
                 Part::Token(TokenTree::Ident(i)) => i == "mod",
@@ -112,7 +112,7 @@ impl Rules {
     }
 
     /// Expand a call with these input tokens: the first rule that matches.
-    pub fn expand(&self, input: &TokenStream) -> Option<TokenStream> {
+    pub(crate) fn expand(&self, input: &TokenStream) -> Option<TokenStream> {
         self.expand_within(input, MAX_TOKENS)
     }
 
@@ -140,7 +140,7 @@ impl Rules {
 }
 
 /// Does this token stream hold a `mod` keyword (at any depth)?
-pub fn has_mod_token(tokens: &TokenStream) -> bool {
+pub(crate) fn has_mod_token(tokens: &TokenStream) -> bool {
     tokens.clone().into_iter().any(|t| match t {
         TokenTree::Ident(i) => i == "mod",
         TokenTree::Group(g) => has_mod_token(&g.stream()),
@@ -149,7 +149,7 @@ pub fn has_mod_token(tokens: &TokenStream) -> bool {
 }
 
 /// Does this token stream hold `mod NAME` (at any depth)?
-pub fn declares_mod_named(tokens: &TokenStream, name: &str) -> bool {
+pub(crate) fn declares_mod_named(tokens: &TokenStream, name: &str) -> bool {
     let trees: Vec<TokenTree> = tokens.clone().into_iter().collect();
     trees.iter().enumerate().any(|(i, t)| match t {
         TokenTree::Ident(m) if m == "mod" => {
@@ -161,7 +161,7 @@ pub fn declares_mod_named(tokens: &TokenStream, name: &str) -> bool {
 }
 
 /// Parse tokens as a list of items (the body of a module).
-pub fn parse_items(tokens: TokenStream) -> Option<Vec<syn::Item>> {
+pub(crate) fn parse_items(tokens: TokenStream) -> Option<Vec<syn::Item>> {
     (|input: ParseStream<'_>| {
         let mut items = Vec::new();
         while !input.is_empty() {

@@ -207,11 +207,7 @@ pub(crate) fn plan(
     // Declare the first missing module in the deepest existing one.
     let parent_file = resolver.file(&parent.file)?;
     let decl = Edit::merge(format!("{vis}mod {};", missing[0]));
-    let within = match parent.expanded_item() {
-        Some(item) => edit::Within::Module(item),
-        None => edit::Within::Chain(parent.inline_index()),
-    };
-    let wired = edit::apply_within(&parent_file, within, &decl, None)?;
+    let wired = edit::apply_to_module(&parent_file, &parent, &decl, None)?;
     files.insert(
         0,
         FileWrite {

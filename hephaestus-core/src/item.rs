@@ -133,7 +133,10 @@ impl ItemKey {
         }
     }
 
-    /// The key of a module-level item.
+    /// The key of a module-level item. With [`ItemKey::of_member`] and [`impl_name`],
+    /// the one place the library's interface names syn: the bridge for callers that
+    /// parse Rust with syn themselves (the fuzz target does). Everything else gives
+    /// heph types (`Module::item_spans`).
     pub fn of_item(item: &syn::Item) -> ItemKey {
         use syn::Item;
         let (kind, name, attrs): (ItemKind, String, &[syn::Attribute]) = match item {
@@ -257,7 +260,7 @@ fn strip_attrs(item: &syn::Item) -> TokenStream {
 }
 
 /// The outer attributes of an item (none for tokens syn does not interpret).
-pub fn item_attrs(item: &syn::Item) -> &[syn::Attribute] {
+pub(crate) fn item_attrs(item: &syn::Item) -> &[syn::Attribute] {
     use syn::Item;
     match item {
         Item::Const(i) => &i.attrs,
@@ -280,7 +283,7 @@ pub fn item_attrs(item: &syn::Item) -> &[syn::Attribute] {
 }
 
 /// The outer attributes of an item, when it has them.
-pub fn item_attrs_mut(item: &mut syn::Item) -> Option<&mut Vec<syn::Attribute>> {
+pub(crate) fn item_attrs_mut(item: &mut syn::Item) -> Option<&mut Vec<syn::Attribute>> {
     use syn::Item;
     Some(match item {
         Item::Const(i) => &mut i.attrs,
@@ -320,7 +323,7 @@ pub fn impl_name(i: &syn::ItemImpl) -> String {
 }
 
 /// The `#[cfg(..)]` attributes, as tidy text.
-pub fn cfgs(attrs: &[syn::Attribute]) -> Vec<String> {
+pub(crate) fn cfgs(attrs: &[syn::Attribute]) -> Vec<String> {
     attrs
         .iter()
         .filter(|a| a.path().is_ident("cfg"))
@@ -330,7 +333,7 @@ pub fn cfgs(attrs: &[syn::Attribute]) -> Vec<String> {
 
 /// Render tokens as compact, readable text: `Wrapper<T>`, `fmt::Display`,
 /// `std::{fmt, io}`, `cfg(not(unix))`. Equal token streams give equal text.
-pub fn tidy(tokens: &TokenStream) -> String {
+pub(crate) fn tidy(tokens: &TokenStream) -> String {
     let mut out = String::new();
     write_tidy(tokens.clone(), &mut out);
     out

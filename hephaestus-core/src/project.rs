@@ -219,6 +219,20 @@ impl Project {
         Project::open(&project_root::discover(start)?)
     }
 
+    /// Where the project rooted at `dir` is, without opening it: `dir` itself, canonical,
+    /// which must hold a `Cargo.toml` (what `--project DIR` names). A `.heph/` that is or
+    /// holds a symbolic link is refused.
+    pub fn root_at(dir: &Path) -> Result<PathBuf, ProjectRootError> {
+        project_root::at(dir)
+    }
+
+    /// Where the project for a directory is, without opening it: the nearest ancestor of
+    /// `start` (itself included) holding a `Cargo.toml`, canonical. A `.heph/` that is
+    /// or holds a symbolic link is refused.
+    pub fn find_root(start: &Path) -> Result<PathBuf, ProjectRootError> {
+        project_root::discover(start)
+    }
+
     /// The project root (canonical).
     pub fn root(&self) -> &Path {
         &self.root

@@ -3,7 +3,7 @@
 //!
 //! `syn::parse_file` strips a BOM and a shebang line before lexing, which shifts every
 //! span. This module strips them itself and remembers their length, so
-//! [`SourceFile::range`] returns offsets into the original text.
+//! `SourceFile::range` (crate-private) returns offsets into the original text.
 
 use std::fmt;
 use std::ops::Range;
@@ -356,19 +356,19 @@ impl SourceFile {
     }
 
     /// The syntax tree.
-    pub fn syntax(&self) -> &syn::File {
+    pub(crate) fn syntax(&self) -> &syn::File {
         &self.syntax
     }
 
     /// Byte range in [`Self::text`] of a span produced by parsing this file.
-    pub fn range(&self, span: Span) -> Range<usize> {
+    pub(crate) fn range(&self, span: Span) -> Range<usize> {
         let r = span.byte_range();
         r.start + self.prefix..r.end + self.prefix
     }
 
     /// Byte range of anything with tokens (an item, from its first attribute to its
     /// last token).
-    pub fn range_of(&self, node: &impl syn::spanned::Spanned) -> Range<usize> {
+    pub(crate) fn range_of(&self, node: &impl syn::spanned::Spanned) -> Range<usize> {
         self.range(node.span())
     }
 
@@ -394,11 +394,11 @@ pub fn decode(origin: Origin, bytes: Vec<u8>) -> Result<String, Box<SyntaxError>
 }
 
 /// Submitted items and their byte ranges in the submitted code.
-pub type ParsedItems = (Vec<syn::Item>, Vec<Range<usize>>);
+pub(crate) type ParsedItems = (Vec<syn::Item>, Vec<Range<usize>>);
 
 /// Parse submitted code as a sequence of items (inner attributes and a shebang are
 /// not allowed in submitted code).
-pub fn parse_items(code: &str) -> Result<ParsedItems, Box<SyntaxError>> {
+pub(crate) fn parse_items(code: &str) -> Result<ParsedItems, Box<SyntaxError>> {
     crate::nesting::check(&Origin::Submitted, code)?;
     let file: syn::File = syn::parse_str(code)
         .map_err(|e| Box::new(SyntaxError::from_syn(Origin::Submitted, &e, code, 0)))?;

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::ops::Range;
 
 use hephaestus_core::edit::{ChangeAction, Edit, EditError, EditOutcome, apply_to_text};
-use hephaestus_core::item::{ItemKey, ItemKind, impl_name, item_attrs_mut};
+use hephaestus_core::item::{ItemKey, ItemKind, impl_name};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use quote::ToTokens;
@@ -891,6 +891,29 @@ fn check_model(m: &Module) -> Check {
 
 fn is_doc(a: &syn::Attribute) -> bool {
     a.path().is_ident("doc")
+}
+
+/// An item's attributes (`None` for the kinds without: verbatim tokens).
+fn item_attrs_mut(item: &mut syn::Item) -> Option<&mut Vec<syn::Attribute>> {
+    use syn::Item;
+    Some(match item {
+        Item::Const(i) => &mut i.attrs,
+        Item::Enum(i) => &mut i.attrs,
+        Item::ExternCrate(i) => &mut i.attrs,
+        Item::Fn(i) => &mut i.attrs,
+        Item::ForeignMod(i) => &mut i.attrs,
+        Item::Impl(i) => &mut i.attrs,
+        Item::Macro(i) => &mut i.attrs,
+        Item::Mod(i) => &mut i.attrs,
+        Item::Static(i) => &mut i.attrs,
+        Item::Struct(i) => &mut i.attrs,
+        Item::Trait(i) => &mut i.attrs,
+        Item::TraitAlias(i) => &mut i.attrs,
+        Item::Type(i) => &mut i.attrs,
+        Item::Union(i) => &mut i.attrs,
+        Item::Use(i) => &mut i.attrs,
+        _ => return None,
+    })
 }
 
 fn member_attrs_mut(m: &mut syn::ImplItem) -> Option<&mut Vec<syn::Attribute>> {

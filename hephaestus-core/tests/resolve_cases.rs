@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use hephaestus_core::Project;
 use hephaestus_core::cfg::CfgOption;
-use hephaestus_core::edit::{self, Edit, Within};
+use hephaestus_core::edit::{self, Edit};
 use hephaestus_core::resolve::{Layout, ResolveError, Resolver};
 
 /// A crate in a temp dir with these files (and default features `a`).
@@ -75,7 +75,7 @@ fn every_layout_resolves_like_rustc() {
         assert!(m.notes.is_empty(), "{path}: {:?}", m.notes);
     }
     assert_eq!(r.resolve("d::g").expect("g").inline, ["d", "g"]);
-    assert!(r.resolve("d::g").expect("g").expanded_item().is_none());
+    assert!(!r.resolve("d::g").expect("g").declared_in_macro());
     let all: Vec<String> = r.all_modules(100).into_iter().map(|m| m.path).collect();
     assert_eq!(all.len(), cases.len(), "{all:?}");
     let e = r.resolve("a::zz").expect_err("missing").to_string();
@@ -184,18 +184,13 @@ fn modules_declared_in_macro_calls_carry_the_expansions_cfg() {
         (inl.layout, inl.inline.as_slice()),
         (Layout::Inline, &["inl".to_owned()][..])
     );
-    let item = inl.expanded_item().expect("from an expansion");
+    assert!(inl.declared_in_macro(), "from an expansion");
     let file = r
         .resolve("crate")
         .map(|m| r.file(&m.file).expect("file"))
         .expect("root");
-    let out = edit::apply_within(
-        &file,
-        Within::Module(item),
-        &Edit::merge("pub fn g() {}"),
-        None,
-    )
-    .expect("edit");
+    let out =
+        edit::apply_to_module(&file, &inl, &Edit::merge("pub fn g() {}"), None).expect("edit");
     assert!(
         out.text
             .contains("        pub fn f() {}\n\n        pub fn g() {}\n    }\n}\ncfg_b!"),
@@ -205,10 +200,10 @@ fn modules_declared_in_macro_calls_carry_the_expansions_cfg() {
     // An inline module inside one read from an expansion: its own items.
     let inner2 = r.resolve("inl::inner2").expect("inner2");
     let names: Vec<String> = inner2
-        .items(&file)
+        .item_spans(&file)
         .expect("items")
         .iter()
-        .map(|i| hephaestus_core::ItemKey::of_item(i).to_string())
+        .map(|i| i.key.to_string())
         .collect();
     assert_eq!(names, ["fn x"]);
     let modules: Vec<String> = r.all_modules(100).into_iter().map(|m| m.path).collect();

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hephaestus_core::Project;
-use hephaestus_core::edit::{self, Edit, Within};
+use hephaestus_core::edit::{self, Edit};
 use hephaestus_core::resolve::{ResolveError, Resolver};
 use hephaestus_tests::{Run, TestEnv, copy_tree, snapshot_of, workspace_root};
 use proc_macro2::{Delimiter, TokenStream, TokenTree};
@@ -765,11 +765,7 @@ fn check_crate(k: &Krate) -> Counts {
         }
         let file = resolver.file(&m.file).expect("parsed");
         let lookup = || resolver.cfg_set(&m.package);
-        let within = match m.expanded_item() {
-            Some(item) => Within::Module(item),
-            None => Within::Chain(m.inline_index()),
-        };
-        let items = m.items(&file).expect("module items");
+        let items = m.item_spans(&file).expect("module items");
         counts.items_total += items.len();
         // `HEPH_REAL_CRATES_ALL=1`: every item of every module.
         let cap = if std::env::var_os("HEPH_REAL_CRATES_ALL").is_some() {
@@ -778,9 +774,9 @@ fn check_crate(k: &Krate) -> Counts {
             ITEMS_PER_MODULE
         };
         for item in items.iter().step_by(items.len().div_ceil(cap).max(1)) {
-            let span = &file.text()[file.range_of(item)];
+            let span = &file.text()[item.range.clone()];
             for edit in [Edit::merge(span).verbatim(), Edit::merge(span)] {
-                let out = edit::apply_within(&file, within, &edit, Some(&lookup))
+                let out = edit::apply_to_module(&file, m, &edit, Some(&lookup))
                     .unwrap_or_else(|e| panic!("{} ({}): {e}\n{span}", m.path, m.file.display()));
                 assert!(
                     out.is_noop() && out.text == file.text(),
@@ -801,12 +797,12 @@ fn check_crate(k: &Krate) -> Counts {
         .step_by(modules.len().div_ceil(BINARY_MODULES).max(1))
     {
         let file = resolver.file(&m.file).expect("parsed");
-        let items = m.items(&file).expect("module items");
+        let items = m.item_spans(&file).expect("module items");
         let mut keys = BTreeSet::new();
         let code: Vec<&str> = items
             .iter()
-            .filter(|i| keys.insert(hephaestus_core::ItemKey::of_item(i)))
-            .map(|i| &file.text()[file.range_of(i)])
+            .filter(|i| keys.insert(i.key.clone()))
+            .map(|i| &file.text()[i.range.clone()])
             .collect();
         if code.is_empty() {
             continue;
@@ -839,13 +835,13 @@ fn check_crate(k: &Krate) -> Counts {
 
 /// Where heph's inline module's name is (line, column); `None` for a file module.
 fn heph_pos(resolver: &Resolver<'_>, m: &hephaestus_core::Module) -> Option<(usize, usize)> {
-    let at = |i: &syn::Ident| {
-        let lc = i.span().start();
-        (lc.line, lc.column)
-    };
-    if let Some(item) = m.expanded_item() {
-        return Some(at(&item.ident));
-    }
     let file = resolver.file(&m.file).expect("parsed");
-    m.inline_mods(&file).last().map(|i| at(&i.ident))
+    let start = m.name_range(&file)?.start;
+    // As proc-macro2 counts: lines from 1, columns in characters from 0.
+    let before = &file.text()[..start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Some((
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count(),
+    ))
 }

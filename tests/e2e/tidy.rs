@@ -225,3 +225,100 @@ fn the_library_without_features_pulls_in_no_async_runtime() {
         );
     }
 }
+
+/// The public signatures of the library that may name syn: the bridge from an item a
+/// caller parsed with syn itself (the fuzz target does) to heph's keys. Everything else
+/// takes and returns heph types (`ItemSpan`, `ItemKey`, `SourceFile`, byte ranges).
+const SYN_BRIDGE: &[&str] = &["pub fn of_item(", "pub fn of_member(", "pub fn impl_name("];
+
+/// The public declarations in `source` (not `pub(crate)`/`pub(super)`) whose signature
+/// names a syn or proc-macro2 type, as (line, signature) pairs. A signature runs from
+/// `pub` to its first `{`, `;` or, for a field, `,`.
+fn syn_in_public_signatures(source: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        let code = line.trim_start();
+        let start = offset + (line.len() - code.len());
+        offset += line.len();
+        let Some(rest) = code.strip_prefix("pub ") else {
+            continue;
+        };
+        let is_decl = [
+            "fn ", "type ", "const ", "static ", "struct ", "enum ", "trait ",
+        ]
+        .iter()
+        .any(|k| rest.starts_with(k));
+        let is_field = rest.split_once(':').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if !is_decl && !is_field {
+            continue;
+        }
+        let stops: &[char] = if is_field { &[',', '\n'] } else { &['{', ';'] };
+        let end = source[start..]
+            .find(stops)
+            .map_or(source.len(), |i| start + i);
+        let sig = source[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let foreign = sig.contains("syn::")
+            || sig.contains("proc_macro2::")
+            || sig
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word == "TokenStream" || word == "Span");
+        if foreign && !SYN_BRIDGE.iter().any(|b| sig.starts_with(b)) {
+            out.push((source[..start].matches('\n').count() + 1, sig));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_public_signature_of_the_library_names_syn() {
+    let src = workspace_root().join("hephaestus-core/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(&src).expect("under src").to_path_buf();
+        // Unit-test files are not the library's interface.
+        if rel
+            .file_name()
+            .is_some_and(|n| n == "tests.rs" || n.to_string_lossy().starts_with("tests_"))
+        {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("read source");
+        // `#[cfg(test)] mod tests { .. }` sits at the end of a file: stop there.
+        let text = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or_default();
+        for (line, sig) in syn_in_public_signatures(text) {
+            found.push(format!("{}:{line}: {sig}", rel.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "public signatures naming syn or proc-macro2 (take or return a heph type, or make \
+         them pub(crate)):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_syn_signature_scan_sees_functions_fields_and_the_bridge() {
+    let src = "pub fn a(x: &syn::Item) -> u8 {}\n\
+               pub(crate) fn b(x: &syn::Item) {}\n\
+               pub struct S {\n    pub f: proc_macro2::TokenStream,\n    pub g: u8,\n}\n\
+               pub fn of_item(item: &syn::Item) -> ItemKey {}\n\
+               pub fn c(\n    span: Span,\n) {}\n\
+               // pub fn d(x: &syn::Item) {}\n";
+    let found: Vec<usize> = syn_in_public_signatures(src)
+        .into_iter()
+        .map(|(l, _)| l)
+        .collect();
+    assert_eq!(found, vec![1, 4, 8]);
+}

@@ -37,17 +37,7 @@ pub fn run(args: RollbackArgs, global: &GlobalArgs, out: &Output) -> Result<u8> 
         ));
     }
     if report.unchanged {
-        out.line(format!(
-            "the files already are those of {} ({}): nothing to restore, nothing recorded",
-            report.target.short_id,
-            report
-                .target
-                .meta
-                .message
-                .lines()
-                .next()
-                .unwrap_or_default()
-        ));
+        out.line(report.summary());
         return Ok(0);
     }
     for p in &report.restored {
@@ -56,20 +46,7 @@ pub fn run(args: RollbackArgs, global: &GlobalArgs, out: &Output) -> Result<u8> 
     for p in &report.deleted {
         out.line(format!("deleted  {}", p.display()));
     }
-    out.line(format!(
-        "rolled back to {} ({}): {} restored, {} deleted; recorded as evolution {}",
-        report.target.short_id,
-        report
-            .target
-            .meta
-            .message
-            .lines()
-            .next()
-            .unwrap_or_default(),
-        report.restored.len(),
-        report.deleted.len(),
-        report.evolution.short_id
-    ));
+    out.line(report.summary());
     if let Some(before) = &report.evolution.parent {
         out.note(format!(
             "undo with: heph rollback {}",

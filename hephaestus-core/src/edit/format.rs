@@ -11,7 +11,7 @@ use syn::visit::{self, Visit};
 /// Can prettyplease print `item`? It panics on syntax syn keeps as raw tokens (the
 /// `Verbatim` nodes, e.g. `fn f();` at module level) and on `macro_rules!` bodies that
 /// are not `(..) => {..};` rules.
-pub fn printable(item: &syn::Item) -> bool {
+pub(crate) fn printable(item: &syn::Item) -> bool {
     let mut check = Printable(true);
     check.visit_item(item);
     check.0
@@ -93,7 +93,7 @@ fn macro_rules_shape(rules: &TokenStream) -> bool {
 }
 
 /// Format one item with prettyplease, without a trailing newline.
-pub fn pretty_item(item: &syn::Item) -> String {
+pub(crate) fn pretty_item(item: &syn::Item) -> String {
     let file = syn::File {
         shebang: None,
         frontmatter: None,
@@ -107,7 +107,7 @@ pub fn pretty_item(item: &syn::Item) -> String {
 
 /// Format one impl member with prettyplease, dedented to column 0, without a trailing
 /// newline.
-pub fn pretty_member(owner: &syn::ItemImpl, member: &syn::ImplItem) -> String {
+pub(crate) fn pretty_member(owner: &syn::ItemImpl, member: &syn::ImplItem) -> String {
     let mut shell = owner.clone();
     shell.attrs.clear();
     shell.items = vec![member.clone()];

@@ -456,7 +456,7 @@ enum Node<'a> {
 
 /// Which module of a file an edit works on.
 #[derive(Debug, Clone, Copy)]
-pub enum Within<'a> {
+pub(crate) enum Within<'a> {
     /// The file's top level (empty) or the inline module reached by these item indices.
     Chain(&'a [usize]),
     /// This inline module item (read from a macro expansion; its spans point into the
@@ -473,7 +473,7 @@ pub fn apply(file: &SourceFile, inline: &[usize], edit: &Edit) -> Result<EditOut
 
 /// Apply `edit` to a module of `file`, asking `cfg` for the build configuration when
 /// a submitted item has several `#[cfg]` copies.
-pub fn apply_within(
+pub(crate) fn apply_within(
     file: &SourceFile,
     within: Within<'_>,
     edit: &Edit,
@@ -486,6 +486,18 @@ pub fn apply_within(
         EditMode::Remove => engine.remove(&edit.items)?,
     }
     engine.finish()
+}
+
+/// Apply `edit` to `module` (resolved by [`crate::resolve::Resolver`]) inside its parsed
+/// `file`, asking `cfg` for the build configuration when a submitted item has several
+/// `#[cfg]` copies.
+pub fn apply_to_module(
+    file: &SourceFile,
+    module: &crate::resolve::Module,
+    edit: &Edit,
+    cfg: Option<CfgLookup<'_>>,
+) -> Result<EditOutcome, EditError> {
+    apply_within(file, module.within(), edit, cfg)
 }
 
 /// Apply `edit` to the inline module named by `names` (outermost first) in `text`, or to

@@ -496,7 +496,7 @@ impl RuleSet {
     }
 
     /// Every match of every rule in `items` (a module's items inside `file`).
-    pub fn find(&self, file: &SourceFile, items: &[syn::Item]) -> Vec<Match> {
+    pub(crate) fn find(&self, file: &SourceFile, items: &[syn::Item]) -> Vec<Match> {
         let mut out = Vec::new();
         for rule in &self.rules {
             out.extend(find_matches(rule, file, items));
@@ -551,7 +551,7 @@ pub fn apply_splices(text: &str, splices: &[Splice]) -> String {
 }
 
 /// Every match of `rule` in `items` of `file`.
-pub fn find_matches(rule: &Rule, file: &SourceFile, items: &[syn::Item]) -> Vec<Match> {
+pub(crate) fn find_matches(rule: &Rule, file: &SourceFile, items: &[syn::Item]) -> Vec<Match> {
     let Ok(compiled) = rule.compile() else {
         return Vec::new();
     };

@@ -37,6 +37,29 @@ pub struct RollbackReport {
     pub unchanged: bool,
 }
 
+impl RollbackReport {
+    /// The one line that says what the rollback did, for people (the CLI and the MCP
+    /// server print it): `rolled back to ID (message): N restored, M deleted; recorded
+    /// as evolution ID`, or that the files already were the target's.
+    pub fn summary(&self) -> String {
+        let message = self.target.meta.message.lines().next().unwrap_or_default();
+        if self.unchanged {
+            format!(
+                "the files already are those of {} ({message}): nothing to restore, nothing recorded",
+                self.target.short_id
+            )
+        } else {
+            format!(
+                "rolled back to {} ({message}): {} restored, {} deleted; recorded as evolution {}",
+                self.target.short_id,
+                self.restored.len(),
+                self.deleted.len(),
+                self.evolution.short_id
+            )
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HistoryError + '_ {
     move |source| HistoryError::Io {
         path: path.to_path_buf(),

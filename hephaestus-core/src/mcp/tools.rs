@@ -669,21 +669,9 @@ impl Heph {
         })
         .await?;
         Ok(match r {
-            Ok(report) if report.unchanged => {
-                let text = format!(
-                    "the files already are those of {}: nothing to restore, nothing recorded",
-                    report.target.short_id
-                );
-                done(text, &report, false)
-            }
+            Ok(report) if report.unchanged => done(report.summary(), &report, false),
             Ok(report) => {
-                let mut text = format!(
-                    "rolled back to {}: {} restored, {} deleted; recorded as evolution {}",
-                    report.target.short_id,
-                    report.restored.len(),
-                    report.deleted.len(),
-                    report.evolution.short_id
-                );
+                let mut text = report.summary();
                 for p in &report.restored {
                     text.push_str(&format!("\nrestored {}", p.display()));
                 }

@@ -46,7 +46,7 @@ pub(super) struct Opaque {
     /// `name!` at `file:line:col`.
     pub call: String,
     /// The call's tokens.
-    pub tokens: TokenStream,
+    pub(super) tokens: TokenStream,
 }
 
 /// The declarations of one module.
@@ -58,7 +58,7 @@ pub(super) struct Decls {
 
 impl Decl {
     /// The declaration's item.
-    pub fn module<'a>(&'a self, items: &'a [syn::Item]) -> Option<&'a syn::ItemMod> {
+    pub(crate) fn module<'a>(&'a self, items: &'a [syn::Item]) -> Option<&'a syn::ItemMod> {
         match &self.item {
             DeclItem::Direct(i) => match items.get(*i) {
                 Some(syn::Item::Mod(m)) => Some(m),

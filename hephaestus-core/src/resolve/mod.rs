@@ -37,6 +37,15 @@ pub enum Layout {
     Inline,
 }
 
+/// One item of a module, as [`Module::item_spans`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemSpan {
+    /// The item's key (`fn parse`, `impl Display for Token`).
+    pub key: crate::item::ItemKey,
+    /// Its byte range in the file's text.
+    pub range: std::ops::Range<usize>,
+}
+
 /// A resolved module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
@@ -116,7 +125,7 @@ impl Eq for Scope {}
 impl Module {
     /// The items of this module inside the parsed `file` (the file's items, or an
     /// inline module's content).
-    pub fn items<'f>(&'f self, file: &'f SourceFile) -> Option<&'f [syn::Item]> {
+    pub(crate) fn items<'f>(&'f self, file: &'f SourceFile) -> Option<&'f [syn::Item]> {
         match &self.expanded {
             Some(m) => m.0.content.as_ref().map(|(_, items)| items.as_slice()),
             None => items_at(&file.syntax().items, &self.inline_index),
@@ -126,24 +135,58 @@ impl Module {
     /// For an inline module declared inside a macro call: its item as the expansion
     /// gives it (spans point into `file`); the edit engine works on it instead of
     /// the file's item chain.
-    pub fn expanded_item(&self) -> Option<&syn::ItemMod> {
+    pub(crate) fn expanded_item(&self) -> Option<&syn::ItemMod> {
         self.expanded.as_ref().map(|e| &*e.0)
     }
 
-    /// The inline module item chain, outermost first (empty for file modules).
-    pub fn inline_mods<'f>(&self, file: &'f SourceFile) -> Vec<&'f syn::ItemMod> {
-        let mut out = Vec::new();
-        let mut items: &[syn::Item] = &file.syntax().items;
-        for &i in &self.inline_index {
-            match items.get(i) {
-                Some(syn::Item::Mod(m)) => {
-                    out.push(m);
-                    items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
-                }
-                _ => break,
-            }
+    /// Where each of this module's items is in the parsed `file`: its key and its byte
+    /// range in [`SourceFile::text`] (from its first attribute to its last token), in
+    /// source order. `None` when the module's item list is no longer in `file` (the file
+    /// changed since the module was resolved).
+    pub fn item_spans(&self, file: &SourceFile) -> Option<Vec<ItemSpan>> {
+        let items = self.items(file)?;
+        Some(
+            items
+                .iter()
+                .map(|item| ItemSpan {
+                    key: crate::item::ItemKey::of_item(item),
+                    range: file.range_of(item),
+                })
+                .collect(),
+        )
+    }
+
+    /// Is this an inline module that a macro call declares (`cfg_fs! { mod fs { .. } }`)?
+    /// Its items are read from the call's expansion; edits still land in the file.
+    pub fn declared_in_macro(&self) -> bool {
+        self.expanded.is_some()
+    }
+
+    /// For an inline module: the byte range in [`SourceFile::text`] of its name in its
+    /// `mod name { .. }` (for a module a macro call declares, inside that call). `None`
+    /// for a module that is a whole file, or when `file` no longer holds it.
+    pub fn name_range(&self, file: &SourceFile) -> Option<std::ops::Range<usize>> {
+        if let Some(item) = self.expanded_item() {
+            return Some(file.range(item.ident.span()));
         }
-        out
+        let mut items: &[syn::Item] = &file.syntax().items;
+        let mut last = None;
+        for &i in &self.inline_index {
+            let syn::Item::Mod(m) = items.get(i)? else {
+                return None;
+            };
+            last = Some(m);
+            items = m.content.as_ref().map_or(&[], |(_, v)| v.as_slice());
+        }
+        last.map(|m| file.range(m.ident.span()))
+    }
+
+    /// Which module of its file the edit engine works on for this module.
+    pub(crate) fn within(&self) -> crate::edit::Within<'_> {
+        match self.expanded_item() {
+            Some(item) => crate::edit::Within::Module(item),
+            None => crate::edit::Within::Chain(self.inline_index()),
+        }
     }
 
     /// Indices of the inline module chain in the file's item lists.
