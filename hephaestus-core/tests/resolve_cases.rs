@@ -76,6 +76,32 @@ fn every_layout_resolves_like_rustc() {
     }
     assert_eq!(r.resolve("d::g").expect("g").inline, ["d", "g"]);
     assert!(!r.resolve("d::g").expect("g").declared_in_macro());
+    // Where each module's name is written (`mod g {}` inside `mod d`), and its items.
+    let lib = r.file(&root.join("src/lib.rs")).expect("lib.rs");
+    let name_at = |path: &str| {
+        r.resolve(path)
+            .expect(path)
+            .name_range(&lib)
+            .map(|range| &lib.text()[range])
+    };
+    assert_eq!(name_at("d::g"), Some("g"));
+    assert_eq!(name_at("d"), Some("d"));
+    assert_eq!(name_at("crate"), None, "a file module has no inline name");
+    let d = r.resolve("d").expect("d");
+    let spans: Vec<(String, &str)> = d
+        .item_spans(&lib)
+        .expect("items of d")
+        .into_iter()
+        .map(|s| (s.key.to_string(), &lib.text()[s.range]))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            ("mod e".to_owned(), "mod e;"),
+            ("mod f".to_owned(), "#[path = \"x.rs\"]\n    mod f;"),
+            ("mod g".to_owned(), "mod g {}"),
+        ]
+    );
     let all: Vec<String> = r.all_modules(100).into_iter().map(|m| m.path).collect();
     assert_eq!(all.len(), cases.len(), "{all:?}");
     let e = r.resolve("a::zz").expect_err("missing").to_string();
@@ -189,6 +215,11 @@ fn modules_declared_in_macro_calls_carry_the_expansions_cfg() {
         .resolve("crate")
         .map(|m| r.file(&m.file).expect("file"))
         .expect("root");
+    assert_eq!(
+        inl.name_range(&file).map(|range| &file.text()[range]),
+        Some("inl"),
+        "the name inside the macro call"
+    );
     let out =
         edit::apply_to_module(&file, &inl, &Edit::merge("pub fn g() {}"), None).expect("edit");
     assert!(
