@@ -99,27 +99,8 @@ pub fn open_history_with(
 /// One warning line per file a snapshot left out for its size.
 pub fn note_skipped(out: &Output, skipped: &[SkippedFile]) {
     for s in skipped {
-        out.warn(format!(
-            "{} was left out of the snapshot: {} is over `[history] max_file_size` in heph.toml",
-            s.path.display(),
-            human_size(s.size)
-        ));
+        out.warn(s.notice());
     }
-}
-
-/// `2.0 GiB`, `512 KiB`, `12 B`.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn var(name: &str) -> Option<String> {

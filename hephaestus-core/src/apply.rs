@@ -18,7 +18,7 @@ use crate::evolution::{
     Evolution, EvolutionKind, EvolutionMeta, Fitness, ItemChanges, VerifyRecord,
 };
 use crate::fsio::{FileWrite, Transaction, WriteError};
-use crate::history::{History, HistoryError, HistoryOptions};
+use crate::history::{History, HistoryError, HistoryOptions, SkippedFile};
 use crate::import::{self, ImportError, ImportSpec};
 use crate::journal::{
     self, Direction, Journal, JournalError, PendingFile, Phase, Recovery, Settled, Side, TxKind,
@@ -617,14 +617,9 @@ impl Project {
                 });
             }
             pre_tip = h.tip()?.map(|t| t.to_string());
-            for skipped in h.skipped() {
-                outcome.notes.push(format!(
-                    "{} ({} bytes) is left out of the history: it is larger than \
-                     `[history] max_file_size` in heph.toml",
-                    skipped.path.display(),
-                    skipped.size
-                ));
-            }
+            outcome
+                .notes
+                .extend(h.skipped().iter().map(SkippedFile::notice));
         }
         // The write-ahead record, durable before the first file changes.
         let pending: Vec<PendingFile<'_>> = plan

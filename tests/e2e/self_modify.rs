@@ -502,7 +502,7 @@ fn a_file_over_the_history_size_limit_is_named_by_self_modify() {
     run.expect_code(0);
     assert!(
         run.stderr
-            .contains("note: assets/big.bin (4096 bytes) is left out of the history"),
+            .contains("note: assets/big.bin (4.0 KiB) was left out of the snapshot for its size"),
         "{}",
         run.stderr
     );

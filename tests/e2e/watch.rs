@@ -748,3 +748,59 @@ fn a_program_that_exits_0_has_finished_and_runs_again_at_the_next_change() {
         .clone();
     assert!(!stderr.contains("keeps running"), "{stderr}");
 }
+
+/// A file over `[history] max_file_size` saved during a session: the snapshot of the
+/// next build leaves it out and says so in one line, the words every command uses; the
+/// next snapshots, which leave it out too, do not repeat it.
+#[test]
+fn a_file_over_the_history_size_limit_is_named_once_by_watch() {
+    let _serial = serial();
+    let env = TestEnv::new("hello-server");
+    env.write("heph.toml", "[history]\nmax_file_size = \"1KiB\"\n");
+    let w = Watch::start(
+        &env,
+        &["--bin", "hello-server", "--socket", "127.0.0.1:0"],
+        true,
+    );
+    let notices = |from: usize| -> Vec<Value> {
+        w.events_since(from)
+            .into_iter()
+            .filter(|e| event_is(e, "warning"))
+            .collect()
+    };
+    let mark = w.mark();
+    env.write("assets/big.bin", vec![7u8; 4096]);
+    env.write(REPLY, reply_source("with a big file"));
+    w.wait_for("the snapshot", BUILD_TIMEOUT, mark, |e| {
+        event_is(e, "recorded")
+    });
+    let warned = notices(mark);
+    assert_eq!(warned.len(), 1, "{}", w.dump());
+    assert_eq!(
+        warned[0]["message"],
+        "assets/big.bin (4.0 KiB) was left out of the snapshot for its size: it is over \
+         `[history] max_file_size` in heph.toml",
+        "{}",
+        w.dump()
+    );
+    let tree = |env: &TestEnv| {
+        env.git_ok([
+            "--git-dir=.heph/history.git",
+            "ls-tree",
+            "-r",
+            "--name-only",
+            "refs/heph/history",
+        ])
+    };
+    let files = tree(&env);
+    assert!(files.contains(REPLY), "{files}");
+    assert!(!files.contains("big.bin"), "{files}");
+
+    let mark = w.mark();
+    env.write(REPLY, reply_source("still with a big file"));
+    w.wait_for("the second snapshot", BUILD_TIMEOUT, mark, |e| {
+        event_is(e, "recorded")
+    });
+    assert_eq!(notices(mark), Vec::<Value>::new(), "{}", w.dump());
+    assert!(!tree(&env).contains("big.bin"));
+}

@@ -273,6 +273,35 @@ pub struct SkippedFile {
     pub size: u64,
 }
 
+impl SkippedFile {
+    /// The one-line notice every front end shows for this file (the CLI, the API, MCP,
+    /// `watch`): `assets/big.bin (4.0 KiB) was left out of the snapshot for its size:
+    /// it is over `[history] max_file_size` in heph.toml`.
+    pub fn notice(&self) -> String {
+        format!(
+            "{} ({}) was left out of the snapshot for its size: it is over \
+             `[history] max_file_size` in heph.toml",
+            self.path.display(),
+            human_size(self.size)
+        )
+    }
+}
+
+/// `12 B`, `4.0 KiB`, `2.0 GiB`: binary units, one decimal.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Walk the project: every file and symlink a snapshot holds, sorted by path (git's
 /// index order), and the files over `max_file_size`.
 fn walk(scope: &Scope, max_file_size: u64) -> Result<(Vec<Found>, Vec<SkippedFile>), HistoryError> {
@@ -728,6 +757,34 @@ mod tests {
         assert_eq!(relative_to(b"/pq/a.rs", b"/p"), None);
         assert_eq!(relative_to(b"/p", b"/p"), None);
         assert_eq!(relative_to(b"/p/", b"/p"), None);
+    }
+
+    #[test]
+    fn sizes_are_shown_in_binary_units_with_one_decimal() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(4096), "4.0 KiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size((1 << 20) - 1), "1024.0 KiB");
+        assert_eq!(human_size(1 << 20), "1.0 MiB");
+        assert_eq!(human_size(2 << 30), "2.0 GiB");
+        assert_eq!(human_size(3 << 40), "3.0 TiB");
+        assert_eq!(human_size(5 << 50), "5.0 PiB");
+        assert_eq!(human_size(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn the_size_notice_names_the_file_its_size_and_the_setting() {
+        let skipped = SkippedFile {
+            path: PathBuf::from("assets/big.bin"),
+            size: 4096,
+        };
+        assert_eq!(
+            skipped.notice(),
+            "assets/big.bin (4.0 KiB) was left out of the snapshot for its size: it is over \
+             `[history] max_file_size` in heph.toml"
+        );
     }
 
     /// A stat at or after the start, by its mtime or its ctime, is racy; one strictly

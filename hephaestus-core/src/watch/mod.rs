@@ -29,7 +29,7 @@ use policy::{Coalescer, Pending, ReloadPath};
 
 use crate::config::Config;
 use crate::evolution::{EvolutionKind, EvolutionMeta, VerifyOutcome, VerifyRecord};
-use crate::history::{History, HistoryError, HistoryOptions, PreparedSnapshot};
+use crate::history::{History, HistoryError, HistoryOptions, PreparedSnapshot, SkippedFile};
 use crate::project::{Project, TargetKind};
 use crate::source::{self, Origin, SourceFile};
 use crate::state::{StateDir, StateError};
@@ -304,6 +304,9 @@ pub struct Session {
     bin: Option<(String, String)>,
     dirty_rs: BTreeSet<PathBuf>,
     dirty_files: BTreeSet<String>,
+    /// The files the last snapshot left out for their size, each announced once when
+    /// it began to be left out.
+    skipped: BTreeSet<PathBuf>,
     last_units: BTreeMap<String, usize>,
     builds: u64,
     launched: bool,
@@ -427,6 +430,7 @@ impl Session {
             bin,
             dirty_rs: BTreeSet::new(),
             dirty_files: BTreeSet::new(),
+            skipped: BTreeSet::new(),
             last_units: BTreeMap::new(),
             builds: 0,
             launched: false,
@@ -707,6 +711,7 @@ impl Session {
             let unchanged = self.shared.file_batches.load(Ordering::SeqCst) == batches_before;
             let evolution = match prepared {
                 Some(Ok(prepared)) if unchanged => {
+                    self.note_skipped(prepared.skipped(), on_event);
                     let files = std::mem::take(&mut self.dirty_files);
                     self.record(&report, files, prepared, on_event)
                 }
@@ -1042,14 +1047,36 @@ impl Session {
     }
 
     fn record_pre_state(&mut self, on_event: &mut dyn FnMut(&WatchEvent)) {
-        let result = self.with_history(|h| h.record_manual_if_changed());
+        let result = self.with_history(|h| {
+            let recorded = h.record_manual_if_changed()?;
+            Ok((recorded, h.skipped().to_vec()))
+        });
         match result {
-            Ok(Some(e)) => on_event(&WatchEvent::PreStateRecorded { id: e.short_id }),
-            Ok(None) => {}
+            Ok((recorded, skipped)) => {
+                self.note_skipped(&skipped, on_event);
+                if let Some(e) = recorded {
+                    on_event(&WatchEvent::PreStateRecorded { id: e.short_id });
+                }
+            }
             Err(message) => on_event(&WatchEvent::Warning {
                 message: format!("history: {message}"),
             }),
         }
+    }
+
+    /// One warning per file a snapshot leaves out for its size ([`SkippedFile::notice`]),
+    /// when it begins to be left out: not again at every snapshot while it stays over
+    /// the limit.
+    fn note_skipped(&mut self, skipped: &[SkippedFile], on_event: &mut dyn FnMut(&WatchEvent)) {
+        let now: BTreeSet<PathBuf> = skipped.iter().map(|s| s.path.clone()).collect();
+        for s in skipped {
+            if !self.skipped.contains(&s.path) {
+                on_event(&WatchEvent::Warning {
+                    message: s.notice(),
+                });
+            }
+        }
+        self.skipped = now;
     }
 
     fn record(
