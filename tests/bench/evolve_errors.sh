@@ -11,7 +11,9 @@
 #   marker): accepted in at least 9 of 10, and the time each took.
 #
 # LOAD=1 (default) starts two busy loops pinned to cores 0 and 1 (taskset) for the
-# whole benchmark; LOAD=0 runs on the machine as it is. BUDGET (3m) is each run's
+# whole benchmark (stopped when the script exits, and ending by themselves if it is
+# killed); LOAD=0 runs on the machine as it is. Each row ends with the 1-minute load
+# average when that comparison ended. BUDGET (3m) is each run's
 # --budget. HEPH=path uses that heph binary instead of building the release one. Prints
 # one line per comparison and a summary; record them in BENCHMARKS.md with the date and
 # the load.
@@ -28,20 +30,33 @@ if [ -z "${HEPH:-}" ]; then
   cargo build --release -q -p hephaestus-cli
   HEPH=$TARGET/release/heph
 fi
+HEPH=$(realpath "$HEPH") # the runs start in their copies
 NULL_RUNS=${NULL_RUNS:-50}
 POWER_RUNS=${POWER_RUNS:-10}
 BUDGET=${BUDGET:-3m}
 LOAD=${LOAD:-1}
 
+# The busy loops: `while :; do :; done` pinned to one core each, which also end by
+# themselves once this script is gone (even SIGKILLed: they check it every ~0.1 s).
 loops=()
 stop_loops() {
   for p in "${loops[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${loops[@]}"; do wait "$p" 2>/dev/null || true; done
+  loops=()
 }
 trap stop_loops EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if [ "$LOAD" = 1 ]; then
   for core in 0 1; do
-    taskset -c "$core" sh -c 'while :; do :; done' &
+    taskset -c "$core" sh -c 'while kill -0 "$1" 2>/dev/null; do
+      i=0; while [ $i -lt 20000 ]; do i=$((i + 1)); done; done' busy-loop "$$" &
     loops+=("$!")
+  done
+  sleep 1
+  for p in "${loops[@]}"; do
+    # taskset execs the loop: the pid is the loop's, pinned to its core.
+    echo "busy loop $p: $(taskset -cp "$p" | sed 's/.*: //') ($(cat /proc/$p/comm))"
   done
 fi
 sleep 2
@@ -81,30 +96,30 @@ one() { # kind index
   fi
   (cd "$dir/slow-crate" && CARGO_TARGET_DIR="$WORK/target" "$HEPH" evolve --json --no-rules \
     --proposer-rounds 1 --budget "$BUDGET" "${args[@]}" > "$dir/out.json" 2> "$dir/err.log") || true
-  python3 - "$dir/out.json" "$kind" "$i" <<'PY'
+  python3 - "$dir/out.json" "$kind" "$i" "$(cut -d' ' -f1 /proc/loadavg)" <<'PY'
 import json, sys
-out, kind, i = sys.argv[1:4]
+out, kind, i, load = sys.argv[1:5]
 try:
     d = json.load(open(out))
 except Exception as e:
-    print(f"| {kind} | {i} | error: {e} | | | | | | |")
+    print(f"| {kind} | {i} | error: {e} | | | | | | | {load} |")
     sys.exit(0)
 c = [x for x in d["candidates"] if x.get("fitness")]
 n = d.get("noise") or {}
 if not c:
     why = d["candidates"][0]["reason"] if d["candidates"] else "no candidate"
-    print(f"| {kind} | {i} | no comparison: {why} | | | | | | |")
+    print(f"| {kind} | {i} | no comparison: {why} | | | | | | | {load} |")
     sys.exit(0)
 x = c[0]
 f = x["fitness"]
 print(f"| {kind} | {i} | {x['verdict']} | {f['gain']*100:+.1f}% | {f['p_value']:.2g} | "
       f"{len(f['baseline'])} in {len(f.get('looks') or [1])} | {n.get('noise', 0)*100:.1f}% | "
-      f"{x['duration_ms']/1000:.0f} s | {d['duration_ms']/1000:.0f} s |")
+      f"{x['duration_ms']/1000:.0f} s | {d['duration_ms']/1000:.0f} s | {load} |")
 PY
 }
 
-echo "| kind | # | verdict | gain | p | runs per side in looks | A/A noise | candidate time | run time |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| kind | # | verdict | gain | p | runs per side in looks | A/A noise | candidate time | run time | load (1 min) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for i in $(seq 1 "$NULL_RUNS"); do one null "$i"; done | tee "$WORK/null.md"
 for i in $(seq 1 "$POWER_RUNS"); do one gain "$i"; done | tee "$WORK/gain.md"
 python3 - "$WORK" <<'PY'
@@ -117,4 +132,6 @@ fa = sum(1 for r in null if r[2].strip() == "accepted")
 pw = sum(1 for r in gain if r[2].strip() == "accepted")
 print(f"false accepts: {fa} of {len(null)}; power: {pw} of {len(gain)} accepted")
 PY
-echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+alive=0
+for p in "${loops[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg), busy loops still running: $alive of ${#loops[@]}"

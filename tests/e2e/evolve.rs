@@ -4,8 +4,9 @@
 //! (invalid JSON, unparsable code, a `..` module, candidates that do not compile, fail a
 //! test, hang or crash, a proposer that hangs) has each candidate rejected with its
 //! reason while the run completes; a seeded noisy fitness has a real gain accepted and
-//! no gain rejected, with the A/A noise and the time split reported; two workers
-//! requeue a stale candidate; an inconclusive comparison is revisited.
+//! no gain rejected, with the A/A noise and the time split reported, and in human output
+//! the applied line right under its accepted candidate; two workers requeue a stale
+//! candidate; an inconclusive comparison is revisited.
 //!
 //! The tests share the sandbox slots under the e2e target directory (warm builds), so
 //! they take turns.
@@ -742,6 +743,55 @@ fn a_seeded_noisy_fitness_accepts_a_twenty_percent_gain_and_not_a_null_one() {
         of_type(&lines, "candidate")["fitness"]["p_value"],
         of_type(&lines2, "candidate")["fitness"]["p_value"]
     );
+}
+
+/// Human output: the line saying a winner was applied comes right under that winner's
+/// own `#N accepted` line, and names the evolution the history has. The seeded fitness
+/// draws the same verdict and p-value in human and JSON mode (the engine does not know
+/// which one the CLI renders).
+#[test]
+fn the_applied_line_comes_right_under_its_accepted_candidate() {
+    let _serial = serial();
+    let env = TestEnv::new("slow-crate");
+    let (run, lines) = fake_fitness_run(&env, 7, "0.2", false);
+    run.expect_code(0);
+    let cand = of_type(&lines, "candidate");
+    assert_eq!(cand["verdict"], "accepted", "{cand:#}");
+    let history = env.run(["history", "--kind", "evolve", "--json"]);
+    history.expect_code(0);
+    let evolutions = history.json()["evolutions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(evolutions.len(), 1, "{}", history.stdout);
+    let short = evolutions[0]["short_id"].as_str().expect("evolution id");
+    let notes: Vec<&str> = run.stderr.lines().collect();
+    let at = notes
+        .iter()
+        .position(|l| l.starts_with("#1 accepted "))
+        .unwrap_or_else(|| panic!("no `#1 accepted` line:\n{}", run.stderr));
+    let applied = format!("  applied to the project as evolution {short}");
+    assert_eq!(
+        notes.get(at + 1).copied(),
+        Some(applied.as_str()),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("applied to the project").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+
+    // The same seed in JSON mode: the same verdict, at the same p-value.
+    let again = TestEnv::new("slow-crate");
+    let (json, lines2) = fake_fitness_run(&again, 7, "0.2", true);
+    json.expect_code(0);
+    let cand2 = of_type(&lines2, "candidate");
+    assert_eq!(cand2["verdict"], "accepted", "{cand2:#}");
+    assert_eq!(cand2["fitness"]["p_value"], cand["fitness"]["p_value"]);
+    assert_eq!(cand2["fitness"]["looks"], cand["fitness"]["looks"]);
 }
 
 /// `--jobs 2`: two workers take two candidates on one module at once; the first to win
