@@ -646,6 +646,7 @@ impl Project {
                 pre_state: pre_tip,
                 history: opts.history,
                 meta: None,
+                target: None,
             },
             &pending,
         )?;
