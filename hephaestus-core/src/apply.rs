@@ -641,6 +641,7 @@ impl Project {
                 pre_state: pre_tip,
                 history: opts.history,
                 meta: None,
+                target: None,
             },
             &pending,
         )?;

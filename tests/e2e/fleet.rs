@@ -507,3 +507,84 @@ fn serve_publish_pushes_every_evolution_recorded() {
     );
     let _ = child.wait();
 }
+
+#[test]
+fn a_follower_killed_while_writing_an_evolution_is_finished_by_the_next_command() {
+    let _serial = serial();
+    let origin = Origin::new();
+    let env = TestEnv::new("hello-server");
+    // Each file write of the follower pauses: the kill lands between two of them.
+    let mut w = follow(
+        &env,
+        origin.remote(),
+        "fragile",
+        &[("HEPH_TEST_DELAY_MS", "400")],
+    );
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+    let before = env.snapshot();
+
+    // An evolution of seven files (six new, one changed).
+    for i in 0..6 {
+        origin.env.write(
+            format!("data/part_{i}.txt"),
+            format!("part {i}\n").repeat(50),
+        );
+    }
+    let published = origin.publish("\"seven files\"", "seven files");
+    let after = origin.env.snapshot();
+    assert_ne!(before, after);
+
+    // SIGKILL as soon as the first of its files is on disk.
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    while env.snapshot() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower never wrote the evolution\n{}",
+            w.dump()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(w.pid()).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    w.reap();
+    let partial = env.snapshot();
+    assert!(
+        partial != before && partial != after,
+        "the kill landed inside the writes"
+    );
+    assert!(env.path(".heph/journal/tx.json").exists(), "journaled");
+
+    // The next writer finishes it: every file at its after state, the history at the
+    // published evolution, nothing recorded as a hand edit.
+    let run = env.run(["snapshot"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("recovered the `follow ")
+            && run.stderr.contains("interrupted while writing the files")
+            && run.stderr.contains("finished it"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("nothing changed"), "{}", run.stdout);
+    assert_eq!(env.snapshot(), after);
+    assert!(!env.path(".heph/journal/tx.json").exists());
+    // Exactly the published history: no evolution of the follower's own (a partial
+    // state recorded as a hand edit).
+    let ids = |e: &TestEnv| -> Vec<String> {
+        let run = e.run(["--json", "history"]);
+        run.expect_code(0);
+        run.json()["evolutions"]
+            .as_array()
+            .expect("evolutions")
+            .iter()
+            .map(|v| v["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let here = ids(&env);
+    assert_eq!(here.first(), Some(&published), "{here:?}");
+    assert_eq!(here, ids(&origin.env));
+}

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::sync::SyncTransport;
 use super::{History, HistoryError};
 use crate::evolution::Evolution;
+use crate::journal::{TxKind, TxStart};
 
 /// How many evolutions of the target's history are searched for one with the
 /// project's current files (an instance set up from a copy of the files).
@@ -201,7 +202,7 @@ impl History {
     /// of one of its ancestors (an instance set up from a copy of the project); else
     /// nothing is written and [`FollowStep::Refused`] says why.
     pub fn follow_apply(&mut self, target: &str) -> Result<FollowStep, HistoryError> {
-        let _lock = self.lock("follow")?;
+        let lock = self.lock("follow")?;
         self.repo_for_write()?;
         let target = Oid::from_str(target).map_err(HistoryError::git("reading an id"))?;
         let pre_state = self.record_manual_if_changed()?;
@@ -266,19 +267,58 @@ impl History {
                 tree
             }
         };
-        let (restored, deleted) =
-            super::restore::restore_trees(self, repo, from_tree, target_tree)?;
-        let name = self.reference.name();
-        self.update_ref(&name, target, || match local {
-            Some(l) => repo.reference_matching(&name, target, true, l, "heph follow"),
-            None => repo.reference(&name, target, false, "heph follow"),
-        })?;
+        // The write-ahead record: a follower killed half-way is finished by the next
+        // command that takes the lock (the files are a published evolution's), never
+        // left for the next snapshot to record as a hand edit.
+        let change = super::restore::plan_trees(self, repo, from_tree, target_tree)?;
+        let (restored, deleted) = change.paths();
+        let journal = change.begin_journal(
+            self,
+            &lock,
+            TxStart {
+                kind: TxKind::Follow,
+                operation: format!("follow {}", &target.to_string()[..12]),
+                pre_state: local.map(|o| o.to_string()),
+                history: true,
+                meta: None,
+                target: Some(target.to_string()),
+            },
+        )?;
+        let journal = super::restore::apply_journaled(self, repo, &change, journal)?;
+        self.follow_move(local, target)?;
+        journal
+            .finish()
+            .map_err(|e| HistoryError::Journal(Box::new(e)))?;
         Ok(FollowStep::Applied {
             from: local.map(|o| o.to_string()),
             to: target.to_string(),
             restored,
             deleted,
         })
+    }
+
+    /// Move the history reference from `from` (None: no history yet) to the followed
+    /// evolution `target`, by compare-and-swap, durably.
+    pub(crate) fn follow_move(&self, from: Option<Oid>, target: Oid) -> Result<(), HistoryError> {
+        let repo = self.repo_ref()?;
+        let name = self.reference.name();
+        self.update_ref(&name, target, || match from {
+            Some(l) => repo.reference_matching(&name, target, true, l, "heph follow"),
+            None => repo.reference(&name, target, false, "heph follow"),
+        })?;
+        Ok(())
+    }
+
+    /// [`History::follow_move`] with hex ids (finishing a follower's transaction the
+    /// journal kept).
+    pub(crate) fn follow_finish(
+        &self,
+        from: Option<&str>,
+        target: &str,
+    ) -> Result<(), HistoryError> {
+        let oid = |s: &str| Oid::from_str(s).map_err(HistoryError::git("reading an id"));
+        let from = from.map(oid).transpose()?;
+        self.follow_move(from, oid(target)?)
     }
 
     /// Publish this instance's status on `remote` (`refs/heph/fleet/INSTANCE`, replaced

@@ -264,28 +264,40 @@ impl TreeChange {
             .collect()
     }
 
+    /// Describe these writes durably in the journal (blob ids of the history) before
+    /// any is made.
+    pub(super) fn begin_journal(
+        &self,
+        history: &History,
+        lock: &ProjectLock,
+        start: TxStart,
+    ) -> Result<Journal, HistoryError> {
+        let described = self.pending();
+        fn side(s: &Option<(String, u32)>) -> Side<'_> {
+            match s {
+                Some((id, mode)) => Side::Blob { id, mode: *mode },
+                None => Side::Absent,
+            }
+        }
+        let pending: Vec<PendingFile<'_>> = described
+            .iter()
+            .map(|(path, before, after)| PendingFile {
+                path,
+                before: side(before),
+                after: side(after),
+            })
+            .collect();
+        Journal::begin(history.root(), lock, start, &pending)
+            .map_err(|e| HistoryError::Journal(Box::new(e)))
+    }
+
     /// Relative paths written and deleted.
-    fn paths(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    pub(super) fn paths(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         (
             self.writes.iter().map(|w| w.0.clone()).collect(),
             self.deleted.iter().map(|d| d.0.clone()).collect(),
         )
     }
-}
-
-/// Plan and make the writes that turn the files of tree `from` into tree `to` (for a
-/// follower taking a published evolution: no journal of its own yet, so a follower
-/// killed half-way finds the files partly written and records them as a hand edit);
-/// the relative paths written and deleted.
-pub(super) fn restore_trees(
-    history: &History,
-    repo: &Repository,
-    from: Oid,
-    to: Oid,
-) -> Result<(Vec<PathBuf>, Vec<PathBuf>), HistoryError> {
-    let change = plan_trees(history, repo, from, to)?;
-    apply_trees(history, repo, &change)?;
-    Ok(change.paths())
 }
 
 /// Make the writes of `change`. Deletions go first, so a file can become a directory.
@@ -316,6 +328,30 @@ pub(super) fn apply_trees(
         history.pause();
     }
     Ok(())
+}
+
+/// [`apply_trees`] inside the journal's transaction: on a failure the files written are
+/// put back (the journal is closed) and the error returned; else the open journal.
+pub(super) fn apply_journaled(
+    history: &History,
+    repo: &Repository,
+    change: &TreeChange,
+    journal: Journal,
+) -> Result<Journal, HistoryError> {
+    let journal_err = |e| HistoryError::Journal(Box::new(e));
+    if let Err(e) = apply_trees(history, repo, change) {
+        // Put back what was written (the files are recorded as they were).
+        journal::settle(
+            history.root(),
+            journal.record(),
+            Direction::Undo,
+            Some(history),
+        )
+        .map_err(journal_err)?;
+        journal.finish().map_err(journal_err)?;
+        return Err(e);
+    }
+    Ok(journal)
 }
 
 impl History {
@@ -389,24 +425,8 @@ impl History {
         }
         // The write-ahead record: a rollback killed half-way is finished by the next
         // command that takes the lock.
-        let described = change.pending();
-        fn side(s: &Option<(String, u32)>) -> Side<'_> {
-            match s {
-                Some((id, mode)) => Side::Blob { id, mode: *mode },
-                None => Side::Absent,
-            }
-        }
-        let pending: Vec<PendingFile<'_>> = described
-            .iter()
-            .map(|(path, before, after)| PendingFile {
-                path,
-                before: side(before),
-                after: side(after),
-            })
-            .collect();
-        let journal_err = |e| HistoryError::Journal(Box::new(e));
-        let journal = Journal::begin(
-            &self.root,
+        let journal = change.begin_journal(
+            self,
             lock,
             TxStart {
                 kind: TxKind::Rollback,
@@ -414,17 +434,11 @@ impl History {
                 pre_state: Some(current.to_string()),
                 history: true,
                 meta: Some(meta.clone()),
+                target: None,
             },
-            &pending,
-        )
-        .map_err(journal_err)?;
-        if let Err(e) = apply_trees(self, repo, &change) {
-            // Put back what was written (the files are recorded as they were).
-            journal::settle(&self.root, journal.record(), Direction::Undo, Some(self))
-                .map_err(journal_err)?;
-            journal.finish().map_err(journal_err)?;
-            return Err(e);
-        }
+        )?;
+        let journal = apply_journaled(self, repo, &change, journal)?;
+        let journal_err = |e| HistoryError::Journal(Box::new(e));
         let evolution = match self.record(&meta) {
             Ok(e) => e,
             // The files are rolled back: the journal stays, and the next command that

@@ -113,6 +113,9 @@ pub enum TxKind {
     /// `heph rollback`: finished (the files of an earlier evolution are verified
     /// history).
     Rollback,
+    /// `heph watch --follow` writing an evolution fetched from the fleet's remote:
+    /// finished, and the history moved to that evolution ([`Record::target`]).
+    Follow,
 }
 
 /// How far a transaction got.
@@ -205,6 +208,10 @@ pub struct Record {
     /// What to record when the transaction is finished (a passed verification, a
     /// rollback).
     pub meta: Option<EvolutionMeta>,
+    /// The evolution the history moves to when the transaction is finished (a
+    /// follower's), instead of recording a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// One side of a file as a writer gives it to [`Journal::begin`].
@@ -247,6 +254,8 @@ pub struct TxStart {
     pub history: bool,
     /// What to record when it is finished, when known already.
     pub meta: Option<EvolutionMeta>,
+    /// The evolution the history moves to when it is finished ([`TxKind::Follow`]).
+    pub target: Option<String>,
 }
 
 /// What settling a transaction did (recovery, or a restore after a failed verification).
@@ -454,6 +463,7 @@ impl Journal {
             entries,
             created_dirs,
             meta: start.meta,
+            target: start.target,
         };
         let journal = Journal { dir, record };
         journal.save(true)?;

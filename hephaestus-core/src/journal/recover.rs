@@ -210,7 +210,9 @@ fn resolves_inside(root: &Path, path: &Path) -> bool {
 /// How a kind of transaction stopped in a phase is settled.
 fn direction_of(record: &Record) -> Direction {
     match (record.kind, record.phase) {
-        (TxKind::Rollback, _) | (TxKind::Apply, Phase::Passed) => Direction::Finish,
+        (TxKind::Rollback | TxKind::Follow, _) | (TxKind::Apply, Phase::Passed) => {
+            Direction::Finish
+        }
         (TxKind::Apply, _) => Direction::Undo,
     }
 }
@@ -225,6 +227,14 @@ fn record_result(
 ) -> Result<Option<Evolution>, HistoryError> {
     let tip = history.tip()?.map(|t| t.to_string());
     let at_pre_state = tip == record.pre_state;
+    if record.kind == TxKind::Follow {
+        // The files are the followed evolution's: the history moves to it (unless it
+        // already did), and only a file someone else changed meanwhile is recorded.
+        if let (true, Some(target)) = (at_pre_state, &record.target) {
+            history.follow_finish(record.pre_state.as_deref(), target)?;
+        }
+        return history.record_manual_if_changed();
+    }
     match (direction, at_pre_state) {
         (Direction::Undo, true) | (Direction::Finish, false) => history.record_manual_if_changed(),
         (Direction::Undo, false) => {

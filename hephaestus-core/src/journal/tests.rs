@@ -21,6 +21,7 @@ fn start(history: bool) -> TxStart {
         pre_state: None,
         history,
         meta: None,
+        target: None,
     }
 }
 
