@@ -222,7 +222,12 @@ impl Server {
 
     /// Wait for a JSON line on stdout matching `pred`.
     #[track_caller]
-    fn wait_line(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = self

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use ureq::http;
 
 use crate::api::{Server, TOKEN};
+use crate::evolve::{FAKE_FITNESS, ONE_CANDIDATE};
 use crate::watch::{BUILD_TIMEOUT, OLD, REPLY, Watch, reply_source, serial};
 
 /// A plain HTTP answer: status, headers, body text.
@@ -474,7 +475,13 @@ impl Browser {
     /// Poll `script` until it returns true.
     #[track_caller]
     fn wait(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + BUILD_TIMEOUT / 3;
+        self.wait_within(what, script, BUILD_TIMEOUT / 3);
+    }
+
+    /// Poll `script` until it returns true, at most `timeout`.
+    #[track_caller]
+    fn wait_within(&self, what: &str, script: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         while self.js(script) != json!(true) {
             assert!(
                 Instant::now() < deadline,
@@ -483,6 +490,21 @@ impl Browser {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Open the page at `base` and log in with the token; wait for the live stream.
+    fn login(&self, base: &str) {
+        self.goto(&format!("{base}/"));
+        self.wait(
+            "the login form",
+            "return !document.getElementById('login').hidden;",
+        );
+        self.type_into("#token", TOKEN);
+        self.click("#login-btn");
+        self.wait(
+            "the live dashboard",
+            "return !document.getElementById('dashboard').hidden && document.getElementById('conn').textContent === 'live';",
+        );
     }
 
     fn screenshot(&self, to: &Path) {
@@ -749,4 +771,146 @@ fn the_dashboard_in_a_real_browser_logs_in_follows_the_watch_shows_diffs_and_rol
     eprintln!("dashboard screenshot: {}", shot.display());
     drop(browser);
     assert!(!w.dump().contains(TOKEN));
+}
+
+/// Where the tests' screenshots go (kept after the test, unlike the fixture's temp dir).
+fn output_dir() -> std::path::PathBuf {
+    let out = hephaestus_tests::shared_target_dir().join("e2e-output");
+    std::fs::create_dir_all(&out).expect("output dir");
+    out
+}
+
+#[test]
+fn an_evolve_run_triggered_from_the_page_shows_its_progress_candidates_and_chart_live() {
+    let _serial = crate::evolve::serial();
+    let env = TestEnv::new("slow-crate");
+    // A real `heph evolve` run (the one trigger-evolution starts), kept small: no rules,
+    // one proposed candidate (`FASTER` in crate::workload), a seeded fake fitness in
+    // which that candidate is 30 % better with 5 % noise.
+    env.write("../fit.sh", FAKE_FITNESS);
+    env.write("../proposer.sh", ONE_CANDIDATE);
+    let counts = env.temp().join("counts");
+    std::fs::create_dir_all(&counts).expect("counts dir");
+    let toml = format!(
+        "[evolve]\nfitness = \"COUNTS={} SEED=11 GAIN=0.3 NOISE=0.05 sh {}\"\nmetric = 'v=([0-9.]+)'\nrules = []\nproposer = \"sh {}\"\nproposer_rounds = 1\nruns = 6\nmax_runs = 30\njobs = 1\nbudget = \"20m\"\n",
+        counts.display(),
+        env.temp().join("fit.sh").display(),
+        env.temp().join("proposer.sh").display()
+    );
+    env.write("heph.toml", toml);
+    let mut server = Server::serve(&env, Some(TOKEN));
+    let base = server.base.clone();
+    // The run's routes: unknown or path-like runs are not found.
+    for run in ["no-such-run", "..", ".hidden", "a%2F..%2F..%2Fetc"] {
+        let a = server.get(&format!("/hot-reload/evolve/{run}"));
+        assert_eq!(a.status, 404, "{run}: {:?}", a.body);
+    }
+    let profile = tempfile::tempdir().expect("profile dir");
+    let browser = Browser::start(profile.path());
+    browser.login(&base);
+    assert!(browser.visible("run-none"));
+    assert!(!browser.visible("run"));
+    browser.js("window.__not_reloaded = true; return null;");
+
+    // Trigger evolution from the page: the panel follows the run at once.
+    browser.click("#trigger");
+    browser.wait(
+        "the run started",
+        "return document.getElementById('action-result').textContent.startsWith('evolution run api-');",
+    );
+    let started = server.wait_line("evolve-started", Duration::from_secs(30), |e| {
+        e["event"] == "evolve-started"
+    });
+    let run_id = started["run_id"].as_str().expect("run id").to_owned();
+    browser.wait(
+        "the run's panel",
+        &format!(
+            "return !document.getElementById('run').hidden && document.getElementById('run-id').textContent === 'run {run_id}';"
+        ),
+    );
+    // Progress while it runs: a phase, a moving bar, the candidates so far.
+    browser.wait(
+        "the running run drawn",
+        "return performance.getEntriesByType('mark').some(m => m.name === 'heph-run:0:true');",
+    );
+    // The end, without a reload: its candidate accepted in the table, the chart drawn.
+    browser.wait_within(
+        "the run's end",
+        "return document.getElementById('run-phase').textContent.startsWith('ended');",
+        BUILD_TIMEOUT * 2,
+    );
+    assert_eq!(
+        browser.js("return window.__not_reloaded === true;"),
+        json!(true)
+    );
+    let rows = browser.js(
+        "return [...document.querySelectorAll('#candidates tbody tr')].map(tr => [...tr.children].map(td => td.textContent));",
+    );
+    let rows = rows.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{rows:?}\n{}", browser.text("run-output"));
+    let row = &rows[0];
+    assert_eq!(row[1], "the marked candidate", "{row:?}");
+    assert_eq!(row[2], "crate::workload", "{row:?}");
+    assert_eq!(row[3], "accepted", "{row:?}");
+    assert!(
+        row[4].as_str().is_some_and(|g| g.contains(" % (")),
+        "{row:?}"
+    );
+    assert!(
+        row[5].as_str().is_some_and(|e| e.starts_with("evolution ")),
+        "{row:?}"
+    );
+    assert_eq!(browser.text("run-count"), "1 candidate evaluated");
+    assert_eq!(browser.text("run-accepted"), "1 accepted");
+    assert!(
+        browser.text("run-baseline").ends_with(" metric"),
+        "{}",
+        browser.text("run-baseline")
+    );
+    assert_eq!(
+        browser.js("const p = document.getElementById('run-progress'); return p.value === p.max;"),
+        json!(true)
+    );
+    browser.wait(
+        "the chart with its accepted point",
+        "const i = document.getElementById('run-chart'); return i.complete && i.naturalWidth === 720 && decodeURIComponent(i.src).includes(':1:false');",
+    );
+    // The chart is the one heph draws (RUN.svg at the run's end), with that point.
+    let a = send(
+        &base,
+        "GET",
+        &format!("/hot-reload/evolve/{run_id}/chart.svg"),
+        &[("Authorization", &server.auth())],
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.headers["content-type"], "image/svg+xml");
+    let written = env.read(&format!(".heph/evolve/{run_id}.svg"));
+    assert!(written.contains("fill=\"#2e9e44\""), "{written}");
+    assert_eq!(a.text, written);
+    // The events the page followed: the run's progress on the stream.
+    assert_eq!(
+        browser.js("return performance.getEntriesByName('heph-event:evolve-progress').length > 0 && performance.getEntriesByName('heph-event:evolve-finished').length > 0;"),
+        json!(true)
+    );
+    let last = server.wait_line("the last progress", Duration::from_secs(10), |e| {
+        e["event"] == "evolve-progress" && e["phase"] == "ended"
+    });
+    assert_eq!(
+        (last["candidates"].as_u64(), last["accepted"].as_u64()),
+        (Some(1), Some(1)),
+        "{last}"
+    );
+    // The change is in the project and in the timeline.
+    assert!(env.read("src/workload.rs").contains("FASTER"));
+    browser.wait(
+        "the evolve evolution in the timeline",
+        "return [...document.querySelectorAll('#timeline tbody tr td:nth-child(2)')].some(td => td.textContent === 'evolve');",
+    );
+    let shot = output_dir().join("dashboard-evolve.png");
+    browser.screenshot(&shot);
+    eprintln!("dashboard screenshot: {}", shot.display());
+    drop(browser);
+    server.stop();
+    assert!(!server.stderr().contains(TOKEN));
 }

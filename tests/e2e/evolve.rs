@@ -28,7 +28,7 @@ const FITNESS: &str = "cargo run --release -q --bin fitness";
 /// machine (see `fixtures/slow-crate/src/bin/fitness.rs`).
 const METRIC: &str = r"sections_ns=(\d+)";
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -600,7 +600,7 @@ fn settings_that_cannot_accept_any_candidate_are_warned_about() {
 /// run's number in its copy and its side (the candidate's copy holds `FASTER`): mean
 /// 100, or `GAIN` less for the candidate; noise `NOISE` (relative). Deterministic under
 /// the seed: each copy counts its runs in a file of `$COUNTS`.
-const FAKE_FITNESS: &str = r#"c="$COUNTS/$(pwd | cksum | cut -d' ' -f1)"
+pub(crate) const FAKE_FITNESS: &str = r#"c="$COUNTS/$(pwd | cksum | cut -d' ' -f1)"
 n=$(cat "$c" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$c"
 side=0; grep -q FASTER src/workload.rs && side=1
 awk -v seed="$SEED" -v n="$n" -v side="$side" -v g="$GAIN" -v s="$NOISE" 'BEGIN {
@@ -612,7 +612,7 @@ awk -v seed="$SEED" -v n="$n" -v side="$side" -v g="$GAIN" -v s="$NOISE" 'BEGIN 
 
 /// One candidate from the proposer: `crate::workload::run` with the `FASTER` marker (it
 /// keeps the binary building and the tests passing).
-const ONE_CANDIDATE: &str = r#"cat >/dev/null
+pub(crate) const ONE_CANDIDATE: &str = r#"cat >/dev/null
 cat <<'EOF'
 [{"module":"crate::workload","code":"pub fn run(inp: &Inputs) -> u64 { let _ = \"FASTER\"; inp.scale as u64 }","description":"the marked candidate"}]
 EOF

@@ -13,6 +13,8 @@
 //! | `POST /hot-reload/rollback` | `{"to": "ID"}`: [`crate::history::History::rollback`] |
 //! | `POST /hot-reload/rebuild` | build and swap now (`heph watch --api` only; 409 in `heph serve`) |
 //! | `GET /hot-reload/events` | server-sent events ([`super::events`]) |
+//! | `GET /hot-reload/evolve/{run}` | an evolution run's progress ([`RunProgress`]), from its log |
+//! | `GET /hot-reload/evolve/{run}/chart.svg` | its fitness chart ([`crate::evolve::chart::of_log`]) |
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use super::failure::{Failure, json_response};
 use super::routes::AppState;
 use super::session;
 use crate::ErrorCategory;
+use crate::evolve::log::{self as run_log, LOG_DIR, LogRecord, RunProgress};
 use crate::history::{History, RollbackTarget};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -325,4 +328,127 @@ pub(crate) async fn rebuild(State(state): State<Arc<AppState>>) -> Response {
         )
         .into_response()
     }
+}
+
+/// How much of a run's output `GET /hot-reload/evolve/{run}` shows.
+const OUTPUT_TAIL: u64 = 4000;
+
+/// An evolution run as the dashboard shows it.
+#[derive(serde::Serialize)]
+struct RunView {
+    #[serde(flatten)]
+    progress: RunProgress,
+    /// Still running: this server's run until its process exits; another's until its
+    /// log says it ended.
+    running: bool,
+    /// The exit code of this server's run, once it has exited.
+    exit_code: Option<i32>,
+    /// The end of its output (`.heph/evolve/RUN.log`: errors before the log was written
+    /// show here).
+    output: String,
+}
+
+fn unknown_run(run: &str) -> Response {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        ErrorCategory::BadInput,
+        format!("no evolution run {run:?} in {LOG_DIR}/"),
+    )
+    .into_response()
+}
+
+/// The records of run `run` (None: no such run), read on a blocking thread.
+async fn run_records(state: &AppState, run: &str) -> Option<Vec<LogRecord>> {
+    let root = state.root.clone();
+    let id = run.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let output = root.join(LOG_DIR).join(format!("{id}.log"));
+        match run_log::read(&root, &id) {
+            Ok(records) => Some(records),
+            // Started, nothing logged yet (or it failed before its log).
+            Err(crate::evolve::EvolveError::UnknownRun { .. })
+                if valid_run_id(&id) && output.is_file() =>
+            {
+                Some(Vec::new())
+            }
+            Err(_) => None,
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A run id names a file of `.heph/evolve/` and nothing else.
+fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `GET /hot-reload/evolve/{run}`: the run's progress, candidates and output.
+pub(crate) async fn evolve_run(
+    State(state): State<Arc<AppState>>,
+    Path(run): Path<String>,
+) -> Response {
+    if !valid_run_id(&run) {
+        return unknown_run(&run);
+    }
+    let Some(records) = run_records(&state, &run).await else {
+        return unknown_run(&run);
+    };
+    let progress = RunProgress::of(&run, &records);
+    let mine = super::routes::current_run(&state).filter(|info| info.run_id == run);
+    let (running, exit_code) = match &mine {
+        Some(info) => (info.running, info.end.and_then(|e| e.exit_code)),
+        None => (progress.stop.is_none() && !records.is_empty(), None),
+    };
+    let output_path = state.root.join(LOG_DIR).join(format!("{run}.log"));
+    let output =
+        tokio::task::spawn_blocking(move || run_log::output_tail(&output_path, OUTPUT_TAIL))
+            .await
+            .unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        &RunView {
+            progress,
+            running,
+            exit_code,
+            output,
+        },
+    )
+}
+
+/// `GET /hot-reload/evolve/{run}/chart.svg`: the run's fitness chart so far, drawn by
+/// the function that writes `RUN.svg` at its end.
+pub(crate) async fn evolve_chart(
+    State(state): State<Arc<AppState>>,
+    Path(run): Path<String>,
+) -> Response {
+    if !valid_run_id(&run) {
+        return unknown_run(&run);
+    }
+    let Some(records) = run_records(&state, &run).await else {
+        return unknown_run(&run);
+    };
+    let mut r = crate::evolve::chart::of_log(&run, &records).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("image/svg+xml"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }

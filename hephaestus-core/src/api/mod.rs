@@ -254,6 +254,18 @@ pub enum ApiEvent {
         /// Its log, relative to the project root.
         log: String,
     },
+    /// An evolution run's log grew: where it is now (read its details from
+    /// `GET /hot-reload/evolve/RUN`).
+    EvolveProgress {
+        /// Its id.
+        run_id: String,
+        /// `baseline`, `candidates` or `ended` (see [`crate::evolve::log::RunProgress`]).
+        phase: String,
+        /// Candidates evaluated so far.
+        candidates: usize,
+        /// Candidates accepted so far.
+        accepted: usize,
+    },
     /// An evolution run ended (or was stopped with the server).
     EvolveFinished {
         /// Its id.

@@ -78,6 +78,11 @@ pub(crate) fn router(state: Arc<AppState>, extra: Option<Router<Arc<AppState>>>)
         .route("/hot-reload/rollback", post(dashboard::rollback))
         .route("/hot-reload/rebuild", post(dashboard::rebuild))
         .route("/hot-reload/events", get(events::stream))
+        .route("/hot-reload/evolve/{run}", get(dashboard::evolve_run))
+        .route(
+            "/hot-reload/evolve/{run}/chart.svg",
+            get(dashboard::evolve_chart),
+        )
         .route("/", get(dashboard::index))
         .route("/dashboard.js", get(dashboard::script))
         .route("/dashboard.css", get(dashboard::style))
@@ -135,7 +140,7 @@ async fn not_found(req: Request) -> Response {
         "not-found",
         ErrorCategory::BadInput,
         format!(
-            "no route {} {}; the routes are POST /hot-reload/enable, POST /hot-reload/disable, GET /hot-reload/status, POST /hot-reload/self-modify, POST /hot-reload/dynamic-import, GET /hot-reload/evolution-history, GET /hot-reload/evolution/ID, POST /hot-reload/rollback, POST /hot-reload/rebuild, POST /hot-reload/trigger-evolution, GET /hot-reload/events, and the dashboard at GET /",
+            "no route {} {}; the routes are POST /hot-reload/enable, POST /hot-reload/disable, GET /hot-reload/status, POST /hot-reload/self-modify, POST /hot-reload/dynamic-import, GET /hot-reload/evolution-history, GET /hot-reload/evolution/ID, POST /hot-reload/rollback, POST /hot-reload/rebuild, POST /hot-reload/trigger-evolution, GET /hot-reload/events, GET /hot-reload/evolve/RUN (and RUN/chart.svg), and the dashboard at GET /",
             req.method(),
             req.uri().path()
         ),
@@ -149,7 +154,9 @@ async fn method_not_allowed(req: Request) -> Response {
             "GET"
         }
         "/session" => "GET, POST, DELETE",
-        p if p.starts_with("/hot-reload/evolution/") => "GET",
+        p if p.starts_with("/hot-reload/evolution/") || p.starts_with("/hot-reload/evolve/") => {
+            "GET"
+        }
         _ => "POST",
     };
     let mut r = Failure::new(
@@ -191,7 +198,8 @@ struct ApiInfo {
     requests: u64,
 }
 
-pub(crate) fn status_body(state: &AppState) -> StatusBody {
+/// The current or last evolution run (reporting its end if it just ended).
+pub(crate) fn current_run(state: &AppState) -> Option<RunInfo> {
     let (evolution, ended) = state.runs.current();
     if let (Some(info), Some(end)) = (&evolution, ended) {
         (state.on_event)(&ApiEvent::EvolveFinished {
@@ -200,6 +208,11 @@ pub(crate) fn status_body(state: &AppState) -> StatusBody {
             exit_code: end.exit_code,
         });
     }
+    evolution
+}
+
+pub(crate) fn status_body(state: &AppState) -> StatusBody {
+    let evolution = current_run(state);
     StatusBody {
         status: state.hot_reload.status(),
         mode: state.hot_reload.mode(),
@@ -528,12 +541,40 @@ async fn trigger_evolution(State(state): Shared) -> Response {
 }
 
 /// Look at the running evolution twice a second, so that its end is reported (and the
-/// process reaped) even when nobody asks for the status.
+/// process reaped) even when nobody asks for the status; each time its log has grown
+/// (its baseline, a candidate, its end), an `evolve-progress` event says where it is.
 pub(crate) async fn reap_runs(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The run and the length of its log when last reported.
+    let mut seen: Option<(String, u64)> = None;
     loop {
         tick.tick().await;
         let (info, ended) = state.runs.current();
+        if let Some(info) = &info {
+            let path = crate::evolve::log::RunLog::path(&state.root, &info.run_id);
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let now = Some((info.run_id.clone(), len));
+            if len > 0 && seen != now {
+                seen = now;
+                let (root, id) = (state.root.clone(), info.run_id.clone());
+                let progress = tokio::task::spawn_blocking(move || {
+                    crate::evolve::log::read(&root, &id)
+                        .ok()
+                        .map(|records| crate::evolve::log::RunProgress::of(&id, &records))
+                })
+                .await
+                .ok()
+                .flatten();
+                if let Some(p) = progress {
+                    (state.on_event)(&ApiEvent::EvolveProgress {
+                        run_id: p.run_id,
+                        phase: p.phase.to_owned(),
+                        candidates: p.candidates.len(),
+                        accepted: p.accepted,
+                    });
+                }
+            }
+        }
         if let (Some(info), Some(end)) = (info, ended) {
             (state.on_event)(&ApiEvent::EvolveFinished {
                 run_id: info.run_id,

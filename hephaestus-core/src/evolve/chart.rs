@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::log::LogRecord;
 use super::{CandidateRecord, Verdict};
 
 const W: f64 = 720.0;
@@ -17,6 +18,43 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// The y axis' unit: `metric` when the fitness is a metric read from the output, else
+/// `s` (the fitness command's wall time).
+pub fn unit(metric: bool) -> &'static str {
+    if metric { "metric" } else { "s" }
+}
+
+/// The chart's title for run `run_id`.
+pub fn title(run_id: &str, maximize: bool) -> String {
+    format!(
+        "heph evolve {run_id}: fitness ({})",
+        if maximize {
+            "higher is better"
+        } else {
+            "lower is better"
+        }
+    )
+}
+
+/// The chart of run `run_id` from its log's records so far: what the run writes as
+/// `RUN.svg` when it ends (the dashboard draws it while the run goes).
+pub fn of_log(run_id: &str, records: &[LogRecord]) -> String {
+    let mut maximize = false;
+    let mut metric = false;
+    let mut candidates = Vec::new();
+    for r in records {
+        match r {
+            LogRecord::Run { settings, .. } => {
+                maximize = settings.maximize.unwrap_or(false);
+                metric = settings.metric.is_some();
+            }
+            LogRecord::Candidate(c) => candidates.push((**c).clone()),
+            _ => {}
+        }
+    }
+    svg(&title(run_id, maximize), unit(metric), &candidates)
 }
 
 /// The chart as an SVG document; `unit` labels the y axis.
@@ -206,5 +244,71 @@ mod tests {
         assert!(svg.contains("a &lt;b&gt; &amp; c"));
         assert!(svg.contains("#2e9e44") && svg.contains("<polyline"));
         assert!(super::svg("run", "s", &[]).contains("no candidate"));
+    }
+
+    #[test]
+    fn a_log_read_as_it_grows_gives_the_progress_and_the_chart_of_its_end() {
+        use crate::config::EvolveConfig;
+        use crate::evolve::log::RunProgress;
+        let settings = EvolveConfig {
+            budget: Some("2m".into()),
+            metric: Some("v=(\\d+)".into()),
+            maximize: Some(true),
+            ..EvolveConfig::default()
+        };
+        let run = LogRecord::Run {
+            run_id: "r1".into(),
+            started_at: 1_000,
+            heph_version: "0".into(),
+            project: "/p".into(),
+            settings: Box::new(settings),
+        };
+        let baseline = LogRecord::Baseline {
+            stages: Vec::new(),
+            samples: vec![2.0],
+            median: 2.0,
+            noise: None,
+        };
+        let mut rejected = record(2, Verdict::Rejected, 1.0, 1.1);
+        rejected.reason = Some("not better".into());
+        let mut log = Vec::new();
+        assert_eq!(RunProgress::of("r1", &log).phase, "starting");
+        log.push(run);
+        let p = RunProgress::of("r1", &log);
+        assert_eq!(
+            (p.phase, p.started_at, p.budget_s, p.maximize, p.unit),
+            ("baseline", Some(1_000), Some(120), true, "metric")
+        );
+        log.push(baseline);
+        log.push(LogRecord::Candidate(Box::new(record(
+            1,
+            Verdict::Accepted,
+            2.0,
+            1.0,
+        ))));
+        log.push(LogRecord::Candidate(Box::new(rejected.clone())));
+        let p = RunProgress::of("r1", &log);
+        assert_eq!(
+            (p.phase, p.baseline_median, p.accepted),
+            ("candidates", Some(2.0), 1)
+        );
+        assert_eq!(p.candidates.len(), 2);
+        assert_eq!(p.candidates[0].verdict, "accepted");
+        assert_eq!(p.candidates[0].gain, Some(0.5));
+        assert_eq!(p.candidates[1].reason.as_deref(), Some("not better"));
+        assert_eq!(p.candidates[1].candidate_median, Some(1.1));
+        log.push(LogRecord::End {
+            stop: "exhausted".into(),
+            accepted: 1,
+            overall: None,
+            budget: None,
+            too_noisy: None,
+        });
+        let p = RunProgress::of("r1", &log);
+        assert_eq!((p.phase, p.stop.as_deref()), ("ended", Some("exhausted")));
+        // The chart of the log is the one the run writes at its end.
+        let all = vec![record(1, Verdict::Accepted, 2.0, 1.0), rejected];
+        assert_eq!(of_log("r1", &log), svg(&title("r1", true), "metric", &all));
+        assert!(title("r1", true).contains("higher is better"));
     }
 }

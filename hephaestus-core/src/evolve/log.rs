@@ -178,3 +178,142 @@ pub fn settings(root: &Path, run_id: &str) -> Result<EvolveConfig, EvolveError> 
             dir: root.join(LOG_DIR),
         })
 }
+
+/// One candidate of a run, as a status shows it (the dashboard and MCP's
+/// `evolve_status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CandidateSummary {
+    /// Its number in the run.
+    pub id: usize,
+    /// What it does.
+    pub description: String,
+    /// The module it changes.
+    pub module: Option<String>,
+    /// `accepted`, `rejected` or `cancelled`.
+    pub verdict: String,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The evolution recording it, when accepted (short id).
+    pub evolution: Option<String>,
+    /// Relative improvement of the medians, when measured.
+    pub gain: Option<f64>,
+    /// The baseline's median fitness it was compared with, when measured.
+    pub baseline_median: Option<f64>,
+    /// Its own median fitness, when measured.
+    pub candidate_median: Option<f64>,
+}
+
+/// Where a run is, read from its log: the settings, the baseline, every candidate
+/// evaluated so far, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunProgress {
+    /// The run id.
+    pub run_id: String,
+    /// `starting` (no line yet), `baseline` (measuring the project as it is),
+    /// `candidates` (evaluating them) or `ended`.
+    pub phase: &'static str,
+    /// Seconds since the Unix epoch when it started (None before its first line).
+    pub started_at: Option<i64>,
+    /// Its wall-time budget in seconds, when set.
+    pub budget_s: Option<u64>,
+    /// Higher fitness is better.
+    pub maximize: bool,
+    /// The fitness unit: `s` (wall time) or `metric`.
+    pub unit: &'static str,
+    /// The baseline's median fitness, once measured.
+    pub baseline_median: Option<f64>,
+    /// The candidates evaluated, in order.
+    pub candidates: Vec<CandidateSummary>,
+    /// How many were accepted (in every invocation of the run).
+    pub accepted: usize,
+    /// Why it stopped (`exhausted`, `budget`, `max-candidates`, `cancelled`).
+    pub stop: Option<String>,
+}
+
+impl RunProgress {
+    /// The progress of `run_id` from its log's records (see [`read`]).
+    pub fn of(run_id: &str, records: &[LogRecord]) -> RunProgress {
+        let mut p = RunProgress {
+            run_id: run_id.to_owned(),
+            phase: "starting",
+            started_at: None,
+            budget_s: None,
+            maximize: false,
+            unit: "s",
+            baseline_median: None,
+            candidates: Vec::new(),
+            accepted: 0,
+            stop: None,
+        };
+        for r in records {
+            match r {
+                LogRecord::Run {
+                    started_at,
+                    settings,
+                    ..
+                } => {
+                    p.started_at = Some(*started_at);
+                    p.budget_s = settings
+                        .budget
+                        .as_deref()
+                        .and_then(|b| crate::config::parse_duration(b).ok())
+                        .map(|d| d.as_secs());
+                    p.maximize = settings.maximize.unwrap_or(false);
+                    p.unit = super::chart::unit(settings.metric.is_some());
+                    if p.phase == "starting" {
+                        p.phase = "baseline";
+                    }
+                }
+                LogRecord::Baseline { median, .. } => {
+                    p.baseline_median = Some(*median);
+                    p.phase = "candidates";
+                }
+                LogRecord::Candidate(c) => p.candidates.push(CandidateSummary {
+                    id: c.id,
+                    description: c.description.clone(),
+                    module: c.module.clone(),
+                    verdict: c.verdict.as_str().to_owned(),
+                    reason: c.reason.clone(),
+                    evolution: c.evolution.clone(),
+                    gain: c.fitness.as_ref().map(|f| f.gain),
+                    baseline_median: c.fitness.as_ref().map(|f| f.baseline_median),
+                    candidate_median: c.fitness.as_ref().map(|f| f.candidate_median),
+                }),
+                LogRecord::Resume { .. } => {
+                    p.stop = None;
+                    p.phase = if p.baseline_median.is_some() {
+                        "candidates"
+                    } else {
+                        "baseline"
+                    };
+                }
+                LogRecord::End { stop, .. } => {
+                    p.stop = Some(stop.clone());
+                    p.phase = "ended";
+                }
+                LogRecord::Proposer { .. } => {}
+            }
+        }
+        // Counted over the whole log (an `end` line counts its own invocation only).
+        p.accepted = p
+            .candidates
+            .iter()
+            .filter(|c| c.verdict == "accepted")
+            .count();
+        p
+    }
+}
+
+/// The last `max` bytes of a run's output file (`.heph/evolve/RUN.log`, where the API
+/// and MCP send the output of the runs they start), lossily decoded; empty when absent.
+pub fn output_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -3,7 +3,7 @@
 //! group that dies with heph, its output in `.heph/evolve/RUN.log`, its run log in
 //! `.heph/evolve/RUN.jsonl`), one at a time per server, stopped when the server ends.
 
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::ErrorCategory;
 use crate::api::evolve::{EvolveCommand, RUN_ID_VAR};
-use crate::evolve::log::{LOG_DIR, LogRecord, read};
+use crate::evolve::log::{CandidateSummary, LOG_DIR, RunProgress, output_tail, read};
 
 /// How long a run gets to stop after SIGTERM when the server ends.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -41,18 +41,6 @@ pub(super) struct Started {
     pub log: String,
 }
 
-/// One candidate, as the status shows it.
-#[derive(Debug, Clone, Serialize)]
-pub(super) struct CandidateLine {
-    pub id: usize,
-    pub description: String,
-    pub module: Option<String>,
-    pub verdict: String,
-    pub reason: Option<String>,
-    pub evolution: Option<String>,
-    pub gain: Option<f64>,
-}
-
 /// Where a run is.
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Status {
@@ -63,7 +51,7 @@ pub(super) struct Status {
     pub exit_code: Option<i32>,
     /// The baseline's median fitness, once measured.
     pub baseline_median: Option<f64>,
-    pub candidates: Vec<CandidateLine>,
+    pub candidates: Vec<CandidateSummary>,
     pub accepted: usize,
     /// Why it stopped (`exhausted`, `budget`, `max-candidates`, `cancelled`).
     pub stop: Option<String>,
@@ -227,44 +215,17 @@ impl Runs {
             }
             Err(_) => Vec::new(),
         };
+        let progress = RunProgress::of(id, &records);
         let mut status = Status {
             run_id: id.to_owned(),
             running: false,
             exit_code: None,
-            baseline_median: None,
-            candidates: Vec::new(),
-            accepted: 0,
-            stop: None,
-            output: tail(&log_path),
+            baseline_median: progress.baseline_median,
+            candidates: progress.candidates,
+            accepted: progress.accepted,
+            stop: progress.stop,
+            output: output_tail(&log_path, OUTPUT_TAIL),
         };
-        for r in records {
-            match r {
-                LogRecord::Baseline { median, .. } => status.baseline_median = Some(median),
-                LogRecord::Candidate(c) => {
-                    status.candidates.push(CandidateLine {
-                        id: c.id,
-                        description: c.description.clone(),
-                        module: c.module.clone(),
-                        verdict: c.verdict.as_str().to_owned(),
-                        reason: c.reason.clone(),
-                        evolution: c.evolution.clone(),
-                        gain: c.fitness.as_ref().map(|f| f.gain),
-                    });
-                }
-                LogRecord::End { stop, accepted, .. } => {
-                    status.stop = Some(stop);
-                    status.accepted = accepted;
-                }
-                _ => {}
-            }
-        }
-        if status.stop.is_none() {
-            status.accepted = status
-                .candidates
-                .iter()
-                .filter(|c| c.verdict == "accepted")
-                .count();
-        }
         match mine {
             Some(None) => status.running = true,
             Some(Some(code)) => status.exit_code = code,
@@ -282,19 +243,6 @@ impl Drop for Runs {
             crate::verify::terminate_group(&mut run.child, &run.group, STOP_GRACE);
         }
     }
-}
-
-/// The last [`OUTPUT_TAIL`] bytes of a file (empty when absent).
-fn tail(path: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(OUTPUT_TAIL)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// `word`, quoted for a shell when it needs to be (for the command shown).

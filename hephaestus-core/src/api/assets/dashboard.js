@@ -10,6 +10,11 @@
   let alertText = null;
   let statusAt = 0;
   let lastReloadAt = null; // seen by this page (the status has no wall-clock time)
+  let runId = null; // the evolution run the panel shows
+  let run = null; // its last view (GET /hot-reload/evolve/ID)
+  let runLoading = false;
+  let runAgain = false;
+  let chartKey = null;
 
   function show(el, on) { el.hidden = !on; }
 
@@ -96,7 +101,8 @@
       lastReloadAt = new Date();
       if (status) { status.generation = e.generation; status.child_pid = e.pid || status.child_pid; render(); }
     }
-    if (["recorded", "pre-state-recorded", "rolled-back", "hot-rollback"].includes(kind)) refreshHistory();
+    if (["recorded", "pre-state-recorded", "rolled-back", "hot-rollback", "evolve-progress", "evolve-finished"].includes(kind)) refreshHistory();
+    if (kind === "evolve-started" || kind === "evolve-progress" || kind === "evolve-finished") followRun(e.run_id);
     if (kind !== "build-progress") refreshStatus();
   }
 
@@ -148,6 +154,7 @@
     show($("pause"), status.hot_reload_active);
     show($("resume"), !status.hot_reload_active);
     show($("rebuild"), status.mode === "watch");
+    if (status.evolution && status.evolution.run_id !== runId) followRun(status.evolution.run_id);
     tick();
     title();
     performance.mark("heph-render:" + status.generation + ":" + status.hot_reload_active);
@@ -155,6 +162,7 @@
 
   function tick() {
     if (status) $("uptime").textContent = dur(status.uptime_s + Math.floor((Date.now() - statusAt) / 1000));
+    runTime();
   }
   setInterval(tick, 1000);
 
@@ -175,10 +183,81 @@
     try {
       const r = await api("POST", "/hot-reload/trigger-evolution");
       $("action-result").textContent = "evolution run " + r.run_id + " started (log: " + r.log + ")";
+      followRun(r.run_id);
     } catch (e) { $("action-result").textContent = "evolution: " + e.message; }
   });
 
-  function cell(tr, text) { const td = document.createElement("td"); td.textContent = text; tr.append(td); }
+  function cell(tr, text) { const td = document.createElement("td"); td.textContent = text; tr.append(td); return td; }
+
+  // The evolve-runs panel: one run, re-read whenever the stream says it moved.
+  function followRun(id) {
+    if (!id) return;
+    if (id !== runId) { runId = id; run = null; chartKey = null; }
+    loadRun();
+  }
+
+  async function loadRun() {
+    if (runLoading) { runAgain = true; return; }
+    runLoading = true;
+    try {
+      do {
+        runAgain = false;
+        const id = runId;
+        try {
+          const r = await api("GET", "/hot-reload/evolve/" + encodeURIComponent(id));
+          if (id === runId) { run = r; renderRun(); }
+        } catch (e) { /* started, nothing to read yet: the next event retries */ }
+      } while (runAgain);
+    } finally { runLoading = false; }
+  }
+
+  const num = (v) => (v == null ? "–" : Number(v).toPrecision(4));
+  const PHASES = { starting: "starting", baseline: "measuring the baseline", candidates: "evaluating candidates", ended: "finishing" };
+
+  function runTime() {
+    if (!run) return;
+    const bar = $("run-progress");
+    const elapsed = run.started_at ? Math.max(0, Math.floor(Date.now() / 1000 - run.started_at)) : 0;
+    if (!run.running) { bar.max = 1; bar.value = 1; }
+    else if (run.budget_s) { bar.max = run.budget_s; bar.value = Math.min(elapsed, run.budget_s); }
+    else bar.removeAttribute("value");
+    $("run-time").textContent = run.started_at
+      ? (run.running ? dur(elapsed) + (run.budget_s ? " of " + dur(run.budget_s) + " budget" : " elapsed") : "")
+      : "";
+  }
+
+  function renderRun() {
+    show($("run-none"), false); show($("run"), true);
+    $("run-id").textContent = "run " + run.run_id;
+    $("run-phase").textContent = run.running ? PHASES[run.phase] || run.phase
+      : "ended" + (run.stop ? " (" + run.stop + ")" : run.exit_code != null ? " (exit code " + run.exit_code + ")" : "");
+    $("run-count").textContent = run.candidates.length + " candidate" + (run.candidates.length === 1 ? "" : "s") + " evaluated";
+    $("run-accepted").textContent = run.accepted + " accepted";
+    $("run-baseline").textContent = run.baseline_median == null ? "not measured yet" : num(run.baseline_median) + " " + run.unit;
+    runTime();
+    const body = $("candidates").querySelector("tbody");
+    body.replaceChildren();
+    for (const c of run.candidates) {
+      const tr = document.createElement("tr");
+      cell(tr, String(c.id));
+      cell(tr, c.description);
+      cell(tr, c.module || "");
+      cell(tr, c.verdict).className = c.verdict;
+      cell(tr, c.gain == null ? "" : (c.gain * 100).toFixed(1) + " % (" + num(c.baseline_median) + " → " + num(c.candidate_median) + ")");
+      cell(tr, c.evolution ? "evolution " + c.evolution : (c.reason || "").split("\n")[0]);
+      body.append(tr);
+    }
+    // The chart heph draws (the run's RUN.svg), redrawn when a candidate was measured.
+    const key = run.run_id + ":" + run.candidates.length + ":" + run.running;
+    if (key !== chartKey) {
+      chartKey = key;
+      $("run-chart").src = "/hot-reload/evolve/" + encodeURIComponent(run.run_id) + "/chart.svg?v=" + encodeURIComponent(key);
+    }
+    const failed = !run.running && run.exit_code != null && run.exit_code !== 0 && run.output;
+    $("run-output").textContent = failed ? run.output : "";
+    show($("run-output"), !!failed);
+    performance.mark("heph-run:" + run.candidates.length + ":" + run.running);
+  }
 
   async function refreshHistory() {
     let data;
@@ -196,7 +275,7 @@
       const c = m.changes || {};
       cell(tr, [].concat((c.added || []).map((i) => "+" + i), (c.replaced || []).map((i) => "~" + i), (c.removed || []).map((i) => "-" + i)).join(" "));
       cell(tr, m.verify ? (typeof m.verify.outcome === "string" ? m.verify.outcome : JSON.stringify(m.verify.outcome)) : "");
-      cell(tr, m.fitness ? m.fitness.before + " → " + m.fitness.after : "");
+      cell(tr, m.fitness ? num(m.fitness.before) + " → " + num(m.fitness.after) : "");
       cell(tr, (m.message || "").split("\n")[0]);
       tr.addEventListener("click", () => openEvolution(ev.id, tr));
       body.append(tr);

@@ -841,23 +841,11 @@ impl<'a, 'p> Run<'a, 'p> {
             }
         }
         let all: Vec<CandidateRecord> = self.prior.iter().chain(&self.records).cloned().collect();
-        let unit = if self.ev.opts.metric.is_some() {
-            "metric"
-        } else {
-            "s"
-        };
+        let unit = crate::evolve::chart::unit(self.ev.opts.metric.is_some());
         let chart_path = root
             .join(crate::evolve::log::LOG_DIR)
             .join(format!("{}.svg", self.ev.run_id));
-        let title = format!(
-            "heph evolve {}: fitness ({})",
-            self.ev.run_id,
-            if self.ev.opts.maximize {
-                "higher is better"
-            } else {
-                "lower is better"
-            }
-        );
+        let title = crate::evolve::chart::title(&self.ev.run_id, self.ev.opts.maximize);
         let chart = match std::fs::write(&chart_path, crate::evolve::chart::svg(&title, unit, &all))
         {
             Ok(()) => Some(chart_path),
