@@ -299,3 +299,187 @@ fn bytes_that_are_not_text_go_to_a_file_beside_the_record() {
         b"\xff\x00old"
     );
 }
+
+#[test]
+fn the_journal_directory_is_reused_and_whatever_stands_in_its_place_is_replaced_unfollowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("p");
+    fs::create_dir_all(&root).expect("mkdir");
+    let lock = lock(&root);
+    let one = |root: &Path| {
+        Journal::begin(
+            root,
+            &lock,
+            start(false),
+            &[PendingFile {
+                path: "a.rs",
+                before: Side::Bytes(b"old"),
+                after: Side::Bytes(b"new"),
+            }],
+        )
+        .expect("begin")
+        .finish()
+        .expect("finish");
+    };
+    // The directory stays between transactions and is taken again as it is.
+    one(&root);
+    one(&root);
+    let jdir = dir_of(&root);
+    assert!(fs::symlink_metadata(&jdir).expect("stat").is_dir());
+
+    // A symlink in its place (a hostile clone) is removed, never followed: what it
+    // pointed at keeps its files, and the journal is a real directory again.
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(&outside).expect("mkdir");
+    fs::write(outside.join("keep"), "theirs").expect("write");
+    fs::remove_dir_all(&jdir).expect("rm");
+    std::os::unix::fs::symlink(&outside, &jdir).expect("symlink");
+    one(&root);
+    let meta = fs::symlink_metadata(&jdir).expect("stat");
+    assert!(meta.is_dir() && !meta.file_type().is_symlink());
+    assert_eq!(
+        fs::read_to_string(outside.join("keep")).expect("read"),
+        "theirs"
+    );
+    assert_eq!(fs::read_dir(&outside).expect("ls").count(), 1);
+
+    // A plain file in its place is replaced by the directory.
+    fs::remove_dir_all(&jdir).expect("rm");
+    fs::write(&jdir, "not a directory").expect("write");
+    one(&root);
+    assert!(fs::symlink_metadata(&jdir).expect("stat").is_dir());
+}
+
+#[test]
+fn a_journal_directory_that_cannot_be_looked_at_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("file"), "x").expect("write");
+    // `file/journal`: the lookup fails with "not a directory", not "not found".
+    let err = prepare_dir(&dir.path().join("file/journal")).expect_err("refused");
+    assert!(
+        matches!(err, JournalError::Io { what: "open", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn closing_a_journal_without_a_record_is_fine_and_a_record_that_resists_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jdir = dir.path().join("journal");
+    fs::create_dir_all(&jdir).expect("mkdir");
+    fs::write(jdir.join("0.before"), "x").expect("write");
+    remove(&jdir).expect("no record: nothing to remove");
+    assert_eq!(fs::read_dir(&jdir).expect("ls").count(), 0);
+
+    // A record that cannot be removed (here a directory in its place) keeps the
+    // journal open: an error, not a silent success.
+    fs::create_dir_all(jdir.join(RECORD_FILE).join("x")).expect("mkdir");
+    let err = remove(&jdir).expect_err("a record that is not removed");
+    assert!(
+        matches!(err, JournalError::Io { what: "remove", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_record_that_cannot_be_read_is_an_error_not_an_empty_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    // A directory where the record should be: reading it fails, which must not be
+    // taken for "no transaction pending".
+    fs::create_dir_all(dir_of(root).join(RECORD_FILE)).expect("mkdir");
+    let err = read_pending(root).expect_err("unreadable");
+    assert!(
+        matches!(err, JournalError::Io { what: "read", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_record_naming_a_content_file_outside_the_journal_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("p");
+    fs::create_dir_all(&root).expect("mkdir");
+    let secret = dir.path().join("secret");
+    fs::write(&secret, b"\xffsecret").expect("write");
+    let lock = lock(&root);
+    for bad in [secret.display().to_string(), "sub/0.before".to_owned()] {
+        fs::write(root.join("data.bin"), b"\xff\x00new").expect("write");
+        drop(
+            Journal::begin(
+                &root,
+                &lock,
+                start(false),
+                &[PendingFile {
+                    path: "data.bin",
+                    before: Side::Bytes(b"\xff\x00old"),
+                    after: Side::Bytes(b"\xff\x00new"),
+                }],
+            )
+            .expect("begin"),
+        );
+        // A hostile record: its content file named by an absolute path, or inside a
+        // subdirectory (neither is a name heph writes).
+        fs::create_dir_all(dir_of(&root).join("sub")).expect("mkdir");
+        fs::copy(
+            dir_of(&root).join("0.before"),
+            dir_of(&root).join("sub/0.before"),
+        )
+        .expect("copy");
+        let record = dir_of(&root).join(RECORD_FILE);
+        let text = fs::read_to_string(&record).expect("read");
+        assert!(text.contains("\"0.before\""), "{text}");
+        fs::write(&record, text.replace("\"0.before\"", &format!("{bad:?}"))).expect("write");
+        let err = recover(&root, &lock, &HistoryOptions::default()).expect_err(&bad);
+        assert!(
+            err.to_string()
+                .contains("a content file outside the journal"),
+            "{bad}: {err}"
+        );
+        assert_eq!(
+            fs::read(root.join("data.bin")).expect("read"),
+            b"\xff\x00new",
+            "{bad}: the file is left as it was"
+        );
+        fs::remove_dir_all(dir_of(&root)).expect("clear");
+    }
+}
+
+#[test]
+fn a_file_the_killed_writer_had_not_created_yet_is_left_absent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let lock = lock(root);
+    fs::write(root.join("lib.rs"), "mod a;").expect("write");
+    drop(
+        Journal::begin(
+            root,
+            &lock,
+            start(false),
+            &[
+                PendingFile {
+                    path: "lib.rs",
+                    before: Side::Bytes(b"mod a;"),
+                    after: Side::Bytes(b"mod a;\nmod b;"),
+                },
+                PendingFile {
+                    path: "b.rs",
+                    before: Side::Absent,
+                    after: Side::Bytes(b"fn b() {}"),
+                },
+            ],
+        )
+        .expect("begin"),
+    );
+    // Killed before writing anything: `b.rs` does not exist.
+    let r = recover(root, &lock, &HistoryOptions::default())
+        .expect("recover")
+        .expect("pending");
+    assert_eq!(r.action, RecoveryAction::Undone);
+    assert!(r.files.restored.is_empty(), "{:?}", r.files);
+    assert_eq!(
+        r.files.unchanged,
+        vec!["b.rs".to_owned(), "lib.rs".to_owned()]
+    );
+    assert!(!root.join("b.rs").exists());
+}
