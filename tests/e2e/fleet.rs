@@ -588,3 +588,197 @@ fn a_follower_killed_while_writing_an_evolution_is_finished_by_the_next_command(
     assert_eq!(here.first(), Some(&published), "{here:?}");
     assert_eq!(here, ids(&origin.env));
 }
+
+/// `heph --json serve --publish REMOTE ARGS` in `env` (the API alone: no program, no
+/// build), its JSON events collected.
+struct ServePublisher {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl ServePublisher {
+    fn start(env: &TestEnv, remote: &str, args: &[&str]) -> ServePublisher {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = env
+            .heph()
+            .env("HEPH_TOKEN", "fleet-test-token")
+            .args([
+                "--json",
+                "serve",
+                "--api",
+                "127.0.0.1:0",
+                "--publish",
+                remote,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("heph serve");
+        let (tx, events) = std::sync::mpsc::channel::<Value>();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        ServePublisher {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next event matching `pred` (bounded by [`EVENT_TIMEOUT`]).
+    #[track_caller]
+    fn wait(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {what} ({e}); events: {:?}", self.seen));
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+}
+
+impl Drop for ServePublisher {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid")),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_canary_that_crashes_after_its_swap_makes_the_publisher_roll_the_fleet_back() {
+    let _serial = serial();
+    let publisher_env = TestEnv::new("hello-server");
+    let remote = bare_remote(&publisher_env);
+    let remote = remote.to_str().expect("utf-8");
+    publisher_env
+        .run(["snapshot", "-m", "the fixture"])
+        .expect_code(0);
+    // A long health window: the crash must be what ends the rollout, not the window.
+    let mut publisher = ServePublisher::start(
+        &publisher_env,
+        remote,
+        &["--canary", "1", "--health-window", "120s"],
+    );
+    let first = publisher.wait("the first publication", |e| event_is(e, "published"));
+    let previous = first["evolution"].as_str().expect("id").to_owned();
+
+    // Two followers, each with its own target dir (they build at the same time); by
+    // name, fleet-a is the canary.
+    let followers: Vec<(TestEnv, Watch)> = ["fleet-a", "fleet-b"]
+        .into_iter()
+        .map(|name| {
+            let env = TestEnv::new("hello-server");
+            let target = env.temp().join("target");
+            let target = target.to_str().expect("utf-8").to_owned();
+            let w = follow(&env, remote, name, &[("CARGO_TARGET_DIR", &target)]);
+            (env, w)
+        })
+        .collect();
+    for (_, w) in &followers {
+        wait_reported(w, "follower", "applied", &previous);
+    }
+    let (canary, other) = (&followers[0].1, &followers[1].1);
+    let steady = Client::start(other.port);
+    let other_mark = other.mark();
+
+    // A version that serves, then crashes 1.5 s after it starts.
+    let main = publisher_env.read("src/main.rs");
+    let crashing = main.replacen(
+        "    io::stdout().flush()?;\n",
+        "    io::stdout().flush()?;\n    std::thread::spawn(|| {\n        std::thread::sleep(Duration::from_millis(1500));\n        std::process::exit(3);\n    });\n",
+        1,
+    );
+    assert_ne!(crashing, main);
+    publisher_env.write("src/main.rs", &crashing);
+    let run = publisher_env.run(["--json", "snapshot", "-m", "crash after start"]);
+    run.expect_code(0);
+    let bad = run.json()["evolution"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let started = publisher.wait("the rollout", |e| event_is(e, "canary-started"));
+    assert_eq!(started["evolution"], bad.as_str());
+    assert_eq!(started["canaries"], serde_json::json!(["fleet-a"]));
+    wait_reported(canary, "fleet-a", "applied", &bad);
+    wait_reported(canary, "fleet-a", "unhealthy", &bad);
+    let failed = publisher.wait("the canary failure", |e| event_is(e, "canary-failed"));
+    assert_eq!(failed["evolution"], bad.as_str(), "{failed}");
+    assert_eq!(failed["instance"], "fleet-a", "{failed}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("fleet-a reported unhealthy")),
+        "{failed}"
+    );
+    let rollback = failed["rollback"].as_str().expect("a rollback").to_owned();
+    publisher.wait("the rollback's publication", |e| {
+        event_is(e, "published") && e["evolution"] == rollback.as_str()
+    });
+
+    // The whole fleet ends on the previous version.
+    for (_, w) in &followers {
+        wait_reported(w, "follower", "applied", &rollback);
+    }
+    canary.wait_body("/", BUILD_TIMEOUT, |b| b == OLD);
+    for (env, _) in &followers {
+        assert_eq!(env.read("src/main.rs"), main);
+    }
+    assert_eq!(publisher_env.read("src/main.rs"), main);
+    let tip = git(
+        Path::new(remote),
+        &[
+            "--git-dir",
+            ".",
+            "rev-parse",
+            "refs/heph/history",
+            "refs/heph/history^",
+        ],
+    );
+    assert_eq!(tip, format!("{rollback}\n{bad}\n"));
+    let history = publisher_env.run(["--json", "history", "-n", "1"]);
+    assert_eq!(history.json()["evolutions"][0]["kind"], "rollback");
+
+    // The other follower never ran the bad evolution: never wrote or reported it, and
+    // served the previous version without a failed request all along.
+    let answers = steady.finish();
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|a| a.as_deref() == Ok(OLD)),
+        "the other follower: {:?}",
+        answers
+            .iter()
+            .filter(|a| a.as_deref() != Ok(OLD))
+            .collect::<Vec<_>>()
+    );
+    for e in other.events_since(other_mark) {
+        assert!(
+            e["evolution"] != bad.as_str(),
+            "the other follower saw the bad evolution: {e}"
+        );
+    }
+    let status = fleet_status(&publisher_env, remote);
+    assert_eq!(status.len(), 2, "{status:?}");
+    for s in &status {
+        assert_eq!(s["state"], "applied", "{status:?}");
+        assert_eq!(s["evolution"], rollback.as_str(), "{status:?}");
+    }
+}

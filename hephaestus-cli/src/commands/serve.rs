@@ -32,6 +32,8 @@ pub struct Args {
     /// How --publish reaches the remote (see `heph sync --transport`).
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     pub transport: Transport,
+    #[command(flatten)]
+    pub canary: super::fleet::CanaryArgs,
 }
 
 /// Run the command: serve until Ctrl-C or SIGTERM.
@@ -54,6 +56,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
             crate::project::history_options(out),
             remote,
             args.transport.into(),
+            args.canary.options(),
             move |event| {
                 if json {
                     if let Ok(line) = serde_json::to_string(&event) {
@@ -95,6 +98,14 @@ fn describe(event: &WatchEvent) -> String {
             *retry_ms as f64 / 1000.0
         ),
         WatchEvent::FleetReachable { remote } => format!("[heph] {remote} is reachable again"),
+        WatchEvent::CanaryStarted { .. }
+        | WatchEvent::CanaryPromoted { .. }
+        | WatchEvent::CanaryFailed { .. } => {
+            format!(
+                "[heph] {}",
+                super::fleet::describe_canary(event).unwrap_or_default()
+            )
+        }
         other => format!("{other:?}"),
     }
 }

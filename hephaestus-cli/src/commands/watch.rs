@@ -117,6 +117,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Transport::Auto)]
     pub transport: Transport,
     #[command(flatten)]
+    pub canary: super::fleet::CanaryArgs,
+    #[command(flatten)]
     pub api: ApiArgs,
     /// Arguments for the binary (after `--`).
     #[arg(last = true, value_name = "ARGS")]
@@ -201,6 +203,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
             .clone()
             .unwrap_or_else(|| default_instance(project.root())),
         transport: args.transport.into(),
+        canary: args.canary.options(),
     };
     if let Some(package) = &args.hot {
         let mut hot = HotOptions::new(
@@ -569,6 +572,12 @@ impl<'a> View<'a> {
                 *retry_ms as f64 / 1000.0
             )),
             WatchEvent::FleetReachable { remote } => self.heph(format!("{remote} is reachable again")),
+            WatchEvent::CanaryFailed { .. } => {
+                self.error(super::fleet::describe_canary(event).unwrap_or_default())
+            }
+            WatchEvent::CanaryStarted { .. } | WatchEvent::CanaryPromoted { .. } => {
+                self.heph(super::fleet::describe_canary(event).unwrap_or_default())
+            }
             WatchEvent::FollowApplied {
                 evolution,
                 restored,

@@ -168,6 +168,70 @@ impl FleetStatus {
     }
 }
 
+/// A canary rollout in the remote (`heph watch --publish REMOTE --canary N`):
+/// `refs/heph/rollout/current`, a commit with the empty tree whose parent is the
+/// evolution rolled out (fetching it brings the evolution along) and whose message
+/// names the canaries in `Heph-Rollout-*` trailers. Only the publisher writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The evolution the canaries apply first.
+    pub evolution: String,
+    /// The instances that apply it before it reaches the history reference.
+    pub canaries: Vec<String>,
+    /// Since when (seconds since the Unix epoch).
+    pub since: i64,
+}
+
+impl Rollout {
+    fn message(&self) -> String {
+        let mut m = format!(
+            "rollout: {} to {}\n\nHeph-Rollout-Evolution: {}\nHeph-Rollout-Since: {}\n",
+            self.evolution,
+            self.canaries.join(", "),
+            self.evolution,
+            self.since
+        );
+        for c in &self.canaries {
+            let c: String = c.split_whitespace().collect::<Vec<_>>().join(" ");
+            m.push_str(&format!("Heph-Rollout-Canary: {c}\n"));
+        }
+        m
+    }
+
+    fn parse(message: &str) -> Option<Rollout> {
+        let values = |key: &str| {
+            message
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix(key)
+                        .and_then(|r| r.strip_prefix(": "))
+                        .map(|v| v.trim().to_owned())
+                })
+                .collect::<Vec<_>>()
+        };
+        Some(Rollout {
+            evolution: values("Heph-Rollout-Evolution").into_iter().next()?,
+            canaries: values("Heph-Rollout-Canary"),
+            since: values("Heph-Rollout-Since").first()?.parse().ok()?,
+        })
+    }
+}
+
+/// The first `count` instances of `statuses` by name that follow (not `stopped`): the
+/// canaries of a rollout.
+pub fn choose_canaries(statuses: &[FleetStatus], count: usize) -> Vec<String> {
+    let mut names: Vec<&FleetStatus> = statuses
+        .iter()
+        .filter(|s| s.state != FleetState::Stopped)
+        .collect();
+    names.sort_by(|a, b| a.instance.cmp(&b.instance));
+    names
+        .into_iter()
+        .take(count)
+        .map(|s| s.instance.clone())
+        .collect()
+}
+
 /// An instance name as one reference-name part: ASCII letters, digits, `-`, `_` and
 /// `.` kept (no leading `.`), anything else `_`.
 pub fn instance_component(name: &str) -> String {
@@ -319,6 +383,149 @@ impl History {
         let oid = |s: &str| Oid::from_str(s).map_err(HistoryError::git("reading an id"));
         let from = from.map(oid).transpose()?;
         self.follow_move(from, oid(target)?)
+    }
+
+    /// The rollout reference (`refs/heph/rollout/current` for the project at the root),
+    /// and where this repository keeps its copy of it.
+    fn rollout_refs(&self) -> (String, String, String) {
+        let name = self.reference.name();
+        let base = name.strip_suffix("history").unwrap_or(&name);
+        let remote_dir = format!("{base}rollout/");
+        let fetched = remote_dir.replacen("refs/heph/", "refs/heph/fleet-remote/", 1);
+        (format!("{remote_dir}current"), remote_dir, fetched)
+    }
+
+    /// `--canary`: whether the local tip is strictly ahead of `remote`'s history (a
+    /// fast-forward of it): the local tip and the remote's, else None (nothing to roll
+    /// out, the remote has no history yet, or the histories diverged: a plain publish
+    /// reports it).
+    pub fn rollout_candidate(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+    ) -> Result<Option<(String, String)>, HistoryError> {
+        let _lock = self.lock("publish")?;
+        let f = self.fetch_locked(remote, transport)?;
+        let repo = self.repo_ref()?;
+        Ok(match (f.local, f.theirs) {
+            (Some(l), Some(r)) if l != r && repo.graph_descendant_of(l, r).unwrap_or(false) => {
+                Some((l.to_string(), r.to_string()))
+            }
+            _ => None,
+        })
+    }
+
+    /// `--canary`: publish `rollout` on `remote` (`refs/heph/rollout/current`, replaced;
+    /// the evolution's objects go with it); the server's refusal, if any.
+    pub fn start_rollout(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+        rollout: &Rollout,
+    ) -> Result<Option<String>, HistoryError> {
+        let _lock = self.lock("publish")?;
+        self.repo_for_write()?;
+        let repo = self.repo_ref()?;
+        let evolution = Oid::from_str(&rollout.evolution)
+            .and_then(|o| repo.find_commit(o))
+            .map_err(HistoryError::git("reading the evolution rolled out"))?;
+        let tree = repo
+            .find_tree(empty_tree(repo)?)
+            .map_err(HistoryError::git("reading the empty tree"))?;
+        let sig = self.signature(repo, &self.options.committer)?;
+        let oid = repo
+            .commit(None, &sig, &sig, &rollout.message(), &tree, &[&evolution])
+            .map_err(HistoryError::git("writing the rollout"))?;
+        let (reference, _, _) = self.rollout_refs();
+        let local_ref = reference.replacen("refs/heph/", "refs/heph/outgoing/", 1);
+        repo.reference(&local_ref, oid, true, "heph rollout")
+            .map_err(HistoryError::git("writing the rollout reference"))?;
+        self.push_owned_ref(remote, transport, &local_ref, &reference)
+    }
+
+    /// `--canary`: push evolution `evolution` (an ancestor of the local tip, or the
+    /// tip) to `remote`'s history reference, only as a fast-forward; the server's
+    /// refusal, if any.
+    pub fn promote(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+        evolution: &str,
+    ) -> Result<Option<String>, HistoryError> {
+        let _lock = self.lock("publish")?;
+        self.repo_for_write()?;
+        let repo = self.repo_ref()?;
+        let oid = Oid::from_str(evolution).map_err(HistoryError::git("reading an id"))?;
+        let name = self.reference.name();
+        let local_ref = format!(
+            "{}promote",
+            self.rollout_refs()
+                .1
+                .replacen("refs/heph/", "refs/heph/outgoing/", 1)
+        );
+        repo.reference(&local_ref, oid, true, "heph rollout: promote")
+            .map_err(HistoryError::git("writing the promoted reference"))?;
+        self.push_ref_fast_forward(remote, transport, &local_ref, &name)
+    }
+
+    /// `heph watch --follow`: fetch `remote`'s history and rollout; the evolution this
+    /// instance (`instance`) applies next: the rollout's when it is one of its
+    /// canaries and the rollout is ahead of the remote's history, else the history's
+    /// tip (None when the remote has no history).
+    pub fn follow_target(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+        instance: &str,
+    ) -> Result<Option<String>, HistoryError> {
+        let tip = self.fetch_remote(remote, transport)?;
+        let Some(rollout) = self.fetch_rollout(remote, transport)? else {
+            return Ok(tip);
+        };
+        if !rollout.canaries.iter().any(|c| c == instance) {
+            return Ok(tip);
+        }
+        let repo = self.repo_ref()?;
+        let Ok(evolution) = Oid::from_str(&rollout.evolution) else {
+            return Ok(tip);
+        };
+        let ahead = match tip.as_deref().map(Oid::from_str) {
+            Some(Ok(t)) => {
+                evolution != t && repo.graph_descendant_of(evolution, t).unwrap_or(false)
+            }
+            Some(Err(_)) => false,
+            None => true,
+        };
+        Ok(if ahead && repo.find_commit(evolution).is_ok() {
+            Some(rollout.evolution)
+        } else {
+            tip
+        })
+    }
+
+    /// The rollout in `remote`, if any (fetched with its evolution).
+    pub fn fetch_rollout(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+    ) -> Result<Option<Rollout>, HistoryError> {
+        let _lock = self.lock("follow")?;
+        let (_, dir, fetched) = self.rollout_refs();
+        self.fetch_glob(remote, transport, &format!("{dir}*"), &fetched)?;
+        let repo = self.repo_ref()?;
+        let Ok(r) = repo.find_reference(&format!("{fetched}current")) else {
+            return Ok(None);
+        };
+        let Some(commit) = r.target().and_then(|o| repo.find_commit(o).ok()) else {
+            return Ok(None);
+        };
+        let parsed = commit.message().ok().and_then(Rollout::parse);
+        // The evolution must be the commit's parent: its objects came with it.
+        Ok(parsed.filter(|p| {
+            commit
+                .parent_id(0)
+                .is_ok_and(|parent| parent.to_string() == p.evolution)
+        }))
     }
 
     /// Publish this instance's status on `remote` (`refs/heph/fleet/INSTANCE`, replaced
@@ -559,6 +766,79 @@ mod tests {
         for transport in [SyncTransport::Libgit2, SyncTransport::Git] {
             let list = h.fleet_status(&remote, transport).expect("list");
             assert_eq!(list, vec![s.clone(), other.clone()], "{transport:?}");
+        }
+    }
+
+    #[test]
+    fn canaries_are_the_first_followers_by_name_and_a_rollout_survives_its_message() {
+        let statuses = [
+            FleetStatus::now("web-3", None, FleetState::Applied),
+            FleetStatus::now("web-1", None, FleetState::Stopped),
+            FleetStatus::now("web-2", None, FleetState::Unhealthy),
+            FleetStatus::now("web-4", None, FleetState::Applied),
+        ];
+        assert_eq!(choose_canaries(&statuses, 2), ["web-2", "web-3"]);
+        assert_eq!(choose_canaries(&statuses, 9).len(), 3);
+        let r = Rollout {
+            evolution: "abc".into(),
+            canaries: vec!["web-2".into(), "web 3".into()],
+            since: 42,
+        };
+        assert_eq!(Rollout::parse(&r.message()), Some(r));
+    }
+
+    #[test]
+    fn a_canary_follows_the_rollout_and_the_others_the_history() {
+        let (dir_a, a_root) = project(false);
+        let (_dir_b, b_root) = project(false);
+        let remote = bare_remote(dir_a.path());
+        let auto = SyncTransport::Auto;
+        let mut a = History::open(&a_root).expect("open a");
+        let first = a.snapshot(Some("start")).expect("snapshot").expect("one");
+        a.publish(&remote, auto).expect("publish");
+        assert_eq!(a.rollout_candidate(&remote, auto).expect("none"), None);
+        write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+        let second = a.snapshot(Some("two")).expect("snapshot").expect("two");
+        assert_eq!(
+            a.rollout_candidate(&remote, auto).expect("candidate"),
+            Some((second.id.clone(), first.id.clone()))
+        );
+        let rollout = Rollout {
+            evolution: second.id.clone(),
+            canaries: vec!["canary".into()],
+            since: 1,
+        };
+        assert_eq!(
+            a.start_rollout(&remote, auto, &rollout).expect("rollout"),
+            None
+        );
+
+        let mut b = History::open(&b_root).expect("open b");
+        assert_eq!(
+            b.follow_target(&remote, auto, "other")
+                .expect("other")
+                .as_deref(),
+            Some(first.id.as_str())
+        );
+        assert_eq!(
+            b.follow_target(&remote, auto, "canary")
+                .expect("canary")
+                .as_deref(),
+            Some(second.id.as_str())
+        );
+        assert_eq!(
+            b.fetch_rollout(&remote, auto).expect("fetch"),
+            Some(rollout)
+        );
+        // Promoted: everyone follows the history, which holds it.
+        assert_eq!(a.promote(&remote, auto, &second.id).expect("promote"), None);
+        for who in ["other", "canary"] {
+            assert_eq!(
+                b.follow_target(&remote, auto, who)
+                    .expect("target")
+                    .as_deref(),
+                Some(second.id.as_str())
+            );
         }
     }
 

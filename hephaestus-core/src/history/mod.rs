@@ -46,7 +46,9 @@ use serde::Serialize;
 use crate::evolution::{Evolution, EvolutionKind, EvolutionMeta};
 use crate::state::{ProjectLock, StateDir, StateError};
 
-pub use fleet::{FleetState, FleetStatus, FollowStep, instance_component};
+pub use fleet::{
+    FleetState, FleetStatus, FollowStep, Rollout, choose_canaries, instance_component,
+};
 use refs::HistoryRef;
 pub use restore::RollbackReport;
 pub use show::{EvolutionDiff, FileChange};

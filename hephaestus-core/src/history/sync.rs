@@ -769,6 +769,25 @@ impl History {
         }
     }
 
+    /// Push `local_ref` to `remote_ref` on `remote` only when that is a fast-forward
+    /// there (never forced); the server's refusal, if any.
+    pub(super) fn push_ref_fast_forward(
+        &self,
+        remote: &str,
+        transport: SyncTransport,
+        local_ref: &str,
+        remote_ref: &str,
+    ) -> Result<Option<String>, HistoryError> {
+        let repo = self.repo_ref()?;
+        let (handle, _, url) = open_remote(repo, remote)?;
+        let spec = format!("{local_ref}:{remote_ref}");
+        if self.use_cli(remote, &url, transport)? {
+            push_spec_cli(repo, &handle, &spec)
+        } else {
+            push_spec_libgit2(repo, &handle, &spec)
+        }
+    }
+
     /// Fetch every remote ref matching `pattern` (a glob such as `refs/heph/fleet/*`)
     /// into `into` (the same glob under another prefix), after deleting the local refs
     /// under `into` (refs gone from the remote go here too).

@@ -278,6 +278,39 @@ pub enum WatchEvent {
         /// How many evolutions were sent.
         evolutions: usize,
     },
+    /// `--publish --canary`: a new evolution went to the rollout reference for these
+    /// canaries; the rest of the fleet gets it once they are healthy.
+    CanaryStarted {
+        /// The remote.
+        remote: String,
+        /// The evolution rolled out.
+        evolution: String,
+        /// The canaries (instance names).
+        canaries: Vec<String>,
+    },
+    /// `--publish --canary`: every canary stayed healthy for the window: the evolution
+    /// is on the history reference, for the whole fleet.
+    CanaryPromoted {
+        /// The remote.
+        remote: String,
+        /// The evolution.
+        evolution: String,
+    },
+    /// `--publish --canary`: a canary failed (or did not report in time): a `rollback`
+    /// evolution to what the fleet ran was recorded and is published to all; the other
+    /// followers never ran the evolution.
+    CanaryFailed {
+        /// The remote.
+        remote: String,
+        /// The evolution that failed.
+        evolution: String,
+        /// The canary (or canaries) concerned.
+        instance: String,
+        /// Why.
+        reason: String,
+        /// The `rollback` evolution recorded, None when it could not be.
+        rollback: Option<String>,
+    },
     /// `--publish`: the remote was not updated (not a fast-forward, or refused); nothing
     /// was forced.
     PublishRefused {

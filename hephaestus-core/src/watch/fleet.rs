@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use super::{Input, Session, WatchEvent, open_history};
 use crate::history::{
-    FleetState, FleetStatus, FollowStep, History, HistoryOptions, SyncOutcome, SyncTransport,
+    FleetState, FleetStatus, FollowStep, History, HistoryOptions, Rollout, SyncOutcome,
+    SyncTransport, choose_canaries,
 };
 
 /// The default time between two fetches of the followed remote.
@@ -43,7 +44,34 @@ pub struct FleetOptions {
     pub instance: String,
     /// How the remote is reached.
     pub transport: SyncTransport,
+    /// `--canary N`: roll each evolution out to N followers first.
+    pub canary: Option<CanaryOptions>,
 }
+
+/// `--canary N [--health-window D] [--canary-timeout D]` of a publisher: each new
+/// evolution goes to the rollout reference first, which only the first `count`
+/// followers (by instance name, `stopped` ones left out) apply; the history
+/// reference, which every other follower follows, moves only once every canary reports
+/// `applied` and none reports a failure for `health_window`. A canary reporting
+/// `build-failed`, `unhealthy` or `stopped`, or not reporting `applied` within
+/// `timeout`, makes the publisher record a `rollback` to the evolution the fleet ran
+/// and publish it to all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanaryOptions {
+    /// How many canaries.
+    pub count: usize,
+    /// How long the canaries stay healthy before the rest of the fleet gets it.
+    pub health_window: Duration,
+    /// How long the canaries have to report `applied` (their build included).
+    pub timeout: Duration,
+}
+
+/// The default `--health-window`.
+pub const DEFAULT_HEALTH_WINDOW: Duration = Duration::from_secs(10);
+/// The default `--canary-timeout`.
+pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often a publisher reads the canaries' reports during a rollout.
+const CANARY_POLL: Duration = Duration::from_millis(500);
 
 impl Default for FleetOptions {
     fn default() -> Self {
@@ -53,6 +81,7 @@ impl Default for FleetOptions {
             follow_interval: DEFAULT_FOLLOW_INTERVAL,
             instance: default_instance(Path::new(".")),
             transport: SyncTransport::Auto,
+            canary: None,
         }
     }
 }
@@ -96,19 +125,27 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Start publishing `root`'s history to `remote`; `notify` receives what happens.
+    /// Start publishing `root`'s history to `remote` (through canaries with
+    /// `canary`); `notify` receives what happens.
     pub fn start(
         root: &Path,
         options: HistoryOptions,
         remote: String,
         transport: SyncTransport,
+        canary: Option<CanaryOptions>,
         notify: impl Fn(WatchEvent) + Send + 'static,
     ) -> Publisher {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let root = root.to_path_buf();
         let thread = thread::spawn(move || {
-            publish_loop(&root, &options, &remote, transport, &flag, &notify)
+            let target = PublishTarget {
+                root: &root,
+                options: &options,
+                remote: &remote,
+                transport,
+            };
+            publish_loop(&target, canary, &flag, &notify)
         });
         Publisher {
             stop,
@@ -126,22 +163,192 @@ impl Drop for Publisher {
     }
 }
 
-fn publish_loop(
-    root: &Path,
-    options: &HistoryOptions,
-    remote: &str,
+/// Where a publisher publishes.
+struct PublishTarget<'a> {
+    root: &'a Path,
+    options: &'a HistoryOptions,
+    remote: &'a str,
     transport: SyncTransport,
+}
+
+/// A canary rollout under way.
+#[derive(Debug)]
+struct Rolling {
+    rollout: Rollout,
+    /// The remote's history tip before: what a failure rolls back to.
+    previous: String,
+    started: Instant,
+    /// Since when every canary reports `applied`.
+    healthy_since: Option<Instant>,
+}
+
+/// How a rollout stands after reading the canaries' reports.
+enum Verdict {
+    Waiting,
+    Promote,
+    Failed { instance: String, reason: String },
+}
+
+fn verdict(rolling: &mut Rolling, statuses: &[FleetStatus], canary: &CanaryOptions) -> Verdict {
+    let evolution = &rolling.rollout.evolution;
+    let mut all_applied = true;
+    for name in &rolling.rollout.canaries {
+        let status = statuses.iter().find(|s| &s.instance == name);
+        let on_it = status.filter(|s| s.evolution.as_deref() == Some(evolution.as_str()));
+        match (status, on_it) {
+            (_, Some(s)) if s.state == FleetState::Applied => {}
+            (_, Some(s)) if matches!(s.state, FleetState::BuildFailed | FleetState::Unhealthy) => {
+                return Verdict::Failed {
+                    instance: name.clone(),
+                    reason: format!(
+                        "{name} reported {}{}",
+                        s.state.as_str(),
+                        s.detail
+                            .as_deref()
+                            .map_or(String::new(), |d| format!(" ({d})"))
+                    ),
+                };
+            }
+            (Some(s), _) if s.state == FleetState::Stopped && s.since >= rolling.rollout.since => {
+                return Verdict::Failed {
+                    instance: name.clone(),
+                    reason: format!("{name} stopped following"),
+                };
+            }
+            _ => all_applied = false,
+        }
+    }
+    if !all_applied {
+        rolling.healthy_since = None;
+        if rolling.started.elapsed() >= canary.timeout {
+            let waiting = rolling.rollout.canaries.join(", ");
+            return Verdict::Failed {
+                instance: waiting.clone(),
+                reason: format!(
+                    "the canaries ({waiting}) did not all report `applied` within {}s",
+                    canary.timeout.as_secs()
+                ),
+            };
+        }
+        return Verdict::Waiting;
+    }
+    let since = *rolling.healthy_since.get_or_insert_with(Instant::now);
+    if since.elapsed() >= canary.health_window {
+        Verdict::Promote
+    } else {
+        Verdict::Waiting
+    }
+}
+
+fn publish_loop(
+    target: &PublishTarget<'_>,
+    canary: Option<CanaryOptions>,
     stop: &AtomicBool,
     notify: &dyn Fn(WatchEvent),
 ) {
+    let PublishTarget {
+        root,
+        options,
+        remote,
+        transport,
+    } = *target;
     let mut history: Option<History> = None;
     // The tip last published (or refused: refused again only once it moves).
     let mut done: Option<String> = None;
+    // A rollback of a failed rollout: published to all, not through canaries.
+    let mut direct: Option<String> = None;
+    let mut rolling: Option<Rolling> = None;
     let mut failures = 0u32;
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         thread::sleep(PUBLISH_POLL);
         if Instant::now() < next {
+            continue;
+        }
+        if let (Some(r), Some(c)) = (rolling.as_mut(), canary.as_ref()) {
+            next = Instant::now() + CANARY_POLL;
+            let statuses = match open_history(&mut history, root, options, |h| {
+                h.fleet_status(remote, transport)
+            }) {
+                Ok(s) => s,
+                Err(message) => {
+                    history = None;
+                    notify(WatchEvent::FleetUnreachable {
+                        remote: remote.to_owned(),
+                        message,
+                        retry_ms: u64::try_from(CANARY_POLL.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    // Bounded all the same: the timeout counts on.
+                    if r.started.elapsed() < c.timeout {
+                        continue;
+                    }
+                    Vec::new()
+                }
+            };
+            match verdict(r, &statuses, c) {
+                Verdict::Waiting => {}
+                Verdict::Promote => {
+                    let evolution = r.rollout.evolution.clone();
+                    match open_history(&mut history, root, options, |h| {
+                        h.promote(remote, transport, &evolution)
+                    }) {
+                        Ok(None) => {
+                            rolling = None;
+                            done = Some(evolution.clone());
+                            notify(WatchEvent::CanaryPromoted {
+                                remote: remote.to_owned(),
+                                evolution: evolution.clone(),
+                            });
+                            notify(WatchEvent::Published {
+                                remote: remote.to_owned(),
+                                evolution,
+                                evolutions: 1,
+                            });
+                        }
+                        Ok(Some(reason)) => {
+                            rolling = None;
+                            done = Some(evolution.clone());
+                            notify(WatchEvent::PublishRefused {
+                                remote: remote.to_owned(),
+                                evolution,
+                                reason: format!("the remote refused the push: {reason}"),
+                            });
+                        }
+                        Err(_) => history = None, // tried again at the next poll
+                    }
+                }
+                Verdict::Failed { instance, reason } => {
+                    let (evolution, previous) = (r.rollout.evolution.clone(), r.previous.clone());
+                    rolling = None;
+                    done = Some(evolution.clone());
+                    let back = open_history(&mut history, root, options, |h| {
+                        h.rollback(&crate::history::RollbackTarget::Id(previous.clone()))
+                    });
+                    let rollback = match back {
+                        Ok(report) => {
+                            direct = Some(report.evolution.id.clone());
+                            Some(report.evolution.id)
+                        }
+                        Err(message) => {
+                            history = None;
+                            notify(WatchEvent::Warning {
+                                message: format!(
+                                    "canary: cannot roll back to {}: {message}",
+                                    &previous[..previous.len().min(12)]
+                                ),
+                            });
+                            None
+                        }
+                    };
+                    notify(WatchEvent::CanaryFailed {
+                        remote: remote.to_owned(),
+                        evolution,
+                        instance,
+                        reason,
+                        rollback,
+                    });
+                }
+            }
             continue;
         }
         let tip = open_history(&mut history, root, options, |h| {
@@ -160,6 +367,71 @@ fn publish_loop(
         };
         if done.as_deref() == Some(tip.as_str()) {
             continue;
+        }
+        if let Some(c) = canary
+            .as_ref()
+            .filter(|_| direct.as_deref() != Some(tip.as_str()))
+        {
+            let started = open_history(&mut history, root, options, |h| {
+                let Some((local, previous)) = h.rollout_candidate(remote, transport)? else {
+                    return Ok(None);
+                };
+                let statuses = h.fleet_status(remote, transport)?;
+                let canaries = choose_canaries(&statuses, c.count);
+                if canaries.is_empty() {
+                    return Ok(None);
+                }
+                let rollout = Rollout {
+                    evolution: local,
+                    canaries,
+                    since: FleetStatus::now("", None, FleetState::Applying).since,
+                };
+                Ok(match h.start_rollout(remote, transport, &rollout)? {
+                    None => Some(Ok((rollout, previous))),
+                    Some(reason) => Some(Err((rollout.evolution, reason))),
+                })
+            });
+            match started {
+                Ok(Some(Ok((rollout, previous)))) => {
+                    failures = 0;
+                    notify(WatchEvent::CanaryStarted {
+                        remote: remote.to_owned(),
+                        evolution: rollout.evolution.clone(),
+                        canaries: rollout.canaries.clone(),
+                    });
+                    rolling = Some(Rolling {
+                        rollout,
+                        previous,
+                        started: Instant::now(),
+                        healthy_since: None,
+                    });
+                    continue;
+                }
+                Ok(Some(Err((evolution, reason)))) => {
+                    done = Some(tip);
+                    notify(WatchEvent::PublishRefused {
+                        remote: remote.to_owned(),
+                        evolution,
+                        reason: format!("the remote refused the rollout: {reason}"),
+                    });
+                    continue;
+                }
+                // Nothing to roll out through canaries (no follower yet, the remote's
+                // first history, diverged histories): a plain publish.
+                Ok(None) => {}
+                Err(message) => {
+                    history = None;
+                    let wait = backoff(Duration::from_secs(1), failures);
+                    failures += 1;
+                    next = Instant::now() + wait;
+                    notify(WatchEvent::FleetUnreachable {
+                        remote: remote.to_owned(),
+                        message,
+                        retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    });
+                    continue;
+                }
+            }
         }
         match open_history(&mut history, root, options, |h| {
             h.publish(remote, transport)
@@ -231,9 +503,10 @@ impl Follower {
         let flag = Arc::clone(&stop);
         let root = root.to_path_buf();
         let (interval, transport) = (fleet.follow_interval, fleet.transport);
+        let instance = fleet.instance.clone();
         let thread = thread::spawn(move || {
             follow_loop(
-                &root, &options, &remote, interval, transport, &flag, &rx, &tx,
+                &root, &options, &remote, &instance, interval, transport, &flag, &rx, &tx,
             );
         });
         Follower {
@@ -262,6 +535,7 @@ fn follow_loop(
     root: &Path,
     options: &HistoryOptions,
     remote: &str,
+    instance: &str,
     interval: Duration,
     transport: SyncTransport,
     stop: &AtomicBool,
@@ -312,7 +586,7 @@ fn follow_loop(
         }
         if failed.is_none() {
             match open_history(&mut history, root, options, |h| {
-                h.fetch_remote(remote, transport)
+                h.follow_target(remote, transport, instance)
             }) {
                 Ok(Some(tip)) => {
                     if sent.as_deref() != Some(tip.as_str()) {
@@ -394,6 +668,7 @@ impl Session {
                 self.opts.history_options.clone(),
                 remote,
                 self.opts.fleet.transport,
+                self.opts.fleet.canary,
                 move |e| {
                     let _ = tx.send(Input::Fleet(FleetNotice::Event(e)));
                 },
@@ -578,5 +853,108 @@ impl Session {
         if let Some(f) = &self.follower {
             f.report(status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, evolution: &str, state: FleetState, since: i64) -> FleetStatus {
+        let mut s = FleetStatus::now(name, Some(evolution.to_owned()), state);
+        s.since = since;
+        s
+    }
+
+    fn rolling(canaries: &[&str]) -> Rolling {
+        Rolling {
+            rollout: Rollout {
+                evolution: "new".into(),
+                canaries: canaries.iter().map(|c| (*c).to_owned()).collect(),
+                since: 100,
+            },
+            previous: "old".into(),
+            started: Instant::now(),
+            healthy_since: None,
+        }
+    }
+
+    const CANARY: CanaryOptions = CanaryOptions {
+        count: 2,
+        health_window: Duration::ZERO,
+        timeout: Duration::from_secs(600),
+    };
+
+    #[test]
+    fn a_rollout_is_promoted_only_when_every_canary_applied_it_for_the_window() {
+        let mut r = rolling(&["a", "b"]);
+        let one = [
+            status("a", "new", FleetState::Applied, 101),
+            status("b", "old", FleetState::Applied, 90),
+        ];
+        assert!(matches!(verdict(&mut r, &one, &CANARY), Verdict::Waiting));
+        let both = [
+            status("a", "new", FleetState::Applied, 101),
+            status("b", "new", FleetState::Applied, 102),
+        ];
+        assert!(matches!(verdict(&mut r, &both, &CANARY), Verdict::Promote));
+        let window = CanaryOptions {
+            health_window: Duration::from_secs(3600),
+            ..CANARY
+        };
+        let mut r = rolling(&["a", "b"]);
+        assert!(matches!(verdict(&mut r, &both, &window), Verdict::Waiting));
+        assert!(r.healthy_since.is_some());
+        // Back to waiting (a canary applying again) resets the window.
+        assert!(matches!(verdict(&mut r, &one, &window), Verdict::Waiting));
+        assert!(r.healthy_since.is_none());
+    }
+
+    #[test]
+    fn a_failing_silent_or_stopped_canary_fails_the_rollout() {
+        for (state, evolution, since, reason) in [
+            (
+                FleetState::Unhealthy,
+                "new",
+                101,
+                "a reported unhealthy (boom)",
+            ),
+            (
+                FleetState::BuildFailed,
+                "new",
+                101,
+                "a reported build-failed (boom)",
+            ),
+            (FleetState::Stopped, "old", 101, "a stopped following"),
+        ] {
+            let mut r = rolling(&["a"]);
+            let mut s = status("a", evolution, state, since);
+            s.detail = Some("boom".into());
+            match verdict(&mut r, &[s], &CANARY) {
+                Verdict::Failed {
+                    instance,
+                    reason: why,
+                } => {
+                    assert_eq!(instance, "a");
+                    assert!(why.starts_with(reason), "{why}");
+                }
+                _ => panic!("{state:?}: not a failure"),
+            }
+        }
+        // Stopped before the rollout began, or a failure of an older evolution: not
+        // this rollout's failure.
+        let mut r = rolling(&["a"]);
+        let old = [status("a", "old", FleetState::Unhealthy, 90)];
+        assert!(matches!(verdict(&mut r, &old, &CANARY), Verdict::Waiting));
+        // Bounded: no report within the timeout fails it.
+        let mut r = rolling(&["a"]);
+        let quick = CanaryOptions {
+            timeout: Duration::ZERO,
+            ..CANARY
+        };
+        assert!(matches!(
+            verdict(&mut r, &[], &quick),
+            Verdict::Failed { .. }
+        ));
     }
 }

@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 
 pub use events::{RuleStatus, SocketInfo, SyntaxProblem, WatchEvent, WatchStatus};
 pub use files::{Batch, Change, DEFAULT_DEBOUNCE, Rule, WatchPlan, Watcher, is_editor_temp};
-pub use fleet::{DEFAULT_FOLLOW_INTERVAL, FleetNotice, FleetOptions, Publisher, default_instance};
+pub use fleet::{
+    CanaryOptions, DEFAULT_CANARY_TIMEOUT, DEFAULT_FOLLOW_INTERVAL, DEFAULT_HEALTH_WINDOW,
+    FleetNotice, FleetOptions, Publisher, default_instance,
+};
 use policy::{Coalescer, Pending, ReloadPath};
 
 use crate::config::Config;
