@@ -885,7 +885,7 @@ fn an_evolve_run_triggered_from_the_page_shows_its_progress_candidates_and_chart
     );
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.headers["content-type"], "image/svg+xml");
-    let written = env.read(&format!(".heph/evolve/{run_id}.svg"));
+    let written = env.read(format!(".heph/evolve/{run_id}.svg"));
     assert!(written.contains("fill=\"#2e9e44\""), "{written}");
     assert_eq!(a.text, written);
     // The events the page followed: the run's progress on the stream.
