@@ -885,7 +885,7 @@ fn an_evolve_run_triggered_from_the_page_shows_its_progress_candidates_and_chart
     );
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.headers["content-type"], "image/svg+xml");
-    let written = env.read(&format!(".heph/evolve/{run_id}.svg"));
+    let written = env.read(format!(".heph/evolve/{run_id}.svg"));
     assert!(written.contains("fill=\"#2e9e44\""), "{written}");
     assert_eq!(a.text, written);
     // The events the page followed: the run's progress on the stream.
@@ -913,4 +913,191 @@ fn an_evolve_run_triggered_from_the_page_shows_its_progress_candidates_and_chart
     drop(browser);
     server.stop();
     assert!(!server.stderr().contains(TOKEN));
+}
+
+/// The `data:` lines of an event stream until one matches `pred` (at most 100 lines).
+#[track_caller]
+fn stream_until(base: &str, auth: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut r = agent()
+        .get(format!("{base}/hot-reload/events"))
+        .header("Authorization", auth)
+        .call()
+        .expect("events");
+    assert_eq!(r.status(), 200);
+    let mut reader = BufReader::new(r.body_mut().as_reader());
+    let mut seen = Vec::new();
+    let mut line = String::new();
+    while seen.len() < 100 && reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).expect("JSON event");
+            let done = pred(&v);
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+        line.clear();
+    }
+    panic!("no such event in {seen:#?}");
+}
+
+/// The highest `N` of the crash-loop banners' "crashed N times".
+const CRASH_LOOP_BANNERS: &str = "return [...document.querySelectorAll('#alerts .alert')].filter(a => a.dataset.kind === 'crash-loop').map(a => [Number((a.textContent.match(/crashed (\\d+) times/) || [])[1]), a.dataset.replayed === 'true']);";
+
+#[test]
+fn a_crash_loop_raised_before_the_page_opened_is_replayed_as_a_banner_and_new_alerts_come_live() {
+    let _serial = serial();
+    let env = TestEnv::new("hello-server");
+    let w = Watch::start_with(
+        &env,
+        &[
+            "--run",
+            "sleep 0.3; echo dying >&2; exit 3",
+            "--api",
+            "127.0.0.1:0",
+        ],
+        false,
+        &[("HEPH_TOKEN", TOKEN)],
+    );
+    let listening = w.wait_for("the API", Duration::from_secs(30), 0, |e| {
+        e["event"] == "api-listening"
+    });
+    let base = format!("http://{}", listening["addr"].as_str().expect("addr"));
+    let auth = format!("Bearer {TOKEN}");
+    // The crash loop happens before anyone looks.
+    w.wait_for("the third crash in a row", BUILD_TIMEOUT, 0, |e| {
+        e["event"] == "restarting" && e["attempt"] == 3
+    });
+    // A script connecting now gets it replayed, right after `connected`.
+    let seen = stream_until(&base, &auth, |e| {
+        e["event"] == "alert" && e["kind"] == "crash-loop"
+    });
+    assert_eq!(seen[0]["event"], "connected", "{seen:#?}");
+    assert!(
+        seen[0]["crashes"].as_u64().is_some_and(|n| n >= 3),
+        "{seen:#?}"
+    );
+    let alert = seen.last().expect("the alert");
+    assert_eq!(alert["replayed"], true, "{alert}");
+    assert!(
+        alert["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("crashed 3 times in a row")),
+        "{alert}"
+    );
+    assert!(
+        seen.iter()
+            .skip(1)
+            .all(|e| e["event"] == "alert" && e["replayed"] == true),
+        "only replayed alerts before the live ones: {seen:#?}"
+    );
+
+    // The page opened now: the banner, the crashes, and the tab title say so.
+    let profile = tempfile::tempdir().expect("profile dir");
+    let browser = Browser::start(profile.path());
+    browser.login(&base);
+    browser.wait(
+        "the replayed crash-loop banner",
+        "return [...document.querySelectorAll('#alerts .alert')].some(a => a.dataset.kind === 'crash-loop' && a.dataset.replayed === 'true' && a.textContent.includes('crash-loop: the program crashed 3 times in a row'));",
+    );
+    browser.wait(
+        "the title and the crash count",
+        "return document.title.startsWith('⚠ crash') && Number(document.getElementById('crashes').textContent) >= 3;",
+    );
+    // The next crash in a row arrives live, as a new banner.
+    let replayed = browser.js(CRASH_LOOP_BANNERS);
+    let highest = replayed
+        .as_array()
+        .expect("banners")
+        .iter()
+        .filter_map(|b| b[0].as_u64())
+        .max()
+        .expect("a crash-loop banner");
+    let mark = w.mark();
+    w.wait_for(
+        "the next crash in a row",
+        Duration::from_secs(60),
+        mark,
+        |e| e["event"] == "restarting" && e["attempt"].as_u64().is_some_and(|a| a > highest),
+    );
+    browser.wait(
+        "a live crash-loop banner",
+        &format!(
+            "return {}.some(([n, replayed]) => n > {highest} && !replayed) && document.title.startsWith('⚠ crash-loop');",
+            CRASH_LOOP_BANNERS.trim_start_matches("return ").trim_end_matches(';')
+        ),
+    );
+    let shot = output_dir().join("dashboard-crash-loop.png");
+    browser.screenshot(&shot);
+    eprintln!("dashboard screenshot: {}", shot.display());
+    drop(browser);
+    assert!(!w.dump().contains(TOKEN));
+}
+
+#[test]
+fn an_automatic_rollback_of_a_panicking_hot_generation_shows_a_banner_live() {
+    let _serial = serial();
+    let env = crate::hot::hot_env();
+    let w = Watch::start_with(
+        &env,
+        &[
+            "--hot",
+            "--socket",
+            "127.0.0.1:0",
+            "--max-panics",
+            "2",
+            "--heal",
+            "restore-source",
+            "--api",
+            "127.0.0.1:0",
+        ],
+        true,
+        &[("HEPH_TOKEN", TOKEN)],
+    );
+    let listening = w.wait_for("the API", Duration::from_secs(30), 0, |e| {
+        e["event"] == "api-listening"
+    });
+    let base = format!("http://{}", listening["addr"].as_str().expect("addr"));
+    let profile = tempfile::tempdir().expect("profile dir");
+    let browser = Browser::start(profile.path());
+    browser.login(&base);
+    browser.wait(
+        "generation 1",
+        "return document.getElementById('generation').textContent === '1';",
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('#alerts .alert').length;"),
+        json!(0)
+    );
+    let good = env.read(crate::hot::LIB);
+    let mark = w.mark();
+    crate::hot::break_render(&env);
+    w.wait_for("the broken generation loaded", BUILD_TIMEOUT, mark, |e| {
+        e["event"] == "hot-reloaded"
+    });
+    for _ in 0..2 {
+        assert_eq!(crate::watch::request(w.port, "/").expect("answer").0, 500);
+    }
+    w.wait_for("the rollback", Duration::from_secs(30), mark, |e| {
+        e["event"] == "hot-rollback"
+    });
+    browser.wait(
+        "the rollback banner",
+        "return [...document.querySelectorAll('#alerts .alert')].some(a => a.dataset.kind === 'rollback' && !a.dataset.replayed && a.textContent.includes('rolled back from generation 2 to 1')) && document.title.startsWith('⚠ rollback');",
+    );
+    assert_eq!(
+        browser.js("return performance.getEntriesByName('heph-event:hot-rollback').length > 0;"),
+        json!(true)
+    );
+    // restore-source: the good source is back, recorded, and shown in the timeline.
+    assert_eq!(env.read(crate::hot::LIB), good);
+    browser.wait(
+        "the rollback in the timeline",
+        "return [...document.querySelectorAll('#timeline tbody tr td:nth-child(2)')].some(td => td.textContent === 'rollback');",
+    );
+    let shot = output_dir().join("dashboard-rollback.png");
+    browser.screenshot(&shot);
+    eprintln!("dashboard screenshot: {}", shot.display());
+    drop(browser);
+    assert!(!w.dump().contains(TOKEN));
 }

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use crate::watch::{Answer, BUILD_TIMEOUT, Watch, event_is, request, serial};
 
-const LIB: &str = "render/src/lib.rs";
-const FIRST: &str = "Hello from generation one";
+pub(crate) const LIB: &str = "render/src/lib.rs";
+pub(crate) const FIRST: &str = "Hello from generation one";
 
 /// A fresh copy of hot-counter whose runtime dependency points at this checkout.
-fn hot_env() -> TestEnv {
+pub(crate) fn hot_env() -> TestEnv {
     let env = TestEnv::new("hot-counter");
     let manifest = env.read("Cargo.toml");
     let runtime = workspace_root().join("hephaestus-hot");
@@ -250,7 +250,7 @@ fn replace_render_body(env: &TestEnv, body: &str) {
 }
 
 /// The hot crate with a `render` that panics.
-fn break_render(env: &TestEnv) {
+pub(crate) fn break_render(env: &TestEnv) {
     replace_render_body(env, "panic!(\"render is broken\")");
 }
 

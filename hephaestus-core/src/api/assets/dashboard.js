@@ -8,6 +8,8 @@
   let source = null;
   let crashes = 0;
   let alertText = null;
+  const MAX_BANNERS = 5; // the newest; every alert stays in the event list
+  const alertsSeen = new Set(); // shown (or dismissed) alerts: a reconnect replays them
   let statusAt = 0;
   let lastReloadAt = null; // seen by this page (the status has no wall-clock time)
   let runId = null; // the evolution run the panel shows
@@ -96,7 +98,11 @@
     performance.mark("heph-event:" + kind);
     if (kind === "connected") { crashes = e.crashes || 0; refreshStatus(); return; }
     logEvent(e);
-    if (kind === "alert") { if (e.kind === "crash") crashes += 1; addAlert(e); }
+    if (kind === "alert") {
+      // Replayed alerts were raised before this stream: `connected` counted their crashes.
+      if (e.kind === "crash" && !e.replayed) crashes += 1;
+      addAlert(e);
+    }
     if (kind === "reloaded" || kind === "hot-reloaded") {
       lastReloadAt = new Date();
       if (status) { status.generation = e.generation; status.child_pid = e.pid || status.child_pid; render(); }
@@ -117,15 +123,22 @@
   }
 
   function addAlert(e) {
+    const key = e.kind + "|" + e.at + "|" + e.message;
+    if (alertsSeen.has(key)) return;
+    alertsSeen.add(key);
     const div = document.createElement("div");
     div.className = "alert";
+    div.dataset.kind = e.kind;
+    if (e.replayed) div.dataset.replayed = "true";
     const text = document.createElement("span");
-    text.textContent = e.kind + ": " + e.message;
+    const at = e.at ? new Date(e.at * 1000).toLocaleTimeString() + " " : "";
+    text.textContent = at + e.kind + ": " + e.message;
     const close = document.createElement("button");
     close.textContent = "dismiss";
     close.addEventListener("click", () => { div.remove(); if (!$("alerts").children.length) { alertText = null; title(); } });
     div.append(text, close);
     $("alerts").prepend(div);
+    while ($("alerts").children.length > MAX_BANNERS) $("alerts").lastChild.remove();
     alertText = e.kind;
     title();
   }
