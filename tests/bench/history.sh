@@ -7,6 +7,8 @@
 #  2. end to end on a small project: two `heph self-modify --no-verify` (each one
 #     commit, durable) and two `heph rollback` (each a pre-state check, the files
 #     written, one commit), beside `git stash create` on the same project
+#     and, independent of the load, the instructions each executes (valgrind
+#     --tool=callgrind, child processes included; INSTRUCTIONS=0 skips it)
 #  3. listing the last 50 of 100,000 evolutions, and a filter over all of them:
 #     `heph history --limit 50 --json` vs `git log -50 --format=...`;
 #     `heph history --kind import --limit 0 --json` vs `git log --grep`
@@ -14,7 +16,8 @@
 # HEPH_BEFORE=/path/to/an/older/heph puts that binary beside this tree's in every table
 # (each on its own copy of the projects: their caches differ), and HEPH_EXTRA (named
 # HEPH_EXTRA_NAME) a third one, e.g. a build with fsync turned off to tell the cost of
-# durability from the rest. SKIP_LIST=1 skips 3; ONLY_LIST=1 runs only 3.
+# durability from the rest. SKIP_LIST=1 skips 3; ONLY_LIST=1 runs only 3; ONLY_SNAPSHOT=1
+# runs only 1.
 #
 # Usage: tests/bench/history.sh [WORKDIR]   (needs hyperfine: apt-get install -y hyperfine)
 set -euo pipefail
@@ -36,7 +39,8 @@ export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost
 export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u '+%F %H:%M UTC')"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "work dir: $work"
 rounds="${ROUNDS:-8}"
 
@@ -126,6 +130,42 @@ for r in $(seq 1 "$rounds"); do
     -n 'git add -A && git commit -q' 'sh -c "git add -A && git commit -q -m x"' >/dev/null
 done
 summarize snapshot "heph snapshot" > "$work/snapshot.md"
+
+# Instructions executed (every process, the dynamic loader included), which the load
+# does not change: callgrind's total `Ir` of each command, after the same one-file
+# change, interleaved, median of the rounds.
+if [ "${INSTRUCTIONS:-1}" != 0 ] && command -v valgrind >/dev/null; then
+  # instructions NAME COMMAND...: one callgrind run, its Ir appended to $work/ir-NAME.
+  instructions() {
+    local name="$1"; shift
+    local out="$work/callgrind"
+    rm -rf "$out" && mkdir -p "$out"
+    eval "$change"
+    valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$out/cg.%p" \
+      "$@" >/dev/null 2>"$out/log"
+    awk '/^summary:/ { s += $2 } END { print s }' "$out"/cg.* >> "$work/ir-$name"
+  }
+  rm -f "$work"/ir-*
+  for r in $(seq 1 "${INSN_ROUNDS:-5}"); do
+    instructions heph "$heph" snapshot -q
+    instructions git-stash git stash create
+    instructions git-commit git commit -q -a -m x
+  done
+  python3 - "$work" <<'PY' >> "$work/snapshot.md"
+import statistics, sys
+work = sys.argv[1]
+rows = [("heph snapshot", "heph"), ("git stash create", "git-stash"), ("git commit -q -a", "git-commit")]
+ir = {name: [int(x) for x in open(f"{work}/ir-{key}").read().split()] for name, key in rows}
+ours = statistics.median(ir["heph snapshot"])
+print(f"| Command (callgrind, {len(ir['heph snapshot'])} interleaved rounds) | instructions (median) | min | max | median / `heph snapshot` |")
+print("|:---|---:|---:|---:|---:|")
+for name, v in ir.items():
+    print(f"| `{name}` | {statistics.median(v):,.0f} | {min(v):,} | {max(v):,} | {statistics.median(v) / ours:.2f} |")
+print()
+PY
+fi
+echo "load average after the snapshot benchmark: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -n "${ONLY_SNAPSHOT:-}" ] && { cat "$work/snapshot.md"; exit 0; }
 
 # --- 2. self-modify and rollback end to end ------------------------------------------
 make_small() {

@@ -407,6 +407,27 @@ mod tests {
         assert!(!still_empty((7, 41, 100, 5), (7, 41, 100, 5)), "not empty");
     }
 
+    /// An object whose file cannot be synced for any reason but its absence (then it is
+    /// in a pack, synced when written) is an error: the commit is not durable.
+    #[test]
+    fn an_object_that_cannot_be_synced_is_an_error_not_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init_bare(dir.path()).expect("init");
+        let oid = repo.blob(b"kept\n").expect("blob");
+        let hex = oid.to_string();
+        let fan_out = repo.commondir().join("objects").join(&hex[..2]);
+        // The fan-out directory replaced by a file: opening the object fails with
+        // ENOTDIR, not NotFound.
+        fs::remove_dir_all(&fan_out).expect("rm");
+        fs::write(&fan_out, b"").expect("write");
+        match sync_objects(&repo, &[oid]) {
+            Err(HistoryError::Io { path, .. }) => assert_eq!(path, fan_out.join(&hex[2..])),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        let packed = Oid::from_str(&"ab".repeat(20)).expect("oid");
+        sync_objects(&repo, &[packed]).expect("an object that is not loose needs no sync");
+    }
+
     #[test]
     fn tracking_references_are_per_project() {
         let root = HistoryRef::new(None, None);
