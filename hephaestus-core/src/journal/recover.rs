@@ -352,3 +352,92 @@ pub fn recover_project(
     state.clean_tmp();
     recover(root, &lock, options)
 }
+
+#[cfg(test)]
+mod tests {
+    //! `holds` and `put`, the two questions settling asks of each file.
+
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn exec(path: &Path, on: bool) {
+        let mode = if on { 0o755 } else { 0o644 };
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn holds_compares_kind_mode_and_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("f");
+        let missing = dir.path().join("missing");
+        let link = dir.path().join("link");
+        fs::write(&f, "data").expect("write");
+        exec(&f, false);
+        symlink("data", &link).expect("symlink");
+        let git = |bytes: &str, mode| Want::Git(bytes.as_bytes().to_vec(), mode);
+        let file = 0o100644;
+
+        // Absent: only a path with nothing at it.
+        assert!(holds(&missing, &Want::Absent).expect("absent"));
+        assert!(!holds(&f, &Want::Absent).expect("present"));
+        // Bytes: the same bytes; nothing there holds no bytes.
+        assert!(holds(&f, &Want::Inline(b"data".to_vec())).expect("same"));
+        assert!(!holds(&f, &Want::Inline(b"other".to_vec())).expect("other"));
+        assert!(!holds(&missing, &Want::Inline(b"data".to_vec())).expect("missing"));
+        // A plain file of the history: bytes and the executable bit.
+        assert!(holds(&f, &git("data", file)).expect("file"));
+        assert!(!holds(&f, &git("other", file)).expect("other bytes"));
+        assert!(!holds(&f, &git("data", MODE_EXEC)).expect("not executable"));
+        assert!(!holds(&missing, &git("data", file)).expect("missing"));
+        exec(&f, true);
+        assert!(holds(&f, &git("data", MODE_EXEC)).expect("executable"));
+        assert!(!holds(&f, &git("data", file)).expect("executable, not plain"));
+        // A symlink of the history: a link with that target, never a file's bytes.
+        assert!(holds(&link, &git("data", MODE_LINK)).expect("link"));
+        assert!(!holds(&link, &git("elsewhere", MODE_LINK)).expect("other target"));
+        assert!(!holds(&f, &git("data", MODE_LINK)).expect("a file is no link"));
+        assert!(!holds(&link, &git("data", file)).expect("a link is no file"));
+        // A directory holds no file's bytes.
+        assert!(!holds(dir.path(), &git("data", file)).expect("directory"));
+    }
+
+    #[test]
+    fn holds_fails_on_what_it_cannot_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory where text is wanted: reading it fails, which is no answer.
+        let err = holds(dir.path(), &Want::Inline(b"x".to_vec())).expect_err("a directory");
+        assert_eq!(err.kind(), io::ErrorKind::IsADirectory);
+    }
+
+    #[test]
+    fn put_removes_a_file_that_must_be_absent_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).expect("mkdir");
+        fs::write(root.join("gone"), "x").expect("write");
+        put(
+            root,
+            Path::new("gone"),
+            &root.join("gone"),
+            &Want::Absent,
+            &tmp,
+        )
+        .expect("rm");
+        assert!(!root.join("gone").exists());
+        // Already absent: nothing to do.
+        put(
+            root,
+            Path::new("gone"),
+            &root.join("gone"),
+            &Want::Absent,
+            &tmp,
+        )
+        .expect("absent");
+        // A directory where a file must be absent is not removed: an error.
+        fs::create_dir_all(root.join("d/x")).expect("mkdir");
+        assert!(put(root, Path::new("d"), &root.join("d"), &Want::Absent, &tmp).is_err());
+        assert!(root.join("d/x").exists());
+    }
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
-use crate::history::HistoryOptions;
+use crate::history::{History, HistoryOptions};
 use crate::state::StateDir;
 
 fn lock(root: &Path) -> ProjectLock {
@@ -482,4 +482,228 @@ fn a_file_the_killed_writer_had_not_created_yet_is_left_absent() {
         vec!["b.rs".to_owned(), "lib.rs".to_owned()]
     );
     assert!(!root.join("b.rs").exists());
+}
+
+/// A project with a history holding its first state: (tempdir, root, history, tip).
+fn with_history() -> (tempfile::TempDir, std::path::PathBuf, History, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().canonicalize().expect("canon").join("p");
+    fs::create_dir_all(root.join("src")).expect("mkdir");
+    fs::write(root.join("Cargo.toml"), "[package]\nname = \"p\"\n").expect("write");
+    fs::write(root.join("src/lib.rs"), "pub fn a() {}\n").expect("write");
+    let options = HistoryOptions {
+        author: crate::history::Identity {
+            name: Some("Tester".into()),
+            email: Some("tester@example.com".into()),
+            time: None,
+        },
+        ..HistoryOptions::default()
+    };
+    let mut history = History::open_with(&root, options).expect("open");
+    history.snapshot(Some("first")).expect("snapshot");
+    let tip = history.tip().expect("tip").expect("a tip").to_string();
+    (dir, root, history, tip)
+}
+
+/// The id of the blob at `path` in commit `rev` of the project's private store.
+fn blob_of(root: &Path, rev: &str, path: &str) -> String {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(root.join(".heph/history.git"))
+        .args(["rev-parse", &format!("{rev}:{path}")])
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+fn recorded_start(kind: TxKind, pre_state: &str) -> TxStart {
+    let mut s = start(true);
+    s.kind = kind;
+    s.pre_state = Some(pre_state.to_owned());
+    s.meta = Some(EvolutionMeta::new(
+        crate::evolution::EvolutionKind::SelfModify,
+        "replaced fn a",
+    ));
+    s
+}
+
+#[test]
+fn a_verified_change_killed_before_its_record_is_recorded_with_its_own_metadata() {
+    let (_dir, root, history, tip) = with_history();
+    let lock = lock(&root);
+    let mut j = Journal::begin(
+        &root,
+        &lock,
+        recorded_start(TxKind::Apply, &tip),
+        &[PendingFile {
+            path: "src/lib.rs",
+            before: Side::Bytes(b"pub fn a() {}\n"),
+            after: Side::Bytes(b"pub fn a() -> u8 { 1 }\n"),
+        }],
+    )
+    .expect("begin");
+    fs::write(root.join("src/lib.rs"), "pub fn a() -> u8 { 1 }\n").expect("write");
+    j.set_phase(Phase::Passed, None).expect("phase");
+    drop(j);
+    drop(history);
+    // Through `heph recover`'s entry point, which takes the lock itself.
+    drop(lock);
+    let r = recover_project(&root, &HistoryOptions::default())
+        .expect("recover")
+        .expect("pending");
+    assert_eq!(r.action, RecoveryAction::Finished);
+    assert_eq!(r.record_error, None);
+    let e = r.evolution.expect("the change is recorded");
+    assert_eq!(e.meta.kind, crate::evolution::EvolutionKind::SelfModify);
+    assert_eq!(e.meta.message, "replaced fn a");
+    assert_eq!(e.parent.as_deref(), Some(tip.as_str()));
+    assert!(!pending(&root));
+}
+
+#[test]
+fn an_undone_change_that_was_recorded_is_recorded_back_as_a_rollback() {
+    let (_dir, root, mut history, pre) = with_history();
+    let lock = lock(&root);
+    let j = Journal::begin(
+        &root,
+        &lock,
+        recorded_start(TxKind::Apply, &pre),
+        &[PendingFile {
+            path: "src/lib.rs",
+            before: Side::Bytes(b"pub fn a() {}\n"),
+            after: Side::Bytes(b"pub fn a() -> u8 { 1 }\n"),
+        }],
+    )
+    .expect("begin");
+    // Killed during verification, after the change was recorded.
+    fs::write(root.join("src/lib.rs"), "pub fn a() -> u8 { 1 }\n").expect("write");
+    // Recorded the way apply records, under the writer's lock.
+    history
+        .record_if_changed(&EvolutionMeta::new(
+            crate::evolution::EvolutionKind::SelfModify,
+            "replaced fn a",
+        ))
+        .expect("record")
+        .expect("changed");
+    drop(j);
+    drop(history);
+    let r = recover(&root, &lock, &HistoryOptions::default())
+        .expect("recover")
+        .expect("pending");
+    assert_eq!(r.action, RecoveryAction::Undone);
+    let e = r.evolution.expect("a rollback is recorded");
+    assert_eq!(e.meta.kind, crate::evolution::EvolutionKind::Rollback);
+    assert!(
+        e.meta.message.contains("self-modify crate::a"),
+        "{}",
+        e.meta.message
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).expect("read"),
+        "pub fn a() {}\n"
+    );
+}
+
+#[test]
+fn a_history_that_cannot_be_opened_is_reported_while_journal_contents_are_settled() {
+    let (_dir, root, history, tip) = with_history();
+    let lock = lock(&root);
+    drop(
+        Journal::begin(
+            &root,
+            &lock,
+            recorded_start(TxKind::Apply, &tip),
+            &[PendingFile {
+                path: "src/lib.rs",
+                before: Side::Bytes(b"pub fn a() {}\n"),
+                after: Side::Bytes(b"pub fn a() -> u8 { 1 }\n"),
+            }],
+        )
+        .expect("begin"),
+    );
+    fs::write(root.join("src/lib.rs"), "pub fn a() -> u8 { 1 }\n").expect("write");
+    drop(history);
+    // The history store moved away and a plain file in its place: it cannot be opened.
+    let store = root.join(".heph/history.git");
+    let moved = root.join(".heph/moved.git");
+    fs::rename(&store, &moved).expect("move");
+    fs::write(&store, "not a repository").expect("write");
+    let r = recover(&root, &lock, &HistoryOptions::default())
+        .expect("the files are in the journal: settled all the same")
+        .expect("pending");
+    assert!(r.record_error.is_some(), "{r:?}");
+    assert_eq!(r.evolution, None);
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).expect("read"),
+        "pub fn a() {}\n"
+    );
+}
+
+#[test]
+fn a_rollback_needing_blobs_from_a_history_that_cannot_be_opened_is_an_error() {
+    let (_dir, root, history, tip) = with_history();
+    let blob = blob_of(&root, &tip, "src/lib.rs");
+    let lock = lock(&root);
+    fs::write(root.join("src/lib.rs"), "pub fn a() -> u8 { 1 }\n").expect("write");
+    drop(
+        Journal::begin(
+            &root,
+            &lock,
+            {
+                let mut s = recorded_start(TxKind::Rollback, &tip);
+                s.history = false;
+                s
+            },
+            &[PendingFile {
+                path: "src/lib.rs",
+                before: Side::Bytes(b"pub fn a() -> u8 { 1 }\n"),
+                after: Side::Blob {
+                    id: &blob,
+                    mode: 0o100644,
+                },
+            }],
+        )
+        .expect("begin"),
+    );
+    drop(history);
+    let store = root.join(".heph/history.git");
+    let moved = root.join(".heph/moved.git");
+    fs::rename(&store, &moved).expect("move");
+    fs::write(&store, "not a repository").expect("write");
+    let err = recover(&root, &lock, &HistoryOptions::default()).expect_err("no blobs");
+    assert!(matches!(err, JournalError::History(_)), "{err}");
+    assert!(pending(&root), "the journal is kept for a later recover");
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).expect("read"),
+        "pub fn a() -> u8 { 1 }\n"
+    );
+
+    // With the store back, the rollback is finished from its blobs, and nothing is
+    // recorded: the record says the history was not to be written.
+    fs::remove_file(&store).expect("rm the file");
+    fs::rename(&moved, &store).expect("move back");
+    let before_tip = History::open(&root)
+        .expect("open")
+        .tip()
+        .expect("tip")
+        .map(|t| t.to_string());
+    let r = recover(&root, &lock, &HistoryOptions::default())
+        .expect("recover")
+        .expect("pending");
+    assert_eq!(r.action, RecoveryAction::Finished);
+    assert_eq!(r.evolution, None);
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).expect("read"),
+        "pub fn a() {}\n"
+    );
+    let after_tip = History::open(&root)
+        .expect("open")
+        .tip()
+        .expect("tip")
+        .map(|t| t.to_string());
+    assert_eq!(before_tip, after_tip);
 }
