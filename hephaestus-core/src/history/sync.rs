@@ -910,10 +910,7 @@ impl History {
         let buffer = repo
             .commit_create_buffer(&author, &committer, &msg, &tree, &[&first, &second])
             .map_err(HistoryError::git("formatting the merge"))?;
-        let oid = repo
-            .odb()
-            .and_then(|odb| odb.write(git2::ObjectType::Commit, &buffer))
-            .map_err(HistoryError::git("writing the merge"))?;
+        let oid = super::signing::write_commit(repo, self.signing_key.as_deref(), &buffer)?;
         super::refs::sync_objects(repo, &[oid])?;
         self.update_ref(name, oid, || {
             repo.reference_matching(name, oid, true, local, "heph sync: merge")
