@@ -507,8 +507,19 @@ impl History {
         transport: SyncTransport,
         instance: &str,
     ) -> Result<Option<String>, HistoryError> {
-        let tip = self.fetch_remote(remote, transport)?;
-        let Some(rollout) = self.fetch_rollout(remote, transport)? else {
+        let tip = {
+            let _lock = self.lock("follow")?;
+            let (_, dir, fetched) = self.rollout_refs();
+            let also = super::sync::AlsoFetch {
+                from: &dir,
+                into: &fetched,
+            };
+            // One connection for both: an idle follower costs one fetch per interval.
+            self.fetch_locked_also(remote, transport, Some(also))?
+                .theirs
+                .map(|o| o.to_string())
+        };
+        let Some(rollout) = self.read_rollout()? else {
             return Ok(tip);
         };
         if !rollout.canaries.iter().any(|c| c == instance) {
@@ -538,9 +549,17 @@ impl History {
         remote: &str,
         transport: SyncTransport,
     ) -> Result<Option<Rollout>, HistoryError> {
-        let _lock = self.lock("follow")?;
-        let (_, dir, fetched) = self.rollout_refs();
-        self.fetch_glob(remote, transport, &format!("{dir}*"), &fetched)?;
+        {
+            let _lock = self.lock("follow")?;
+            let (_, dir, fetched) = self.rollout_refs();
+            self.fetch_glob(remote, transport, &format!("{dir}*"), &fetched)?;
+        }
+        self.read_rollout()
+    }
+
+    /// The rollout last fetched, if any.
+    fn read_rollout(&self) -> Result<Option<Rollout>, HistoryError> {
+        let (_, _, fetched) = self.rollout_refs();
         let repo = self.repo_ref()?;
         let Ok(r) = repo.find_reference(&format!("{fetched}current")) else {
             return Ok(None);
@@ -868,18 +887,22 @@ mod tests {
         );
 
         let mut b = History::open(&b_root).expect("open b");
-        assert_eq!(
-            b.follow_target(&remote, auto, "other")
-                .expect("other")
-                .as_deref(),
-            Some(first.id.as_str())
-        );
-        assert_eq!(
-            b.follow_target(&remote, auto, "canary")
-                .expect("canary")
-                .as_deref(),
-            Some(second.id.as_str())
-        );
+        for transport in [SyncTransport::Libgit2, SyncTransport::Git] {
+            assert_eq!(
+                b.follow_target(&remote, transport, "other")
+                    .expect("other")
+                    .as_deref(),
+                Some(first.id.as_str()),
+                "{transport:?}"
+            );
+            assert_eq!(
+                b.follow_target(&remote, transport, "canary")
+                    .expect("canary")
+                    .as_deref(),
+                Some(second.id.as_str()),
+                "{transport:?}"
+            );
+        }
         assert_eq!(
             b.fetch_rollout(&remote, auto).expect("fetch"),
             Some(rollout)
@@ -893,6 +916,24 @@ mod tests {
                     .as_deref(),
                 Some(second.id.as_str())
             );
+        }
+        // A rollout gone from the remote is gone here too.
+        let ok = std::process::Command::new("git")
+            .args([
+                "--git-dir",
+                &remote,
+                "update-ref",
+                "-d",
+                "refs/heph/rollout/current",
+            ])
+            .status()
+            .expect("git update-ref")
+            .success();
+        assert!(ok);
+        for transport in [SyncTransport::Libgit2, SyncTransport::Git] {
+            b.follow_target(&remote, transport, "canary")
+                .expect("target");
+            assert_eq!(b.read_rollout().expect("read"), None, "{transport:?}");
         }
     }
 
