@@ -718,7 +718,8 @@ fn a_canary_that_crashes_after_its_swap_makes_the_publisher_roll_the_fleet_back(
     let started = publisher.wait("the rollout", |e| event_is(e, "canary-started"));
     assert_eq!(started["evolution"], bad.as_str());
     assert_eq!(started["canaries"], serde_json::json!(["fleet-a"]));
-    wait_reported(canary, "fleet-a", "applied", &bad);
+    // (Its `applied` report may be replaced by `unhealthy` before it is pushed: only
+    // the latest state of an instance is published.)
     wait_reported(canary, "fleet-a", "unhealthy", &bad);
     let failed = publisher.wait("the canary failure", |e| event_is(e, "canary-failed"));
     assert_eq!(failed["evolution"], bad.as_str(), "{failed}");
@@ -781,4 +782,154 @@ fn a_canary_that_crashes_after_its_swap_makes_the_publisher_roll_the_fleet_back(
         assert_eq!(s["state"], "applied", "{status:?}");
         assert_eq!(s["evolution"], rollback.as_str(), "{status:?}");
     }
+}
+
+/// `ssh-keygen ARGS`, which must succeed.
+fn ssh_keygen(args: &[&str]) {
+    let out = Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .expect("ssh-keygen (openssh-client)");
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_follower_requiring_signatures_applies_signed_evolutions_and_refuses_an_unsigned_commit() {
+    let _serial = serial();
+    let env = TestEnv::new("hello-server");
+    let remote = bare_remote(&env);
+    let remote = remote.to_str().expect("utf-8").to_owned();
+    // The publisher's key, and the followers' allowed-signers file (git's format).
+    let key = env.temp().join("publisher_key");
+    let key_str = key.to_str().expect("utf-8");
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "publisher",
+        "-f",
+        key_str,
+    ]);
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let public: Vec<&str> = public.split_whitespace().take(2).collect();
+    let allowed = env.temp().join("allowed_signers");
+    std::fs::write(&allowed, format!("publisher@fleet {}\n", public.join(" ")))
+        .expect("allowed signers");
+    let allowed = allowed.to_str().expect("utf-8");
+    env.write(
+        "heph.toml",
+        format!("[history]\nsigning_key = {key_str:?}\n"),
+    );
+    let origin = Origin {
+        env,
+        remote: PathBuf::from(&remote),
+    };
+    origin
+        .env
+        .run(["snapshot", "-m", "the fixture"])
+        .expect_code(0);
+    origin.sync();
+    // git itself verifies heph's signature.
+    git(
+        Path::new(&remote),
+        &[
+            "--git-dir",
+            ".",
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &format!("gpg.ssh.allowedSignersFile={allowed}"),
+            "verify-commit",
+            "refs/heph/history",
+        ],
+    );
+
+    // A copy of the project (heph.toml included).
+    let follower = TestEnv::new("hello-server");
+    follower.write("heph.toml", origin.env.read("heph.toml"));
+    let w = Watch::start_with(
+        &follower,
+        &[
+            "--bin",
+            "hello-server",
+            "--socket",
+            "127.0.0.1:0",
+            "--follow",
+            &remote,
+            "--follow-interval",
+            "200ms",
+            "--instance",
+            "strict",
+            "--require-signed",
+            allowed,
+        ],
+        true,
+        &[],
+    );
+    w.wait_for("the first report", EVENT_TIMEOUT, 0, |e| {
+        event_is(e, "fleet-reported") && e["state"] == "applied"
+    });
+    let signed = origin.publish("\"signed by the publisher\"", "reply: signed");
+    w.wait_body("/", BUILD_TIMEOUT, |b| b == "signed by the publisher\n");
+    wait_reported(&w, "strict", "applied", &signed);
+
+    // A commit with heph's trailers but no signature, pushed by plain git.
+    let work = origin.env.temp().join("plain");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&work, &["init", "--quiet"]);
+    git(
+        &work,
+        &[
+            "fetch",
+            "--quiet",
+            &remote,
+            "refs/heph/history:refs/heads/h",
+        ],
+    );
+    git(&work, &["checkout", "--quiet", "h"]);
+    std::fs::write(work.join(REPLY), reply_source("\"unsigned\"")).expect("write");
+    git(
+        &work,
+        &[
+            "commit",
+            "--quiet",
+            "-am",
+            "unsigned change\n\nHeph-Kind: manual",
+        ],
+    );
+    let mark = w.mark();
+    git(
+        &work,
+        &["push", "--quiet", &remote, "HEAD:refs/heph/history"],
+    );
+    let stopped = w.wait_for("following to stop", EVENT_TIMEOUT, mark, |e| {
+        event_is(e, "follow-stopped")
+    });
+    let reason = stopped["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("(unsigned change) of the remote's history is not signed by an allowed key: it is not signed"),
+        "{reason}"
+    );
+    assert!(reason.contains("nothing was written"), "{reason}");
+    assert!(!follower.read(REPLY).contains("unsigned"));
+    assert_eq!(get(w.port, "/").as_deref(), Ok("signed by the publisher\n"));
+    wait_reported(&w, "strict", "stopped", "");
+    let status = fleet_status(&origin.env, &remote);
+    assert_eq!(status[0]["instance"], "strict", "{status:?}");
+    assert_eq!(status[0]["state"], "stopped", "{status:?}");
+    assert!(
+        status[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not signed by an allowed key")),
+        "{status:?}"
+    );
+    let text = origin.env.run(["fleet", "status", &remote]);
+    assert!(text.stdout.contains("not signed"), "{}", text.stdout);
 }

@@ -48,7 +48,7 @@ pub enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Watch the project: syntax check, rebuild and swap the running program without
     /// downtime on every change.
-    Watch(watch::Args),
+    Watch(Box<watch::Args>),
     /// Show the state of the `heph watch` running for this project.
     Status(status::Args),
     /// Make the project faster: try rewrite rules and proposals in isolated copies, keep
@@ -77,7 +77,7 @@ pub fn run(command: Command, global: &GlobalArgs, out: &Output) -> Result<u8> {
         Command::Recover(args) => recover::run(args, global, out),
         Command::Sync(args) => sync::run(args, global, out),
         Command::Snapshot(args) => snapshot::run(args, global, out),
-        Command::Watch(args) => watch::run(args, global, out),
+        Command::Watch(args) => watch::run(*args, global, out),
         Command::Status(args) => status::run(args, global, out),
         Command::Evolve(args) => evolve::run(*args, global, out),
         Command::Mcp(args) => mcp::run(args, global, out),

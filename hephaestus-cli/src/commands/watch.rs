@@ -110,6 +110,12 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s",
           requires = "follow")]
     pub follow_interval: Duration,
+    /// With --follow: apply only evolutions signed by a key of KEYS, an allowed-signers
+    /// file as git's `gpg.ssh.allowedSignersFile` takes it (git's ssh signing format;
+    /// checked with `ssh-keygen -Y verify`). Any other commit stops following, and says
+    /// why. Publishers sign with `[history] signing_key` in heph.toml.
+    #[arg(long, value_name = "KEYS", requires = "follow")]
+    pub require_signed: Option<std::path::PathBuf>,
     /// This instance's name in `heph fleet status` (default: HOST-HASH of the project path).
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
@@ -204,6 +210,13 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
             .unwrap_or_else(|| default_instance(project.root())),
         transport: args.transport.into(),
         canary: args.canary.options(),
+        require_signed: match &args.require_signed {
+            Some(keys) => Some(
+                keys.canonicalize()
+                    .map_err(|e| UsageError(format!("--require-signed {}: {e}", keys.display())))?,
+            ),
+            None => None,
+        },
     };
     if let Some(package) = &args.hot {
         let mut hot = HotOptions::new(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use git2::{Commit, ErrorCode, ObjectType, Oid, Repository, Signature, Time};
+use git2::{Commit, ErrorCode, Oid, Repository, Signature, Time};
 
 use super::{
     CAS_ATTEMPTS, History, HistoryError, Identity, MAX_LISTED_FILES, Meta, PACK_STATE,
@@ -123,9 +123,6 @@ impl History {
         let tree = repo
             .find_tree(snap.tree)
             .map_err(HistoryError::git("reading the snapshot's tree"))?;
-        let odb = repo
-            .odb()
-            .map_err(HistoryError::git("opening the object database"))?;
         let mut tip = tip;
         let mut locked = false;
         for _ in 0..CAS_ATTEMPTS {
@@ -148,9 +145,7 @@ impl History {
             let buffer = repo
                 .commit_create_buffer(&author, &committer, &msg, &tree, &parents)
                 .map_err(HistoryError::git("formatting the commit"))?;
-            let oid = odb
-                .write(ObjectType::Commit, &buffer)
-                .map_err(HistoryError::git("writing the commit"))?;
+            let oid = super::signing::write_commit(repo, self.signing_key.as_deref(), &buffer)?;
             // Objects first, durable; the reference last.
             objects.push(oid);
             refs::sync_objects(repo, &objects)?;

@@ -11,7 +11,7 @@
 //!   replaces on a remote, and only the instance named in it writes it.
 //!   [`History::fleet_status`] reads them all.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use git2::{Oid, Repository};
@@ -266,6 +266,18 @@ impl History {
     /// of one of its ancestors (an instance set up from a copy of the project); else
     /// nothing is written and [`FollowStep::Refused`] says why.
     pub fn follow_apply(&mut self, target: &str) -> Result<FollowStep, HistoryError> {
+        self.follow_apply_with(target, None)
+    }
+
+    /// [`History::follow_apply`], and with `require_signed` (an allowed-signers file,
+    /// `--require-signed`) every evolution applied must carry a signature by one of its
+    /// keys (git's ssh format, checked by `ssh-keygen -Y verify`), else nothing is
+    /// written and [`FollowStep::Refused`] names the first that does not.
+    pub fn follow_apply_with(
+        &mut self,
+        target: &str,
+        require_signed: Option<&Path>,
+    ) -> Result<FollowStep, HistoryError> {
         let lock = self.lock("follow")?;
         self.repo_for_write()?;
         let target = Oid::from_str(target).map_err(HistoryError::git("reading an id"))?;
@@ -279,6 +291,23 @@ impl History {
             && repo.graph_descendant_of(l, target).unwrap_or(false)
         {
             return Ok(FollowStep::Ahead);
+        }
+        if let Some(allowed) = require_signed {
+            for (oid, subject) in evolutions_applied(repo, target, local) {
+                if let Some(why) = super::signing::refusal(self, repo, oid, allowed)? {
+                    return Ok(FollowStep::Refused {
+                        local: local.map(|o| o.to_string()),
+                        pre_state: pre_state.map(Box::new),
+                        reason: format!(
+                            "commit {} ({subject}) of the remote's history is not signed by \
+                             an allowed key: {why}; with --require-signed {} only signed \
+                             evolutions are applied, nothing was written",
+                            &oid.to_string()[..7],
+                            allowed.display()
+                        ),
+                    });
+                }
+            }
         }
         if let Some((foreign, subject)) = foreign_evolution(repo, target, local) {
             return Ok(FollowStep::Refused {
@@ -478,8 +507,19 @@ impl History {
         transport: SyncTransport,
         instance: &str,
     ) -> Result<Option<String>, HistoryError> {
-        let tip = self.fetch_remote(remote, transport)?;
-        let Some(rollout) = self.fetch_rollout(remote, transport)? else {
+        let tip = {
+            let _lock = self.lock("follow")?;
+            let (_, dir, fetched) = self.rollout_refs();
+            let also = super::sync::AlsoFetch {
+                from: &dir,
+                into: &fetched,
+            };
+            // One connection for both: an idle follower costs one fetch per interval.
+            self.fetch_locked_also(remote, transport, Some(also))?
+                .theirs
+                .map(|o| o.to_string())
+        };
+        let Some(rollout) = self.read_rollout()? else {
             return Ok(tip);
         };
         if !rollout.canaries.iter().any(|c| c == instance) {
@@ -509,9 +549,17 @@ impl History {
         remote: &str,
         transport: SyncTransport,
     ) -> Result<Option<Rollout>, HistoryError> {
-        let _lock = self.lock("follow")?;
-        let (_, dir, fetched) = self.rollout_refs();
-        self.fetch_glob(remote, transport, &format!("{dir}*"), &fetched)?;
+        {
+            let _lock = self.lock("follow")?;
+            let (_, dir, fetched) = self.rollout_refs();
+            self.fetch_glob(remote, transport, &format!("{dir}*"), &fetched)?;
+        }
+        self.read_rollout()
+    }
+
+    /// The rollout last fetched, if any.
+    fn read_rollout(&self) -> Result<Option<Rollout>, HistoryError> {
+        let (_, _, fetched) = self.rollout_refs();
         let repo = self.repo_ref()?;
         let Ok(r) = repo.find_reference(&format!("{fetched}current")) else {
             return Ok(None);
@@ -584,6 +632,31 @@ impl History {
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok(out)
     }
+}
+
+/// The commits between `local` (excluded; unrelated histories: the target's own) and
+/// `target`, with their subjects, at most [`BASE_SEARCH`].
+fn evolutions_applied(repo: &Repository, target: Oid, local: Option<Oid>) -> Vec<(Oid, String)> {
+    let Ok(mut walk) = repo.revwalk() else {
+        return Vec::new();
+    };
+    if walk.push(target).is_err() {
+        return Vec::new();
+    }
+    if let Some(l) = local {
+        let _ = walk.hide(l);
+    }
+    walk.flatten()
+        .take(BASE_SEARCH)
+        .map(|oid| {
+            let subject = repo
+                .find_commit(oid)
+                .ok()
+                .and_then(|c| c.summary().ok().flatten().map(str::to_owned))
+                .unwrap_or_default();
+            (oid, subject)
+        })
+        .collect()
 }
 
 /// The first commit between `local` (excluded) and `target` whose message lacks heph's
@@ -814,18 +887,22 @@ mod tests {
         );
 
         let mut b = History::open(&b_root).expect("open b");
-        assert_eq!(
-            b.follow_target(&remote, auto, "other")
-                .expect("other")
-                .as_deref(),
-            Some(first.id.as_str())
-        );
-        assert_eq!(
-            b.follow_target(&remote, auto, "canary")
-                .expect("canary")
-                .as_deref(),
-            Some(second.id.as_str())
-        );
+        for transport in [SyncTransport::Libgit2, SyncTransport::Git] {
+            assert_eq!(
+                b.follow_target(&remote, transport, "other")
+                    .expect("other")
+                    .as_deref(),
+                Some(first.id.as_str()),
+                "{transport:?}"
+            );
+            assert_eq!(
+                b.follow_target(&remote, transport, "canary")
+                    .expect("canary")
+                    .as_deref(),
+                Some(second.id.as_str()),
+                "{transport:?}"
+            );
+        }
         assert_eq!(
             b.fetch_rollout(&remote, auto).expect("fetch"),
             Some(rollout)
@@ -839,6 +916,24 @@ mod tests {
                     .as_deref(),
                 Some(second.id.as_str())
             );
+        }
+        // A rollout gone from the remote is gone here too.
+        let ok = std::process::Command::new("git")
+            .args([
+                "--git-dir",
+                &remote,
+                "update-ref",
+                "-d",
+                "refs/heph/rollout/current",
+            ])
+            .status()
+            .expect("git update-ref")
+            .success();
+        assert!(ok);
+        for transport in [SyncTransport::Libgit2, SyncTransport::Git] {
+            b.follow_target(&remote, transport, "canary")
+                .expect("target");
+            assert_eq!(b.read_rollout().expect("read"), None, "{transport:?}");
         }
     }
 

@@ -31,6 +31,7 @@ pub mod message;
 mod refs;
 pub(crate) mod restore;
 mod show;
+mod signing;
 mod snapshot;
 mod sync;
 
@@ -255,6 +256,14 @@ pub enum HistoryError {
     /// An unfinished transaction found under the lock could not be settled.
     #[error(transparent)]
     Journal(Box<crate::journal::JournalError>),
+    /// Signing an evolution, or checking a signature, failed (`ssh-keygen -Y`).
+    #[error("{what} failed: {message}")]
+    Signing {
+        /// What heph was doing.
+        what: String,
+        /// ssh-keygen's message.
+        message: String,
+    },
 }
 
 fn known_remotes(known: &[String]) -> String {
@@ -298,7 +307,8 @@ impl crate::Categorized for HistoryError {
             | HistoryError::RestoreBlocked { .. }
             | HistoryError::Lock(_)
             | HistoryError::Journal(_)
-            | HistoryError::RollbackNotRecorded { .. } => Environment,
+            | HistoryError::RollbackNotRecorded { .. }
+            | HistoryError::Signing { .. } => Environment,
         }
     }
 }
@@ -417,6 +427,11 @@ pub struct HistoryConfig {
     /// Files larger than this are left out of snapshots: bytes, or a size such as
     /// `"100MiB"`, `"2GiB"`, `"500kB"` (default 100 MiB).
     pub max_file_size: Option<crate::config::ByteSize>,
+    /// Sign every evolution recorded with this ssh key (git's ssh signing format, by
+    /// `ssh-keygen -Y sign`): a private key file, or a public key whose private half is
+    /// in ssh-agent; `~/` is the home directory, a relative path the project's folder. Followers started with
+    /// `--require-signed` apply only signed evolutions.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl HistoryConfig {
@@ -455,6 +470,15 @@ impl HistoryConfig {
             .max_file_size()
             .map_err(|message| HistoryError::Config { path, message })?;
         Ok(file.history)
+    }
+}
+
+/// `[history] signing_key` as a path: `~/` is the home directory, a relative path is
+/// the project's.
+fn key_path(root: &Path, key: &Path) -> PathBuf {
+    match (key.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => root.join(key),
     }
 }
 
@@ -551,6 +575,8 @@ pub struct History {
     options: HistoryOptions,
     /// The files the last snapshot left out for their size.
     skipped: Vec<SkippedFile>,
+    /// `[history] signing_key`: the ssh key evolutions are signed with.
+    signing_key: Option<PathBuf>,
 }
 
 impl fmt::Debug for History {
@@ -606,6 +632,7 @@ impl History {
         // A `.heph` (or `.heph/history.git`, ...) that is a link is refused before use.
         state.check()?;
         let mut options = options;
+        let mut signing_key = None;
         if options.max_file_size.is_none() {
             let config = HistoryConfig::of_project(root)?;
             options.max_file_size = Some(
@@ -615,6 +642,9 @@ impl History {
                     .flatten()
                     .unwrap_or(DEFAULT_MAX_FILE_SIZE),
             );
+            signing_key = config.signing_key.map(|k| key_path(root, &k));
+        } else if let Ok(config) = HistoryConfig::of_project(root) {
+            signing_key = config.signing_key.map(|k| key_path(root, &k));
         }
         let found = match Repository::open_ext(
             root,
@@ -656,6 +686,7 @@ impl History {
                     repo: Some(repo),
                     options,
                     skipped: Vec::new(),
+                    signing_key: signing_key.clone(),
                 }
             }
             None => {
@@ -681,6 +712,7 @@ impl History {
                     main_worktree: true,
                     options,
                     skipped: Vec::new(),
+                    signing_key: signing_key.clone(),
                 }
             }
         };

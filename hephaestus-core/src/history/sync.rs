@@ -289,6 +289,28 @@ fn git_message(stderr: &str) -> String {
     }
 }
 
+/// More references fetched in the same connection as the history: every remote ref
+/// under `from` (a directory such as `refs/heph/rollout/`) into the same names under
+/// `into` (emptied first by the caller).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AlsoFetch<'a> {
+    pub(super) from: &'a str,
+    pub(super) into: &'a str,
+}
+
+impl AlsoFetch<'_> {
+    fn refspec(&self) -> String {
+        format!("+{}*:{}*", self.from, self.into)
+    }
+
+    /// The local name of remote ref `name`, when it is one of these.
+    fn local(&self, name: &str) -> Option<String> {
+        name.strip_prefix(self.from)
+            .filter(|rest| !rest.is_empty())
+            .map(|rest| format!("{}{rest}", self.into))
+    }
+}
+
 /// Fetch the remote's history into `tracking_ref`; `Ok(false)` when the remote has
 /// none.
 fn fetch_cli(
@@ -296,6 +318,7 @@ fn fetch_cli(
     remote: &str,
     name: &str,
     tracking_ref: &str,
+    also: Option<AlsoFetch<'_>>,
 ) -> Result<bool, HistoryError> {
     let what = format!("fetching {name} from");
     let mut cmd = git_command(repo);
@@ -308,6 +331,9 @@ fn fetch_cli(
     ])
     .arg(remote)
     .arg(format!("+{name}:{tracking_ref}"));
+    if let Some(also) = also {
+        cmd.arg(also.refspec());
+    }
     let run = run_git(cmd, &what, remote)?;
     if run.success {
         return Ok(true);
@@ -366,6 +392,7 @@ fn fetch_libgit2(
     remote: &str,
     name: &str,
     tracking_ref: &str,
+    also: Option<AlsoFetch<'_>>,
 ) -> Result<bool, HistoryError> {
     let mut handle = libgit2_remote(repo, remote)?;
     let mut attempts = 0;
@@ -375,8 +402,12 @@ fn fetch_libgit2(
         .download_tags(AutotagOption::None)
         .remote_callbacks(callbacks(&mut attempts));
     let refspec = format!("+{name}:{tracking_ref}");
+    let also_spec = also.map(|a| a.refspec());
+    let specs: Vec<&str> = std::iter::once(refspec.as_str())
+        .chain(also_spec.as_deref())
+        .collect();
     handle
-        .download(&[refspec.as_str()], Some(&mut fetch))
+        .download(&specs, Some(&mut fetch))
         .map_err(|source| HistoryError::Git {
             what: format!("fetching {name} from `{remote}`"),
             source,
@@ -385,7 +416,23 @@ fn fetch_libgit2(
         .list()
         .ok()
         .and_then(|heads| heads.iter().find(|h| h.name() == name).map(|h| h.oid()));
+    let also_refs: Vec<(String, Oid)> = match also {
+        Some(a) => handle
+            .list()
+            .map(|heads| {
+                heads
+                    .iter()
+                    .filter_map(|h| a.local(h.name()).map(|n| (n, h.oid())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let _ = handle.disconnect();
+    for (local, oid) in also_refs {
+        repo.reference(&local, oid, true, "heph fleet: fetch")
+            .map_err(HistoryError::git("writing a fetched fleet reference"))?;
+    }
     match advertised {
         Some(oid) => {
             history.update_ref(tracking_ref, oid, || {
@@ -608,6 +655,17 @@ impl History {
         remote: &str,
         transport: SyncTransport,
     ) -> Result<Fetched, HistoryError> {
+        self.fetch_locked_also(remote, transport, None)
+    }
+
+    /// [`History::fetch_locked`], fetching `also` in the same connection (its local
+    /// refs are emptied first, so refs gone from the remote go here too).
+    pub(super) fn fetch_locked_also(
+        &mut self,
+        remote: &str,
+        transport: SyncTransport,
+        also: Option<AlsoFetch<'_>>,
+    ) -> Result<Fetched, HistoryError> {
         self.repo_for_write()?;
         let repo = self.repo_ref()?;
         let (handle, component, url) = open_remote(repo, remote)?;
@@ -617,10 +675,23 @@ impl History {
         super::refs::recover_stale_lock(self.state.path(), repo);
         self.settle_legacy(repo)?;
         let local = self.tip()?;
+        if let Some(a) = also
+            && let Ok(refs) = repo.references_glob(&format!("{}*", a.into))
+        {
+            let names: Vec<String> = refs
+                .flatten()
+                .filter_map(|r| r.name().ok().map(str::to_owned))
+                .collect();
+            for n in names {
+                if let Ok(mut r) = repo.find_reference(&n) {
+                    let _ = r.delete();
+                }
+            }
+        }
         let advertised = if cli {
-            fetch_cli(repo, &handle, &name, &tracking_ref)?
+            fetch_cli(repo, &handle, &name, &tracking_ref, also)?
         } else {
-            fetch_libgit2(self, repo, &handle, &name, &tracking_ref)?
+            fetch_libgit2(self, repo, &handle, &name, &tracking_ref, also)?
         };
         if !advertised {
             // The remote has no history (any more): drop a stale tracking ref.
@@ -910,10 +981,7 @@ impl History {
         let buffer = repo
             .commit_create_buffer(&author, &committer, &msg, &tree, &[&first, &second])
             .map_err(HistoryError::git("formatting the merge"))?;
-        let oid = repo
-            .odb()
-            .and_then(|odb| odb.write(git2::ObjectType::Commit, &buffer))
-            .map_err(HistoryError::git("writing the merge"))?;
+        let oid = super::signing::write_commit(repo, self.signing_key.as_deref(), &buffer)?;
         super::refs::sync_objects(repo, &[oid])?;
         self.update_ref(name, oid, || {
             repo.reference_matching(name, oid, true, local, "heph sync: merge")

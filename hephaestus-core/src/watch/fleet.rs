@@ -46,6 +46,9 @@ pub struct FleetOptions {
     pub transport: SyncTransport,
     /// `--canary N`: roll each evolution out to N followers first.
     pub canary: Option<CanaryOptions>,
+    /// `--require-signed KEYS`: apply only evolutions signed by a key of this
+    /// allowed-signers file.
+    pub require_signed: Option<PathBuf>,
 }
 
 /// `--canary N [--health-window D] [--canary-timeout D]` of a publisher: each new
@@ -82,6 +85,7 @@ impl Default for FleetOptions {
             instance: default_instance(Path::new(".")),
             transport: SyncTransport::Auto,
             canary: None,
+            require_signed: None,
         }
     }
 }
@@ -725,8 +729,9 @@ impl Session {
             return;
         };
         let root = self.project.root().to_path_buf();
+        let signed = self.opts.fleet.require_signed.clone();
         let step = open_history(&mut self.history, &root, &self.opts.history_options, |h| {
-            h.follow_apply(&tip)
+            h.follow_apply_with(&tip, signed.as_deref())
         });
         match step {
             Ok(FollowStep::Applied {
