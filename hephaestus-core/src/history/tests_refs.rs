@@ -407,6 +407,26 @@ fn a_reference_moved_before_the_update_is_reparented_with_its_metadata_recompute
     git(&root, &["fsck", "--strict"]);
 }
 
+/// Only a moved reference (or its lock held) is retried: any other failure to move it
+/// is reported at once, as what it is, and the reference is not written.
+#[test]
+fn a_reference_update_failing_for_another_reason_is_reported_not_retried() {
+    let (_dir, root) = project(true);
+    let hook_root = root.clone();
+    let options = HistoryOptions {
+        before_ref_update: Some(Arc::new(move || {
+            // `refs/heph` a file: the reference's lock cannot be created (ENOTDIR).
+            fs::write(hook_root.join(".git/refs/heph"), b"").expect("write");
+        })),
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options).expect("open");
+    match h.record_manual_if_changed() {
+        Err(HistoryError::Git { what, .. }) => assert_eq!(what, format!("moving {HISTORY_REF}")),
+        other => panic!("expected the update's own error, got {other:?}"),
+    }
+}
+
 /// The stale-lock rule: a lock left by a heph killed in the middle of a reference
 /// update (the marker names the reference and the lock holds the commit it was writing)
 /// is removed; a lock held by a running `git update-ref` never is, even when a stale
