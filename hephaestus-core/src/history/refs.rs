@@ -428,6 +428,39 @@ mod tests {
         sync_objects(&repo, &[packed]).expect("an object that is not loose needs no sync");
     }
 
+    /// A reference kept only in `packed-refs` has no file to sync (git synced the pack
+    /// when it wrote it); any other failure to sync it, or its directory, is an error.
+    #[test]
+    fn a_reference_that_cannot_be_synced_is_an_error_unless_it_is_packed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init_bare(dir.path()).expect("init");
+        let commit = {
+            let tree = repo.treebuilder(None).expect("tb").write().expect("tree");
+            let tree = repo.find_tree(tree).expect("tree");
+            let sig = git2::Signature::now("t", "t@localhost").expect("sig");
+            repo.commit(None, &sig, &sig, "c", &tree, &[])
+                .expect("commit")
+        };
+        let common = repo.commondir().to_path_buf();
+        fs::create_dir_all(common.join("refs/heph")).expect("mkdir");
+        fs::write(
+            common.join("packed-refs"),
+            format!("# pack-refs with: peeled fully-peeled sorted\n{commit} {HISTORY_REF}\n"),
+        )
+        .expect("packed-refs");
+        assert_eq!(read_ref(&repo, HISTORY_REF).expect("read"), Some(commit));
+        sync_ref(&repo, HISTORY_REF, false).expect("a packed reference needs no sync");
+        // A path through a file: opening the reference fails with ENOTDIR.
+        fs::write(common.join("refs/heph/projects"), b"").expect("write");
+        let name = "refs/heph/projects/history";
+        for created in [false, true] {
+            match sync_ref(&repo, name, created) {
+                Err(HistoryError::Io { path, .. }) => assert_eq!(path, common.join(name)),
+                other => panic!("expected an I/O error, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn tracking_references_are_per_project() {
         let root = HistoryRef::new(None, None);

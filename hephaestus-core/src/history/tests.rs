@@ -910,3 +910,26 @@ fn show_gives_the_diff_against_the_parent() {
     assert_eq!(root_diff.files.len(), 2);
     assert!(root_diff.patch.is_none());
 }
+
+/// A manual snapshot's subject: the message given, trimmed; without one, or with a
+/// blank one, `snapshot: initial state (N files)` for the first evolution (no file
+/// list) and `manual: N files changed outside heph` (with the list) after it.
+#[test]
+fn manual_subjects_name_the_first_state_and_ignore_a_blank_message() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    let first = h.snapshot(Some("  \n")).expect("snapshot").expect("new");
+    assert_eq!(first.meta.message, "snapshot: initial state (2 files)");
+    // The initial state lists no files (all of them changed); later ones list theirs.
+    assert_eq!(first.meta.files, Vec::<PathBuf>::new());
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = h.snapshot(Some(" \t")).expect("snapshot").expect("new");
+    assert_eq!(second.meta.message, "manual: 1 file changed outside heph");
+    assert_eq!(second.meta.files, vec![PathBuf::from("src/lib.rs")]);
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 3 }\n");
+    let third = h
+        .snapshot(Some("  named  "))
+        .expect("snapshot")
+        .expect("new");
+    assert_eq!(third.meta.message, "named");
+}

@@ -407,6 +407,26 @@ fn a_reference_moved_before_the_update_is_reparented_with_its_metadata_recompute
     git(&root, &["fsck", "--strict"]);
 }
 
+/// Only a moved reference (or its lock held) is retried: any other failure to move it
+/// is reported at once, as what it is, and the reference is not written.
+#[test]
+fn a_reference_update_failing_for_another_reason_is_reported_not_retried() {
+    let (_dir, root) = project(true);
+    let hook_root = root.clone();
+    let options = HistoryOptions {
+        before_ref_update: Some(Arc::new(move || {
+            // `refs/heph` a file: the reference's lock cannot be created (ENOTDIR).
+            fs::write(hook_root.join(".git/refs/heph"), b"").expect("write");
+        })),
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options).expect("open");
+    match h.record_manual_if_changed() {
+        Err(HistoryError::Git { what, .. }) => assert_eq!(what, format!("moving {HISTORY_REF}")),
+        other => panic!("expected the update's own error, got {other:?}"),
+    }
+}
+
 /// The stale-lock rule: a lock left by a heph killed in the middle of a reference
 /// update (the marker names the reference and the lock holds the commit it was writing)
 /// is removed; a lock held by a running `git update-ref` never is, even when a stale
@@ -758,6 +778,108 @@ fn a_racy_stat_is_stored_cleared_and_hashed_again() {
     );
     assert_ne!(cached("src/lib.rs").2, 0);
     assert_eq!(cached("Cargo.toml"), kept);
+}
+
+/// A start after every stat of these tests: no stat is racy against it.
+const SETTLED: (i64, i64) = (4_000_000_000, 0);
+
+/// The blob id of `path` in the tree `tree`.
+fn blob_in(repo: &Repository, tree: Oid, path: &str) -> Oid {
+    repo.find_tree(tree)
+        .expect("tree")
+        .get_path(Path::new(path))
+        .expect("entry")
+        .id()
+}
+
+/// A file whose stat is unchanged is not read again: its blob id comes from the stat
+/// cache (shown by a cache entry naming another blob, which the snapshot then takes).
+#[test]
+fn an_unchanged_stat_takes_the_blob_id_from_the_stat_cache() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    let other = repo.blob(b"not what the file holds\n").expect("blob");
+    let cache = state.join("stat-index");
+    let mut index = git2::Index::open(&cache).expect("index");
+    let mut entry = index.get_path(Path::new("Cargo.toml"), 0).expect("entry");
+    assert_ne!(entry.ctime.seconds(), 0, "a settled stat is kept");
+    entry.id = other;
+    index.add(&entry).expect("add");
+    index.write().expect("write");
+    // The cache is trusted for `tip` only with its own checksum beside it.
+    let bytes = fs::read(&cache).expect("read");
+    let sum: String = bytes[bytes.len() - 20..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    fs::write(state.join("stat-index.commit"), format!("{tip} {sum}\n")).expect("write");
+    let snap = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    assert_eq!(blob_in(repo, snap.tree, "Cargo.toml"), other);
+}
+
+/// A file rewritten in place with the same size and its mtime set back to the cached
+/// one (as `tar`, `rsync -a` or `touch -d` do) is hashed again: its ctime, which no tool
+/// sets back, changed.
+#[test]
+fn a_file_with_its_mtime_set_back_is_hashed_again() {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    let path = root.join("src/lib.rs");
+    let before = fs::symlink_metadata(&path).expect("stat");
+    // Past the file system clock's tick: the rewrite gets another ctime.
+    std::thread::sleep(Duration::from_millis(30));
+    let content = "pub fn a() -> u32 { 9 }\n";
+    assert_eq!(content.len() as u64, before.len());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .expect("rewrite in place");
+    let mtime = TimeSpec::new(before.mtime(), before.mtime_nsec());
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        &path,
+        &mtime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("utimensat");
+    let after = fs::symlink_metadata(&path).expect("stat");
+    assert_eq!(
+        (after.ino(), after.len(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
+    );
+    assert_ne!(
+        (after.ctime(), after.ctime_nsec()),
+        (before.ctime(), before.ctime_nsec())
+    );
+    let snap = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    let expected = repo.blob(content.as_bytes()).expect("blob");
+    assert_eq!(blob_in(repo, snap.tree, "src/lib.rs"), expected);
 }
 
 /// A file over the size limit is left out (and reported); one under it, larger than
