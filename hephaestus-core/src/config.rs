@@ -223,6 +223,8 @@ pub struct EvolveConfig {
     pub max_runs: Option<usize>,
     /// Wall-time budget of a run, such as `10m`.
     pub budget: Option<String>,
+    /// A budget in fitness runs (see `EvolveOptions::budget_runs`).
+    pub budget_runs: Option<usize>,
     /// Candidates evaluated in parallel, each in its own copy of the project.
     pub jobs: Option<usize>,
     /// Rule sources: `builtin` (the rules shipped with heph) and/or directories of
@@ -339,6 +341,9 @@ impl Config {
         }
         if e.jobs == Some(0) {
             return Err("evolve.jobs: at least 1".into());
+        }
+        if e.budget_runs == Some(0) {
+            return Err("evolve.budget_runs: at least 1".into());
         }
         if e.alpha.is_some_and(|a| !(a > 0.0 && a < 1.0)) {
             return Err("evolve.alpha: must be between 0 and 1".into());
@@ -668,6 +673,7 @@ mod tests {
         for (text, needle) in [
             ("[evolve]\nfitnes = \"x\"\n", "fitnes"),
             ("[evolve]\nbudget = \"soon\"\n", "evolve.budget"),
+            ("[evolve]\nbudget_runs = 0\n", "evolve.budget_runs"),
             ("[evolve]\nmetric = \"(\"\n", "evolve.metric"),
             ("[evolve]\nruns = 1\n", "evolve.runs"),
             ("[evolve]\nruns = 8\nmax_runs = 7\n", "evolve.max_runs"),

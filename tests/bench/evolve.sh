@@ -5,16 +5,79 @@
 # build of every target for a winner whose first build was limited to its tested harnesses;
 # cargo-mutants: build + test), plus heph's fitness time. Both with 2 parallel jobs, both from cold copies.
 #
+# MODE=speedup (issue 20) instead: for each crate of CRATES (default `slow-crate
+# three-patterns`), the speed-up `heph evolve --budget $BUDGET` (10m) reaches with the
+# built-in rules and the crate's own fitness binary, `--jobs $JOBS` (1, the default a
+# user gets), beside `cargo mutants -j$JOBS` on the same crate (mutants per minute);
+# one table row per crate, with the load average before and after each.
+#
+# HEPH=path uses that heph binary instead of building the release one.
 # Needs: cargo-mutants (`cargo install --locked cargo-mutants`), python3.
-# Usage: tests/bench/evolve.sh [WORKDIR]
+# Usage: [MODE=speedup] tests/bench/evolve.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 WORK=${1:-$(mktemp -d -t heph-evolve-bench.XXXXXX)}
 mkdir -p "$WORK"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release -q -p hephaestus-cli
-HEPH=$TARGET/release/heph
+if [ -z "${HEPH:-}" ]; then
+  cargo build --release -q -p hephaestus-cli
+  HEPH=$TARGET/release/heph
+fi
+HEPH=$(realpath "$HEPH")
+
+if [ "${MODE:-throughput}" = speedup ]; then
+  BUDGET=${BUDGET:-10m}
+  JOBS=${JOBS:-1}
+  load() { cut -d' ' -f1 /proc/loadavg; }
+  echo "machine: $(nproc) cores, $(date -u '+%F %H:%M') UTC, heph $HEPH, --budget $BUDGET, jobs $JOBS"
+  echo "| crate | heph: speed-up (first baseline / final, side by side) | accepted / candidates | run wall (budget split) | candidates per minute | cargo-mutants: mutants | wall | mutants per minute | load (1 min) before/after |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  for crate in ${CRATES:-slow-crate three-patterns}; do
+    case $crate in
+      slow-crate) metric='sections_ns=(\d+)' ;;
+      three-patterns) metric='wall_ms=([0-9.]+)' ;;
+      *) echo "unknown crate $crate" >&2; exit 2 ;;
+    esac
+    dir=$WORK/speedup-$crate
+    rm -rf "$dir" && mkdir -p "$dir/heph" "$dir/mutants"
+    cp -r "fixtures/$crate" "$dir/heph/" && cp -r "fixtures/$crate" "$dir/mutants/"
+    l0=$(load)
+    start=$(date +%s.%N)
+    (cd "$dir/heph/$crate" && CARGO_TARGET_DIR="$dir/heph/target" "$HEPH" evolve --json \
+      --fitness 'cargo run --release -q --bin fitness' --metric "$metric" --jobs "$JOBS" \
+      --budget "$BUDGET" > "$dir/heph.json" 2> "$dir/heph.err") || true
+    end=$(date +%s.%N)
+    l1=$(load)
+    (cd "$dir/mutants/$crate" && env -u CARGO_TARGET_DIR cargo mutants -j"$JOBS" --no-shuffle \
+      --output "$dir/mutants" > "$dir/mutants.log" 2>&1) || true
+    mend=$(date +%s.%N)
+    l2=$(load)
+    python3 - "$dir" "$crate" "$start" "$end" "$mend" "$l0" "$l1" "$l2" <<'PY'
+import json, sys
+d, crate, start, end, mend, l0, l1, l2 = sys.argv[1:9]
+start, end, mend = float(start), float(end), float(mend)
+h = json.load(open(f"{d}/heph.json"))
+cands, o, b = h["candidates"], h.get("overall"), h["budget"]
+speed = "%.2fx (%.4g -> %.4g)" % (o["baseline_median"] / o["candidate_median"], o["baseline_median"],
+        o["candidate_median"]) if o else "none"
+split = "building %.0f s, testing %.0f s, measuring %.0f s, other %.0f s" % tuple(
+    b[k] / 1000 for k in ("building_ms", "testing_ms", "measuring_ms", "other_ms"))
+hw = end - start
+m = json.load(open(f"{d}/mutants/mutants.out/outcomes.json"))
+n = sum(1 for x in m["outcomes"] if x["scenario"] != "Baseline")
+mw = mend - end
+print(f"| {crate} | {speed} | {len(h['accepted'])} / {len(cands)} | {hw:.0f} s, stop: {h['stop']} ({split}) "
+      f"| {len(cands) / hw * 60:.1f} | {n} | {mw:.0f} s | {n / mw * 60:.1f} | {l0} / {l1} (heph), {l2} (mutants) |")
+for c in cands:
+    f = c.get("fitness") or {}
+    print(f"  #{c['id']} {c['verdict']}: {c['description'][:60]}: gain {f.get('gain', 0) * 100:+.1f}%, "
+          f"p={f.get('p_value', 1):.2g}, {len(f.get('baseline') or [])} runs per side, {c['duration_ms'] / 1000:.0f} s",
+          file=sys.stderr)
+PY
+  done
+  exit 0
+fi
 
 echo "== heph evolve, build+test throughput (rules, --jobs 2, a no-op fitness) in $WORK/thru" >&2
 rm -rf "$WORK/thru" && mkdir -p "$WORK/thru"

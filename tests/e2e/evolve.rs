@@ -869,8 +869,9 @@ EOF
 /// A comparison whose share of the budget runs out while it is still promising is
 /// inconclusive; once the other candidate is decided, it is revisited with what is left
 /// of the budget and goes on from its samples (one record, both evaluations' stages).
+/// The budget is counted in fitness runs (`--budget-runs`) and the fitness is scripted
+/// by run number: the same decisions however long the builds take on a loaded machine.
 #[test]
-#[ignore = "shares a 60 s budget between builds and 0.2 s runs: run alone, as .ci/run does"]
 fn an_inconclusive_comparison_is_revisited_when_budget_remains() {
     let _serial = serial();
     let env = TestEnv::new("slow-crate");
@@ -882,13 +883,16 @@ EOF
 "#;
     env.write("../proposer.sh", script);
     let proposer = format!("sh {}", env.temp().join("proposer.sh").display());
-    // Runs of 0.2 s or more alternating between 1000 and 1100 (by their number in
-    // their copy); the first candidate takes 5 off every other 1100: ahead by its
-    // median, never clearly; the second is 2000.
+    // Runs alternating between 1000 and 1100 (by their number in their copy); the
+    // first candidate takes 5 off every other 1100: ahead by its median, never
+    // clearly; the second is 2000.
+    // 300 runs: the first candidate's share (half of what the A/A comparison left)
+    // ends its comparison after 96 of its 100 runs per side; the revisit reaches 100.
+    const BUDGET_RUNS: &str = "300";
     let counts = env.temp().join("counts");
     std::fs::create_dir_all(&counts).expect("counts dir");
     let fitness = format!(
-        r#"c="{}/$(pwd | cksum | cut -d' ' -f1)"; n=$(cat "$c" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$c"; v=$((1000 + 100 * (n % 2))); grep -q FASTER src/workload.rs && [ $((n % 4)) = 1 ] && v=$((v - 5)); grep -q SLOWER src/text.rs && v=2000; sleep 0.2; echo v=$v"#,
+        r#"c="{}/$(pwd | cksum | cut -d' ' -f1)"; n=$(cat "$c" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$c"; v=$((1000 + 100 * (n % 2))); grep -q FASTER src/workload.rs && [ $((n % 4)) = 1 ] && v=$((v - 5)); grep -q SLOWER src/text.rs && v=2000; echo v=$v"#,
         counts.display()
     );
     let run = env.run([
@@ -910,7 +914,9 @@ EOF
         "--min-gain",
         "0.1",
         "--budget",
-        "60s",
+        "30m",
+        "--budget-runs",
+        BUDGET_RUNS,
     ]);
     let summary = run.json();
     let cands = candidates(&summary);
@@ -945,6 +951,32 @@ EOF
             .expect("measuring")
             > 0
     );
+    // The first evaluation ended at its share of the runs, before its horizon; the
+    // revisit went on to the horizon within the budget.
+    let first = revisited["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .find(|s| s["stage"] == "fitness")
+        .expect("a fitness stage");
+    assert!(
+        first["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("its share of the budget ran out")),
+        "{revisited:#}"
+    );
+    assert_eq!(
+        looks.last().and_then(|l| l.as_u64()),
+        Some(100),
+        "{revisited:#}"
+    );
+    assert_eq!(summary["stop"], "exhausted", "{summary:#}");
+    assert_eq!(summary["budget"]["budget_runs"], 300, "{summary:#}");
+    let taken = summary["budget"]["fitness_runs"]
+        .as_u64()
+        .expect("fitness runs");
+    // The final comparison (two warm-ups, 4 runs per side) comes after the budget.
+    assert!(taken > 200 && taken <= 300 + 2 + 2 * 4, "{summary:#}");
     // Never significant: the summary says the noise was too high for a decision, with
     // the noise and the gain its runs could have detected (above the 0.24 % at stake).
     assert_eq!(revisited["verdict"], "rejected", "{revisited:#}");

@@ -58,6 +58,12 @@ pub struct Args {
     /// Stop starting candidates after this long (e.g. 10m) [default: 10m].
     #[arg(long, value_name = "DURATION")]
     pub budget: Option<String>,
+    /// A budget in fitness runs (every run counts, both sides): the run stops once this
+    /// many were taken, and each candidate's share is counted in runs. Independent of
+    /// the machine's load: with a deterministic fitness the run decides the same way
+    /// anywhere. The time budget still applies.
+    #[arg(long, value_name = "N")]
+    pub budget_runs: Option<usize>,
     /// Candidates evaluated in parallel, each in its own copy [default: 1].
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -129,6 +135,7 @@ pub fn run(args: Args, global: &GlobalArgs, out: &Output) -> Result<u8> {
         runs,
         max_runs,
         budget,
+        budget_runs,
         jobs,
         proposer,
         proposer_timeout,

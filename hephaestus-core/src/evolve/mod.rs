@@ -97,6 +97,13 @@ pub struct EvolveOptions {
     pub max_runs: Option<usize>,
     /// Stop starting candidates after this long.
     pub budget: Option<Duration>,
+    /// A budget in fitness runs (every run counts: the A/A comparison's, warm-ups, both
+    /// sides of every comparison): once this many were taken the run stops, and each
+    /// candidate's share of it, counted in runs, sets its horizon and when its
+    /// comparison ends inconclusive, as the wall-time budget's share does. Unlike time,
+    /// runs do not depend on the machine's load: with a deterministic (or seeded)
+    /// fitness command, the run takes the same decisions on any machine.
+    pub budget_runs: Option<usize>,
     /// Parallel workers, each with its own copy.
     pub jobs: usize,
     /// Rule sources: `builtin` and/or directories relative to the project root.
@@ -148,6 +155,7 @@ impl EvolveOptions {
             runs: DEFAULT_RUNS,
             max_runs: None,
             budget: Some(Duration::from_secs(600)),
+            budget_runs: None,
             jobs: 1,
             rules: vec!["builtin".into()],
             proposer: None,
@@ -188,6 +196,7 @@ impl EvolveOptions {
         if let Some(b) = dur("budget", &c.budget)? {
             o.budget = Some(b);
         }
+        o.budget_runs = c.budget_runs;
         o.jobs = c.jobs.unwrap_or(1);
         if let Some(r) = &c.rules {
             o.rules = r.clone();
@@ -222,6 +231,7 @@ impl EvolveOptions {
             runs: Some(self.runs),
             max_runs: self.max_runs,
             budget: self.budget.map(d),
+            budget_runs: self.budget_runs,
             jobs: Some(self.jobs),
             rules: Some(self.rules.clone()),
             proposer: self.proposer.clone(),
@@ -452,6 +462,13 @@ pub struct NoiseEstimate {
 pub struct BudgetSplit {
     /// The budget, in milliseconds (None: none).
     pub budget_ms: Option<u64>,
+    /// The budget in fitness runs (`--budget-runs`; None: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_runs: Option<usize>,
+    /// Fitness runs taken (every run: the A/A comparison's, warm-ups, both sides of
+    /// every comparison, the final comparison).
+    #[serde(default)]
+    pub fitness_runs: usize,
     /// The run's wall time.
     pub wall_ms: u64,
     /// Building: test builds (the compile gate), the baseline's included.

@@ -16,6 +16,9 @@ pub(super) fn measure_once(
     dir: &Path,
     timeout: Duration,
 ) -> Result<(f64, Duration), (StageOutcome, String)> {
+    if !s.take_run() {
+        return Err((StageOutcome::Cancelled, "stopped".to_owned()));
+    }
     let cmd = shell_in(dir, &s.fitness);
     let out = verify::run_with_input(cmd, &s.fitness, None, 1024 * 1024, &s.verify_opts(timeout))
         .map_err(|e| match e {
@@ -143,6 +146,9 @@ pub(super) struct Design {
     pub(super) reference: Option<(f64, usize)>,
     /// No look starts after this instant (the candidate's share of the budget).
     pub(super) deadline: Option<Instant>,
+    /// No look starts once the comparison has taken this many runs, both sides (the
+    /// candidate's share of a budget in runs).
+    pub(super) run_limit: Option<usize>,
 }
 
 impl Design {
@@ -157,6 +163,7 @@ impl Design {
             noise: 0.0,
             reference: None,
             deadline: None,
+            run_limit: None,
         }
     }
 
@@ -352,8 +359,8 @@ pub(super) fn smallest_p(n: usize) -> f64 {
 /// so that a slow drift of the machine weighs on both sides alike. After each look
 /// (see [`Design::next_look`]) the samples are tested at the look's level; a
 /// comparison that is not significant yet but promising (see [`Design::promising`])
-/// goes on to the next look, up to the horizon, unless its deadline has passed: then
-/// it ends inconclusive. On a busy machine, whose slow spells can make a few runs of
+/// goes on to the next look, up to the horizon, unless its deadline has passed or it
+/// has taken its limit of runs: then it ends inconclusive. On a busy machine, whose slow spells can make a few runs of
 /// either side overlap the other's, that is what tells a real improvement from noise;
 /// a clear result (either way) costs one look.
 pub(super) fn sample<E>(
@@ -367,6 +374,8 @@ pub(super) fn sample<E>(
         None => (Vec::new(), Vec::new(), Vec::new()),
     };
     let mut drift = start.and_then(|f| f.drift);
+    // Runs this call took, both sides (for `run_limit`).
+    let mut taken = 0;
     loop {
         let prev = looks.last().copied().unwrap_or(0);
         let Some(end) = d.next_look(prev) else {
@@ -384,6 +393,7 @@ pub(super) fn sample<E>(
             let base_first = i % 2 == 0;
             for is_base in [base_first, !base_first] {
                 let v = measure(is_base)?;
+                taken += 1;
                 if is_base { b.push(v) } else { c.push(v) }
             }
         }
@@ -393,7 +403,9 @@ pub(super) fn sample<E>(
         if d.accepts(&f) || !d.promising(&f) || end >= d.max_runs {
             return Ok(f);
         }
-        if d.deadline.is_some_and(|t| Instant::now() >= t) {
+        if d.deadline.is_some_and(|t| Instant::now() >= t)
+            || d.run_limit.is_some_and(|l| taken >= l)
+        {
             f.inconclusive = true;
             return Ok(f);
         }
@@ -669,6 +681,28 @@ mod tests {
         assert_eq!(g.baseline[..8], f.baseline[..]);
         assert!(g.looks.len() > 1 && !g.inconclusive, "{g:?}");
         assert_eq!(runs, 2 * (g.baseline.len() - 8));
+    }
+
+    #[test]
+    fn a_comparison_past_its_limit_of_runs_ends_inconclusive() {
+        let spread = |i: usize| [60.0, 140.0, 70.0, 130.0, 80.0, 120.0, 90.0, 110.0][i % 8];
+        let cand = |i: usize| spread(i) - 6.0;
+        // 20 runs: the first look (8 per side, 16 runs) stays under it, the second
+        // (12 per side, 24 runs) goes past it: no third.
+        let d = Design {
+            run_limit: Some(20),
+            ..design(8, 40)
+        };
+        let (f, order) = sampled(&d, spread, cand);
+        assert_eq!(
+            (f.looks.clone(), f.inconclusive),
+            (vec![8, 12], true),
+            "{f:?}"
+        );
+        assert_eq!(order.len(), 24);
+        // Without the limit, the same samples take more looks.
+        let (g, _) = sampled(&design(8, 40), spread, cand);
+        assert!(g.looks.len() > 2 && !g.inconclusive, "{g:?}");
     }
 
     #[test]

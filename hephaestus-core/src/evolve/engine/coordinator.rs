@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,9 +170,11 @@ impl<'a, 'p> Run<'a, 'p> {
             direct_tests: false,
             tested_targets: None,
             stop: Arc::clone(&stop),
+            budget_runs: ev.opts.budget_runs,
+            runs_taken: Arc::new(AtomicUsize::new(0)),
         };
         if let Some(max_runs) = settings.max_runs {
-            let design = settings.design(max_runs, None, None);
+            let design = settings.design(max_runs, None, None, None);
             if !design.can_accept() {
                 on_event(&EvolveEvent::Warning {
                     message: format!(
@@ -205,7 +207,12 @@ impl<'a, 'p> Run<'a, 'p> {
             samples: samples.clone(),
             median: baseline_median,
         });
-        let noise = noise_estimate(&settings, &samples, &times, settings.horizon(None));
+        let noise = noise_estimate(
+            &settings,
+            &samples,
+            &times,
+            settings.horizon(None, settings.budget_runs),
+        );
         settings.noise = noise.noise;
         settings.run_secs = noise.run_ms as f64 / 1000.0;
         on_event(&EvolveEvent::Noise(noise.clone()));
@@ -339,6 +346,9 @@ impl<'a, 'p> Run<'a, 'p> {
         {
             return Some(StopReason::Budget);
         }
+        if self.settings.runs_left() == Some(0) {
+            return Some(StopReason::Budget);
+        }
         None
     }
 
@@ -441,6 +451,9 @@ impl<'a, 'p> Run<'a, 'p> {
                                         let undecided = self.queue.len() + in_flight.len() + 1;
                                         b.saturating_sub(self.start.elapsed()) / undecided as u32
                                     });
+                                    let share_runs = self.settings.runs_left().map(|left| {
+                                        left / (self.queue.len() + in_flight.len() + 1)
+                                    });
                                     let resume = c
                                         .revisit
                                         .as_ref()
@@ -452,6 +465,7 @@ impl<'a, 'p> Run<'a, 'p> {
                                             files,
                                             version,
                                             share,
+                                            share_runs,
                                             resume,
                                             reference: Some((self.current, self.noise.runs)),
                                         });
@@ -816,6 +830,8 @@ impl<'a, 'p> Run<'a, 'p> {
                 metric: self.settings.metric.clone(),
                 fitness: self.settings.fitness.clone(),
                 test_command: None,
+                // The final comparison is no candidate's: it runs past the budget.
+                budget_runs: None,
                 ..*self.clone_settings()
             };
             let t = Instant::now();
@@ -902,6 +918,8 @@ impl<'a, 'p> Run<'a, 'p> {
         let wall = ms(self.start.elapsed());
         BudgetSplit {
             budget_ms: self.ev.opts.budget.map(ms),
+            budget_runs: self.ev.opts.budget_runs,
+            fitness_runs: self.settings.runs_taken.load(Ordering::SeqCst),
             wall_ms: wall,
             building_ms: building,
             testing_ms: testing,
@@ -955,6 +973,8 @@ impl<'a, 'p> Run<'a, 'p> {
             direct_tests: s.direct_tests,
             tested_targets: s.tested_targets.clone(),
             stop: Arc::clone(&s.stop),
+            budget_runs: s.budget_runs,
+            runs_taken: Arc::clone(&s.runs_taken),
         })
     }
 }

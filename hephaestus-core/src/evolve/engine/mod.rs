@@ -20,7 +20,7 @@ mod worker;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use regex::Regex;
@@ -87,6 +87,9 @@ impl<'p> Evolver<'p> {
         }
         if opts.jobs == 0 {
             return bad("jobs: at least 1");
+        }
+        if opts.budget_runs == Some(0) {
+            return bad("budget runs: at least 1");
         }
         if !(opts.alpha > 0.0 && opts.alpha < 1.0) {
             return bad("alpha: must be between 0 and 1");
@@ -193,6 +196,11 @@ struct Settings {
     /// accepted (see [`evaluate`]).
     tested_targets: Option<Vec<String>>,
     stop: Arc<AtomicBool>,
+    /// The budget in fitness runs ([`EvolveOptions::budget_runs`]): a run past it is
+    /// not started, and stops the run.
+    budget_runs: Option<usize>,
+    /// Fitness runs started so far (shared by the workers and the coordinator).
+    runs_taken: Arc<AtomicUsize>,
 }
 
 impl Settings {
@@ -208,22 +216,45 @@ impl Settings {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// Count one fitness run about to start; false (and the run stopped) when it would
+    /// go past the budget in runs.
+    fn take_run(&self) -> bool {
+        let n = self.runs_taken.fetch_add(1, Ordering::SeqCst);
+        if self.budget_runs.is_some_and(|b| n >= b) {
+            self.runs_taken.fetch_sub(1, Ordering::SeqCst);
+            self.stop.store(true, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Fitness runs left in the budget in runs (None: no such budget).
+    fn runs_left(&self) -> Option<usize> {
+        self.budget_runs
+            .map(|b| b.saturating_sub(self.runs_taken.load(Ordering::SeqCst)))
+    }
+
     /// A comparison's horizon (runs per side at most): `max_runs` when set, otherwise
     /// what `share` (the candidate's share of the budget, None: no budget) allows at
     /// the baseline's speed, two runs per pair, between `runs` and
     /// [`MAX_RUNS_FACTOR`](crate::evolve::MAX_RUNS_FACTOR) times `runs`.
-    fn horizon(&self, share: Option<Duration>) -> usize {
+    /// With a budget in runs, `share_runs` (the candidate's share of it, in runs) caps
+    /// the horizon too: half of it per side.
+    fn horizon(&self, share: Option<Duration>, share_runs: Option<usize>) -> usize {
         if let Some(m) = self.max_runs {
             return m.max(1);
         }
         let cap = crate::evolve::MAX_RUNS_FACTOR * self.runs.max(1);
-        match share {
+        let by_time = match share {
             Some(share) if self.run_secs > 0.0 => {
                 let pairs = share.as_secs_f64() / (2.0 * self.run_secs);
                 (pairs.floor() as usize).clamp(self.runs.max(1), cap)
             }
             _ => cap,
-        }
+        };
+        share_runs.map_or(by_time, |r| {
+            by_time.min((r / 2).clamp(self.runs.max(1), cap))
+        })
     }
 
     /// The design of a candidate's comparison: its horizon, the first look sized from
@@ -233,6 +264,7 @@ impl Settings {
         max_runs: usize,
         reference: Option<(f64, usize)>,
         deadline: Option<std::time::Instant>,
+        run_limit: Option<usize>,
     ) -> Design {
         Design {
             first: compare::first_look(self.runs, max_runs, self.alpha, self.min_gain, self.noise),
@@ -243,6 +275,7 @@ impl Settings {
             noise: self.noise,
             reference,
             deadline,
+            run_limit,
         }
     }
 

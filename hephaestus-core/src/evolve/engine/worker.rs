@@ -24,6 +24,8 @@ pub(super) struct Job {
     pub(super) version: u64,
     /// Its share of the budget, from the start of its evaluation (None: no budget).
     pub(super) share: Option<Duration>,
+    /// Its share of the budget in runs (None: no such budget).
+    pub(super) share_runs: Option<usize>,
     /// An inconclusive comparison of it on this baseline version, to continue.
     pub(super) resume: Option<FitnessRecord>,
     /// The baseline's level and how many runs it is the median of, for the drift check.
@@ -286,8 +288,13 @@ pub(super) fn evaluate(
             .resume
             .as_ref()
             .and_then(|f| f.max_runs)
-            .unwrap_or_else(|| s.horizon(left));
-        let d = s.design(horizon, job.reference, left.map(|l| Instant::now() + l));
+            .unwrap_or_else(|| s.horizon(left, job.share_runs));
+        let d = s.design(
+            horizon,
+            job.reference,
+            left.map(|l| Instant::now() + l),
+            job.share_runs,
+        );
         design = Some(d);
         compare(s, b.slot.dir(), &dir, &d, job.resume.as_ref(), |l| {
             send(
