@@ -933,3 +933,63 @@ fn a_follower_requiring_signatures_applies_signed_evolutions_and_refuses_an_unsi
     let text = origin.env.run(["fleet", "status", &remote]);
     assert!(text.stdout.contains("not signed"), "{}", text.stdout);
 }
+
+#[test]
+fn a_healthy_canary_lets_the_rest_of_the_fleet_have_the_evolution() {
+    let _serial = serial();
+    let publisher_env = TestEnv::new("hello-server");
+    let remote = bare_remote(&publisher_env);
+    let remote = remote.to_str().expect("utf-8");
+    publisher_env
+        .run(["snapshot", "-m", "the fixture"])
+        .expect_code(0);
+    let mut publisher = ServePublisher::start(
+        &publisher_env,
+        remote,
+        &["--canary", "1", "--health-window", "5s"],
+    );
+    let first = publisher.wait("the first publication", |e| event_is(e, "published"));
+    let previous = first["evolution"].as_str().expect("id").to_owned();
+    let followers: Vec<(TestEnv, Watch)> = ["fleet-a", "fleet-b"]
+        .into_iter()
+        .map(|name| {
+            let env = TestEnv::new("hello-server");
+            let target = env.temp().join("target");
+            let target = target.to_str().expect("utf-8").to_owned();
+            let w = follow(&env, remote, name, &[("CARGO_TARGET_DIR", &target)]);
+            (env, w)
+        })
+        .collect();
+    for (_, w) in &followers {
+        wait_reported(w, "follower", "applied", &previous);
+    }
+    let (canary, other) = (&followers[0].1, &followers[1].1);
+
+    publisher_env.write(REPLY, reply_source("\"Hello from the canary\""));
+    let run = publisher_env.run(["--json", "snapshot", "-m", "a good change"]);
+    run.expect_code(0);
+    let good = run.json()["evolution"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let started = publisher.wait("the rollout", |e| event_is(e, "canary-started"));
+    assert_eq!(started["canaries"], serde_json::json!(["fleet-a"]));
+    canary.wait_body("/", BUILD_TIMEOUT, |b| b == "Hello from the canary\n");
+    // The history reference has not moved yet: the other follower runs the previous
+    // version while the canary is watched.
+    assert_eq!(get(other.port, "/").as_deref(), Ok(OLD));
+    let promoted = publisher.wait("the promotion", |e| event_is(e, "canary-promoted"));
+    assert_eq!(promoted["evolution"], good.as_str());
+    other.wait_body("/", BUILD_TIMEOUT, |b| b == "Hello from the canary\n");
+    wait_reported(other, "fleet-b", "applied", &good);
+    let tip = git(
+        Path::new(remote),
+        &["--git-dir", ".", "rev-parse", "refs/heph/history"],
+    );
+    assert_eq!(tip.trim(), good);
+    let status = fleet_status(&publisher_env, remote);
+    for s in &status {
+        assert_eq!(s["state"], "applied", "{status:?}");
+        assert_eq!(s["evolution"], good.as_str(), "{status:?}");
+    }
+}
