@@ -627,15 +627,16 @@ fn a_history_that_cannot_be_opened_is_reported_while_journal_contents_are_settle
     );
     fs::write(root.join("src/lib.rs"), "pub fn a() -> u8 { 1 }\n").expect("write");
     drop(history);
-    // The history store moved away and a plain file in its place: it cannot be opened.
-    let store = root.join(".heph/history.git");
-    let moved = root.join(".heph/moved.git");
-    fs::rename(&store, &moved).expect("move");
-    fs::write(&store, "not a repository").expect("write");
+    // A heph.toml that is not TOML: the history cannot be opened.
+    fs::write(root.join("heph.toml"), "[history\n").expect("write");
     let r = recover(&root, &lock, &HistoryOptions::default())
         .expect("the files are in the journal: settled all the same")
         .expect("pending");
-    assert!(r.record_error.is_some(), "{r:?}");
+    let why = r
+        .record_error
+        .clone()
+        .expect("the history error is reported");
+    assert!(why.contains("heph.toml"), "{why}");
     assert_eq!(r.evolution, None);
     assert_eq!(
         fs::read_to_string(root.join("src/lib.rs")).expect("read"),
@@ -670,10 +671,7 @@ fn a_rollback_needing_blobs_from_a_history_that_cannot_be_opened_is_an_error() {
         .expect("begin"),
     );
     drop(history);
-    let store = root.join(".heph/history.git");
-    let moved = root.join(".heph/moved.git");
-    fs::rename(&store, &moved).expect("move");
-    fs::write(&store, "not a repository").expect("write");
+    fs::write(root.join("heph.toml"), "[history\n").expect("write");
     let err = recover(&root, &lock, &HistoryOptions::default()).expect_err("no blobs");
     assert!(matches!(err, JournalError::History(_)), "{err}");
     assert!(pending(&root), "the journal is kept for a later recover");
@@ -682,10 +680,11 @@ fn a_rollback_needing_blobs_from_a_history_that_cannot_be_opened_is_an_error() {
         "pub fn a() -> u8 { 1 }\n"
     );
 
-    // With the store back, the rollback is finished from its blobs, and nothing is
-    // recorded: the record says the history was not to be written.
-    fs::remove_file(&store).expect("rm the file");
-    fs::rename(&moved, &store).expect("move back");
+    // With heph.toml mended, the rollback is finished from its blobs, and nothing is
+    // recorded, not even a file changed meanwhile: the record says the history was
+    // not to be written.
+    fs::remove_file(root.join("heph.toml")).expect("rm");
+    fs::write(root.join("src/other.rs"), "// a hand edit\n").expect("write");
     let before_tip = History::open(&root)
         .expect("open")
         .tip()
