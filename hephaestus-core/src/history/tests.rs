@@ -933,3 +933,71 @@ fn manual_subjects_name_the_first_state_and_ignore_a_blank_message() {
         .expect("new");
     assert_eq!(third.meta.message, "named");
 }
+
+/// A rollback stopped half-way (a directory holding ignored files is where it must
+/// write a file) puts back what it had written: a file it changed has its content from
+/// before the rollback again (it is not deleted as if it had been created).
+#[test]
+fn a_rollback_stopped_half_way_puts_back_the_files_it_changed() {
+    let (_dir, root) = project(false);
+    write(&root, ".gitignore", "*.log\n");
+    write(&root, "z.rs", "// z\n");
+    let mut h = open(&root);
+    let old = h.record_manual_if_changed().expect("rec").expect("new");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    fs::remove_file(root.join("z.rs")).expect("rm");
+    write(&root, "z.rs/build.log", "ignored\n");
+    h.record_manual_if_changed().expect("rec").expect("new");
+    let err = h
+        .rollback(&RollbackTarget::Id(old.short_id.clone()))
+        .expect_err("a directory is in the way");
+    assert!(matches!(err, HistoryError::RestoreBlocked { .. }), "{err}");
+    assert_eq!(
+        fs::read_to_string(root.join("src/lib.rs")).expect("read"),
+        "pub fn a() -> u32 { 2 }\n"
+    );
+    assert!(root.join("z.rs/build.log").is_file());
+}
+
+/// A rollback's evolution lists the files it wrote and deleted, up to
+/// `MAX_LISTED_FILES`; past that its subject gives their number instead.
+#[test]
+fn a_rollback_lists_its_files_up_to_the_limit_then_counts_them() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    let base = h.record_manual_if_changed().expect("rec").expect("new");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    write(&root, "src/new.rs", "// new\n");
+    h.record_manual_if_changed().expect("rec").expect("new");
+    let report = h
+        .rollback(&RollbackTarget::Id(base.short_id.clone()))
+        .expect("rollback");
+    assert_eq!(
+        report.evolution.meta.files,
+        [PathBuf::from("src/lib.rs"), PathBuf::from("src/new.rs")]
+    );
+    assert!(
+        !report.evolution.meta.message.ends_with(" files"),
+        "{}",
+        report.evolution.meta.message
+    );
+    let many = MAX_LISTED_FILES + 1;
+    for i in 0..many {
+        write(&root, &format!("gen/f{i:03}.rs"), "// generated\n");
+    }
+    h.record_manual_if_changed().expect("rec").expect("new");
+    let report = h
+        .rollback(&RollbackTarget::Id(base.short_id.clone()))
+        .expect("rollback");
+    assert_eq!(report.deleted.len(), many);
+    assert_eq!(report.evolution.meta.files, Vec::<PathBuf>::new());
+    assert!(
+        report
+            .evolution
+            .meta
+            .message
+            .ends_with(&format!(", {many} files")),
+        "{}",
+        report.evolution.meta.message
+    );
+}
