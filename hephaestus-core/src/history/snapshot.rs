@@ -275,8 +275,8 @@ pub struct SkippedFile {
 
 impl SkippedFile {
     /// The one-line notice every front end shows for this file (the CLI, the API, MCP,
-    /// `watch`): `assets/big.bin (4.0 KiB) was left out of the snapshot for its size:
-    /// it is over `[history] max_file_size` in heph.toml`.
+    /// `watch`), such as ``assets/big.bin (4.0 KiB) was left out of the snapshot for
+    /// its size: it is over `[history] max_file_size` in heph.toml``.
     pub fn notice(&self) -> String {
         format!(
             "{} ({}) was left out of the snapshot for its size: it is over \
