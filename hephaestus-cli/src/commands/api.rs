@@ -218,9 +218,16 @@ impl EventView {
                 run_id,
                 success,
                 exit_code,
+                no_improvement,
             } => format!(
                 "[api] evolution run {run_id} {} (exit code {})",
-                if *success { "finished" } else { "failed" },
+                if *success {
+                    "finished"
+                } else if *no_improvement {
+                    "found no improvement"
+                } else {
+                    "failed"
+                },
                 exit_code.map_or("none".to_owned(), |c| c.to_string())
             ),
             _ => return,

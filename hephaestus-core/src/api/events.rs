@@ -193,6 +193,7 @@ impl Hub {
         self.send(event);
         if let ApiEvent::EvolveFinished {
             success: false,
+            no_improvement: false,
             run_id,
             ..
         } = event
@@ -286,6 +287,23 @@ mod tests {
                 v["kind"].as_str().expect("kind").to_owned()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_run_that_found_no_improvement_raises_no_alert_and_a_failed_one_does() {
+        let hub = Hub::new();
+        let finished = |run: &str, no_improvement| ApiEvent::EvolveFinished {
+            run_id: run.to_owned(),
+            success: false,
+            exit_code: Some(1),
+            no_improvement,
+        };
+        hub.api(&finished("calm", true));
+        assert!(hub.subscribe().1.is_empty());
+        hub.api(&finished("broken", false));
+        let (_rx, replay) = hub.subscribe();
+        assert_eq!(kinds(&replay), ["evolve-failed"]);
+        assert!(replay[0].contains("broken"), "{}", replay[0]);
     }
 
     #[test]

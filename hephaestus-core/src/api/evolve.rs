@@ -118,6 +118,17 @@ pub trait EvolveLauncher: Send + Sync {
     fn launch(&self, request: &EvolveRequest<'_>) -> Result<Box<dyn EvolveRun>, EvolveError>;
 }
 
+/// Whether a run that exited 1 ended the way `heph evolve` does when it finds no
+/// improvement: exit code 1 after its log recorded the run's normal end. A hook
+/// command (`evolve_command`) that exits 1 without such a log has failed, and so has a
+/// run that died before its end line.
+pub(crate) fn found_no_improvement(root: &Path, run_id: &str, end: &RunEnd) -> bool {
+    end.exit_code == Some(1)
+        && crate::evolve::log::read(root, run_id).is_ok_and(|records| {
+            crate::evolve::log::RunProgress::of(run_id, &records).phase == "ended"
+        })
+}
+
 /// A started run.
 pub trait EvolveRun: Send {
     /// The command line, for people.
@@ -393,6 +404,36 @@ impl Runs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_run_that_exited_1_after_recording_its_end_found_no_improvement() {
+        use crate::evolve::log::{LogRecord, RunLog};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let exit = |code| RunEnd {
+            success: code == Some(0),
+            exit_code: code,
+        };
+        // No log at all (a hook command that exits 1): a failure.
+        assert!(!found_no_improvement(root, "r1", &exit(Some(1))));
+        let mut log = RunLog::open(root, "r1").expect("log");
+        log.append(&LogRecord::End {
+            stop: "exhausted".into(),
+            accepted: 0,
+            overall: None,
+            budget: None,
+            too_noisy: None,
+        })
+        .expect("append");
+        assert!(found_no_improvement(root, "r1", &exit(Some(1))));
+        // The same log, but another exit: an error, or killed.
+        assert!(!found_no_improvement(root, "r1", &exit(Some(2))));
+        assert!(!found_no_improvement(root, "r1", &exit(None)));
+        // A log that stops before its end (the run died): a failure.
+        let mut log = RunLog::open(root, "r2").expect("log");
+        log.append(&LogRecord::Resume { at: 1 }).expect("append");
+        assert!(!found_no_improvement(root, "r2", &exit(Some(1))));
+    }
 
     fn project(config: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -274,6 +274,9 @@ pub enum ApiEvent {
         success: bool,
         /// Its exit code (null: killed by a signal).
         exit_code: Option<i32>,
+        /// It exited 1 after recording its end with no candidate accepted: `heph evolve`
+        /// found no improvement, which is not a failure (no alert is raised for it).
+        no_improvement: bool,
     },
     /// The files were rolled back to an evolution (`POST /hot-reload/rollback`).
     RolledBack {
@@ -548,6 +551,11 @@ impl ApiServer {
         }
         if let Some((info, end)) = self.state.runs.stop() {
             (self.state.on_event)(&ApiEvent::EvolveFinished {
+                no_improvement: self::evolve::found_no_improvement(
+                    &self.state.root,
+                    &info.run_id,
+                    &end,
+                ),
                 run_id: info.run_id,
                 success: end.success,
                 exit_code: end.exit_code,

@@ -206,6 +206,7 @@ pub(crate) fn current_run(state: &AppState) -> Option<RunInfo> {
             run_id: info.run_id.clone(),
             success: end.success,
             exit_code: end.exit_code,
+            no_improvement: super::evolve::found_no_improvement(&state.root, &info.run_id, &end),
         });
     }
     evolution
@@ -577,6 +578,11 @@ pub(crate) async fn reap_runs(state: Arc<AppState>) {
         }
         if let (Some(info), Some(end)) = (info, ended) {
             (state.on_event)(&ApiEvent::EvolveFinished {
+                no_improvement: super::evolve::found_no_improvement(
+                    &state.root,
+                    &info.run_id,
+                    &end,
+                ),
                 run_id: info.run_id,
                 success: end.success,
                 exit_code: end.exit_code,
