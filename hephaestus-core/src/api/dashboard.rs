@@ -358,8 +358,12 @@ fn unknown_run(run: &str) -> Response {
     .into_response()
 }
 
-/// The records of run `run` (None: no such run), read on a blocking thread.
+/// The records of run `run` (None: no such run, or not a run id), read on a blocking
+/// thread.
 async fn run_records(state: &AppState, run: &str) -> Option<Vec<LogRecord>> {
+    if !valid_run_id(run) {
+        return None;
+    }
     let root = state.root.clone();
     let id = run.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -367,9 +371,7 @@ async fn run_records(state: &AppState, run: &str) -> Option<Vec<LogRecord>> {
         match run_log::read(&root, &id) {
             Ok(records) => Some(records),
             // Started, nothing logged yet (or it failed before its log).
-            Err(crate::evolve::EvolveError::UnknownRun { .. })
-                if valid_run_id(&id) && output.is_file() =>
-            {
+            Err(crate::evolve::EvolveError::UnknownRun { .. }) if output.is_file() => {
                 Some(Vec::new())
             }
             Err(_) => None,
@@ -395,9 +397,6 @@ pub(crate) async fn evolve_run(
     State(state): State<Arc<AppState>>,
     Path(run): Path<String>,
 ) -> Response {
-    if !valid_run_id(&run) {
-        return unknown_run(&run);
-    }
     let Some(records) = run_records(&state, &run).await else {
         return unknown_run(&run);
     };
@@ -429,9 +428,6 @@ pub(crate) async fn evolve_chart(
     State(state): State<Arc<AppState>>,
     Path(run): Path<String>,
 ) -> Response {
-    if !valid_run_id(&run) {
-        return unknown_run(&run);
-    }
     let Some(records) = run_records(&state, &run).await else {
         return unknown_run(&run);
     };

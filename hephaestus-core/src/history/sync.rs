@@ -830,14 +830,7 @@ impl History {
         local_ref: &str,
         remote_ref: &str,
     ) -> Result<Option<String>, HistoryError> {
-        let repo = self.repo_ref()?;
-        let (handle, _, url) = open_remote(repo, remote)?;
-        let spec = format!("+{local_ref}:{remote_ref}");
-        if self.use_cli(remote, &url, transport)? {
-            push_spec_cli(repo, &handle, &spec)
-        } else {
-            push_spec_libgit2(repo, &handle, &spec)
-        }
+        self.push_spec(remote, transport, &format!("+{local_ref}:{remote_ref}"))
     }
 
     /// Push `local_ref` to `remote_ref` on `remote` only when that is a fast-forward
@@ -849,13 +842,23 @@ impl History {
         local_ref: &str,
         remote_ref: &str,
     ) -> Result<Option<String>, HistoryError> {
+        self.push_spec(remote, transport, &format!("{local_ref}:{remote_ref}"))
+    }
+
+    /// Push one refspec to `remote` through the transport it takes; the server's
+    /// refusal, if any.
+    fn push_spec(
+        &self,
+        remote: &str,
+        transport: SyncTransport,
+        spec: &str,
+    ) -> Result<Option<String>, HistoryError> {
         let repo = self.repo_ref()?;
         let (handle, _, url) = open_remote(repo, remote)?;
-        let spec = format!("{local_ref}:{remote_ref}");
         if self.use_cli(remote, &url, transport)? {
-            push_spec_cli(repo, &handle, &spec)
+            push_spec_cli(repo, &handle, spec)
         } else {
-            push_spec_libgit2(repo, &handle, &spec)
+            push_spec_libgit2(repo, &handle, spec)
         }
     }
 

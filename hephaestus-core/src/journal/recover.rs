@@ -417,27 +417,14 @@ mod tests {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp).expect("mkdir");
         fs::write(root.join("gone"), "x").expect("write");
-        put(
-            root,
-            Path::new("gone"),
-            &root.join("gone"),
-            &Want::Absent,
-            &tmp,
-        )
-        .expect("rm");
+        let remove = |rel: &str| put(root, Path::new(rel), &root.join(rel), &Want::Absent, &tmp);
+        remove("gone").expect("rm");
         assert!(!root.join("gone").exists());
         // Already absent: nothing to do.
-        put(
-            root,
-            Path::new("gone"),
-            &root.join("gone"),
-            &Want::Absent,
-            &tmp,
-        )
-        .expect("absent");
+        remove("gone").expect("absent");
         // A directory where a file must be absent is not removed: an error.
         fs::create_dir_all(root.join("d/x")).expect("mkdir");
-        assert!(put(root, Path::new("d"), &root.join("d"), &Want::Absent, &tmp).is_err());
+        assert!(remove("d").is_err());
         assert!(root.join("d/x").exists());
     }
 }

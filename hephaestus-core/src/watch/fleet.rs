@@ -121,6 +121,25 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     base.saturating_mul(1 << failures.min(6)).min(MAX_BACKOFF)
 }
 
+/// A failed contact with `remote`: wait `base` backed off by the failures so far,
+/// count this one, say so through `notify`; when to try again.
+fn unreachable(
+    remote: &str,
+    message: String,
+    base: Duration,
+    failures: &mut u32,
+    notify: &dyn Fn(WatchEvent),
+) -> Instant {
+    let wait = backoff(base, *failures);
+    *failures += 1;
+    notify(WatchEvent::FleetUnreachable {
+        remote: remote.to_owned(),
+        message,
+        retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+    });
+    Instant::now() + wait
+}
+
 /// A thread pushing every new evolution of a project's history to a remote.
 #[derive(Debug)]
 pub struct Publisher {
@@ -425,14 +444,13 @@ fn publish_loop(
                 Ok(None) => {}
                 Err(message) => {
                     history = None;
-                    let wait = backoff(Duration::from_secs(1), failures);
-                    failures += 1;
-                    next = Instant::now() + wait;
-                    notify(WatchEvent::FleetUnreachable {
-                        remote: remote.to_owned(),
+                    next = unreachable(
+                        remote,
                         message,
-                        retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    });
+                        Duration::from_secs(1),
+                        &mut failures,
+                        notify,
+                    );
                     continue;
                 }
             }
@@ -474,14 +492,13 @@ fn publish_loop(
             }
             Err(message) => {
                 history = None;
-                let wait = backoff(Duration::from_secs(1), failures);
-                failures += 1;
-                next = Instant::now() + wait;
-                notify(WatchEvent::FleetUnreachable {
-                    remote: remote.to_owned(),
+                next = unreachable(
+                    remote,
                     message,
-                    retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                });
+                    Duration::from_secs(1),
+                    &mut failures,
+                    notify,
+                );
             }
         }
     }
@@ -614,14 +631,7 @@ fn follow_loop(
             }
             Some(message) => {
                 history = None;
-                let wait = backoff(interval, failures);
-                failures += 1;
-                next_fetch = Instant::now() + wait;
-                notify(WatchEvent::FleetUnreachable {
-                    remote: remote.to_owned(),
-                    message,
-                    retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                });
+                next_fetch = unreachable(remote, message, interval, &mut failures, &notify);
             }
         }
     }
