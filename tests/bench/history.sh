@@ -13,10 +13,10 @@
 #     `heph history --limit 50 --json` vs `git log -50 --format=...`;
 #     `heph history --kind import --limit 0 --json` vs `git log --grep`
 #
-# HEPH_BEFORE=/path/to/an/older/heph puts that binary beside this tree's in every table
-# (each on its own copy of the projects: their caches differ), and HEPH_EXTRA (named
-# HEPH_EXTRA_NAME) a third one, e.g. a build with fsync turned off to tell the cost of
-# durability from the rest. SKIP_LIST=1 skips 3; ONLY_LIST=1 runs only 3; ONLY_SNAPSHOT=1
+# HEPH_BEFORE=/path/to/an/older/heph puts that binary beside this tree's in every table,
+# the instruction counts included (each on its own copy of the projects: their caches
+# differ), and HEPH_EXTRA (named HEPH_EXTRA_NAME) a third one, e.g. a build with fsync
+# turned off to tell the cost of durability from the rest. SKIP_LIST=1 skips 3; ONLY_LIST=1 runs only 3; ONLY_SNAPSHOT=1
 # runs only 1.
 #
 # Usage: tests/bench/history.sh [WORKDIR]   (needs hyperfine: apt-get install -y hyperfine)
@@ -148,14 +148,16 @@ if [ "${INSTRUCTIONS:-1}" != 0 ] && command -v valgrind >/dev/null; then
   rm -f "$work"/ir-*
   for r in $(seq 1 "${INSN_ROUNDS:-5}"); do
     instructions heph "$heph" snapshot -q
+    [ -z "$before" ] || (cd "$work/tree-before" && instructions heph-before "$before" snapshot -q)
     instructions git-stash git stash create
     instructions git-commit git commit -q -a -m x
   done
   python3 - "$work" <<'PY' >> "$work/snapshot.md"
 import statistics, sys
 work = sys.argv[1]
-rows = [("heph snapshot", "heph"), ("git stash create", "git-stash"), ("git commit -q -a", "git-commit")]
-ir = {name: [int(x) for x in open(f"{work}/ir-{key}").read().split()] for name, key in rows}
+import os
+rows = [("heph snapshot", "heph"), ("heph snapshot (before)", "heph-before"), ("git stash create", "git-stash"), ("git commit -q -a", "git-commit")]
+ir = {name: [int(x) for x in open(f"{work}/ir-{key}").read().split()] for name, key in rows if os.path.exists(f"{work}/ir-{key}")}
 ours = statistics.median(ir["heph snapshot"])
 print(f"| Command (callgrind, {len(ir['heph snapshot'])} interleaved rounds) | instructions (median) | min | max | median / `heph snapshot` |")
 print("|:---|---:|---:|---:|---:|")

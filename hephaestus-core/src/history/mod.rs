@@ -978,3 +978,5 @@ pub(crate) fn evolution_of(commit: &Commit<'_>) -> Evolution {
 mod tests;
 #[cfg(test)]
 mod tests_refs;
+#[cfg(test)]
+mod tests_snapshot;

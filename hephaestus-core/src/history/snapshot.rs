@@ -3,11 +3,13 @@
 //! build the trees.
 //!
 //! The stat cache is a git index private to heph, `.heph/stat-index` (libgit2's
-//! `Index`, never the user's): one entry per file with its stat and blob id, and git's
-//! tree cache, which keeps the tree id of every directory none of whose entries changed,
-//! so that `write_tree` writes only the trees above what changed. It is trusted only for
-//! the commit named beside it in `.heph/stat-index.commit` (with the index file's own
-//! checksum) and that commit's descendants: the blobs it names are then in the history.
+//! `Index`, never the user's): one entry per file with its stat and blob id. It is
+//! trusted only for the commit named beside it in `.heph/stat-index.commit` (with the
+//! index file's own checksum) and that commit's descendants: the blobs it names are then
+//! in the history, and it holds exactly that commit's tree, so that a snapshot's tree is
+//! that commit's tree with the changed paths updated (libgit2's `git_tree_create_updated`:
+//! only the trees above a change are read and written). Without a trusted cache, or when
+//! a file became a directory or the reverse, every tree is written from the index.
 //!
 //! Racy files: an entry whose mtime or ctime is at or after the snapshot's start
 //! (measured on the file system's own clock, as the mtime of `.heph/clock` set to now as
@@ -617,6 +619,7 @@ pub(crate) fn snapshot_at(
     let old: Vec<IndexEntry> = index.iter().collect();
     let mut olds = old.iter().peekable();
     let mut gone: Vec<&[u8]> = Vec::new();
+    let mut updates: Vec<TreeUpdate<'_>> = Vec::new();
     for f in &found {
         while let Some(o) = olds.next_if(|o| o.path < f.path) {
             gone.push(o.path.as_slice());
@@ -635,6 +638,9 @@ pub(crate) fn snapshot_at(
             }
             continue;
         };
+        if prev.is_none_or(|p| p.id != oid || p.mode != f.mode) {
+            updates.push((f.path.as_slice(), Some((oid, f.mode))));
+        }
         // A racy stat is kept cleared: the file is hashed again next time.
         let stat = if f.stat.racy(start) {
             FileStat::default()
@@ -651,11 +657,22 @@ pub(crate) fn snapshot_at(
         index
             .remove_path(Path::new(OsStr::from_bytes(path)))
             .map_err(git("updating the stat cache"))?;
+        updates.push((path, None));
         dirty = true;
     }
-    snap.tree = index
-        .write_tree_to(repo)
-        .map_err(git("writing the snapshot's trees"))?;
+    snap.tree = match cache_commit {
+        Some(commit) => match updated_tree(repo, commit, &updates) {
+            Ok(tree) => tree,
+            // A file that became a directory or the reverse, which libgit2's tree
+            // update refuses: every tree is written from the stat cache.
+            Err(_) => index
+                .write_tree_to(repo)
+                .map_err(git("writing the snapshot's trees"))?,
+        },
+        None => index
+            .write_tree_to(repo)
+            .map_err(git("writing the snapshot's trees"))?,
+    };
     if dirty {
         // Written now (with the tree cache `write_tree_to` filled in), moved in place
         // once a commit refers to the tree.
@@ -664,6 +681,43 @@ pub(crate) fn snapshot_at(
         let _ = fs::remove_file(next);
     }
     Ok(snap)
+}
+
+/// A path that changed against the cache's commit, and its blob and git mode now (None:
+/// removed).
+type TreeUpdate<'p> = (&'p [u8], Option<(Oid, u32)>);
+
+/// The tree of the cache's `commit` with `updates` applied: only the trees above a
+/// changed path are read and written (the stat cache holds exactly that commit's tree).
+/// Writing every tree from the index instead (`write_tree_to`) reads all of them back
+/// afterwards to fill the index's tree cache, a third of a snapshot's work on a large
+/// tree.
+fn updated_tree(
+    repo: &Repository,
+    commit: Oid,
+    updates: &[TreeUpdate<'_>],
+) -> Result<Oid, git2::Error> {
+    let base = repo.find_commit(commit)?.tree()?;
+    if updates.is_empty() {
+        return Ok(base.id());
+    }
+    let mut builder = git2::build::TreeUpdateBuilder::new();
+    for &(path, change) in updates {
+        match change {
+            Some((oid, mode)) => builder.upsert(path, oid, file_mode(mode)),
+            None => builder.remove(path),
+        };
+    }
+    builder.create_updated(repo, &base)
+}
+
+/// git2's name of a file's git mode.
+fn file_mode(mode: u32) -> git2::FileMode {
+    match mode {
+        MODE_EXEC => git2::FileMode::BlobExecutable,
+        MODE_LINK => git2::FileMode::Link,
+        _ => git2::FileMode::Blob,
+    }
 }
 
 /// The index entry of a file with its blob and (possibly cleared) stat.

@@ -1,0 +1,377 @@
+//! Unit tests of the snapshot: the stat cache (racy stats, stats set back, the blob ids
+//! it keeps), the trees built from it against those of a full write, and large files.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use super::tests::{git, open, project, write};
+use super::*;
+
+/// A racy stat (mtime at the snapshot's start, set with `utimensat`) is stored cleared,
+/// so that the file is hashed again by the next snapshot; a stat from before the start
+/// is stored as it is.
+#[test]
+fn a_racy_stat_is_stored_cleared_and_hashed_again() {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    // A start well after every file's ctime; src/lib.rs's mtime exactly at it.
+    let start = (4_000_000_000_i64, 123_456_789_i64);
+    let at = TimeSpec::new(start.0, start.1);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        &root.join("src/lib.rs"),
+        &at,
+        &at,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("utimensat");
+    let repo = h.repo_ref().expect("repo");
+    let cached = |path: &str| {
+        let index = git2::Index::open(&state.join("stat-index")).expect("index");
+        let e = index.get_path(Path::new(path), 0).expect("entry");
+        (e.mtime.seconds(), e.mtime.nanoseconds(), e.ctime.seconds())
+    };
+    let snap =
+        snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, start).expect("snapshot");
+    snap.save_cache(tip);
+    assert_eq!(cached("src/lib.rs"), (0, 0, 0), "a racy stat is cleared");
+    let kept = cached("Cargo.toml");
+    assert_ne!(kept, (0, 0, 0), "a stat from before the start is kept");
+    // The next snapshot, later, hashes it again and then keeps its stat.
+    let later = (start.0 + 10, 0);
+    let snap =
+        snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, later).expect("snapshot");
+    snap.save_cache(tip);
+    assert_eq!(
+        cached("src/lib.rs"),
+        (start.0 as i32, start.1 as u32, cached("src/lib.rs").2)
+    );
+    assert_ne!(cached("src/lib.rs").2, 0);
+    assert_eq!(cached("Cargo.toml"), kept);
+}
+
+/// A start after every stat of these tests: no stat is racy against it.
+const SETTLED: (i64, i64) = (4_000_000_000, 0);
+
+/// The blob id of `path` in the tree `tree`.
+fn blob_in(repo: &Repository, tree: Oid, path: &str) -> Oid {
+    repo.find_tree(tree)
+        .expect("tree")
+        .get_path(Path::new(path))
+        .expect("entry")
+        .id()
+}
+
+/// Give the stat cache's entry of `path` the file's stat now, keeping its blob id, and
+/// trust the cache for `tip` (its checksum beside it, as a saved cache has).
+fn restat_cache_entry(root: &Path, tip: Oid, path: &str, id: Option<Oid>) {
+    use std::os::unix::fs::MetadataExt;
+    let state = root.join(".heph");
+    let cache = state.join("stat-index");
+    let mut index = git2::Index::open(&cache).expect("index");
+    let mut entry = index.get_path(Path::new(path), 0).expect("entry");
+    assert_ne!(entry.ctime.seconds(), 0, "a settled stat is kept");
+    let st = fs::symlink_metadata(root.join(path)).expect("stat");
+    entry.mtime = git2::IndexTime::new(st.mtime() as i32, st.mtime_nsec() as u32);
+    entry.ctime = git2::IndexTime::new(st.ctime() as i32, st.ctime_nsec() as u32);
+    entry.file_size = st.len() as u32;
+    entry.ino = st.ino() as u32;
+    if let Some(id) = id {
+        entry.id = id;
+    }
+    index.add(&entry).expect("add");
+    index.write().expect("write");
+    let bytes = fs::read(&cache).expect("read");
+    let sum: String = bytes[bytes.len() - 20..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    fs::write(state.join("stat-index.commit"), format!("{tip} {sum}\n")).expect("write");
+}
+
+/// A file whose stat is unchanged is not read again: its blob id comes from the stat
+/// cache (shown by a file rewritten behind a cache entry that was given its new stat: the
+/// snapshot keeps the old blob).
+#[test]
+fn an_unchanged_stat_takes_the_blob_id_from_the_stat_cache() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    let old = blob_in(repo, h.tree_of(tip).expect("tree"), "Cargo.toml");
+    write(&root, "Cargo.toml", "[package]\nname = \"rewritten\"\n");
+    restat_cache_entry(&root, tip, "Cargo.toml", None);
+    let snap = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    assert_eq!(blob_in(repo, snap.tree, "Cargo.toml"), old);
+}
+
+/// With a trusted cache, a snapshot's tree is the cache's commit's tree with only the
+/// changed paths written: an entry the cache names differently but whose file did not
+/// change is taken from that tree (a whole write from the cache would take the cache's).
+#[test]
+fn a_snapshot_updates_the_cached_commits_tree_only_where_files_changed() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    let base = h.tree_of(tip).expect("tree");
+    let other = repo.blob(b"not what the file holds\n").expect("blob");
+    restat_cache_entry(&root, tip, "Cargo.toml", Some(other));
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 77 }\n");
+    let snap = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    assert_eq!(
+        blob_in(repo, snap.tree, "Cargo.toml"),
+        blob_in(repo, base, "Cargo.toml")
+    );
+    let lib = repo.blob(b"pub fn a() -> u32 { 77 }\n").expect("blob");
+    assert_eq!(blob_in(repo, snap.tree, "src/lib.rs"), lib);
+}
+
+/// The tree of a snapshot made from the cache of the evolution before equals the tree a
+/// snapshot without any cache writes (every file hashed, every tree written), through
+/// edits, new and removed files and directories, mode changes, symlinks, and files that
+/// become directories and back.
+#[test]
+fn trees_built_from_the_cache_equal_trees_written_whole() {
+    use std::os::unix::fs::symlink;
+    let (_dir, root) = project(true);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let set_mode = |rel: &str, mode: u32| {
+        fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    type Step<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let steps: Vec<Step<'_>> = vec![
+        (
+            "edit a nested file",
+            Box::new(|| write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n")),
+        ),
+        (
+            "a new file in new directories",
+            Box::new(|| write(&root, "src/deep/er/x.rs", "// x\n")),
+        ),
+        (
+            "a sibling and an edit",
+            Box::new(|| {
+                write(&root, "src/deep/y.rs", "// y\n");
+                write(&root, "Cargo.toml", "[package]\nname = \"p2\"\n");
+            }),
+        ),
+        ("executable", Box::new(|| set_mode("src/deep/y.rs", 0o755))),
+        (
+            "not executable",
+            Box::new(|| set_mode("src/deep/y.rs", 0o644)),
+        ),
+        (
+            "a symlink",
+            Box::new(|| symlink("deep/y.rs", root.join("src/link")).expect("symlink")),
+        ),
+        (
+            "a symlink retargeted",
+            Box::new(|| {
+                fs::remove_file(root.join("src/link")).expect("rm");
+                symlink("lib.rs", root.join("src/link")).expect("symlink");
+            }),
+        ),
+        (
+            "the last file of two directories removed",
+            Box::new(|| {
+                fs::remove_file(root.join("src/deep/er/x.rs")).expect("rm");
+            }),
+        ),
+        (
+            "a file becomes a directory",
+            Box::new(|| {
+                fs::remove_file(root.join("src/deep/y.rs")).expect("rm");
+                write(&root, "src/deep/y.rs/inner.rs", "// inner\n");
+            }),
+        ),
+        (
+            "a directory becomes a file",
+            Box::new(|| {
+                fs::remove_dir_all(root.join("src/deep")).expect("rm");
+                write(&root, "src/deep", "now a file\n");
+            }),
+        ),
+        (
+            "a symlink becomes a file",
+            Box::new(|| {
+                fs::remove_file(root.join("src/link")).expect("rm");
+                write(&root, "src/link", "a file\n");
+            }),
+        ),
+        (
+            "everything but one file removed",
+            Box::new(|| {
+                fs::remove_dir_all(root.join("src")).expect("rm");
+            }),
+        ),
+    ];
+    for (i, (what, step)) in steps.iter().enumerate() {
+        step();
+        let recorded = h
+            .record_manual_if_changed()
+            .expect(what)
+            .unwrap_or_else(|| panic!("{what}: no change recorded"));
+        let recorded = h.tree_of(recorded.id.parse().expect("oid")).expect("tree");
+        let state = scratch.path().join(format!("state-{i}"));
+        fs::create_dir_all(&state).expect("mkdir");
+        let repo = h.repo_ref().expect("repo");
+        let whole = snapshot::snapshot_at(repo, &h.scope, &state, |_| false, u64::MAX, SETTLED)
+            .expect("snapshot");
+        assert_eq!(recorded, whole.tree, "{what}");
+    }
+}
+
+/// A file rewritten in place with the same size and its mtime set back to the cached
+/// one (as `tar`, `rsync -a` or `touch -d` do) is hashed again: its ctime, which no tool
+/// sets back, changed.
+#[test]
+fn a_file_with_its_mtime_set_back_is_hashed_again() {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    use std::os::unix::fs::MetadataExt;
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    let path = root.join("src/lib.rs");
+    let before = fs::symlink_metadata(&path).expect("stat");
+    // Past the file system clock's tick: the rewrite gets another ctime.
+    std::thread::sleep(Duration::from_millis(30));
+    let content = "pub fn a() -> u32 { 9 }\n";
+    assert_eq!(content.len() as u64, before.len());
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(content.as_bytes()))
+        .expect("rewrite in place");
+    let mtime = TimeSpec::new(before.mtime(), before.mtime_nsec());
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        &path,
+        &mtime,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("utimensat");
+    let after = fs::symlink_metadata(&path).expect("stat");
+    assert_eq!(
+        (after.ino(), after.len(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
+    );
+    assert_ne!(
+        (after.ctime(), after.ctime_nsec()),
+        (before.ctime(), before.ctime_nsec())
+    );
+    let snap = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    let expected = repo.blob(content.as_bytes()).expect("blob");
+    assert_eq!(blob_in(repo, snap.tree, "src/lib.rs"), expected);
+}
+
+/// A file over the size limit is left out (and reported); one under it, larger than
+/// what is read whole, is streamed into the same blob git makes; a rollback never
+/// overwrites a file left out.
+#[test]
+fn large_files_are_streamed_and_files_over_the_limit_left_out() {
+    let (_dir, root) = project(true);
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    fs::write(root.join("data.bin"), &big).expect("big");
+    fs::write(root.join("huge.bin"), vec![7u8; 5 << 20]).expect("huge");
+    let options = HistoryOptions {
+        max_file_size: Some(4 << 20),
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options.clone()).expect("open");
+    let first = h.record_manual_if_changed().expect("rec").expect("new");
+    assert_eq!(
+        h.skipped(),
+        [SkippedFile {
+            path: PathBuf::from("huge.bin"),
+            size: 5 << 20
+        }]
+    );
+    let stored = git(&root, &["rev-parse", &format!("{}:data.bin", first.id)]);
+    let hashed = git(&root, &["hash-object", "data.bin"]);
+    assert_eq!(stored, hashed, "streamed into git's blob");
+    assert!(
+        git(&root, &["ls-tree", "-r", "--name-only", &first.id])
+            .lines()
+            .all(|l| l != "huge.bin")
+    );
+    assert!(
+        git(&root, &["log", "-1", "--format=%B", &first.id])
+            .contains(&format!("Heph-Skipped: huge.bin ({} bytes)", 5 << 20))
+    );
+    // Under a larger limit, recorded; then over the limit again, a rollback to that
+    // state refuses to overwrite it.
+    let mut roomy = History::open_with(
+        &root,
+        HistoryOptions {
+            max_file_size: Some(8 << 20),
+            ..HistoryOptions::default()
+        },
+    )
+    .expect("open");
+    let with_huge = roomy.record_manual_if_changed().expect("rec").expect("new");
+    assert!(roomy.skipped().is_empty());
+    fs::write(root.join("huge.bin"), vec![8u8; 5 << 20]).expect("huge");
+    let mut h = History::open_with(&root, options).expect("open");
+    let err = h
+        .rollback(&RollbackTarget::Id(with_huge.id.clone()))
+        .expect_err("blocked");
+    assert!(matches!(err, HistoryError::RestoreBlocked { .. }), "{err}");
+    assert_eq!(
+        fs::read(root.join("huge.bin")).expect("read"),
+        vec![8u8; 5 << 20]
+    );
+    git(&root, &["fsck", "--strict"]);
+}
+
+/// `[history] max_file_size` in heph.toml sets the limit; a bad value is a clear error.
+#[test]
+fn the_size_limit_comes_from_heph_toml() {
+    let (_dir, root) = project(false);
+    fs::write(root.join("blob.bin"), vec![1u8; 3000]).expect("blob");
+    write(&root, "heph.toml", "[history]\nmax_file_size = \"2kB\"\n");
+    let mut h = History::open(&root).expect("open");
+    h.record_manual_if_changed().expect("rec");
+    assert_eq!(h.skipped().len(), 1);
+    assert_eq!(h.skipped()[0].path, PathBuf::from("blob.bin"));
+    write(&root, "heph.toml", "[history]\nmax_file_size = \"lots\"\n");
+    let err = History::open(&root).expect_err("invalid");
+    assert!(matches!(err, HistoryError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("history.max_file_size"), "{err}");
+}
