@@ -149,14 +149,14 @@ if [ "${INSTRUCTIONS:-1}" != 0 ] && command -v valgrind >/dev/null; then
   for r in $(seq 1 "${INSN_ROUNDS:-5}"); do
     instructions heph "$heph" snapshot -q
     [ -z "$before" ] || (cd "$work/tree-before" && instructions heph-before "$before" snapshot -q)
+    [ -z "$extra" ] || (cd "$work/tree-extra" && instructions heph-extra "$extra" snapshot -q)
     instructions git-stash git stash create
     instructions git-commit git commit -q -a -m x
   done
-  python3 - "$work" <<'PY' >> "$work/snapshot.md"
-import statistics, sys
-work = sys.argv[1]
-import os
-rows = [("heph snapshot", "heph"), ("heph snapshot (before)", "heph-before"), ("git stash create", "git-stash"), ("git commit -q -a", "git-commit")]
+  python3 - "$work" "$extra_name" <<'PY' >> "$work/snapshot.md"
+import os, statistics, sys
+work, extra_name = sys.argv[1], sys.argv[2]
+rows = [("heph snapshot", "heph"), ("heph snapshot (before)", "heph-before"), (f"heph snapshot ({extra_name})", "heph-extra"), ("git stash create", "git-stash"), ("git commit -q -a", "git-commit")]
 ir = {name: [int(x) for x in open(f"{work}/ir-{key}").read().split()] for name, key in rows if os.path.exists(f"{work}/ir-{key}")}
 ours = statistics.median(ir["heph snapshot"])
 print(f"| Command (callgrind, {len(ir['heph snapshot'])} interleaved rounds) | instructions (median) | min | max | median / `heph snapshot` |")

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use hephaestus_core::Config;
+use hephaestus_core::api::evolve::RUN_ID_VAR;
 use hephaestus_core::config::parse_duration;
 use hephaestus_core::evolve::{
     CandidateRecord, EvolveEvent, EvolveOptions, Evolver, RunSummary, Runner, StageOutcome,
@@ -20,9 +21,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::change;
 
-/// Set by the control API when it starts `heph evolve`: the id the run must take, so
-/// that `.heph/evolve/RUN.jsonl` matches the `run_id` the API answered.
-const RUN_ID_VAR: &str = "HEPH_EVOLVE_RUN";
 use crate::output::{GlobalArgs, Output};
 
 /// Make the project faster: try rewrite rules and a proposer's candidates in isolated

@@ -361,7 +361,7 @@ fn unknown_run(run: &str) -> Response {
 /// The records of run `run` (None: no such run, or not a run id), read on a blocking
 /// thread.
 async fn run_records(state: &AppState, run: &str) -> Option<Vec<LogRecord>> {
-    if !valid_run_id(run) {
+    if !run_log::is_run_id(run) {
         return None;
     }
     let root = state.root.clone();
@@ -380,16 +380,6 @@ async fn run_records(state: &AppState, run: &str) -> Option<Vec<LogRecord>> {
     .await
     .ok()
     .flatten()
-}
-
-/// A run id names a file of `.heph/evolve/` and nothing else.
-fn valid_run_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `GET /hot-reload/evolve/{run}`: the run's progress, candidates and output.

@@ -139,9 +139,25 @@ impl RunLog {
     }
 }
 
+/// The longest run id: `ID.jsonl` and its siblings stay within a file name's 255 bytes.
+pub const MAX_RUN_ID_LEN: usize = 200;
+
+/// Whether `id` can be a run id: 1 to [`MAX_RUN_ID_LEN`] ASCII letters, digits, `-`, `_`
+/// and `.`, not starting with `.`. The one rule for a run id chosen by a user
+/// (`HEPH_EVOLVE_RUN`), resumed (`--resume`) or asked for through the API or the
+/// dashboard: such an id names a file of `.heph/evolve/` and nothing else.
+pub fn is_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_RUN_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Read every record of the log of `run_id` (a truncated last line is skipped).
 pub fn read(root: &Path, run_id: &str) -> Result<Vec<LogRecord>, EvolveError> {
-    if run_id.is_empty() || run_id.contains(['/', '\\']) || run_id.starts_with('.') {
+    if !is_run_id(run_id) {
         return Err(EvolveError::UnknownRun {
             run: run_id.to_owned(),
             dir: root.join(LOG_DIR),
@@ -316,4 +332,44 @@ pub fn output_tail(path: &Path, max: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One rule for every run id: the generated ones pass, anything that could name
+    /// another file, a hidden file or an over-long name does not.
+    #[test]
+    fn a_run_id_names_one_file_of_the_evolve_directory() {
+        for ok in [
+            "20261207-151200-0a1f",
+            "api-1765120000-00ff",
+            "my_run.2",
+            "A-b_c.d",
+        ] {
+            assert!(is_run_id(ok), "{ok}");
+        }
+        let longest = "r".repeat(MAX_RUN_ID_LEN);
+        assert!(is_run_id(&longest));
+        let too_long = "r".repeat(MAX_RUN_ID_LEN + 1);
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "a b",
+            "a\0b",
+            "é",
+            "run;rm",
+            too_long.as_str(),
+        ] {
+            assert!(!is_run_id(bad), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = read(dir.path(), "../outside").expect_err("refused");
+        assert!(matches!(err, EvolveError::UnknownRun { .. }), "{err}");
+    }
 }

@@ -119,14 +119,11 @@ impl<'p> Evolver<'p> {
             None => match &opts.run_id {
                 Some(id) => {
                     let dir = project.root().join(super::log::LOG_DIR);
-                    if id.is_empty()
-                        || id.starts_with('.')
-                        || !id
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                    {
+                    if !super::log::is_run_id(id) {
                         return Err(EvolveError::Settings(format!(
-                            "run id `{id}`: use letters, digits, `-`, `_` and `.`"
+                            "run id `{id}`: use up to {} letters, digits, `-`, `_` and `.`, \
+                             not starting with `.`",
+                            super::log::MAX_RUN_ID_LEN
                         )));
                     }
                     if super::log::RunLog::path(project.root(), id).exists() {
