@@ -375,3 +375,55 @@ fn the_size_limit_comes_from_heph_toml() {
     assert!(matches!(err, HistoryError::Config { .. }), "{err}");
     assert!(err.to_string().contains("history.max_file_size"), "{err}");
 }
+
+/// A directory the walk cannot open for another reason than having vanished (here a
+/// path longer than the system's limit, which even root cannot open by name) is an
+/// error naming it: skipping it would record its files as deleted, and a rollback to
+/// that evolution would then delete them.
+#[test]
+fn a_directory_the_walk_cannot_open_is_an_error_not_a_deletion() {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    // 20 levels of 250-byte names: over PATH_MAX (4096) from the root, made relative to
+    // each open directory.
+    let name = "d".repeat(250);
+    let mut dir = fs::File::open(&root).expect("root");
+    for _ in 0..20 {
+        mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755)).expect("mkdirat");
+        let fd = openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("openat");
+        dir = fs::File::from(fd);
+    }
+    let fd = openat(
+        &dir,
+        "deep.rs",
+        OFlag::O_WRONLY | OFlag::O_CREAT,
+        Mode::from_bits_truncate(0o644),
+    )
+    .expect("create");
+    drop(fs::File::from(fd));
+    let before = h.tip().expect("tip");
+    let err = h
+        .record_manual_if_changed()
+        .expect_err("a directory it cannot open");
+    match &err {
+        HistoryError::Io { path, source } => {
+            assert!(path.as_os_str().len() > 4096, "{}", path.display());
+            assert_eq!(
+                source.raw_os_error(),
+                Some(nix::libc::ENAMETOOLONG),
+                "{err}"
+            );
+        }
+        other => panic!("not an I/O error: {other}"),
+    }
+    assert_eq!(h.tip().expect("tip"), before, "nothing recorded");
+}
