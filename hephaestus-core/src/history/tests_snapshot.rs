@@ -427,3 +427,52 @@ fn a_directory_the_walk_cannot_open_is_an_error_not_a_deletion() {
     }
     assert_eq!(h.tip().expect("tip"), before, "nothing recorded");
 }
+
+/// A stat cache that is not trusted (its commit is not in the history: a history
+/// replaced or fetched anew) is not used at all: every file is hashed and every tree
+/// written, though the cache's checksum is right and its stats match the files (here
+/// its commit is one outside the history whose tree holds another `Cargo.toml`).
+#[test]
+fn an_untrusted_stat_cache_is_not_used() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    // A commit outside the history, its tree another `Cargo.toml`.
+    let other = repo.blob(b"not what the file holds\n").expect("blob");
+    let base = repo.find_tree(h.tree_of(tip).expect("tree")).expect("tree");
+    let mut builder = repo.treebuilder(Some(&base)).expect("builder");
+    builder
+        .insert("Cargo.toml", other, 0o100644)
+        .expect("insert");
+    let tree = repo
+        .find_tree(builder.write().expect("tree"))
+        .expect("tree");
+    let sig = git2::Signature::now("t", "t@localhost").expect("sig");
+    let outside = repo
+        .commit(None, &sig, &sig, "outside", &tree, &[])
+        .expect("commit");
+    let bytes = fs::read(state.join("stat-index")).expect("read");
+    let sum: String = bytes[bytes.len() - 20..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    fs::write(
+        state.join("stat-index.commit"),
+        format!("{outside} {sum}\n"),
+    )
+    .expect("write");
+    let snap = snapshot::snapshot_at(repo, &h.scope, &state, |c| c == tip, u64::MAX, SETTLED)
+        .expect("snapshot");
+    let file = fs::read(root.join("Cargo.toml")).expect("read");
+    assert_eq!(
+        blob_in(repo, snap.tree, "Cargo.toml"),
+        repo.blob(&file).expect("blob")
+    );
+    assert_eq!(snap.tree, h.tree_of(tip).expect("tree"));
+}
