@@ -476,3 +476,64 @@ fn an_untrusted_stat_cache_is_not_used() {
     );
     assert_eq!(snap.tree, h.tree_of(tip).expect("tree"));
 }
+
+/// A file or symlink the walk found but that cannot be read for another reason than
+/// having vanished (here its absolute path is over PATH_MAX while its directory's is
+/// not) is an error naming it, never left out as if deleted.
+#[test]
+fn a_file_that_cannot_be_read_is_an_error_not_a_deletion() {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::{Mode, mkdirat};
+    use nix::unistd::symlinkat;
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    // Directories whose absolute path ends just under PATH_MAX (4096), made relative
+    // to each open directory.
+    let mut dir = fs::File::open(&root).expect("root");
+    let mut len = root.as_os_str().len();
+    while len < 4030 {
+        let name = "d".repeat((4040 - len - 1).min(250));
+        mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755)).expect("mkdirat");
+        let fd = openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("openat");
+        dir = fs::File::from(fd);
+        len += 1 + name.len();
+    }
+    let long = "f".repeat(200);
+    let before = h.tip().expect("tip");
+    let refused = |h: &mut History, what: &str| {
+        let err = h.record_manual_if_changed().expect_err(what);
+        match &err {
+            HistoryError::Io { path, source } => {
+                assert!(path.as_os_str().len() > 4096, "{what}: {}", path.display());
+                assert!(path.ends_with(&long), "{what}: {}", path.display());
+                assert_eq!(
+                    source.raw_os_error(),
+                    Some(nix::libc::ENAMETOOLONG),
+                    "{what}: {err}"
+                );
+            }
+            other => panic!("{what}: not an I/O error: {other}"),
+        }
+        assert_eq!(h.tip().expect("tip"), before, "{what}: nothing recorded");
+    };
+    symlinkat("target", &dir, long.as_str()).expect("symlink");
+    refused(&mut h, "a symlink");
+    nix::unistd::unlinkat(&dir, long.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+        .expect("unlink");
+    let fd = openat(
+        &dir,
+        long.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT,
+        Mode::from_bits_truncate(0o644),
+    )
+    .expect("create");
+    drop(fs::File::from(fd));
+    refused(&mut h, "a file");
+}
