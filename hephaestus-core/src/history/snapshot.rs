@@ -446,8 +446,8 @@ pub(crate) struct Snapshot {
     pub skipped: Vec<SkippedFile>,
     /// The updated stat cache, written to a file of `.heph/tmp/` (None: unchanged).
     next: Option<PathBuf>,
-    /// The commit the stat cache was read for.
-    cache_commit: Option<Oid>,
+    /// The commit the stat cache was read for, and the checksum it was read with.
+    cache_commit: Option<(Oid, String)>,
     state_dir: PathBuf,
 }
 
@@ -456,22 +456,22 @@ impl Snapshot {
     /// already referenced by the history). Best effort: a cache that cannot be written is
     /// only a slower next snapshot. Nothing is written when nothing changed.
     pub fn save_cache(mut self, commit: Oid) {
-        if self.next.is_none() && self.cache_commit == Some(commit) {
-            return;
-        }
         let index_path = self.state_dir.join(CACHE_FILE);
         let commit_path = self.state_dir.join(CACHE_COMMIT_FILE);
-        // The commit file names the index by its checksum: a crash between the rename
-        // and its update leaves a cache that is not trusted, never one trusted for the
-        // wrong commit.
-        let moved = self
-            .next
-            .take()
-            .is_none_or(|next| fs::rename(next, &index_path).is_ok());
-        let saved = moved
-            && checksum(&index_path).is_some_and(|sum| {
-                write_state_file(&commit_path, format!("{commit} {sum}\n").as_bytes()).is_ok()
-            });
+        // The commit file names the index by its checksum: an index replaced meanwhile
+        // (another heph between a prepared snapshot and its commit), or a crash
+        // between the rename and the commit file's update, leaves a cache that is not
+        // trusted, never one trusted for a commit whose tree it does not hold.
+        let sum = match (self.next.take(), &self.cache_commit) {
+            (Some(next), _) => checksum(&next).filter(|_| fs::rename(&next, &index_path).is_ok()),
+            // Unchanged: the index read, whose tree is this commit's too.
+            (None, Some((cached, _))) if *cached == commit => return,
+            (None, Some((_, sum))) => Some(sum.clone()),
+            (None, None) => None,
+        };
+        let saved = sum.is_some_and(|sum| {
+            write_state_file(&commit_path, format!("{commit} {sum}\n").as_bytes()).is_ok()
+        });
         if !saved {
             let _ = fs::remove_file(&commit_path);
         }
@@ -519,33 +519,36 @@ pub(crate) fn write_state_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// The stat cache to update, as a new file `next` (a link to the current cache when it
-/// is valid for a commit `trusted` accepts, else empty), and that commit.
+/// is valid for a commit `trusted` accepts, else empty), and that commit with the
+/// checksum the cache was read with.
 fn load_cache(
     state_dir: &Path,
     next: &Path,
     trusted: impl Fn(Oid) -> bool,
-) -> Result<(Index, Option<Oid>), HistoryError> {
+) -> Result<(Index, Option<(Oid, String)>), HistoryError> {
     let path = state_dir.join(CACHE_FILE);
     let git = |source| HistoryError::Git {
         what: format!("reading the stat cache {}", path.display()),
         source,
     };
-    let commit = fs::read(state_dir.join(CACHE_COMMIT_FILE))
+    let named = fs::read(state_dir.join(CACHE_COMMIT_FILE))
         .ok()
         .and_then(|text| {
             let text = String::from_utf8(text).ok()?;
             let (commit, sum) = text.trim().split_once(' ')?;
             let commit = Oid::from_str(commit).ok()?;
-            (checksum(&path)? == sum && trusted(commit)).then_some(commit)
+            trusted(commit).then(|| (commit, sum.to_owned()))
         });
     let _ = fs::remove_file(next);
     // libgit2 writes `next` by renaming a new file over it: the link's other name, the
-    // current cache, is never written.
-    if commit.is_some()
+    // current cache, is never written. The checksum is taken of the link, so the cache
+    // read is the one checked even if `stat-index` is replaced meanwhile.
+    if let Some((commit, sum)) = named
         && fs::hard_link(&path, next).is_ok()
+        && checksum(next).is_some_and(|s| s == sum)
         && let Ok(index) = Index::open(next)
     {
-        return Ok((index, commit));
+        return Ok((index, Some((commit, sum))));
     }
     let _ = fs::remove_file(next);
     let mut index = Index::open(next).map_err(git)?;
@@ -660,8 +663,10 @@ pub(crate) fn snapshot_at(
         updates.push((path, None));
         dirty = true;
     }
-    snap.tree = match cache_commit {
-        Some(commit) => match updated_tree(repo, commit, &updates) {
+    // libgit2 inserts each update into a sorted list: given in order, none moves.
+    updates.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    snap.tree = match &snap.cache_commit {
+        Some((commit, _)) => match updated_tree(repo, *commit, &updates) {
             Ok(tree) => tree,
             // A file that became a directory or the reverse, which libgit2's tree
             // update refuses: every tree is written from the stat cache.
@@ -673,9 +678,10 @@ pub(crate) fn snapshot_at(
             .write_tree_to(repo)
             .map_err(git("writing the snapshot's trees"))?,
     };
-    if dirty {
-        // Written now (with the tree cache `write_tree_to` filled in), moved in place
-        // once a commit refers to the tree.
+    // Without a trusted cache the new one is always written (even empty), so that the
+    // commit is never paired with the stale cache on disk.
+    if dirty || snap.cache_commit.is_none() {
+        // Written now, moved in place once a commit refers to the tree.
         index.write().map_err(git("writing the stat cache"))?;
     } else if let Some(next) = snap.next.take() {
         let _ = fs::remove_file(next);

@@ -537,3 +537,85 @@ fn a_file_that_cannot_be_read_is_an_error_not_a_deletion() {
     drop(fs::File::from(fd));
     refused(&mut h, "a file");
 }
+
+/// A snapshot without a trusted cache that finds no file at all still saves its own
+/// (empty) cache: the evolution is never paired with the stale cache left on disk,
+/// whose entries would then hide files that come back with the same stat (a directory
+/// moved out of the project and back).
+#[test]
+fn an_empty_snapshot_without_a_trusted_cache_never_pairs_with_the_stale_one() {
+    let (dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first").expect("new");
+    // A crash between the cache's rename and its commit file: not trusted any more.
+    fs::remove_file(root.join(".heph/stat-index.commit")).expect("rm");
+    let aside = dir.path().join("aside");
+    fs::create_dir(&aside).expect("mkdir");
+    for name in ["Cargo.toml", "src"] {
+        fs::rename(root.join(name), aside.join(name)).expect("move out");
+    }
+    let empty = h.record_manual_if_changed().expect("empty").expect("new");
+    let empty_tree = h.tree_of(empty.id.parse().expect("oid")).expect("tree");
+    assert_eq!(
+        h.repo_ref()
+            .expect("repo")
+            .find_tree(empty_tree)
+            .expect("tree")
+            .len(),
+        0
+    );
+    for name in ["Cargo.toml", "src"] {
+        fs::rename(aside.join(name), root.join(name)).expect("move back");
+    }
+    let back = h
+        .record_manual_if_changed()
+        .expect("back")
+        .expect("the files came back");
+    let repo = h.repo_ref().expect("repo");
+    let tree = h.tree_of(back.id.parse().expect("oid")).expect("tree");
+    let lib = fs::read(root.join("src/lib.rs")).expect("read");
+    assert_eq!(
+        blob_in(repo, tree, "src/lib.rs"),
+        repo.blob(&lib).expect("blob")
+    );
+}
+
+/// A prepared snapshot that changed nothing, committed after another heph replaced the
+/// stat cache, pairs its commit with the cache it read (whose checksum no longer
+/// matches: not trusted), never with the other process's cache.
+#[test]
+fn an_unchanged_snapshot_pairs_its_commit_with_the_cache_it_read() {
+    let (_dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let state = root.join(".heph");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    let read_with = fs::read_to_string(state.join("stat-index.commit")).expect("read");
+    let (_, sum) = read_with.trim().split_once(' ').expect("pair");
+    let sum = sum.to_owned();
+    let unchanged = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    // Meanwhile another process saves a cache of other files.
+    let mut other = git2::Index::open(&state.join("stat-index")).expect("index");
+    other.remove_path(Path::new("src/lib.rs")).expect("remove");
+    other.write().expect("write");
+    let sig = git2::Signature::now("t", "t@localhost").expect("sig");
+    let tree = repo.find_tree(unchanged.tree).expect("tree");
+    let parent = repo.find_commit(tip).expect("tip");
+    let later = repo
+        .commit(None, &sig, &sig, "later", &tree, &[&parent])
+        .expect("commit");
+    unchanged.save_cache(later);
+    assert_eq!(
+        fs::read_to_string(state.join("stat-index.commit")).expect("read"),
+        format!("{later} {sum}\n")
+    );
+    // So the next snapshot does not trust the replaced cache: every file is hashed.
+    let next = snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
+        .expect("snapshot");
+    assert_eq!(next.tree, h.tree_of(tip).expect("tree"));
+}
