@@ -619,3 +619,66 @@ fn an_unchanged_snapshot_pairs_its_commit_with_the_cache_it_read() {
         .expect("snapshot");
     assert_eq!(next.tree, h.tree_of(tip).expect("tree"));
 }
+
+/// The size limit leaves out only files over it: one of exactly the limit is kept.
+#[test]
+fn a_file_of_exactly_the_size_limit_is_kept() {
+    let (_dir, root) = project(true);
+    fs::write(root.join("at.bin"), vec![1u8; 4096]).expect("write");
+    fs::write(root.join("over.bin"), vec![2u8; 4097]).expect("write");
+    let options = HistoryOptions {
+        max_file_size: Some(4096),
+        ..HistoryOptions::default()
+    };
+    let mut h = History::open_with(&root, options).expect("open");
+    let first = h.record_manual_if_changed().expect("rec").expect("new");
+    let repo = h.repo_ref().expect("repo");
+    let tree = repo
+        .find_tree(h.tree_of(first.id.parse().expect("oid")).expect("tree"))
+        .expect("tree");
+    assert!(tree.get_name("at.bin").is_some());
+    assert!(tree.get_name("over.bin").is_none());
+    let skipped: Vec<_> = h.skipped.iter().map(|s| (s.path.clone(), s.size)).collect();
+    assert_eq!(skipped, vec![(std::path::PathBuf::from("over.bin"), 4097)]);
+}
+
+/// `History::files` (the copies `heph evolve` makes) lists what a snapshot holds, with
+/// any size: ignored files, `target/` and `.heph/` left out, executables and symlinks
+/// marked.
+#[test]
+fn the_project_files_are_those_a_snapshot_holds() {
+    use std::os::unix::fs::symlink;
+    let (_dir, root) = project(true);
+    write(&root, ".gitignore", "*.log\n");
+    write(&root, "run.log", "ignored\n");
+    write(&root, "target/debug/x", "build output\n");
+    write(&root, "bin/tool.sh", "#!/bin/sh\n");
+    fs::set_permissions(root.join("bin/tool.sh"), fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    symlink("src/lib.rs", root.join("link.rs")).expect("symlink");
+    fs::write(root.join("big.bin"), vec![0u8; 8192]).expect("write");
+    let options = HistoryOptions {
+        max_file_size: Some(1024),
+        ..HistoryOptions::default()
+    };
+    let h = History::open_with(&root, options).expect("open");
+    let files: Vec<(String, bool, bool)> = h
+        .files()
+        .expect("files")
+        .into_iter()
+        .map(|f| (f.path.display().to_string(), f.executable, f.symlink))
+        .collect();
+    let expected = [
+        (".gitignore", false, false),
+        ("Cargo.toml", false, false),
+        ("big.bin", false, false),
+        ("bin/tool.sh", true, false),
+        ("link.rs", false, true),
+        ("src/lib.rs", false, false),
+    ];
+    let expected: Vec<(String, bool, bool)> = expected
+        .iter()
+        .map(|(p, x, l)| (p.to_string(), *x, *l))
+        .collect();
+    assert_eq!(files, expected);
+}
