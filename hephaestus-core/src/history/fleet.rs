@@ -510,7 +510,7 @@ impl History {
         let tip = {
             let _lock = self.lock("follow")?;
             let (_, dir, fetched) = self.rollout_refs();
-            let also = super::sync::AlsoFetch {
+            let also = super::transport::AlsoFetch {
                 from: &dir,
                 into: &fetched,
             };

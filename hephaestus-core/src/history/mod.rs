@@ -34,6 +34,7 @@ mod show;
 mod signing;
 mod snapshot;
 mod sync;
+mod transport;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
