@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 
+use super::sync::SyncTransport;
 use super::tests::{git, meta, open, project, write};
 use super::*;
 
@@ -44,4 +45,64 @@ fn a_history_behind_the_remote_is_fast_forwarded() {
     assert_eq!(report.local_after.as_deref(), Some(tip.id.as_str()));
     assert_eq!(rev(&b_root.join(".heph/history.git"), HISTORY_REF), tip.id);
     assert_eq!(rev(Path::new(&url), HISTORY_REF), tip.id);
+}
+
+/// Finishing a follower's transaction (the journal kept it after a kill) moves the
+/// history to the followed evolution, by compare-and-swap from the tip it was at: a tip
+/// that moved meanwhile is not overwritten.
+#[test]
+fn finishing_a_follow_moves_the_history_to_the_followed_evolution() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    let first = h.record_manual_if_changed().expect("record").expect("new");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = h
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    let git_dir = root.join(".heph/history.git");
+    git(&git_dir, &["update-ref", HISTORY_REF, &first.id]);
+    h.follow_finish(Some(&second.id), &second.id)
+        .expect_err("the tip is not the one the follower left");
+    assert_eq!(rev(&git_dir, HISTORY_REF), first.id);
+    h.follow_finish(Some(&first.id), &second.id)
+        .expect("finish");
+    assert_eq!(rev(&git_dir, HISTORY_REF), second.id);
+    assert_eq!(
+        h.list(&ListFilter::default()).expect("list")[0].id,
+        second.id
+    );
+}
+
+/// A history behind the remote's, or diverged from it, has nothing to roll out to the
+/// canaries: only a tip strictly ahead of the remote's is a candidate.
+#[test]
+fn only_a_history_ahead_of_the_remote_is_a_rollout_candidate() {
+    let (dir, root) = project(false);
+    let url = bare(dir.path(), "remote.git");
+    let auto = SyncTransport::Auto;
+    let mut h = open(&root);
+    let first = h.record_manual_if_changed().expect("record").expect("new");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = h
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    h.publish(&url, auto).expect("publish");
+    let git_dir = root.join(".heph/history.git");
+    git(&git_dir, &["update-ref", HISTORY_REF, &first.id]);
+    assert_eq!(h.rollout_candidate(&url, auto).expect("behind"), None);
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 3 }\n");
+    let third = h
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    assert_eq!(h.rollout_candidate(&url, auto).expect("diverged"), None);
+    git(&git_dir, &["update-ref", HISTORY_REF, &second.id]);
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 4 }\n");
+    let fourth = h
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    assert_ne!(third.id, fourth.id);
+    assert_eq!(
+        h.rollout_candidate(&url, auto).expect("ahead"),
+        Some((fourth.id.clone(), second.id.clone()))
+    );
 }
