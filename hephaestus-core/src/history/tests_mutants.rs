@@ -106,3 +106,130 @@ fn only_a_history_ahead_of_the_remote_is_a_rollout_candidate() {
         Some((fourth.id.clone(), second.id.clone()))
     );
 }
+
+/// A canary follows the rollout only while it is ahead of the remote's history: once
+/// the history moved past it (promoted, then more published), the canary follows the
+/// history's tip like every other instance, never back to the rollout.
+#[test]
+fn a_canary_follows_the_history_once_it_moved_past_the_rollout() {
+    let (dir, a_root) = project(false);
+    let url = bare(dir.path(), "remote.git");
+    let auto = SyncTransport::Auto;
+    let mut a = open(&a_root);
+    a.record_manual_if_changed().expect("record").expect("new");
+    a.publish(&url, auto).expect("publish");
+    write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = a
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    let rollout = fleet::Rollout {
+        evolution: second.id.clone(),
+        canaries: vec!["canary".into()],
+        since: 1,
+    };
+    assert_eq!(
+        a.start_rollout(&url, auto, &rollout).expect("rollout"),
+        None
+    );
+    assert_eq!(a.promote(&url, auto, &second.id).expect("promote"), None);
+    write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 3 }\n");
+    let third = a
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    a.publish(&url, auto).expect("publish");
+    let (_other, b_root) = project(false);
+    let mut b = open(&b_root);
+    assert_eq!(
+        b.follow_target(&url, auto, "canary").expect("target"),
+        Some(third.id)
+    );
+    assert_eq!(b.fetch_rollout(&url, auto).expect("fetch"), Some(rollout));
+}
+
+/// With `--require-signed`, a follower writes nothing when an evolution it would apply
+/// is unsigned: the files and the history stay where they were.
+#[test]
+fn a_follower_requiring_signatures_applies_no_unsigned_evolution() {
+    let (dir, a_root) = project(false);
+    let url = bare(dir.path(), "remote.git");
+    let auto = SyncTransport::Auto;
+    let mut a = open(&a_root);
+    let first = a.record_manual_if_changed().expect("record").expect("new");
+    a.publish(&url, auto).expect("publish");
+    let (_other, b_root) = project(false);
+    let mut b = open(&b_root);
+    let tip = b.fetch_remote(&url, auto).expect("fetch").expect("a tip");
+    let adopted = b.follow_apply(&tip).expect("adopt");
+    assert!(
+        matches!(adopted, FollowStep::Applied { .. } | FollowStep::UpToDate),
+        "{adopted:?}"
+    );
+    write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = a
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    a.publish(&url, auto).expect("publish");
+    let tip = b.fetch_remote(&url, auto).expect("fetch").expect("a tip");
+    assert_eq!(tip, second.id);
+    let allowed = dir.path().join("allowed_signers");
+    fs::write(&allowed, "").expect("write");
+    match b.follow_apply_with(&tip, Some(&allowed)).expect("follow") {
+        FollowStep::Refused { reason, .. } => {
+            assert!(reason.contains("it is not signed"), "{reason}");
+            assert!(reason.contains(&second.id[..7]), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        fs::read_to_string(b_root.join("src/lib.rs")).expect("read"),
+        "pub fn a() -> u32 { 1 }\n"
+    );
+    assert_eq!(
+        b.list(&ListFilter::default()).expect("list")[0].id,
+        first.id
+    );
+}
+
+/// A commit in the remote's history that heph did not record (no `Heph-Kind` trailer:
+/// pushed there by plain git) is never applied by a follower.
+#[test]
+fn a_follower_applies_no_commit_heph_did_not_record() {
+    let (dir, a_root) = project(false);
+    let url = bare(dir.path(), "remote.git");
+    let auto = SyncTransport::Auto;
+    let mut a = open(&a_root);
+    let first = a.record_manual_if_changed().expect("record").expect("new");
+    a.publish(&url, auto).expect("publish");
+    let (_other, b_root) = project(false);
+    let mut b = open(&b_root);
+    let tip = b.fetch_remote(&url, auto).expect("fetch").expect("a tip");
+    b.follow_apply(&tip).expect("adopt");
+    write(&a_root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    let second = a
+        .record(&meta(EvolutionKind::SelfModify, None))
+        .expect("record");
+    let a_git = a_root.join(".heph/history.git");
+    let tree = format!("{}^{{tree}}", second.id);
+    let plain = git(
+        &a_git,
+        &["commit-tree", &tree, "-p", &first.id, "-m", "plain change"],
+    );
+    git(&a_git, &["update-ref", HISTORY_REF, plain.trim()]);
+    a.publish(&url, auto).expect("publish");
+    let tip = b.fetch_remote(&url, auto).expect("fetch").expect("a tip");
+    assert_eq!(tip, plain.trim());
+    match b.follow_apply(&tip).expect("follow") {
+        FollowStep::Refused { reason, .. } => {
+            assert!(reason.contains("was not recorded by heph"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        fs::read_to_string(b_root.join("src/lib.rs")).expect("read"),
+        "pub fn a() -> u32 { 1 }\n"
+    );
+    assert_eq!(
+        b.list(&ListFilter::default()).expect("list")[0].id,
+        first.id
+    );
+}
