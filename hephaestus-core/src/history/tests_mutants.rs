@@ -233,3 +233,20 @@ fn a_follower_applies_no_commit_heph_did_not_record() {
         first.id
     );
 }
+
+/// An empty id, or one longer than a full id, is invalid: never taken as a prefix of
+/// every evolution (an empty `heph rollback ""` would otherwise pick the only one).
+#[test]
+fn an_empty_or_overlong_id_is_invalid() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    let only = h.record_manual_if_changed().expect("record").expect("new");
+    for id in [String::new(), "  ".to_owned(), format!("{}0", only.id)] {
+        let err = h.get(&id).expect_err(&id);
+        assert!(
+            matches!(err, HistoryError::InvalidId { .. }),
+            "{id:?}: {err}"
+        );
+    }
+    assert_eq!(h.get(&only.id).expect("full id").id, only.id);
+}
