@@ -250,3 +250,54 @@ fn an_empty_or_overlong_id_is_invalid() {
     }
     assert_eq!(h.get(&only.id).expect("full id").id, only.id);
 }
+
+/// A prefix of 4+ characters that an evolution shares with another object of the
+/// repository (a blob) is ambiguous for git, not for heph: the evolution is found.
+#[test]
+fn a_prefix_an_evolution_shares_with_a_blob_finds_the_evolution() {
+    let (_dir, root) = project(false);
+    let mut h = open(&root);
+    let only = h.record_manual_if_changed().expect("record").expect("new");
+    let prefix = &only.id[..4];
+    let content = (0u32..)
+        .map(|i| format!("blob {i}\n"))
+        .find(|c| {
+            git2::Oid::hash_object(git2::ObjectType::Blob, c.as_bytes())
+                .is_ok_and(|o| o.to_string().starts_with(prefix))
+        })
+        .expect("a blob sharing the prefix");
+    let repo = git2::Repository::open(root.join(".heph/history.git")).expect("open");
+    repo.blob(content.as_bytes()).expect("blob");
+    assert_eq!(h.get(prefix).expect("the evolution").id, only.id);
+}
+
+/// `heph show` names how each file changed: added, deleted, modified, typechange.
+#[test]
+fn show_names_how_each_file_changed() {
+    let (_dir, root) = project(false);
+    write(&root, "old.rs", "// old\n");
+    write(&root, "link", "a file, then a symlink\n");
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("record").expect("new");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    fs::remove_file(root.join("old.rs")).expect("rm");
+    write(&root, "new.rs", "// new\n");
+    fs::remove_file(root.join("link")).expect("rm");
+    std::os::unix::fs::symlink("new.rs", root.join("link")).expect("symlink");
+    let second = h.record_manual_if_changed().expect("record").expect("new");
+    let shown = h.show(&second.id, false).expect("show");
+    let statuses: Vec<(String, &str)> = shown
+        .files
+        .iter()
+        .map(|f| (f.path.to_string_lossy().into_owned(), f.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("link".to_owned(), "typechange"),
+            ("new.rs".to_owned(), "added"),
+            ("old.rs".to_owned(), "deleted"),
+            ("src/lib.rs".to_owned(), "modified"),
+        ]
+    );
+}
