@@ -301,3 +301,40 @@ fn show_names_how_each_file_changed() {
         ]
     );
 }
+
+/// `heph show` counts each file's lines and their totals; a binary file has no line
+/// counts and is said binary, a file whose mode alone changed is not.
+#[test]
+fn show_counts_lines_per_file_and_in_total_and_names_binary_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, root) = project(false);
+    write(&root, "two.rs", "x\ny\n");
+    write(&root, "run.sh", "#!/bin/sh\n");
+    fs::write(root.join("data.bin"), b"\0\x01\x02").expect("write");
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("record").expect("new");
+    write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+    write(&root, "two.rs", "");
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::write(root.join("data.bin"), b"\0\x03").expect("write");
+    let second = h.record_manual_if_changed().expect("record").expect("new");
+    let shown = h.show(&second.id, false).expect("show");
+    let files: Vec<(String, usize, usize, bool)> = shown
+        .files
+        .iter()
+        .map(|f| {
+            let path = f.path.to_string_lossy().into_owned();
+            (path, f.insertions, f.deletions, f.binary)
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("data.bin".to_owned(), 0, 0, true),
+            ("run.sh".to_owned(), 0, 0, false),
+            ("src/lib.rs".to_owned(), 1, 1, false),
+            ("two.rs".to_owned(), 0, 2, false),
+        ]
+    );
+    assert_eq!((shown.insertions, shown.deletions), (1, 3));
+}
