@@ -978,6 +978,8 @@ pub(crate) fn evolution_of(commit: &Commit<'_>) -> Evolution {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_mutants;
+#[cfg(test)]
 mod tests_refs;
 #[cfg(test)]
 mod tests_snapshot;

@@ -464,6 +464,116 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::tests::{open, project, write};
+    use std::fs::Permissions;
+    use std::os::unix::fs::symlink;
+
+    /// A restored file keeps its own permission bits, with the executable bits set (for
+    /// whoever may read it) or cleared as the snapshot says; a new file, or a symlink
+    /// in the way (its bits say nothing), gets 0644 or 0755.
+    #[test]
+    fn a_restored_file_keeps_its_bits_with_the_snapshots_executable_bits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        fs::write(&file, "x").expect("write");
+        for (mode, exec, want) in [
+            (0o600, false, 0o600),
+            (0o600, true, 0o700),
+            (0o640, true, 0o750),
+            (0o755, true, 0o755),
+            (0o755, false, 0o644),
+        ] {
+            fs::set_permissions(&file, Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(
+                permissions_for(&file, exec),
+                want,
+                "{mode:o}, executable: {exec}"
+            );
+        }
+        let link = dir.path().join("l");
+        symlink("f", &link).expect("symlink");
+        for path in [dir.path().join("absent"), link] {
+            assert_eq!(permissions_for(&path, false), 0o644, "{}", path.display());
+            assert_eq!(permissions_for(&path, true), 0o755, "{}", path.display());
+        }
+    }
+
+    /// Deleting a file already gone is not an error (a rollback finished again after
+    /// a crash); a directory where the file was is one, and is left alone. The
+    /// directories emptied are removed up to the project root, never the root itself.
+    #[test]
+    fn deleting_a_file_removes_its_emptied_directories_but_never_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("proj");
+        write(&root, "a/b/c.rs", "// c\n");
+        delete_file(&root, &root.join("a/b/c.rs")).expect("delete");
+        assert!(!root.join("a").exists(), "emptied directories removed");
+        assert!(root.is_dir(), "the (now empty) root is kept");
+        delete_file(&root, &root.join("a/b/c.rs")).expect("already gone: not an error");
+        write(&root, "d/inner.rs", "// in the way\n");
+        let err = delete_file(&root, &root.join("d")).expect_err("a directory");
+        assert!(
+            matches!(&err, HistoryError::Io { path, .. } if path == &root.join("d")),
+            "{err}"
+        );
+        assert!(root.join("d/inner.rs").is_file());
+    }
+
+    /// The directories of a restored file are created; a file, or a symlink (which
+    /// could lead outside the project), where one must be is refused before anything
+    /// is written.
+    #[test]
+    fn a_file_or_a_symlink_where_a_directory_must_be_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("proj");
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        write(&root, "file", "// a file\n");
+        symlink(&outside, root.join("link")).expect("symlink");
+        ensure_parent(&root, Path::new("new/dir/x.rs")).expect("created");
+        assert!(root.join("new/dir").is_dir());
+        ensure_parent(&root, Path::new("top.rs")).expect("the root itself");
+        for rel in ["file/x.rs", "link/x.rs", "link/sub/x.rs"] {
+            let err = ensure_parent(&root, Path::new(rel)).expect_err(rel);
+            assert!(
+                matches!(&err, HistoryError::RestoreBlocked { path, .. } if path == Path::new(rel)),
+                "{rel}: {err}"
+            );
+        }
+        assert_eq!(fs::read_dir(&outside).expect("read").count(), 0);
+    }
+
+    /// The one-line summary names the target, its subject, the counts and the new
+    /// evolution; or says that nothing was restored nor recorded.
+    #[test]
+    fn a_rollbacks_summary_says_what_it_did() {
+        let (_dir, root) = project(false);
+        let mut h = open(&root);
+        let good = h
+            .record(&EvolutionMeta::new(EvolutionKind::Manual, "good state"))
+            .expect("record");
+        write(&root, "src/lib.rs", "pub fn a() -> u32 { 2 }\n");
+        write(&root, "src/new.rs", "// new\n");
+        h.record_manual_if_changed().expect("record").expect("new");
+        let target = RollbackTarget::Id(good.short_id.clone());
+        let report = h.rollback(&target).expect("rollback");
+        assert_eq!(
+            report.summary(),
+            format!(
+                "rolled back to {} (good state): 1 restored, 1 deleted; recorded as evolution {}",
+                good.short_id, report.evolution.short_id
+            )
+        );
+        let again = h.rollback(&target).expect("rollback");
+        assert!(again.unchanged);
+        assert_eq!(
+            again.summary(),
+            format!(
+                "the files already are those of {} (good state): nothing to restore, nothing recorded",
+                good.short_id
+            )
+        );
+    }
 
     #[test]
     fn paths_outside_the_project_files_are_refused() {

@@ -196,6 +196,36 @@ mod tests {
         (path, allowed)
     }
 
+    /// A signature by an allowed key over other content (a commit whose message was
+    /// changed after signing) is a refusal that says so, not an error.
+    #[test]
+    fn a_signature_over_other_content_is_refused_as_not_verifying() {
+        let keys = tempfile::tempdir().expect("tempdir");
+        let (a, allowed_a) = key(keys.path(), "a");
+        let (_dir, root) = project(false);
+        write(
+            &root,
+            "heph.toml",
+            &format!(
+                "[history]\nsigning_key = {:?}\n",
+                a.to_str().expect("utf-8")
+            ),
+        );
+        let mut h = History::open(&root).expect("open");
+        let signed = h.snapshot(Some("signed")).expect("snapshot").expect("one");
+        let repo = h.repo_ref().expect("repo");
+        let oid = Oid::from_str(&signed.id).expect("id");
+        let (signature, data) = repo.extract_signature(&oid, None).expect("signed");
+        let data = data.as_str().expect("utf-8").replace("signed", "forged");
+        let forged = repo
+            .commit_signed(&data, signature.as_str().expect("utf-8"), None)
+            .expect("forged commit");
+        let why = refusal(&h, repo, forged, &allowed_a)
+            .expect("a refusal, not an error")
+            .expect("refused");
+        assert!(why.contains("does not verify for a@test"), "{why}");
+    }
+
     #[test]
     fn a_signed_evolution_verifies_against_its_key_only_and_an_unsigned_one_never() {
         let keys = tempfile::tempdir().expect("tempdir");

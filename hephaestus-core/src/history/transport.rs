@@ -371,6 +371,47 @@ pub(super) fn libgit2_remote<'r>(
 mod tests {
     use super::*;
 
+    /// A URL remote's tracking reference is named by one reference part: ASCII
+    /// letters, digits, `-` and `_` kept, anything else `_` (the name stays the same
+    /// from one version to the next, or the remote's history would be fetched again
+    /// under a new name).
+    #[test]
+    fn a_url_remote_is_named_by_one_reference_part() {
+        assert_eq!(
+            url_component("ssh://git@example.org:22/My-repo_2.git"),
+            "url-ssh___git_example_org_22_My-repo_2_git"
+        );
+        assert_eq!(url_component("/srv/é x"), "url-_srv___x");
+    }
+
+    /// A push the git CLI could not make (no remote there) is an error with git's
+    /// message, not a push that went through.
+    #[test]
+    fn a_push_git_could_not_make_is_an_error_not_a_success() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = Repository::init(dir.path().join("local")).expect("init");
+        let tree = repo
+            .treebuilder(None)
+            .and_then(|b| b.write())
+            .and_then(|t| repo.find_tree(t))
+            .expect("empty tree");
+        let sig = git2::Signature::now("T", "t@example.com").expect("signature");
+        repo.commit(Some("refs/heph/history"), &sig, &sig, "x", &tree, &[])
+            .expect("commit");
+        let missing = dir.path().join("missing.git");
+        let err = push_spec_cli(
+            &repo,
+            &missing.to_string_lossy(),
+            "refs/heph/history:refs/heph/history",
+        )
+        .expect_err("nothing to push to");
+        assert!(
+            matches!(&err, HistoryError::Transport { message, .. }
+                if message.contains("does not appear to be a git repository")),
+            "{err}"
+        );
+    }
+
     #[test]
     fn which_urls_libgit2_reaches_in_this_build() {
         assert!(is_scp_like("git@github.com:o/r.git"));
