@@ -304,122 +304,181 @@ fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// The entries of a directory still to walk, and the ignore rules in force below it.
+type Listing = (std::vec::IntoIter<Item>, Option<Arc<IgnoreStack>>);
+
+/// One entry of a directory a snapshot keeps: a file (or symlink), or a directory to
+/// walk (absolute and relative paths).
+enum Item {
+    File(Found),
+    Dir(PathBuf, Vec<u8>),
+}
+
 /// Walk the project: every file and symlink a snapshot holds, sorted by path (git's
-/// index order), and the files over `max_file_size`.
+/// index order), and the files over `max_file_size`. Depth first, each directory's
+/// entries in order (a directory named as its name and `/`), so that the files come
+/// out in that order and need no sort of their whole list.
 fn walk(scope: &Scope, max_file_size: u64) -> Result<(Vec<Found>, Vec<SkippedFile>), HistoryError> {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    let mut stack: Vec<(PathBuf, Vec<u8>, Option<Arc<IgnoreStack>>)> =
-        vec![(scope.root.clone(), Vec::new(), None)];
-    while let Some((abs, rel, mut ignores)) = stack.pop() {
-        let is_root = rel.is_empty();
-        let errno = |path: &Path, e: Errno| HistoryError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::from(e),
-        };
-        // Never through a symlink: a directory replaced by one since its parent was
-        // listed is no directory any more.
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut dir = match Dir::open(abs.as_path(), flags, Mode::empty()) {
-            Ok(d) => d,
-            Err(e) if !is_root && vanished(&io::Error::from(e)) => continue,
-            Err(e) => return Err(errno(&abs, e)),
-        };
-        let mut listing: Vec<(Vec<u8>, Option<Type>)> = Vec::new();
-        for entry in dir.iter() {
-            let entry = entry.map_err(|e| errno(&abs, e))?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                listing.push((name.to_vec(), entry.file_type()));
+    let mut stack: Vec<Listing> = Vec::new();
+    if let Some(listed) = list_dir(
+        scope,
+        &scope.root,
+        Vec::new(),
+        None,
+        max_file_size,
+        &mut skipped,
+    )? {
+        stack.push(listed);
+    }
+    while let Some((items, ignores)) = stack.last_mut() {
+        match items.next() {
+            None => {
+                stack.pop();
             }
-        }
-        if !is_root && listing.iter().any(|(n, _)| n == b".git") {
-            // A nested repository: git stores it as a submodule link, heph leaves it out.
-            continue;
-        }
-        if listing.iter().any(|(n, _)| n == b".gitignore") {
-            let file = abs.join(".gitignore");
-            // Like git (since 2.32), a `.gitignore` that is a symlink is not followed.
-            if let Some(rules) = is_regular_file(&file)
-                .then(|| Rules::load(&abs, &file))
-                .flatten()
-            {
-                ignores = Some(Arc::new(IgnoreStack {
-                    rules,
-                    parent: ignores.take(),
-                }));
+            Some(Item::File(f)) => found.push(f),
+            Some(Item::Dir(abs, rel)) => {
+                let ignores = ignores.clone();
+                if let Some(listed) =
+                    list_dir(scope, &abs, rel, ignores, max_file_size, &mut skipped)?
+                {
+                    stack.push(listed);
+                }
             }
-        }
-        let mut path = abs.as_os_str().as_bytes().to_vec();
-        if !path.ends_with(b"/") {
-            path.push(b'/');
-        }
-        let dir_len = path.len();
-        for (name, listed) in listing {
-            let lstat = || fstatat(dir.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW);
-            let mut stat = None;
-            let file_type = match listed {
-                Some(t) => Some(t),
-                // The file system does not tell types in listings: lstat now.
-                None => match lstat() {
-                    Ok(st) => {
-                        stat = Some(st);
-                        type_of_mode(st.st_mode)
-                    }
-                    Err(e) if vanished(&io::Error::from(e)) => continue,
-                    Err(e) => return Err(errno(&abs.join(OsStr::from_bytes(&name)), e)),
-                },
-            };
-            let is_dir = match file_type {
-                Some(Type::Directory) => true,
-                Some(Type::File | Type::Symlink) => false,
-                _ => continue,
-            };
-            path.truncate(dir_len);
-            path.extend_from_slice(&name);
-            if is_ignored(ignores.as_ref(), &scope.base_ignores, &path, is_dir)
-                || excluded_by_heph(&name, is_root, &abs, is_dir)
-            {
-                continue;
-            }
-            let mut child = rel.clone();
-            if !child.is_empty() {
-                child.push(b'/');
-            }
-            child.extend_from_slice(&name);
-            if is_dir {
-                stack.push((abs.join(OsStr::from_bytes(&name)), child, ignores.clone()));
-                continue;
-            }
-            let st = match stat.map_or_else(lstat, Ok) {
-                Ok(st) => st,
-                Err(e) if vanished(&io::Error::from(e)) => continue,
-                Err(e) => return Err(errno(&abs.join(OsStr::from_bytes(&name)), e)),
-            };
-            let mode = match type_of_mode(st.st_mode) {
-                Some(Type::Symlink) => MODE_LINK,
-                Some(Type::File) if st.st_mode & 0o100 != 0 => MODE_EXEC,
-                Some(Type::File) => MODE_FILE,
-                _ => continue,
-            };
-            let stat = FileStat::of(&st);
-            if mode != MODE_LINK && stat.size > max_file_size {
-                skipped.push(SkippedFile {
-                    path: PathBuf::from(OsStr::from_bytes(&child)),
-                    size: stat.size,
-                });
-                continue;
-            }
-            found.push(Found {
-                path: child,
-                mode,
-                stat,
-            });
         }
     }
+    // Already in order: a check in one pass (and the order whatever the walk did).
     found.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     skipped.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     Ok((found, skipped))
+}
+
+/// The entries of the directory `abs` (`rel` below the root) a snapshot keeps, in git's
+/// order, and the ignore rules in force below it; None when it vanished or is a nested
+/// repository. Files over `max_file_size` go to `skipped`.
+fn list_dir(
+    scope: &Scope,
+    abs: &Path,
+    rel: Vec<u8>,
+    mut ignores: Option<Arc<IgnoreStack>>,
+    max_file_size: u64,
+    skipped: &mut Vec<SkippedFile>,
+) -> Result<Option<Listing>, HistoryError> {
+    let is_root = rel.is_empty();
+    let errno = |path: &Path, e: Errno| HistoryError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::from(e),
+    };
+    // Never through a symlink: a directory replaced by one since its parent was
+    // listed is no directory any more.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = match Dir::open(abs, flags, Mode::empty()) {
+        Ok(d) => d,
+        Err(e) if !is_root && vanished(&io::Error::from(e)) => return Ok(None),
+        Err(e) => return Err(errno(abs, e)),
+    };
+    let mut listing: Vec<(Vec<u8>, Option<Type>)> = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(|e| errno(abs, e))?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            listing.push((name.to_vec(), entry.file_type()));
+        }
+    }
+    if !is_root && listing.iter().any(|(n, _)| n == b".git") {
+        // A nested repository: git stores it as a submodule link, heph leaves it out.
+        return Ok(None);
+    }
+    if listing.iter().any(|(n, _)| n == b".gitignore") {
+        let file = abs.join(".gitignore");
+        // Like git (since 2.32), a `.gitignore` that is a symlink is not followed.
+        if let Some(rules) = is_regular_file(&file)
+            .then(|| Rules::load(abs, &file))
+            .flatten()
+        {
+            ignores = Some(Arc::new(IgnoreStack {
+                rules,
+                parent: ignores.take(),
+            }));
+        }
+    }
+    let mut path = abs.as_os_str().as_bytes().to_vec();
+    if !path.ends_with(b"/") {
+        path.push(b'/');
+    }
+    let dir_len = path.len();
+    // Each kept entry with its sort key: its name, and `/` after a directory's.
+    let mut items: Vec<(Vec<u8>, Item)> = Vec::with_capacity(listing.len());
+    for (name, listed) in listing {
+        let lstat = || fstatat(dir.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW);
+        let mut stat = None;
+        let file_type = match listed {
+            Some(t) => Some(t),
+            // The file system does not tell types in listings: lstat now.
+            None => match lstat() {
+                Ok(st) => {
+                    stat = Some(st);
+                    type_of_mode(st.st_mode)
+                }
+                Err(e) if vanished(&io::Error::from(e)) => continue,
+                Err(e) => return Err(errno(&abs.join(OsStr::from_bytes(&name)), e)),
+            },
+        };
+        let is_dir = match file_type {
+            Some(Type::Directory) => true,
+            Some(Type::File | Type::Symlink) => false,
+            _ => continue,
+        };
+        path.truncate(dir_len);
+        path.extend_from_slice(&name);
+        if is_ignored(ignores.as_ref(), &scope.base_ignores, &path, is_dir)
+            || excluded_by_heph(&name, is_root, abs, is_dir)
+        {
+            continue;
+        }
+        let mut child = rel.clone();
+        if !child.is_empty() {
+            child.push(b'/');
+        }
+        child.extend_from_slice(&name);
+        if is_dir {
+            let mut key = name.clone();
+            key.push(b'/');
+            items.push((key, Item::Dir(abs.join(OsStr::from_bytes(&name)), child)));
+            continue;
+        }
+        let st = match stat.map_or_else(lstat, Ok) {
+            Ok(st) => st,
+            Err(e) if vanished(&io::Error::from(e)) => continue,
+            Err(e) => return Err(errno(&abs.join(OsStr::from_bytes(&name)), e)),
+        };
+        let mode = match type_of_mode(st.st_mode) {
+            Some(Type::Symlink) => MODE_LINK,
+            Some(Type::File) if st.st_mode & 0o100 != 0 => MODE_EXEC,
+            Some(Type::File) => MODE_FILE,
+            _ => continue,
+        };
+        let stat = FileStat::of(&st);
+        if mode != MODE_LINK && stat.size > max_file_size {
+            skipped.push(SkippedFile {
+                path: PathBuf::from(OsStr::from_bytes(&child)),
+                size: stat.size,
+            });
+            continue;
+        }
+        items.push((
+            name,
+            Item::File(Found {
+                path: child,
+                mode,
+                stat,
+            }),
+        ));
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let items: Vec<Item> = items.into_iter().map(|(_, item)| item).collect();
+    Ok(Some((items.into_iter(), ignores)))
 }
 
 fn type_of_mode(mode: u32) -> Option<Type> {
