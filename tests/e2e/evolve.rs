@@ -722,6 +722,16 @@ fn a_seeded_noisy_fitness_accepts_a_twenty_percent_gain_and_not_a_null_one() {
         "{}",
         run.stdout
     );
+    // The time line counts the fitness runs, as the JSON does.
+    let runs = of_type(&lines, "end")["budget"]["fitness_runs"]
+        .as_u64()
+        .expect("fitness_runs");
+    assert!(runs > 0);
+    assert!(
+        run.stdout.contains(&format!("({runs} fitness runs)")),
+        "{}",
+        run.stdout
+    );
     // The final table fits 80 columns (stdout is no terminal here), header included.
     assert!(run.stdout.contains("   #  verdict"), "{}", run.stdout);
     assert!(

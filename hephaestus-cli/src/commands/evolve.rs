@@ -520,8 +520,13 @@ fn print_table(s: &RunSummary, out: &Output) {
         ));
     }
     let b = &s.budget;
+    let runs = match b.budget_runs {
+        Some(max) => format!("{} of {max} fitness runs", b.fitness_runs),
+        None if b.fitness_runs == 1 => "1 fitness run".to_owned(),
+        None => format!("{} fitness runs", b.fitness_runs),
+    };
     out.line(format!(
-        "time: {}{}: building {}, testing {}, measuring {}, other {} (workers' times add up)",
+        "time: {}{}: building {}, testing {}, measuring {} ({runs}), other {} (workers' times add up)",
         secs(b.wall_ms),
         b.budget_ms
             .map_or(String::new(), |m| format!(" of the {} budget", secs(m))),
