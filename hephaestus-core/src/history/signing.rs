@@ -196,6 +196,18 @@ mod tests {
         (path, allowed)
     }
 
+    /// Make the project at `root` sign its evolutions with `key` (`heph.toml`).
+    fn sign_with(root: &Path, key: &Path) {
+        write(
+            root,
+            "heph.toml",
+            &format!(
+                "[history]\nsigning_key = {:?}\n",
+                key.to_str().expect("utf-8")
+            ),
+        );
+    }
+
     /// A signature by an allowed key over other content (a commit whose message was
     /// changed after signing) is a refusal that says so, not an error.
     #[test]
@@ -203,14 +215,7 @@ mod tests {
         let keys = tempfile::tempdir().expect("tempdir");
         let (a, allowed_a) = key(keys.path(), "a");
         let (_dir, root) = project(false);
-        write(
-            &root,
-            "heph.toml",
-            &format!(
-                "[history]\nsigning_key = {:?}\n",
-                a.to_str().expect("utf-8")
-            ),
-        );
+        sign_with(&root, &a);
         let mut h = History::open(&root).expect("open");
         let signed = h.snapshot(Some("signed")).expect("snapshot").expect("one");
         let repo = h.repo_ref().expect("repo");
@@ -237,14 +242,7 @@ mod tests {
             .snapshot(Some("unsigned"))
             .expect("snapshot")
             .expect("one");
-        write(
-            &root,
-            "heph.toml",
-            &format!(
-                "[history]\nsigning_key = {:?}\n",
-                a.to_str().expect("utf-8")
-            ),
-        );
+        sign_with(&root, &a);
         let mut h = History::open(&root).expect("open again");
         let signed = h.snapshot(Some("signed")).expect("snapshot").expect("two");
         let repo = h.repo_ref().expect("repo");

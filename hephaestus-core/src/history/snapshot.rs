@@ -549,7 +549,7 @@ impl Drop for Snapshot {
 }
 
 /// The trailing checksum of an index file, in hex.
-fn checksum(path: &Path) -> Option<String> {
+pub(super) fn checksum(path: &Path) -> Option<String> {
     use std::os::unix::fs::FileExt;
     let file = open_state_file(path).ok()?;
     let len = file.metadata().ok()?.len();

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use super::refs::read_ref;
 use super::transport::{
-    AlsoFetch, callbacks, fetch_cli, fetch_libgit2, git_command, git_message, libgit2_reaches,
+    AlsoFetch, callbacks, fetch_cli, fetch_command, fetch_libgit2, git_message, libgit2_reaches,
     libgit2_remote, looks_like_url, push_cli, push_libgit2, push_spec_cli, push_spec_libgit2,
     run_git, url_component,
 };
@@ -329,18 +329,8 @@ impl History {
         super::refs::recover_stale_lock(self.state.path(), repo);
         self.settle_legacy(repo)?;
         let local = self.tip()?;
-        if let Some(a) = also
-            && let Ok(refs) = repo.references_glob(&format!("{}*", a.into))
-        {
-            let names: Vec<String> = refs
-                .flatten()
-                .filter_map(|r| r.name().ok().map(str::to_owned))
-                .collect();
-            for n in names {
-                if let Ok(mut r) = repo.find_reference(&n) {
-                    let _ = r.delete();
-                }
-            }
+        if let Some(a) = &also {
+            delete_refs_under(repo, a.into);
         }
         let advertised = if cli {
             fetch_cli(repo, &handle, &name, &tracking_ref, also)?
@@ -529,31 +519,11 @@ impl History {
         self.repo_for_write()?;
         let repo = self.repo_ref()?;
         let (handle, _, url) = open_remote(repo, remote)?;
-        if let Ok(refs) = repo.references_glob(&format!("{into_prefix}*")) {
-            let names: Vec<String> = refs
-                .flatten()
-                .filter_map(|r| r.name().ok().map(str::to_owned))
-                .collect();
-            for n in names {
-                if let Ok(mut r) = repo.find_reference(&n) {
-                    let _ = r.delete();
-                }
-            }
-        }
+        delete_refs_under(repo, into_prefix);
         let spec = format!("+{pattern}:{into_prefix}*");
         let what = format!("fetching {pattern} from");
         if self.use_cli(remote, &url, transport)? {
-            let mut cmd = git_command(repo);
-            cmd.args([
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--",
-            ])
-            .arg(&handle)
-            .arg(&spec);
-            let run = run_git(cmd, &what, remote)?;
+            let run = run_git(fetch_command(repo, &handle, &spec), &what, remote)?;
             if !run.success {
                 return Err(HistoryError::Transport {
                     what,
@@ -695,4 +665,22 @@ fn count(repo: &Repository, from: Oid, hide: Option<Oid>) -> Result<usize, Histo
             .map_err(HistoryError::git("walking the history"))?;
     }
     Ok(walk.count())
+}
+
+/// Delete every reference whose name starts with `prefix` (a directory such as
+/// `refs/heph/remotes/NAME/fleet/`), before fetching its new contents into it. Best
+/// effort: a reference that cannot be deleted is overwritten by the fetch.
+fn delete_refs_under(repo: &Repository, prefix: &str) {
+    let Ok(refs) = repo.references_glob(&format!("{prefix}*")) else {
+        return;
+    };
+    let names: Vec<String> = refs
+        .flatten()
+        .filter_map(|r| r.name().ok().map(str::to_owned))
+        .collect();
+    for n in names {
+        if let Ok(mut r) = repo.find_reference(&n) {
+            let _ = r.delete();
+        }
+    }
 }

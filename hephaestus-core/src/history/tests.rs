@@ -30,6 +30,19 @@ pub(super) fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A bare repository `name` in `dir` (a remote for sync and fleet tests).
+pub(super) fn bare(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(&p).expect("mkdir");
+    git(&p, &["init", "-q", "--bare"]);
+    p
+}
+
+/// The commit reference `name` names in the repository (or git directory) `dir`.
+pub(super) fn rev(dir: &Path, name: &str) -> String {
+    git(dir, &["rev-parse", name]).trim().to_owned()
+}
+
 pub(super) fn write(root: &Path, rel: &str, content: &str) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");

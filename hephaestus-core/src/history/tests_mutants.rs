@@ -5,20 +5,12 @@ use std::fs;
 use std::path::Path;
 
 use super::sync::SyncTransport;
-use super::tests::{git, meta, open, project, write};
+use super::tests::{bare, git, meta, open, project, rev, write};
 use super::*;
 
 /// A bare repository `name` in `dir`, as a URL (its path).
-fn bare(dir: &Path, name: &str) -> String {
-    let p = dir.join(name);
-    fs::create_dir_all(&p).expect("mkdir");
-    git(&p, &["init", "-q", "--bare"]);
-    p.to_string_lossy().into_owned()
-}
-
-/// The tip of reference `name` in the git directory `git_dir`.
-fn rev(git_dir: &Path, name: &str) -> String {
-    git(git_dir, &["rev-parse", name]).trim().to_owned()
+fn bare_url(dir: &Path, name: &str) -> String {
+    bare(dir, name).to_string_lossy().into_owned()
 }
 
 /// A history behind the remote's (the remote's tip descends from the local one) is
@@ -26,7 +18,7 @@ fn rev(git_dir: &Path, name: &str) -> String {
 #[test]
 fn a_history_behind_the_remote_is_fast_forwarded() {
     let (dir, a_root) = project(false);
-    let url = bare(dir.path(), "remote.git");
+    let url = bare_url(dir.path(), "remote.git");
     let mut a = open(&a_root);
     a.record_manual_if_changed().expect("record").expect("new");
     a.sync(&url).expect("push");
@@ -78,7 +70,7 @@ fn finishing_a_follow_moves_the_history_to_the_followed_evolution() {
 #[test]
 fn only_a_history_ahead_of_the_remote_is_a_rollout_candidate() {
     let (dir, root) = project(false);
-    let url = bare(dir.path(), "remote.git");
+    let url = bare_url(dir.path(), "remote.git");
     let auto = SyncTransport::Auto;
     let mut h = open(&root);
     let first = h.record_manual_if_changed().expect("record").expect("new");
@@ -113,7 +105,7 @@ fn only_a_history_ahead_of_the_remote_is_a_rollout_candidate() {
 #[test]
 fn a_canary_follows_the_history_once_it_moved_past_the_rollout() {
     let (dir, a_root) = project(false);
-    let url = bare(dir.path(), "remote.git");
+    let url = bare_url(dir.path(), "remote.git");
     let auto = SyncTransport::Auto;
     let mut a = open(&a_root);
     a.record_manual_if_changed().expect("record").expect("new");
@@ -151,7 +143,7 @@ fn a_canary_follows_the_history_once_it_moved_past_the_rollout() {
 #[test]
 fn a_follower_requiring_signatures_applies_no_unsigned_evolution() {
     let (dir, a_root) = project(false);
-    let url = bare(dir.path(), "remote.git");
+    let url = bare_url(dir.path(), "remote.git");
     let auto = SyncTransport::Auto;
     let mut a = open(&a_root);
     let first = a.record_manual_if_changed().expect("record").expect("new");
@@ -180,6 +172,11 @@ fn a_follower_requiring_signatures_applies_no_unsigned_evolution() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    assert_left_at(&b, &b_root, &first);
+}
+
+/// The follower `b` (at `b_root`) still has the files and the history of `first`.
+fn assert_left_at(b: &History, b_root: &Path, first: &crate::evolution::Evolution) {
     assert_eq!(
         fs::read_to_string(b_root.join("src/lib.rs")).expect("read"),
         "pub fn a() -> u32 { 1 }\n"
@@ -195,7 +192,7 @@ fn a_follower_requiring_signatures_applies_no_unsigned_evolution() {
 #[test]
 fn a_follower_applies_no_commit_heph_did_not_record() {
     let (dir, a_root) = project(false);
-    let url = bare(dir.path(), "remote.git");
+    let url = bare_url(dir.path(), "remote.git");
     let auto = SyncTransport::Auto;
     let mut a = open(&a_root);
     let first = a.record_manual_if_changed().expect("record").expect("new");
@@ -224,14 +221,7 @@ fn a_follower_applies_no_commit_heph_did_not_record() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(
-        fs::read_to_string(b_root.join("src/lib.rs")).expect("read"),
-        "pub fn a() -> u32 { 1 }\n"
-    );
-    assert_eq!(
-        b.list(&ListFilter::default()).expect("list")[0].id,
-        first.id
-    );
+    assert_left_at(&b, &b_root, &first);
 }
 
 /// An empty id, or one longer than a full id, is invalid: never taken as a prefix of

@@ -12,16 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::refs::{REF_MARKER, SYNCED};
-use super::tests::{git, git_tree, meta, open, project, write};
+use super::tests::{bare, git, git_tree, meta, open, project, rev, write};
 use super::*;
 use git2::Signature;
-
-fn bare(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    fs::create_dir_all(&p).expect("mkdir");
-    git(&p, &["init", "-q", "--bare"]);
-    p
-}
 
 #[test]
 fn sync_pushes_fast_forwards_and_reports_divergence() {
@@ -330,10 +323,6 @@ fn libgit2_is_refused_only_for_protocols_this_build_lacks() {
 }
 
 /// The tip of a reference, read with git.
-fn rev(root: &Path, name: &str) -> String {
-    git(root, &["rev-parse", name]).trim().to_owned()
-}
-
 /// A commit on top of `parent` whose tree is `parent`'s with `path` set to `content`,
 /// made by "another writer" (git2, not heph).
 fn other_writer_commit(root: &Path, parent: &str, path: &str, content: &str, message: &str) -> Oid {

@@ -70,6 +70,27 @@ fn blob_in(repo: &Repository, tree: Oid, path: &str) -> Oid {
         .id()
 }
 
+/// A project with one evolution and the stat cache saved for it from a settled
+/// snapshot: the temp dir, the root, its history and the evolution's commit.
+fn cached_project() -> (tempfile::TempDir, std::path::PathBuf, History, Oid) {
+    let (dir, root) = project(true);
+    let mut h = open(&root);
+    h.record_manual_if_changed().expect("first");
+    let tip = h.tip().expect("tip").expect("some");
+    let repo = h.repo_ref().expect("repo");
+    snapshot::snapshot_at(repo, &h.scope, h.state.path(), |_| true, u64::MAX, SETTLED)
+        .expect("snapshot")
+        .save_cache(tip);
+    (dir, root, h, tip)
+}
+
+/// Name `commit` beside the stat cache in `state` with the cache's checksum, as a
+/// saved cache has it: the cache is then trusted for that commit.
+fn trust_cache(state: &Path, commit: Oid) {
+    let sum = snapshot::checksum(&state.join("stat-index")).expect("checksum");
+    fs::write(state.join("stat-index.commit"), format!("{commit} {sum}\n")).expect("write");
+}
+
 /// Give the stat cache's entry of `path` the file's stat now, keeping its blob id, and
 /// trust the cache for `tip` (its checksum beside it, as a saved cache has).
 fn restat_cache_entry(root: &Path, tip: Oid, path: &str, id: Option<Oid>) {
@@ -89,12 +110,7 @@ fn restat_cache_entry(root: &Path, tip: Oid, path: &str, id: Option<Oid>) {
     }
     index.add(&entry).expect("add");
     index.write().expect("write");
-    let bytes = fs::read(&cache).expect("read");
-    let sum: String = bytes[bytes.len() - 20..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    fs::write(state.join("stat-index.commit"), format!("{tip} {sum}\n")).expect("write");
+    trust_cache(&state, tip);
 }
 
 /// A file whose stat is unchanged is not read again: its blob id comes from the stat
@@ -102,15 +118,9 @@ fn restat_cache_entry(root: &Path, tip: Oid, path: &str, id: Option<Oid>) {
 /// snapshot keeps the old blob).
 #[test]
 fn an_unchanged_stat_takes_the_blob_id_from_the_stat_cache() {
-    let (_dir, root) = project(true);
-    let mut h = open(&root);
-    h.record_manual_if_changed().expect("first");
-    let tip = h.tip().expect("tip").expect("some");
+    let (_dir, root, h, tip) = cached_project();
     let state = root.join(".heph");
     let repo = h.repo_ref().expect("repo");
-    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
-        .expect("snapshot")
-        .save_cache(tip);
     let old = blob_in(repo, h.tree_of(tip).expect("tree"), "Cargo.toml");
     write(&root, "Cargo.toml", "[package]\nname = \"rewritten\"\n");
     restat_cache_entry(&root, tip, "Cargo.toml", None);
@@ -124,15 +134,9 @@ fn an_unchanged_stat_takes_the_blob_id_from_the_stat_cache() {
 /// change is taken from that tree (a whole write from the cache would take the cache's).
 #[test]
 fn a_snapshot_updates_the_cached_commits_tree_only_where_files_changed() {
-    let (_dir, root) = project(true);
-    let mut h = open(&root);
-    h.record_manual_if_changed().expect("first");
-    let tip = h.tip().expect("tip").expect("some");
+    let (_dir, root, h, tip) = cached_project();
     let state = root.join(".heph");
     let repo = h.repo_ref().expect("repo");
-    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
-        .expect("snapshot")
-        .save_cache(tip);
     let base = h.tree_of(tip).expect("tree");
     let other = repo.blob(b"not what the file holds\n").expect("blob");
     restat_cache_entry(&root, tip, "Cargo.toml", Some(other));
@@ -252,15 +256,9 @@ fn a_file_with_its_mtime_set_back_is_hashed_again() {
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     use std::os::unix::fs::MetadataExt;
-    let (_dir, root) = project(true);
-    let mut h = open(&root);
-    h.record_manual_if_changed().expect("first");
-    let tip = h.tip().expect("tip").expect("some");
+    let (_dir, root, h, _tip) = cached_project();
     let state = root.join(".heph");
     let repo = h.repo_ref().expect("repo");
-    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
-        .expect("snapshot")
-        .save_cache(tip);
     let path = root.join("src/lib.rs");
     let before = fs::symlink_metadata(&path).expect("stat");
     // Past the file system clock's tick: the rewrite gets another ctime.
@@ -434,15 +432,9 @@ fn a_directory_the_walk_cannot_open_is_an_error_not_a_deletion() {
 /// its commit is one outside the history whose tree holds another `Cargo.toml`).
 #[test]
 fn an_untrusted_stat_cache_is_not_used() {
-    let (_dir, root) = project(true);
-    let mut h = open(&root);
-    h.record_manual_if_changed().expect("first");
-    let tip = h.tip().expect("tip").expect("some");
+    let (_dir, root, h, tip) = cached_project();
     let state = root.join(".heph");
     let repo = h.repo_ref().expect("repo");
-    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
-        .expect("snapshot")
-        .save_cache(tip);
     // A commit outside the history, its tree another `Cargo.toml`.
     let other = repo.blob(b"not what the file holds\n").expect("blob");
     let base = repo.find_tree(h.tree_of(tip).expect("tree")).expect("tree");
@@ -457,16 +449,7 @@ fn an_untrusted_stat_cache_is_not_used() {
     let outside = repo
         .commit(None, &sig, &sig, "outside", &tree, &[])
         .expect("commit");
-    let bytes = fs::read(state.join("stat-index")).expect("read");
-    let sum: String = bytes[bytes.len() - 20..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    fs::write(
-        state.join("stat-index.commit"),
-        format!("{outside} {sum}\n"),
-    )
-    .expect("write");
+    trust_cache(&state, outside);
     let snap = snapshot::snapshot_at(repo, &h.scope, &state, |c| c == tip, u64::MAX, SETTLED)
         .expect("snapshot");
     let file = fs::read(root.join("Cargo.toml")).expect("read");
@@ -585,15 +568,9 @@ fn an_empty_snapshot_without_a_trusted_cache_never_pairs_with_the_stale_one() {
 /// matches: not trusted), never with the other process's cache.
 #[test]
 fn an_unchanged_snapshot_pairs_its_commit_with_the_cache_it_read() {
-    let (_dir, root) = project(true);
-    let mut h = open(&root);
-    h.record_manual_if_changed().expect("first");
-    let tip = h.tip().expect("tip").expect("some");
+    let (_dir, root, h, tip) = cached_project();
     let state = root.join(".heph");
     let repo = h.repo_ref().expect("repo");
-    snapshot::snapshot_at(repo, &h.scope, &state, |_| true, u64::MAX, SETTLED)
-        .expect("snapshot")
-        .save_cache(tip);
     let read_with = fs::read_to_string(state.join("stat-index.commit")).expect("read");
     let (_, sum) = read_with.trim().split_once(' ').expect("pair");
     let sum = sum.to_owned();

@@ -113,6 +113,21 @@ pub(super) fn git_command(repo: &Repository) -> Command {
     cmd
 }
 
+/// `git fetch` of `spec` from `remote`: quiet, no tags, no FETCH_HEAD.
+pub(super) fn fetch_command(repo: &Repository, remote: &str, spec: &str) -> Command {
+    let mut cmd = git_command(repo);
+    cmd.args([
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-write-fetch-head",
+        "--",
+    ])
+    .arg(remote)
+    .arg(spec);
+    cmd
+}
+
 /// What a finished git command said.
 pub(super) struct GitRun {
     pub(super) success: bool,
@@ -180,16 +195,7 @@ pub(super) fn fetch_cli(
     also: Option<AlsoFetch<'_>>,
 ) -> Result<bool, HistoryError> {
     let what = format!("fetching {name} from");
-    let mut cmd = git_command(repo);
-    cmd.args([
-        "fetch",
-        "--quiet",
-        "--no-tags",
-        "--no-write-fetch-head",
-        "--",
-    ])
-    .arg(remote)
-    .arg(format!("+{name}:{tracking_ref}"));
+    let mut cmd = fetch_command(repo, remote, &format!("+{name}:{tracking_ref}"));
     if let Some(also) = also {
         cmd.arg(also.refspec());
     }
